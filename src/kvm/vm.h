@@ -1,0 +1,84 @@
+// kvm: thin, owning wrappers around the KVM API.
+//
+// Kvm is /dev/kvm; Vm is one virtual machine with the in-kernel interrupt
+// controllers (PIC, IOAPIC, LAPIC, PIT) and a GSI routing table that passvm
+// owns; Vcpu (vcpu.h) is one vCPU with its run loop. Errors are thrown as
+// std::runtime_error carrying a message fit for the user.
+//
+// GSI routing: KVM_SET_GSI_ROUTING replaces the whole table, so Vm keeps the
+// table (IOAPIC/PIC pins plus one entry per MSI vector) and commits it on
+// every change. MSI vectors of passthrough devices get a GSI of their own and
+// an irqfd on it: the device's eventfd then injects without waking passvm.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <linux/kvm.h>
+
+namespace passvm {
+
+class Kvm {
+ public:
+  Kvm();  // opens /dev/kvm, checks the API version and the extensions passvm needs
+  ~Kvm();
+  Kvm(const Kvm&) = delete;
+  Kvm& operator=(const Kvm&) = delete;
+  int fd() const { return fd_; }
+  int check_extension(long ext) const;
+  size_t vcpu_mmap_size() const;
+  // KVM_GET_SUPPORTED_CPUID, as a buffer ready for KVM_SET_CPUID2.
+  std::vector<uint8_t> supported_cpuid() const;
+
+ private:
+  int fd_ = -1;
+};
+
+class Vm {
+ public:
+  explicit Vm(Kvm& kvm);  // creates the VM, the in-kernel irqchip and PIT, TSS and identity map
+  ~Vm();
+  Vm(const Vm&) = delete;
+  Vm& operator=(const Vm&) = delete;
+
+  int fd() const { return fd_; }
+  Kvm& kvm() const { return kvm_; }
+
+  // Memory slots. Returns the slot id. readonly maps the range read-only (writes exit as MMIO).
+  uint32_t map_memory(uint64_t gpa, uint64_t size, void* hva, bool readonly = false);
+  void unmap_memory(uint32_t slot);
+
+  // Level of an IOAPIC/PIC input (KVM_IRQ_LINE).
+  void set_irq_line(uint32_t gsi, bool level);
+
+  // MSI routes. alloc_msi_route returns a fresh GSI routed to the message; update and free change it.
+  uint32_t alloc_msi_route(uint64_t address, uint32_t data);
+  void update_msi_route(uint32_t gsi, uint64_t address, uint32_t data);
+  void free_msi_route(uint32_t gsi);
+  // Injects one MSI directly (KVM_SIGNAL_MSI), for emulated devices and masked-then-pending vectors.
+  void signal_msi(uint64_t address, uint32_t data);
+
+  // irqfd: a write to eventfd injects gsi. With resample_fd >= 0 the GSI is level-triggered:
+  // KVM signals resample_fd when the guest EOIs it, so the device can be unmasked (INTx).
+  void add_irqfd(int eventfd, uint32_t gsi, int resample_fd = -1);
+  void remove_irqfd(int eventfd, uint32_t gsi);
+
+  // ioeventfd: a guest write to addr (of len bytes) signals eventfd without exiting to passvm.
+  void add_ioeventfd(int eventfd, uint64_t addr, uint32_t len, bool pio);
+  void remove_ioeventfd(int eventfd, uint64_t addr, uint32_t len, bool pio);
+
+ private:
+  void commit_routes();  // with routes_lock_ held
+
+  Kvm& kvm_;
+  int fd_ = -1;
+  std::mutex slots_lock_;
+  std::vector<bool> slot_used_;
+  std::mutex routes_lock_;
+  std::vector<kvm_irq_routing_entry> routes_;
+  uint32_t next_gsi_;
+};
+
+}  // namespace passvm

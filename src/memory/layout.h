@@ -1,0 +1,62 @@
+// layout: the guest-physical address map of a passvm x86 machine.
+//
+// One place for every fixed address, so that the e820 map, the ACPI tables,
+// the PCI bus and the devices agree. RAM is split around the 32-bit PCI hole:
+// up to 3 GiB below it, the rest from 4 GiB up. Large 64-bit BARs go in a
+// window well above any RAM, leaving room for big devices.
+#pragma once
+
+#include <cstdint>
+
+namespace passvm::layout {
+
+inline constexpr uint64_t KiB = 1024, MiB = 1024 * KiB, GiB = 1024 * MiB;
+
+// Low memory used by the boot path (all inside RAM, all below 1 MiB).
+inline constexpr uint64_t kGdtAddr = 0x500;
+inline constexpr uint64_t kBootParamsAddr = 0x7000;    // Linux zero page
+inline constexpr uint64_t kBootStackTop = 0x8ff0;      // initial rsp
+inline constexpr uint64_t kPml4Addr = 0x9000;          // identity page tables: PML4, PDPT, 4 PDs
+inline constexpr uint64_t kPdptAddr = 0xa000;
+inline constexpr uint64_t kPdAddr = 0xb000;            // 4 pages: maps the first 4 GiB with 2 MiB pages
+inline constexpr uint64_t kCmdlineAddr = 0x20000;
+inline constexpr uint64_t kCmdlineMax = 0x10000;
+inline constexpr uint64_t kEbdaStart = 0x9fc00;        // e820 RAM ends here; EBDA and ROM area follow
+inline constexpr uint64_t kAcpiStart = 0xe0000;        // RSDP and tables live in the BIOS ROM area
+inline constexpr uint64_t kAcpiSize = 0x20000;         // up to 1 MiB
+inline constexpr uint64_t kHighMemStart = 1 * MiB;
+inline constexpr uint64_t kKernelAddr = 1 * MiB;       // protected-mode kernel load address
+
+// The 32-bit hole.
+inline constexpr uint64_t kLowRamMax = 3 * GiB;
+inline constexpr uint64_t kMmio32Start = 3 * GiB;      // 32-bit BARs
+inline constexpr uint64_t kMmio32Size = 512 * MiB;
+inline constexpr uint64_t kEcamStart = 0xe0000000;     // PCI ECAM (MMCONFIG), bus 0 only
+inline constexpr uint64_t kEcamBuses = 1;
+inline constexpr uint64_t kEcamSize = kEcamBuses * 1 * MiB;
+inline constexpr uint64_t kIoapicAddr = 0xfec00000;
+inline constexpr uint64_t kLapicAddr = 0xfee00000;
+inline constexpr uint64_t kHighRamStart = 4 * GiB;
+
+// 64-bit BARs: 64 GiB of window from 64 GiB up (needs 37 physical address bits).
+inline constexpr uint64_t kMmio64Start = 64 * GiB;
+inline constexpr uint64_t kMmio64Size = 64 * GiB;
+
+// Port I/O.
+inline constexpr uint16_t kCom1Port = 0x3f8;
+inline constexpr uint16_t kCom1Irq = 4;
+inline constexpr uint16_t kPciConfigAddrPort = 0xcf8;   // 0xcf8-0xcff: configuration mechanism #1
+inline constexpr uint16_t kResetPort = 0xcf9;           // within the 0xcf8 dword: handled by the PCI root
+inline constexpr uint16_t kAcpiPmBase = 0x600;          // PM1a event (4), PM1a control (2) blocks
+inline constexpr uint16_t kAcpiPm1aEvt = kAcpiPmBase;
+inline constexpr uint16_t kAcpiPm1aCnt = kAcpiPmBase + 4;
+inline constexpr uint16_t kAcpiSciIrq = 9;
+inline constexpr uint16_t kIoBarStart = 0xc000;         // I/O BARs
+inline constexpr uint16_t kIoBarSize = 0x4000;
+
+// GSIs 16..23 of the IOAPIC carry PCI INTx: slot s, pin p (0 = INTA) -> 16 + (s + p) % 8.
+inline constexpr uint32_t kPciIntxGsiBase = 16;
+inline constexpr uint32_t kIoapicPins = 24;
+inline constexpr uint32_t pci_intx_gsi(uint32_t slot, uint32_t pin) { return kPciIntxGsiBase + (slot + pin) % 8; }
+
+}  // namespace passvm::layout

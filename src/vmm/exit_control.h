@@ -1,0 +1,70 @@
+// vmm: why and when the machine stops.
+//
+// Any thread (a vCPU that hit a triple fault, the ACPI power-off register, a
+// signal handler's helper thread) asks the machine to stop with a reason; the
+// first reason wins. The main thread waits for it, then stops the vCPUs and
+// tears everything down. Exit codes are part of the CLI contract (README).
+#pragma once
+
+#include <condition_variable>
+#include <mutex>
+#include <string>
+
+namespace passvm {
+
+enum class ExitReason {
+  PowerOff = 0,       // guest powered off: exit status 0
+  Reset = 1,          // guest asked for a reset (passvm does not reboot in place)
+  TripleFault = 2,    // guest shut down by triple fault
+  InternalError = 3,  // KVM or passvm failed while the guest ran
+  Signal = 4,         // SIGINT/SIGTERM
+};
+
+inline int exit_status(ExitReason r) {
+  switch (r) {
+    case ExitReason::PowerOff: return 0;
+    case ExitReason::Reset: return 2;
+    case ExitReason::TripleFault: return 3;
+    case ExitReason::InternalError: return 4;
+    case ExitReason::Signal: return 5;
+  }
+  return 4;
+}
+
+class ExitControl {
+ public:
+  // Records the first reason; later requests are ignored. Safe from any thread (not from a signal handler).
+  void request(ExitReason reason, std::string detail = {}) {
+    std::lock_guard g(lock_);
+    if (requested_) return;
+    requested_ = true;
+    reason_ = reason;
+    detail_ = std::move(detail);
+    cv_.notify_all();
+  }
+  bool requested() {
+    std::lock_guard g(lock_);
+    return requested_;
+  }
+  void wait() {
+    std::unique_lock g(lock_);
+    cv_.wait(g, [&] { return requested_; });
+  }
+  ExitReason reason() {
+    std::lock_guard g(lock_);
+    return reason_;
+  }
+  std::string detail() {
+    std::lock_guard g(lock_);
+    return detail_;
+  }
+
+ private:
+  std::mutex lock_;
+  std::condition_variable cv_;
+  bool requested_ = false;
+  ExitReason reason_ = ExitReason::PowerOff;
+  std::string detail_;
+};
+
+}  // namespace passvm
