@@ -1,0 +1,35 @@
+// vmm: what the user asked for, as plain data.
+//
+// The CLI (src/cli) turns the command line into a MachineConfig; the machine
+// (machine.h) builds and runs a VM from it. Keeping the two apart lets the
+// parsing be tested without KVM.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace passvm {
+
+// One -s SLOT[:FUNC],EMULATION[,CONFIG] option.
+struct SlotConfig {
+  uint32_t slot = 0;
+  uint32_t func = 0;
+  std::string emulation;  // "hostbridge", "passthru", "lpc"
+  std::string config;     // e.g. the host device of a passthru slot, "0000:03:00.0" or "3/0/0"
+};
+
+struct MachineConfig {
+  std::string name = "passvm";
+  uint32_t cpus = 1;
+  uint64_t memory = 256ull << 20;
+  bool hugepages = false;
+  std::vector<SlotConfig> slots;
+  std::string com1;  // "stdio" or empty (no console)
+  std::string kernel;
+  std::string initrd;
+  std::string cmdline;
+  bool stats = false;  // print device and vCPU counters at exit
+};
+
+}  // namespace passvm
