@@ -1,0 +1,105 @@
+// vfio: the device side of PCI passthrough, independent of how the device is reached.
+//
+// A passthrough device is a set of regions (BARs, expansion ROM, config space),
+// a set of interrupt sources (INTx, MSI, MSI-X) and a reset. The kernel's VFIO
+// (linux_vfio.h) is one way to reach them; vfio-user (a device in another
+// process, over a socket) is another with the very same model. Everything above
+// this layer talks to Device and DmaMapper only, so a second transport plugs in
+// without touching the passthrough logic. Region and IRQ indices are the ones of
+// the VFIO PCI ABI (VFIO_PCI_BAR0_REGION_INDEX ..., VFIO_PCI_INTX_IRQ_INDEX ...),
+// which vfio-user shares.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <linux/vfio.h>
+
+namespace passvm::vfio {
+
+// Every failure the user can do something about; the message is one line naming device and fix.
+class VfioError : public std::runtime_error {
+ public:
+  explicit VfioError(const std::string& message, int err = 0) : std::runtime_error(message), errno_(err) {}
+  int error_number() const { return errno_; }
+
+ private:
+  int errno_;
+};
+
+// A piece of a region that may be mmapped; offsets relative to the region.
+struct Area {
+  uint64_t offset;
+  uint64_t size;
+  bool operator==(const Area&) const = default;
+};
+
+struct RegionInfo {
+  uint32_t index = 0;
+  uint64_t size = 0;  // 0: the region does not exist (an unimplemented BAR)
+  bool readable = false;
+  bool writable = false;
+  bool mmappable = false;
+  // When the kernel gives a sparse-mmap capability, only these areas may be mmapped.
+  bool has_sparse = false;
+  std::vector<Area> sparse;
+  // The kernel allows mmapping over the MSI-X table (the device can only raise what the host programmed).
+  bool msix_mappable = false;
+};
+
+struct IrqInfo {
+  uint32_t index = 0;
+  uint32_t count = 0;  // vectors; 0 when the device has no such interrupt
+  bool eventfd = false;
+  bool maskable = false;
+  bool automasked = false;  // level interrupt the host masks on delivery (INTx): needs an unmask
+};
+
+enum class IrqAction { Trigger, Unmask, Mask };
+
+class Device {
+ public:
+  virtual ~Device() = default;
+
+  // "0000:00:03.0" for a kernel device.
+  virtual std::string name() const = 0;
+  virtual uint32_t num_regions() const = 0;
+  virtual uint32_t num_irqs() const = 0;
+  virtual RegionInfo region_info(uint32_t index) const = 0;
+
+  // Accesses through the transport (a syscall each). Throws VfioError when the access fails.
+  virtual void read(uint32_t region, uint64_t offset, std::span<uint8_t> data) = 0;
+  virtual void write(uint32_t region, uint64_t offset, std::span<const uint8_t> data) = 0;
+
+  // Maps [offset, offset+size) of a region into passvm's address space, shared with the device.
+  // Returns nullptr when the transport cannot map it (the caller then traps the range).
+  virtual void* map(uint32_t region, uint64_t offset, uint64_t size) = 0;
+  virtual void unmap(void* address, uint64_t size) = 0;
+
+  virtual IrqInfo irq_info(uint32_t index) const = 0;
+  // Connects eventfds to vectors [start, start + fds.size()) of an interrupt; fd -1 disconnects one.
+  // Trigger: the device signals the fd. Unmask: a signal on the fd unmasks the (automasked) vector.
+  virtual void set_irq_eventfds(uint32_t index, IrqAction action, uint32_t start, std::span<const int> fds) = 0;
+  // Turns an interrupt source off entirely (all vectors).
+  virtual void disable_irq(uint32_t index) = 0;
+  // Unmasks vectors without an eventfd (after the INTx line was serviced by passvm itself).
+  virtual void unmask_irq(uint32_t index, uint32_t start, uint32_t count) = 0;
+
+  // Resets the device. Returns the method used ("flr", "pm", "bus", ...), or "" when the device
+  // cannot be reset (the caller reports that; it is not an error on its own).
+  virtual std::string reset() = 0;
+};
+
+// The IOMMU side: guest-physical addresses the device may reach (iova) and the host memory behind them.
+class DmaMapper {
+ public:
+  virtual ~DmaMapper() = default;
+  // Throws VfioError (with error_number() set to the errno) when the mapping cannot be made.
+  virtual void map_dma(uint64_t iova, uint64_t size, void* host_address) = 0;
+  virtual void unmap_dma(uint64_t iova, uint64_t size) = 0;
+};
+
+}  // namespace passvm::vfio

@@ -1,0 +1,335 @@
+#include "vfio/linux_vfio.h"
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "vfio/host_checks.h"
+
+namespace passvm::vfio {
+namespace {
+
+std::string err(int e) { return std::strerror(e); }
+
+// One device fd. Region accesses are pread/pwrite at the region's offset in the fd.
+class LinuxDevice final : public Device {
+ public:
+  LinuxDevice(Bdf bdf, int fd, std::string sysfs_root) : bdf_(bdf), fd_(fd), sysfs_root_(std::move(sysfs_root)) {
+    vfio_device_info info{};
+    info.argsz = sizeof info;
+    if (ioctl(fd_, VFIO_DEVICE_GET_INFO, &info) < 0) {
+      int e = errno;
+      close(fd_);
+      throw VfioError(fmt::format("{}: VFIO_DEVICE_GET_INFO failed: {}", bdf_.str(), err(e)), e);
+    }
+    if (!(info.flags & VFIO_DEVICE_FLAGS_PCI)) {
+      close(fd_);
+      throw VfioError(fmt::format("{}: not a PCI device according to VFIO", bdf_.str()));
+    }
+    flags_ = info.flags;
+    num_regions_ = info.num_regions;
+    num_irqs_ = info.num_irqs;
+    for (uint32_t i = 0; i < num_regions_; i++) regions_.push_back(query_region(i));
+  }
+  ~LinuxDevice() override { close(fd_); }
+
+  std::string name() const override { return bdf_.str(); }
+  uint32_t num_regions() const override { return num_regions_; }
+  uint32_t num_irqs() const override { return num_irqs_; }
+  RegionInfo region_info(uint32_t index) const override {
+    if (index < regions_.size()) return regions_[index].info;
+    RegionInfo absent;
+    absent.index = index;
+    return absent;
+  }
+
+  void read(uint32_t region, uint64_t offset, std::span<uint8_t> data) override {
+    uint64_t base = checked(region, offset, data.size());
+    ssize_t n = pread(fd_, data.data(), data.size(), static_cast<off_t>(base + offset));
+    if (n != static_cast<ssize_t>(data.size()))
+      throw VfioError(fmt::format("{}: read of region {} at {:#x} failed: {}", bdf_.str(), region, offset,
+                                  n < 0 ? err(errno) : "short read"));
+  }
+  void write(uint32_t region, uint64_t offset, std::span<const uint8_t> data) override {
+    uint64_t base = checked(region, offset, data.size());
+    ssize_t n = pwrite(fd_, data.data(), data.size(), static_cast<off_t>(base + offset));
+    if (n != static_cast<ssize_t>(data.size()))
+      throw VfioError(fmt::format("{}: write of region {} at {:#x} failed: {}", bdf_.str(), region, offset,
+                                  n < 0 ? err(errno) : "short write"));
+  }
+
+  void* map(uint32_t region, uint64_t offset, uint64_t size) override {
+    if (region >= regions_.size() || !regions_[region].info.mmappable) return nullptr;
+    uint64_t base = checked(region, offset, size);
+    int prot = (regions_[region].info.readable ? PROT_READ : 0) | (regions_[region].info.writable ? PROT_WRITE : 0);
+    void* p = mmap(nullptr, size, prot, MAP_SHARED, fd_, static_cast<off_t>(base + offset));
+    return p == MAP_FAILED ? nullptr : p;
+  }
+  void unmap(void* address, uint64_t size) override { munmap(address, size); }
+
+  IrqInfo irq_info(uint32_t index) const override {
+    vfio_irq_info info{};
+    info.argsz = sizeof info;
+    info.index = index;
+    IrqInfo out;
+    out.index = index;
+    if (index >= num_irqs_ || ioctl(fd_, VFIO_DEVICE_GET_IRQ_INFO, &info) < 0) return out;
+    out.count = info.count;
+    out.eventfd = info.flags & VFIO_IRQ_INFO_EVENTFD;
+    out.maskable = info.flags & VFIO_IRQ_INFO_MASKABLE;
+    out.automasked = info.flags & VFIO_IRQ_INFO_AUTOMASKED;
+    return out;
+  }
+
+  void set_irq_eventfds(uint32_t index, IrqAction action, uint32_t start, std::span<const int> fds) override {
+    uint32_t act = action == IrqAction::Trigger  ? VFIO_IRQ_SET_ACTION_TRIGGER
+                   : action == IrqAction::Unmask ? VFIO_IRQ_SET_ACTION_UNMASK
+                                                 : VFIO_IRQ_SET_ACTION_MASK;
+    std::vector<int32_t> data(fds.begin(), fds.end());
+    irq_set(index, VFIO_IRQ_SET_DATA_EVENTFD | act, start, static_cast<uint32_t>(fds.size()),
+            std::as_bytes(std::span(data)));
+  }
+  void disable_irq(uint32_t index) override {
+    irq_set(index, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, {});
+  }
+  void unmask_irq(uint32_t index, uint32_t start, uint32_t count) override {
+    irq_set(index, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK, start, count, {});
+  }
+
+  std::string reset() override {
+    if (!(flags_ & VFIO_DEVICE_FLAGS_RESET)) return {};
+    if (ioctl(fd_, VFIO_DEVICE_RESET) < 0) {
+      int e = errno;
+      throw VfioError(fmt::format("{}: reset failed: {}", bdf_.str(), err(e)), e);
+    }
+    std::string method = reset_method(bdf_, sysfs_root_);
+    return method.empty() ? "device" : method;
+  }
+
+ private:
+  struct Region {
+    RegionInfo info;
+    uint64_t fd_offset = 0;
+  };
+
+  Region query_region(uint32_t index) {
+    std::vector<uint8_t> buf(sizeof(vfio_region_info));
+    auto* ri = reinterpret_cast<vfio_region_info*>(buf.data());
+    ri->argsz = static_cast<uint32_t>(buf.size());
+    ri->index = index;
+    Region r;
+    r.info.index = index;
+    if (ioctl(fd_, VFIO_DEVICE_GET_REGION_INFO, ri) < 0) return r;  // VGA and the like may be absent
+    if (ri->argsz > buf.size()) {  // capabilities follow: ask again with room for them
+      uint32_t need = ri->argsz;
+      buf.assign(need, 0);
+      ri = reinterpret_cast<vfio_region_info*>(buf.data());
+      ri->argsz = need;
+      ri->index = index;
+      if (ioctl(fd_, VFIO_DEVICE_GET_REGION_INFO, ri) < 0) return r;
+    }
+    r.fd_offset = ri->offset;
+    r.info.size = ri->size;
+    r.info.readable = ri->flags & VFIO_REGION_INFO_FLAG_READ;
+    r.info.writable = ri->flags & VFIO_REGION_INFO_FLAG_WRITE;
+    r.info.mmappable = ri->flags & VFIO_REGION_INFO_FLAG_MMAP;
+    if (ri->flags & VFIO_REGION_INFO_FLAG_CAPS) parse_caps(buf, ri->cap_offset, r.info);
+    return r;
+  }
+
+  // Capabilities are a chain of headers, each `next` an offset from the start of the buffer.
+  static void parse_caps(const std::vector<uint8_t>& buf, uint32_t off, RegionInfo& info) {
+    for (int guard = 0; off != 0 && guard < 64; guard++) {
+      if (off + sizeof(vfio_info_cap_header) > buf.size()) return;
+      vfio_info_cap_header h;
+      std::memcpy(&h, buf.data() + off, sizeof h);
+      if (h.id == VFIO_REGION_INFO_CAP_SPARSE_MMAP &&
+          off + sizeof(vfio_region_info_cap_sparse_mmap) <= buf.size()) {
+        vfio_region_info_cap_sparse_mmap sm;
+        std::memcpy(&sm, buf.data() + off, sizeof sm);
+        info.has_sparse = true;
+        size_t areas = off + sizeof sm;
+        for (uint32_t i = 0; i < sm.nr_areas && areas + (i + 1) * sizeof(vfio_region_sparse_mmap_area) <= buf.size();
+             i++) {
+          vfio_region_sparse_mmap_area a;
+          std::memcpy(&a, buf.data() + areas + i * sizeof a, sizeof a);
+          if (a.size) info.sparse.push_back({a.offset, a.size});
+        }
+      } else if (h.id == VFIO_REGION_INFO_CAP_MSIX_MAPPABLE) {
+        info.msix_mappable = true;
+      }
+      off = h.next;
+    }
+  }
+
+  uint64_t checked(uint32_t region, uint64_t offset, uint64_t len) const {
+    if (region >= regions_.size() || offset > regions_[region].info.size ||
+        len > regions_[region].info.size - offset)
+      throw VfioError(fmt::format("{}: access to region {} at {:#x}+{} is outside the region", bdf_.str(), region,
+                                  offset, len));
+    return regions_[region].fd_offset;
+  }
+
+  void irq_set(uint32_t index, uint32_t flags, uint32_t start, uint32_t count, std::span<const std::byte> data) {
+    std::vector<uint8_t> buf(sizeof(vfio_irq_set) + data.size());
+    vfio_irq_set s{};
+    s.argsz = static_cast<uint32_t>(buf.size());
+    s.flags = flags;
+    s.index = index;
+    s.start = start;
+    s.count = count;
+    std::memcpy(buf.data(), &s, sizeof s);
+    if (!data.empty()) std::memcpy(buf.data() + sizeof s, data.data(), data.size());
+    if (ioctl(fd_, VFIO_DEVICE_SET_IRQS, buf.data()) < 0) {
+      int e = errno;
+      throw VfioError(fmt::format("{}: VFIO_DEVICE_SET_IRQS (irq {}, vectors {}+{}) failed: {}", bdf_.str(), index,
+                                  start, count, err(e)),
+                      e);
+    }
+  }
+
+  Bdf bdf_;
+  int fd_;
+  std::string sysfs_root_;
+  uint32_t flags_ = 0, num_regions_ = 0, num_irqs_ = 0;
+  std::vector<Region> regions_;
+};
+
+}  // namespace
+
+Container::Container(std::string sysfs_root, std::string dev_root)
+    : sysfs_root_(std::move(sysfs_root)), dev_root_(std::move(dev_root)) {}
+
+Container::~Container() {
+  for (auto [iova, size] : mapped_) {
+    vfio_iommu_type1_dma_unmap u{};
+    u.argsz = sizeof u;
+    u.iova = iova;
+    u.size = size;
+    ioctl(fd_, VFIO_IOMMU_UNMAP_DMA, &u);
+  }
+  for (auto [n, fd] : groups_) close(fd);
+  if (fd_ >= 0) close(fd_);
+}
+
+void Container::open_container() {
+  if (fd_ >= 0) return;
+  std::string path = dev_root_ + "/vfio/vfio";
+  fd_ = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd_ < 0) {
+    int e = errno;
+    throw VfioError(fmt::format("cannot open {}: {}; load the vfio-pci module (modprobe vfio-pci) and run as root",
+                                path, err(e)),
+                    e);
+  }
+  if (ioctl(fd_, VFIO_GET_API_VERSION) != VFIO_API_VERSION)
+    throw VfioError(fmt::format("{}: unknown VFIO API version", path));
+  if (ioctl(fd_, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) <= 0)
+    throw VfioError(fmt::format("{}: the kernel's VFIO lacks the type1v2 IOMMU backend passvm needs", path));
+}
+
+int Container::group_fd(const Bdf& bdf, int group) {
+  if (auto it = groups_.find(group); it != groups_.end()) return it->second;
+  std::string path = fmt::format("{}/vfio/{}", dev_root_, group);
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    int e = errno;
+    if (e == EACCES || e == EPERM)
+      throw VfioError(fmt::format("{}: permission denied on {}; run passvm as root or give your user the device "
+                                  "(chown $USER {})",
+                                  bdf.str(), path, path),
+                      e);
+    if (e == EBUSY)
+      throw VfioError(fmt::format("{}: {} is busy: another process (another VM?) holds IOMMU group {}", bdf.str(),
+                                  path, group),
+                      e);
+    throw VfioError(fmt::format("{}: cannot open {}: {}", bdf.str(), path, err(e)), e);
+  }
+  vfio_group_status st{};
+  st.argsz = sizeof st;
+  if (ioctl(fd, VFIO_GROUP_GET_STATUS, &st) < 0) {
+    int e = errno;
+    close(fd);
+    throw VfioError(fmt::format("{}: VFIO_GROUP_GET_STATUS on {} failed: {}", bdf.str(), path, err(e)), e);
+  }
+  if (!(st.flags & VFIO_GROUP_FLAGS_VIABLE)) {
+    close(fd);
+    throw VfioError(not_viable_message(bdf, group, sysfs_root_));
+  }
+  if (ioctl(fd, VFIO_GROUP_SET_CONTAINER, &fd_) < 0) {
+    int e = errno;
+    close(fd);
+    throw VfioError(fmt::format("{}: cannot attach IOMMU group {} to the container: {}", bdf.str(), group, err(e)), e);
+  }
+  if (!iommu_set_) {
+    if (ioctl(fd_, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) < 0) {
+      int e = errno;
+      close(fd);
+      throw VfioError(fmt::format("{}: cannot select the type1v2 IOMMU: {}", bdf.str(), err(e)), e);
+    }
+    iommu_set_ = true;
+  }
+  groups_[group] = fd;
+  return fd;
+}
+
+std::unique_ptr<Device> Container::open_device(const Bdf& bdf) {
+  int group = check_host_device(bdf, sysfs_root_);
+  std::lock_guard g(lock_);
+  open_container();
+  int gfd = group_fd(bdf, group);
+  std::string name = bdf.str();
+  int fd = ioctl(gfd, VFIO_GROUP_GET_DEVICE_FD, name.c_str());
+  if (fd < 0) {
+    int e = errno;
+    throw VfioError(fmt::format("{}: cannot get the device from IOMMU group {}: {}{}", name, group, err(e),
+                                e == EBUSY ? " (already opened by another passthru slot or process)" : ""),
+                    e);
+  }
+  return std::make_unique<LinuxDevice>(bdf, fd, sysfs_root_);
+}
+
+void Container::map_dma(uint64_t iova, uint64_t size, void* host_address) {
+  std::lock_guard g(lock_);
+  if (!iommu_set_) throw VfioError("DMA mapping needs a passthrough device opened first (no IOMMU selected yet)");
+  vfio_iommu_type1_dma_map m{};
+  m.argsz = sizeof m;
+  m.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
+  m.vaddr = reinterpret_cast<uint64_t>(host_address);
+  m.iova = iova;
+  m.size = size;
+  if (ioctl(fd_, VFIO_IOMMU_MAP_DMA, &m) < 0) {
+    int e = errno;
+    if (e == ENOMEM || e == EPERM) {
+      rlimit rl{};
+      getrlimit(RLIMIT_MEMLOCK, &rl);
+      std::string limit = rl.rlim_cur == RLIM_INFINITY ? "unlimited" : fmt::format("{} KiB", rl.rlim_cur / 1024);
+      throw VfioError(fmt::format("cannot pin guest memory for DMA (iova {:#x}, {} MiB): {}; the locked-memory "
+                                  "limit (RLIMIT_MEMLOCK) is {}: raise it with `ulimit -l unlimited` or run as root",
+                                  iova, size >> 20, err(e), limit),
+                      e);
+    }
+    throw VfioError(fmt::format("VFIO_IOMMU_MAP_DMA (iova {:#x}, {} bytes) failed: {}", iova, size, err(e)), e);
+  }
+  mapped_[iova] = size;
+}
+
+void Container::unmap_dma(uint64_t iova, uint64_t size) {
+  std::lock_guard g(lock_);
+  vfio_iommu_type1_dma_unmap u{};
+  u.argsz = sizeof u;
+  u.iova = iova;
+  u.size = size;
+  if (fd_ >= 0) ioctl(fd_, VFIO_IOMMU_UNMAP_DMA, &u);
+  mapped_.erase(iova);
+}
+
+}  // namespace passvm::vfio

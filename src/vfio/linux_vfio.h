@@ -1,0 +1,47 @@
+// vfio: the Linux kernel transport (/dev/vfio).
+//
+// One Container per machine: it holds the IOMMU address space (type1v2), so
+// guest RAM is pinned and mapped once however many devices are passed
+// through, each of them possibly in its own IOMMU group. Groups are opened on
+// demand and attached to the container; the first attachment selects the
+// IOMMU type, which is why DMA can only be mapped once a device is open.
+// The container must outlive the devices it opened.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "vfio/bdf.h"
+#include "vfio/device.h"
+
+namespace passvm::vfio {
+
+class Container : public DmaMapper {
+ public:
+  // The roots are for tests; on a host they are /sys and /dev. Nothing is opened until open_device().
+  explicit Container(std::string sysfs_root = "/sys", std::string dev_root = "/dev");
+  ~Container() override;
+  Container(const Container&) = delete;
+  Container& operator=(const Container&) = delete;
+
+  // Checks the host (host_checks.h), opens the device's group and the device. Throws VfioError.
+  std::unique_ptr<Device> open_device(const Bdf& bdf);
+
+  void map_dma(uint64_t iova, uint64_t size, void* host_address) override;
+  void unmap_dma(uint64_t iova, uint64_t size) override;
+
+ private:
+  int group_fd(const Bdf& bdf, int group);  // with lock_ held
+  void open_container();                    // with lock_ held
+
+  std::string sysfs_root_, dev_root_;
+  std::mutex lock_;
+  int fd_ = -1;
+  bool iommu_set_ = false;
+  std::map<int, int> groups_;            // group number -> fd
+  std::map<uint64_t, uint64_t> mapped_;  // iova -> size, unmapped at destruction if still there
+};
+
+}  // namespace passvm::vfio
