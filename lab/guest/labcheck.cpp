@@ -1,0 +1,504 @@
+// labcheck: the L2 guest's device checks that busybox cannot do well.
+//
+// It runs inside the innermost guest, on devices a VMM passed through, and proves they
+// work from the guest's side: real DMA to and from guest RAM (NVMe with O_DIRECT, the
+// edu device's DMA engine), I/O BAR versus MMIO BAR access to the same register,
+// config space as the guest sees it, and which interrupt mode the drivers ended up with.
+// Each invocation runs one check and prints one line: L2RESULT {"check":..,"pass":..,
+// "figures":{..},"detail":".."}. Built statically by lab/run (not by CMake) into the
+// L2 initramfs. Usage: labcheck CHECK [expected vendor:device list, comma separated]
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/io.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace {
+
+const std::string kPciRoot = "/sys/bus/pci/devices/";
+
+std::string json_escape(const std::string& s) {
+    std::string out;
+    for (char c : s) {
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += c;
+        } else if (static_cast<unsigned char>(c) < 0x20) {
+            out += ' ';
+        } else {
+            out += c;
+        }
+    }
+    return out;
+}
+
+// One check's verdict; figures hold ready-made JSON values.
+struct Result {
+    explicit Result(std::string name) : check(std::move(name)) {}
+    std::string check;
+    bool pass = false;
+    std::vector<std::pair<std::string, std::string>> figures;
+    std::string detail;
+
+    void num(const std::string& k, double v) {
+        char b[48];
+        if (v == static_cast<double>(static_cast<long long>(v)))
+            std::snprintf(b, sizeof b, "%lld", static_cast<long long>(v));
+        else
+            std::snprintf(b, sizeof b, "%.3f", v);
+        figures.emplace_back(k, b);
+    }
+    void str(const std::string& k, const std::string& v) { figures.emplace_back(k, "\"" + json_escape(v) + "\""); }
+    void raw(const std::string& k, const std::string& json) { figures.emplace_back(k, json); }
+    int print() const {
+        std::string f;
+        for (const auto& [k, v] : figures) f += (f.empty() ? "" : ",") + ("\"" + k + "\":" + v);
+        std::printf("L2RESULT {\"check\":\"%s\",\"pass\":%s,\"figures\":{%s},\"detail\":\"%s\"}\n", check.c_str(),
+                    pass ? "true" : "false", f.c_str(), json_escape(detail).c_str());
+        std::fflush(stdout);
+        return pass ? 0 : 1;
+    }
+    int fail(const std::string& why) {
+        pass = false;
+        detail = why;
+        return print();
+    }
+};
+
+std::optional<std::string> read_text(const std::string& path) {
+    std::ifstream f(path);
+    if (!f) return std::nullopt;
+    std::stringstream ss;
+    ss << f.rdbuf();
+    std::string s = ss.str();
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+    return s;
+}
+
+std::string basename_of_link(const std::string& path) {
+    char buf[512];
+    ssize_t n = readlink(path.c_str(), buf, sizeof buf - 1);
+    if (n <= 0) return "";
+    buf[n] = 0;
+    std::string s(buf);
+    return s.substr(s.rfind('/') + 1);
+}
+
+struct PciDev {
+    std::string bdf, id, cls, driver;
+};
+
+std::vector<PciDev> pci_devices() {
+    std::vector<PciDev> out;
+    DIR* d = opendir(kPciRoot.c_str());
+    if (!d) return out;
+    while (dirent* e = readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        std::string p = kPciRoot + e->d_name + "/";
+        auto ven = read_text(p + "vendor"), dev = read_text(p + "device");
+        if (!ven || !dev || ven->size() < 6 || dev->size() < 6) continue;
+        out.push_back({e->d_name, ven->substr(2) + ":" + dev->substr(2), read_text(p + "class").value_or(""),
+                       basename_of_link(p + "driver")});
+    }
+    closedir(d);
+    std::sort(out.begin(), out.end(), [](const PciDev& a, const PciDev& b) { return a.bdf < b.bdf; });
+    return out;
+}
+
+std::optional<PciDev> find_device(const std::string& id) {
+    for (const auto& d : pci_devices())
+        if (d.id == id) return d;
+    return std::nullopt;
+}
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Sets bits in the PCI command register (memory, I/O, bus master) the way a driver
+// would; returns the old value, or -1. Without a driver nobody else enables them.
+int enable_command_bits(const std::string& bdf, uint16_t bits) {
+    int fd = open((kPciRoot + bdf + "/config").c_str(), O_RDWR);
+    if (fd < 0) return -1;
+    uint16_t cmd = 0;
+    int old = -1;
+    if (pread(fd, &cmd, 2, 4) == 2) {
+        old = cmd;
+        uint16_t want = static_cast<uint16_t>(cmd | bits);
+        if (want != cmd && pwrite(fd, &want, 2, 4) != 2) old = -1;
+    }
+    close(fd);
+    return old;
+}
+
+// A mapped PCI BAR through sysfs.
+class Bar {
+public:
+    Bar(const std::string& bdf, int index, size_t len) : len_(len) {
+        fd_ = open((kPciRoot + bdf + "/resource" + std::to_string(index)).c_str(), O_RDWR | O_SYNC);
+        if (fd_ >= 0) {
+            void* p = mmap(nullptr, len_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+            if (p != MAP_FAILED) base_ = static_cast<volatile uint8_t*>(p);
+        }
+    }
+    ~Bar() {
+        if (base_) munmap(const_cast<uint8_t*>(base_), len_);
+        if (fd_ >= 0) close(fd_);
+    }
+    Bar(const Bar&) = delete;
+    Bar& operator=(const Bar&) = delete;
+    bool ok() const { return base_ != nullptr; }
+    uint32_t r32(size_t off) const { return *reinterpret_cast<volatile const uint32_t*>(base_ + off); }
+    void w32(size_t off, uint32_t v) { *reinterpret_cast<volatile uint32_t*>(base_ + off) = v; }
+    uint64_t r64(size_t off) const { return *reinterpret_cast<volatile const uint64_t*>(base_ + off); }
+    void w64(size_t off, uint64_t v) { *reinterpret_cast<volatile uint64_t*>(base_ + off) = v; }
+
+private:
+    int fd_ = -1;
+    size_t len_;
+    volatile uint8_t* base_ = nullptr;
+};
+
+uint64_t xorshift(uint64_t& s) {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return s;
+}
+
+uint64_t fresh_seed() {
+    auto t = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    return (t ^ (static_cast<uint64_t>(getpid()) << 32)) | 1;
+}
+
+// ---------------------------------------------------------------- checks
+
+int check_lspci(const std::string& expected) {
+    Result r("lspci");
+    std::string devs;
+    auto all = pci_devices();
+    for (const auto& d : all)
+        devs += (devs.empty() ? "" : ",") + ("\"" + d.bdf + "\":{\"id\":\"" + d.id + "\",\"class\":\"" + d.cls +
+                                            "\",\"driver\":\"" + d.driver + "\"}");
+    r.num("count", static_cast<double>(all.size()));
+    r.raw("devices", "{" + devs + "}");
+    std::string missing;
+    std::stringstream ss(expected);
+    for (std::string id; std::getline(ss, id, ',');)
+        if (!id.empty() && !find_device(id)) missing += (missing.empty() ? "" : " ") + id;
+    if (!missing.empty()) return r.fail("expected PCI devices not seen in L2: " + missing);
+    if (all.empty()) return r.fail("no PCI devices in /sys/bus/pci/devices");
+    r.pass = true;
+    return r.print();
+}
+
+int check_nvme() {
+    Result r("nvme");
+    const std::string dev = "/dev/nvme0n1";
+    constexpr size_t kChunk = 1 << 20, kTotal = 16 << 20;
+    int fd = -1;
+    auto t0 = std::chrono::steady_clock::now();
+    while ((fd = open(dev.c_str(), O_RDWR | O_DIRECT)) < 0 && ms_since(t0) < 15000)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    r.num("probe_wait_ms", ms_since(t0));
+    if (fd < 0) return r.fail(dev + " did not appear within 15 s: the nvme driver did not bind the controller");
+    r.str("bdf", basename_of_link("/sys/block/nvme0n1/device/device"));
+
+    void *wbuf = nullptr, *rbuf = nullptr;
+    if (posix_memalign(&wbuf, 4096, kTotal) != 0 || posix_memalign(&rbuf, 4096, kTotal) != 0) {
+        close(fd);
+        return r.fail("out of memory for 2 x 16 MiB buffers");
+    }
+    uint64_t seed = fresh_seed();
+    auto* w = static_cast<uint64_t*>(wbuf);
+    for (size_t i = 0; i < kTotal / 8; ++i) w[i] = xorshift(seed);
+    std::memset(rbuf, 0, kTotal);
+
+    std::string err;
+    auto tw = std::chrono::steady_clock::now();
+    for (size_t off = 0; off < kTotal && err.empty(); off += kChunk)
+        if (pwrite(fd, static_cast<char*>(wbuf) + off, kChunk, static_cast<off_t>(off)) != static_cast<ssize_t>(kChunk))
+            err = "write at offset " + std::to_string(off) + " failed: " + std::strerror(errno);
+    if (err.empty() && fdatasync(fd) != 0) err = std::string("fdatasync failed: ") + std::strerror(errno);
+    double write_ms = ms_since(tw);
+    auto tr = std::chrono::steady_clock::now();
+    for (size_t off = 0; off < kTotal && err.empty(); off += kChunk)
+        if (pread(fd, static_cast<char*>(rbuf) + off, kChunk, static_cast<off_t>(off)) != static_cast<ssize_t>(kChunk))
+            err = "read at offset " + std::to_string(off) + " failed: " + std::strerror(errno);
+    double read_ms = ms_since(tr);
+    close(fd);
+    r.num("bytes", kTotal);
+    r.num("write_ms", write_ms);
+    r.num("read_ms", read_ms);
+    r.num("total_ms", write_ms + read_ms);
+    if (err.empty()) {
+        size_t bad = kTotal;
+        for (size_t i = 0; i < kTotal; ++i)
+            if (static_cast<char*>(wbuf)[i] != static_cast<char*>(rbuf)[i]) {
+                bad = i;
+                break;
+            }
+        if (bad != kTotal) err = "data read back differs from data written, first at byte " + std::to_string(bad);
+    }
+    free(wbuf);
+    free(rbuf);
+    if (!err.empty()) return r.fail(err);
+    r.pass = true;
+    return r.print();
+}
+
+// Physical address of a locked page, from /proc/self/pagemap (needs root).
+std::optional<uint64_t> phys_addr(const void* p) {
+    int fd = open("/proc/self/pagemap", O_RDONLY);
+    if (fd < 0) return std::nullopt;
+    auto page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    uint64_t entry = 0;
+    auto va = reinterpret_cast<uintptr_t>(p);
+    bool got = pread(fd, &entry, 8, static_cast<off_t>(va / page * 8)) == 8;
+    close(fd);
+    uint64_t pfn = entry & ((1ULL << 55) - 1);
+    if (!got || !(entry >> 63) || pfn == 0) return std::nullopt;
+    return pfn * page + va % page;
+}
+
+// QEMU's edu device (docs/specs/edu.rst): ID at 0x00, liveness (inverts) at 0x04,
+// factorial at 0x08 with busy bit 0 of 0x20, DMA: src 0x80, dst 0x88, count 0x90,
+// command 0x98 (bit 0 start/busy, bit 1 device->RAM); device buffer at 0x40000.
+int check_edu() {
+    Result r("edu");
+    auto dev = find_device("1234:11e8");
+    if (!dev) return r.fail("no edu device (1234:11e8) in L2: was 0000:00:06.0 passed through?");
+    r.str("bdf", dev->bdf);
+    int old_cmd = enable_command_bits(dev->bdf, 0x6);  // memory space + bus master
+    r.num("command_before", old_cmd);
+    Bar bar(dev->bdf, 0, 1 << 20);
+    if (!bar.ok()) return r.fail("cannot mmap BAR0 of " + dev->bdf + " through sysfs");
+
+    uint32_t id = bar.r32(0x00);
+    r.str("id", [&] { char b[16]; std::snprintf(b, sizeof b, "0x%08x", id); return std::string(b); }());
+    if ((id & 0xff) != 0xed) return r.fail("edu ID register reads " + std::to_string(id) + ", expected 0x..ed");
+    uint32_t probe = static_cast<uint32_t>(fresh_seed());
+    bar.w32(0x04, probe);
+    if (bar.r32(0x04) != ~probe) return r.fail("edu liveness register did not return the inverted value");
+    bar.w32(0x20, 0);
+    bar.w32(0x08, 10);
+    auto t0 = std::chrono::steady_clock::now();
+    while ((bar.r32(0x20) & 1) && ms_since(t0) < 2000) std::this_thread::yield();
+    uint32_t fact = bar.r32(0x08);
+    r.num("factorial_10", fact);
+    if (fact != 3628800) return r.fail("edu computed 10! = " + std::to_string(fact) + ", expected 3628800");
+
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    void* mem = mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_LOCKED | MAP_POPULATE,
+                     -1, 0);
+    if (mem == MAP_FAILED || mlock(mem, 2 * page) != 0) return r.fail("cannot lock two pages for DMA");
+    auto* src = static_cast<uint64_t*>(mem);
+    auto* dst = static_cast<uint64_t*>(static_cast<void*>(static_cast<char*>(mem) + page));
+    uint64_t seed = fresh_seed();
+    for (size_t i = 0; i < page / 8; ++i) {
+        src[i] = xorshift(seed);
+        dst[i] = 0;
+    }
+    auto src_pa = phys_addr(src), dst_pa = phys_addr(dst);
+    if (!src_pa || !dst_pa) return r.fail("no physical address in /proc/self/pagemap (needs root)");
+    r.str("src_phys", std::to_string(*src_pa));
+
+    auto dma = [&](uint64_t from, uint64_t to, uint64_t cmd) {
+        bar.w64(0x80, from);
+        bar.w64(0x88, to);
+        bar.w64(0x90, page);
+        bar.w64(0x98, cmd);
+        auto t = std::chrono::steady_clock::now();
+        while ((bar.r64(0x98) & 1) && ms_since(t) < 5000) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        return (bar.r64(0x98) & 1) == 0;
+    };
+    auto td = std::chrono::steady_clock::now();
+    bool done = dma(*src_pa, 0x40000, 1) && dma(0x40000, *dst_pa, 3);
+    r.num("dma_round_trip_ms", ms_since(td));
+    bool same = std::memcmp(src, dst, page) == 0;
+    size_t copied = 0;
+    for (size_t i = 0; i < page / 8; ++i) copied += src[i] == dst[i];
+    munmap(mem, 2 * page);
+    r.num("bytes", static_cast<double>(page));
+    r.num("matching_words", static_cast<double>(copied));
+    if (!done) return r.fail("edu DMA did not complete within 5 s (bus mastering or DMA mapping broken?)");
+    if (!same)
+        return r.fail("edu DMA round trip returned different data (" + std::to_string(copied) + "/" +
+                      std::to_string(page / 8) + " words match): DMA did not reach guest RAM");
+    r.pass = true;
+    return r.print();
+}
+
+// e1000e exposes its registers through an I/O BAR window too: IOADDR at +0, IODATA at +4.
+int check_iobar() {
+    Result r("iobar");
+    auto dev = find_device("8086:10d3");
+    if (!dev) return r.fail("no e1000e (8086:10d3) in L2: was 0000:00:04.0 passed through?");
+    r.str("bdf", dev->bdf);
+    std::ifstream res(kPciRoot + dev->bdf + "/resource");
+    std::optional<uint16_t> port;
+    std::string line;
+    for (int i = 0; std::getline(res, line); ++i) {
+        unsigned long long start = 0, end = 0, flags = 0;
+        if (std::sscanf(line.c_str(), "%llx %llx %llx", &start, &end, &flags) == 3 && (flags & 0x100) && start &&
+            start <= 0xffff) {
+            port = static_cast<uint16_t>(start);
+            r.num("io_bar", i);
+            break;
+        }
+    }
+    if (!port) return r.fail("the e1000e in L2 shows no I/O BAR in sysfs: the VMM hid or did not assign it");
+    r.num("io_port", *port);
+    r.num("command_before", enable_command_bits(dev->bdf, 0x3));  // I/O + memory decoding
+    Bar bar(dev->bdf, 0, 128 << 10);
+    if (!bar.ok()) return r.fail("cannot mmap BAR0 of " + dev->bdf);
+    if (iopl(3) != 0) return r.fail(std::string("iopl(3) failed: ") + std::strerror(errno));
+    constexpr uint32_t kStatus = 0x8, kCtrl = 0x0;
+    uint32_t mmio_status = bar.r32(kStatus);
+    outl(kStatus, *port);
+    uint32_t io_status = inl(static_cast<uint16_t>(*port + 4));
+    uint32_t mmio_ctrl = bar.r32(kCtrl);
+    outl(kCtrl, *port);
+    uint32_t io_ctrl = inl(static_cast<uint16_t>(*port + 4));
+    r.num("status_mmio", mmio_status);
+    r.num("status_io", io_status);
+    r.num("ctrl_mmio", mmio_ctrl);
+    r.num("ctrl_io", io_ctrl);
+    if (io_status == 0xffffffff) return r.fail("I/O BAR read returned all ones: I/O accesses do not reach the device");
+    if (io_status != mmio_status || io_ctrl != mmio_ctrl)
+        return r.fail("STATUS/CTRL differ between the I/O BAR window and the MMIO BAR");
+    r.pass = true;
+    return r.print();
+}
+
+// Per-IRQ totals over all CPUs from /proc/interrupts.
+std::map<std::string, uint64_t> irq_counts() {
+    std::map<std::string, uint64_t> out;
+    std::ifstream f("/proc/interrupts");
+    std::string line;
+    std::getline(f, line);
+    std::istringstream hdr(line);
+    int cpus = 0;
+    for (std::string w; hdr >> w;) ++cpus;
+    while (std::getline(f, line)) {
+        std::istringstream ls(line);
+        std::string irq;
+        ls >> irq;
+        if (irq.empty() || irq.back() != ':') continue;
+        irq.pop_back();
+        uint64_t total = 0, n = 0;
+        for (int c = 0; c < cpus && ls >> n; ++c) total += n;
+        out[irq] = total;
+    }
+    return out;
+}
+
+int check_irqs() {
+    Result r("irqs");
+    auto counts = irq_counts();
+    std::string devs, silent, summary;
+    int reported = 0;
+    for (const auto& d : pci_devices()) {
+        if (d.driver.empty()) continue;
+        std::string mode = "none";
+        int vectors = 0;
+        uint64_t total = 0;
+        std::string dir = kPciRoot + d.bdf + "/msi_irqs/";
+        if (DIR* m = opendir(dir.c_str())) {
+            while (dirent* e = readdir(m)) {
+                if (e->d_name[0] == '.') continue;
+                mode = read_text(dir + e->d_name).value_or("msi");
+                ++vectors;
+                total += counts[e->d_name];
+            }
+            closedir(m);
+        }
+        if (vectors == 0) {
+            auto irq = read_text(kPciRoot + d.bdf + "/irq").value_or("0");
+            if (irq != "0" && counts.count(irq)) {
+                mode = "intx";
+                vectors = 1;
+                total = counts[irq];
+            }
+        }
+        devs += (devs.empty() ? "" : ",") + ("\"" + d.bdf + "\":{\"driver\":\"" + d.driver + "\",\"mode\":\"" + mode +
+                                            "\",\"vectors\":" + std::to_string(vectors) +
+                                            ",\"count\":" + std::to_string(total) + "}");
+        ++reported;
+        summary += (summary.empty() ? "" : "; ") + d.bdf.substr(5) + " " + d.driver + " " + mode + "x" +
+                   std::to_string(vectors) + "=" + std::to_string(total);
+        bool exercised = d.driver == "nvme" || d.driver == "e1000e";
+        if (exercised && total == 0) silent += (silent.empty() ? "" : " ") + d.bdf + "(" + d.driver + "," + mode + ")";
+    }
+    r.raw("devices", "{" + devs + "}");
+    r.str("summary", summary);
+    if (reported == 0) return r.fail("no PCI device in L2 has a driver bound");
+    if (!silent.empty()) return r.fail("devices in use received no interrupts: " + silent);
+    r.pass = true;
+    return r.print();
+}
+
+int check_config() {
+    Result r("config");
+    std::string devs, bad;
+    for (const auto& d : pci_devices()) {
+        std::ifstream f(kPciRoot + d.bdf + "/config", std::ios::binary);
+        std::vector<unsigned char> cfg(256, 0xff);
+        f.read(reinterpret_cast<char*>(cfg.data()), 256);
+        auto got = static_cast<size_t>(f.gcount());
+        std::string hex, caps;
+        char b[4];
+        for (size_t i = 0; i < 64 && i < got; ++i) {
+            std::snprintf(b, sizeof b, "%02x", cfg[i]);
+            hex += b;
+        }
+        // Capability list: where passthrough VMMs emulate (MSI 05, MSI-X 11) or hide things.
+        if (got >= 64 && (cfg[6] & 0x10)) {
+            size_t ptr = cfg[0x34] & 0xfc;
+            for (int hops = 0; ptr >= 0x40 && ptr + 1 < got && hops < 48; ++hops) {
+                std::snprintf(b, sizeof b, "%02x", cfg[ptr]);
+                caps += (caps.empty() ? "" : ",") + std::string(b);
+                ptr = cfg[ptr + 1] & 0xfc;
+            }
+        }
+        devs += (devs.empty() ? "" : ",") + ("\"" + d.bdf + "\":{\"bytes\":" + std::to_string(got) + ",\"caps\":\"" +
+                                            caps + "\",\"header\":\"" + hex + "\"}");
+        if (got < 64 || (cfg[0] == 0xff && cfg[1] == 0xff)) bad += (bad.empty() ? "" : " ") + d.bdf;
+    }
+    r.raw("devices", "{" + devs + "}");
+    if (devs.empty()) return r.fail("no PCI devices in L2");
+    if (!bad.empty()) return r.fail("config space unreadable or all ones for: " + bad);
+    r.pass = true;
+    return r.print();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string check = argc > 1 ? argv[1] : "";
+    std::string expected = argc > 2 ? argv[2] : "";
+    if (check == "lspci") return check_lspci(expected);
+    if (check == "nvme") return check_nvme();
+    if (check == "edu") return check_edu();
+    if (check == "iobar") return check_iobar();
+    if (check == "irqs") return check_irqs();
+    if (check == "config") return check_config();
+    Result r(check.empty() ? "labcheck" : check);
+    return r.fail("unknown check '" + check + "' (known: lspci nvme edu iobar irqs config)");
+}

@@ -1,0 +1,82 @@
+# Helpers sourced by every lab scenario (bash, inside L1's chroot).
+# Scenarios describe what to pass through and which checks L2 must run; the mechanics
+# of binding devices, running a VMM with a time limit, measuring it and reporting
+# results in the one format lab/run understands live here, so every VMM (QEMU as the
+# reference, passvm) is measured the same way.
+#
+# Environment set by stage2.sh: LAB_DIR, LAB_SCENARIO, LAB_OUT (per-scenario output dir),
+# PASSVM, L2_KERNEL, L2_INITRD, LAB_L1_LINKLOCAL.
+
+LAB_BDFS="0000:00:03.0 0000:00:04.0 0000:00:05.0 0000:00:06.0 0000:00:07.0"
+
+_json_str() {  # JSON string literal of $1
+    local s=$1
+    s=${s//\\/\\\\}; s=${s//\"/\\\"}; s=${s//$'\n'/\\n}; s=${s//$'\t'/ }; s=${s//$'\r'/}
+    printf '"%s"' "$s"
+}
+
+# result CHECK pass|fail [detail=TEXT] [KEY=VALUE...]: one LABRESULT line on L1's console.
+# Numbers stay numbers in "figures"; anything else becomes a string.
+result() {
+    local check=$1 verdict=$2 detail="" figs="" kv k v
+    shift 2
+    [[ $verdict == pass || $verdict == fail ]] || { echo "result: verdict must be pass or fail, got '$verdict'" >&2; verdict=fail; }
+    for kv in "$@"; do
+        k=${kv%%=*}; v=${kv#*=}
+        if [[ $k == detail ]]; then detail=$v; continue; fi
+        [[ $v =~ ^-?[0-9]+(\.[0-9]+)?$ ]] || v=$(_json_str "$v")
+        figs+="${figs:+,}$(_json_str "$k"):$v"
+    done
+    local pass=false; [[ $verdict == pass ]] && pass=true
+    echo "LABRESULT {\"scenario\":$(_json_str "${LAB_SCENARIO:-?}"),\"check\":$(_json_str "$check"),\"pass\":$pass,\"figures\":{$figs},\"detail\":$(_json_str "$detail")}"
+}
+
+bdf_driver() {  # current driver of a PCI device, or empty
+    local l=/sys/bus/pci/devices/$1/driver
+    [[ -e $l ]] && basename "$(readlink "$l")"
+}
+
+# bind_vfio BDF: hand a device to vfio-pci the way an administrator would.
+bind_vfio() {
+    local bdf=$1 dev=/sys/bus/pci/devices/$1
+    [[ -d $dev ]] || { echo "bind_vfio: no PCI device $bdf in L1 (see lab/README.md for the layout)" >&2; return 1; }
+    [[ $(bdf_driver "$bdf") == vfio-pci ]] && return 0
+    echo vfio-pci > "$dev/driver_override"
+    [[ -e $dev/driver ]] && echo "$bdf" > "$dev/driver/unbind"
+    echo "$bdf" > /sys/bus/pci/drivers_probe
+    [[ $(bdf_driver "$bdf") == vfio-pci ]] || { echo "bind_vfio: $bdf did not bind to vfio-pci (driver: $(bdf_driver "$bdf"))" >&2; return 1; }
+    echo "bind_vfio: $bdf on vfio-pci, group $(basename "$(readlink "$dev/iommu_group")")"
+}
+
+# unbind_vfio BDF: give a device back to its host driver.
+unbind_vfio() {
+    local bdf=$1 dev=/sys/bus/pci/devices/$1
+    [[ -d $dev ]] || return 1
+    echo > "$dev/driver_override"
+    [[ $(bdf_driver "$bdf") == vfio-pci ]] && echo "$bdf" > /sys/bus/pci/drivers/vfio-pci/unbind
+    echo "$bdf" > /sys/bus/pci/drivers_probe 2>/dev/null
+    return 0
+}
+
+# Between scenarios: every lab device back on its host driver.
+lab_reset_bindings() {
+    local bdf
+    for bdf in $LAB_BDFS; do
+        [[ $(bdf_driver "$bdf") == vfio-pci || -n $(cat "/sys/bus/pci/devices/$bdf/driver_override" 2>/dev/null | grep -v '(null)') ]] \
+            && unbind_vfio "$bdf"
+    done
+    return 0
+}
+
+# run_l2 NAME [--timeout S] -- CMD...: run a VMM that boots the L2 guest, with a time
+# limit; collects L2RESULT lines and reports them as checks NAME.<check>, plus NAME.vmm
+# with wall time, VMM-start-to-L2-init time and peak RSS. Returns 0 if everything passed.
+run_l2() {
+    /usr/bin/python3 "$LAB_DIR/scenarios/run_l2.py" "$@"
+}
+
+# l2_append CHECKS [EXTRA...]: the L2 kernel command line for a list of checks.
+l2_append() {
+    local checks=$1; shift
+    echo "console=ttyS0 panic=-1 lab.checks=$checks lab.peer=$LAB_L1_LINKLOCAL $*"
+}

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Run one VMM that boots the lab's L2 guest, and report what happened.
+
+Usage: run_l2.py NAME [--timeout S] [--grace S] -- CMD...
+
+The VMM's console (L2's ttyS0) is streamed to our stdout with a "[NAME] " prefix (so
+it lands in L1's serial log) and saved to $LAB_OUT/NAME.console with timestamps.
+Every "L2RESULT {json}" line becomes a "LABRESULT" check named NAME.<check>; a final
+NAME.vmm check carries the measurements: wall time, time from VMM start to L2's init,
+peak RSS of the VMM process tree. Checks asked for with lab.checks= on the command line
+that never reported are failures with the reason and the last console lines.
+Exit status 0 only if every check passed.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+
+DEFAULT_TIMEOUT = 240
+DEFAULT_GRACE = 10
+
+
+def emit(scenario, check, passed, figures=None, detail=""):
+    line = json.dumps({"scenario": scenario, "check": check, "pass": bool(passed),
+                       "figures": figures or {}, "detail": detail}, separators=(",", ":"))
+    print("LABRESULT " + line, flush=True)
+
+
+def proc_tree(root):
+    """PIDs of root and all its descendants."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def vm_hwm_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class RssSampler(threading.Thread):
+    """Peak resident set of the VMM: the largest VmHWM seen in its process tree."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.peak_kb, self.stop = pid, 0, threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            for p in proc_tree(self.pid):
+                self.peak_kb = max(self.peak_kb, vm_hwm_kb(p))
+            self.stop.wait(0.2)
+
+
+def requested_checks(cmd):
+    for arg in cmd:
+        for word in arg.split():
+            if word.startswith("lab.checks="):
+                return [c for c in word[len("lab.checks="):].split(",") if c]
+    return []
+
+
+def parse_args(argv):
+    if "--" not in argv or argv.index("--") == 0:
+        sys.exit("usage: run_l2 NAME [--timeout S] [--grace S] -- CMD...  (missing NAME or '--')")
+    split = argv.index("--")
+    opts, cmd = argv[:split], argv[split + 1:]
+    name, timeout, grace = opts[0], DEFAULT_TIMEOUT, DEFAULT_GRACE
+    i = 1
+    while i < len(opts):
+        if opts[i] in ("--timeout", "--grace") and i + 1 < len(opts):
+            try:
+                value = float(opts[i + 1])
+            except ValueError:
+                sys.exit(f"run_l2: {opts[i]} needs a number of seconds, got '{opts[i + 1]}'")
+            if opts[i] == "--timeout":
+                timeout = value
+            else:
+                grace = value
+            i += 2
+        else:
+            sys.exit(f"run_l2: unknown option '{opts[i]}' (known: --timeout S, --grace S)")
+    if not cmd:
+        sys.exit("run_l2: no VMM command after '--'")
+    return name, timeout, grace, cmd
+
+
+def main():
+    name, timeout, grace, cmd = parse_args(sys.argv[1:])
+    scenario = os.environ.get("LAB_SCENARIO", "?")
+    out_dir = os.environ.get("LAB_OUT", "/tmp")
+    os.makedirs(out_dir, exist_ok=True)
+    console_path = os.path.join(out_dir, f"{name}.console")
+    wanted = requested_checks(cmd)
+
+    print(f"[{name}] $ {' '.join(cmd)}", flush=True)
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as e:
+        emit(scenario, f"{name}.vmm", False, {}, f"cannot start the VMM '{cmd[0]}': {e.strerror}")
+        return 1
+    sampler = RssSampler(proc.pid)
+    sampler.start()
+
+    state = {"init_ms": None, "done_at": None, "killed": None}
+    results, tail = {}, deque(maxlen=15)
+
+    def kill(reason):
+        if state["killed"] is None:
+            state["killed"] = reason
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def watchdog():
+        while proc.poll() is None:
+            now = time.monotonic()
+            if now - start > timeout:
+                kill(f"timed out after {timeout:.0f} s")
+            elif state["done_at"] is not None and now - state["done_at"] > grace:
+                kill(f"L2 finished but the VMM did not exit within {grace:.0f} s")
+            time.sleep(0.2)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    with open(console_path, "w", errors="replace") as console:
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            ms = int((time.monotonic() - start) * 1000)
+            console.write(f"{ms:8d} {line}\n")
+            print(f"[{name}] {line}", flush=True)
+            tail.append(line)
+            idx = line.find("L2RESULT ")
+            if idx < 0:
+                continue
+            try:
+                r = json.loads(line[idx + len("L2RESULT "):])
+                check = str(r["check"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a console line split by kernel output: the check will show as missing
+            if check == "boot" and state["init_ms"] is None:
+                state["init_ms"] = ms
+            if check == "done":
+                state["done_at"] = time.monotonic()
+                continue
+            results[check] = r
+    rc = proc.wait()
+    wall_ms = int((time.monotonic() - start) * 1000)
+    sampler.stop.set()
+    sampler.join()
+
+    ok = True
+    for check, r in results.items():
+        passed = bool(r.get("pass"))
+        ok &= passed
+        emit(scenario, f"{name}.{check}", passed, r.get("figures", {}), str(r.get("detail", "")))
+
+    last = " | ".join(l for l in tail if l.strip())[-900:]
+    if state["init_ms"] is None:
+        why = state["killed"] or f"the VMM exited with status {rc}"
+        reason = f"L2 never reached init ({why}); last console lines: {last}"
+    elif state["done_at"] is None:
+        why = state["killed"] or f"the VMM exited with status {rc}"
+        reason = f"L2 reached init but did not finish its checks ({why}); last console lines: {last}"
+    else:
+        reason = ""
+    for check in wanted:
+        if check not in results:
+            ok = False
+            emit(scenario, f"{name}.{check}", False, {},
+                 reason or f"L2 never reported check '{check}'; last console lines: {last}")
+
+    boot = results.get("boot", {}).get("figures", {})
+    figures = {"wall_ms": wall_ms, "vmm_start_to_l2_init_ms": state["init_ms"],
+               "l2_uptime_at_init_s": boot.get("uptime_s"),
+               "peak_rss_kb": sampler.peak_kb, "exit_code": rc,
+               "exited_by_itself": state["killed"] is None, "console": console_path}
+    # A VMM that ran L2 to the end passes even if it had to be stopped afterwards
+    # (a guest without a working power-off path); that is visible in exited_by_itself.
+    emit(scenario, f"{name}.vmm", not reason, figures, reason or (state["killed"] or ""))
+    ok &= not reason
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
