@@ -1,0 +1,146 @@
+#include <gtest/gtest.h>
+
+#include <stdexcept>
+
+#include "memory/layout.h"
+#include "pci/fake_device_test.h"
+#include "pci/root.h"
+
+namespace passvm::pci {
+namespace {
+
+using testing::FakeDevice;
+using layout::GiB;
+using layout::MiB;
+
+bool aligned(uint64_t a, uint64_t size) { return a % size == 0; }
+
+TEST(PciResources, BarsAreNaturallyAlignedInTheirWindows) {
+  PciRoot root;
+  FakeDevice a, b;
+  a.bars = {{0, BarKind::Mmio32, 0x1000, false}, {1, BarKind::Io, 0x20, false}, {2, BarKind::Mmio64, 16 * MiB, true}};
+  b.bars = {{0, BarKind::Mmio32, 1 * MiB, false}, {2, BarKind::Io, 0x100, false}, {4, BarKind::Mmio32, 0x80, false}};
+  root.add(3, 0, &a);
+  root.add(4, 0, &b);
+  root.assign_resources();
+
+  for (FakeDevice* d : {&a, &b}) {
+    for (const BarRequest& r : d->bars) {
+      ASSERT_TRUE(d->assigned.count(r.index)) << r.index;
+      uint64_t at = d->assigned[r.index];
+      EXPECT_TRUE(aligned(at, r.size)) << std::hex << at;
+      if (r.kind == BarKind::Io) {
+        EXPECT_GE(at, layout::kIoBarStart);
+        EXPECT_LE(at + r.size, uint64_t{layout::kIoBarStart} + layout::kIoBarSize);
+      } else {
+        // Small 64-bit BARs stay in the 32-bit window.
+        EXPECT_GE(at, layout::kMmio32Start);
+        EXPECT_LE(at + r.size, layout::kMmio32Start + layout::kMmio32Size);
+        EXPECT_TRUE(aligned(at, 4096)) << "MMIO BARs get a page of their own";
+      }
+    }
+  }
+  // No two BARs overlap.
+  const auto& all = root.assignments();
+  ASSERT_EQ(all.size(), 6u);
+  for (size_t i = 0; i < all.size(); i++)
+    for (size_t j = i + 1; j < all.size(); j++) {
+      if ((all[i].kind == BarKind::Io) != (all[j].kind == BarKind::Io)) continue;
+      bool disjoint = all[i].address + all[i].size <= all[j].address || all[j].address + all[j].size <= all[i].address;
+      EXPECT_TRUE(disjoint) << i << " " << j;
+    }
+}
+
+TEST(PciResources, Large64BitBarGoesAbove4G) {
+  PciRoot root;
+  FakeDevice gpu;
+  gpu.bars = {{0, BarKind::Mmio32, 16 * MiB, false}, {2, BarKind::Mmio64, 8 * GiB, true}};
+  root.add(1, 0, &gpu);
+  root.assign_resources();
+  EXPECT_GE(gpu.assigned[2], layout::kMmio64Start);
+  EXPECT_TRUE(aligned(gpu.assigned[2], 8 * GiB));
+  EXPECT_LT(gpu.assigned[0], 4 * GiB);
+}
+
+TEST(PciResources, Small64BitBarsSpillAboveWhenLowWindowIsFull) {
+  PciRoot root;
+  FakeDevice big, small;
+  big.bars = {{0, BarKind::Mmio32, 256 * MiB, false}, {1, BarKind::Mmio32, 256 * MiB, false}};
+  small.bars = {{0, BarKind::Mmio64, 1 * MiB, false}};
+  root.add(1, 0, &big);
+  root.add(2, 0, &small);
+  root.assign_resources();
+  EXPECT_GE(small.assigned[0], layout::kMmio64Start);
+}
+
+TEST(PciResources, ExhaustedWindowIsAClearError) {
+  PciRoot root;
+  FakeDevice a, b;
+  a.bars = {{0, BarKind::Mmio32, 256 * MiB, false}, {1, BarKind::Mmio32, 256 * MiB, false}};
+  b.bars = {{0, BarKind::Mmio32, 4096, false}};
+  root.add(1, 0, &a);
+  root.add(2, 0, &b);
+  try {
+    root.assign_resources();
+    FAIL() << "expected the 32-bit window to be exhausted";
+  } catch (const std::runtime_error& e) {
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("00:02.0"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("32-bit MMIO window"), std::string::npos) << msg;
+  }
+  EXPECT_TRUE(b.assigned.empty()) << "nothing is programmed when assignment fails";
+  EXPECT_TRUE(a.assigned.empty());
+}
+
+TEST(PciResources, IoWindowExhaustion) {
+  PciRoot root;
+  std::vector<FakeDevice> devs(12);
+  for (size_t i = 0; i < devs.size(); i++) {
+    for (int bar = 0; bar < 6; bar++) devs[i].bars.push_back({bar, BarKind::Io, 256, false});
+    root.add(static_cast<int>(i + 1), 0, &devs[i]);
+  }
+  // 12 x 6 x 256 bytes = 18 KiB > 16 KiB of I/O window.
+  EXPECT_THROW(root.assign_resources(), std::runtime_error);
+}
+
+TEST(PciResources, Huge64BitBarDoesNotFit) {
+  PciRoot root;
+  FakeDevice d;
+  d.bars = {{0, BarKind::Mmio64, 128 * GiB, true}};
+  root.add(1, 0, &d);
+  EXPECT_THROW(root.assign_resources(), std::runtime_error);
+}
+
+TEST(PciResources, RejectsBadRequests) {
+  for (BarRequest bad : {BarRequest{6, BarKind::Mmio32, 4096, false}, BarRequest{5, BarKind::Mmio64, 4096, false},
+                         BarRequest{0, BarKind::Mmio32, 3000, false}, BarRequest{0, BarKind::Io, 512, false}}) {
+    PciRoot root;
+    FakeDevice d;
+    d.bars = {bad};
+    root.add(1, 0, &d);
+    EXPECT_THROW(root.assign_resources(), std::runtime_error) << bad.index;
+  }
+  PciRoot root;
+  FakeDevice d;
+  d.bars = {{0, BarKind::Mmio64, 4096, false}, {1, BarKind::Mmio32, 4096, false}};  // BAR1 is BAR0's upper half
+  root.add(1, 0, &d);
+  EXPECT_THROW(root.assign_resources(), std::runtime_error);
+}
+
+TEST(PciResources, IntxPinsRouteToLayoutGsis) {
+  PciRoot root;
+  FakeDevice none(1, 1, 0), inta(1, 1, 1), intc(1, 1, 3), bad(1, 1, 9);
+  root.add(0, 0, &none);
+  root.add(3, 0, &inta);
+  root.add(6, 2, &intc);
+  root.assign_resources();
+  EXPECT_EQ(none.gsi, 0xffffffffu);
+  EXPECT_EQ(inta.gsi, layout::pci_intx_gsi(3, 0));
+  EXPECT_EQ(intc.gsi, layout::pci_intx_gsi(6, 2));
+  EXPECT_EQ(inta.cfg.read(kCfgIntLine, 1), layout::pci_intx_gsi(3, 0));
+  root.add(9, 0, &bad);
+  EXPECT_THROW(root.assign_resources(), std::runtime_error);
+}
+
+}  // namespace
+}  // namespace passvm::pci

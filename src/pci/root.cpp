@@ -1,0 +1,159 @@
+#include "pci/root.h"
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+
+#include "pci/config_space.h"
+
+namespace passvm::pci {
+
+namespace {
+
+constexpr uint32_t kConfigEnable = 0x80000000u;
+constexpr uint32_t kConfigAddressMask = 0x80fffffcu;  // enable, bus, device, function, dword register
+constexpr uint8_t kResetCpu = 0x04;                     // 0xCF9 bit 2: perform the reset selected by bit 1
+constexpr uint8_t kResetControlMask = 0x0e;
+
+uint64_t all_ones(size_t size) { return size >= 8 ? ~uint64_t{0} : (uint64_t{1} << (8 * size)) - 1; }
+
+// Largest piece a PciDevice accepts at this offset: 4, 2 or 1 bytes, aligned, within what is left.
+int chunk_size(uint32_t offset, size_t left) {
+  for (int c : {4, 2}) {
+    if (offset % static_cast<uint32_t>(c) == 0 && left >= static_cast<size_t>(c)) return c;
+  }
+  return 1;
+}
+
+uint64_t load(std::span<const uint8_t> data) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < data.size() && i < 8; i++) v |= uint64_t{data[i]} << (8 * i);
+  return v;
+}
+
+void store(std::span<uint8_t> data, uint64_t v) {
+  for (size_t i = 0; i < data.size(); i++) data[i] = i < 8 ? static_cast<uint8_t>(v >> (8 * i)) : 0xff;
+}
+
+}  // namespace
+
+PciRoot::PciRoot(std::function<void()> on_reset) : on_reset_(std::move(on_reset)) {}
+
+void PciRoot::add(int slot, int func, PciDevice* dev) {
+  if (slot < 0 || slot >= kSlots || func < 0 || func >= kFunctions)
+    throw std::invalid_argument(fmt::format(
+        "PCI slot {}.{} is out of range: bus 0 has slots 0-{} with functions 0-{}", slot, func, kSlots - 1,
+        kFunctions - 1));
+  if (dev == nullptr) throw std::invalid_argument(fmt::format("PCI slot {}.{}: no device given", slot, func));
+  std::lock_guard g(slots_lock_);
+  PciDevice*& at = devices_[static_cast<size_t>(slot * kFunctions + func)];
+  if (at != nullptr)
+    throw std::invalid_argument(fmt::format("PCI slot {}.{} is already taken by {}; pick a free slot for {}", slot,
+                                            func, at->name(), dev->name()));
+  at = dev;
+}
+
+PciDevice* PciRoot::device(int slot, int func) const {
+  if (slot < 0 || slot >= kSlots || func < 0 || func >= kFunctions) return nullptr;
+  std::lock_guard g(slots_lock_);
+  return devices_[static_cast<size_t>(slot * kFunctions + func)];
+}
+
+uint64_t PciRoot::config_read(uint32_t bus, uint32_t slot, uint32_t func, uint32_t offset, int size) {
+  if (size < 1 || size > 8) return ~uint64_t{0};
+  auto len = static_cast<size_t>(size);
+  PciDevice* dev = bus == 0 ? device(static_cast<int>(slot), static_cast<int>(func)) : nullptr;
+  if (dev == nullptr || offset >= kConfigSpaceSize || len > kConfigSpaceSize - offset) return all_ones(len);
+  uint64_t value = 0;
+  for (size_t done = 0; done < len;) {
+    auto at = offset + static_cast<uint32_t>(done);
+    int c = chunk_size(at, len - done);
+    uint64_t piece = dev->config_read(at, c) & all_ones(static_cast<size_t>(c));
+    value |= piece << (8 * done);
+    done += static_cast<size_t>(c);
+  }
+  return value;
+}
+
+void PciRoot::config_write(uint32_t bus, uint32_t slot, uint32_t func, uint32_t offset, int size,
+                           uint64_t value) {
+  if (size < 1 || size > 8) return;
+  auto len = static_cast<size_t>(size);
+  PciDevice* dev = bus == 0 ? device(static_cast<int>(slot), static_cast<int>(func)) : nullptr;
+  if (dev == nullptr || offset >= kConfigSpaceSize || len > kConfigSpaceSize - offset) return;
+  for (size_t done = 0; done < len;) {
+    auto at = offset + static_cast<uint32_t>(done);
+    int c = chunk_size(at, len - done);
+    dev->config_write(at, c, static_cast<uint32_t>((value >> (8 * done)) & all_ones(static_cast<size_t>(c))));
+    done += static_cast<size_t>(c);
+  }
+}
+
+// Mechanism #1: offset 0-3 is the address dword (0xCF9 being the reset register), 4-7 the data window.
+void PciRoot::ConfigIo::read(uint64_t offset, std::span<uint8_t> data) {
+  uint32_t address = 0;
+  {
+    std::lock_guard g(lock_);
+    if (offset < 4) {
+      if (offset == 0 && data.size() == 4)
+        store(data, address_);
+      else if (offset == 1 && data.size() == 1)
+        store(data, reset_control_);
+      else
+        store(data, all_ones(data.size()));
+      return;
+    }
+    address = address_;
+  }
+  uint64_t in_dword = offset - 4;
+  if (!(address & kConfigEnable) || in_dword + data.size() > 4) {
+    store(data, all_ones(data.size()));
+    return;
+  }
+  uint32_t reg = (address & 0xfc) + static_cast<uint32_t>(in_dword);
+  store(data, root_.config_read((address >> 16) & 0xff, (address >> 11) & 0x1f, (address >> 8) & 0x7, reg,
+                                static_cast<int>(data.size())));
+}
+
+void PciRoot::ConfigIo::write(uint64_t offset, std::span<const uint8_t> data) {
+  uint32_t address = 0;
+  {
+    std::unique_lock g(lock_);
+    if (offset < 4) {
+      if (offset == 0 && data.size() == 4) {
+        address_ = static_cast<uint32_t>(load(data)) & kConfigAddressMask;
+      } else if (offset == 1 && data.size() == 1) {
+        reset_control_ = data[0] & kResetControlMask;
+        g.unlock();
+        if ((data[0] & kResetCpu) && root_.on_reset_) root_.on_reset_();
+      }
+      return;
+    }
+    address = address_;
+  }
+  uint64_t in_dword = offset - 4;
+  if (!(address & kConfigEnable) || in_dword + data.size() > 4) return;
+  uint32_t reg = (address & 0xfc) + static_cast<uint32_t>(in_dword);
+  root_.config_write((address >> 16) & 0xff, (address >> 11) & 0x1f, (address >> 8) & 0x7, reg,
+                     static_cast<int>(data.size()), load(data));
+}
+
+// ECAM: bus in bits 27:20, device 19:15, function 14:12, register 11:0.
+void PciRoot::Ecam::read(uint64_t offset, std::span<uint8_t> data) {
+  auto reg = static_cast<uint32_t>(offset & 0xfff);
+  if (data.size() > 8) {
+    store(data, ~uint64_t{0});
+    return;
+  }
+  store(data, root_.config_read(static_cast<uint32_t>(offset >> 20), (offset >> 15) & 0x1f, (offset >> 12) & 0x7,
+                                reg, static_cast<int>(data.size())));
+}
+
+void PciRoot::Ecam::write(uint64_t offset, std::span<const uint8_t> data) {
+  if (data.size() > 8) return;
+  auto reg = static_cast<uint32_t>(offset & 0xfff);
+  root_.config_write(static_cast<uint32_t>(offset >> 20), (offset >> 15) & 0x1f, (offset >> 12) & 0x7, reg,
+                     static_cast<int>(data.size()), load(data));
+}
+
+}  // namespace passvm::pci
