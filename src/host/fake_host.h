@@ -1,0 +1,24 @@
+// host tests: one host used by most tests, shaped like the lab's q35 machine
+// plus a GPU whose audio function shares its IOMMU group (with a bridge).
+#pragma once
+
+#include "host/fake_sysfs.h"
+
+namespace passvm::host::testing {
+
+inline void populate_host(FakeSysfs& fake) {
+  fake.add_device("0000:00:00.0", "8086", "29c0", "060000", "", 0);
+  fake.add_device("0000:00:01.0", "1234", "1111", "030000", "bochs-drm", 1);
+  fake.write("/sys/devices/pci0000:00/0000:00:01.0/boot_vga", "1\n");
+  fake.add_device("0000:00:03.0", "1b36", "0010", "010802", "nvme", 2);
+  fake.add_device("0000:00:04.0", "8086", "10d3", "020000", "e1000e", 3);
+  fake.add_device("0000:00:05.0", "1234", "11e8", "00ff00", "", 4);
+  fake.add_device("0000:00:06.0", "10de", "1b80", "030000", "nouveau", 5);
+  fake.add_device("0000:00:06.1", "10de", "10f0", "040300", "snd_hda_intel", 5);
+  fake.add_device("0000:00:1c.0", "8086", "2918", "060400", "pcieport", 5);
+  fake.add_block("0000:00:03.0", "nvme0n1");
+  fake.add_block("0000:00:03.0", "nvme0n1p1", "nvme0n1");
+  fake.add_block("0000:00:03.0", "nvme0n1p2", "nvme0n1");
+}
+
+}  // namespace passvm::host::testing

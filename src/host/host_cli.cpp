@@ -1,0 +1,272 @@
+#include "host/host_cli.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "host/host_error.h"
+#include "host/host_usage.h"
+#include "host/pci_inventory.h"
+#include "host/pptdevs_config.h"
+#include "host/preflight.h"
+#include "host/reservation_plan.h"
+#include "host/sysroot.h"
+
+namespace passvm::host {
+
+namespace {
+
+struct CommonOptions {
+  std::string sysroot;
+  Sysroot make_sysroot() const { return sysroot.empty() ? Sysroot::from_environment() : Sysroot(sysroot); }
+};
+
+void add_common(CLI::App& app, CommonOptions& common) {
+  app.add_option("--sysroot", common.sysroot,
+                 "Root under which /sys, /proc, /dev, /etc and /run are read and written (default: "
+                 "$PASSVM_SYSROOT or /)");
+}
+
+std::vector<PciAddress> parse_addresses(const std::vector<std::string>& words) {
+  std::vector<PciAddress> addresses;
+  for (const auto& w : words) addresses.push_back(PciAddress::parse(w));
+  return addresses;
+}
+
+void require_root(const Sysroot& sysroot, std::string_view command) {
+  if (sysroot.is_real_root() && geteuid() != 0) {
+    throw HostError(fmt::format("passvm {} must run as root: it writes to /sys/bus/pci; retry with sudo", command));
+  }
+}
+
+void print_messages(const Plan& plan) {
+  for (const auto& n : plan.notes) std::cout << n << "\n";
+  for (const auto& w : plan.warnings) std::cerr << "warning: " << w << "\n";
+  for (const auto& e : plan.errors) std::cerr << "error: " << e << "\n";
+}
+
+// Runs a plan and checks the outcome; returns the exit status.
+int carry_out(const Sysroot& sysroot, const Plan& plan, bool dry_run, bool verbose, bool reserving) {
+  print_messages(plan);
+  if (!plan.errors.empty()) return 1;
+  if (dry_run || verbose) {
+    for (const auto& step : plan.steps) std::cout << (dry_run ? "would: " : "") << step.describe() << "\n";
+  }
+  if (dry_run) return 0;
+  std::vector<std::string> warnings;
+  execute(sysroot, plan, run_command, warnings);
+  for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";
+  auto problems = reserving ? verify_reserved(sysroot, plan.targets) : verify_released(sysroot, plan.targets);
+  for (const auto& p : problems) std::cerr << "error: " << p << "\n";
+  if (!problems.empty()) return 1;
+  auto devices = scan_devices(sysroot);
+  for (const auto& address : plan.targets) {
+    auto dev = find_device(devices, address);
+    if (!dev) continue;
+    if (reserving) {
+      std::cout << fmt::format("{}: reserved, bound to vfio-pci, /dev/vfio/{}\n", address.str(),
+                               dev->iommu_group ? std::to_string(*dev->iommu_group) : "?");
+    } else {
+      std::cout << fmt::format("{}: released, driver {}\n", address.str(), dev->driver.empty() ? "none" : dev->driver);
+    }
+  }
+  return 0;
+}
+
+int run_list(const Sysroot& sysroot, bool json) {
+  auto devices = scan_devices(sysroot);
+  if (devices.empty() && !sysroot.exists("/sys/bus/pci/devices")) {
+    throw HostError(fmt::format("{} does not exist: is sysfs mounted (or --sysroot right)?",
+                                sysroot.path("/sys/bus/pci/devices").string()));
+  }
+  if (json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& d : devices) {
+      auto group = group_status(devices, d);
+      nlohmann::json blockers = nlohmann::json::array();
+      for (const auto& b : group.blockers) blockers.push_back({{"address", b.address.str()}, {"driver", b.driver}});
+      out.push_back({
+          {"address", d.address.str()},
+          {"vendor", fmt::format("{:04x}", d.vendor)},
+          {"device", fmt::format("{:04x}", d.device)},
+          {"class", fmt::format("{:06x}", d.class_code)},
+          {"class_name", class_name(d.class_code)},
+          {"driver", d.driver.empty() ? nlohmann::json(nullptr) : nlohmann::json(d.driver)},
+          {"driver_override", d.driver_override.empty() ? nlohmann::json(nullptr) : nlohmann::json(d.driver_override)},
+          {"iommu_group", d.iommu_group ? nlohmann::json(*d.iommu_group) : nlohmann::json(nullptr)},
+          {"reserved", d.reserved()},
+          {"ready", ready_for_passthrough(devices, d)},
+          {"group_blockers", blockers},
+          {"host_uses", host_uses(sysroot, d)},
+      });
+    }
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  }
+  std::cout << fmt::format("{:<13} {:<9} {:<22} {:<14} {:>5}  {:<8} {}\n", "ADDRESS", "ID", "CLASS", "DRIVER", "GROUP",
+                           "RESERVED", "READY");
+  for (const auto& d : devices) {
+    std::string ready = ready_for_passthrough(devices, d) ? "yes" : "no";
+    auto group = group_status(devices, d);
+    if (d.reserved() && !group.blockers.empty()) ready += " (group shared with " + group.blockers.front().address.str() + ")";
+    if (!host_uses(sysroot, d).empty()) ready += " (host uses it)";
+    std::cout << fmt::format("{:<13} {:04x}:{:04x} {:<22} {:<14} {:>5}  {:<8} {}\n", d.address.str(), d.vendor,
+                             d.device, class_name(d.class_code), d.driver.empty() ? "-" : d.driver,
+                             d.iommu_group ? std::to_string(*d.iommu_group) : "-", d.reserved() ? "yes" : "no",
+                             ready);
+  }
+  return 0;
+}
+
+int run_check(const Sysroot& sysroot, const std::string& memory, bool json) {
+  auto lines = run_preflight(sysroot, ProcessFacts::current(parse_size(memory)));
+  bool failed = false;
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& l : lines) {
+    failed = failed || l.verdict == Verdict::Fail;
+    if (json) {
+      out.push_back({{"verdict", verdict_name(l.verdict)}, {"name", l.name}, {"detail", l.detail}, {"fix", l.fix}});
+    } else {
+      std::cout << fmt::format("[{}] {}: {}\n", verdict_name(l.verdict), l.name, l.detail);
+      if (!l.fix.empty()) std::cout << fmt::format("       fix: {}\n", l.fix);
+    }
+  }
+  if (json) std::cout << out.dump(2) << "\n";
+  return failed ? 1 : 0;
+}
+
+// Called by udev for every PCI "add": claims the device when the config lists it. Prints udev
+// environment lines on stdout (for IMPORT{program}) and nothing else there.
+int run_boot_claim(const Sysroot& sysroot, const std::string& kernel_name, const std::string& config) {
+  PciAddress address = PciAddress::parse(kernel_name);
+  auto listed = load_pptdevs(sysroot, config);
+  if (!listed || std::find(listed->begin(), listed->end(), address) == listed->end()) return 0;
+  Plan plan = plan_reserve(sysroot, scan_devices(sysroot), {address}, {});
+  for (const auto& w : plan.warnings) std::cerr << "passvm: warning: " << w << "\n";
+  if (!plan.errors.empty()) {
+    for (const auto& e : plan.errors) std::cerr << "passvm: not claiming " << address.str() << ": " << e << "\n";
+    return 1;
+  }
+  std::vector<std::string> warnings;
+  execute(sysroot, plan, run_command, warnings);
+  for (const auto& w : warnings) std::cerr << "passvm: warning: " << w << "\n";
+  std::cout << "PASSVM_PPTDEV=1\n";
+  return 0;
+}
+
+int run_apply_config(const Sysroot& sysroot, const std::string& config, bool dry_run, bool verbose) {
+  auto listed = load_pptdevs(sysroot, config);
+  if (!listed) {
+    throw HostError(fmt::format("no {}: create it with one device per line (or pptdevs=\"1/0/0 2/0/0\")",
+                                sysroot.path(config).string()));
+  }
+  int status = 0;
+  for (const auto& address : *listed) {
+    // One device at a time: at boot, a device that cannot be claimed must not keep the others on the host.
+    Plan plan = plan_reserve(sysroot, scan_devices(sysroot), {address}, {});
+    try {
+      status |= carry_out(sysroot, plan, dry_run, verbose, true);
+    } catch (const HostError& e) {
+      std::cerr << "error: " << e.what() << "\n";
+      status = 1;
+    }
+  }
+  return status;
+}
+
+}  // namespace
+
+bool is_host_command(const char* word) {
+  std::string_view w = word ? word : "";
+  return w == "list" || w == "reserve" || w == "release" || w == "check";
+}
+
+int host_main(int argc, char** argv) {
+  std::string name = argc > 0 && argv[0] ? argv[0] : "passvm";
+  // Tolerate being called as host_main("passvm", "list", ...) as well as ("passvm list", ...).
+  if (argc > 1 && !is_host_command(name.substr(name.rfind(' ') + 1).c_str()) && is_host_command(argv[1])) {
+    name += std::string(" ") + argv[1];
+    --argc;
+    ++argv;
+  }
+  std::string command = name.substr(name.rfind(' ') + 1);
+  CLI::App app;
+  app.name(name);
+  CommonOptions common;
+  add_common(app, common);
+
+  bool json = false, force = false, with_group = false, dry_run = false, verbose = false, apply_config = false;
+  std::string boot_claim, memory = "512M", config(kDefaultConfigPath);
+  std::vector<std::string> devices;
+  if (command == "list") {
+    app.description("List the host's PCI devices, their drivers, IOMMU groups and passthrough readiness.");
+    app.add_flag("--json", json, "Machine-readable output");
+  } else if (command == "reserve") {
+    app.description("Take devices away from host drivers and bind them to vfio-pci.");
+    app.add_option("devices", devices, "Devices: DDDD:BB:SS.F, BB:SS.F or bhyve's B/S/F");
+    app.add_flag("--force", force, "Reserve even a device the host needs (mounted disk, console)");
+    app.add_flag("--with-group", with_group, "Also reserve IOMMU-group members still on host drivers");
+    app.add_flag("-n,--dry-run", dry_run, "Print the sysfs writes instead of doing them");
+    app.add_flag("-v,--verbose", verbose, "Print each sysfs write");
+    app.add_option("--boot-claim", boot_claim, "(udev) claim this device if the config lists it");
+    app.add_flag("--apply-config", apply_config, "Reserve every device listed in the config");
+    app.add_option("--config", config, "Persistent reservation list")->capture_default_str();
+  } else if (command == "release") {
+    app.description("Give reserved devices back to their host driver.");
+    app.add_option("devices", devices, "Devices: DDDD:BB:SS.F, BB:SS.F or bhyve's B/S/F");
+    app.add_flag("-n,--dry-run", dry_run, "Print the sysfs writes instead of doing them");
+    app.add_flag("-v,--verbose", verbose, "Print each sysfs write");
+  } else if (command == "check") {
+    app.description("Preflight: can this host pass a device through to a guest?");
+    app.add_option("--memory", memory, "Guest memory size to check limits against")->capture_default_str();
+    app.add_flag("--json", json, "Machine-readable output");
+  } else {
+    std::cerr << fmt::format("error: unknown command '{}'; use list, reserve, release or check\n", command);
+    return 2;
+  }
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int status = app.exit(e);  // prints help or the parse error
+    return status == 0 ? 0 : 2;
+  }
+
+  try {
+    Sysroot sysroot = common.make_sysroot();
+    if (command == "list") return run_list(sysroot, json);
+    if (command == "check") return run_check(sysroot, memory, json);
+    if (command == "reserve") {
+      int modes = (!devices.empty()) + (!boot_claim.empty()) + apply_config;
+      if (modes != 1) {
+        throw HostError("reserve needs exactly one of: device addresses, --boot-claim DEVICE or --apply-config; "
+                        "e.g. `passvm reserve 0000:00:03.0`");
+      }
+      if (!dry_run) require_root(sysroot, command);
+      if (!boot_claim.empty()) return run_boot_claim(sysroot, boot_claim, config);
+      if (apply_config) return run_apply_config(sysroot, config, dry_run, verbose);
+      Plan plan = plan_reserve(sysroot, scan_devices(sysroot), parse_addresses(devices), {force, with_group});
+      return carry_out(sysroot, plan, dry_run, verbose, true);
+    }
+    // release
+    if (devices.empty()) throw HostError("release needs device addresses, e.g. `passvm release 0000:00:03.0`");
+    if (!dry_run) require_root(sysroot, command);
+    Plan plan = plan_release(sysroot, scan_devices(sysroot), parse_addresses(devices));
+    return carry_out(sysroot, plan, dry_run, verbose, false);
+  } catch (const HostError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "error: unexpected failure: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace passvm::host

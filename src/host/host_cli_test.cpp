@@ -1,0 +1,129 @@
+// End-to-end through host_main on a fake tree: argument handling, output and exit codes.
+#include "host/host_cli.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "host/fake_host.h"
+
+namespace passvm::host {
+namespace {
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testing::populate_host(fake);
+    fake.add_driver("vfio-pci");
+  }
+  int run(std::vector<std::string> args) {
+    args.insert(args.begin() + 1, {"--sysroot", fake.root().string()});
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    ::testing::internal::CaptureStdout();
+    ::testing::internal::CaptureStderr();
+    int status = host_main(static_cast<int>(argv.size()), argv.data());
+    out = ::testing::internal::GetCapturedStdout();
+    err = ::testing::internal::GetCapturedStderr();
+    return status;
+  }
+  testing::FakeSysfs fake;
+  std::string out, err;
+};
+
+TEST_F(Cli, ListJsonReflectsSysfs) {
+  fake.bind("0000:00:03.0", "vfio-pci");
+  fake.set_override("0000:00:03.0", "vfio-pci");
+  ASSERT_EQ(run({"passvm list", "--json"}), 0) << err;
+  auto j = nlohmann::json::parse(out);
+  ASSERT_EQ(j.size(), 8u);
+  auto nvme = j[2];
+  EXPECT_EQ(nvme["address"], "0000:00:03.0");
+  EXPECT_EQ(nvme["vendor"], "1b36");
+  EXPECT_EQ(nvme["class_name"], "NVMe controller");
+  EXPECT_EQ(nvme["driver"], "vfio-pci");
+  EXPECT_EQ(nvme["iommu_group"], 2);
+  EXPECT_EQ(nvme["reserved"], true);
+  EXPECT_EQ(nvme["ready"], true);
+  EXPECT_TRUE(j[4]["driver"].is_null());
+  EXPECT_EQ(j[3]["reserved"], false);
+}
+
+TEST_F(Cli, ListTableHasOneRowPerDevice) {
+  ASSERT_EQ(run({"passvm list"}), 0) << err;
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 9);
+  EXPECT_NE(out.find("0000:00:06.1  10de:10f0 Audio device"), std::string::npos) << out;
+}
+
+TEST_F(Cli, CalledWithCommandAsSecondArgument) {
+  std::vector<std::string> args{"passvm", "list", "--sysroot", fake.root().string()};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  ::testing::internal::CaptureStdout();
+  EXPECT_EQ(host_main(4, argv.data()), 0);
+  EXPECT_NE(::testing::internal::GetCapturedStdout().find("0000:00:03.0"), std::string::npos);
+}
+
+TEST_F(Cli, MalformedAddressIsOneLineAndExit1) {
+  EXPECT_EQ(run({"passvm reserve", "0/99/0"}), 1);
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+  EXPECT_EQ(err.rfind("error: malformed PCI address '0/99/0'", 0), 0u) << err;
+}
+
+TEST_F(Cli, DryRunPrintsWritesWithoutDoingThem) {
+  ASSERT_EQ(run({"passvm reserve", "--dry-run", "0/3/0"}), 0) << err;
+  EXPECT_NE(out.find("would: echo 'vfio-pci' > /sys/bus/pci/devices/0000:00:03.0/driver_override"),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "(null)\n");
+}
+
+TEST_F(Cli, ReserveRefusesMountedDisk) {
+  fake.write("/proc/self/mounts", "/dev/nvme0n1p1 /srv xfs rw 0 0\n");
+  EXPECT_EQ(run({"passvm reserve", "0000:00:03.0"}), 1);
+  EXPECT_NE(err.find("mounted on /srv"), std::string::npos) << err;
+}
+
+TEST_F(Cli, ReserveNeedsExactlyOneMode) {
+  EXPECT_EQ(run({"passvm reserve"}), 1);
+  EXPECT_NE(err.find("exactly one of"), std::string::npos);
+  EXPECT_EQ(run({"passvm reserve", "--apply-config", "00:03.0"}), 1);
+}
+
+TEST_F(Cli, ReserveExecutesAndReportsWhatTheKernelDidNot) {
+  // The fake kernel binds nothing on drivers_probe, so verification must catch it.
+  EXPECT_EQ(run({"passvm reserve", "00:04.0"}), 1);
+  EXPECT_NE(err.find("not bound to vfio-pci"), std::string::npos) << err;
+  EXPECT_EQ(fake.read("/sys/bus/pci/drivers_probe"), "0000:00:04.0");
+}
+
+TEST_F(Cli, BootClaimOnlyForListedDevices) {
+  fake.bind("0000:00:03.0", "");
+  EXPECT_EQ(run({"passvm reserve", "--boot-claim", "0000:00:03.0"}), 0);  // no config: nothing
+  EXPECT_EQ(out, "");
+  fake.write("/etc/passvm/pptdevs.conf", "pptdevs=\"0/3/0\"\n");
+  EXPECT_EQ(run({"passvm reserve", "--boot-claim", "0000:00:04.0"}), 0);
+  EXPECT_EQ(out, "");
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:04.0/driver_override"), "(null)\n");
+  EXPECT_EQ(run({"passvm reserve", "--boot-claim", "0000:00:03.0"}), 0) << err;
+  EXPECT_EQ(out, "PASSVM_PPTDEV=1\n");
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "vfio-pci");
+}
+
+TEST_F(Cli, ApplyConfigWithoutConfigExplainsTheFix) {
+  EXPECT_EQ(run({"passvm reserve", "--apply-config"}), 1);
+  EXPECT_NE(err.find("create it with one device per line"), std::string::npos) << err;
+}
+
+TEST_F(Cli, CheckExitsNonZeroOnFailure) {
+  EXPECT_EQ(run({"passvm check", "--json"}), 1);  // no /dev/kvm in the fake tree
+  auto j = nlohmann::json::parse(out);
+  EXPECT_EQ(j[0]["name"], "kvm");
+  EXPECT_EQ(j[0]["verdict"], "fail");
+  EXPECT_EQ(run({"passvm check", "--memory", "lots"}), 1);
+  EXPECT_NE(err.find("bad size 'lots'"), std::string::npos);
+}
+
+TEST_F(Cli, UnknownOptionIsUsageError) { EXPECT_EQ(run({"passvm list", "--frobnicate"}), 2); }
+
+}  // namespace
+}  // namespace passvm::host

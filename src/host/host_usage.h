@@ -1,0 +1,23 @@
+// host: does the running host still need this device?
+//
+// Taking the disk controller that holds / or the GPU showing the console away
+// from the host kills the host, so reserve refuses such a device unless
+// --force. A device is needed when a block device below its sysfs node (a
+// disk, a partition, or a disk under a device-mapper/md stack) is mounted or
+// used as swap (/proc/self/mounts, /proc/swaps), or when it carries an active
+// console (/proc/consoles: a serial port below the device, or the VT on the
+// boot VGA device).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "host/pci_inventory.h"
+#include "host/sysroot.h"
+
+namespace passvm::host {
+
+// One human-readable reason per use ("nvme0n1p2 is mounted on / (ext4)"); empty when unused.
+std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& device);
+
+}  // namespace passvm::host

@@ -1,0 +1,64 @@
+#include "host/pci_address.h"
+
+#include <gtest/gtest.h>
+
+#include "host/host_error.h"
+
+namespace passvm::host {
+namespace {
+
+TEST(PciAddress, ParsesFullSysfsForm) {
+  auto a = PciAddress::parse("0000:00:03.0");
+  EXPECT_EQ(a.domain, 0);
+  EXPECT_EQ(a.bus, 0);
+  EXPECT_EQ(a.slot, 3);
+  EXPECT_EQ(a.function, 0);
+  EXPECT_EQ(PciAddress::parse("10de:af:1f.7").str(), "10de:af:1f.7");
+}
+
+TEST(PciAddress, ParsesShortLspciFormAsHex) {
+  EXPECT_EQ(PciAddress::parse("1a:00.1").str(), "0000:1a:00.1");
+  EXPECT_EQ(PciAddress::parse("0A:1F.3").str(), "0000:0a:1f.3");
+}
+
+TEST(PciAddress, ParsesBhyveFormAsDecimal) {
+  EXPECT_EQ(PciAddress::parse("3/0/0").str(), "0000:03:00.0");
+  EXPECT_EQ(PciAddress::parse("26/31/7").str(), "0000:1a:1f.7");
+  EXPECT_EQ(PciAddress::parse("255/0/1").str(), "0000:ff:00.1");
+}
+
+TEST(PciAddress, RejectsOutOfRangeFields) {
+  EXPECT_THROW(PciAddress::parse("0/32/0"), HostError);  // slot > 31
+  EXPECT_THROW(PciAddress::parse("0/0/8"), HostError);   // function > 7
+  EXPECT_THROW(PciAddress::parse("256/0/0"), HostError);
+  EXPECT_THROW(PciAddress::parse("0000:00:20.0"), HostError);
+  EXPECT_THROW(PciAddress::parse("0000:100:00.0"), HostError);
+  EXPECT_THROW(PciAddress::parse("10000:00:00.0"), HostError);
+}
+
+TEST(PciAddress, RejectsMalformedText) {
+  for (const char* bad : {"", "3/0", "3/0/0/0", "a/0/0", "00:03", "0000:00:03", "0000:00:03.", "x0:00.0",
+                          "00:03.0 ", "-1/0/0", "0000:00:03.0.1", "00::03.0"}) {
+    EXPECT_THROW(PciAddress::parse(bad), HostError) << bad;
+  }
+}
+
+TEST(PciAddress, ErrorNamesTheInputAndTheAcceptedForms) {
+  try {
+    PciAddress::parse("0/40/0");
+    FAIL() << "no error";
+  } catch (const HostError& e) {
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("'0/40/0'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("slot"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("DDDD:BB:SS.F"), std::string::npos) << msg;
+  }
+}
+
+TEST(PciAddress, OrdersByDomainBusSlotFunction) {
+  EXPECT_LT(PciAddress::parse("0000:00:03.1"), PciAddress::parse("0000:00:04.0"));
+  EXPECT_LT(PciAddress::parse("0000:ff:00.0"), PciAddress::parse("0001:00:00.0"));
+}
+
+}  // namespace
+}  // namespace passvm::host

@@ -1,0 +1,233 @@
+#include "host/reservation_plan.h"
+
+#include <gtest/gtest.h>
+
+#include "host/fake_host.h"
+#include "host/host_error.h"
+
+namespace passvm::host {
+namespace {
+
+const std::string kNvmeDir = "/sys/bus/pci/devices/0000:00:03.0";
+
+class Planning : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testing::populate_host(fake);
+    fake.add_driver("vfio-pci");
+  }
+  Plan reserve(std::vector<std::string> words, ReserveOptions options = {}) {
+    std::vector<PciAddress> addresses;
+    for (const auto& w : words) addresses.push_back(PciAddress::parse(w));
+    return plan_reserve(fake.sysroot(), scan_devices(fake.sysroot()), addresses, options);
+  }
+  Plan release(std::vector<std::string> words) {
+    std::vector<PciAddress> addresses;
+    for (const auto& w : words) addresses.push_back(PciAddress::parse(w));
+    return plan_release(fake.sysroot(), scan_devices(fake.sysroot()), addresses);
+  }
+  static std::vector<std::string> described(const Plan& plan) {
+    std::vector<std::string> out;
+    for (const auto& s : plan.steps) out.push_back(s.describe());
+    return out;
+  }
+  // Plays the kernel's part after drivers_probe: whoever driver_override names gets the device.
+  void kernel_probe(const std::string& address) {
+    auto ov = fake.read("/sys/devices/pci0000:00/" + address + "/driver_override");
+    if (ov == "vfio-pci") fake.bind(address, "vfio-pci");
+  }
+  testing::FakeSysfs fake;
+  std::vector<std::string> warnings;
+  CommandRunner no_commands = [](const std::vector<std::string>&) { return 0; };
+};
+
+TEST_F(Planning, ReserveBoundDeviceOverridesUnbindsAndProbes) {
+  auto plan = reserve({"0/3/0"});
+  EXPECT_TRUE(plan.errors.empty());
+  EXPECT_EQ(described(plan), (std::vector<std::string>{
+                                 "remember previous driver 'nvme' in /run/passvm/reserved/0000:00:03.0",
+                                 "echo 'vfio-pci' > " + kNvmeDir + "/driver_override",
+                                 "echo '0000:00:03.0' > " + kNvmeDir + "/driver/unbind",
+                                 "echo '0000:00:03.0' > /sys/bus/pci/drivers_probe",
+                             }));
+  ASSERT_EQ(plan.targets.size(), 1u);
+}
+
+TEST_F(Planning, ReserveDriverlessDeviceSkipsUnbind) {
+  auto steps = described(reserve({"00:05.0"}));
+  ASSERT_EQ(steps.size(), 3u);
+  EXPECT_EQ(steps[2], "echo '0000:00:05.0' > /sys/bus/pci/drivers_probe");
+}
+
+TEST_F(Planning, LoadsVfioPciOnceWhenMissing) {
+  std::filesystem::remove_all(fake.root() / "sys/bus/pci/drivers/vfio-pci");
+  auto plan = reserve({"00:04.0", "00:05.0"});
+  int loads = 0;
+  for (const auto& s : plan.steps) loads += s.kind == Step::Kind::LoadModule;
+  EXPECT_EQ(loads, 1);
+  EXPECT_EQ(plan.steps.front().describe(), "modprobe vfio-pci");
+}
+
+TEST_F(Planning, AlreadyBoundIsANoteAndNoWrites) {
+  fake.bind("0000:00:04.0", "vfio-pci");
+  fake.set_override("0000:00:04.0", "vfio-pci");
+  auto plan = reserve({"00:04.0"});
+  EXPECT_TRUE(plan.steps.empty());
+  ASSERT_EQ(plan.notes.size(), 1u);
+  EXPECT_NE(plan.notes[0].find("already bound"), std::string::npos);
+}
+
+TEST_F(Planning, UnknownDeviceIsAnError) {
+  auto plan = reserve({"00:09.0"});
+  ASSERT_EQ(plan.errors.size(), 1u);
+  EXPECT_NE(plan.errors[0].find("unknown device 0000:00:09.0"), std::string::npos);
+  EXPECT_NE(plan.errors[0].find("passvm list"), std::string::npos);
+}
+
+TEST_F(Planning, BridgeIsRefused) { EXPECT_EQ(reserve({"00:1c.0"}).errors.size(), 1u); }
+
+TEST_F(Planning, RefusesDeviceBackingAMountUnlessForced) {
+  fake.write("/proc/self/mounts", "/dev/nvme0n1p2 / ext4 rw 0 0\n");
+  auto plan = reserve({"00:03.0"});
+  ASSERT_EQ(plan.errors.size(), 1u);
+  EXPECT_NE(plan.errors[0].find("mounted on /"), std::string::npos) << plan.errors[0];
+  EXPECT_NE(plan.errors[0].find("--force"), std::string::npos);
+  EXPECT_THROW(execute(fake.sysroot(), plan, no_commands, warnings), HostError);
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "(null)\n");  // nothing written
+
+  auto forced = reserve({"00:03.0"}, {.force = true});
+  EXPECT_TRUE(forced.errors.empty());
+  EXPECT_EQ(forced.warnings.size(), 1u);
+  EXPECT_EQ(forced.steps.size(), 4u);
+}
+
+TEST_F(Planning, OneBadDeviceFailsTheWholeRequest) {
+  auto plan = reserve({"00:04.0", "00:09.0"});
+  EXPECT_FALSE(plan.errors.empty());
+  EXPECT_THROW(execute(fake.sysroot(), plan, no_commands, warnings), HostError);
+  EXPECT_EQ(fake.read("/sys/bus/pci/drivers_probe"), "");
+}
+
+TEST_F(Planning, NoIommuGroupIsAnError) {
+  fake.add_device("0000:00:07.0", "8086", "10d3", "020000", "e1000e", -1);
+  auto plan = reserve({"00:07.0"});
+  ASSERT_EQ(plan.errors.size(), 1u);
+  EXPECT_NE(plan.errors[0].find("no IOMMU group"), std::string::npos);
+}
+
+TEST_F(Planning, GroupSiblingOnHostDriverIsWarnedAndCanBeIncluded) {
+  auto plan = reserve({"00:06.0"});
+  ASSERT_EQ(plan.warnings.size(), 1u);
+  EXPECT_NE(plan.warnings[0].find("0000:00:06.1"), std::string::npos);
+  EXPECT_NE(plan.warnings[0].find("snd_hda_intel"), std::string::npos);
+  EXPECT_NE(plan.warnings[0].find("--with-group 0000:00:06.0"), std::string::npos);
+  EXPECT_EQ(plan.targets.size(), 1u);
+
+  auto group = reserve({"00:06.0"}, {.with_group = true});
+  EXPECT_TRUE(group.warnings.empty());
+  ASSERT_EQ(group.targets.size(), 2u);  // the bridge stays on pcieport
+  EXPECT_EQ(group.targets[1].str(), "0000:00:06.1");
+}
+
+TEST_F(Planning, ExecuteWritesSysfsAndState) {
+  auto plan = reserve({"00:03.0"});
+  execute(fake.sysroot(), plan, no_commands, warnings);
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "vfio-pci");
+  EXPECT_EQ(fake.read("/sys/bus/pci/drivers/nvme/unbind"), "0000:00:03.0");
+  EXPECT_EQ(fake.read("/sys/bus/pci/drivers_probe"), "0000:00:03.0");
+  EXPECT_EQ(remembered_driver(fake.sysroot(), PciAddress::parse("00:03.0")), "nvme");
+}
+
+TEST_F(Planning, ExecuteFailsClearlyWhenModprobeCannotProvideVfio) {
+  std::filesystem::remove_all(fake.root() / "sys/bus/pci/drivers/vfio-pci");
+  auto plan = reserve({"00:04.0"});
+  std::vector<std::vector<std::string>> commands;
+  CommandRunner failing = [&](const std::vector<std::string>& argv) {
+    commands.push_back(argv);
+    return 1;
+  };
+  try {
+    execute(fake.sysroot(), plan, failing, warnings);
+    FAIL() << "no error";
+  } catch (const HostError& e) {
+    EXPECT_NE(std::string(e.what()).find("vfio-pci is missing"), std::string::npos) << e.what();
+  }
+  ASSERT_EQ(commands.size(), 1u);
+  EXPECT_EQ(commands[0], (std::vector<std::string>{"modprobe", "vfio-pci"}));
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:04.0/driver_override"), "(null)\n");
+}
+
+TEST_F(Planning, VerifyReservedChecksBindingAndVfioNode) {
+  auto target = std::vector<PciAddress>{PciAddress::parse("00:03.0")};
+  execute(fake.sysroot(), reserve({"00:03.0"}), no_commands, warnings);
+  auto problems = verify_reserved(fake.sysroot(), target);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_NE(problems[0].find("not bound to vfio-pci"), std::string::npos);
+  kernel_probe("0000:00:03.0");
+  problems = verify_reserved(fake.sysroot(), target);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_NE(problems[0].find("/dev/vfio/2 is missing"), std::string::npos);
+  fake.write("/dev/vfio/2", "");
+  EXPECT_TRUE(verify_reserved(fake.sysroot(), target).empty());
+}
+
+TEST_F(Planning, ReleaseRebindsRememberedDriver) {
+  execute(fake.sysroot(), reserve({"00:03.0"}), no_commands, warnings);
+  kernel_probe("0000:00:03.0");
+  auto plan = release({"0000:00:03.0"});
+  EXPECT_TRUE(plan.errors.empty());
+  EXPECT_EQ(described(plan), (std::vector<std::string>{
+                                 "echo '' > " + kNvmeDir + "/driver_override",
+                                 "echo '0000:00:03.0' > " + kNvmeDir + "/driver/unbind",
+                                 "echo '0000:00:03.0' > /sys/bus/pci/drivers/nvme/bind",
+                                 "rm -f /run/passvm/reserved/0000:00:03.0",
+                             }));
+  execute(fake.sysroot(), plan, no_commands, warnings);
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "\n");
+  EXPECT_EQ(fake.read("/sys/bus/pci/drivers/vfio-pci/unbind"), "0000:00:03.0");
+  EXPECT_FALSE(remembered_driver(fake.sysroot(), PciAddress::parse("00:03.0")).has_value());
+}
+
+TEST_F(Planning, ReleaseWithoutMemoryLoadsModaliasAndProbes) {
+  // Claimed at boot: nvme was never loaded, so there is no nvme driver to bind to.
+  fake.bind("0000:00:03.0", "vfio-pci");
+  fake.set_override("0000:00:03.0", "vfio-pci");
+  std::filesystem::remove_all(fake.root() / "sys/bus/pci/drivers/nvme");
+  auto plan = release({"00:03.0"});
+  auto steps = described(plan);
+  ASSERT_EQ(steps.size(), 4u);
+  EXPECT_EQ(steps[2].rfind("modprobe pci:v00001b36d00000010", 0), 0u) << steps[2];
+  EXPECT_FALSE(plan.steps[2].required);
+  EXPECT_EQ(steps[3], "echo '0000:00:03.0' > /sys/bus/pci/drivers_probe");
+  // A failing modalias load only warns: drivers_probe may still find a driver.
+  CommandRunner failing = [](const std::vector<std::string>&) { return 1; };
+  execute(fake.sysroot(), plan, failing, warnings);
+  EXPECT_EQ(warnings.size(), 1u);
+}
+
+TEST_F(Planning, ReleaseOfUnreservedDeviceDoesNothing) {
+  auto plan = release({"00:04.0"});
+  EXPECT_TRUE(plan.steps.empty());
+  EXPECT_TRUE(plan.targets.empty());
+  ASSERT_EQ(plan.notes.size(), 1u);
+  EXPECT_NE(plan.notes[0].find("not reserved (driver: e1000e)"), std::string::npos);
+}
+
+TEST_F(Planning, ReleaseOfMarkedButUnboundDeviceOnlyClearsOverride) {
+  fake.set_override("0000:00:04.0", "vfio-pci");  // marked, still on e1000e
+  auto steps = described(release({"00:04.0"}));
+  ASSERT_EQ(steps.size(), 1u);
+  EXPECT_EQ(steps[0], "echo '' > /sys/bus/pci/devices/0000:00:04.0/driver_override");
+}
+
+TEST_F(Planning, BootClaimedDeviceKeepsNoPreviousDriver) {
+  // The udev claim marked it before nvme loaded: it never had a driver, and remembers that.
+  fake.bind("0000:00:03.0", "");
+  fake.set_override("0000:00:03.0", "vfio-pci");
+  auto plan = reserve({"00:03.0"});
+  execute(fake.sysroot(), plan, no_commands, warnings);
+  EXPECT_EQ(remembered_driver(fake.sysroot(), PciAddress::parse("00:03.0")), "");
+}
+
+}  // namespace
+}  // namespace passvm::host

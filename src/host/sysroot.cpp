@@ -1,0 +1,125 @@
+#include "host/sysroot.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "host/host_error.h"
+
+namespace passvm::host {
+
+namespace fs = std::filesystem;
+
+Sysroot::Sysroot(fs::path root) : root_(root.empty() ? fs::path("/") : std::move(root)) {}
+
+Sysroot Sysroot::from_environment() {
+  const char* env = std::getenv("PASSVM_SYSROOT");
+  return Sysroot(env && *env ? fs::path(env) : fs::path("/"));
+}
+
+bool Sysroot::is_real_root() const {
+  std::error_code ec;
+  return fs::equivalent(root_, "/", ec);
+}
+
+fs::path Sysroot::path(std::string_view host_path) const {
+  while (!host_path.empty() && host_path.front() == '/') host_path.remove_prefix(1);
+  return root_ / fs::path(host_path);
+}
+
+bool Sysroot::exists(std::string_view host_path) const {
+  std::error_code ec;
+  return fs::exists(path(host_path), ec);
+}
+
+std::optional<std::string> Sysroot::read(std::string_view host_path) const {
+  std::ifstream in(path(host_path), std::ios::binary);
+  if (!in) return std::nullopt;
+  std::ostringstream out;
+  out << in.rdbuf();
+  if (in.bad()) return std::nullopt;
+  return out.str();
+}
+
+std::optional<std::string> Sysroot::read_line(std::string_view host_path) const {
+  auto text = read(host_path);
+  if (!text) return std::nullopt;
+  std::string line = text->substr(0, text->find('\n'));
+  const char* space = " \t\r\n";
+  auto first = line.find_first_not_of(space);
+  if (first == std::string::npos) return std::string();
+  return line.substr(first, line.find_last_not_of(space) - first + 1);
+}
+
+std::vector<std::string> Sysroot::list(std::string_view host_path) const {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (fs::directory_iterator it(path(host_path), ec), end; !ec && it != end; it.increment(ec)) {
+    names.push_back(it->path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::optional<std::string> Sysroot::link_name(std::string_view host_path) const {
+  std::error_code ec;
+  fs::path target = fs::read_symlink(path(host_path), ec);
+  if (ec) return std::nullopt;
+  if (!target.has_filename()) target = target.parent_path();
+  return target.filename().string();
+}
+
+std::optional<std::string> Sysroot::resolve(std::string_view host_path) const {
+  std::error_code ec;
+  fs::path real = fs::canonical(path(host_path), ec);
+  if (ec) return std::nullopt;
+  fs::path root = fs::canonical(root_, ec);
+  if (ec) return std::nullopt;
+  fs::path rel = real.lexically_relative(root);
+  if (rel.empty() || *rel.begin() == "..") return std::nullopt;
+  return rel == "." ? std::string("/") : "/" + rel.string();
+}
+
+void Sysroot::write(std::string_view host_path, std::string_view value) const {
+  fs::path file = path(host_path);
+  int fd = ::open(file.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    throw HostError(fmt::format("cannot open {} for writing: {}{}", file.string(), std::strerror(err),
+                                err == EACCES || err == EPERM ? " (run as root)" : ""));
+  }
+  ssize_t n = ::write(fd, value.data(), value.size());
+  int err = errno;
+  ::close(fd);
+  if (n < 0 || static_cast<size_t>(n) != value.size()) {
+    throw HostError(fmt::format("writing '{}' to {} failed: {}", value, file.string(),
+                                n < 0 ? std::strerror(err) : "short write"));
+  }
+}
+
+void Sysroot::write_file(std::string_view host_path, std::string_view content) const {
+  fs::path file = path(host_path);
+  std::error_code ec;
+  fs::create_directories(file.parent_path(), ec);
+  std::ofstream out(file, std::ios::binary | std::ios::trunc);
+  out << content;
+  if (!out) {
+    throw HostError(fmt::format("cannot write {}: {}; check that its directory is writable",
+                                file.string(), std::strerror(errno)));
+  }
+}
+
+void Sysroot::remove(std::string_view host_path) const {
+  std::error_code ec;
+  fs::remove(path(host_path), ec);
+}
+
+}  // namespace passvm::host
