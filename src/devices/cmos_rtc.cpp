@@ -1,0 +1,86 @@
+#include "devices/cmos_rtc.h"
+
+namespace passvm::devices {
+
+namespace {
+constexpr uint8_t kSeconds = 0x00, kMinutes = 0x02, kHours = 0x04, kWeekday = 0x06, kDay = 0x07, kMonth = 0x08,
+                  kYear = 0x09, kStatusA = 0x0a, kStatusB = 0x0b, kStatusC = 0x0c, kStatusD = 0x0d;
+constexpr uint8_t kStatusADivider = 0x26;  // 32.768 kHz time base, 1024 Hz periodic rate; UIP (bit 7) clear
+constexpr uint8_t kStatusB24Hour = 0x02, kStatusBBinary = 0x04;
+constexpr uint8_t kStatusBWritable = 0xff & ~0x08;  // bit 3 (square wave) is not implemented
+constexpr uint8_t kStatusDValidRam = 0x80;
+}  // namespace
+
+CmosRtc::CmosRtc(std::function<std::time_t()> clock) : clock_(std::move(clock)) {
+  ram_[kStatusA] = kStatusADivider;
+  ram_[kStatusB] = kStatusB24Hour;
+  ram_[kStatusD] = kStatusDValidRam;
+}
+
+void CmosRtc::read(uint64_t offset, std::span<uint8_t> data) {
+  std::lock_guard g(lock_);
+  for (size_t i = 0; i < data.size(); i++) data[i] = offset + i == 1 ? read_data() : 0xff;  // index port is write-only
+}
+
+void CmosRtc::write(uint64_t offset, std::span<const uint8_t> data) {
+  std::lock_guard g(lock_);
+  for (size_t i = 0; i < data.size(); i++) {
+    if (offset + i == 0)
+      index_ = data[i] & 0x7f;  // bit 7 masks NMI on real boards; nothing to mask here
+    else if (offset + i == 1)
+      write_data(data[i]);
+  }
+}
+
+uint8_t CmosRtc::encode(int value) const {
+  if (ram_[kStatusB] & kStatusBBinary) return static_cast<uint8_t>(value);
+  return static_cast<uint8_t>((value / 10) << 4 | value % 10);
+}
+
+uint8_t CmosRtc::read_data() {
+  std::time_t now = clock_();
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  switch (index_) {
+    case kSeconds: return encode(tm.tm_sec > 59 ? 59 : tm.tm_sec);
+    case kMinutes: return encode(tm.tm_min);
+    case kHours: {
+      if (ram_[kStatusB] & kStatusB24Hour) return encode(tm.tm_hour);
+      int h12 = tm.tm_hour % 12 == 0 ? 12 : tm.tm_hour % 12;
+      return static_cast<uint8_t>(encode(h12) | (tm.tm_hour >= 12 ? 0x80 : 0));
+    }
+    case kWeekday: return encode(tm.tm_wday + 1);
+    case kDay: return encode(tm.tm_mday);
+    case kMonth: return encode(tm.tm_mon + 1);
+    case kYear: return encode((tm.tm_year + 1900) % 100);
+    case kCmosCenturyRegister: return encode((tm.tm_year + 1900) / 100);
+    case kStatusA: return kStatusADivider;
+    case kStatusC: {
+      uint8_t v = ram_[kStatusC];  // interrupt flags, cleared by reading; none are ever raised
+      ram_[kStatusC] = 0;
+      return v;
+    }
+    case kStatusD: return kStatusDValidRam;
+    default: return ram_[index_];
+  }
+}
+
+void CmosRtc::write_data(uint8_t value) {
+  switch (index_) {
+    case kSeconds:
+    case kMinutes:
+    case kHours:
+    case kWeekday:
+    case kDay:
+    case kMonth:
+    case kYear:
+    case kCmosCenturyRegister:
+    case kStatusA:
+    case kStatusC:
+    case kStatusD: break;
+    case kStatusB: ram_[kStatusB] = value & kStatusBWritable; break;
+    default: ram_[index_] = value; break;
+  }
+}
+
+}  // namespace passvm::devices

@@ -1,0 +1,105 @@
+#include "devices/console_input.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace passvm::devices {
+
+ConsoleInput::ConsoleInput(int in_fd, Uart16550& uart, std::function<void()> on_quit)
+    : in_fd_(in_fd), uart_(uart), on_quit_(std::move(on_quit)) {
+  stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (stop_fd_ < 0) throw std::runtime_error(std::string("console input: eventfd: ") + std::strerror(errno));
+  if (in_fd_ >= 0 && isatty(in_fd_) && tcgetattr(in_fd_, &saved_) == 0) {
+    terminal_ = true;
+    termios raw = saved_;
+    cfmakeraw(&raw);
+    raw.c_oflag |= OPOST;  // keep "\n" -> "\r\n" for guests that print bare newlines
+    raw.c_cc[VMIN] = 1;
+    raw.c_cc[VTIME] = 0;
+    if (tcsetattr(in_fd_, TCSANOW, &raw) == 0) raw_ = true;
+  }
+  thread_ = std::thread([this] { run(); });
+}
+
+ConsoleInput::~ConsoleInput() {
+  stop();
+  restore();
+  close(stop_fd_);
+}
+
+void ConsoleInput::stop() {
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t r = ::write(stop_fd_, &one, sizeof one);
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+void ConsoleInput::restore() {
+  if (raw_.exchange(false)) tcsetattr(in_fd_, TCSANOW, &saved_);
+}
+
+bool ConsoleInput::filter(const uint8_t* in, size_t n, std::vector<uint8_t>& out) {
+  for (size_t i = 0; i < n; i++) {
+    uint8_t c = in[i];
+    if (escape_seen_) {
+      escape_seen_ = false;
+      if (c == kQuitKey) return false;
+      if (c != kEscape) out.push_back(kEscape);
+      out.push_back(c);
+    } else if (c == kEscape) {
+      escape_seen_ = true;
+    } else {
+      out.push_back(c);
+    }
+  }
+  return true;
+}
+
+void ConsoleInput::run() {
+  std::vector<uint8_t> pending;
+  std::array<uint8_t, 256> buf{};
+  bool input_open = in_fd_ >= 0;
+  for (;;) {
+    std::array<pollfd, 3> fds{{
+        {stop_fd_, POLLIN, 0},
+        {pending.empty() && input_open ? in_fd_ : -1, POLLIN, 0},  // a negative fd is skipped by poll
+        {pending.empty() ? -1 : uart_.rx_space_fd(), POLLIN, 0},
+    }};
+    if (poll(fds.data(), fds.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (fds[0].revents) return;
+    if (fds[2].revents & POLLIN) {
+      uint64_t count;
+      [[maybe_unused]] ssize_t r = ::read(uart_.rx_space_fd(), &count, sizeof count);
+    }
+    if (fds[1].revents) {
+      ssize_t n = ::read(in_fd_, buf.data(), buf.size());
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      if (n <= 0) {
+        input_open = false;  // end of input (or a dead fd): stop polling it, never spin on it
+      } else if (terminal_) {
+        if (!filter(buf.data(), static_cast<size_t>(n), pending)) {
+          if (on_quit_) on_quit_();
+          input_open = false;
+        }
+      } else {
+        pending.insert(pending.end(), buf.begin(), buf.begin() + n);
+      }
+    }
+    if (!pending.empty()) {
+      size_t taken = uart_.receive(pending);
+      pending.erase(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(taken));
+    }
+  }
+}
+
+}  // namespace passvm::devices

@@ -1,0 +1,119 @@
+#include "devices/console_input.h"
+
+#include <fcntl.h>
+#include <pty.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <ctime>
+#include <string>
+#include <thread>
+
+namespace passvm::devices {
+namespace {
+
+using namespace std::chrono_literals;
+
+uint8_t in(Uart16550& u, uint64_t reg) {
+  uint8_t b = 0;
+  u.read(reg, {&b, 1});
+  return b;
+}
+
+// Reads what the guest would see, polling LSR.DR like a driver, for up to a second.
+std::string drain(Uart16550& u, size_t want) {
+  std::string got;
+  auto deadline = std::chrono::steady_clock::now() + 2s;
+  while (got.size() < want && std::chrono::steady_clock::now() < deadline) {
+    if (in(u, 5) & 0x01)
+      got += static_cast<char>(in(u, 0));
+    else
+      std::this_thread::sleep_for(1ms);
+  }
+  return got;
+}
+
+double cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+TEST(ConsoleInput, PipeInputReachesGuestWithoutLossThenEofIsQuiet) {
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  Uart16550 uart(-1, {});
+  uint8_t fcr = 0x01;
+  uart.write(2, {&fcr, 1});
+  ConsoleInput input(fds[0], uart);
+  EXPECT_FALSE(input.raw_mode()) << "a pipe is not a terminal";
+  std::string text;
+  for (int i = 0; i < 100; i++) text += static_cast<char>('0' + i % 10);  // far more than the FIFO holds
+  ASSERT_EQ(write(fds[1], text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  close(fds[1]);  // EOF
+  EXPECT_EQ(drain(uart, text.size()), text);
+
+  double before = cpu_seconds();
+  std::this_thread::sleep_for(300ms);
+  EXPECT_LT(cpu_seconds() - before, 0.05) << "the reader must not spin on EOF";
+  auto t0 = std::chrono::steady_clock::now();
+  input.stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+  close(fds[0]);
+}
+
+TEST(ConsoleInput, TerminalGoesRawAndIsRestored) {
+  int master = -1, slave = -1;
+  ASSERT_EQ(openpty(&master, &slave, nullptr, nullptr, nullptr), 0);
+  termios before{};
+  ASSERT_EQ(tcgetattr(slave, &before), 0);
+  ASSERT_TRUE(before.c_lflag & ICANON);
+  Uart16550 uart(-1, {});
+  std::atomic<int> quits{0};
+  {
+    ConsoleInput input(slave, uart, [&] { quits++; });
+    EXPECT_TRUE(input.raw_mode());
+    termios raw{};
+    ASSERT_EQ(tcgetattr(slave, &raw), 0);
+    EXPECT_FALSE(raw.c_lflag & (ICANON | ECHO | ISIG));
+
+    // Ctrl-C is data for the guest; Ctrl-A Ctrl-A is one Ctrl-A; Ctrl-A x quits.
+    const char keys[] = "\x03" "\x01\x01" "\x01x";
+    ASSERT_EQ(write(master, keys, 5), 5);
+    EXPECT_EQ(drain(uart, 2), std::string("\x03\x01"));
+    for (int i = 0; i < 200 && quits == 0; i++) std::this_thread::sleep_for(5ms);
+    EXPECT_EQ(quits, 1);
+
+    input.restore();  // what the signal path calls
+    termios back{};
+    ASSERT_EQ(tcgetattr(slave, &back), 0);
+    EXPECT_TRUE(back.c_lflag & ICANON);
+    EXPECT_FALSE(input.raw_mode());
+  }
+  termios after{};
+  ASSERT_EQ(tcgetattr(slave, &after), 0);
+  EXPECT_EQ(after.c_lflag, before.c_lflag);
+  EXPECT_EQ(after.c_iflag, before.c_iflag);
+  close(master);
+  close(slave);
+}
+
+TEST(ConsoleInput, DestructorRestoresTerminal) {
+  int master = -1, slave = -1;
+  ASSERT_EQ(openpty(&master, &slave, nullptr, nullptr, nullptr), 0);
+  termios before{};
+  ASSERT_EQ(tcgetattr(slave, &before), 0);
+  Uart16550 uart(-1, {});
+  { ConsoleInput input(slave, uart); }
+  termios after{};
+  ASSERT_EQ(tcgetattr(slave, &after), 0);
+  EXPECT_EQ(after.c_lflag, before.c_lflag);
+  close(master);
+  close(slave);
+}
+
+}  // namespace
+}  // namespace passvm::devices

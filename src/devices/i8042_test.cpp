@@ -1,0 +1,70 @@
+#include "devices/i8042.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace passvm::devices {
+namespace {
+
+struct Kbc {
+  int resets = 0;
+  std::vector<bool> kbd_irq;
+  I8042 dev{[this] { resets++; }, [this](bool l) { kbd_irq.push_back(l); }};
+  uint8_t status() { return in(4); }
+  uint8_t in(uint64_t port) {
+    uint8_t b = 0;
+    dev.read(port, {&b, 1});
+    return b;
+  }
+  void out(uint64_t port, uint8_t v) { dev.write(port, {&v, 1}); }
+};
+
+TEST(I8042, ResetCommand) {
+  Kbc k;
+  k.out(4, 0xfe);
+  EXPECT_EQ(k.resets, 1);
+}
+
+TEST(I8042, StatusIsSaneAndCommandsAnswer) {
+  Kbc k;
+  EXPECT_EQ(k.status() & 0x01, 0) << "nothing to read at start";
+  EXPECT_EQ(k.status() & 0x04, 0x04) << "system flag: self test passed";
+  k.out(4, 0xaa);
+  EXPECT_EQ(k.status() & 0x01, 0x01);
+  EXPECT_EQ(k.in(0), 0x55);
+  EXPECT_EQ(k.status() & 0x01, 0);
+  k.out(4, 0x20);
+  uint8_t ctr = k.in(0);
+  k.out(4, 0x60);
+  k.out(0, static_cast<uint8_t>(ctr & ~0x01));  // keyboard interrupt off
+  k.out(4, 0x20);
+  EXPECT_EQ(k.in(0), ctr & ~0x01);
+  k.out(4, 0xa8);  // aux enable clears the AUXDIS bit
+  k.out(4, 0x20);
+  EXPECT_EQ(k.in(0) & 0x20, 0);
+  k.out(4, 0xd3);  // aux loopback: the byte comes back flagged as aux data
+  k.out(0, 0x5a);
+  EXPECT_EQ(k.status() & 0x21, 0x21);
+  EXPECT_EQ(k.in(0), 0x5a);
+  EXPECT_EQ(k.resets, 0);
+}
+
+TEST(I8042, KeyboardIrqFollowsOutputBuffer) {
+  Kbc k;
+  k.out(0, 0xf2);  // a keyboard command: no keyboard, refused
+  EXPECT_EQ(k.kbd_irq, std::vector<bool>{true});
+  EXPECT_EQ(k.in(0), 0xfe);
+  EXPECT_EQ(k.kbd_irq, (std::vector<bool>{true, false}));
+}
+
+TEST(I8042, PostPortKeepsLastByte) {
+  PostPort p;
+  uint8_t v = 0x42, r = 0;
+  p.write(0, {&v, 1});
+  p.read(0, {&r, 1});
+  EXPECT_EQ(r, 0x42);
+}
+
+}  // namespace
+}  // namespace passvm::devices

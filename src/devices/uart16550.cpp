@@ -1,0 +1,194 @@
+#include "devices/uart16550.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace passvm::devices {
+
+namespace {
+
+enum Reg : uint64_t { kData = 0, kIer = 1, kIir = 2, kLcr = 3, kMcr = 4, kLsr = 5, kMsr = 6, kScr = 7 };
+
+constexpr uint8_t kIerRda = 0x01, kIerThre = 0x02, kIerRls = 0x04, kIerMsi = 0x08;
+constexpr uint8_t kIirNone = 0x01, kIirRls = 0x06, kIirRda = 0x04, kIirTimeout = 0x0c, kIirThre = 0x02,
+                  kIirMsi = 0x00, kIirFifo = 0xc0;
+constexpr uint8_t kFcrEnable = 0x01, kFcrClearRx = 0x02;
+constexpr uint8_t kLcrDlab = 0x80;
+constexpr uint8_t kMcrDtr = 0x01, kMcrRts = 0x02, kMcrOut1 = 0x04, kMcrOut2 = 0x08, kMcrLoop = 0x10;
+constexpr uint8_t kLsrDr = 0x01, kLsrOe = 0x02, kLsrThre = 0x20, kLsrTemt = 0x40;
+constexpr uint8_t kMsrCts = 0x10, kMsrDsr = 0x20, kMsrRi = 0x40, kMsrDcd = 0x80;
+constexpr uint8_t kTriggerLevels[4] = {1, 4, 8, 14};
+
+}  // namespace
+
+Uart16550::Uart16550(int out_fd, std::function<void(bool)> irq) : out_fd_(out_fd), irq_(std::move(irq)) {
+  space_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (space_fd_ < 0) throw std::runtime_error(std::string("serial port: eventfd: ") + std::strerror(errno));
+}
+
+Uart16550::~Uart16550() { close(space_fd_); }
+
+void Uart16550::read(uint64_t offset, std::span<uint8_t> data) {
+  std::lock_guard g(lock_);
+  for (size_t i = 0; i < data.size(); i++) data[i] = read_register((offset + i) % kRegisterCount);
+  update_irq();
+}
+
+void Uart16550::write(uint64_t offset, std::span<const uint8_t> data) {
+  std::lock_guard g(lock_);
+  for (size_t i = 0; i < data.size(); i++) write_register((offset + i) % kRegisterCount, data[i]);
+  update_irq();
+}
+
+size_t Uart16550::receive(std::span<const uint8_t> bytes) {
+  std::lock_guard g(lock_);
+  size_t cap = fifo_enabled_ ? kFifoSize : 1;
+  size_t n = 0;
+  while (n < bytes.size() && rx_.size() < cap) rx_.push_back(bytes[n++]);
+  want_space_ = n < bytes.size();
+  update_irq();
+  return n;
+}
+
+uint8_t Uart16550::read_register(uint64_t reg) {
+  bool dlab = lcr_ & kLcrDlab;
+  switch (reg) {
+    case kData: {
+      if (dlab) return dll_;
+      if (rx_.empty()) return 0;
+      uint8_t b = rx_.front();
+      rx_.pop_front();
+      signal_space();
+      return b;
+    }
+    case kIer: return dlab ? dlm_ : ier_;
+    case kIir: {
+      uint8_t id = interrupt_id();
+      if (id == kIirThre) thre_pending_ = false;  // reading IIR acknowledges THRE when it is the source
+      return static_cast<uint8_t>(id | (fifo_enabled_ ? kIirFifo : 0));
+    }
+    case kLcr: return lcr_;
+    case kMcr: return mcr_;
+    case kLsr: {
+      uint8_t lsr = static_cast<uint8_t>(kLsrThre | kLsrTemt | line_errors_ | (rx_.empty() ? 0 : kLsrDr));
+      line_errors_ = 0;
+      return lsr;
+    }
+    case kMsr: {
+      uint8_t msr = static_cast<uint8_t>(modem_status_lines() | msr_delta_);
+      msr_delta_ = 0;
+      return msr;
+    }
+    default: return scr_;
+  }
+}
+
+void Uart16550::write_register(uint64_t reg, uint8_t value) {
+  bool dlab = lcr_ & kLcrDlab;
+  switch (reg) {
+    case kData:
+      if (dlab) {
+        dll_ = value;
+      } else {
+        transmit(value);
+        thre_pending_ = true;  // the holding register is empty again at once
+      }
+      break;
+    case kIer:
+      if (dlab) {
+        dlm_ = value;
+      } else {
+        // Enabling the THRE interrupt while the holding register is empty raises it immediately.
+        if ((value & kIerThre) && !(ier_ & kIerThre)) thre_pending_ = true;
+        ier_ = value & 0x0f;
+      }
+      break;
+    case kIir: {  // FCR
+      bool enable = value & kFcrEnable;
+      if (enable != fifo_enabled_ || (value & kFcrClearRx)) {
+        rx_.clear();
+        signal_space();
+      }
+      fifo_enabled_ = enable;
+      rx_trigger_ = kTriggerLevels[value >> 6];
+      break;
+    }
+    case kLcr: lcr_ = value; break;
+    case kMcr: {
+      uint8_t before = modem_status_lines();
+      mcr_ = value & 0x1f;
+      uint8_t after = modem_status_lines();
+      uint8_t changed = before ^ after;
+      if (changed & kMsrCts) msr_delta_ |= 0x01;
+      if (changed & kMsrDsr) msr_delta_ |= 0x02;
+      if ((before & kMsrRi) && !(after & kMsrRi)) msr_delta_ |= 0x04;  // trailing edge of ring
+      if (changed & kMsrDcd) msr_delta_ |= 0x08;
+      break;
+    }
+    case kLsr:
+    case kMsr: break;  // factory-test writes: ignored
+    default: scr_ = value; break;
+  }
+}
+
+void Uart16550::transmit(uint8_t byte) {
+  if (mcr_ & kMcrLoop) {
+    push_rx(byte);
+    return;
+  }
+  if (out_fd_ < 0) return;
+  for (;;) {
+    ssize_t r = ::write(out_fd_, &byte, 1);
+    if (r == 1 || (r < 0 && errno != EINTR)) return;  // output errors drop the byte: the guest must not stall
+  }
+}
+
+void Uart16550::signal_space() {
+  if (!want_space_) return;
+  want_space_ = false;
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t r = ::write(space_fd_, &one, sizeof one);
+}
+
+void Uart16550::push_rx(uint8_t byte) {
+  size_t cap = fifo_enabled_ ? kFifoSize : 1;
+  if (rx_.size() >= cap) {
+    line_errors_ |= kLsrOe;
+    return;
+  }
+  rx_.push_back(byte);
+}
+
+// Lines seen by the UART: in loopback the MCR outputs come back; otherwise a terminal that is always ready.
+uint8_t Uart16550::modem_status_lines() const {
+  if (!(mcr_ & kMcrLoop)) return kMsrCts | kMsrDsr | kMsrDcd;
+  uint8_t lines = 0;
+  if (mcr_ & kMcrRts) lines |= kMsrCts;
+  if (mcr_ & kMcrDtr) lines |= kMsrDsr;
+  if (mcr_ & kMcrOut1) lines |= kMsrRi;
+  if (mcr_ & kMcrOut2) lines |= kMsrDcd;
+  return lines;
+}
+
+uint8_t Uart16550::interrupt_id() const {
+  if ((ier_ & kIerRls) && line_errors_) return kIirRls;
+  if ((ier_ & kIerRda) && !rx_.empty())
+    return fifo_enabled_ && rx_.size() < rx_trigger_ ? kIirTimeout : kIirRda;
+  if ((ier_ & kIerThre) && thre_pending_) return kIirThre;
+  if ((ier_ & kIerMsi) && msr_delta_) return kIirMsi;
+  return kIirNone;
+}
+
+void Uart16550::update_irq() {
+  bool level = interrupt_id() != kIirNone;
+  if (level == irq_level_) return;
+  irq_level_ = level;
+  if (irq_) irq_(level);
+}
+
+}  // namespace passvm::devices

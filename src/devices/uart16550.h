@@ -1,0 +1,74 @@
+// devices: emulated platform devices of the PC that every guest expects.
+//
+// These are the few legacy pieces a Linux guest touches besides the PCI bus:
+// the COM1 serial port (its console), ACPI fixed-hardware power management
+// (to power off), the CMOS RTC (wall-clock time), the i8042 (reset, and
+// probing that must not hang) and POST port 0x80 (I/O delay writes). Each is a
+// BusDevice with its own lock, because two vCPUs may touch it at once, and
+// reports interrupts through std::function callbacks so nothing here depends
+// on KVM.
+//
+// Uart16550 is a 16550A: 16-byte receive FIFO, interrupt identification with
+// the datasheet's priorities, divisor latch, scratch register, loopback.
+// Transmission is instant (the guest never waits for the baud rate). The IRQ
+// callback gets the line level, "an enabled interrupt is pending", and is
+// called only when it changes; it must not call back into the UART.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <span>
+
+#include "bus/bus.h"
+
+namespace passvm::devices {
+
+class Uart16550 : public BusDevice {
+ public:
+  static constexpr size_t kFifoSize = 16;
+  static constexpr uint64_t kRegisterCount = 8;  // register it on the port bus for 8 bytes
+
+  // Guest output goes to out_fd (-1 drops it). irq receives the line level on every change.
+  Uart16550(int out_fd, std::function<void(bool level)> irq);
+  ~Uart16550() override;
+  Uart16550(const Uart16550&) = delete;
+  Uart16550& operator=(const Uart16550&) = delete;
+
+  void read(uint64_t offset, std::span<uint8_t> data) override;
+  void write(uint64_t offset, std::span<const uint8_t> data) override;
+
+  // Host input: puts as many bytes as fit into the receive FIFO and returns how many. When some
+  // did not fit, rx_space_fd() (an eventfd) becomes readable once the guest has read a byte.
+  size_t receive(std::span<const uint8_t> bytes);
+  int rx_space_fd() const { return space_fd_; }
+
+ private:
+  uint8_t read_register(uint64_t reg);
+  void write_register(uint64_t reg, uint8_t value);
+  void transmit(uint8_t byte);
+  void push_rx(uint8_t byte);
+  void signal_space();
+  uint8_t interrupt_id() const;
+  uint8_t modem_status_lines() const;
+  void update_irq();
+
+  const int out_fd_;
+  const std::function<void(bool)> irq_;
+  int space_fd_ = -1;
+
+  std::mutex lock_;
+  std::deque<uint8_t> rx_;
+  uint8_t ier_ = 0, lcr_ = 0, mcr_ = 0, scr_ = 0;
+  uint8_t dll_ = 0x0c, dlm_ = 0;  // 9600 baud, what firmware would leave
+  uint8_t line_errors_ = 0;       // LSR overrun bit, cleared by reading LSR
+  uint8_t msr_delta_ = 0;         // MSR bits 0-3, cleared by reading MSR
+  bool fifo_enabled_ = false;
+  uint8_t rx_trigger_ = 1;
+  bool thre_pending_ = false;
+  bool want_space_ = false;
+  bool irq_level_ = false;
+};
+
+}  // namespace passvm::devices
