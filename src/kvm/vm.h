@@ -31,10 +31,19 @@ class Kvm {
   size_t vcpu_mmap_size() const;
   // KVM_GET_SUPPORTED_CPUID, as a buffer ready for KVM_SET_CPUID2.
   std::vector<uint8_t> supported_cpuid() const;
+  // Most vCPUs one VM may have (KVM_CAP_MAX_VCPUS, falling back to KVM_CAP_NR_VCPUS).
+  uint32_t max_vcpus() const;
 
  private:
   int fd_ = -1;
 };
+
+// Where the VM's two private pages live: both inside the 32-bit hole, above
+// the LAPIC and below 4 GiB, where layout.h puts nothing. Intel's VMX needs
+// them (a TSS of three pages and an identity-mapped page table) to run real
+// mode and unpaged guest code; AMD ignores them.
+inline constexpr uint64_t kIdentityMapAddr = 0xfffbc000;
+inline constexpr uint64_t kTssAddr = 0xfffbd000;
 
 class Vm {
  public:
@@ -47,6 +56,7 @@ class Vm {
   Kvm& kvm() const { return kvm_; }
 
   // Memory slots. Returns the slot id. readonly maps the range read-only (writes exit as MMIO).
+  // gpa, size and hva must be page aligned.
   uint32_t map_memory(uint64_t gpa, uint64_t size, void* hva, bool readonly = false);
   void unmap_memory(uint32_t slot);
 
@@ -54,11 +64,14 @@ class Vm {
   void set_irq_line(uint32_t gsi, bool level);
 
   // MSI routes. alloc_msi_route returns a fresh GSI routed to the message; update and free change it.
+  // GSIs 0-23 are the PIC/IOAPIC pins; MSI routes take the lowest free GSI from 24 up.
   uint32_t alloc_msi_route(uint64_t address, uint32_t data);
   void update_msi_route(uint32_t gsi, uint64_t address, uint32_t data);
   void free_msi_route(uint32_t gsi);
   // Injects one MSI directly (KVM_SIGNAL_MSI), for emulated devices and masked-then-pending vectors.
-  void signal_msi(uint64_t address, uint32_t data);
+  // Returns false when no vCPU took it: the guest blocked it (LAPIC disabled) or the address names no
+  // APIC. Both are the guest's doing, so they are not errors; a failing ioctl throws.
+  bool signal_msi(uint64_t address, uint32_t data);
 
   // irqfd: a write to eventfd injects gsi. With resample_fd >= 0 the GSI is level-triggered:
   // KVM signals resample_fd when the guest EOIs it, so the device can be unmasked (INTx).
@@ -69,8 +82,14 @@ class Vm {
   void add_ioeventfd(int eventfd, uint64_t addr, uint32_t len, bool pio);
   void remove_ioeventfd(int eventfd, uint64_t addr, uint32_t len, bool pio);
 
+  // A copy of the routing table as last committed to KVM (for tests and diagnostics).
+  std::vector<kvm_irq_routing_entry> routes();
+
+  static constexpr uint32_t kFirstMsiGsi = 24;
+
  private:
   void commit_routes();  // with routes_lock_ held
+  kvm_irq_routing_entry* find_msi_route(uint32_t gsi);  // with routes_lock_ held
 
   Kvm& kvm_;
   int fd_ = -1;
@@ -78,7 +97,7 @@ class Vm {
   std::vector<bool> slot_used_;
   std::mutex routes_lock_;
   std::vector<kvm_irq_routing_entry> routes_;
-  uint32_t next_gsi_;
+  uint32_t max_gsi_count_ = 0;  // KVM_CAP_IRQ_ROUTING: the size of KVM's GSI space
 };
 
 }  // namespace passvm

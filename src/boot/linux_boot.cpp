@@ -1,0 +1,153 @@
+#include "boot/linux_boot.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+#include "memory/layout.h"
+
+namespace passvm::boot {
+
+namespace {
+
+template <typename T>
+void store(std::vector<uint8_t>& page, size_t offset, T v) {
+  std::memcpy(page.data() + offset, &v, sizeof v);
+}
+
+uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+uint64_t align_down(uint64_t v, uint64_t a) { return v / a * a; }
+
+// The RAM entry holding [addr, addr+size), or nullptr.
+const E820Entry* ram_holding(const std::vector<E820Entry>& e820, uint64_t addr, uint64_t size) {
+  for (const auto& e : e820)
+    if (e.type == E820Type::Ram && addr >= e.addr && addr + size <= e.addr + e.size) return &e;
+  return nullptr;
+}
+
+uint64_t mib(uint64_t bytes) { return (bytes + layout::MiB - 1) / layout::MiB; }
+
+}  // namespace
+
+std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& what) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    if (err == ENOENT) throw std::runtime_error(fmt::format("{} file {} not found: check the path", what, path));
+    if (err == EACCES)
+      throw std::runtime_error(fmt::format("{} file {} is not readable: check its permissions", what, path));
+    throw std::runtime_error(fmt::format("cannot open {} file {}: {}", what, path, strerror(err)));
+  }
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    throw std::runtime_error(fmt::format("{} file {} is not a regular file", what, path));
+  }
+  std::vector<uint8_t> data(static_cast<size_t>(st.st_size));
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = read(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int err = n < 0 ? errno : EIO;
+      close(fd);
+      throw std::runtime_error(fmt::format("cannot read {} file {}: {}", what, path, strerror(err)));
+    }
+    done += static_cast<size_t>(n);
+  }
+  close(fd);
+  return data;
+}
+
+LinuxBoot load_linux(const GuestMemory& mem, const std::string& kernel_path, const std::string& initrd_path,
+                     const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr) {
+  std::vector<uint8_t> kernel = read_boot_file(kernel_path, "kernel");
+  std::vector<uint8_t> initrd;
+  if (!initrd_path.empty()) initrd = read_boot_file(initrd_path, "initrd");
+  return load_linux_image(mem, kernel, initrd, cmdline, e820, rsdp_addr, kernel_path);
+}
+
+LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kernel, std::span<const uint8_t> initrd,
+                           const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
+                           const std::string& kernel_name) {
+  const SetupHeader h = parse_setup_header(kernel, kernel_name);
+  LinuxBoot b;
+  b.protocol = h.version;
+
+  // Protected-mode kernel: at pref_address if it has one, aligned as it asks when it can be moved.
+  uint64_t addr = h.pref_address != 0 ? h.pref_address : kDefaultLoadAddr;
+  if (h.relocatable_kernel && h.kernel_alignment != 0) addr = align_up(addr, h.kernel_alignment);
+  const uint64_t footprint = std::max<uint64_t>(h.kernel_size, h.init_size);
+  const E820Entry* low = ram_holding(e820, addr, footprint);
+  if (!low)
+    throw std::runtime_error(fmt::format(
+        "{} needs {} MiB of RAM from {:#x} to decompress and run, which this guest does not have: give it more "
+        "memory (at least {} MiB)",
+        kernel_name, mib(footprint), addr, mib(addr + footprint) + 16));
+  mem.write(addr, kernel.subspan(h.kernel_offset));
+  b.kernel_addr = addr;
+  b.kernel_size = h.kernel_size;
+  b.kernel_end = addr + footprint;
+
+  // Initrd: as high as possible in the RAM that holds the kernel, below initrd_addr_max, above the kernel.
+  if (!initrd.empty()) {
+    uint64_t limit = std::min<uint64_t>(low->addr + low->size, uint64_t{h.initrd_addr_max} + 1);
+    uint64_t at = initrd.size() <= limit ? align_down(limit - initrd.size(), 4096) : 0;
+    if (initrd.size() > limit || at < b.kernel_end)
+      throw std::runtime_error(fmt::format(
+          "the initrd ({} MiB) does not fit between the kernel (ends at {:#x}) and {:#x}: give the guest more memory "
+          "or use a smaller initrd",
+          mib(initrd.size()), b.kernel_end, limit));
+    mem.write(at, initrd);
+    b.initrd_addr = at;
+    b.initrd_size = initrd.size();
+  }
+
+  // Command line: cmdline_size counts the bytes before the terminating NUL.
+  const uint64_t cmdline_max = std::min<uint64_t>(h.cmdline_size, layout::kCmdlineMax - 1);
+  if (cmdline.size() > cmdline_max)
+    throw std::runtime_error(fmt::format("the kernel command line is {} bytes; {} accepts at most {}: shorten it",
+                                         cmdline.size(), kernel_name, cmdline_max));
+  if (cmdline.find('\0') != std::string::npos)
+    throw std::runtime_error("the kernel command line contains a NUL byte: remove it");
+  std::vector<uint8_t> line(cmdline.begin(), cmdline.end());
+  line.push_back(0);
+  mem.write(layout::kCmdlineAddr, line);
+  b.cmdline_addr = layout::kCmdlineAddr;
+
+  // Zero page: the kernel's own setup header, then what a boot loader fills in.
+  if (e820.size() > zp::kE820Max)
+    throw std::runtime_error(fmt::format("the e820 map has {} entries, the zero page holds {}", e820.size(),
+                                         zp::kE820Max));
+  std::vector<uint8_t> page(4096, 0);
+  std::memcpy(page.data() + kSetupHeaderOffset, kernel.data() + kSetupHeaderOffset,
+              h.header_end - kSetupHeaderOffset);
+  store<uint8_t>(page, zp::kTypeOfLoader, 0xff);  // undefined boot loader: no id assigned
+  store<uint8_t>(page, zp::kLoadflags, static_cast<uint8_t>(h.loadflags | kLoadedHigh));
+  store<uint32_t>(page, zp::kCode32Start, static_cast<uint32_t>(b.kernel_addr));
+  store<uint32_t>(page, zp::kRamdiskImage, static_cast<uint32_t>(b.initrd_addr));
+  store<uint32_t>(page, zp::kRamdiskSize, static_cast<uint32_t>(b.initrd_size));
+  store<uint32_t>(page, zp::kCmdLinePtr, static_cast<uint32_t>(b.cmdline_addr));
+  if (rsdp_addr != 0 && h.version >= 0x020e) store<uint64_t>(page, zp::kAcpiRsdpAddr, rsdp_addr);
+  store<uint8_t>(page, zp::kE820Entries, static_cast<uint8_t>(e820.size()));
+  for (size_t i = 0; i < e820.size(); i++) {
+    size_t at = zp::kE820Table + i * zp::kE820EntrySize;
+    store<uint64_t>(page, at, e820[i].addr);
+    store<uint64_t>(page, at + 8, e820[i].size);
+    store<uint32_t>(page, at + 16, static_cast<uint32_t>(e820[i].type));
+  }
+  mem.write(layout::kBootParamsAddr, page);
+  b.zero_page = layout::kBootParamsAddr;
+
+  // The 64-bit entry point is 0x200 past the start of the protected-mode kernel.
+  b.entry = setup_long_mode(mem, b.kernel_addr + 0x200, b.zero_page);
+  return b;
+}
+
+}  // namespace passvm::boot

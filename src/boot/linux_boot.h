@@ -1,0 +1,67 @@
+// boot/linux_boot.h: loading a Linux bzImage, its initrd and command line
+// into guest RAM following the x86 boot protocol's 64-bit entry.
+//
+// Guest RAM after load_linux (all addresses guest-physical):
+//   layout::kGdtAddr         GDT for the 64-bit entry
+//   layout::kBootParamsAddr  zero page (struct boot_params), rsi at entry
+//   layout::kPml4Addr...     identity page tables for 0-4 GiB
+//   layout::kCmdlineAddr     NUL-terminated command line
+//   pref_address (16 MiB)    protected-mode kernel; it decompresses in place, using init_size bytes
+//   top of low RAM           initrd, page aligned, below initrd_addr_max
+// The vCPU enters at kernel + 0x200 in long mode (Vcpu::setup_linux_boot).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "boot/bzimage.h"
+#include "boot/e820.h"
+#include "boot/long_mode.h"
+#include "memory/guest_memory.h"
+
+namespace passvm::boot {
+
+struct LinuxBoot {
+  uint16_t protocol = 0;     // boot protocol version of the kernel, 0x020f = 2.15
+  uint64_t kernel_addr = 0;  // where the protected-mode kernel was copied
+  uint64_t kernel_size = 0;  // bytes copied
+  uint64_t kernel_end = 0;   // kernel_addr + max(kernel_size, init_size): what the kernel may use
+  uint64_t initrd_addr = 0;  // 0 when there is no initrd
+  uint64_t initrd_size = 0;
+  uint64_t cmdline_addr = 0;
+  uint64_t zero_page = 0;
+  LongModeEntry entry;  // 64-bit entry registers
+};
+
+// Reads the files and calls load_linux_image. initrd_path may be empty (no initrd). rsdp_addr 0 means
+// "let the kernel find the RSDP in the 0xE0000 area". Throws std::runtime_error naming the problem
+// (missing file, not a bzImage, does not fit in guest RAM, command line too long) and what to change.
+LinuxBoot load_linux(const GuestMemory& mem, const std::string& kernel_path, const std::string& initrd_path,
+                     const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr);
+
+// The same from memory; kernel_name is used in error messages.
+LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kernel, std::span<const uint8_t> initrd,
+                           const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
+                           const std::string& kernel_name = "the kernel");
+
+// Whole-file read with user-facing errors ("what" says which file it is: "kernel", "initrd").
+std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& what);
+
+// Zero page offsets passvm fills in (struct boot_params, arch/x86/include/uapi/asm/bootparam.h).
+namespace zp {
+inline constexpr size_t kAcpiRsdpAddr = 0x070;
+inline constexpr size_t kE820Entries = 0x1e8;
+inline constexpr size_t kTypeOfLoader = 0x210;
+inline constexpr size_t kLoadflags = 0x211;
+inline constexpr size_t kCode32Start = 0x214;
+inline constexpr size_t kRamdiskImage = 0x218;
+inline constexpr size_t kRamdiskSize = 0x21c;
+inline constexpr size_t kCmdLinePtr = 0x228;
+inline constexpr size_t kE820Table = 0x2d0;
+inline constexpr size_t kE820Max = 128;
+inline constexpr size_t kE820EntrySize = 20;
+}  // namespace zp
+
+}  // namespace passvm::boot

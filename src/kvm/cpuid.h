@@ -1,0 +1,28 @@
+// kvm/cpuid.h: the CPUID a vCPU shows the guest.
+//
+// KVM_GET_SUPPORTED_CPUID describes what the host CPU and KVM can offer, but
+// its topology fields describe the host. Each vCPU needs its own APIC id in
+// the leaves the guest reads it from (1, 0xB, 0x1F, 0x8000001E), and the
+// processor counts must agree with the number of vCPUs, or Linux builds a
+// wrong topology (or sees fewer CPUs than the ACPI MADT lists).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <linux/kvm.h>
+
+namespace passvm {
+
+// The entries of a kvm_cpuid2 buffer (as Kvm::supported_cpuid returns) and back.
+std::vector<kvm_cpuid_entry2> cpuid_entries(const std::vector<uint8_t>& cpuid2);
+std::vector<uint8_t> cpuid_buffer(const std::vector<kvm_cpuid_entry2>& entries);
+
+// Rewrites the entries for vCPU apic_id of a machine of count vCPUs, all cores of one socket with one
+// thread each; sets the hypervisor bit. Leaves absent from entries stay absent.
+void patch_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t apic_id, uint32_t count);
+
+// The entry for (function, index), or nullptr.
+kvm_cpuid_entry2* find_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t function, uint32_t index = 0);
+
+}  // namespace passvm

@@ -1,0 +1,85 @@
+#include "kvm/cpuid.h"
+
+#include <gtest/gtest.h>
+
+namespace passvm {
+namespace {
+
+kvm_cpuid_entry2 entry(uint32_t fn, uint32_t index, uint32_t eax, uint32_t ebx, uint32_t ecx, uint32_t edx,
+                       bool indexed = false) {
+  kvm_cpuid_entry2 e{};
+  e.function = fn;
+  e.index = index;
+  e.flags = indexed ? KVM_CPUID_FLAG_SIGNIFCANT_INDEX : 0;
+  e.eax = eax, e.ebx = ebx, e.ecx = ecx, e.edx = edx;
+  return e;
+}
+
+// Host-like values: APIC id 0x17, 16 logical processors, 8 threads per core at the SMT level.
+std::vector<kvm_cpuid_entry2> host_like() {
+  return {
+      entry(1, 0, 0x000806ec, 0x17100800, 0x7ffafbbf, 0xbfebfbff),
+      entry(4, 0, 0x1c004121, 0, 0, 0, true),  // L1d
+      entry(4, 3, 0x3c07c163, 0, 0, 0, true),  // L3, shared by 32
+      entry(0xb, 0, 1, 2, 0x100, 0x17, true),
+      entry(0xb, 1, 4, 16, 0x201, 0x17, true),
+      entry(0xb, 2, 0, 0, 2, 0x17, true),
+      entry(0x80000008, 0, 0x3030, 0, 0x700f, 0),
+      entry(0x8000001e, 0, 0x17, 0x0107, 0x0101, 0),
+  };
+}
+
+TEST(Cpuid, PatchesApicIdAndCountsPerVcpu) {
+  auto e = host_like();
+  patch_cpuid(e, 2, 3);
+  auto* l1 = find_cpuid(e, 1);
+  ASSERT_NE(l1, nullptr);
+  EXPECT_EQ(l1->ebx >> 24, 2u);
+  EXPECT_EQ((l1->ebx >> 16) & 0xff, 4u);     // 3 vCPUs need 2 id bits
+  EXPECT_EQ(l1->ebx & 0xffff, 0x0800u);      // CLFLUSH size and brand kept
+  EXPECT_TRUE(l1->ecx & (1u << 31));         // hypervisor
+  EXPECT_TRUE(l1->edx & (1u << 28));         // HTT: more than one logical processor
+  auto* smt = find_cpuid(e, 0xb, 0);
+  auto* core = find_cpuid(e, 0xb, 1);
+  auto* end = find_cpuid(e, 0xb, 2);
+  ASSERT_TRUE(smt && core && end);
+  EXPECT_EQ(smt->ebx, 1u);
+  EXPECT_EQ(smt->eax, 0u);
+  EXPECT_EQ(core->ebx, 3u);
+  EXPECT_EQ(core->eax, 2u);
+  EXPECT_EQ(core->ecx, 0x201u);
+  EXPECT_EQ(end->ecx >> 8 & 0xff, 0u);
+  for (auto* x : {smt, core, end}) EXPECT_EQ(x->edx, 2u);
+  auto* l1d = find_cpuid(e, 4, 0);
+  auto* l3 = find_cpuid(e, 4, 3);
+  EXPECT_EQ(l1d->eax >> 26, 2u);
+  EXPECT_EQ((l1d->eax >> 14) & 0xfff, 0u);
+  EXPECT_EQ((l3->eax >> 14) & 0xfff, 2u);
+  EXPECT_EQ(l3->eax & 0x3fff, 0x0163u);  // cache type and level kept
+  auto* amd = find_cpuid(e, 0x80000008);
+  EXPECT_EQ(amd->ecx & 0xff, 2u);
+  EXPECT_EQ((amd->ecx >> 12) & 0xf, 2u);
+  auto* ext = find_cpuid(e, 0x8000001e);
+  EXPECT_EQ(ext->eax, 2u);
+}
+
+TEST(Cpuid, SingleVcpuHasNoHtt) {
+  auto e = host_like();
+  patch_cpuid(e, 0, 1);
+  auto* l1 = find_cpuid(e, 1);
+  EXPECT_FALSE(l1->edx & (1u << 28));
+  EXPECT_EQ(l1->ebx >> 24, 0u);
+  EXPECT_EQ(find_cpuid(e, 0xb, 1)->ebx, 1u);
+}
+
+TEST(Cpuid, BufferRoundTrip) {
+  auto e = host_like();
+  auto back = cpuid_entries(cpuid_buffer(e));
+  ASSERT_EQ(back.size(), e.size());
+  EXPECT_EQ(back[4].function, 0xbu);
+  EXPECT_EQ(back[4].index, 1u);
+  EXPECT_EQ(back[4].ebx, 16u);
+}
+
+}  // namespace
+}  // namespace passvm

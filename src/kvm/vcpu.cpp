@@ -1,0 +1,348 @@
+#include "kvm/vcpu.h"
+
+#include <fmt/format.h>
+#include <pthread.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <span>
+#include <stdexcept>
+
+#include "kvm/cpuid.h"
+#include "kvm/uapi.h"
+
+namespace passvm {
+
+namespace {
+
+[[noreturn]] void fail_ioctl(uint32_t index, const char* what, int err) {
+  throw std::runtime_error(fmt::format("vCPU {}: {} failed: {}", index, what, strerror(err)));
+}
+
+void on_kick(int) {}  // only there so that the signal interrupts KVM_RUN with EINTR
+
+std::once_flag kick_installed;
+
+void install_kick_handler() {
+  std::call_once(kick_installed, [] {
+    struct sigaction sa {};
+    sa.sa_handler = on_kick;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;  // no SA_RESTART: KVM_RUN must return EINTR
+    if (sigaction(Vcpu::kick_signal(), &sa, nullptr) != 0)
+      throw std::runtime_error(fmt::format("cannot install the vCPU kick signal handler: {}", strerror(errno)));
+  });
+}
+
+constexpr uint32_t kLapicLvtLint0 = 0x350;
+constexpr uint32_t kLapicLvtLint1 = 0x360;
+constexpr uint32_t kDeliveryExtInt = 7, kDeliveryNmi = 4;
+
+uint32_t with_delivery_mode(uint32_t lvt, uint32_t mode) { return (lvt & ~0x700u) | (mode << 8); }
+
+const char* internal_suberror_name(uint32_t sub) {
+  switch (sub) {
+    case KVM_INTERNAL_ERROR_EMULATION: return "emulation failure";
+    case KVM_INTERNAL_ERROR_SIMUL_EX: return "exception while delivering an exception";
+    case KVM_INTERNAL_ERROR_DELIVERY_EV: return "event delivery failed";
+    default: return "unknown";
+  }
+}
+
+std::string segment_text(const char* name, const kvm_segment& s) {
+  return fmt::format("{:<3} sel={:#06x} base={:#x} limit={:#x} type={} p={} dpl={} db={} s={} l={} g={}{}\n", name,
+                     s.selector, s.base, s.limit, s.type, s.present, s.dpl, s.db, s.s, s.l, s.g,
+                     s.unusable ? " unusable" : "");
+}
+
+bool dump_regs_requested() {
+  const char* v = std::getenv("PASSVM_DUMP_REGS");
+  return v && *v && std::strcmp(v, "0") != 0;
+}
+
+}  // namespace
+
+int Vcpu::kick_signal() { return SIGRTMIN + 1; }
+
+Vcpu::Vcpu(Vm& vm, uint32_t index, uint32_t count, Bus& pio, Bus& mmio, ExitControl& ctl)
+    : vm_(vm), index_(index), pio_(pio), mmio_(mmio), ctl_(ctl) {
+  uint32_t max = vm.kvm().max_vcpus();
+  if (count == 0 || count > max)
+    throw std::runtime_error(fmt::format("{} vCPUs requested: this KVM allows 1 to {}", count, max));
+  if (index >= count) throw std::invalid_argument(fmt::format("vCPU index {} out of range for {} vCPUs", index, count));
+  fd_ = ioctl(vm.fd(), KVM_CREATE_VCPU, static_cast<unsigned long>(index));
+  if (fd_ < 0) fail_ioctl(index, "KVM_CREATE_VCPU", errno);
+  try {
+    run_size_ = vm.kvm().vcpu_mmap_size();
+    void* p = mmap(nullptr, run_size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+    if (p == MAP_FAILED) fail_ioctl(index, "mmap of kvm_run", errno);
+    run_ = static_cast<kvm_run*>(p);
+    init_cpuid(count);
+    init_fpu();
+    init_lapic();
+  } catch (...) {
+    if (run_) munmap(run_, run_size_);
+    close(fd_);
+    throw;
+  }
+}
+
+Vcpu::~Vcpu() {
+  stop();
+  if (run_) munmap(run_, run_size_);
+  if (fd_ >= 0) close(fd_);
+}
+
+void Vcpu::init_cpuid(uint32_t count) {
+  auto entries = cpuid_entries(vm_.kvm().supported_cpuid());
+  patch_cpuid(entries, index_, count);
+  auto buf = cpuid_buffer(entries);
+  if (ioctl(fd_, kvm_uapi::kSetCpuid2, buf.data()) < 0) fail_ioctl(index_, "KVM_SET_CPUID2", errno);
+}
+
+void Vcpu::init_fpu() {
+  // The FNINIT and reset values: all exceptions masked, 64-bit precision, round to nearest.
+  kvm_fpu fpu{};
+  fpu.fcw = 0x37f;
+  fpu.mxcsr = 0x1f80;
+  if (ioctl(fd_, KVM_SET_FPU, &fpu) < 0) fail_ioctl(index_, "KVM_SET_FPU", errno);
+  // KVM_SET_FPU ignores mxcsr on x86; it reaches the guest through the XSAVE image (legacy area offset
+  // 24), which KVM only loads when the header's XSTATE_BV says SSE state is present.
+  if (vm_.kvm().check_extension(KVM_CAP_XSAVE) <= 0) return;
+  kvm_uapi::Xsave xs{};
+  if (ioctl(fd_, kvm_uapi::kGetXsave, &xs) < 0) fail_ioctl(index_, "KVM_GET_XSAVE", errno);
+  constexpr size_t kMxcsrWord = 24 / 4, kXstateBvWord = 512 / 4;
+  constexpr uint32_t kXfeatureSse = 1u << 1;
+  xs.region[kMxcsrWord] = fpu.mxcsr;
+  xs.region[kXstateBvWord] |= kXfeatureSse;
+  if (ioctl(fd_, kvm_uapi::kSetXsave, &xs) < 0) fail_ioctl(index_, "KVM_SET_XSAVE", errno);
+}
+
+void Vcpu::init_lapic() {
+  // What a BIOS does for the virtual wire mode: PIC interrupts come in through LINT0, NMIs through
+  // LINT1. Linux relies on it until it sets up the IOAPIC (and for the PIT timer check).
+  kvm_lapic_state lapic{};
+  if (ioctl(fd_, KVM_GET_LAPIC, &lapic) < 0) fail_ioctl(index_, "KVM_GET_LAPIC", errno);
+  uint32_t lint0 = 0, lint1 = 0;
+  std::memcpy(&lint0, lapic.regs + kLapicLvtLint0, 4);
+  std::memcpy(&lint1, lapic.regs + kLapicLvtLint1, 4);
+  lint0 = with_delivery_mode(lint0, kDeliveryExtInt);
+  lint1 = with_delivery_mode(lint1, kDeliveryNmi);
+  std::memcpy(lapic.regs + kLapicLvtLint0, &lint0, 4);
+  std::memcpy(lapic.regs + kLapicLvtLint1, &lint1, 4);
+  if (ioctl(fd_, KVM_SET_LAPIC, &lapic) < 0) fail_ioctl(index_, "KVM_SET_LAPIC", errno);
+}
+
+void Vcpu::setup_long_mode(const boot::LongModeEntry& e) {
+  kvm_sregs sregs{};
+  if (ioctl(fd_, KVM_GET_SREGS, &sregs) < 0) fail_ioctl(index_, "KVM_GET_SREGS", errno);
+  kvm_segment code{};
+  code.base = 0;
+  code.limit = 0xffffffff;
+  code.selector = e.cs;
+  code.type = 0xb;  // execute/read, accessed
+  code.present = 1;
+  code.s = 1;
+  code.l = 1;
+  code.g = 1;
+  kvm_segment data = code;
+  data.selector = e.ds;
+  data.type = 0x3;  // read/write, accessed
+  data.l = 0;
+  data.db = 1;
+  sregs.cs = code;
+  sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data;
+  sregs.gdt.base = e.gdt_base;
+  sregs.gdt.limit = e.gdt_limit;
+  sregs.idt.base = 0;
+  sregs.idt.limit = 0;  // no IDT until the kernel loads one: any exception is a triple fault
+  sregs.cr0 = e.cr0;
+  sregs.cr3 = e.cr3;
+  sregs.cr4 = e.cr4;
+  sregs.efer = e.efer;
+  if (ioctl(fd_, KVM_SET_SREGS, &sregs) < 0) fail_ioctl(index_, "KVM_SET_SREGS", errno);
+
+  kvm_regs regs{};
+  regs.rflags = 0x2;  // bit 1 is reserved-one; IF clear
+  regs.rip = e.rip;
+  regs.rsi = e.rsi;
+  regs.rsp = e.rsp;
+  regs.rbp = e.rsp;
+  if (ioctl(fd_, KVM_SET_REGS, &regs) < 0) fail_ioctl(index_, "KVM_SET_REGS", errno);
+}
+
+void Vcpu::start() {
+  if (thread_.joinable()) return;
+  install_kick_handler();
+  stopping_ = false;
+  run_->immediate_exit = 0;
+  thread_ = std::thread([this] { run_loop(); });
+}
+
+void Vcpu::stop() {
+  if (!thread_.joinable()) return;
+  stopping_ = true;
+  // immediate_exit catches a thread about to enter KVM_RUN; the signal one already inside it.
+  __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_SEQ_CST);
+  pthread_kill(thread_.native_handle(), kick_signal());
+  thread_.join();
+}
+
+VcpuExitStats Vcpu::stats() const {
+  return {io_exits_.load(std::memory_order_relaxed), mmio_exits_.load(std::memory_order_relaxed),
+          other_exits_.load(std::memory_order_relaxed)};
+}
+
+void Vcpu::run_loop() {
+  // The machine may have blocked signals in the thread that created this one; the kick must get through.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, kick_signal());
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  try {
+    while (!stopping_.load()) {
+      if (ioctl(fd_, KVM_RUN, 0) < 0) {
+        int err = errno;
+        if (err == EINTR || err == EAGAIN) {
+          other_exits_.fetch_add(1, std::memory_order_relaxed);
+          continue;
+        }
+        fail(fmt::format("vCPU {}: KVM_RUN failed: {}", index_, strerror(err)));
+        return;
+      }
+      if (!handle_exit()) return;
+    }
+  } catch (const std::exception& ex) {
+    fail(fmt::format("vCPU {}: {}", index_, ex.what()));
+  }
+}
+
+bool Vcpu::fail(std::string detail) {
+  if (dump_regs_requested()) {
+    try {
+      detail += "\n" + dump_registers();
+    } catch (const std::exception&) {
+    }
+  }
+  ctl_.request(ExitReason::InternalError, std::move(detail));
+  return false;
+}
+
+bool Vcpu::handle_exit() {
+  switch (run_->exit_reason) {
+    case KVM_EXIT_IO:
+      io_exits_.fetch_add(1, std::memory_order_relaxed);
+      handle_io();
+      return true;
+    case KVM_EXIT_MMIO:
+      mmio_exits_.fetch_add(1, std::memory_order_relaxed);
+      handle_mmio();
+      return true;
+    default:
+      break;
+  }
+  other_exits_.fetch_add(1, std::memory_order_relaxed);
+  switch (run_->exit_reason) {
+    case KVM_EXIT_INTR:
+    case KVM_EXIT_HLT:  // only without an in-kernel LAPIC; nothing to do but run again
+    case KVM_EXIT_IRQ_WINDOW_OPEN:
+      return true;
+    case KVM_EXIT_SHUTDOWN: {
+      kvm_regs regs{};
+      uint64_t rip = ioctl(fd_, KVM_GET_REGS, &regs) == 0 ? regs.rip : 0;
+      ctl_.request(ExitReason::TripleFault, fmt::format("vCPU {}: triple fault (last rip {:#x})", index_, rip));
+      return false;
+    }
+    case KVM_EXIT_SYSTEM_EVENT:
+      switch (run_->system_event.type) {
+        case KVM_SYSTEM_EVENT_SHUTDOWN:
+          ctl_.request(ExitReason::PowerOff, fmt::format("vCPU {}: system event shutdown", index_));
+          return false;
+        case KVM_SYSTEM_EVENT_RESET:
+          ctl_.request(ExitReason::Reset, fmt::format("vCPU {}: system event reset", index_));
+          return false;
+        default:
+          return fail(fmt::format("vCPU {}: system event {} (guest crash)", index_, run_->system_event.type));
+      }
+    case KVM_EXIT_INTERNAL_ERROR: {
+      const auto& ie = run_->internal;
+      kvm_regs regs{};
+      uint64_t rip = ioctl(fd_, KVM_GET_REGS, &regs) == 0 ? regs.rip : 0;
+      std::string data;
+      for (uint32_t i = 0; i < ie.ndata && i < 16; i++) data += fmt::format(" {:#x}", ie.data[i]);
+      return fail(fmt::format("vCPU {}: KVM internal error, suberror {} ({}) at rip {:#x}{}{}", index_, ie.suberror,
+                              internal_suberror_name(ie.suberror), rip, data.empty() ? "" : "; data:", data));
+    }
+    case KVM_EXIT_FAIL_ENTRY: {
+      kvm_regs regs{};
+      uint64_t rip = ioctl(fd_, KVM_GET_REGS, &regs) == 0 ? regs.rip : 0;
+      return fail(fmt::format("vCPU {}: KVM could not enter the guest, hardware reason {:#x} at rip {:#x}", index_,
+                              run_->fail_entry.hardware_entry_failure_reason, rip));
+    }
+    default: {
+      kvm_regs regs{};
+      uint64_t rip = ioctl(fd_, KVM_GET_REGS, &regs) == 0 ? regs.rip : 0;
+      return fail(fmt::format("vCPU {}: unhandled KVM exit reason {} at rip {:#x}", index_, run_->exit_reason, rip));
+    }
+  }
+}
+
+void Vcpu::handle_io() {
+  const auto& io = run_->io;
+  // String I/O (rep ins/outs) hands over count elements of size bytes at data_offset in one exit.
+  uint64_t bytes = static_cast<uint64_t>(io.count) * io.size;
+  if (io.size == 0 || io.size > 4 || io.data_offset > run_size_ || bytes > run_size_ - io.data_offset)
+    throw std::runtime_error(fmt::format("malformed I/O exit: port {:#x} size {} count {} offset {:#x}", io.port,
+                                         io.size, io.count, io.data_offset));
+  uint8_t* data = reinterpret_cast<uint8_t*>(run_) + io.data_offset;
+  for (uint32_t i = 0; i < io.count; i++) {
+    std::span<uint8_t> elem(data + i * io.size, io.size);
+    if (io.direction == KVM_EXIT_IO_OUT)
+      pio_.write(io.port, elem);
+    else
+      pio_.read(io.port, elem);
+  }
+}
+
+void Vcpu::handle_mmio() {
+  auto& m = run_->mmio;
+  if (m.len == 0 || m.len > sizeof m.data)
+    throw std::runtime_error(fmt::format("malformed MMIO exit: address {:#x} length {}", m.phys_addr, m.len));
+  std::span<uint8_t> data(m.data, m.len);
+  if (m.is_write)
+    mmio_.write(m.phys_addr, data);
+  else
+    mmio_.read(m.phys_addr, data);
+}
+
+std::string Vcpu::dump_registers() const {
+  kvm_regs r{};
+  kvm_sregs s{};
+  if (ioctl(fd_, KVM_GET_REGS, &r) < 0) fail_ioctl(index_, "KVM_GET_REGS", errno);
+  if (ioctl(fd_, KVM_GET_SREGS, &s) < 0) fail_ioctl(index_, "KVM_GET_SREGS", errno);
+  std::string out = fmt::format("vCPU {} registers:\n", index_);
+  out += fmt::format("rip={:#018x} rflags={:#x}\n", r.rip, r.rflags);
+  out += fmt::format("rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}\n", r.rax, r.rbx, r.rcx, r.rdx);
+  out += fmt::format("rsi={:#018x} rdi={:#018x} rsp={:#018x} rbp={:#018x}\n", r.rsi, r.rdi, r.rsp, r.rbp);
+  out += fmt::format("r8 ={:#018x} r9 ={:#018x} r10={:#018x} r11={:#018x}\n", r.r8, r.r9, r.r10, r.r11);
+  out += fmt::format("r12={:#018x} r13={:#018x} r14={:#018x} r15={:#018x}\n", r.r12, r.r13, r.r14, r.r15);
+  out += fmt::format("cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} cr8={:#x} efer={:#x} apic_base={:#x}\n", s.cr0, s.cr2,
+                     s.cr3, s.cr4, s.cr8, s.efer, s.apic_base);
+  out += segment_text("cs", s.cs);
+  out += segment_text("ds", s.ds);
+  out += segment_text("es", s.es);
+  out += segment_text("ss", s.ss);
+  out += segment_text("fs", s.fs);
+  out += segment_text("gs", s.gs);
+  out += segment_text("tr", s.tr);
+  out += fmt::format("gdt base={:#x} limit={:#x}  idt base={:#x} limit={:#x}\n", s.gdt.base, s.gdt.limit, s.idt.base,
+                     s.idt.limit);
+  return out;
+}
+
+}  // namespace passvm

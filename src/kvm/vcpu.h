@@ -1,0 +1,97 @@
+// kvm/vcpu.h: one vCPU and the thread that runs it.
+//
+// Each Vcpu owns a KVM vCPU fd, its mmap'ed kvm_run page and one thread that
+// loops on KVM_RUN, dispatching port I/O and MMIO exits to the two Buses.
+// Everything else the guest does (interrupt controllers, timers, halts) stays
+// inside KVM. Why the machine stops goes to ExitControl: a triple fault, a
+// KVM internal error or a failing device ends the run loop of that vCPU and
+// asks the machine to stop; the machine then stop()s every vCPU.
+//
+// vCPU 0 is the bootstrap processor. The others start in KVM's "wait for
+// SIPI" state: they sit in KVM_RUN until the guest's BSP wakes them with
+// INIT/SIPI through the in-kernel LAPIC, exactly like real hardware.
+//
+// stop() kicks the thread out of KVM_RUN with a signal (kick_signal(),
+// installed once without SA_RESTART; do not use it for anything else) and
+// kvm_run->immediate_exit (which covers a kick that lands just before
+// KVM_RUN), then joins it.
+#pragma once
+
+#include <atomic>
+#include <csignal>
+#include <cstdint>
+#include <string>
+#include <thread>
+
+#include <linux/kvm.h>
+
+#include "boot/linux_boot.h"
+#include "boot/long_mode.h"
+#include "bus/bus.h"
+#include "kvm/vm.h"
+#include "vmm/exit_control.h"
+
+namespace passvm {
+
+// Exits seen by one vCPU, for the stats report. Readable at any time; exact after stop().
+struct VcpuExitStats {
+  uint64_t io = 0;     // KVM_EXIT_IO (one per exit, a rep-string exit counts once)
+  uint64_t mmio = 0;   // KVM_EXIT_MMIO
+  uint64_t other = 0;  // everything else, signals (EINTR) included
+};
+
+class Vcpu {
+ public:
+  // Creates vCPU `index` of `count` (APIC id = index) with per-vCPU CPUID, an initialised FPU, and the
+  // LAPIC's LINT0 = ExtINT (the PIC) and LINT1 = NMI, as a BIOS leaves them. Must be called before
+  // start() of any vCPU. Throws std::runtime_error with a user-facing message.
+  Vcpu(Vm& vm, uint32_t index, uint32_t count, Bus& pio, Bus& mmio, ExitControl& ctl);
+  ~Vcpu();  // stop()s if still running
+  Vcpu(const Vcpu&) = delete;
+  Vcpu& operator=(const Vcpu&) = delete;
+
+  // Registers and special registers for a 64-bit entry (from boot::setup_long_mode). Before start().
+  void setup_long_mode(const boot::LongModeEntry& entry);
+  // The Linux 64-bit entry: rip = kernel + 0x200, rsi = zero page. Call on vCPU 0 only.
+  void setup_linux_boot(const boot::LinuxBoot& boot) { setup_long_mode(boot.entry); }
+
+  // Starts the run thread. stop() kicks it out of KVM_RUN and joins it; both are idempotent.
+  void start();
+  void stop();
+
+  uint32_t index() const { return index_; }
+  int fd() const { return fd_; }
+  VcpuExitStats stats() const;
+
+  // General, segment and control registers as text. Only while the vCPU is not in KVM_RUN (before
+  // start(), after stop(), or from its own thread). The run loop appends it to the InternalError
+  // detail when the environment variable PASSVM_DUMP_REGS is set (to anything but "0").
+  std::string dump_registers() const;
+
+  static int kick_signal();
+
+ private:
+  void run_loop();
+  // Handles the exit in kvm_run; returns false when this vCPU must stop running.
+  bool handle_exit();
+  void handle_io();
+  void handle_mmio();
+  bool fail(std::string detail);  // reports InternalError, returns false
+  void init_cpuid(uint32_t count);
+  void init_fpu();
+  void init_lapic();
+
+  Vm& vm_;
+  uint32_t index_;
+  Bus& pio_;
+  Bus& mmio_;
+  ExitControl& ctl_;
+  int fd_ = -1;
+  kvm_run* run_ = nullptr;
+  size_t run_size_ = 0;
+  std::thread thread_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<uint64_t> io_exits_{0}, mmio_exits_{0}, other_exits_{0};
+};
+
+}  // namespace passvm

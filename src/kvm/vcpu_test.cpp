@@ -1,0 +1,266 @@
+// Real-KVM tests: tiny hand-assembled guests entered in 64-bit mode through
+// boot::setup_long_mode and Vcpu::setup_long_mode, talking to the Buses.
+#include "kvm/vcpu.h"
+
+#include <gtest/gtest.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "boot/long_mode.h"
+#include "kvm/cpuid.h"
+#include "kvm/uapi.h"
+#include "memory/layout.h"
+
+namespace passvm {
+namespace {
+
+constexpr uint64_t kCodeAddr = 0x100000;
+constexpr uint64_t kDataAddr = 0x101000;
+constexpr uint64_t kInAddr = 0x101100;
+constexpr uint64_t kMmioAddr = 0xd0000000;  // in the 32-bit hole, identity mapped, no RAM
+constexpr uint16_t kDonePort = 0x86;        // writing here powers the test machine off
+
+struct Access {
+  uint64_t offset;
+  std::vector<uint8_t> data;
+};
+
+// Records writes; reads return a counting sequence from `next`.
+struct Recorder : BusDevice {
+  std::mutex lock;
+  std::vector<Access> writes;
+  std::vector<uint64_t> read_offsets;
+  uint8_t next = 'a';
+  ExitControl* ctl = nullptr;
+  uint64_t done_offset = ~0ull;
+  void read(uint64_t offset, std::span<uint8_t> data) override {
+    std::lock_guard g(lock);
+    read_offsets.push_back(offset);
+    for (auto& b : data) b = next++;
+  }
+  void write(uint64_t offset, std::span<const uint8_t> data) override {
+    std::lock_guard g(lock);
+    writes.push_back({offset, {data.begin(), data.end()}});
+    if (ctl && offset == done_offset) ctl->request(ExitReason::PowerOff, "test done");
+  }
+};
+
+class VcpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    try {
+      kvm_ = std::make_unique<Kvm>();
+    } catch (const std::runtime_error& e) {
+      GTEST_SKIP() << "no usable KVM: " << e.what();
+    }
+    vm_ = std::make_unique<Vm>(*kvm_);
+    mem_ = std::make_unique<GuestMemory>(16 * layout::MiB, false);
+    for (const auto& r : mem_->regions()) vm_->map_memory(r.gpa, r.size, r.hva);
+    ports_.ctl = &ctl_;
+    ports_.done_offset = kDonePort - 0x80;
+    pio_.add(0x80, 8, &ports_);
+    pio_.add(layout::kCom1Port, 8, &uart_);
+    mmio_.add(kMmioAddr, 0x1000, &mmio_dev_);
+  }
+
+  std::unique_ptr<Vcpu> make_vcpu(uint32_t index, uint32_t count, const std::vector<uint8_t>& code) {
+    mem_->write(kCodeAddr, code);
+    auto v = std::make_unique<Vcpu>(*vm_, index, count, pio_, mmio_, ctl_);
+    return v;
+  }
+
+  void enter_long_mode(Vcpu& v) { v.setup_long_mode(boot::setup_long_mode(*mem_, kCodeAddr, 0)); }
+
+  // The guest kernel code is slow on a paravirtual KVM: allow a generous deadline.
+  bool wait_for_exit(std::chrono::seconds limit = std::chrono::seconds(60)) {
+    auto end = std::chrono::steady_clock::now() + limit;
+    while (!ctl_.requested()) {
+      if (std::chrono::steady_clock::now() > end) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return true;
+  }
+
+  std::unique_ptr<Kvm> kvm_;
+  std::unique_ptr<Vm> vm_;
+  std::unique_ptr<GuestMemory> mem_;
+  Bus pio_{"pio"}, mmio_{"mmio"};
+  ExitControl ctl_;
+  Recorder ports_, uart_, mmio_dev_;
+};
+
+// mov al,1; out 0x86,al; hlt; jmp back to hlt
+const std::vector<uint8_t> kDone = {0xb0, 0x01, 0xe6, 0x86, 0xf4, 0xeb, 0xfd};
+
+std::vector<uint8_t> operator+(std::vector<uint8_t> a, const std::vector<uint8_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+TEST_F(VcpuTest, LongModeGuestDoesPortIoMmioAndStringIo) {
+  const std::vector<uint8_t> code = std::vector<uint8_t>{
+      0xb0, 0x42,                          // mov al, 0x42
+      0xe6, 0x80,                          // out 0x80, al
+      0xbb, 0x00, 0x00, 0x00, 0xd0,        // mov ebx, 0xd0000000
+      0xc7, 0x03, 0x78, 0x56, 0x34, 0x12,  // mov dword [rbx], 0x12345678
+      0x8b, 0x43, 0x04,                    // mov eax, [rbx+4]
+      0xe7, 0x84,                          // out 0x84, eax
+      0xbe, 0x00, 0x10, 0x10, 0x00,        // mov esi, 0x101000
+      0xb9, 0x05, 0x00, 0x00, 0x00,        // mov ecx, 5
+      0x66, 0xba, 0xf8, 0x03,              // mov dx, 0x3f8
+      0xf3, 0x6e,                          // rep outsb
+      0xbf, 0x00, 0x11, 0x10, 0x00,        // mov edi, 0x101100
+      0xb9, 0x04, 0x00, 0x00, 0x00,        // mov ecx, 4
+      0xf3, 0x6c,                          // rep insb
+  } + kDone;
+  const char hello[] = "hello";
+  mem_->write(kDataAddr, std::span(reinterpret_cast<const uint8_t*>(hello), 5));
+  mmio_dev_.next = 0x10;
+  auto v = make_vcpu(0, 1, code);
+  enter_long_mode(*v);
+  v->start();
+  ASSERT_TRUE(wait_for_exit()) << "guest did not finish";
+  v->stop();
+  ASSERT_EQ(ctl_.reason(), ExitReason::PowerOff) << ctl_.detail();
+
+  // out 0x80 (offset 0), out 0x84 dword (offset 4), done (offset 6).
+  ASSERT_EQ(ports_.writes.size(), 3u);
+  EXPECT_EQ(ports_.writes[0].offset, 0u);
+  EXPECT_EQ(ports_.writes[0].data, std::vector<uint8_t>{0x42});
+  EXPECT_EQ(ports_.writes[1].offset, 4u);
+  EXPECT_EQ(ports_.writes[1].data, (std::vector<uint8_t>{0x10, 0x11, 0x12, 0x13}));  // what the MMIO read gave
+  // MMIO: one 4-byte write at offset 0, one 4-byte read at offset 4.
+  ASSERT_EQ(mmio_dev_.writes.size(), 1u);
+  EXPECT_EQ(mmio_dev_.writes[0].offset, 0u);
+  EXPECT_EQ(mmio_dev_.writes[0].data, (std::vector<uint8_t>{0x78, 0x56, 0x34, 0x12}));
+  EXPECT_EQ(mmio_dev_.read_offsets, std::vector<uint64_t>{4});
+  // rep outsb: five single bytes to the port, in order.
+  std::string out;
+  for (const auto& w : uart_.writes) {
+    EXPECT_EQ(w.offset, 0u);
+    EXPECT_EQ(w.data.size(), 1u);
+    out.append(w.data.begin(), w.data.end());
+  }
+  EXPECT_EQ(out, "hello");
+  // rep insb: four bytes from the port into guest memory.
+  std::array<uint8_t, 5> in{};
+  mem_->read(kInAddr, in);
+  EXPECT_EQ(std::string(in.begin(), in.begin() + 4), "abcd");
+  EXPECT_EQ(in[4], 0);
+  auto s = v->stats();
+  EXPECT_GE(s.io, 4u);   // at least: out, out, outs, ins, done (string I/O may come in one exit)
+  EXPECT_LE(s.io, 12u);  // and never more than one per element
+  EXPECT_EQ(s.mmio, 2u);
+}
+
+TEST_F(VcpuTest, TripleFaultStopsTheMachine) {
+  auto v = make_vcpu(0, 1, {0x0f, 0x0b});  // ud2 with no IDT: #UD -> #GP -> #DF -> shutdown
+  enter_long_mode(*v);
+  v->start();
+  ASSERT_TRUE(wait_for_exit());
+  v->stop();
+  EXPECT_EQ(ctl_.reason(), ExitReason::TripleFault) << ctl_.detail();
+  EXPECT_NE(ctl_.detail().find("triple fault"), std::string::npos) << ctl_.detail();
+}
+
+TEST_F(VcpuTest, StopKicksASpinningGuest) {
+  auto v = make_vcpu(0, 1, {0xeb, 0xfe});  // jmp $
+  enter_long_mode(*v);
+  v->start();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto t0 = std::chrono::steady_clock::now();
+  v->stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  EXPECT_FALSE(ctl_.requested());
+  v->stop();  // idempotent
+}
+
+TEST_F(VcpuTest, ApWaitsForSipiAndStops) {
+  auto bsp = make_vcpu(0, 2, kDone);
+  auto ap = std::make_unique<Vcpu>(*vm_, 1, 2, pio_, mmio_, ctl_);
+  kvm_mp_state mp{};
+  ASSERT_EQ(ioctl(ap->fd(), KVM_GET_MP_STATE, &mp), 0);
+  EXPECT_EQ(mp.mp_state, static_cast<uint32_t>(KVM_MP_STATE_UNINITIALIZED));
+  enter_long_mode(*bsp);
+  bsp->start();
+  ap->start();
+  ASSERT_TRUE(wait_for_exit());
+  bsp->stop();
+  ap->stop();
+  EXPECT_EQ(ctl_.reason(), ExitReason::PowerOff) << ctl_.detail();
+  EXPECT_EQ(ap->stats().io, 0u);
+  EXPECT_EQ(ap->stats().mmio, 0u);
+}
+
+TEST_F(VcpuTest, PerVcpuCpuidAndLapicWiring) {
+  auto v = make_vcpu(1, 2, kDone);
+  kvm_uapi::Cpuid2Header header{256, 0};
+  std::vector<uint8_t> buf(sizeof header + 256 * sizeof(kvm_cpuid_entry2));
+  std::memcpy(buf.data(), &header, sizeof header);
+  ASSERT_EQ(ioctl(v->fd(), kvm_uapi::kGetCpuid2, buf.data()), 0) << strerror(errno);
+  bool seen = false;
+  for (const auto& e : cpuid_entries(buf)) {
+    if (e.function == 1) {
+      seen = true;
+      EXPECT_EQ(e.ebx >> 24, 1u);
+      EXPECT_TRUE(e.ecx & (1u << 31));
+    }
+  }
+  EXPECT_TRUE(seen);
+  kvm_lapic_state lapic{};
+  ASSERT_EQ(ioctl(v->fd(), KVM_GET_LAPIC, &lapic), 0);
+  uint32_t lint0 = 0, lint1 = 0;
+  std::memcpy(&lint0, lapic.regs + 0x350, 4);
+  std::memcpy(&lint1, lapic.regs + 0x360, 4);
+  EXPECT_EQ((lint0 >> 8) & 7, 7u);  // ExtINT
+  EXPECT_EQ((lint1 >> 8) & 7, 4u);  // NMI
+  kvm_fpu fpu{};
+  ASSERT_EQ(ioctl(v->fd(), KVM_GET_FPU, &fpu), 0);
+  EXPECT_EQ(fpu.fcw, 0x37f);
+  // MXCSR as the guest will see it: from the XSAVE image (KVM_GET_FPU does not report it on every host).
+  kvm_uapi::Xsave xs{};
+  ASSERT_EQ(ioctl(v->fd(), kvm_uapi::kGetXsave, &xs), 0);
+  EXPECT_EQ(xs.region[24 / 4], 0x1f80u);
+}
+
+TEST_F(VcpuTest, IoeventfdWriteDoesNotExit) {
+  int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  vm_->add_ioeventfd(efd, 0x81, 1, true);
+  auto v = make_vcpu(0, 1, std::vector<uint8_t>{0xb0, 0x07, 0xe6, 0x81} + kDone);  // mov al,7; out 0x81,al
+  enter_long_mode(*v);
+  v->start();
+  ASSERT_TRUE(wait_for_exit());
+  v->stop();
+  uint64_t count = 0;
+  EXPECT_EQ(read(efd, &count, 8), 8);
+  EXPECT_EQ(count, 1u);
+  for (const auto& w : ports_.writes) EXPECT_NE(w.offset, 1u) << "port 0x81 reached passvm";
+  vm_->remove_ioeventfd(efd, 0x81, 1, true);
+  close(efd);
+}
+
+TEST_F(VcpuTest, RejectsBadVcpuCounts) {
+  EXPECT_THROW(Vcpu(*vm_, 0, 0, pio_, mmio_, ctl_), std::runtime_error);
+  EXPECT_THROW(Vcpu(*vm_, 0, kvm_->max_vcpus() + 1, pio_, mmio_, ctl_), std::runtime_error);
+  EXPECT_THROW(Vcpu(*vm_, 3, 2, pio_, mmio_, ctl_), std::invalid_argument);
+}
+
+TEST_F(VcpuTest, DumpRegistersShowsEntryState) {
+  auto v = make_vcpu(0, 1, kDone);
+  enter_long_mode(*v);
+  std::string dump = v->dump_registers();
+  EXPECT_NE(dump.find("rip=0x0000000000100000"), std::string::npos) << dump;
+  EXPECT_NE(dump.find("cs  sel=0x0010"), std::string::npos) << dump;
+  EXPECT_NE(dump.find("efer=0x500"), std::string::npos) << dump;
+}
+
+}  // namespace
+}  // namespace passvm

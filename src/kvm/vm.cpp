@@ -1,0 +1,248 @@
+#include "kvm/vm.h"
+
+#include <fmt/format.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+#include "kvm/uapi.h"
+
+namespace passvm {
+
+namespace {
+
+[[noreturn]] void fail(const char* what, int err) {
+  throw std::runtime_error(fmt::format("{} failed: {}", what, strerror(err)));
+}
+
+kvm_irq_routing_entry irqchip_route(uint32_t gsi, uint32_t chip, uint32_t pin) {
+  kvm_irq_routing_entry e{};
+  e.gsi = gsi;
+  e.type = KVM_IRQ_ROUTING_IRQCHIP;
+  e.u.irqchip.irqchip = chip;
+  e.u.irqchip.pin = pin;
+  return e;
+}
+
+kvm_irq_routing_entry msi_route(uint32_t gsi, uint64_t address, uint32_t data) {
+  kvm_irq_routing_entry e{};
+  e.gsi = gsi;
+  e.type = KVM_IRQ_ROUTING_MSI;
+  e.u.msi.address_lo = static_cast<uint32_t>(address);
+  e.u.msi.address_hi = static_cast<uint32_t>(address >> 32);
+  e.u.msi.data = data;
+  return e;
+}
+
+}  // namespace
+
+Vm::Vm(Kvm& kvm) : kvm_(kvm) {
+  fd_ = ioctl(kvm.fd(), KVM_CREATE_VM, 0);
+  if (fd_ < 0) {
+    int err = errno;
+    throw std::runtime_error(fmt::format("cannot create a VM: {}{}", strerror(err),
+                                         err == ENOMEM ? " (out of memory)" : ""));
+  }
+  try {
+    // The identity map must come before any vCPU exists; both must be outside RAM and device ranges.
+    uint64_t idmap = kIdentityMapAddr;
+    if (ioctl(fd_, KVM_SET_IDENTITY_MAP_ADDR, &idmap) < 0) fail("KVM_SET_IDENTITY_MAP_ADDR", errno);
+    if (ioctl(fd_, KVM_SET_TSS_ADDR, static_cast<unsigned long>(kTssAddr)) < 0) fail("KVM_SET_TSS_ADDR", errno);
+    if (ioctl(fd_, KVM_CREATE_IRQCHIP, 0) < 0) fail("KVM_CREATE_IRQCHIP", errno);
+    kvm_pit_config pit{};
+    pit.flags = KVM_PIT_SPEAKER_DUMMY;  // port 0x61 reads work without an emulated speaker
+    if (ioctl(fd_, KVM_CREATE_PIT2, &pit) < 0) fail("KVM_CREATE_PIT2", errno);
+
+    int slots = kvm.check_extension(KVM_CAP_NR_MEMSLOTS);
+    slot_used_.assign(slots > 0 ? static_cast<size_t>(slots) : 32u, false);
+    int gsis = kvm.check_extension(KVM_CAP_IRQ_ROUTING);
+    max_gsi_count_ = gsis > 0 ? static_cast<uint32_t>(gsis) : 1024u;
+
+    // The same table KVM starts with (virt/kvm/irqchip default routing): the ISA IRQs reach both the
+    // PIC and the IOAPIC, so the guest may use either; pins 16-23 are IOAPIC only (PCI INTx).
+    for (uint32_t gsi = 0; gsi < 16; gsi++) {
+      routes_.push_back(irqchip_route(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+      routes_.push_back(irqchip_route(gsi, gsi < 8 ? KVM_IRQCHIP_PIC_MASTER : KVM_IRQCHIP_PIC_SLAVE, gsi % 8));
+    }
+    for (uint32_t gsi = 16; gsi < kFirstMsiGsi; gsi++) routes_.push_back(irqchip_route(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+    std::lock_guard g(routes_lock_);
+    commit_routes();
+  } catch (...) {
+    close(fd_);
+    throw;
+  }
+}
+
+Vm::~Vm() {
+  if (fd_ >= 0) close(fd_);
+}
+
+uint32_t Vm::map_memory(uint64_t gpa, uint64_t size, void* hva, bool readonly) {
+  const uint64_t page = 4096;
+  if (size == 0 || gpa % page || size % page || reinterpret_cast<uintptr_t>(hva) % page)
+    throw std::invalid_argument(
+        fmt::format("memory slot {:#x}+{:#x} at host {} is not page aligned", gpa, size, hva));
+  if (readonly && kvm_.check_extension(KVM_CAP_READONLY_MEM) <= 0)
+    throw std::runtime_error("this KVM cannot map read-only memory (KVM_CAP_READONLY_MEM): use a newer host kernel");
+  std::lock_guard g(slots_lock_);
+  auto it = std::find(slot_used_.begin(), slot_used_.end(), false);
+  if (it == slot_used_.end())
+    throw std::runtime_error(fmt::format("all {} KVM memory slots are in use: too many RAM regions or BARs mapped",
+                                         slot_used_.size()));
+  auto slot = static_cast<uint32_t>(it - slot_used_.begin());
+  kvm_userspace_memory_region r{};
+  r.slot = slot;
+  r.flags = readonly ? KVM_MEM_READONLY : 0;
+  r.guest_phys_addr = gpa;
+  r.memory_size = size;
+  r.userspace_addr = reinterpret_cast<uintptr_t>(hva);
+  if (ioctl(fd_, KVM_SET_USER_MEMORY_REGION, &r) < 0) {
+    int err = errno;
+    throw std::runtime_error(fmt::format("cannot map guest range {:#x}+{:#x} into the VM: {}{}", gpa, size,
+                                         strerror(err), err == EEXIST ? " (overlaps another mapping)" : ""));
+  }
+  *it = true;
+  return slot;
+}
+
+void Vm::unmap_memory(uint32_t slot) {
+  std::lock_guard g(slots_lock_);
+  if (slot >= slot_used_.size() || !slot_used_[slot])
+    throw std::invalid_argument(fmt::format("memory slot {} is not mapped", slot));
+  kvm_userspace_memory_region r{};
+  r.slot = slot;
+  r.memory_size = 0;  // size 0 deletes the slot
+  if (ioctl(fd_, KVM_SET_USER_MEMORY_REGION, &r) < 0) fail("KVM_SET_USER_MEMORY_REGION (delete)", errno);
+  slot_used_[slot] = false;
+}
+
+void Vm::set_irq_line(uint32_t gsi, bool level) {
+  kvm_irq_level l{};
+  l.irq = gsi;
+  l.level = level ? 1 : 0;
+  if (ioctl(fd_, KVM_IRQ_LINE, &l) < 0) fail(fmt::format("KVM_IRQ_LINE gsi {}", gsi).c_str(), errno);
+}
+
+void Vm::commit_routes() {
+  using kvm_uapi::IrqRoutingHeader;
+  std::vector<uint8_t> buf(sizeof(IrqRoutingHeader) + routes_.size() * sizeof(kvm_irq_routing_entry));
+  IrqRoutingHeader header{};
+  header.nr = static_cast<uint32_t>(routes_.size());
+  std::memcpy(buf.data(), &header, sizeof header);
+  std::memcpy(buf.data() + sizeof header, routes_.data(), routes_.size() * sizeof(kvm_irq_routing_entry));
+  if (ioctl(fd_, kvm_uapi::kSetGsiRouting, buf.data()) < 0) fail("KVM_SET_GSI_ROUTING", errno);
+}
+
+kvm_irq_routing_entry* Vm::find_msi_route(uint32_t gsi) {
+  for (auto& e : routes_)
+    if (e.gsi == gsi && e.type == KVM_IRQ_ROUTING_MSI) return &e;
+  return nullptr;
+}
+
+uint32_t Vm::alloc_msi_route(uint64_t address, uint32_t data) {
+  std::lock_guard g(routes_lock_);
+  // Lowest GSI no route uses: freed vectors are reused, so the table stays small.
+  std::vector<bool> used(max_gsi_count_, false);
+  for (const auto& e : routes_)
+    if (e.gsi < used.size()) used[e.gsi] = true;
+  uint32_t gsi = kFirstMsiGsi;
+  while (gsi < max_gsi_count_ && used[gsi]) gsi++;
+  if (gsi >= max_gsi_count_)
+    throw std::runtime_error(fmt::format("out of GSIs for MSI routes: KVM allows {}", max_gsi_count_));
+  routes_.push_back(msi_route(gsi, address, data));
+  try {
+    commit_routes();
+  } catch (...) {
+    routes_.pop_back();
+    throw;
+  }
+  return gsi;
+}
+
+void Vm::update_msi_route(uint32_t gsi, uint64_t address, uint32_t data) {
+  std::lock_guard g(routes_lock_);
+  kvm_irq_routing_entry* e = find_msi_route(gsi);
+  if (!e) throw std::invalid_argument(fmt::format("GSI {} is not an MSI route", gsi));
+  kvm_irq_routing_entry old = *e;
+  *e = msi_route(gsi, address, data);
+  try {
+    commit_routes();
+  } catch (...) {
+    *e = old;
+    throw;
+  }
+}
+
+void Vm::free_msi_route(uint32_t gsi) {
+  std::lock_guard g(routes_lock_);
+  kvm_irq_routing_entry* e = find_msi_route(gsi);
+  if (!e) throw std::invalid_argument(fmt::format("GSI {} is not an MSI route", gsi));
+  routes_.erase(routes_.begin() + (e - routes_.data()));
+  commit_routes();
+}
+
+std::vector<kvm_irq_routing_entry> Vm::routes() {
+  std::lock_guard g(routes_lock_);
+  return routes_;
+}
+
+bool Vm::signal_msi(uint64_t address, uint32_t data) {
+  kvm_msi msi{};
+  msi.address_lo = static_cast<uint32_t>(address);
+  msi.address_hi = static_cast<uint32_t>(address >> 32);
+  msi.data = data;
+  // > 0: delivered; 0: the guest blocked it. KVM says EPERM (its internal -1) when no APIC matched the
+  // destination, e.g. a guest-programmed address naming a CPU that does not exist.
+  int r = ioctl(fd_, KVM_SIGNAL_MSI, &msi);
+  if (r < 0 && errno != EPERM) fail("KVM_SIGNAL_MSI", errno);
+  return r > 0;
+}
+
+void Vm::add_irqfd(int eventfd, uint32_t gsi, int resample_fd) {
+  kvm_irqfd f{};
+  f.fd = static_cast<uint32_t>(eventfd);
+  f.gsi = gsi;
+  if (resample_fd >= 0) {
+    f.flags = KVM_IRQFD_FLAG_RESAMPLE;
+    f.resamplefd = static_cast<uint32_t>(resample_fd);
+  }
+  if (ioctl(fd_, KVM_IRQFD, &f) < 0) fail(fmt::format("KVM_IRQFD (assign gsi {})", gsi).c_str(), errno);
+}
+
+void Vm::remove_irqfd(int eventfd, uint32_t gsi) {
+  kvm_irqfd f{};
+  f.fd = static_cast<uint32_t>(eventfd);
+  f.gsi = gsi;
+  f.flags = KVM_IRQFD_FLAG_DEASSIGN;
+  if (ioctl(fd_, KVM_IRQFD, &f) < 0) fail(fmt::format("KVM_IRQFD (deassign gsi {})", gsi).c_str(), errno);
+}
+
+namespace {
+kvm_ioeventfd make_ioeventfd(int eventfd, uint64_t addr, uint32_t len, bool pio) {
+  kvm_ioeventfd io{};
+  io.addr = addr;
+  io.len = len;
+  io.fd = eventfd;
+  io.flags = pio ? KVM_IOEVENTFD_FLAG_PIO : 0;
+  return io;
+}
+}  // namespace
+
+void Vm::add_ioeventfd(int eventfd, uint64_t addr, uint32_t len, bool pio) {
+  kvm_ioeventfd io = make_ioeventfd(eventfd, addr, len, pio);
+  if (ioctl(fd_, KVM_IOEVENTFD, &io) < 0)
+    fail(fmt::format("KVM_IOEVENTFD ({} {:#x}/{})", pio ? "port" : "mmio", addr, len).c_str(), errno);
+}
+
+void Vm::remove_ioeventfd(int eventfd, uint64_t addr, uint32_t len, bool pio) {
+  kvm_ioeventfd io = make_ioeventfd(eventfd, addr, len, pio);
+  io.flags |= KVM_IOEVENTFD_FLAG_DEASSIGN;
+  if (ioctl(fd_, KVM_IOEVENTFD, &io) < 0)
+    fail(fmt::format("KVM_IOEVENTFD deassign ({} {:#x}/{})", pio ? "port" : "mmio", addr, len).c_str(), errno);
+}
+
+}  // namespace passvm
