@@ -1,0 +1,122 @@
+#include "passthru/capabilities.h"
+
+#include <algorithm>
+#include <set>
+
+namespace passvm::passthru {
+namespace {
+
+bool keep_standard(uint16_t id) {
+  return id == kCapPm || id == kCapMsi || id == kCapVendor || id == kCapPcie || id == kCapMsix;
+}
+
+bool keep_extended(uint16_t id) {
+  switch (id) {
+    case kExtSriov: case kExtMriov: case kExtResizableBar: case kExtVfResizableBar:
+    case kExtAts: case kExtPri: case kExtPasid: case kExtMulticast:
+      return false;
+    default:
+      return true;
+  }
+}
+
+uint32_t dword(std::span<const uint8_t> c, uint32_t off) {
+  return static_cast<uint32_t>(c[off]) | static_cast<uint32_t>(c[off + 1]) << 8 |
+         static_cast<uint32_t>(c[off + 2]) << 16 | static_cast<uint32_t>(c[off + 3]) << 24;
+}
+
+void override_dword(CapabilityPlan& plan, uint32_t off, uint32_t v) {
+  for (uint32_t i = 0; i < 4; i++) plan.overrides.push_back({off + i, static_cast<uint8_t>(v >> (8 * i))});
+}
+
+// Hidden bodies run to the next capability (or the end of that config space), header excluded.
+void hide_bodies(CapabilityPlan& plan, bool extended, uint32_t header, uint32_t end) {
+  std::vector<uint32_t> offsets;
+  for (auto& c : plan.found)
+    if (c.extended == extended) offsets.push_back(c.offset);
+  std::sort(offsets.begin(), offsets.end());
+  for (auto& c : plan.found) {
+    if (c.extended != extended || !c.hidden) continue;
+    auto next = std::upper_bound(offsets.begin(), offsets.end(), c.offset);
+    uint32_t stop = next == offsets.end() ? end : *next;
+    if (stop > c.offset + header) plan.hidden.push_back({c.offset + header, stop - c.offset - header});
+  }
+}
+
+void walk_standard(std::span<const uint8_t> c, CapabilityPlan& plan) {
+  if (c.size() < 0x100 || !(c[0x06] & 0x10)) return;  // status: capability list present
+  std::set<uint32_t> seen;
+  for (uint32_t off = c[0x34] & 0xfcu; off >= 0x40 && off < 0x100 && seen.insert(off).second;
+       off = c[off + 1] & 0xfcu) {
+    uint16_t id = c[off];
+    bool hide = !keep_standard(id);
+    plan.found.push_back({off, id, false, hide});
+    if (hide) continue;
+    if (id == kCapMsi && !plan.msi) plan.msi = off;
+    if (id == kCapMsix && !plan.msix) plan.msix = off;
+    if (id == kCapPcie && !plan.pcie) plan.pcie = off;
+  }
+  // Relink: the pointer at 0x34, then each kept capability's next byte, point at the next kept one.
+  uint32_t link = 0x34;
+  for (auto& cap : plan.found) {
+    if (cap.hidden) continue;
+    plan.overrides.push_back({link, static_cast<uint8_t>(cap.offset)});
+    link = cap.offset + 1;
+  }
+  plan.overrides.push_back({link, 0});
+  // A hidden capability's own header: zero, so a guest walking by offset finds nothing there.
+  for (auto& cap : plan.found)
+    if (cap.hidden) plan.hidden.push_back({cap.offset, 2});
+  hide_bodies(plan, false, 2, 0x100);
+}
+
+void walk_extended(std::span<const uint8_t> c, CapabilityPlan& plan) {
+  if (c.size() < 0x1000) return;
+  size_t first = plan.found.size();
+  std::set<uint32_t> seen;
+  for (uint32_t off = 0x100; off >= 0x100 && off + 4 <= 0x1000 && seen.insert(off).second;) {
+    uint32_t h = dword(c, off);
+    if (h == 0 || h == 0xffffffff) break;
+    uint16_t id = static_cast<uint16_t>(h & 0xffff);
+    plan.found.push_back({off, id, true, !keep_extended(id)});
+    off = (h >> 20) & 0xffc;
+  }
+  std::vector<Capability> ext(plan.found.begin() + static_cast<std::ptrdiff_t>(first), plan.found.end());
+  if (ext.empty()) return;
+  // Each kept header gets the offset of the next kept one.
+  std::vector<const Capability*> kept;
+  for (auto& cap : ext)
+    if (!cap.hidden) kept.push_back(&cap);
+  for (size_t i = 0; i < kept.size(); i++) {
+    uint32_t next = i + 1 < kept.size() ? kept[i + 1]->offset : 0;
+    uint32_t h = dword(c, kept[i]->offset);
+    override_dword(plan, kept[i]->offset, (h & 0xfffff) | next << 20);
+  }
+  for (auto& cap : ext) {
+    if (!cap.hidden) continue;
+    if (cap.offset == 0x100) {
+      // The list must start at 0x100: a null capability there that points past itself.
+      uint32_t next = 0;
+      for (auto* k : kept)
+        if (k->offset != 0x100) {
+          next = k->offset;
+          break;
+        }
+      override_dword(plan, 0x100, next << 20);
+    } else {
+      plan.hidden.push_back({cap.offset, 4});
+    }
+  }
+  hide_bodies(plan, true, 4, 0x1000);
+}
+
+}  // namespace
+
+CapabilityPlan plan_capabilities(std::span<const uint8_t> config) {
+  CapabilityPlan plan;
+  walk_standard(config, plan);
+  walk_extended(config, plan);
+  return plan;
+}
+
+}  // namespace passvm::passthru

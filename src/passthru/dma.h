@@ -1,0 +1,33 @@
+// passthru: guest RAM as the devices' DMA address space.
+//
+// Devices see guest-physical addresses (iova = gpa), so all guest RAM is mapped
+// into the container once, before the guest runs, whatever the number of
+// passthrough devices: the IOMMU then translates their DMA with no help from
+// passvm. Mapping pins the memory, which RLIMIT_MEMLOCK limits: that failure is
+// reported against the guest's size. GuestDmaMap unmaps in its destructor.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "memory/guest_memory.h"
+#include "vfio/device.h"
+
+namespace passvm::passthru {
+
+class GuestDmaMap {
+ public:
+  // Maps every region of guest memory; on failure unmaps what was mapped and throws vfio::VfioError.
+  GuestDmaMap(vfio::DmaMapper& mapper, const GuestMemory& memory);
+  ~GuestDmaMap();
+  GuestDmaMap(const GuestDmaMap&) = delete;
+  GuestDmaMap& operator=(const GuestDmaMap&) = delete;
+
+  uint64_t bytes_mapped() const;
+
+ private:
+  vfio::DmaMapper& mapper_;
+  std::vector<vfio::Area> mapped_;  // iova ranges
+};
+
+}  // namespace passvm::passthru

@@ -1,0 +1,147 @@
+// passthru tests: an in-memory VFIO device and a recording Platform, so the passthrough logic runs without KVM.
+#pragma once
+
+#include <map>
+#include <set>
+#include <tuple>
+#include <vector>
+
+#include "passthru/platform.h"
+#include "pci/pci_device.h"
+#include "vfio/device.h"
+
+namespace passvm::passthru::testing {
+
+struct FakeState {
+  std::vector<uint8_t> config = std::vector<uint8_t>(4096, 0);
+  std::map<uint32_t, std::vector<uint8_t>> bars;  // region index -> contents
+  std::map<uint32_t, vfio::RegionInfo> regions;
+  std::map<uint32_t, uint32_t> irq_counts = {{VFIO_PCI_INTX_IRQ_INDEX, 1}, {VFIO_PCI_MSI_IRQ_INDEX, 1},
+                                             {VFIO_PCI_MSIX_IRQ_INDEX, 4}};
+  struct IrqSet {
+    uint32_t index;
+    vfio::IrqAction action;
+    std::vector<int> fds;
+  };
+  std::vector<IrqSet> irq_sets;
+  std::vector<uint32_t> disabled;
+  std::vector<std::pair<uint32_t, uint32_t>> config_writes;  // offset, size
+  int resets = 0;
+  void set32(uint32_t off, uint32_t v) { pci::store_le(&config[off], 4, v); }
+  void set16(uint32_t off, uint32_t v) { pci::store_le(&config[off], 2, v); }
+};
+
+class FakeDevice final : public vfio::Device {
+ public:
+  explicit FakeDevice(FakeState& s) : s_(s) {}
+  std::string name() const override { return "0000:00:03.0"; }
+  uint32_t num_regions() const override { return 9; }
+  uint32_t num_irqs() const override { return 5; }
+  vfio::RegionInfo region_info(uint32_t index) const override {
+    if (index == VFIO_PCI_CONFIG_REGION_INDEX) {
+      vfio::RegionInfo r;
+      r.index = index;
+      r.size = s_.config.size();
+      r.readable = r.writable = true;
+      return r;
+    }
+    auto it = s_.regions.find(index);
+    return it == s_.regions.end() ? vfio::RegionInfo{} : it->second;
+  }
+  std::vector<uint8_t>& buffer(uint32_t region) {
+    return region == VFIO_PCI_CONFIG_REGION_INDEX ? s_.config : s_.bars.at(region);
+  }
+  void read(uint32_t region, uint64_t offset, std::span<uint8_t> data) override {
+    auto& b = buffer(region);
+    if (offset + data.size() > b.size()) throw vfio::VfioError("fake: read out of range");
+    std::copy_n(b.begin() + static_cast<long>(offset), data.size(), data.begin());
+  }
+  void write(uint32_t region, uint64_t offset, std::span<const uint8_t> data) override {
+    auto& b = buffer(region);
+    if (offset + data.size() > b.size()) throw vfio::VfioError("fake: write out of range");
+    if (region == VFIO_PCI_CONFIG_REGION_INDEX)
+      s_.config_writes.push_back({static_cast<uint32_t>(offset), static_cast<uint32_t>(data.size())});
+    std::copy(data.begin(), data.end(), b.begin() + static_cast<long>(offset));
+  }
+  void* map(uint32_t region, uint64_t offset, uint64_t) override {
+    if (!region_info(region).mmappable) return nullptr;
+    return buffer(region).data() + offset;
+  }
+  void unmap(void*, uint64_t) override {}
+  vfio::IrqInfo irq_info(uint32_t index) const override {
+    vfio::IrqInfo i;
+    i.index = index;
+    i.count = s_.irq_counts.count(index) ? s_.irq_counts.at(index) : 0;
+    i.eventfd = true;
+    return i;
+  }
+  void set_irq_eventfds(uint32_t index, vfio::IrqAction action, uint32_t, std::span<const int> fds) override {
+    s_.irq_sets.push_back({index, action, {fds.begin(), fds.end()}});
+  }
+  void disable_irq(uint32_t index) override { s_.disabled.push_back(index); }
+  void unmask_irq(uint32_t, uint32_t, uint32_t) override {}
+  std::string reset() override {
+    s_.resets++;
+    return "flr";
+  }
+
+ private:
+  FakeState& s_;
+};
+
+struct FakePlatform final : Platform {
+  struct Slot {
+    uint64_t gpa, size;
+    void* hva;
+  };
+  std::map<uint32_t, Slot> slots;
+  uint32_t next_slot = 0;
+  std::map<std::pair<bool, uint64_t>, std::pair<uint64_t, BusDevice*>> traps;
+  std::map<uint32_t, std::pair<uint64_t, uint32_t>> routes;
+  uint32_t next_gsi = 24;
+  std::set<std::tuple<int, uint32_t, int>> irqfds;  // fd, gsi, resample
+  std::vector<std::pair<uint64_t, uint32_t>> signalled;
+
+  uint32_t map_memory(uint64_t gpa, uint64_t size, void* hva) override {
+    slots[next_slot] = {gpa, size, hva};
+    return next_slot++;
+  }
+  void unmap_memory(uint32_t handle) override { slots.erase(handle); }
+  void add_trap(bool pio, uint64_t base, uint64_t size, BusDevice* dev) override { traps[{pio, base}] = {size, dev}; }
+  void remove_trap(bool pio, uint64_t base) override { traps.erase({pio, base}); }
+  uint32_t alloc_msi_route(uint64_t a, uint32_t d) override {
+    routes[next_gsi] = {a, d};
+    return next_gsi++;
+  }
+  void update_msi_route(uint32_t gsi, uint64_t a, uint32_t d) override { routes.at(gsi) = {a, d}; }
+  void free_msi_route(uint32_t gsi) override { routes.erase(gsi); }
+  void add_irqfd(int fd, uint32_t gsi, int resample) override { irqfds.insert({fd, gsi, resample}); }
+  void remove_irqfd(int fd, uint32_t gsi) override {
+    for (auto it = irqfds.begin(); it != irqfds.end(); ++it)
+      if (std::get<0>(*it) == fd && std::get<1>(*it) == gsi) {
+        irqfds.erase(it);
+        return;
+      }
+  }
+  void signal_msi(uint64_t a, uint32_t d) override { signalled.push_back({a, d}); }
+};
+
+// Lets a test keep the FakePlatform after the device (which owns its Platform) is gone.
+struct ForwardingPlatform final : Platform {
+  explicit ForwardingPlatform(Platform& p) : inner(p) {}
+  Platform& inner;
+  uint32_t map_memory(uint64_t gpa, uint64_t size, void* hva) override { return inner.map_memory(gpa, size, hva); }
+  void unmap_memory(uint32_t h) override { inner.unmap_memory(h); }
+  void add_trap(bool pio, uint64_t base, uint64_t size, BusDevice* dev) override {
+    inner.add_trap(pio, base, size, dev);
+  }
+  void remove_trap(bool pio, uint64_t base) override { inner.remove_trap(pio, base); }
+  uint32_t alloc_msi_route(uint64_t a, uint32_t d) override { return inner.alloc_msi_route(a, d); }
+  void update_msi_route(uint32_t gsi, uint64_t a, uint32_t d) override { inner.update_msi_route(gsi, a, d); }
+  void free_msi_route(uint32_t gsi) override { inner.free_msi_route(gsi); }
+  void add_irqfd(int fd, uint32_t gsi, int resample) override { inner.add_irqfd(fd, gsi, resample); }
+  void remove_irqfd(int fd, uint32_t gsi) override { inner.remove_irqfd(fd, gsi); }
+  void signal_msi(uint64_t a, uint32_t d) override { inner.signal_msi(a, d); }
+};
+
+}  // namespace passvm::passthru::testing

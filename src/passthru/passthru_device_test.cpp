@@ -1,0 +1,347 @@
+#include "passthru/passthru_device.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include "memory/layout.h"
+#include "passthru/fake_vfio.h"
+
+namespace passvm::passthru {
+namespace {
+
+using testing::FakeDevice;
+using testing::FakePlatform;
+using testing::FakeState;
+
+constexpr uint32_t kMsi = 0x50, kMsix = 0x60, kPcie = 0x70, kVpd = 0x90;
+constexpr uint64_t kTable = 0x3000, kPba = 0x3800;
+
+// A device like a small NIC: BAR0 64-bit prefetchable 16 KiB with the MSI-X table (4 vectors) and PBA in
+// its last page, BAR2 256 bytes of I/O, BAR4 32-bit 4 KiB; MSI 64-bit, INTx pin A.
+FakeState make_state() {
+  FakeState s;
+  s.set32(0x00, 0x10d38086);
+  s.config[0x06] = 0x10;
+  s.config[0x0e] = 0x80;  // multi-function on the host
+  s.set32(0x10, 0x0c);
+  s.set32(0x18, 0x01);
+  s.set32(0x20, 0x00);
+  s.set32(0x30, 0xfffe0001);  // a ROM the guest must not see
+  s.config[0x3d] = 1;
+  s.config[0x34] = kMsi;
+  s.config[kMsi] = 0x05;
+  s.config[kMsi + 1] = kMsix;
+  s.set16(kMsi + 2, 0x0080 | 0x0100 | (1 << 1));  // 64-bit, per-vector masking, 2 vectors capable
+  s.config[kMsix] = 0x11;
+  s.config[kMsix + 1] = kPcie;
+  s.set16(kMsix + 2, 3);  // 4 entries
+  s.set32(kMsix + 4, static_cast<uint32_t>(kTable) | 0);
+  s.set32(kMsix + 8, static_cast<uint32_t>(kPba) | 0);
+  s.config[kPcie] = 0x10;
+  s.config[kPcie + 1] = kVpd;
+  s.config[kVpd] = 0x03;
+  s.config[kVpd + 1] = 0;
+  auto region = [&](uint32_t i, uint64_t size, bool mmap) {
+    vfio::RegionInfo r;
+    r.index = i;
+    r.size = size;
+    r.readable = r.writable = true;
+    r.mmappable = mmap;
+    s.regions[i] = r;
+    s.bars[i] = std::vector<uint8_t>(size, 0);
+  };
+  region(0, 0x4000, true);
+  region(2, 0x100, false);
+  region(4, 0x1000, true);
+  return s;
+}
+
+class PassthruTest : public ::testing::Test {
+ protected:
+  void SetUp() override { open(); }
+  void open() {
+    p = &platform;
+    dev = std::make_unique<PassthruDevice>(std::make_unique<FakeDevice>(s),
+                                           std::make_unique<testing::ForwardingPlatform>(platform),
+                                           PassthruOptions{.watcher_thread = false});
+  }
+  uint32_t rd(uint32_t off, int size = 4) { return dev->config_read(off, size); }
+  void wr(uint32_t off, uint32_t v, int size = 4) { dev->config_write(off, size, v); }
+  uint32_t bar_rd(int bar, uint64_t off) {
+    uint8_t b[4];
+    dev->bar_read(bar, off, b);
+    return pci::load_le(b, 4);
+  }
+  void bar_wr(int bar, uint64_t off, uint32_t v) {
+    uint8_t b[4];
+    pci::store_le(b, 4, v);
+    dev->bar_write(bar, off, b);
+  }
+  void place_bars() {
+    dev->assign_bar(0, layout::kMmio64Start);
+    dev->assign_bar(2, layout::kIoBarStart);
+    dev->assign_bar(4, layout::kMmio32Start);
+  }
+  void enable_msix() { wr(kMsix + 2, 0x8000, 2); }
+  void program_vector(uint32_t i, uint64_t addr, uint32_t data, bool masked) {
+    bar_wr(0, kTable + i * 16, static_cast<uint32_t>(addr));
+    bar_wr(0, kTable + i * 16 + 4, static_cast<uint32_t>(addr >> 32));
+    bar_wr(0, kTable + i * 16 + 8, data);
+    bar_wr(0, kTable + i * 16 + 12, masked);
+  }
+  std::vector<int> last_fds(uint32_t index) {
+    for (auto it = s.irq_sets.rbegin(); it != s.irq_sets.rend(); ++it)
+      if (it->index == index && it->action == vfio::IrqAction::Trigger) return it->fds;
+    return {};
+  }
+  bool irqfd_on(int fd) {
+    for (auto& t : p->irqfds)
+      if (std::get<0>(t) == fd) return true;
+    return false;
+  }
+
+  FakeState s = make_state();
+  FakePlatform platform;
+  FakePlatform* p = nullptr;
+  std::unique_ptr<PassthruDevice> dev;
+};
+
+TEST_F(PassthruTest, ResetAtStartIsReported) {
+  EXPECT_EQ(s.resets, 1);
+  EXPECT_EQ(dev->reset_method(), "flr");
+}
+
+TEST_F(PassthruTest, BarRequestsComeFromRegionSizes) {
+  auto r = dev->bar_requests();
+  ASSERT_EQ(r.size(), 3u);
+  EXPECT_EQ(r[0].index, 0);
+  EXPECT_EQ(r[0].kind, pci::BarKind::Mmio64);
+  EXPECT_EQ(r[0].size, 0x4000u);
+  EXPECT_TRUE(r[0].prefetchable);
+  EXPECT_EQ(r[1].index, 2);
+  EXPECT_EQ(r[1].kind, pci::BarKind::Io);
+  EXPECT_EQ(r[2].kind, pci::BarKind::Mmio32);
+}
+
+TEST_F(PassthruTest, BarSizingAndVirtualAddresses) {
+  wr(0x10, 0xffffffff);
+  wr(0x14, 0xffffffff);
+  EXPECT_EQ(rd(0x10), 0xffffc00cu);
+  EXPECT_EQ(rd(0x14), 0xffffffffu);
+  wr(0x18, 0xffffffff);
+  EXPECT_EQ(rd(0x18), 0xffffff01u);
+  wr(0x20, 0xffffffff);
+  EXPECT_EQ(rd(0x20), 0xfffff000u);
+  wr(0x1c, 0xffffffff);  // unimplemented
+  EXPECT_EQ(rd(0x1c), 0u);
+  wr(0x30, 0xffffffff);  // ROM hidden
+  EXPECT_EQ(rd(0x30), 0u);
+  place_bars();
+  EXPECT_EQ(rd(0x10), static_cast<uint32_t>(layout::kMmio64Start) | 0xc);
+  EXPECT_EQ(rd(0x14), static_cast<uint32_t>(layout::kMmio64Start >> 32));
+  // BAR writes never reach the device: vfio-pci owns the real BARs.
+  for (auto [off, size] : s.config_writes) EXPECT_FALSE(off >= 0x10 && off < 0x28) << off;
+}
+
+TEST_F(PassthruTest, VirtualHeaderAndForwardedRegisters) {
+  EXPECT_EQ(rd(0x00), 0x10d38086u);
+  EXPECT_EQ(rd(0x0e, 1), 0u) << "multi-function bit must be cleared";
+  wr(0x3c, 11, 1);
+  EXPECT_EQ(rd(0x3c, 1), 11u);
+  EXPECT_EQ(rd(0x3d, 1), 1u);
+  EXPECT_EQ(s.config[0x3c], 0) << "interrupt line is virtual";
+  wr(0x04, 0x0400, 2);  // INTx disable: forwarded
+  EXPECT_EQ(pci::load_le(&s.config[0x04], 2), 0x0400u);
+  // PCIe links to VPD on the device; the guest sees the list end at PCIe.
+  EXPECT_EQ(rd(kPcie + 1, 1), 0u);
+  wr(kVpd + 4, 0x1234);
+  EXPECT_EQ(pci::load_le(&s.config[kVpd + 4], 4), 0u) << "writes into a hidden capability must be dropped";
+}
+
+TEST_F(PassthruTest, DecodeMapsAndUnmapsBars) {
+  place_bars();
+  EXPECT_TRUE(p->slots.empty()) << "nothing is mapped while decode is off";
+  wr(0x04, 0x3, 2);
+  // BAR0: pages before the MSI-X page as a memory slot, the MSI-X page trapped.
+  ASSERT_EQ(p->slots.size(), 2u);
+  auto& s0 = p->slots.begin()->second;
+  EXPECT_EQ(s0.gpa, layout::kMmio64Start);
+  EXPECT_EQ(s0.size, 0x3000u);
+  EXPECT_EQ(s0.hva, s.bars[0].data());
+  EXPECT_TRUE(p->traps.count({false, layout::kMmio64Start + 0x3000}));
+  EXPECT_EQ(p->traps[std::make_pair(false, layout::kMmio64Start + 0x3000)].first, 0x1000u);
+  EXPECT_TRUE(p->traps.count({true, layout::kIoBarStart}));
+  // Memory decode off: slots and MMIO traps go, the I/O BAR stays.
+  wr(0x04, 0x1, 2);
+  EXPECT_TRUE(p->slots.empty());
+  EXPECT_FALSE(p->traps.count({false, layout::kMmio64Start + 0x3000}));
+  EXPECT_TRUE(p->traps.count({true, layout::kIoBarStart}));
+}
+
+TEST_F(PassthruTest, GuestMovingABarRemapsIt) {
+  place_bars();
+  wr(0x04, 0x2, 2);
+  uint64_t moved = layout::kMmio32Start + 0x100000;
+  wr(0x20, static_cast<uint32_t>(moved));
+  bool old_found = false, new_found = false;
+  for (auto& [id, sl] : p->slots) {
+    old_found |= sl.gpa == layout::kMmio32Start;
+    new_found |= sl.gpa == moved && sl.size == 0x1000;
+  }
+  EXPECT_FALSE(old_found);
+  EXPECT_TRUE(new_found);
+}
+
+TEST_F(PassthruTest, BarOverRamOrAnotherBarIsRefused) {
+  place_bars();
+  wr(0x04, 0x2, 2);
+  size_t before = p->slots.size();
+  wr(0x20, 0x100000);  // into guest RAM
+  EXPECT_EQ(p->slots.size(), before - 1);
+  EXPECT_GE(dev->counters().refused.load(), 1u);
+  wr(0x20, static_cast<uint32_t>(layout::kMmio32Start));  // back: mapped again
+  EXPECT_EQ(p->slots.size(), before);
+  // BAR4 onto BAR0 (both 64-bit window impossible for a 32-bit BAR: put BAR0 low instead).
+  wr(0x10, static_cast<uint32_t>(layout::kMmio32Start) | 0xc);
+  wr(0x14, 0);
+  EXPECT_GE(dev->counters().refused.load(), 2u);
+}
+
+TEST_F(PassthruTest, TrappedAccessesForwardOrEmulate) {
+  place_bars();
+  wr(0x04, 0x3, 2);
+  pci::store_le(&s.bars[0][0x3400], 4, 0xcafef00d);  // a register sharing the MSI-X page
+  EXPECT_EQ(bar_rd(0, 0x3400), 0xcafef00du);
+  bar_wr(0, 0x3404, 0x12345678);
+  EXPECT_EQ(pci::load_le(&s.bars[0][0x3404], 4), 0x12345678u);
+  bar_wr(2, 0x10, 0xabcd);  // I/O BAR
+  EXPECT_EQ(pci::load_le(&s.bars[2][0x10], 4), 0xabcdu);
+  // The table itself never reaches the device.
+  bar_wr(0, kTable, 0xfee00000);
+  EXPECT_EQ(pci::load_le(&s.bars[0][kTable], 4), 0u);
+  EXPECT_EQ(bar_rd(0, kTable), 0xfee00000u);
+  EXPECT_EQ(bar_rd(0, kTable + 12), 1u) << "entries start masked";
+  EXPECT_EQ(dev->counters().pio.load(), 1u);
+  EXPECT_EQ(dev->counters().mmio[0].load(), 5u);
+}
+
+TEST_F(PassthruTest, MsixVectorsRouteMaskAndPend) {
+  place_bars();
+  wr(0x04, 0x2, 2);
+  enable_msix();
+  auto fds = last_fds(VFIO_PCI_MSIX_IRQ_INDEX);
+  ASSERT_EQ(fds.size(), 4u);
+  EXPECT_TRUE(p->irqfds.empty()) << "all vectors start masked";
+  program_vector(1, 0xfee00000, 0x41, false);
+  ASSERT_EQ(p->routes.size(), 1u);
+  EXPECT_EQ(p->routes.begin()->second, (std::pair<uint64_t, uint32_t>{0xfee00000, 0x41}));
+  EXPECT_TRUE(irqfd_on(fds[1]));
+  // Retarget while unmasked: same route, new message.
+  bar_wr(0, kTable + 16 + 8, 0x42);
+  EXPECT_EQ(p->routes.begin()->second.second, 0x42u);
+  // Masked: the irqfd goes; an interrupt then shows in the PBA and is delivered on unmask.
+  bar_wr(0, kTable + 16 + 12, 1);
+  EXPECT_FALSE(irqfd_on(fds[1]));
+  EXPECT_EQ(bar_rd(0, kPba), 0u);
+  uint64_t one = 1;
+  ASSERT_EQ(write(fds[1], &one, sizeof one), 8);
+  EXPECT_EQ(bar_rd(0, kPba), 0x2u);
+  EXPECT_EQ(dev->masked_interrupts(), 1u);
+  bar_wr(0, kTable + 16 + 12, 0);
+  ASSERT_EQ(p->signalled.size(), 1u);
+  EXPECT_EQ(p->signalled[0], (std::pair<uint64_t, uint32_t>{0xfee00000, 0x42}));
+  EXPECT_EQ(bar_rd(0, kPba), 0u);
+  EXPECT_TRUE(irqfd_on(fds[1]));
+  // Function mask masks every vector.
+  wr(kMsix + 2, 0xc000, 2);
+  EXPECT_FALSE(irqfd_on(fds[1]));
+  wr(kMsix + 2, 0x8000, 2);
+  EXPECT_TRUE(irqfd_on(fds[1]));
+  // Disable: VFIO told, routes freed.
+  wr(kMsix + 2, 0, 2);
+  EXPECT_EQ(s.disabled.back(), static_cast<uint32_t>(VFIO_PCI_MSIX_IRQ_INDEX));
+  EXPECT_TRUE(p->routes.empty());
+  EXPECT_TRUE(p->irqfds.empty());
+}
+
+TEST_F(PassthruTest, AbsurdMsixEntriesAreHarmless) {
+  place_bars();
+  wr(0x04, 0x2, 2);
+  enable_msix();
+  program_vector(2, 0x1000, 0x30, false);  // not an interrupt address
+  EXPECT_TRUE(p->routes.empty());
+  EXPECT_TRUE(p->irqfds.empty());
+  uint8_t b2[2] = {0xff, 0xff};
+  dev->bar_write(0, kTable + 2, b2);  // unaligned, short: ignored
+  EXPECT_EQ(bar_rd(0, kTable + 16 * 2), 0x1000u);
+  EXPECT_EQ(dev->config_read(4096, 4), 0xffffffffu);
+  EXPECT_EQ(dev->config_read(0x11, 4), 0xffffffffu);
+  dev->config_write(4100, 4, 0);
+}
+
+TEST_F(PassthruTest, IntxWithResampleUntilMsiTakesOver) {
+  dev->set_intx_gsi(19);
+  auto intx = last_fds(VFIO_PCI_INTX_IRQ_INDEX);
+  ASSERT_EQ(intx.size(), 1u);
+  int resample = -1;
+  for (auto& st : s.irq_sets)
+    if (st.index == VFIO_PCI_INTX_IRQ_INDEX && st.action == vfio::IrqAction::Unmask) resample = st.fds[0];
+  ASSERT_GE(resample, 0);
+  EXPECT_TRUE(p->irqfds.count({intx[0], 19u, resample})) << "INTx irqfd must carry the VFIO unmask fd as resample";
+  // MSI, 64-bit: the guest sees no per-vector masking and may enable 1 of 2 vectors.
+  EXPECT_EQ(rd(kMsi + 2, 2) & 0x100, 0u);
+  wr(kMsi + 4, 0xfee01000);
+  wr(kMsi + 8, 0);
+  wr(kMsi + 12, 0x4025, 2);
+  wr(kMsi + 2, 1, 2);
+  EXPECT_FALSE(p->irqfds.count({intx[0], 19u, resample}));
+  EXPECT_NE(std::find(s.disabled.begin(), s.disabled.end(), VFIO_PCI_INTX_IRQ_INDEX), s.disabled.end());
+  auto msi = last_fds(VFIO_PCI_MSI_IRQ_INDEX);
+  ASSERT_EQ(msi.size(), 1u);
+  ASSERT_EQ(p->routes.size(), 1u);
+  EXPECT_EQ(p->routes.begin()->second, (std::pair<uint64_t, uint32_t>{0xfee01000, 0x4025}));
+  EXPECT_TRUE(irqfd_on(msi[0]));
+  EXPECT_EQ(s.config[kMsi + 2] & 1, 0) << "MSI control is emulated, not written to the device";
+  wr(kMsi + 2, 0, 2);
+  EXPECT_TRUE(p->routes.empty());
+  EXPECT_EQ(last_fds(VFIO_PCI_INTX_IRQ_INDEX).size(), 1u);
+  EXPECT_EQ(p->irqfds.size(), 1u) << "INTx rewired after MSI is disabled";
+}
+
+TEST_F(PassthruTest, TeardownLeavesNothingBehind) {
+  place_bars();
+  wr(0x04, 0x3, 2);
+  dev->set_intx_gsi(19);
+  enable_msix();
+  program_vector(0, 0xfee00000, 0x30, false);
+  ASSERT_FALSE(p->slots.empty());
+  ASSERT_FALSE(p->traps.empty());
+  ASSERT_FALSE(p->routes.empty());
+  ASSERT_EQ(p->irqfds.size(), 1u);
+  dev.reset();
+  EXPECT_TRUE(p->slots.empty());
+  EXPECT_TRUE(p->traps.empty());
+  EXPECT_TRUE(p->routes.empty());
+  EXPECT_TRUE(p->irqfds.empty());
+  EXPECT_EQ(s.resets, 2) << "reset at start and at teardown";
+  EXPECT_NE(std::find(s.disabled.begin(), s.disabled.end(), VFIO_PCI_MSIX_IRQ_INDEX), s.disabled.end());
+}
+
+TEST_F(PassthruTest, BridgesAreRefused) {
+  dev.reset();
+  s = make_state();
+  s.config[0x0e] = 0x01;
+  EXPECT_THROW(open(), vfio::VfioError);
+}
+
+TEST_F(PassthruTest, StatsNameTheCounters) {
+  rd(0);
+  std::string st = dev->stats();
+  EXPECT_NE(st.find("0000:00:03.0"), std::string::npos);
+  EXPECT_NE(st.find("config reads=1"), std::string::npos) << st;
+}
+
+}  // namespace
+}  // namespace passvm::passthru

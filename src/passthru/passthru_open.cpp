@@ -1,0 +1,14 @@
+// The factory lives apart from the device so that code using PassthruDevice with another Platform (tests)
+// does not link against KVM.
+#include "passthru/kvm_platform.h"
+#include "passthru/passthru_device.h"
+
+namespace passvm::passthru {
+
+std::unique_ptr<PassthruDevice> open_passthru(const std::string& bdf, vfio::Container& container, Vm& vm, Bus& pio,
+                                              Bus& mmio, PassthruOptions options) {
+  auto device = container.open_device(vfio::Bdf::parse(bdf));
+  return std::make_unique<PassthruDevice>(std::move(device), std::make_unique<KvmPlatform>(vm, pio, mmio), options);
+}
+
+}  // namespace passvm::passthru

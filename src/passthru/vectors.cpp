@@ -1,0 +1,115 @@
+#include "passthru/vectors.h"
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+namespace passvm::passthru {
+
+void Vectors::create(uint32_t n) {
+  release();
+  v_.resize(n);
+  for (uint32_t i = 0; i < n; i++) {
+    v_[i].fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (v_[i].fd < 0) {
+      int e = errno;
+      release();
+      throw std::runtime_error(fmt::format("{}: cannot create an eventfd for interrupt vector {}: {}", name_, i,
+                                           std::strerror(e)));
+    }
+    park(i);
+  }
+}
+
+std::vector<int> Vectors::fds() const {
+  std::vector<int> out;
+  for (auto& v : v_) out.push_back(v.fd);
+  return out;
+}
+
+void Vectors::park(uint32_t i) {
+  Vector& v = v_[i];
+  if (v.wired) {
+    platform_.remove_irqfd(v.fd, v.gsi);
+    v.wired = false;
+  }
+  if (watch_fd_ >= 0) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = static_cast<uint64_t>(tag_) << 32 | i;
+    epoll_ctl(watch_fd_, EPOLL_CTL_ADD, v.fd, &ev);  // EEXIST when already parked: fine
+  }
+}
+
+void Vectors::set(uint32_t i, uint64_t address, uint32_t data, bool masked) {
+  if (i >= v_.size()) return;
+  Vector& v = v_[i];
+  if (!masked && !is_x86_msi_address(address)) {
+    if (!v.warned)
+      fmt::print(stderr, "passvm: {}: vector {} programmed with MSI address {:#x}, not an interrupt; kept masked\n",
+                 name_, i, address);
+    v.warned = true;
+    masked = true;
+  }
+  if (masked) {
+    park(i);
+    return;
+  }
+  if (v.has_route && v.wired && v.address == address && v.data == data) return;
+  if (!v.wired && watch_fd_ >= 0) epoll_ctl(watch_fd_, EPOLL_CTL_DEL, v.fd, nullptr);
+  bool deliver = !v.wired && pending(i);
+  if (!v.has_route) {
+    v.gsi = platform_.alloc_msi_route(address, data);
+    v.has_route = true;
+    routes_made++;
+  } else if (v.address != address || v.data != data) {
+    platform_.update_msi_route(v.gsi, address, data);
+  }
+  v.address = address;
+  v.data = data;
+  if (!v.wired) {
+    platform_.add_irqfd(v.fd, v.gsi, -1);
+    v.wired = true;
+  }
+  if (deliver) {
+    v.pending = false;
+    platform_.signal_msi(address, data);
+  }
+}
+
+bool Vectors::pending(uint32_t i) {
+  if (i >= v_.size()) return false;
+  Vector& v = v_[i];
+  if (!v.wired) {
+    uint64_t n = 0;
+    if (read(v.fd, &n, sizeof n) == sizeof n && n > 0) {
+      v.pending = true;
+      masked_hits += n;
+    }
+  }
+  return v.pending;
+}
+
+void Vectors::release() {
+  for (auto& v : v_) {
+    try {
+      if (v.wired) platform_.remove_irqfd(v.fd, v.gsi);
+      if (v.has_route) platform_.free_msi_route(v.gsi);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "passvm: {}: releasing an interrupt vector: {}\n", name_, e.what());
+    }
+    if (v.fd >= 0) {
+      if (watch_fd_ >= 0) epoll_ctl(watch_fd_, EPOLL_CTL_DEL, v.fd, nullptr);
+      close(v.fd);
+    }
+  }
+  v_.clear();
+}
+
+}  // namespace passvm::passthru

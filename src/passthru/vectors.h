@@ -1,0 +1,71 @@
+// passthru: the host side of MSI / MSI-X vectors.
+//
+// Each vector has an eventfd that VFIO signals when the device raises it. A
+// vector the guest has unmasked is wired to a KVM irqfd on an MSI route of its
+// own, so delivery never wakes passvm. A masked vector is "parked": its irqfd is
+// removed and the eventfd is watched instead (epoll), so an interrupt raised
+// while masked becomes a pending bit (the PBA) and is injected with signal_msi
+// when the guest unmasks it, as the spec requires. Messages that cannot be an
+// x86 interrupt (address outside 0xfee00000-0xfeefffff) are parked too, with a
+// warning, instead of handing KVM garbage.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "passthru/platform.h"
+
+namespace passvm::passthru {
+
+class Vectors {
+ public:
+  // watch_fd: an epoll fd parked vectors are added to (event data = tag << 32 | vector), or -1.
+  Vectors(Platform& platform, std::string name, int watch_fd, uint32_t tag)
+      : platform_(platform), name_(std::move(name)), watch_fd_(watch_fd), tag_(tag) {}
+  ~Vectors() { release(); }
+  Vectors(const Vectors&) = delete;
+  Vectors& operator=(const Vectors&) = delete;
+
+  // Creates n parked vectors (their eventfds are then handed to VFIO). Throws on failure.
+  void create(uint32_t n);
+  uint32_t count() const { return static_cast<uint32_t>(v_.size()); }
+  std::vector<int> fds() const;
+
+  // Wires vector i to the message, or parks it. Unparking delivers a pending interrupt.
+  void set(uint32_t i, uint64_t address, uint32_t data, bool masked);
+  // True when parked vector i fired and was not delivered yet (reads its eventfd).
+  bool pending(uint32_t i);
+  // Called by the watcher when a parked vector's eventfd is readable.
+  void poll(uint32_t i) { (void)pending(i); }
+
+  // Removes irqfds, frees routes, closes eventfds.
+  void release();
+
+  std::atomic<uint64_t> masked_hits{0};   // interrupts that arrived on a parked vector
+  std::atomic<uint64_t> routes_made{0};   // MSI routes allocated over the device's life
+
+ private:
+  struct Vector {
+    int fd = -1;
+    bool has_route = false;
+    uint32_t gsi = 0;
+    bool wired = false;  // irqfd registered
+    bool pending = false;
+    bool warned = false;
+    uint64_t address = 0;
+    uint32_t data = 0;
+  };
+  void park(uint32_t i);
+
+  Platform& platform_;
+  std::string name_;
+  int watch_fd_;
+  uint32_t tag_;
+  std::vector<Vector> v_;
+};
+
+inline bool is_x86_msi_address(uint64_t address) { return (address >> 20) == 0xfee; }
+
+}  // namespace passvm::passthru
