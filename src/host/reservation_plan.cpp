@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <thread>
 
 #include <fmt/format.h>
@@ -180,6 +181,8 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
 }
 
 int run_command(const std::vector<std::string>& argv) {
+  // udev runs programs with an almost empty environment: without PATH, modprobe would not be found.
+  if (!std::getenv("PATH")) setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 0);
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);

@@ -1,0 +1,34 @@
+# Boot-time claim, first half: runs before L1 loads its host drivers, as early boot
+# would. Installs the persistent config (bhyve syntax) and the packaged udev rule, starts
+# udevd and replays 00:03.0's "add" event as coldplug does. The stock 80-drivers.rules
+# then loads nvme for that event, so this is the real race: our rule must mark the device
+# for vfio-pci before nvme probes it. What happened is written to $LAB_OUT/early.env for
+# host-bootclaim.sh, which reports it.
+
+source "$LAB_DIR/scenarios/host-lib.sh"
+BDF=0000:00:03.0
+ENVF=$LAB_OUT/early.env
+HOST=$(host_binary)
+echo "host=$HOST" > "$ENVF"
+[[ -n $HOST ]] || { echo "host-bootclaim: no passvm-host found" >&2; exit 1; }
+
+mkdir -p /etc/passvm /etc/udev/rules.d
+echo 'pptdevs="0/3/0"' > /etc/passvm/pptdevs.conf
+sed "s|@PASSVM_HOST_BINARY@|$HOST|" "$LAB_DIR/../packaging/udev/60-passvm-pptdevs.rules.in" \
+    > /etc/udev/rules.d/60-passvm-pptdevs.rules
+echo "nvme_before=$(grep -c '^nvme ' /proc/modules)" >> "$ENVF"
+echo "driver_before=$(bdf_driver $BDF)" >> "$ENVF"
+
+/lib/systemd/systemd-udevd > "$LAB_OUT/udevd.log" 2>&1 &
+udevd=$!
+for _ in $(seq 50); do udevadm control --ping 2>/dev/null && break; sleep 0.2; done
+udevadm trigger --action=add /sys/bus/pci/devices/$BDF
+udevadm settle --timeout=60
+echo "udev_env=$(udevadm info -q property /sys/bus/pci/devices/$BDF | grep -c '^PASSVM_PPTDEV=1')" >> "$ENVF"
+echo "nvme_after=$(grep -c '^nvme ' /proc/modules)" >> "$ENVF"
+echo "driver_after=$(bdf_driver $BDF)" >> "$ENVF"
+# Only the claim is under test: udevd must not rename interfaces or load drivers later.
+kill "$udevd"
+wait "$udevd" 2>/dev/null
+rm -f /etc/udev/rules.d/60-passvm-pptdevs.rules
+cat "$ENVF"

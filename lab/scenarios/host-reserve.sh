@@ -1,0 +1,124 @@
+# Host device reservation on a real (emulated) passthrough host: `passvm-host reserve`
+# takes L1's nvme controller 00:03.0 from the nvme driver and binds it to vfio-pci, with
+# /dev/vfio/GROUP present; `release` gives it back to nvme; `list --json` and `check`
+# agree with sysfs before and after; a disk in use by the host is refused; bad input
+# fails with one clear line.
+# lab-expect: host.binary host.list host.check host.reserve host.reserve_list host.release host.refuse host.errors
+# lab-timeout: 180
+
+source "$LAB_DIR/scenarios/host-lib.sh"
+BDF=0000:00:03.0
+OUT=$LAB_OUT
+
+HOST=$(host_binary)
+if [[ -z $HOST ]]; then
+    result host.binary fail detail="no passvm-host found: build it (cmake --build BUILD --target passvm-host) or set PASSVM_HOST"
+    exit 1
+fi
+result host.binary pass path="$HOST"
+
+# --- list agrees with sysfs while nvme owns the device
+group=$(sysfs_group $BDF)
+"$HOST" list --json > "$OUT/list-before.json" 2> "$OUT/list-before.err"
+rc=$?
+mismatch=""
+for dev in /sys/bus/pci/devices/*; do
+    bdf=$(basename "$dev")
+    want=$(bdf_driver "$bdf"); want=${want:-None}
+    got=$(list_entry "$OUT/list-before.json" "$bdf" driver)
+    [[ $got == "$want" ]] || mismatch+="$bdf driver $got!=$want; "
+    want_group=$(basename "$(readlink "$dev/iommu_group")")
+    got_group=$(list_entry "$OUT/list-before.json" "$bdf" iommu_group)
+    [[ $got_group == "$want_group" ]] || mismatch+="$bdf group $got_group!=$want_group; "
+done
+count=$(json_get "$OUT/list-before.json" "len(j)")
+sys_count=$(ls /sys/bus/pci/devices | wc -l)
+[[ $count == "$sys_count" ]] || mismatch+="count $count!=$sys_count; "
+[[ $(list_entry "$OUT/list-before.json" $BDF reserved) == False ]] || mismatch+="$BDF reserved before reserve; "
+if [[ $rc == 0 && -z $mismatch && $(bdf_driver $BDF) == nvme ]]; then
+    result host.list pass devices=$count nvme_group=$group
+else
+    result host.list fail detail="rc=$rc driver=$(bdf_driver $BDF) $mismatch $(head -c 300 "$OUT/list-before.err")"
+fi
+
+# --- check agrees with the host: IOMMU, remapping, vfio modules present in this lab
+"$HOST" check --json > "$OUT/check-before.json" 2>&1
+bad=""
+[[ $(check_verdict "$OUT/check-before.json" kvm) == pass ]] || bad+="kvm "
+if [[ -n $(ls /sys/class/iommu) ]]; then want=pass; else want=fail; fi
+[[ $(check_verdict "$OUT/check-before.json" iommu) == "$want" ]] || bad+="iommu "
+[[ $(check_verdict "$OUT/check-before.json" "iommu groups") == pass ]] || bad+="groups "
+[[ $(check_verdict "$OUT/check-before.json" "interrupt remapping") == pass ]] || bad+="intremap "
+[[ $(check_verdict "$OUT/check-before.json" vfio_pci) == pass ]] || bad+="vfio_pci "
+if [[ -z $bad ]]; then
+    result host.check pass iommu_units=$(ls /sys/class/iommu | wc -l)
+else
+    result host.check fail detail="unexpected verdicts for: $bad(see check-before.json)"
+fi
+
+# --- reserve: nvme -> vfio-pci, /dev/vfio/GROUP, previous driver remembered
+"$HOST" reserve $BDF > "$OUT/reserve.out" 2>&1
+rc=$?
+state=$(cat /run/passvm/reserved/$BDF 2>/dev/null)
+if [[ $rc == 0 && $(bdf_driver $BDF) == vfio-pci && -c /dev/vfio/$group && $state == driver=nvme ]]; then
+    result host.reserve pass group=$group
+else
+    result host.reserve fail detail="rc=$rc driver=$(bdf_driver $BDF) /dev/vfio/$group=$([[ -c /dev/vfio/$group ]] && echo yes || echo no) state='$state': $(tr '\n' ' ' < "$OUT/reserve.out" | head -c 300)"
+fi
+
+"$HOST" list --json > "$OUT/list-reserved.json" 2>&1
+"$HOST" check --json > "$OUT/check-reserved.json" 2>&1
+if [[ $(list_entry "$OUT/list-reserved.json" $BDF driver) == vfio-pci &&
+      $(list_entry "$OUT/list-reserved.json" $BDF reserved) == True &&
+      $(list_entry "$OUT/list-reserved.json" $BDF ready) == True &&
+      $(check_verdict "$OUT/check-reserved.json" "device $BDF") == pass ]]; then
+    result host.reserve_list pass
+else
+    result host.reserve_list fail detail="list/check disagree with sysfs after reserve (see list-reserved.json, check-reserved.json)"
+fi
+
+# --- release: back to nvme, override cleared, memory dropped
+"$HOST" release $BDF > "$OUT/release.out" 2>&1
+rc=$?
+for _ in $(seq 30); do [[ -n $(ls /sys/bus/pci/devices/$BDF/nvme 2>/dev/null) ]] && break; sleep 0.2; done
+"$HOST" list --json > "$OUT/list-released.json" 2>&1
+override=$(cat /sys/bus/pci/devices/$BDF/driver_override)
+if [[ $rc == 0 && $(bdf_driver $BDF) == nvme && $override == "(null)" && ! -e /run/passvm/reserved/$BDF &&
+      $(list_entry "$OUT/list-released.json" $BDF reserved) == False && -n $(ls /sys/bus/pci/devices/$BDF/nvme 2>/dev/null) ]]; then
+    result host.release pass controller=$(ls /sys/bus/pci/devices/$BDF/nvme)
+else
+    result host.release fail detail="rc=$rc driver=$(bdf_driver $BDF) override=$override: $(tr '\n' ' ' < "$OUT/release.out" | head -c 300)"
+fi
+
+# --- a disk the host uses is refused (swap on the nvme namespace), and --dry-run shows the writes
+disk=$(ls /sys/bus/pci/devices/$BDF/nvme/*/ 2>/dev/null | grep -m1 '^nvme[0-9]*n1$')
+refused=""
+if [[ -n $disk ]] && mkswap -q /dev/$disk >/dev/null 2>&1 && swapon /dev/$disk; then
+    "$HOST" reserve $BDF > "$OUT/refuse.out" 2>&1
+    rc=$?
+    swapoff /dev/$disk
+    if [[ $rc == 1 && $(bdf_driver $BDF) == nvme ]] && grep -q "used as swap" "$OUT/refuse.out" && grep -q -- "--force" "$OUT/refuse.out"; then
+        refused=yes
+    fi
+    detail="rc=$rc driver=$(bdf_driver $BDF): $(tr '\n' ' ' < "$OUT/refuse.out" | head -c 300)"
+else
+    detail="could not put swap on /dev/$disk"
+fi
+"$HOST" reserve --dry-run $BDF > "$OUT/dry-run.out" 2>&1
+if [[ -n $refused && $(bdf_driver $BDF) == nvme ]] && grep -q "would: echo '$BDF' > /sys/bus/pci/drivers_probe" "$OUT/dry-run.out"; then
+    result host.refuse pass
+else
+    result host.refuse fail detail="$detail"
+fi
+
+# --- bad input: one line naming the problem and the fix, exit 1
+errs=""
+out=$("$HOST" reserve 0/99/0 2>&1); rc=$?
+[[ $rc == 1 && $out == "error: malformed PCI address '0/99/0'"* && $(wc -l <<<"$out") == 1 ]] || errs+="malformed($rc: $out) "
+out=$("$HOST" reserve 0000:00:1e.7 2>&1); rc=$?
+[[ $rc == 1 && $out == *"unknown device 0000:00:1e.7"* ]] || errs+="unknown($rc: $out) "
+if command -v setpriv >/dev/null; then
+    out=$(setpriv --reuid=65534 --regid=65534 --clear-groups "$HOST" reserve $BDF 2>&1); rc=$?
+    [[ $rc == 1 && $out == *"must run as root"* ]] || errs+="nonroot($rc: $out) "
+fi
+if [[ -z $errs ]]; then result host.errors pass; else result host.errors fail detail="$errs"; fi
