@@ -319,10 +319,13 @@ int check_edu() {
     if (!src_pa || !dst_pa) return r.fail("no physical address in /proc/self/pagemap (needs root)");
     r.str("src_phys", std::to_string(*src_pa));
 
+    // QEMU 7.2's edu rejects a transfer ending exactly at the end of its 4 KiB buffer
+    // (off-by-one in edu_check_range) with a fatal hw_error, so move half a page.
+    const size_t len = page / 2;
     auto dma = [&](uint64_t from, uint64_t to, uint64_t cmd) {
         bar.w64(0x80, from);
         bar.w64(0x88, to);
-        bar.w64(0x90, page);
+        bar.w64(0x90, len);
         bar.w64(0x98, cmd);
         auto t = std::chrono::steady_clock::now();
         while ((bar.r64(0x98) & 1) && ms_since(t) < 5000) std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -331,19 +334,46 @@ int check_edu() {
     auto td = std::chrono::steady_clock::now();
     bool done = dma(*src_pa, 0x40000, 1) && dma(0x40000, *dst_pa, 3);
     r.num("dma_round_trip_ms", ms_since(td));
-    bool same = std::memcmp(src, dst, page) == 0;
-    size_t copied = 0;
-    for (size_t i = 0; i < page / 8; ++i) copied += src[i] == dst[i];
+    bool same = std::memcmp(src, dst, len) == 0;
+    size_t copied = 0, untouched = 0;
+    for (size_t i = 0; i < len / 8; ++i) copied += src[i] == dst[i];
+    for (size_t i = len / 8; i < page / 8; ++i) untouched += dst[i] == 0;
     munmap(mem, 2 * page);
-    r.num("bytes", static_cast<double>(page));
+    r.num("bytes", static_cast<double>(len));
     r.num("matching_words", static_cast<double>(copied));
     if (!done) return r.fail("edu DMA did not complete within 5 s (bus mastering or DMA mapping broken?)");
     if (!same)
         return r.fail("edu DMA round trip returned different data (" + std::to_string(copied) + "/" +
-                      std::to_string(page / 8) + " words match): DMA did not reach guest RAM");
+                      std::to_string(len / 8) + " words match): DMA did not reach guest RAM");
+    if (untouched != (page - len) / 8) return r.fail("edu DMA wrote past the requested length");
     r.pass = true;
     return r.print();
 }
+
+bool write_text(const std::string& path, const std::string& text) {
+    int fd = open(path.c_str(), O_WRONLY);
+    if (fd < 0) return false;
+    bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+    close(fd);
+    return ok;
+}
+
+// Unbinds a device from its driver for the lifetime of the object, then reprobes it.
+class DriverLoan {
+public:
+    explicit DriverLoan(const PciDev& dev) : bdf_(dev.bdf), bound_(!dev.driver.empty()) {
+        if (bound_) write_text(kPciRoot + bdf_ + "/driver/unbind", bdf_);
+    }
+    ~DriverLoan() {
+        if (bound_) write_text("/sys/bus/pci/drivers_probe", bdf_);
+    }
+    DriverLoan(const DriverLoan&) = delete;
+    DriverLoan& operator=(const DriverLoan&) = delete;
+
+private:
+    std::string bdf_;
+    bool bound_;
+};
 
 // e1000e exposes its registers through an I/O BAR window too: IOADDR at +0, IODATA at +4.
 int check_iobar() {
@@ -365,9 +395,13 @@ int check_iobar() {
     }
     if (!port) return r.fail("the e1000e in L2 shows no I/O BAR in sysfs: the VMM hid or did not assign it");
     r.num("io_port", *port);
+    // e1000e claims its BARs exclusively, which forbids mapping them from user space:
+    // borrow the device from its driver for the comparison and give it back afterwards.
+    DriverLoan loan(*dev);
+    r.str("unbound_driver", dev->driver);
     r.num("command_before", enable_command_bits(dev->bdf, 0x3));  // I/O + memory decoding
     Bar bar(dev->bdf, 0, 128 << 10);
-    if (!bar.ok()) return r.fail("cannot mmap BAR0 of " + dev->bdf);
+    if (!bar.ok()) return r.fail("cannot mmap BAR0 of " + dev->bdf + " through sysfs");
     if (iopl(3) != 0) return r.fail(std::string("iopl(3) failed: ") + std::strerror(errno));
     constexpr uint32_t kStatus = 0x8, kCtrl = 0x0;
     uint32_t mmio_status = bar.r32(kStatus);
@@ -417,7 +451,7 @@ int check_irqs() {
     for (const auto& d : pci_devices()) {
         if (d.driver.empty()) continue;
         std::string mode = "none";
-        int vectors = 0;
+        int vectors = 0, requested = 0;
         uint64_t total = 0;
         std::string dir = kPciRoot + d.bdf + "/msi_irqs/";
         if (DIR* m = opendir(dir.c_str())) {
@@ -425,7 +459,11 @@ int check_irqs() {
                 if (e->d_name[0] == '.') continue;
                 mode = read_text(dir + e->d_name).value_or("msi");
                 ++vectors;
-                total += counts[e->d_name];
+                // /proc/interrupts lists only vectors a handler was requested for.
+                if (auto c = counts.find(e->d_name); c != counts.end()) {
+                    ++requested;
+                    total += c->second;
+                }
             }
             closedir(m);
         }
@@ -433,18 +471,19 @@ int check_irqs() {
             auto irq = read_text(kPciRoot + d.bdf + "/irq").value_or("0");
             if (irq != "0" && counts.count(irq)) {
                 mode = "intx";
-                vectors = 1;
+                vectors = requested = 1;
                 total = counts[irq];
             }
         }
         devs += (devs.empty() ? "" : ",") + ("\"" + d.bdf + "\":{\"driver\":\"" + d.driver + "\",\"mode\":\"" + mode +
                                             "\",\"vectors\":" + std::to_string(vectors) +
+                                            ",\"requested\":" + std::to_string(requested) +
                                             ",\"count\":" + std::to_string(total) + "}");
         ++reported;
-        summary += (summary.empty() ? "" : "; ") + d.bdf.substr(5) + " " + d.driver + " " + mode + "x" +
-                   std::to_string(vectors) + "=" + std::to_string(total);
+        summary += (summary.empty() ? "" : "; ") + d.bdf.substr(5) + " " + d.driver + " " + mode + "/" +
+                   std::to_string(vectors) + " count=" + std::to_string(total);
         bool exercised = d.driver == "nvme" || d.driver == "e1000e";
-        if (exercised && total == 0) silent += (silent.empty() ? "" : " ") + d.bdf + "(" + d.driver + "," + mode + ")";
+        if (exercised && requested > 0 && total == 0) silent += (silent.empty() ? "" : " ") + d.bdf + "(" + d.driver + "," + mode + ")";
     }
     r.raw("devices", "{" + devs + "}");
     r.str("summary", summary);

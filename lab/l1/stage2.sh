@@ -58,12 +58,14 @@ sleep 1
 l1if=$(ls "/sys/bus/pci/devices/$LAB_L1_IFACE_BDF/net" 2>/dev/null | head -n1)
 if [[ -n $l1if ]]; then
     ip link set "$l1if" up
-    for _ in $(seq 50); do  # carrier and duplicate address detection must finish before L2 pings us
-        a=$(ip -6 addr show dev "$l1if" scope link)
-        [[ $a == *inet6* && $a != *tentative* ]] && break
-        sleep 0.2
-    done
-    say "l1 interface $l1if up: $(ip -6 -o addr show dev "$l1if" scope link | awk '{print $4}')"
+    (   # carrier and duplicate address detection take seconds; L2 needs minutes to ping us
+        for _ in $(seq 100); do
+            a=$(ip -6 addr show dev "$l1if" scope link)
+            [[ $a == *inet6* && $a != *tentative* ]] && break
+            sleep 0.2
+        done
+        say "l1 interface $l1if up: $(ip -6 -o addr show dev "$l1if" scope link | awk '{print $4}')"
+    ) &
 else
     say "warning: no network interface on $LAB_L1_IFACE_BDF"
 fi
