@@ -247,6 +247,106 @@ TEST_F(VcpuTest, IoeventfdWriteDoesNotExit) {
   close(efd);
 }
 
+// The guest loads an IDT with a handler for one vector, routes IOAPIC pin 16 to vector 0x31 (level),
+// enables its LAPIC, says "ready" on port 0x83 and halts with interrupts on. The test then raises the
+// interrupt; the handler EOIs and says "done" on port 0x86 with its vector. A wrong vector finds no gate
+// and triple-faults; no interrupt leaves the guest halted.
+enum class Delivery { Irqfd, SignalMsi, IntxResample };
+
+class InterruptTest : public VcpuTest, public ::testing::WithParamInterface<Delivery> {};
+
+std::string delivery_name(const ::testing::TestParamInfo<Delivery>& p) {
+  switch (p.param) {
+    case Delivery::Irqfd: return "MsiIrqfd";
+    case Delivery::SignalMsi: return "SignalMsi";
+    case Delivery::IntxResample: return "IntxIrqfdWithResample";
+  }
+  return "unknown";
+}
+
+TEST_P(InterruptTest, ReachesTheGuestHandler) {
+  const Delivery how = GetParam();
+  const uint8_t vector = how == Delivery::IntxResample ? 0x31 : 0x30;
+  const uint32_t intx_gsi = 16;
+  constexpr uint64_t kHandler = kCodeAddr + 0x800, kIdt = 0x102000, kIdtr = 0x103000;
+  const std::vector<uint8_t> main_code = {
+      0x0f, 0x01, 0x1c, 0x25, 0x00, 0x30, 0x10, 0x00,  // lidt [0x103000]
+      0xbb, 0x00, 0x00, 0xc0, 0xfe,                    // mov ebx, 0xfec00000 (IOAPIC)
+      0xc7, 0x03, 0x30, 0x00, 0x00, 0x00,              // IOREGSEL = 0x30: pin 16, low half
+      0xc7, 0x43, 0x10, 0x31, 0x80, 0x00, 0x00,        // IOWIN = vector 0x31, level, unmasked
+      0xc7, 0x03, 0x31, 0x00, 0x00, 0x00,              // IOREGSEL = 0x31: high half
+      0xc7, 0x43, 0x10, 0x00, 0x00, 0x00, 0x00,        // IOWIN = destination APIC 0
+      0xbb, 0xf0, 0x00, 0xe0, 0xfe,                    // mov ebx, 0xfee000f0 (LAPIC SVR)
+      0xc7, 0x03, 0xff, 0x01, 0x00, 0x00,              // APIC on, spurious vector 0xff
+      0xfb,                                            // sti
+      0xb0, 0x55, 0xe6, 0x83,                          // mov al, 0x55; out 0x83, al
+      0xf4, 0xeb, 0xfd,                                // hlt; jmp hlt
+  };
+  const std::vector<uint8_t> handler = {
+      0xbb, 0xb0, 0x00, 0xe0, 0xfe,        // mov ebx, 0xfee000b0 (LAPIC EOI)
+      0xc7, 0x03, 0x00, 0x00, 0x00, 0x00,  // EOI
+      0xb0, vector, 0xe6, 0x86,            // mov al, vector; out 0x86, al
+      0xf4, 0xeb, 0xfd,                    // hlt; jmp hlt
+  };
+  mem_->write(kHandler, handler);
+  std::array<uint8_t, 16> gate{};
+  gate[0] = kHandler & 0xff;
+  gate[1] = (kHandler >> 8) & 0xff;
+  gate[2] = boot::kBootCs;
+  gate[5] = 0x8e;  // present, DPL 0, 64-bit interrupt gate
+  gate[6] = (kHandler >> 16) & 0xff;
+  gate[7] = (kHandler >> 24) & 0xff;
+  mem_->write(kIdt + vector * 16u, gate);
+  std::array<uint8_t, 10> idtr{0xff, 0x0f, 0x00, 0x20, 0x10, 0x00};  // limit 0xfff, base 0x102000
+  mem_->write(kIdtr, idtr);
+
+  int efd = eventfd(0, EFD_CLOEXEC);
+  int rfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  uint32_t gsi = vm_->alloc_msi_route(0xfee00000, 0x30);  // APIC 0, fixed, edge, vector 0x30
+  if (how == Delivery::Irqfd) vm_->add_irqfd(efd, gsi);
+  if (how == Delivery::IntxResample) vm_->add_irqfd(efd, intx_gsi, rfd);
+  auto v = make_vcpu(0, 1, main_code);
+  enter_long_mode(*v);
+  v->start();
+  auto ready = [&] {
+    std::lock_guard g(ports_.lock);
+    for (const auto& w : ports_.writes)
+      if (w.offset == 3) return true;
+    return false;
+  };
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!ready() && !ctl_.requested() && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(ready()) << "guest never got ready: " << ctl_.detail();
+  if (how == Delivery::SignalMsi) {
+    EXPECT_TRUE(vm_->signal_msi(0xfee00000, 0x30));
+  } else {
+    uint64_t one = 1;
+    ASSERT_EQ(write(efd, &one, 8), 8);
+  }
+  ASSERT_TRUE(wait_for_exit(std::chrono::seconds(30))) << "interrupt never arrived";
+  v->stop();
+  EXPECT_EQ(ctl_.reason(), ExitReason::PowerOff) << ctl_.detail();
+  ASSERT_FALSE(ports_.writes.empty());
+  EXPECT_EQ(ports_.writes.back().offset, 6u);
+  EXPECT_EQ(ports_.writes.back().data, std::vector<uint8_t>{vector});
+  if (how == Delivery::IntxResample) {
+    // The guest's EOI of the level-triggered pin came back as a resample event.
+    uint64_t count = 0;
+    EXPECT_EQ(read(rfd, &count, 8), 8) << "no resample after EOI";
+    EXPECT_EQ(count, 1u);
+    vm_->remove_irqfd(efd, intx_gsi);
+  }
+  if (how == Delivery::Irqfd) vm_->remove_irqfd(efd, gsi);
+  vm_->free_msi_route(gsi);
+  close(efd);
+  close(rfd);
+}
+
+INSTANTIATE_TEST_SUITE_P(Delivery, InterruptTest,
+                         ::testing::Values(Delivery::Irqfd, Delivery::SignalMsi, Delivery::IntxResample),
+                         delivery_name);
+
 TEST_F(VcpuTest, RejectsBadVcpuCounts) {
   EXPECT_THROW(Vcpu(*vm_, 0, 0, pio_, mmio_, ctl_), std::runtime_error);
   EXPECT_THROW(Vcpu(*vm_, 0, kvm_->max_vcpus() + 1, pio_, mmio_, ctl_), std::runtime_error);
