@@ -345,3 +345,30 @@ TEST_F(PassthruTest, StatsNameTheCounters) {
 
 }  // namespace
 }  // namespace passvm::passthru
+
+namespace passvm::passthru {
+namespace {
+
+TEST(PassthruWatcher, MaskedInterruptIsNoticedWithoutTheGuestLooking) {
+  FakeState s = make_state();
+  FakePlatform platform;
+  auto dev = std::make_unique<PassthruDevice>(std::make_unique<FakeDevice>(s),
+                                              std::make_unique<testing::ForwardingPlatform>(platform));
+  dev->assign_bar(0, layout::kMmio64Start);
+  dev->config_write(0x04, 2, 0x2);
+  dev->config_write(kMsix + 2, 2, 0x8000);
+  std::vector<int> fds = s.irq_sets.back().fds;
+  ASSERT_EQ(fds.size(), 4u);
+  uint64_t one = 1;
+  ASSERT_EQ(write(fds[3], &one, sizeof one), 8);
+  for (int i = 0; i < 200 && dev->masked_interrupts() == 0; i++) usleep(5000);
+  EXPECT_EQ(dev->masked_interrupts(), 1u);
+  uint8_t pba[4];
+  dev->bar_read(0, kPba, pba);
+  EXPECT_EQ(pba[0], 0x8);
+  dev.reset();  // joins the watcher
+  EXPECT_EQ(s.resets, 2);
+}
+
+}  // namespace
+}  // namespace passvm::passthru
