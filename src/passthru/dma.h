@@ -30,4 +30,7 @@ class GuestDmaMap {
   std::vector<vfio::Area> mapped_;  // iova ranges
 };
 
+// The name the machine assembly uses.
+using DmaMapping = GuestDmaMap;
+
 }  // namespace passvm::passthru
