@@ -23,6 +23,17 @@ struct IrqRoutingHeader {
   uint32_t nr;
   uint32_t flags;
 };
+// struct kvm_msrs with room for a few entries.
+struct Msrs {
+  uint32_t nmsrs;
+  uint32_t pad;
+  kvm_msr_entry entries[8];
+};
+struct MsrsHeader {
+  uint32_t nmsrs;
+  uint32_t pad;
+};
+
 // struct kvm_xsave without the trailing flexible array (only used with KVM_GET_XSAVE2).
 struct Xsave {
   uint32_t region[1024];
@@ -32,6 +43,8 @@ static_assert(sizeof(Cpuid2Header) == 8 && sizeof(IrqRoutingHeader) == 8 && size
 inline constexpr unsigned long kGetSupportedCpuid = _IOWR(KVMIO, 0x05, Cpuid2Header);
 inline constexpr unsigned long kSetCpuid2 = _IOW(KVMIO, 0x90, Cpuid2Header);
 inline constexpr unsigned long kGetCpuid2 = _IOWR(KVMIO, 0x91, Cpuid2Header);
+inline constexpr unsigned long kSetMsrs = _IOW(KVMIO, 0x89, MsrsHeader);
+inline constexpr unsigned long kGetMsrs = _IOWR(KVMIO, 0x88, MsrsHeader);
 inline constexpr unsigned long kGetXsave = _IOR(KVMIO, 0xa4, Xsave);
 inline constexpr unsigned long kSetXsave = _IOW(KVMIO, 0xa5, Xsave);
 inline constexpr unsigned long kSetGsiRouting = _IOW(KVMIO, 0x6a, IrqRoutingHeader);

@@ -85,6 +85,7 @@ Vcpu::Vcpu(Vm& vm, uint32_t index, uint32_t count, Bus& pio, Bus& mmio, ExitCont
     init_cpuid(count);
     init_fpu();
     init_lapic();
+    init_msrs();
   } catch (...) {
     if (run_) munmap(run_, run_size_);
     close(fd_);
@@ -138,6 +139,17 @@ void Vcpu::init_lapic() {
   if (ioctl(fd_, KVM_SET_LAPIC, &lapic) < 0) fail_ioctl(index_, "KVM_SET_LAPIC", errno);
 }
 
+void Vcpu::init_msrs() {
+  // Linux checks fast-string support in IA32_MISC_ENABLE to pick its memcpy; firmware turns it on.
+  kvm_uapi::Msrs msrs{};
+  msrs.nmsrs = 1;
+  msrs.entries[0].index = kMsrMiscEnable;
+  msrs.entries[0].data = kMiscEnableFastString;
+  int n = ioctl(fd_, kvm_uapi::kSetMsrs, &msrs);
+  if (n < 0) fail_ioctl(index_, "KVM_SET_MSRS", errno);
+  // n == 0: this KVM does not let userspace set it; the guest just runs without fast strings.
+}
+
 void Vcpu::setup_long_mode(const boot::LongModeEntry& e) {
   kvm_sregs sregs{};
   if (ioctl(fd_, KVM_GET_SREGS, &sregs) < 0) fail_ioctl(index_, "KVM_GET_SREGS", errno);
@@ -187,6 +199,7 @@ void Vcpu::start() {
 void Vcpu::stop() {
   if (!thread_.joinable()) return;
   stopping_ = true;
+  if (thread_.get_id() == std::this_thread::get_id()) return;  // the loop sees stopping_ when it returns
   // immediate_exit catches a thread about to enter KVM_RUN; the signal one already inside it.
   __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_SEQ_CST);
   pthread_kill(thread_.native_handle(), kick_signal());

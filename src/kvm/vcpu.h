@@ -50,12 +50,17 @@ class Vcpu {
   Vcpu(const Vcpu&) = delete;
   Vcpu& operator=(const Vcpu&) = delete;
 
+  // MSR_IA32_MISC_ENABLE as passvm sets it: fast strings on, as firmware leaves it.
+  static constexpr uint32_t kMsrMiscEnable = 0x1a0;
+  static constexpr uint64_t kMiscEnableFastString = 1;
+
   // Registers and special registers for a 64-bit entry (from boot::setup_long_mode). Before start().
   void setup_long_mode(const boot::LongModeEntry& entry);
   // The Linux 64-bit entry: rip = kernel + 0x200, rsi = zero page. Call on vCPU 0 only.
   void setup_linux_boot(const boot::LinuxBoot& boot) { setup_long_mode(boot.entry); }
 
-  // Starts the run thread. stop() kicks it out of KVM_RUN and joins it; both are idempotent.
+  // Starts the run thread. stop() kicks it out of KVM_RUN and joins it; both are idempotent. stop() from
+  // the vCPU's own thread (a device handler) only asks the loop to end; the owner still has to stop().
   void start();
   void stop();
 
@@ -80,6 +85,7 @@ class Vcpu {
   void init_cpuid(uint32_t count);
   void init_fpu();
   void init_lapic();
+  void init_msrs();
 
   Vm& vm_;
   uint32_t index_;

@@ -347,6 +347,35 @@ INSTANTIATE_TEST_SUITE_P(Delivery, InterruptTest,
                          ::testing::Values(Delivery::Irqfd, Delivery::SignalMsi, Delivery::IntxResample),
                          delivery_name);
 
+TEST_F(VcpuTest, UnhandledExitIsAnInternalErrorWithRip) {
+  // Single-stepping makes KVM exit with KVM_EXIT_DEBUG, which passvm never asks for in normal runs.
+  auto v = make_vcpu(0, 1, kDone);
+  enter_long_mode(*v);
+  kvm_guest_debug dbg{};
+  dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
+  if (ioctl(v->fd(), KVM_SET_GUEST_DEBUG, &dbg) != 0) GTEST_SKIP() << "no guest debug on this KVM";
+  setenv("PASSVM_DUMP_REGS", "1", 1);
+  v->start();
+  bool exited = wait_for_exit();
+  unsetenv("PASSVM_DUMP_REGS");
+  v->stop();
+  ASSERT_TRUE(exited);
+  EXPECT_EQ(ctl_.reason(), ExitReason::InternalError);
+  const std::string d = ctl_.detail();
+  EXPECT_NE(d.find("unhandled KVM exit reason 4"), std::string::npos) << d;
+  EXPECT_NE(d.find("at rip 0x10"), std::string::npos) << d;
+  EXPECT_NE(d.find("vCPU 0 registers:"), std::string::npos) << d;  // PASSVM_DUMP_REGS appended the dump
+}
+
+TEST_F(VcpuTest, MiscEnableHasFastStrings) {
+  auto v = make_vcpu(0, 1, kDone);
+  kvm_uapi::Msrs msrs{};
+  msrs.nmsrs = 1;
+  msrs.entries[0].index = Vcpu::kMsrMiscEnable;
+  ASSERT_EQ(ioctl(v->fd(), kvm_uapi::kGetMsrs, &msrs), 1);
+  EXPECT_TRUE(msrs.entries[0].data & Vcpu::kMiscEnableFastString);
+}
+
 TEST_F(VcpuTest, RejectsBadVcpuCounts) {
   EXPECT_THROW(Vcpu(*vm_, 0, 0, pio_, mmio_, ctl_), std::runtime_error);
   EXPECT_THROW(Vcpu(*vm_, 0, kvm_->max_vcpus() + 1, pio_, mmio_, ctl_), std::runtime_error);
