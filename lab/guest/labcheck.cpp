@@ -10,7 +10,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <sys/io.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -383,12 +382,14 @@ int check_iobar() {
     r.str("bdf", dev->bdf);
     std::ifstream res(kPciRoot + dev->bdf + "/resource");
     std::optional<uint16_t> port;
+    int io_bar = -1;
     std::string line;
     for (int i = 0; std::getline(res, line); ++i) {
         unsigned long long start = 0, end = 0, flags = 0;
         if (std::sscanf(line.c_str(), "%llx %llx %llx", &start, &end, &flags) == 3 && (flags & 0x100) && start &&
             start <= 0xffff) {
             port = static_cast<uint16_t>(start);
+            io_bar = i;
             r.num("io_bar", i);
             break;
         }
@@ -402,14 +403,24 @@ int check_iobar() {
     r.num("command_before", enable_command_bits(dev->bdf, 0x3));  // I/O + memory decoding
     Bar bar(dev->bdf, 0, 128 << 10);
     if (!bar.ok()) return r.fail("cannot mmap BAR0 of " + dev->bdf + " through sysfs");
-    if (iopl(3) != 0) return r.fail(std::string("iopl(3) failed: ") + std::strerror(errno));
+    // Port I/O goes through the kernel (sysfs resourceN read/write does inl/outl):
+    // user-space in/out after iopl() faults in the lab's nested setup.
+    int io = open((kPciRoot + dev->bdf + "/resource" + std::to_string(io_bar)).c_str(), O_RDWR);
+    if (io < 0) return r.fail("cannot open the I/O BAR resource file: " + std::string(std::strerror(errno)));
+    auto io_reg = [&](uint32_t reg) -> std::optional<uint32_t> {
+        uint32_t v = 0;
+        if (pwrite(io, &reg, 4, 0) != 4 || pread(io, &v, 4, 4) != 4) return std::nullopt;
+        return v;
+    };
     constexpr uint32_t kStatus = 0x8, kCtrl = 0x0;
     uint32_t mmio_status = bar.r32(kStatus);
-    outl(kStatus, *port);
-    uint32_t io_status = inl(static_cast<uint16_t>(*port + 4));
+    auto io_status_read = io_reg(kStatus);
     uint32_t mmio_ctrl = bar.r32(kCtrl);
-    outl(kCtrl, *port);
-    uint32_t io_ctrl = inl(static_cast<uint16_t>(*port + 4));
+    auto io_ctrl_read = io_reg(kCtrl);
+    close(io);
+    if (!io_status_read || !io_ctrl_read)
+        return r.fail("32-bit access to the I/O BAR failed: " + std::string(std::strerror(errno)));
+    uint32_t io_status = *io_status_read, io_ctrl = *io_ctrl_read;
     r.num("status_mmio", mmio_status);
     r.num("status_io", io_status);
     r.num("ctrl_mmio", mmio_ctrl);

@@ -19,6 +19,8 @@ sed "s|@PASSVM_HOST_BINARY@|$HOST|" "$LAB_DIR/../packaging/udev/60-passvm-pptdev
 echo "nvme_before=$(grep -c '^nvme ' /proc/modules)" >> "$ENVF"
 echo "driver_before=$(bdf_driver $BDF)" >> "$ENVF"
 
+# L1 runs in a chroot, where udevadm refuses to act unless told that is fine.
+export SYSTEMD_IGNORE_CHROOT=1
 /lib/systemd/systemd-udevd > "$LAB_OUT/udevd.log" 2>&1 &
 udevd=$!
 for _ in $(seq 50); do udevadm control --ping 2>/dev/null && break; sleep 0.2; done

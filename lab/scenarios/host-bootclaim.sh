@@ -32,7 +32,7 @@ fi
 if [[ $(list_entry "$OUT/list-claimed.json" $BDF reserved) == True && $(list_entry "$OUT/list-claimed.json" $BDF ready) == True ]]; then
     result host.bootclaim_list pass
 else
-    result host.bootclaim_list fail detail="list --json: $(head -c 300 "$OUT/list-claimed.json")"
+    result host.bootclaim_list fail detail="list --json: $(json_get "$OUT/list-claimed.json" "[d for d in j if d['address']=='$BDF']" 2>&1 | head -c 300)"
 fi
 
 "$HOST" release $BDF > "$OUT/release.out" 2>&1

@@ -24,6 +24,13 @@ DEFAULT_TIMEOUT = 240
 DEFAULT_GRACE = 10
 
 
+def die_with_parent():
+    """Child setup: get SIGKILL if we die, even by SIGKILL, so no QEMU outlives us."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def emit(scenario, check, passed, figures=None, detail=""):
     line = json.dumps({"scenario": scenario, "check": check, "pass": bool(passed),
                        "figures": figures or {}, "detail": detail}, separators=(",", ":"))
@@ -121,7 +128,8 @@ def main():
     start = time.monotonic()
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent)
     except OSError as e:
         emit(scenario, f"{name}.vmm", False, {}, f"cannot start the VMM '{cmd[0]}': {e.strerror}")
         return 1
