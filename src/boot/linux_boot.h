@@ -1,5 +1,14 @@
-// boot/linux_boot.h: loading a Linux bzImage, its initrd and command line
-// into guest RAM following the x86 boot protocol's 64-bit entry.
+// boot: getting a guest kernel from a file into guest RAM and a vCPU ready to run it.
+//
+// This layer knows the Linux x86 boot protocol (Documentation/arch/x86/boot.rst:
+// bzImage setup header, the "zero page" of boot parameters, the e820 memory
+// map) and how to put a CPU straight into 64-bit long mode, so that no
+// firmware and no real-mode code run in the guest. It only writes guest
+// memory and describes register values; the kvm layer loads them into a vCPU
+// (Vcpu::setup_linux_boot). Machine assembly:
+//   auto e820 = boot::build_e820(mem);
+//   boot::LinuxBoot b = boot::load_linux(mem, kernel, initrd, cmdline, e820, rsdp_addr);
+//   vcpus[0]->setup_linux_boot(b);
 //
 // Guest RAM after load_linux (all addresses guest-physical):
 //   layout::kGdtAddr         GDT for the 64-bit entry

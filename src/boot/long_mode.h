@@ -1,13 +1,6 @@
-// boot: getting a guest kernel from a file into guest RAM and a vCPU ready to run it.
-//
-// This layer knows the Linux x86 boot protocol (bzImage setup header, the
-// "zero page" of boot parameters, the e820 memory map) and how to put a CPU
-// straight into 64-bit long mode, so that no firmware and no real-mode code
-// run in the guest. It only writes guest memory and describes register
-// values; the kvm layer (Vcpu::setup_long_mode) loads them into a vCPU.
-//
-// long_mode.h: the GDT and the identity page tables a 64-bit entry needs, and
-// the register state to go with them.
+// boot/long_mode.h: the GDT and the identity page tables a 64-bit entry
+// needs, and the register state to go with them. Used for Linux and for the
+// hand-made guests of the kvm tests alike.
 #pragma once
 
 #include <cstdint>

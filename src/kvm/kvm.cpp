@@ -31,6 +31,7 @@ constexpr RequiredCap kRequiredCaps[] = {
     {KVM_CAP_IRQFD, "KVM_CAP_IRQFD", "device interrupts"},
     {KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD", "device doorbells"},
     {KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT", "stopping vCPUs"},
+    {KVM_CAP_SIGNAL_MSI, "KVM_CAP_SIGNAL_MSI", "MSI from emulated devices"},
 };
 
 }  // namespace
