@@ -36,25 +36,32 @@ constexpr RequiredCap kRequiredCaps[] = {
 
 }  // namespace
 
-Kvm::Kvm() {
-  fd_ = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+Kvm::Kvm(const std::string& path) {
+  fd_ = open(path.c_str(), O_RDWR | O_CLOEXEC);
   if (fd_ < 0) {
     int err = errno;
     if (err == ENOENT)
-      throw std::runtime_error(
-          "/dev/kvm not found: load kvm_intel or kvm_amd (modprobe kvm_intel), and enable virtualization "
-          "(VT-x/AMD-V) in the firmware");
+      throw std::runtime_error(fmt::format(
+          "{} not found: load kvm_intel or kvm_amd (modprobe kvm_intel), and enable virtualization "
+          "(VT-x/AMD-V) in the firmware",
+          path));
     if (err == EACCES || err == EPERM)
-      throw std::runtime_error(
-          "permission denied opening /dev/kvm: add your user to the kvm group (usermod -aG kvm $USER) and log "
-          "in again");
-    throw std::runtime_error(fmt::format("cannot open /dev/kvm: {}", strerror(err)));
+      throw std::runtime_error(fmt::format(
+          "permission denied opening {}: add your user to the kvm group (usermod -aG kvm $USER) and log in again",
+          path));
+    throw std::runtime_error(fmt::format("cannot open {}: {}", path, strerror(err)));
   }
   int version = ioctl(fd_, KVM_GET_API_VERSION, 0);
+  if (version < 0) {
+    int err = errno;
+    close(fd_);
+    throw std::runtime_error(fmt::format("{} is not a KVM device ({}): check that it is the kvm character device",
+                                         path, strerror(err)));
+  }
   if (version != KVM_API_VERSION) {
     close(fd_);
     throw std::runtime_error(
-        fmt::format("/dev/kvm speaks API version {}, passvm needs {}: the host kernel is too old or too new",
+        fmt::format("{} speaks KVM API version {}, passvm needs {}: the host kernel is too old or too new", path,
                     version, KVM_API_VERSION));
   }
   for (const auto& c : kRequiredCaps) {

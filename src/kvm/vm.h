@@ -22,7 +22,8 @@ namespace passvm {
 
 class Kvm {
  public:
-  Kvm();  // opens /dev/kvm, checks the API version and the extensions passvm needs
+  // Opens /dev/kvm (another path only in tests), checks the API version and the extensions passvm needs.
+  explicit Kvm(const std::string& path = "/dev/kvm");
   ~Kvm();
   Kvm(const Kvm&) = delete;
   Kvm& operator=(const Kvm&) = delete;

@@ -41,6 +41,20 @@ size_t count_gsi(const std::vector<kvm_irq_routing_entry>& t, uint32_t gsi) {
   return n;
 }
 
+std::string kvm_error(const std::string& path) {
+  try {
+    Kvm k(path);
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Kvm, ClearErrorsForMissingOrWrongDevice) {
+  EXPECT_NE(kvm_error("/nonexistent/kvm").find("not found: load kvm_intel or kvm_amd"), std::string::npos);
+  EXPECT_NE(kvm_error("/dev/null").find("/dev/null is not a KVM device"), std::string::npos);
+}
+
 TEST_F(VmTest, InitialRoutingIsKvmDefault) {
   auto t = vm_->routes();
   ASSERT_EQ(t.size(), 16u * 2 + 8);
