@@ -32,7 +32,7 @@ uint64_t load(std::span<const uint8_t> data) {
 }
 
 void store(std::span<uint8_t> data, uint64_t v) {
-  for (size_t i = 0; i < data.size(); i++) data[i] = i < 8 ? static_cast<uint8_t>(v >> (8 * i)) : 0xff;
+  for (size_t i = 0; i < data.size(); i++) data[i] = static_cast<uint8_t>(i < 8 ? v >> (8 * i) : 0xff);
 }
 
 }  // namespace
