@@ -3,13 +3,13 @@
 # register window in its I/O BAR compared with its MMIO BAR, config space as L2 sees it,
 # and the interrupt mode the e1000e driver got. passvm scenarios run the same checks.
 # lab-expect: qdev.vmm qdev.edu qdev.ping qdev.iobar qdev.config qdev.irqs
-# lab-timeout: 300
+# lab-timeout: 540
 
 for bdf in 0000:00:04.0 0000:00:06.0; do
     bind_vfio $bdf || { result qdev.setup fail detail="cannot bind $bdf to vfio-pci"; exit 1; }
 done
 
-run_l2 qdev --timeout 240 -- \
+run_l2 qdev --timeout 480 -- \
     qemu-system-x86_64 -enable-kvm -M q35 -cpu host -m 512 -smp 2 \
     -nodefaults -nographic -no-reboot -serial stdio -monitor none \
     -kernel "$L2_KERNEL" -initrd "$L2_INITRD" \

@@ -3,12 +3,12 @@
 # NVMe with O_DIRECT and pings L1's own e1000e over the lab's virtual hub. Its figures
 # (VMM start to L2 init, nvme ms, peak RSS) are what passvm is compared with.
 # lab-expect: qemu.vmm qemu.boot qemu.nvme qemu.ping qemu.lspci qemu.irqs
-# lab-timeout: 300
+# lab-timeout: 540
 
 bind_vfio 0000:00:03.0 || { result qemu.setup fail detail="cannot bind 0000:00:03.0 (nvme) to vfio-pci"; exit 1; }
 bind_vfio 0000:00:04.0 || { result qemu.setup fail detail="cannot bind 0000:00:04.0 (e1000e) to vfio-pci"; exit 1; }
 
-run_l2 qemu --timeout 240 -- \
+run_l2 qemu --timeout 480 -- \
     qemu-system-x86_64 -enable-kvm -M q35 -cpu host -m 512 -smp 2 \
     -nodefaults -nographic -no-reboot -serial stdio -monitor none \
     -kernel "$L2_KERNEL" -initrd "$L2_INITRD" \

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 
-DEFAULT_TIMEOUT = 240
+DEFAULT_TIMEOUT = 480
 DEFAULT_GRACE = 10
 
 
