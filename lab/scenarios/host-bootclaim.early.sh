@@ -21,12 +21,16 @@ echo "driver_before=$(bdf_driver $BDF)" >> "$ENVF"
 
 # L1 runs in a chroot, where udevadm refuses to act unless told that is fine.
 export SYSTEMD_IGNORE_CHROOT=1
-/lib/systemd/systemd-udevd > "$LAB_OUT/udevd.log" 2>&1 &
+/lib/systemd/systemd-udevd --debug > "$LAB_OUT/udevd.log" 2>&1 &
 udevd=$!
 for _ in $(seq 50); do udevadm control --ping 2>/dev/null && break; sleep 0.2; done
 udevadm trigger --action=add /sys/bus/pci/devices/$BDF
 udevadm settle --timeout=60
-echo "udev_env=$(udevadm info -q property /sys/bus/pci/devices/$BDF | grep -c '^PASSVM_PPTDEV=1')" >> "$ENVF"
+# Evidence that udev ran the claim, and in which order against the nvme module load.
+log=$LAB_OUT/udevd.log
+echo "claim_line=$(grep -n -m1 'boot-claim' "$log" | cut -d: -f1)" >> "$ENVF"
+echo "nvme_load_line=$(grep -n -m1 -i "module 'nvme'" "$log" | cut -d: -f1)" >> "$ENVF"
+echo "state=$(cat /run/passvm/reserved/$BDF 2>/dev/null || echo none)" >> "$ENVF"
 echo "nvme_after=$(grep -c '^nvme ' /proc/modules)" >> "$ENVF"
 echo "driver_after=$(bdf_driver $BDF)" >> "$ENVF"
 # Only the claim is under test: udevd must not rename interfaces or load drivers later.

@@ -4,17 +4,21 @@
 # Then: release hands it to nvme (which never had it: found by modalias), and the
 # systemd fallback `reserve --apply-config` takes it back from a bound host driver.
 # lab-expect: host.bootclaim_udev host.bootclaim host.bootclaim_list host.bootclaim_release host.apply_config
+# Run it first among scenarios that use 00:03.0: they give the device back to nvme.
 # lab-timeout: 180
 
 source "$LAB_DIR/scenarios/host-lib.sh"
 BDF=0000:00:03.0
 OUT=$LAB_OUT
 declare -A early
-while IFS='=' read -r k v; do early[$k]=$v; done < "$OUT/early.env" 2>/dev/null
+while read -r line; do early[${line%%=*}]=${line#*=}; done < "$OUT/early.env" 2>/dev/null
 HOST=${early[host]:-$(host_binary)}
 
-if [[ ${early[driver_before]-x} == "" && ${early[udev_env]} == 1 && ${early[driver_after]} == vfio-pci ]]; then
-    result host.bootclaim_udev pass nvme_loaded_by_udev=${early[nvme_after]}
+# The rule ran passvm-host (its state file says the device had no driver), nvme was loaded
+# for the same event, and the device still ended on vfio-pci.
+if [[ ${early[driver_before]-x} == "" && -n ${early[claim_line]} && ${early[state]} == driver= &&
+      ${early[nvme_before]} == 0 && ${early[nvme_after]} == 1 && ${early[driver_after]} == vfio-pci ]]; then
+    result host.bootclaim_udev pass udev_log_claim_line=${early[claim_line]} udev_log_nvme_load_line=${early[nvme_load_line]:-0}
 else
     result host.bootclaim_udev fail detail="early hook: $(tr '\n' ' ' < "$OUT/early.env" 2>/dev/null)"
 fi
@@ -25,7 +29,9 @@ if [[ $(bdf_driver $BDF) == vfio-pci && $nvme_loaded == 1 && -c /dev/vfio/$group
       -z $(ls /sys/bus/pci/devices/$BDF/nvme 2>/dev/null) ]] && ! dmesg | grep -q "nvme nvme[0-9]*: pci function $BDF"; then
     result host.bootclaim pass group=$group
 else
-    result host.bootclaim fail detail="driver=$(bdf_driver $BDF) nvme_loaded=$nvme_loaded $(dmesg | grep -m1 "pci function $BDF")"
+    hint=""
+    [[ ! -e /run/passvm/reserved/$BDF ]] && hint=" (released since boot: list host-bootclaim before other scenarios that use $BDF)"
+    result host.bootclaim fail detail="driver=$(bdf_driver $BDF) nvme_loaded=$nvme_loaded $(dmesg | grep -m1 "pci function $BDF")$hint"
 fi
 
 "$HOST" list --json > "$OUT/list-claimed.json" 2>&1

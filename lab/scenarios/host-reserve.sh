@@ -17,24 +17,44 @@ if [[ -z $HOST ]]; then
 fi
 result host.binary pass path="$HOST"
 
+# Another scenario of this boot (host-bootclaim's early hook) may have claimed the device:
+# start from the state the scenario is about, nvme owning it.
+if [[ $(bdf_driver $BDF) != nvme ]]; then
+    echo "host-reserve: $BDF is on '$(bdf_driver $BDF)', giving it back to nvme first"
+    "$HOST" release $BDF || unbind_vfio $BDF
+    for _ in $(seq 30); do [[ $(bdf_driver $BDF) == nvme ]] && break; sleep 0.2; done
+fi
+
 # --- list agrees with sysfs while nvme owns the device
 group=$(sysfs_group $BDF)
 "$HOST" list --json > "$OUT/list-before.json" 2> "$OUT/list-before.err"
 rc=$?
-mismatch=""
 for dev in /sys/bus/pci/devices/*; do
     bdf=$(basename "$dev")
-    want=$(bdf_driver "$bdf"); want=${want:-None}
-    got=$(list_entry "$OUT/list-before.json" "$bdf" driver)
-    [[ $got == "$want" ]] || mismatch+="$bdf driver $got!=$want; "
-    want_group=$(basename "$(readlink "$dev/iommu_group")")
-    got_group=$(list_entry "$OUT/list-before.json" "$bdf" iommu_group)
-    [[ $got_group == "$want_group" ]] || mismatch+="$bdf group $got_group!=$want_group; "
-done
-count=$(json_get "$OUT/list-before.json" "len(j)")
-sys_count=$(ls /sys/bus/pci/devices | wc -l)
-[[ $count == "$sys_count" ]] || mismatch+="count $count!=$sys_count; "
-[[ $(list_entry "$OUT/list-before.json" $BDF reserved) == False ]] || mismatch+="$BDF reserved before reserve; "
+    echo "$bdf $(bdf_driver "$bdf") $(basename "$(readlink "$dev/iommu_group")")"
+done > "$OUT/sysfs-before.txt"
+mismatch=$(/usr/bin/python3 - "$OUT/list-before.json" "$OUT/sysfs-before.txt" $BDF <<'PY'
+import json, sys
+listed = {d["address"]: d for d in json.load(open(sys.argv[1]))}
+problems = []
+rows = [l.split() for l in open(sys.argv[2]) if l.strip()]
+for row in rows:
+    bdf = row[0]
+    driver = row[1] if len(row) == 3 else None
+    group = int(row[-1]) if len(row) > 1 and row[-1].isdigit() else None
+    d = listed.get(bdf)
+    if d is None:
+        problems.append(f"{bdf} missing")
+    elif d["driver"] != driver or d["iommu_group"] != group:
+        problems.append(f"{bdf}: listed {d['driver']}/{d['iommu_group']}, sysfs {driver}/{group}")
+if len(listed) != len(rows):
+    problems.append(f"{len(listed)} listed, {len(rows)} in sysfs")
+if listed.get(sys.argv[3], {}).get("reserved") is not False:
+    problems.append(f"{sys.argv[3]} not listed as unreserved")
+print("; ".join(problems))
+PY
+)
+count=$(wc -l < "$OUT/sysfs-before.txt")
 if [[ $rc == 0 && -z $mismatch && $(bdf_driver $BDF) == nvme ]]; then
     result host.list pass devices=$count nvme_group=$group
 else
