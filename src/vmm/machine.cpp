@@ -1,0 +1,189 @@
+#include "vmm/machine.h"
+
+#include <fmt/format.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "acpi/tables.h"
+#include "boot/e820.h"
+#include "boot/linux_boot.h"
+#include "bus/bus.h"
+#include "devices/acpi_pm.h"
+#include "devices/cmos_rtc.h"
+#include "devices/console_input.h"
+#include "devices/i8042.h"
+#include "devices/uart16550.h"
+#include "kvm/vcpu.h"
+#include "kvm/vm.h"
+#include "memory/guest_memory.h"
+#include "memory/layout.h"
+#include "passthru/dma.h"
+#include "passthru/passthru_device.h"
+#include "pci/host_bridge.h"
+#include "pci/root.h"
+#include "vfio/linux_vfio.h"
+#include "vmm/exit_control.h"
+
+namespace passvm {
+namespace {
+
+// Signals that stop the machine (and SIGUSR2, which prints the counters) are blocked in every thread and
+// read from a signalfd by one watcher thread, so no handler ever runs inside device or KVM code.
+class SignalWatcher {
+ public:
+  SignalWatcher(ExitControl& ctl, std::function<void()> on_stats) : ctl_(ctl), on_stats_(std::move(on_stats)) {
+    sigemptyset(&set_);
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR2}) sigaddset(&set_, s);
+    if (pthread_sigmask(SIG_BLOCK, &set_, &old_) != 0) throw std::runtime_error("cannot block signals");
+    sfd_ = signalfd(-1, &set_, SFD_CLOEXEC);
+    stop_fd_ = eventfd(0, EFD_CLOEXEC);
+    if (sfd_ < 0 || stop_fd_ < 0) throw std::runtime_error(fmt::format("signalfd: {}", strerror(errno)));
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~SignalWatcher() {
+    uint64_t one = 1;
+    if (write(stop_fd_, &one, sizeof one) < 0) {
+    }
+    thread_.join();
+    close(sfd_);
+    close(stop_fd_);
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  SignalWatcher(const SignalWatcher&) = delete;
+  SignalWatcher& operator=(const SignalWatcher&) = delete;
+
+ private:
+  void loop() {
+    for (;;) {
+      pollfd fds[2] = {{sfd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+      if (poll(fds, 2, -1) < 0) {
+        if (errno == EINTR) continue;
+        return;
+      }
+      if (fds[1].revents) return;
+      signalfd_siginfo info{};
+      if (read(sfd_, &info, sizeof info) != sizeof info) continue;
+      if (info.ssi_signo == SIGUSR2) {
+        on_stats_();
+      } else {
+        ctl_.request(ExitReason::Signal, strsignal(static_cast<int>(info.ssi_signo)));
+      }
+    }
+  }
+
+  ExitControl& ctl_;
+  std::function<void()> on_stats_;
+  sigset_t set_{}, old_{};
+  int sfd_ = -1, stop_fd_ = -1;
+  std::thread thread_;
+};
+
+}  // namespace
+
+int run_machine(const MachineConfig& cfg) {
+  ExitControl ctl;
+
+  // KVM and RAM first: nothing else is worth building without them.
+  Kvm kvm;
+  if (cfg.cpus > kvm.max_vcpus())
+    throw std::runtime_error(fmt::format("-c {}: this host's KVM allows at most {} vCPUs", cfg.cpus, kvm.max_vcpus()));
+  Vm vm(kvm);
+  GuestMemory mem(cfg.memory, cfg.hugepages);
+  std::vector<uint32_t> ram_slots;
+  for (const auto& r : mem.regions()) ram_slots.push_back(vm.map_memory(r.gpa, r.size, r.hva));
+
+  Bus pio("port I/O"), mmio("MMIO");
+  auto irq = [&vm](uint32_t gsi) { return [&vm, gsi](bool level) { vm.set_irq_line(gsi, level); }; };
+
+  // Legacy platform devices.
+  std::unique_ptr<devices::Uart16550> com1;
+  if (cfg.com1 == "stdio") {
+    com1 = std::make_unique<devices::Uart16550>(STDOUT_FILENO, irq(layout::kCom1Irq));
+    pio.add(layout::kCom1Port, devices::Uart16550::kRegisterCount, com1.get());
+  }
+  devices::AcpiPm pm([&ctl] { ctl.request(ExitReason::PowerOff); }, irq(layout::kAcpiSciIrq));
+  pio.add(layout::kAcpiPmBase, devices::AcpiPm::kSize, &pm);
+  devices::CmosRtc rtc;
+  pio.add(0x70, 2, &rtc);
+  devices::I8042 i8042([&ctl] { ctl.request(ExitReason::Reset, "the guest reset the machine (i8042)"); });
+  pio.add(0x60, devices::I8042::kSize, &i8042);
+  devices::PostPort post;
+  pio.add(0x80, 1, &post);
+
+  // The PCI bus.
+  pci::PciRoot root([&ctl] { ctl.request(ExitReason::Reset, "the guest reset the machine (port 0xcf9)"); });
+  pio.add(layout::kPciConfigAddrPort, 8, &root.config_io());
+  mmio.add(layout::kEcamStart, layout::kEcamSize, &root.ecam());
+  pci::HostBridge bridge;
+  root.add(0, 0, &bridge);
+
+  // Passthrough devices share one container, so guest RAM is pinned and mapped into the IOMMU once.
+  vfio::Container container;
+  std::vector<std::unique_ptr<passthru::PassthruDevice>> passthru_devices;
+  for (const auto& s : cfg.slots) {
+    if (s.emulation != "passthru") continue;
+    auto dev = passthru::open_passthru(s.config, container, vm, pio, mmio);
+    root.add(static_cast<int>(s.slot), static_cast<int>(s.func), dev.get());
+    passthru_devices.push_back(std::move(dev));
+  }
+  std::unique_ptr<passthru::DmaMapping> dma;
+  if (!passthru_devices.empty()) dma = std::make_unique<passthru::DmaMapping>(container, mem);
+  root.assign_resources();
+
+  // Firmware tables and the kernel.
+  uint64_t rsdp = acpi::build_tables(acpi::AcpiConfig{cfg.cpus}, mem);
+  auto e820 = boot::build_e820(mem);
+  boot::LinuxBoot boot = boot::load_linux(mem, cfg.kernel, cfg.initrd, cfg.cmdline, e820, rsdp);
+
+  std::vector<std::unique_ptr<Vcpu>> vcpus;
+  for (uint32_t i = 0; i < cfg.cpus; i++) vcpus.push_back(std::make_unique<Vcpu>(vm, i, cfg.cpus, pio, mmio, ctl));
+  vcpus[0]->setup_linux_boot(boot);
+
+  auto print_stats = [&] {
+    std::string out = fmt::format("passvm: {} counters\n", cfg.name);
+    for (const auto& v : vcpus) {
+      auto s = v->stats();
+      out += fmt::format("  vcpu{}: io exits {}, mmio exits {}, other exits {}\n", v->index(), s.io, s.mmio, s.other);
+    }
+    out += fmt::format("  {}: {}\n", bridge.name(), bridge.stats());
+    for (const auto& d : passthru_devices) out += fmt::format("  {}: {}\n", d->name(), d->stats());
+    fputs(out.c_str(), stderr);
+  };
+
+  {
+    SignalWatcher signals(ctl, print_stats);
+    std::unique_ptr<devices::ConsoleInput> console;
+    if (com1)
+      console = std::make_unique<devices::ConsoleInput>(STDIN_FILENO, *com1, [&ctl] {
+        ctl.request(ExitReason::Signal, "Ctrl-A x on the console");
+      });
+    for (auto& v : vcpus) v->start();
+    ctl.wait();
+    for (auto& v : vcpus) v->stop();
+    if (console) console->stop();
+  }
+
+  ExitReason reason = ctl.reason();
+  if (cfg.stats) print_stats();
+  switch (reason) {
+    case ExitReason::PowerOff: break;
+    case ExitReason::Reset: fmt::print(stderr, "passvm: {}: {}\n", cfg.name, ctl.detail()); break;
+    case ExitReason::TripleFault: fmt::print(stderr, "passvm: {}: the guest triple-faulted: {}\n", cfg.name, ctl.detail()); break;
+    case ExitReason::InternalError: fmt::print(stderr, "passvm: {}: internal error: {}\n", cfg.name, ctl.detail()); break;
+    case ExitReason::Signal: fmt::print(stderr, "passvm: {}: stopped by {}\n", cfg.name, ctl.detail()); break;
+  }
+  return exit_status(reason);
+}
+
+}  // namespace passvm
