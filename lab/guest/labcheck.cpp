@@ -507,6 +507,7 @@ int check_irqs() {
 int check_config() {
     Result r("config");
     std::string devs, bad;
+    size_t count = 0;
     for (const auto& d : pci_devices()) {
         std::ifstream f(kPciRoot + d.bdf + "/config", std::ios::binary);
         std::vector<unsigned char> cfg(256, 0xff);
@@ -530,7 +531,9 @@ int check_config() {
         devs += (devs.empty() ? "" : ",") + ("\"" + d.bdf + "\":{\"bytes\":" + std::to_string(got) + ",\"caps\":\"" +
                                             caps + "\",\"header\":\"" + hex + "\"}");
         if (got < 64 || (cfg[0] == 0xff && cfg[1] == 0xff)) bad += (bad.empty() ? "" : " ") + d.bdf;
+        ++count;
     }
+    r.num("devices_read", static_cast<double>(count));
     r.raw("devices", "{" + devs + "}");
     if (devs.empty()) return r.fail("no PCI devices in L2");
     if (!bad.empty()) return r.fail("config space unreadable or all ones for: " + bad);

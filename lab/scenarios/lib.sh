@@ -75,6 +75,40 @@ run_l2() {
     /usr/bin/python3 "$LAB_DIR/scenarios/run_l2.py" "$@"
 }
 
+# l2_compare NAME BASE OTHER: one result NAME with OTHER/BASE ratios of the figures both
+# run_l2 runs measured (VMM start to L2 init, wall time, peak RSS, nvme time...). It
+# passes when both runs passed; the ratios are for people and trend tracking.
+l2_compare() {
+    /usr/bin/python3 - "$1" "$LAB_OUT/$2.summary.json" "$LAB_OUT/$3.summary.json" "$2" "$3" <<'PY'
+import json, sys
+name, base_path, other_path, base, other = sys.argv[1:6]
+def load(p):
+    try:
+        return json.load(open(p))
+    except (OSError, ValueError):
+        return None
+b, o = load(base_path), load(other_path)
+fig, detail = {}, ""
+if b is None or o is None:
+    detail = f"no summary from {base if b is None else other}: that VMM run did not happen"
+else:
+    pairs = {"start_to_init": ("vmm", "vmm_start_to_l2_init_ms"), "wall": ("vmm", "wall_ms"),
+             "peak_rss": ("vmm", "peak_rss_kb"), "l2_boot": ("boot", "uptime_s"),
+             "nvme": ("nvme", "total_ms"), "nvme_write": ("nvme", "write_ms"), "nvme_read": ("nvme", "read_ms"),
+             "edu_dma": ("edu", "dma_round_trip_ms"), "ping_rtt": ("ping", "avg_rtt_ms")}
+    for key, (section, field) in pairs.items():
+        get = lambda s: (s["vmm"] if section == "vmm" else s["checks"].get(section, {})).get(field)
+        bv, ov = get(b), get(o)
+        if isinstance(bv, (int, float)) and isinstance(ov, (int, float)) and bv > 0:
+            fig[f"{key}_{base}"], fig[f"{key}_{other}"] = bv, ov
+            fig[f"{key}_ratio"] = round(ov / bv, 3)
+    if not (b["pass"] and o["pass"]):
+        detail = f"{base} passed: {b['pass']}, {other} passed: {o['pass']}; ratios are only meaningful when both pass"
+print("LABRESULT " + json.dumps({"scenario": __import__("os").environ.get("LAB_SCENARIO", "?"), "check": name,
+      "pass": not detail, "figures": fig, "detail": detail}, separators=(",", ":")), flush=True)
+PY
+}
+
 # l2_append CHECKS [EXTRA...]: the L2 kernel command line for a list of checks.
 l2_append() {
     local checks=$1; shift

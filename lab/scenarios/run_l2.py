@@ -9,10 +9,12 @@ Every "L2RESULT {json}" line becomes a "LABRESULT" check named NAME.<check>; a f
 NAME.vmm check carries the measurements: wall time, time from VMM start to L2's init,
 peak RSS of the VMM process tree. Checks asked for with lab.checks= on the command line
 that never reported are failures with the reason and the last console lines.
+A summary (figures per check) is written to $LAB_OUT/NAME.summary.json.
 Exit status 0 only if every check passed.
 """
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -182,6 +184,8 @@ def main():
     wall_ms = int((time.monotonic() - start) * 1000)
     sampler.stop.set()
     sampler.join()
+    # Exact for the processes we (or the VMM) waited for; sampling covers the rest.
+    peak_kb = max(sampler.peak_kb, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
     ok = True
     for check, r in results.items():
@@ -207,12 +211,16 @@ def main():
     boot = results.get("boot", {}).get("figures", {})
     figures = {"wall_ms": wall_ms, "vmm_start_to_l2_init_ms": state["init_ms"],
                "l2_uptime_at_init_s": boot.get("uptime_s"),
-               "peak_rss_kb": sampler.peak_kb, "exit_code": rc,
+               "peak_rss_kb": peak_kb, "exit_code": rc,
                "exited_by_itself": state["killed"] is None, "console": console_path}
     # A VMM that ran L2 to the end passes even if it had to be stopped afterwards
     # (a guest without a working power-off path); that is visible in exited_by_itself.
     emit(scenario, f"{name}.vmm", not reason, figures, reason or (state["killed"] or ""))
     ok &= not reason
+    # For comparisons between VMM runs of the same scenario (lib.sh: l2_compare).
+    with open(os.path.join(out_dir, f"{name}.summary.json"), "w") as f:
+        json.dump({"vmm": figures, "pass": ok,
+                   "checks": {c: r.get("figures", {}) for c, r in results.items()}}, f)
     return 0 if ok else 1
 
 
