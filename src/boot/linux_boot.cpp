@@ -6,10 +6,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
 
+#include "boot/vmlinux.h"
 #include "memory/layout.h"
 
 namespace passvm::boot {
@@ -66,16 +68,17 @@ std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& 
 }
 
 LinuxBoot load_linux(const GuestMemory& mem, const std::string& kernel_path, const std::string& initrd_path,
-                     const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr) {
+                     const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
+                     bool unpack_on_host) {
   std::vector<uint8_t> kernel = read_boot_file(kernel_path, "kernel");
   std::vector<uint8_t> initrd;
   if (!initrd_path.empty()) initrd = read_boot_file(initrd_path, "initrd");
-  return load_linux_image(mem, kernel, initrd, cmdline, e820, rsdp_addr, kernel_path);
+  return load_linux_image(mem, kernel, initrd, cmdline, e820, rsdp_addr, kernel_path, unpack_on_host);
 }
 
 LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kernel, std::span<const uint8_t> initrd,
                            const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
-                           const std::string& kernel_name) {
+                           const std::string& kernel_name, bool unpack_on_host) {
   const SetupHeader h = parse_setup_header(kernel, kernel_name);
   LinuxBoot b;
   b.protocol = h.version;
@@ -90,10 +93,29 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
         "{} needs {} MiB of RAM from {:#x} to decompress and run, which this guest does not have: give it more "
         "memory (at least {} MiB)",
         kernel_name, mib(footprint), addr, mib(addr + footprint) + 16));
-  mem.write(addr, kernel.subspan(h.kernel_offset));
   b.kernel_addr = addr;
   b.kernel_size = h.kernel_size;
   b.kernel_end = addr + footprint;
+  uint64_t entry = addr + 0x200;  // the decompressor's 64-bit entry
+  std::optional<Vmlinux> vmlinux;
+  if (unpack_on_host) vmlinux = unpack_bzimage(kernel, h, &b.unpack_note);
+  if (vmlinux) {
+    for (const auto& seg : vmlinux->segments) {
+      if (seg.paddr < layout::kHighMemStart || !ram_holding(e820, seg.paddr, seg.mem_size))
+        throw std::runtime_error(fmt::format(
+            "{}: a kernel segment at {:#x} ({} MiB) is outside this guest's RAM: give it more memory, or boot with "
+            "--guest-decompress",
+            kernel_name, seg.paddr, mib(seg.mem_size)));
+      mem.write(seg.paddr, std::span<const uint8_t>(vmlinux->image).subspan(seg.file_offset, seg.file_size));
+      std::vector<uint8_t> zeros(seg.mem_size - seg.file_size, 0);
+      mem.write(seg.paddr + seg.file_size, zeros);
+      b.kernel_end = std::max(b.kernel_end, seg.paddr + seg.mem_size);
+    }
+    entry = vmlinux->entry;
+    b.unpacked_on_host = true;
+  } else {
+    mem.write(addr, kernel.subspan(h.kernel_offset));
+  }
 
   // Initrd: as high as possible in the RAM that holds the kernel, below initrd_addr_max, above the kernel.
   if (!initrd.empty()) {
@@ -145,8 +167,9 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
   mem.write(layout::kBootParamsAddr, page);
   b.zero_page = layout::kBootParamsAddr;
 
-  // The 64-bit entry point is 0x200 past the start of the protected-mode kernel.
-  b.entry = setup_long_mode(mem, b.kernel_addr + 0x200, b.zero_page);
+  // The decompressor's 64-bit entry is 0x200 past the start of the protected-mode kernel; an unpacked
+  // vmlinux is entered at startup_64 directly.
+  b.entry = setup_long_mode(mem, entry, b.zero_page);
   return b;
 }
 

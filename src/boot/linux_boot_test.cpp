@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "boot/test_image.h"
+#include "boot/vmlinux.h"
 #include "memory/layout.h"
 
 namespace passvm::boot {
@@ -169,7 +170,8 @@ TEST(LoadLinux, RealHostKernel) {
   EXPECT_GE(h.init_size, h.kernel_size);
   GuestMemory mem(256 * MiB, false);
   std::vector<uint8_t> initrd(1 * MiB, 3);
-  LinuxBoot b = load_linux_image(mem, bytes, initrd, "console=ttyS0", build_e820(mem), 0);
+  LinuxBoot b = load_linux_image(mem, bytes, initrd, "console=ttyS0", build_e820(mem), 0, path, false);
+  EXPECT_FALSE(b.unpacked_on_host);
   EXPECT_EQ(b.kernel_addr % (h.kernel_alignment ? h.kernel_alignment : 1), 0u);
   EXPECT_EQ(b.kernel_addr, h.pref_address);
   std::vector<uint8_t> back(h.kernel_size);
@@ -177,6 +179,29 @@ TEST(LoadLinux, RealHostKernel) {
   EXPECT_TRUE(std::equal(back.begin(), back.end(), bytes.begin() + static_cast<long>(h.kernel_offset)));
   EXPECT_GE(b.initrd_addr, b.kernel_end);
   EXPECT_EQ(b.entry.rip, b.kernel_addr + 0x200);
+}
+
+TEST(LoadLinux, RealHostKernelUnpackedOnHost) {
+  std::string path = host_kernel();
+  if (path.empty()) GTEST_SKIP() << "no /boot/vmlinuz-* on this machine";
+  auto bytes = read_boot_file(path, "kernel");
+  SetupHeader h = parse_setup_header(bytes, path);
+  std::string why;
+  auto vmlinux = unpack_bzimage(bytes, h, &why);
+  if (!vmlinux) GTEST_SKIP() << "this build cannot unpack " << path << ": " << why;
+  GuestMemory mem(256 * MiB, false);
+  std::vector<uint8_t> initrd(1 * MiB, 3);
+  LinuxBoot b = load_linux_image(mem, bytes, initrd, "console=ttyS0", build_e820(mem), 0, path, true);
+  EXPECT_TRUE(b.unpacked_on_host) << b.unpack_note;
+  EXPECT_EQ(b.entry.rip, vmlinux->entry);
+  EXPECT_NE(b.entry.rip, b.kernel_addr + 0x200);
+  // Every segment's file bytes are in guest RAM at its physical address, and the initrd is above them all.
+  for (const auto& seg : vmlinux->segments) {
+    std::vector<uint8_t> back(seg.file_size);
+    mem.read(seg.paddr, back);
+    EXPECT_TRUE(std::equal(back.begin(), back.end(), vmlinux->image.begin() + static_cast<long>(seg.file_offset)));
+    EXPECT_GE(b.initrd_addr, seg.paddr + seg.mem_size);
+  }
 }
 
 }  // namespace

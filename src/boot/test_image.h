@@ -23,7 +23,9 @@ struct ImageSpec {
 
 template <typename T>
 void put(std::vector<uint8_t>& img, size_t off, T v) {
-  std::memcpy(img.data() + off, &v, sizeof v);
+  uint8_t bytes[sizeof v];
+  std::memcpy(bytes, &v, sizeof v);
+  for (size_t i = 0; i < sizeof v; i++) img.at(off + i) = bytes[i];
 }
 
 // Protected-mode bytes are a counting pattern so that the tests can check what landed where.

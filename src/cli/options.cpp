@@ -119,6 +119,10 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
   app.add_option("--initrd,-i", cfg.initrd, "Initramfs to load");
   app.add_option("--append,-a", cfg.cmdline, "Kernel command line");
   app.add_flag("--stats", cfg.stats, "Print device and vCPU counters at exit (also on SIGUSR2)");
+  app.add_flag("-v,--verbose", cfg.verbose, "Say what is being set up, with timings, on stderr");
+  bool guest_decompress = false;
+  app.add_flag("--guest-decompress", guest_decompress,
+               "Let the guest unpack the bzImage itself (default: passvm unpacks xz/gzip kernels, faster)");
   app.add_flag("-V,--version", version, "Print the version and exit");
   app.add_option("vmname", cfg.name, "Name of the VM (for messages)");
 
@@ -188,6 +192,7 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
       return fail(fmt::format("-l {}: passvm provides com1,stdio (the guest's ttyS0 on this terminal)", dev));
     }
   }
+  cfg.unpack_on_host = !guest_decompress;
   result.config = cfg;
   return result;
 }

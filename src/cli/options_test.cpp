@@ -85,6 +85,12 @@ TEST(CommandLine, DefaultsAndLongOptions) {
   EXPECT_EQ(r.config->memory, 1ull << 30);
   EXPECT_TRUE(r.config->com1.empty());
   EXPECT_FALSE(r.config->hugepages);
+  EXPECT_TRUE(r.config->unpack_on_host);
+  EXPECT_FALSE(r.config->verbose);
+  auto g = parse({"--kernel", "k", "--guest-decompress", "-v"});
+  ASSERT_TRUE(g.config.has_value()) << g.message;
+  EXPECT_FALSE(g.config->unpack_on_host);
+  EXPECT_TRUE(g.config->verbose);
 }
 
 TEST(CommandLine, HelpAndVersionExitZero) {

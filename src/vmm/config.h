@@ -29,7 +29,9 @@ struct MachineConfig {
   std::string kernel;
   std::string initrd;
   std::string cmdline;
-  bool stats = false;  // print device and vCPU counters at exit
+  bool stats = false;           // print device and vCPU counters at exit
+  bool verbose = false;         // say what is being set up, with timings
+  bool unpack_on_host = true;   // unpack the kernel in passvm rather than in the guest (boot/vmlinux.h)
 };
 
 }  // namespace passvm

@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -89,19 +91,60 @@ class SignalWatcher {
   std::thread thread_;
 };
 
+// -v: one line per setup step with the time it took, so a slow start says where the time went.
+class StepLog {
+ public:
+  explicit StepLog(bool on) : on_(on), last_(std::chrono::steady_clock::now()), start_(last_) {}
+  void operator()(const std::string& what) {
+    auto now = std::chrono::steady_clock::now();
+    if (on_)
+      fmt::print(stderr, "passvm: {:8.1f} ms  {}\n",
+                 std::chrono::duration<double, std::milli>(now - last_).count(), what);
+    last_ = now;
+  }
+  void note(const std::string& what) {
+    if (on_) fmt::print(stderr, "passvm:              {}\n", what);
+  }
+  double total_ms() const {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  bool on_;
+  std::chrono::steady_clock::time_point last_, start_;
+};
+
+uint64_t host_memory_bytes() {
+  FILE* f = fopen("/proc/meminfo", "re");
+  if (!f) return 0;
+  unsigned long long kb = 0;
+  if (fscanf(f, "MemTotal: %llu kB", &kb) != 1) kb = 0;
+  fclose(f);
+  return kb * 1024;
+}
+
 }  // namespace
 
 int run_machine(const MachineConfig& cfg) {
   ExitControl ctl;
+  StepLog step(cfg.verbose);
+  signal(SIGPIPE, SIG_IGN);  // a closed console must not kill the VM: output errors are handled where written
+
+  uint64_t host_ram = host_memory_bytes();
+  if (host_ram != 0 && cfg.memory > host_ram)
+    throw std::runtime_error(fmt::format("-m {} MiB is more than this host's {} MiB of RAM: give a smaller -m",
+                                         cfg.memory >> 20, host_ram >> 20));
 
   // KVM and RAM first: nothing else is worth building without them.
   Kvm kvm;
   if (cfg.cpus > kvm.max_vcpus())
     throw std::runtime_error(fmt::format("-c {}: this host's KVM allows at most {} vCPUs", cfg.cpus, kvm.max_vcpus()));
   Vm vm(kvm);
+  step("KVM VM with in-kernel interrupt controllers");
   GuestMemory mem(cfg.memory, cfg.hugepages);
   std::vector<uint32_t> ram_slots;
   for (const auto& r : mem.regions()) ram_slots.push_back(vm.map_memory(r.gpa, r.size, r.hva));
+  step(fmt::format("{} MiB of guest RAM{}", cfg.memory >> 20, cfg.hugepages ? " on hugepages" : ""));
 
   Bus pio("port I/O"), mmio("MMIO");
   auto irq = [&vm](uint32_t gsi) { return [&vm, gsi](bool level) { vm.set_irq_line(gsi, level); }; };
@@ -135,20 +178,31 @@ int run_machine(const MachineConfig& cfg) {
     if (s.emulation != "passthru") continue;
     auto dev = passthru::open_passthru(s.config, container, vm, pio, mmio);
     root.add(static_cast<int>(s.slot), static_cast<int>(s.func), dev.get());
+    step(fmt::format("passthru {} in slot {}:{}", dev->name(), s.slot, s.func));
     passthru_devices.push_back(std::move(dev));
   }
   std::unique_ptr<passthru::DmaMapping> dma;
-  if (!passthru_devices.empty()) dma = std::make_unique<passthru::DmaMapping>(container, mem);
+  if (!passthru_devices.empty()) {
+    dma = std::make_unique<passthru::DmaMapping>(container, mem);
+    step(fmt::format("guest RAM mapped for DMA ({} MiB pinned)", cfg.memory >> 20));
+  }
   root.assign_resources();
+  for (const auto& a : root.assignments())
+    step.note(fmt::format("00:{:02x}.{} BAR{} at {:#x} ({:#x} bytes, {})", a.slot, a.func, a.index, a.address,
+                          a.size, a.kind == pci::BarKind::Io ? "I/O" : a.kind == pci::BarKind::Mmio64 ? "64-bit" : "32-bit"));
 
   // Firmware tables and the kernel.
   uint64_t rsdp = acpi::build_tables(acpi::AcpiConfig{cfg.cpus}, mem);
   auto e820 = boot::build_e820(mem);
-  boot::LinuxBoot boot = boot::load_linux(mem, cfg.kernel, cfg.initrd, cfg.cmdline, e820, rsdp);
+  boot::LinuxBoot boot = boot::load_linux(mem, cfg.kernel, cfg.initrd, cfg.cmdline, e820, rsdp, cfg.unpack_on_host);
+  step(boot.unpacked_on_host ? "kernel unpacked and loaded, entering startup_64"
+                             : fmt::format("kernel loaded; the guest decompresses it{}",
+                                           boot.unpack_note.empty() ? "" : " (" + boot.unpack_note + ")"));
 
   std::vector<std::unique_ptr<Vcpu>> vcpus;
   for (uint32_t i = 0; i < cfg.cpus; i++) vcpus.push_back(std::make_unique<Vcpu>(vm, i, cfg.cpus, pio, mmio, ctl));
   vcpus[0]->setup_linux_boot(boot);
+  step(fmt::format("{} vCPUs; setup took {:.1f} ms in all", cfg.cpus, step.total_ms()));
 
   auto print_stats = [&] {
     std::string out = fmt::format("passvm: {} counters\n", cfg.name);

@@ -1,0 +1,166 @@
+#include "boot/vmlinux.h"
+
+#include <elf.h>
+#include <gtest/gtest.h>
+#include <lzma.h>
+#include <zlib.h>
+
+#include <cstring>
+#include <stdexcept>
+
+#include "boot/linux_boot.h"
+#include "boot/test_image.h"
+#include "memory/layout.h"
+
+namespace passvm::boot {
+namespace {
+
+// A minimal x86-64 ELF executable: one PT_LOAD of `text` at paddr, memsz = text + bss, entry inside.
+std::vector<uint8_t> make_elf(uint64_t paddr, const std::vector<uint8_t>& text, uint64_t bss, uint64_t entry) {
+  Elf64_Ehdr eh{};
+  std::memcpy(eh.e_ident, ELFMAG, SELFMAG);
+  eh.e_ident[EI_CLASS] = ELFCLASS64;
+  eh.e_ident[EI_DATA] = ELFDATA2LSB;
+  eh.e_type = ET_EXEC;
+  eh.e_machine = EM_X86_64;
+  eh.e_entry = entry;
+  eh.e_phoff = sizeof(Elf64_Ehdr);
+  eh.e_phentsize = sizeof(Elf64_Phdr);
+  eh.e_phnum = 1;
+  Elf64_Phdr ph{};
+  ph.p_type = PT_LOAD;
+  ph.p_offset = sizeof(Elf64_Ehdr) + sizeof(Elf64_Phdr);
+  ph.p_paddr = paddr;
+  ph.p_vaddr = 0xffffffff80000000ull + paddr;
+  ph.p_filesz = text.size();
+  ph.p_memsz = text.size() + bss;
+  std::vector<uint8_t> elf;
+  auto append = [&elf](const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    elf.insert(elf.end(), b, b + n);
+  };
+  append(&eh, sizeof eh);
+  append(&ph, sizeof ph);
+  elf.insert(elf.end(), text.begin(), text.end());
+  return elf;
+}
+
+std::vector<uint8_t> xz(const std::vector<uint8_t>& in) {
+  std::vector<uint8_t> out(in.size() + 4096);
+  size_t pos = 0;
+  EXPECT_EQ(lzma_easy_buffer_encode(6, LZMA_CHECK_CRC32, nullptr, in.data(), in.size(), out.data(), &pos, out.size()),
+            LZMA_OK);
+  out.resize(pos);
+  return out;
+}
+
+std::vector<uint8_t> gz(const std::vector<uint8_t>& in) {
+  z_stream s{};
+  EXPECT_EQ(deflateInit2(&s, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  std::vector<uint8_t> out(deflateBound(&s, in.size()));
+  s.next_in = const_cast<Bytef*>(in.data());
+  s.avail_in = static_cast<uInt>(in.size());
+  s.next_out = out.data();
+  s.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&s, Z_FINISH), Z_STREAM_END);
+  out.resize(s.total_out);
+  deflateEnd(&s);
+  return out;
+}
+
+// A bzImage whose protected-mode part is a payload (compressed ELF + 4-byte size), as the kernel build makes it.
+std::vector<uint8_t> bzimage_with_payload(std::vector<uint8_t> payload, uint32_t unpacked_size) {
+  for (int i = 0; i < 4; i++) payload.push_back(static_cast<uint8_t>(unpacked_size >> (8 * i)));
+  testing::ImageSpec spec;
+  spec.kernel_bytes = 0x200 + payload.size();
+  auto img = testing::make_bzimage(spec);
+  size_t pm = (spec.setup_sects + 1) * 512u;
+  std::copy(payload.begin(), payload.end(), img.begin() + static_cast<long>(pm + 0x200));
+  auto poke32 = [&img](size_t off, uint32_t v) {
+    for (int i = 0; i < 4; i++) img.at(off + static_cast<size_t>(i)) = static_cast<uint8_t>(v >> (8 * i));
+  };
+  poke32(0x248, 0x200);
+  poke32(0x24c, static_cast<uint32_t>(payload.size()));
+  return img;
+}
+
+std::vector<uint8_t> pattern(size_t n) {
+  std::vector<uint8_t> v(n);
+  for (size_t i = 0; i < n; i++) v[i] = static_cast<uint8_t>(i * 13 + 5);
+  return v;
+}
+
+TEST(Vmlinux, PayloadFormatsByMagic) {
+  EXPECT_EQ(payload_format(std::vector<uint8_t>{0xfd, '7', 'z', 'X', 'Z', 0, 1}), "xz");
+  EXPECT_EQ(payload_format(std::vector<uint8_t>{0x1f, 0x8b, 8}), "gzip");
+  EXPECT_EQ(payload_format(std::vector<uint8_t>{0x28, 0xb5, 0x2f, 0xfd}), "zstd");
+  EXPECT_EQ(payload_format(std::vector<uint8_t>{1, 2, 3}), "unknown");
+}
+
+TEST(Vmlinux, ParsesSegmentsAndEntry) {
+  auto elf = make_elf(16 * layout::MiB, pattern(100), 50, 16 * layout::MiB + 10);
+  Vmlinux v = parse_vmlinux(elf, "test");
+  ASSERT_EQ(v.segments.size(), 1u);
+  EXPECT_EQ(v.segments[0].paddr, 16 * layout::MiB);
+  EXPECT_EQ(v.segments[0].file_size, 100u);
+  EXPECT_EQ(v.segments[0].mem_size, 150u);
+  EXPECT_EQ(v.entry, 16 * layout::MiB + 10);
+}
+
+TEST(Vmlinux, RejectsMalformedElf) {
+  EXPECT_THROW(parse_vmlinux(pattern(200), "t"), std::runtime_error);
+  EXPECT_THROW(parse_vmlinux(make_elf(16 * layout::MiB, pattern(100), 0, 0x1234), "t"), std::runtime_error);
+  auto truncated = make_elf(16 * layout::MiB, pattern(100), 0, 16 * layout::MiB);
+  truncated.resize(truncated.size() - 10);
+  EXPECT_THROW(parse_vmlinux(truncated, "t"), std::runtime_error);
+}
+
+TEST(Vmlinux, UnpacksXzAndGzipPayloadsAndLoadsThem) {
+  const uint64_t paddr = 16 * layout::MiB;
+  auto text = pattern(300000);
+  auto elf = make_elf(paddr, text, 4096, paddr + 0x40);
+  for (bool use_xz : {true, false}) {
+    auto img = bzimage_with_payload(use_xz ? xz(elf) : gz(elf), static_cast<uint32_t>(elf.size()));
+    SetupHeader h = parse_setup_header(img, "t");
+    std::string why;
+    auto v = unpack_bzimage(img, h, &why);
+    ASSERT_TRUE(v.has_value()) << why;
+    EXPECT_EQ(v->image, elf);
+
+    GuestMemory mem(64 * layout::MiB, false);
+    std::vector<uint8_t> junk(4096, 0xee);
+    mem.write(paddr + text.size(), junk);  // bss must come out zeroed
+    LinuxBoot b = load_linux_image(mem, img, {}, "", build_e820(mem), 0, "t", true);
+    EXPECT_TRUE(b.unpacked_on_host);
+    EXPECT_EQ(b.entry.rip, paddr + 0x40);
+    std::vector<uint8_t> back(text.size() + 4096);
+    mem.read(paddr, back);
+    EXPECT_TRUE(std::equal(text.begin(), text.end(), back.begin()));
+    for (size_t i = text.size(); i < back.size(); i++) ASSERT_EQ(back[i], 0) << i;
+  }
+}
+
+TEST(Vmlinux, UnknownCompressionFallsBackToGuestDecompressor) {
+  auto img = bzimage_with_payload({0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3, 4}, 100);
+  SetupHeader h = parse_setup_header(img, "t");
+  std::string why;
+  EXPECT_FALSE(unpack_bzimage(img, h, &why).has_value());
+  EXPECT_NE(why.find("zstd"), std::string::npos);
+  GuestMemory mem(64 * layout::MiB, false);
+  LinuxBoot b = load_linux_image(mem, img, {}, "", build_e820(mem), 0, "t", true);
+  EXPECT_FALSE(b.unpacked_on_host);
+  EXPECT_EQ(b.entry.rip, b.kernel_addr + 0x200);
+}
+
+TEST(Vmlinux, CorruptPayloadIsAnError) {
+  auto elf = make_elf(16 * layout::MiB, pattern(5000), 0, 16 * layout::MiB);
+  auto packed = xz(elf);
+  packed[packed.size() / 2] ^= 0xff;
+  auto img = bzimage_with_payload(packed, static_cast<uint32_t>(elf.size()));
+  SetupHeader h = parse_setup_header(img, "t");
+  std::string why;
+  EXPECT_THROW(unpack_bzimage(img, h, &why), std::runtime_error);
+}
+
+}  // namespace
+}  // namespace passvm::boot
