@@ -93,7 +93,8 @@ if b is None or o is None:
     detail = f"no summary from {base if b is None else other}: that VMM run did not happen"
 else:
     pairs = {"start_to_init": ("vmm", "vmm_start_to_l2_init_ms"), "wall": ("vmm", "wall_ms"),
-             "peak_rss": ("vmm", "peak_rss_kb"), "l2_boot": ("boot", "uptime_s"),
+             "peak_rss": ("vmm", "peak_rss_kb"), "private_rss": ("vmm", "peak_private_rss_kb"),
+             "rss_minus_guest": ("vmm", "peak_rss_minus_guest_kb"), "l2_boot": ("boot", "uptime_s"),
              "nvme": ("nvme", "total_ms"), "nvme_write": ("nvme", "write_ms"), "nvme_read": ("nvme", "read_ms"),
              "edu_dma": ("edu", "dma_round_trip_ms"), "ping_rtt": ("ping", "avg_rtt_ms")}
     for key, (section, field) in pairs.items():

@@ -71,18 +71,45 @@ def vm_hwm_kb(pid):
     return 0
 
 
+def private_rss_kb(pid):
+    """RssAnon + RssFile: what the process holds besides shared memory (a VMM's memfd guest RAM)."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("RssAnon:", "RssFile:")):
+                    total += int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return total
+
+
 class RssSampler(threading.Thread):
-    """Peak resident set of the VMM: the largest VmHWM seen in its process tree."""
+    """Peak resident set of the VMM: the largest VmHWM seen in its process tree, and the
+    largest private (non-shared-memory) resident set."""
 
     def __init__(self, pid):
         super().__init__(daemon=True)
-        self.pid, self.peak_kb, self.stop = pid, 0, threading.Event()
+        self.pid, self.peak_kb, self.private_kb, self.stop = pid, 0, 0, threading.Event()
 
     def run(self):
         while not self.stop.is_set():
-            for p in proc_tree(self.pid):
+            tree = proc_tree(self.pid)
+            for p in tree:
                 self.peak_kb = max(self.peak_kb, vm_hwm_kb(p))
+            self.private_kb = max(self.private_kb, sum(private_rss_kb(p) for p in tree))
             self.stop.wait(0.2)
+
+
+def guest_memory_mb(cmd):
+    for arg in cmd:
+        for word in arg.split():
+            if word.startswith("lab.mem_mb="):
+                try:
+                    return int(word[len("lab.mem_mb="):])
+                except ValueError:
+                    return None
+    return None
 
 
 def requested_checks(cmd):
@@ -211,8 +238,12 @@ def main():
     boot = results.get("boot", {}).get("figures", {})
     figures = {"wall_ms": wall_ms, "vmm_start_to_l2_init_ms": state["init_ms"],
                "l2_uptime_at_init_s": boot.get("uptime_s"),
-               "peak_rss_kb": peak_kb, "exit_code": rc,
+               "peak_rss_kb": peak_kb, "peak_private_rss_kb": sampler.private_kb, "exit_code": rc,
                "exited_by_itself": state["killed"] is None, "console": console_path}
+    guest_mb = guest_memory_mb(cmd)
+    if guest_mb:
+        # VFIO pins all of guest RAM, so with a device passed through this is the VMM's own memory.
+        figures["peak_rss_minus_guest_kb"] = peak_kb - guest_mb * 1024
     # A VMM that ran L2 to the end passes even if it had to be stopped afterwards
     # (a guest without a working power-off path); that is visible in exited_by_itself.
     emit(scenario, f"{name}.vmm", not reason, figures, reason or (state["killed"] or ""))

@@ -1,0 +1,27 @@
+# Benchmark: QEMU and passvm boot the same L2, first with no device (boot cost alone),
+# then with the NVMe and the e1000e passed through (passthrough data path). bench/run
+# prints the figures side by side. Not part of the test suite: figures are not asserted.
+# lab-expect: qemu-boot.vmm pv-boot.vmm qemu-pt.vmm pv-pt.vmm compare-boot compare-pt
+# lab-timeout: 2000
+
+if [[ -z $PASSVM || ! -x $PASSVM ]]; then
+    result pv-boot.vmm fail detail="no passvm binary: run lab/run --passvm BUILD/src/cli/passvm"
+    exit 1
+fi
+QEMU=(qemu-system-x86_64 -enable-kvm -M q35 -cpu host -m 512 -smp 2 -nodefaults -nographic -no-reboot
+      -serial stdio -monitor none -kernel "$L2_KERNEL" -initrd "$L2_INITRD")
+PV=("$PASSVM" -c 2 -m 512M -s 0,hostbridge -l com1,stdio --stats -v --kernel "$L2_KERNEL" --initrd "$L2_INITRD")
+BOOT="$(l2_append cpus,mem lab.cpus=2 lab.mem_mb=512)"
+PT="$(l2_append nvme,ping,irqs lab.mem_mb=512)"
+
+run_l2 qemu-boot --timeout 480 -- "${QEMU[@]}" -append "$BOOT"
+run_l2 pv-boot --timeout 480 -- "${PV[@]}" --append "$BOOT" bench
+l2_compare compare-boot qemu-boot pv-boot
+
+for bdf in 0000:00:03.0 0000:00:04.0; do
+    bind_vfio $bdf || { result pt.setup fail detail="cannot bind $bdf to vfio-pci"; exit 1; }
+done
+run_l2 qemu-pt --timeout 480 -- "${QEMU[@]}" -append "$PT" \
+    -device vfio-pci,host=0000:00:03.0 -device vfio-pci,host=0000:00:04.0
+run_l2 pv-pt --timeout 480 -- "${PV[@]}" -s 3,passthru,0000:00:03.0 -s 4,passthru,0000:00:04.0 --append "$PT" bench
+l2_compare compare-pt qemu-pt pv-pt
