@@ -8,7 +8,9 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <mutex>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -44,7 +46,7 @@ namespace {
 // read from a signalfd by one watcher thread, so no handler ever runs inside device or KVM code.
 class SignalWatcher {
  public:
-  SignalWatcher(ExitControl& ctl, std::function<void()> on_stats) : ctl_(ctl), on_stats_(std::move(on_stats)) {
+  explicit SignalWatcher(ExitControl& ctl) : ctl_(ctl) {
     sigemptyset(&set_);
     for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR2}) sigaddset(&set_, s);
     if (pthread_sigmask(SIG_BLOCK, &set_, &old_) != 0) throw std::runtime_error("cannot block signals");
@@ -65,6 +67,12 @@ class SignalWatcher {
   SignalWatcher(const SignalWatcher&) = delete;
   SignalWatcher& operator=(const SignalWatcher&) = delete;
 
+  // What SIGUSR2 prints; until set, SIGUSR2 is ignored.
+  void on_stats(std::function<void()> fn) {
+    std::lock_guard g(lock_);
+    on_stats_ = std::move(fn);
+  }
+
  private:
   void loop() {
     for (;;) {
@@ -77,7 +85,8 @@ class SignalWatcher {
       signalfd_siginfo info{};
       if (read(sfd_, &info, sizeof info) != sizeof info) continue;
       if (info.ssi_signo == SIGUSR2) {
-        on_stats_();
+        std::lock_guard g(lock_);
+        if (on_stats_) on_stats_();
       } else {
         ctl_.request(ExitReason::Signal, strsignal(static_cast<int>(info.ssi_signo)));
       }
@@ -85,6 +94,7 @@ class SignalWatcher {
   }
 
   ExitControl& ctl_;
+  std::mutex lock_;
   std::function<void()> on_stats_;
   sigset_t set_{}, old_{};
   int sfd_ = -1, stop_fd_ = -1;
@@ -114,6 +124,21 @@ class StepLog {
   std::chrono::steady_clock::time_point last_, start_;
 };
 
+// A crash must not leave the user's terminal in raw mode: restore it, then die as the signal says.
+std::atomic<devices::ConsoleInput*> g_console{nullptr};
+
+void restore_terminal_and_die(int sig) {
+  if (auto* c = g_console.load()) c->restore();
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+// Setup can take seconds (pinning guest RAM for DMA): a signal during it stops the setup cleanly.
+struct SetupInterrupted {};
+void check_interrupted(ExitControl& ctl) {
+  if (ctl.requested()) throw SetupInterrupted{};
+}
+
 uint64_t host_memory_bytes() {
   FILE* f = fopen("/proc/meminfo", "re");
   if (!f) return 0;
@@ -123,10 +148,24 @@ uint64_t host_memory_bytes() {
   return kb * 1024;
 }
 
+int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals);
+
 }  // namespace
 
 int run_machine(const MachineConfig& cfg) {
   ExitControl ctl;
+  SignalWatcher signals(ctl);
+  try {
+    return run(cfg, ctl, signals);
+  } catch (const SetupInterrupted&) {
+    fmt::print(stderr, "passvm: {}: stopped by {} during setup\n", cfg.name, ctl.detail());
+    return exit_status(ExitReason::Signal);
+  }
+}
+
+namespace {
+
+int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   StepLog step(cfg.verbose);
   signal(SIGPIPE, SIG_IGN);  // a closed console must not kill the VM: output errors are handled where written
 
@@ -141,6 +180,7 @@ int run_machine(const MachineConfig& cfg) {
     throw std::runtime_error(fmt::format("-c {}: this host's KVM allows at most {} vCPUs", cfg.cpus, kvm.max_vcpus()));
   Vm vm(kvm);
   step("KVM VM with in-kernel interrupt controllers");
+  check_interrupted(ctl);
   GuestMemory mem(cfg.memory, cfg.hugepages);
   std::vector<uint32_t> ram_slots;
   for (const auto& r : mem.regions()) ram_slots.push_back(vm.map_memory(r.gpa, r.size, r.hva));
@@ -180,11 +220,13 @@ int run_machine(const MachineConfig& cfg) {
     root.add(static_cast<int>(s.slot), static_cast<int>(s.func), dev.get());
     step(fmt::format("passthru {} in slot {}:{}", dev->name(), s.slot, s.func));
     passthru_devices.push_back(std::move(dev));
+    check_interrupted(ctl);
   }
   std::unique_ptr<passthru::DmaMapping> dma;
   if (!passthru_devices.empty()) {
     dma = std::make_unique<passthru::DmaMapping>(container, mem);
     step(fmt::format("guest RAM mapped for DMA ({} MiB pinned)", cfg.memory >> 20));
+    check_interrupted(ctl);
   }
   root.assign_resources();
   for (const auto& a : root.assignments())
@@ -215,17 +257,26 @@ int run_machine(const MachineConfig& cfg) {
     fputs(out.c_str(), stderr);
   };
 
+  signals.on_stats(print_stats);
+  struct StatsOff {
+    SignalWatcher& s;
+    ~StatsOff() { s.on_stats({}); }
+  } stats_off{signals};
+  check_interrupted(ctl);
   {
-    SignalWatcher signals(ctl, print_stats);
     std::unique_ptr<devices::ConsoleInput> console;
-    if (com1)
+    if (com1) {
       console = std::make_unique<devices::ConsoleInput>(STDIN_FILENO, *com1, [&ctl] {
         ctl.request(ExitReason::Signal, "Ctrl-A x on the console");
       });
+      g_console = console.get();
+      for (int sig : {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL}) signal(sig, restore_terminal_and_die);
+    }
     for (auto& v : vcpus) v->start();
     ctl.wait();
     for (auto& v : vcpus) v->stop();
     if (console) console->stop();
+    g_console = nullptr;
   }
 
   ExitReason reason = ctl.reason();
@@ -240,4 +291,5 @@ int run_machine(const MachineConfig& cfg) {
   return exit_status(reason);
 }
 
+}  // namespace
 }  // namespace passvm
