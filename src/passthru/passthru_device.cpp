@@ -434,13 +434,27 @@ void PassthruDevice::unmap_bar(Bar& b) {
   b.mapped_at.reset();
 }
 
+bool PassthruDevice::is_msix_structure(int bar, uint64_t offset, uint64_t len) const {
+  if (!msix_) return false;
+  return (bar == msix_table_bar_ && overlaps(offset, len, msix_table_offset_, msix_->table_bytes())) ||
+         (bar == msix_pba_bar_ && overlaps(offset, len, msix_pba_offset_, msix_->pba_bytes()));
+}
+
+void PassthruDevice::count_access(int bar, uint64_t offset, uint64_t len) {
+  auto i = static_cast<size_t>(bar);
+  if (bars_[i].kind == pci::BarKind::Io)
+    counters_.pio++;
+  else if (is_msix_structure(bar, offset, len))
+    counters_.msix[i]++;
+  else
+    counters_.mmio[i]++;
+}
+
 void PassthruDevice::bar_read(int bar, uint64_t offset, std::span<uint8_t> data) {
   if (bar < 0 || bar >= 6) return;
-  bool io = bars_[static_cast<size_t>(bar)].kind == pci::BarKind::Io;
-  (io ? counters_.pio : counters_.mmio[static_cast<size_t>(bar)])++;
   uint64_t len = data.size();
+  count_access(bar, offset, len);
   if (msix_ && bar == msix_table_bar_ && overlaps(offset, len, msix_table_offset_, msix_->table_bytes())) {
-    counters_.msix_table++;
     std::lock_guard g(lock_);
     std::fill(data.begin(), data.end(), 0);
     if ((len == 4 || len == 8) && offset % 4 == 0)
@@ -449,7 +463,6 @@ void PassthruDevice::bar_read(int bar, uint64_t offset, std::span<uint8_t> data)
     return;
   }
   if (msix_ && bar == msix_pba_bar_ && overlaps(offset, len, msix_pba_offset_, msix_->pba_bytes())) {
-    counters_.msix_table++;
     std::lock_guard g(lock_);
     for (uint64_t k = 0; k < len; k++) {
       uint8_t byte = 0;
@@ -476,11 +489,9 @@ void PassthruDevice::bar_read(int bar, uint64_t offset, std::span<uint8_t> data)
 
 void PassthruDevice::bar_write(int bar, uint64_t offset, std::span<const uint8_t> data) {
   if (bar < 0 || bar >= 6) return;
-  bool io = bars_[static_cast<size_t>(bar)].kind == pci::BarKind::Io;
-  (io ? counters_.pio : counters_.mmio[static_cast<size_t>(bar)])++;
   uint64_t len = data.size();
+  count_access(bar, offset, len);
   if (msix_ && bar == msix_table_bar_ && overlaps(offset, len, msix_table_offset_, msix_->table_bytes())) {
-    counters_.msix_table++;
     if (!((len == 4 || len == 8) && offset % 4 == 0)) return;
     std::lock_guard g(lock_);
     for (uint64_t k = 0; k < len; k += 4) {
@@ -490,7 +501,6 @@ void PassthruDevice::bar_write(int bar, uint64_t offset, std::span<const uint8_t
     return;
   }
   if (msix_ && bar == msix_pba_bar_ && overlaps(offset, len, msix_pba_offset_, msix_->pba_bytes())) {
-    counters_.msix_table++;
     return;  // the PBA is read-only
   }
   try {
@@ -676,15 +686,15 @@ uint64_t PassthruDevice::masked_interrupts() const {
 std::string PassthruDevice::stats() const {
   const Counters& c = counters_;
   uint64_t routed = vectors_routed(), masked = masked_interrupts();
+  // Per MMIO BAR: ordinary trapped accesses, then MSI-X table/PBA accesses ("bar0=0+12").
   std::string mmio;
   for (size_t i = 0; i < 6; i++)
     if (bars_[i].index >= 0 && bars_[i].kind != pci::BarKind::Io)
-      mmio += fmt::format(" bar{}={}", i, c.mmio[i].load());
-  return fmt::format("{}: config reads={} writes={}, trapped mmio{}, pio={}, msix-table={}, vectors routed={}, "
+      mmio += fmt::format(" bar{}={}+{}", i, c.mmio[i].load(), c.msix[i].load());
+  return fmt::format("config reads={} writes={}, trapped mmio (other+msix){}, pio={}, vectors routed={}, "
                      "masked-path interrupts={}, intx={}, bar maps={}, refused={}",
-                     name_, c.config_reads.load(), c.config_writes.load(), mmio.empty() ? " none" : mmio,
-                     c.pio.load(), c.msix_table.load(), routed, masked, intx_on_ ? "wired" : "off", c.remaps.load(),
-                     c.refused.load());
+                     c.config_reads.load(), c.config_writes.load(), mmio.empty() ? " none" : mmio,
+                     c.pio.load(), routed, masked, intx_on_ ? "wired" : "off", c.remaps.load(), c.refused.load());
 }
 
 }  // namespace passvm::passthru
