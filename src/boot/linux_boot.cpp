@@ -97,23 +97,31 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
   b.kernel_size = h.kernel_size;
   b.kernel_end = addr + footprint;
   uint64_t entry = addr + 0x200;  // the decompressor's 64-bit entry
-  std::optional<Vmlinux> vmlinux;
-  if (unpack_on_host) vmlinux = unpack_bzimage(kernel, h, &b.unpack_note);
-  if (vmlinux) {
-    for (const auto& seg : vmlinux->segments) {
-      if (seg.paddr < layout::kHighMemStart || !ram_holding(e820, seg.paddr, seg.mem_size))
-        throw std::runtime_error(fmt::format(
-            "{}: a kernel segment at {:#x} ({} MiB) is outside this guest's RAM: give it more memory, or boot with "
-            "--guest-decompress",
-            kernel_name, seg.paddr, mib(seg.mem_size)));
-      mem.write(seg.paddr, std::span<const uint8_t>(vmlinux->image).subspan(seg.file_offset, seg.file_size));
-      std::vector<uint8_t> zeros(seg.mem_size - seg.file_size, 0);
-      mem.write(seg.paddr + seg.file_size, zeros);
-      b.kernel_end = std::max(b.kernel_end, seg.paddr + seg.mem_size);
+  bool unpacked = false;
+  if (unpack_on_host) {
+    VmlinuxWriter writer([&mem](uint64_t paddr, std::span<const uint8_t> bytes) { mem.write(paddr, bytes); },
+                         [&](const VmlinuxLayout& unpacked_layout) {
+                           for (const auto& seg : unpacked_layout.segments)
+                             if (seg.paddr < layout::kHighMemStart || !ram_holding(e820, seg.paddr, seg.mem_size))
+                               throw std::runtime_error(fmt::format(
+                                   "{}: a kernel segment at {:#x} ({} MiB) is outside this guest's RAM: give it "
+                                   "more memory, or boot with --guest-decompress",
+                                   kernel_name, seg.paddr, mib(seg.mem_size)));
+                         });
+    unpacked = unpack_bzimage(kernel, h, writer, &b.unpack_note);
+    if (unpacked) {
+      VmlinuxLayout placed = writer.finish();
+      std::vector<uint8_t> zeros(64 * 1024, 0);
+      for (const auto& seg : placed.segments) {
+        for (uint64_t at = seg.file_size; at < seg.mem_size; at += zeros.size())
+          mem.write(seg.paddr + at, std::span<const uint8_t>(zeros).first(std::min<uint64_t>(zeros.size(), seg.mem_size - at)));
+        b.kernel_end = std::max(b.kernel_end, seg.paddr + seg.mem_size);
+      }
+      entry = placed.entry;
+      b.unpacked_on_host = true;
     }
-    entry = vmlinux->entry;
-    b.unpacked_on_host = true;
-  } else {
+  }
+  if (!unpacked) {
     mem.write(addr, kernel.subspan(h.kernel_offset));
   }
 

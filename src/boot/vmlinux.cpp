@@ -5,6 +5,7 @@
 #include <lzma.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -12,60 +13,62 @@ namespace passvm::boot {
 
 namespace {
 
-constexpr uint64_t kMaxUnpacked = 512ull << 20;  // no kernel image comes close; bounds a corrupt size field
+constexpr uint64_t kMaxUnpacked = 512ull << 20;  // no kernel image comes close; bounds a corrupt image
+constexpr size_t kHeadBytes = 64 * 1024;          // the ELF and program headers must be in here
+constexpr size_t kChunk = 1 << 20;
 
 template <typename T>
 T load(std::span<const uint8_t> b, size_t off) {
   T v{};
-  if (off + sizeof v > b.size()) throw std::runtime_error("truncated");
+  if (off > b.size() || sizeof v > b.size() - off) throw std::runtime_error("truncated");
   std::memcpy(&v, b.data() + off, sizeof v);
   return v;
 }
 
-std::vector<uint8_t> unxz(std::span<const uint8_t> in, size_t size_hint) {
+void unxz(std::span<const uint8_t> in, VmlinuxWriter& out) {
   lzma_stream s = LZMA_STREAM_INIT;
   if (lzma_stream_decoder(&s, UINT64_MAX, 0) != LZMA_OK) throw std::runtime_error("cannot start the xz decoder");
-  std::vector<uint8_t> out(size_hint);
+  std::vector<uint8_t> buf(kChunk);
   s.next_in = in.data();
   s.avail_in = in.size();
-  s.next_out = out.data();
-  s.avail_out = out.size();
-  lzma_ret r;
-  for (;;) {
-    r = lzma_code(&s, LZMA_FINISH);
-    if (r != LZMA_OK) break;
-    if (s.avail_out == 0) {  // the size hint was short: grow
-      size_t done = out.size();
-      if (done * 2 > kMaxUnpacked) {
-        r = LZMA_MEMLIMIT_ERROR;
-        break;
-      }
-      out.resize(done * 2);
-      s.next_out = out.data() + done;
-      s.avail_out = out.size() - done;
+  lzma_ret r = LZMA_OK;
+  try {
+    while (r == LZMA_OK) {
+      s.next_out = buf.data();
+      s.avail_out = buf.size();
+      r = lzma_code(&s, LZMA_FINISH);
+      out.feed(std::span<const uint8_t>(buf).first(buf.size() - s.avail_out));
     }
+  } catch (...) {
+    lzma_end(&s);
+    throw;
   }
-  size_t produced = out.size() - s.avail_out;
   lzma_end(&s);
-  if (r != LZMA_STREAM_END) throw std::runtime_error(fmt::format("xz payload is corrupt (liblzma error {})", static_cast<int>(r)));
-  out.resize(produced);
-  return out;
+  if (r != LZMA_STREAM_END)
+    throw std::runtime_error(fmt::format("the kernel's xz payload is corrupt (liblzma error {})", static_cast<int>(r)));
 }
 
-std::vector<uint8_t> gunzip(std::span<const uint8_t> in, size_t size_hint) {
+void gunzip(std::span<const uint8_t> in, VmlinuxWriter& out) {
   z_stream s{};
   if (inflateInit2(&s, 16 + MAX_WBITS) != Z_OK) throw std::runtime_error("cannot start the gzip decoder");
-  std::vector<uint8_t> out(size_hint);
+  std::vector<uint8_t> buf(kChunk);
   s.next_in = const_cast<Bytef*>(in.data());
   s.avail_in = static_cast<uInt>(in.size());
-  s.next_out = out.data();
-  s.avail_out = static_cast<uInt>(out.size());
-  int r = inflate(&s, Z_FINISH);
-  size_t produced = s.total_out;
+  int r = Z_OK;
+  try {
+    while (r == Z_OK) {
+      s.next_out = buf.data();
+      s.avail_out = static_cast<uInt>(buf.size());
+      r = inflate(&s, Z_NO_FLUSH);
+      out.feed(std::span<const uint8_t>(buf).first(buf.size() - s.avail_out));
+      if (r == Z_BUF_ERROR && s.avail_in != 0) r = Z_OK;
+    }
+  } catch (...) {
+    inflateEnd(&s);
+    throw;
+  }
   inflateEnd(&s);
-  if (r != Z_STREAM_END) throw std::runtime_error(fmt::format("gzip payload is corrupt or larger than it says (zlib error {})", r));
-  out.resize(produced);
-  return out;
+  if (r != Z_STREAM_END) throw std::runtime_error(fmt::format("the kernel's gzip payload is corrupt (zlib error {})", r));
 }
 
 }  // namespace
@@ -85,23 +88,22 @@ std::string payload_format(std::span<const uint8_t> p) {
   return "unknown";
 }
 
-Vmlinux parse_vmlinux(std::vector<uint8_t> elf, const std::string& what) {
-  std::span<const uint8_t> b(elf);
+VmlinuxLayout parse_vmlinux_headers(std::span<const uint8_t> b, const std::string& what) {
   auto bad = [&](const std::string& why) { return std::runtime_error(fmt::format("{}: {}", what, why)); };
   if (b.size() < sizeof(Elf64_Ehdr) || std::memcmp(b.data(), ELFMAG, SELFMAG) != 0) throw bad("not an ELF file");
-  Elf64_Ehdr eh = load<Elf64_Ehdr>(b, 0);
+  auto eh = load<Elf64_Ehdr>(b, 0);
   if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB || eh.e_machine != EM_X86_64 ||
       eh.e_type != ET_EXEC)
     throw bad("not an x86-64 ELF executable");
-  if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum == 0 ||
-      eh.e_phoff > b.size() || uint64_t{eh.e_phnum} * sizeof(Elf64_Phdr) > b.size() - eh.e_phoff)
+  if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum == 0 || eh.e_phoff > b.size() ||
+      uint64_t{eh.e_phnum} * sizeof(Elf64_Phdr) > b.size() - eh.e_phoff)
     throw bad("program headers out of bounds");
-  Vmlinux v;
+  VmlinuxLayout v;
   bool entry_loaded = false;
   for (unsigned i = 0; i < eh.e_phnum; i++) {
     auto ph = load<Elf64_Phdr>(b, eh.e_phoff + i * sizeof(Elf64_Phdr));
     if (ph.p_type != PT_LOAD) continue;
-    if (ph.p_offset > b.size() || ph.p_filesz > b.size() - ph.p_offset || ph.p_filesz > ph.p_memsz ||
+    if (ph.p_offset > kMaxUnpacked || ph.p_filesz > kMaxUnpacked - ph.p_offset || ph.p_filesz > ph.p_memsz ||
         ph.p_memsz > kMaxUnpacked || ph.p_paddr > (1ull << 40))
       throw bad(fmt::format("segment {} is out of bounds", i));
     v.segments.push_back({ph.p_paddr, ph.p_offset, ph.p_filesz, ph.p_memsz});
@@ -110,40 +112,77 @@ Vmlinux parse_vmlinux(std::vector<uint8_t> elf, const std::string& what) {
   if (v.segments.empty()) throw bad("no loadable segment");
   if (!entry_loaded) throw bad(fmt::format("entry point {:#x} is not in a loaded segment", eh.e_entry));
   v.entry = eh.e_entry;
-  v.image = std::move(elf);
   return v;
 }
 
-std::optional<Vmlinux> unpack_bzimage(std::span<const uint8_t> bzimage, const SetupHeader& h, std::string* why) {
+void VmlinuxWriter::feed(std::span<const uint8_t> bytes) {
+  if (bytes.empty()) return;
+  if (received_ + bytes.size() > kMaxUnpacked) throw std::runtime_error("the unpacked kernel is implausibly large");
+  if (!parsed_) {
+    head_.insert(head_.end(), bytes.begin(), bytes.end());
+    received_ += bytes.size();
+    if (head_.size() < kHeadBytes) return;
+    layout_ = parse_vmlinux_headers(head_, "the kernel inside the bzImage");
+    on_layout_(layout_);
+    parsed_ = true;
+    place(0, head_);
+    head_ = {};
+    return;
+  }
+  place(received_, bytes);
+  received_ += bytes.size();
+}
+
+void VmlinuxWriter::place(uint64_t offset, std::span<const uint8_t> bytes) {
+  const uint64_t end = offset + bytes.size();
+  for (const auto& seg : layout_.segments) {
+    uint64_t from = std::max(offset, seg.file_offset), to = std::min(end, seg.file_offset + seg.file_size);
+    if (from >= to) continue;
+    write_(seg.paddr + (from - seg.file_offset), bytes.subspan(from - offset, to - from));
+  }
+}
+
+VmlinuxLayout VmlinuxWriter::finish() {
+  if (!parsed_) {  // an image smaller than the header window
+    layout_ = parse_vmlinux_headers(head_, "the kernel inside the bzImage");
+    on_layout_(layout_);
+    parsed_ = true;
+    place(0, head_);
+    head_ = {};
+  }
+  for (const auto& seg : layout_.segments)
+    if (seg.file_offset + seg.file_size > received_)
+      throw std::runtime_error("the kernel inside the bzImage is truncated: a segment ends past the unpacked data");
+  return layout_;
+}
+
+bool unpack_bzimage(std::span<const uint8_t> bzimage, const SetupHeader& h, VmlinuxWriter& out, std::string* why) {
   if (h.version < 0x0208) {
     *why = "boot protocol before 2.08 has no payload fields";
-    return std::nullopt;
+    return false;
   }
   const uint32_t offset = load<uint32_t>(bzimage, 0x248);
   const uint32_t length = load<uint32_t>(bzimage, 0x24c);
   if (length == 0) {
     *why = "it has no payload fields";
-    return std::nullopt;
+    return false;
   }
   if (length < 8 || h.kernel_offset + offset > bzimage.size() || length > bzimage.size() - h.kernel_offset - offset)
     throw std::runtime_error("the bzImage's payload_offset/payload_length point outside the file: it is damaged");
+  // The kernel build appends the unpacked size as 4 bytes; the decoders find the end themselves.
   auto payload = bzimage.subspan(h.kernel_offset + offset, length);
-  // The kernel build appends the unpacked size as 4 little-endian bytes.
-  uint64_t size = load<uint32_t>(payload, payload.size() - 4);
-  if (size == 0 || size > kMaxUnpacked) size = 64ull << 20;
   std::string format = payload_format(payload);
-  std::vector<uint8_t> elf;
   if (format == "xz") {
-    elf = unxz(payload, size);
+    unxz(payload, out);
   } else if (format == "gzip") {
-    elf = gunzip(payload, size);
+    gunzip(payload, out);
   } else if (format == "uncompressed ELF") {
-    elf.assign(payload.begin(), payload.end() - 4);
+    out.feed(payload.first(payload.size() - 4));
   } else {
     *why = fmt::format("its payload is {}-compressed", format);
-    return std::nullopt;
+    return false;
   }
-  return parse_vmlinux(std::move(elf), "the kernel inside the bzImage");
+  return true;
 }
 
 }  // namespace passvm::boot

@@ -2,17 +2,21 @@
 //
 // A bzImage carries the real kernel (an ELF vmlinux) compressed, behind a
 // small decompressor that the guest would otherwise run first. Inside a
-// guest that decompressor is slow: it touches every page of a ~40 MiB image
+// guest that decompressor is slow: it touches every page of a ~60 MiB image
 // with the vCPU, under nested paging, before the kernel prints a line. passvm
 // unpacks the payload natively instead (xz or gzip, the formats distribution
 // kernels use) and places vmlinux's segments where the kernel is linked to
 // run, then enters it at its 64-bit entry (startup_64) with the same zero
 // page. What is lost is the decompressor's KASLR; a kernel whose payload
 // cannot be unpacked here still boots the classic way.
+//
+// The unpacked ELF is streamed: its headers are parsed from the first bytes
+// and every later byte goes straight to its place in guest RAM, so passvm
+// never holds the whole image (its own memory stays small).
 #pragma once
 
 #include <cstdint>
-#include <optional>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -28,8 +32,7 @@ struct ElfSegment {
   uint64_t mem_size;
 };
 
-struct Vmlinux {
-  std::vector<uint8_t> image;  // the whole ELF file
+struct VmlinuxLayout {
   std::vector<ElfSegment> segments;
   uint64_t entry = 0;  // physical address of startup_64
 };
@@ -37,12 +40,36 @@ struct Vmlinux {
 // The payload's compression, from its magic bytes: "xz", "gzip", or what it seems to be otherwise.
 std::string payload_format(std::span<const uint8_t> payload);
 
-// Unpacks the bzImage payload (protocol 2.08+: payload_offset/payload_length) and parses the ELF inside.
-// Returns nullopt, with the reason in *why, when this build cannot unpack it (another compression, no
-// payload fields); throws std::runtime_error for a payload that claims a known format and is corrupt.
-std::optional<Vmlinux> unpack_bzimage(std::span<const uint8_t> bzimage, const SetupHeader& h, std::string* why);
+// Parses an x86-64 ELF executable's PT_LOAD segments and entry from the file's first bytes (which must
+// hold the ELF and program headers). Throws std::runtime_error when malformed.
+VmlinuxLayout parse_vmlinux_headers(std::span<const uint8_t> head, const std::string& what);
 
-// Parses an ELF64 x86-64 executable's PT_LOAD segments and entry. Throws std::runtime_error when malformed.
-Vmlinux parse_vmlinux(std::vector<uint8_t> elf, const std::string& what);
+// Receives the unpacked ELF in file order and places segment bytes with write(paddr, bytes). on_layout
+// runs once, when the headers are known and before any segment byte is written: it may throw to refuse.
+class VmlinuxWriter {
+ public:
+  using Write = std::function<void(uint64_t paddr, std::span<const uint8_t> bytes)>;
+  using OnLayout = std::function<void(const VmlinuxLayout&)>;
+  VmlinuxWriter(Write write, OnLayout on_layout) : write_(std::move(write)), on_layout_(std::move(on_layout)) {}
+
+  void feed(std::span<const uint8_t> bytes);
+  // Checks every segment's file bytes arrived; returns the layout. Zeroing [file_size, mem_size) is the caller's.
+  VmlinuxLayout finish();
+
+ private:
+  void place(uint64_t offset, std::span<const uint8_t> bytes);
+
+  Write write_;
+  OnLayout on_layout_;
+  std::vector<uint8_t> head_;  // held until the headers can be parsed
+  bool parsed_ = false;
+  uint64_t received_ = 0;
+  VmlinuxLayout layout_;
+};
+
+// Unpacks the bzImage payload (protocol 2.08+: payload_offset/payload_length), streaming the ELF into
+// out. Returns false, with the reason in *why, when this build cannot unpack it (another compression, no
+// payload fields); throws std::runtime_error for a payload that claims a known format and is corrupt.
+bool unpack_bzimage(std::span<const uint8_t> bzimage, const SetupHeader& h, VmlinuxWriter& out, std::string* why);
 
 }  // namespace passvm::boot

@@ -99,7 +99,7 @@ TEST(Vmlinux, PayloadFormatsByMagic) {
 
 TEST(Vmlinux, ParsesSegmentsAndEntry) {
   auto elf = make_elf(16 * layout::MiB, pattern(100), 50, 16 * layout::MiB + 10);
-  Vmlinux v = parse_vmlinux(elf, "test");
+  VmlinuxLayout v = parse_vmlinux_headers(elf, "test");
   ASSERT_EQ(v.segments.size(), 1u);
   EXPECT_EQ(v.segments[0].paddr, 16 * layout::MiB);
   EXPECT_EQ(v.segments[0].file_size, 100u);
@@ -108,11 +108,46 @@ TEST(Vmlinux, ParsesSegmentsAndEntry) {
 }
 
 TEST(Vmlinux, RejectsMalformedElf) {
-  EXPECT_THROW(parse_vmlinux(pattern(200), "t"), std::runtime_error);
-  EXPECT_THROW(parse_vmlinux(make_elf(16 * layout::MiB, pattern(100), 0, 0x1234), "t"), std::runtime_error);
+  EXPECT_THROW(parse_vmlinux_headers(pattern(200), "t"), std::runtime_error);
+  EXPECT_THROW(parse_vmlinux_headers(make_elf(16 * layout::MiB, pattern(100), 0, 0x1234), "t"), std::runtime_error);
+  // Headers fine, but the stream ends before the segment's bytes do.
   auto truncated = make_elf(16 * layout::MiB, pattern(100), 0, 16 * layout::MiB);
   truncated.resize(truncated.size() - 10);
-  EXPECT_THROW(parse_vmlinux(truncated, "t"), std::runtime_error);
+  VmlinuxWriter w([](uint64_t, std::span<const uint8_t>) {}, [](const VmlinuxLayout&) {});
+  w.feed(truncated);
+  EXPECT_THROW(w.finish(), std::runtime_error);
+}
+
+TEST(Vmlinux, WriterPlacesSegmentBytesAcrossChunkBoundaries) {
+  // Two segments; the stream arrives in odd-sized chunks so pieces straddle chunk and segment edges.
+  auto text = pattern(200000);
+  auto elf = make_elf(16 * layout::MiB, text, 0, 16 * layout::MiB);
+  std::vector<uint8_t> guest(text.size(), 0);
+  bool layout_seen = false;
+  VmlinuxWriter w(
+      [&](uint64_t paddr, std::span<const uint8_t> bytes) {
+        ASSERT_TRUE(layout_seen);
+        ASSERT_GE(paddr, 16 * layout::MiB);
+        ASSERT_LE(paddr - 16 * layout::MiB + bytes.size(), guest.size());
+        std::copy(bytes.begin(), bytes.end(), guest.begin() + static_cast<long>(paddr - 16 * layout::MiB));
+      },
+      [&](const VmlinuxLayout& l) {
+        layout_seen = true;
+        EXPECT_EQ(l.segments.size(), 1u);
+      });
+  for (size_t at = 0; at < elf.size(); at += 7777)
+    w.feed(std::span<const uint8_t>(elf).subspan(at, std::min<size_t>(7777, elf.size() - at)));
+  w.finish();
+  EXPECT_EQ(guest, text);
+}
+
+TEST(Vmlinux, OnLayoutCanRefuseBeforeAnythingIsWritten) {
+  auto elf = make_elf(16 * layout::MiB, pattern(100000), 0, 16 * layout::MiB);
+  bool written = false;
+  VmlinuxWriter w([&](uint64_t, std::span<const uint8_t>) { written = true; },
+                  [](const VmlinuxLayout&) { throw std::runtime_error("no room"); });
+  EXPECT_THROW(w.feed(elf), std::runtime_error);
+  EXPECT_FALSE(written);
 }
 
 TEST(Vmlinux, UnpacksXzAndGzipPayloadsAndLoadsThem) {
@@ -121,11 +156,7 @@ TEST(Vmlinux, UnpacksXzAndGzipPayloadsAndLoadsThem) {
   auto elf = make_elf(paddr, text, 4096, paddr + 0x40);
   for (bool use_xz : {true, false}) {
     auto img = bzimage_with_payload(use_xz ? xz(elf) : gz(elf), static_cast<uint32_t>(elf.size()));
-    SetupHeader h = parse_setup_header(img, "t");
-    std::string why;
-    auto v = unpack_bzimage(img, h, &why);
-    ASSERT_TRUE(v.has_value()) << why;
-    EXPECT_EQ(v->image, elf);
+    ASSERT_NO_THROW(parse_setup_header(img, "t"));
 
     GuestMemory mem(64 * layout::MiB, false);
     std::vector<uint8_t> junk(4096, 0xee);
@@ -144,7 +175,8 @@ TEST(Vmlinux, UnknownCompressionFallsBackToGuestDecompressor) {
   auto img = bzimage_with_payload({0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3, 4}, 100);
   SetupHeader h = parse_setup_header(img, "t");
   std::string why;
-  EXPECT_FALSE(unpack_bzimage(img, h, &why).has_value());
+  VmlinuxWriter w([](uint64_t, std::span<const uint8_t>) {}, [](const VmlinuxLayout&) {});
+  EXPECT_FALSE(unpack_bzimage(img, h, w, &why));
   EXPECT_NE(why.find("zstd"), std::string::npos);
   GuestMemory mem(64 * layout::MiB, false);
   LinuxBoot b = load_linux_image(mem, img, {}, "", build_e820(mem), 0, "t", true);
@@ -159,7 +191,8 @@ TEST(Vmlinux, CorruptPayloadIsAnError) {
   auto img = bzimage_with_payload(packed, static_cast<uint32_t>(elf.size()));
   SetupHeader h = parse_setup_header(img, "t");
   std::string why;
-  EXPECT_THROW(unpack_bzimage(img, h, &why), std::runtime_error);
+  VmlinuxWriter w([](uint64_t, std::span<const uint8_t>) {}, [](const VmlinuxLayout&) {});
+  EXPECT_THROW(unpack_bzimage(img, h, w, &why), std::runtime_error);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include "kvm/cpuid.h"
+#include "memory/layout.h"
 #include "kvm/uapi.h"
 
 namespace passvm {
@@ -102,6 +103,11 @@ Vcpu::~Vcpu() {
 void Vcpu::init_cpuid(uint32_t count) {
   auto entries = cpuid_entries(vm_.kvm().supported_cpuid());
   patch_cpuid(entries, index_, count);
+  // KVM emulates the TSC-deadline LAPIC timer but leaves it to userspace to advertise: without it Linux
+  // calibrates and programs the LAPIC timer the slow way.
+  if (auto* leaf1 = find_cpuid(entries, 1); leaf1 && vm_.kvm().check_extension(KVM_CAP_TSC_DEADLINE_TIMER) > 0)
+    leaf1->ecx |= kLeaf1EcxTscDeadline;
+  if (auto* ext = find_cpuid(entries, 0x80000008); ext && (ext->eax & 0xff) >= 36) phys_bits_ = ext->eax & 0xff;
   auto buf = cpuid_buffer(entries);
   if (ioctl(fd_, kvm_uapi::kSetCpuid2, buf.data()) < 0) fail_ioctl(index_, "KVM_SET_CPUID2", errno);
 }
@@ -140,14 +146,33 @@ void Vcpu::init_lapic() {
 }
 
 void Vcpu::init_msrs() {
-  // Linux checks fast-string support in IA32_MISC_ENABLE to pick its memcpy; firmware turns it on.
-  kvm_uapi::Msrs msrs{};
-  msrs.nmsrs = 1;
-  msrs.entries[0].index = kMsrMiscEnable;
-  msrs.entries[0].data = kMiscEnableFastString;
-  int n = ioctl(fd_, kvm_uapi::kSetMsrs, &msrs);
-  if (n < 0) fail_ioctl(index_, "KVM_SET_MSRS", errno);
-  // n == 0: this KVM does not let userspace set it; the guest just runs without fast strings.
+  // What firmware leaves behind, and what Linux relies on:
+  // - fast strings in IA32_MISC_ENABLE (Linux picks its memcpy by it);
+  // - the TSC at 0 on every vCPU: KVM synchronizes TSC writes of the same value made close together, so
+  //   all vCPUs share one TSC and Linux keeps it as a stable clock;
+  // - MTRRs on, RAM write-back, the PCI holes uncacheable. Disabled MTRRs make everything uncacheable
+  //   wherever KVM honours guest memory types (non-coherent DMA), and Linux then skips PAT setup.
+  const uint64_t addr_mask = (1ull << phys_bits_) - 1;
+  const struct {
+    uint32_t index;
+    uint64_t value;
+  } wanted[] = {
+      {kMsrMiscEnable, kMiscEnableFastString},
+      {kMsrTsc, 0},
+      {kMsrMtrrPhysBase0, layout::kMmio32Start | kMtrrUncacheable},
+      {kMsrMtrrPhysBase0 + 1, (addr_mask & ~(layout::kHighRamStart - layout::kMmio32Start - 1)) | kMtrrValid},
+      {kMsrMtrrPhysBase0 + 2, layout::kMmio64Start | kMtrrUncacheable},
+      {kMsrMtrrPhysBase0 + 3, (addr_mask & ~(layout::kMmio64Size - 1)) | kMtrrValid},
+      {kMsrMtrrDefType, kMtrrEnable | kMtrrFixedEnable | kMtrrWriteBack},
+  };
+  for (const auto& m : wanted) {
+    kvm_uapi::Msrs msrs{};
+    msrs.nmsrs = 1;
+    msrs.entries[0].index = m.index;
+    msrs.entries[0].data = m.value;
+    // 0: this KVM does not let userspace set that MSR; the guest runs without it.
+    if (ioctl(fd_, kvm_uapi::kSetMsrs, &msrs) < 0) fail_ioctl(index_, "KVM_SET_MSRS", errno);
+  }
 }
 
 void Vcpu::setup_long_mode(const boot::LongModeEntry& e) {

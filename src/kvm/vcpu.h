@@ -53,6 +53,12 @@ class Vcpu {
   // MSR_IA32_MISC_ENABLE as passvm sets it: fast strings on, as firmware leaves it.
   static constexpr uint32_t kMsrMiscEnable = 0x1a0;
   static constexpr uint64_t kMiscEnableFastString = 1;
+  static constexpr uint32_t kMsrTsc = 0x10;
+  static constexpr uint32_t kMsrMtrrPhysBase0 = 0x200;  // PhysMask0 = 0x201, then base/mask pairs
+  static constexpr uint32_t kMsrMtrrDefType = 0x2ff;
+  static constexpr uint64_t kMtrrUncacheable = 0, kMtrrWriteBack = 6;
+  static constexpr uint64_t kMtrrValid = 1u << 11, kMtrrEnable = 1u << 11, kMtrrFixedEnable = 1u << 10;
+  static constexpr uint32_t kLeaf1EcxTscDeadline = 1u << 24;
 
   // Registers and special registers for a 64-bit entry (from boot::setup_long_mode). Before start().
   void setup_long_mode(const boot::LongModeEntry& entry);
@@ -95,6 +101,7 @@ class Vcpu {
   int fd_ = -1;
   kvm_run* run_ = nullptr;
   size_t run_size_ = 0;
+  uint32_t phys_bits_ = 36;  // guest MAXPHYADDR, for MTRR masks
   std::thread thread_;
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> io_exits_{0}, mmio_exits_{0}, other_exits_{0};

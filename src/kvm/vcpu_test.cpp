@@ -376,6 +376,31 @@ TEST_F(VcpuTest, MiscEnableHasFastStrings) {
   EXPECT_TRUE(msrs.entries[0].data & Vcpu::kMiscEnableFastString);
 }
 
+uint64_t read_msr(int fd, uint32_t index) {
+  kvm_uapi::Msrs msrs{};
+  msrs.nmsrs = 1;
+  msrs.entries[0].index = index;
+  EXPECT_EQ(ioctl(fd, kvm_uapi::kGetMsrs, &msrs), 1) << std::hex << index;
+  return msrs.entries[0].data;
+}
+
+TEST_F(VcpuTest, MtrrsEnabledWriteBackWithUncacheableHoles) {
+  auto v = make_vcpu(0, 1, kDone);
+  uint64_t def = read_msr(v->fd(), Vcpu::kMsrMtrrDefType);
+  EXPECT_EQ(def & 0xff, Vcpu::kMtrrWriteBack);
+  EXPECT_TRUE(def & Vcpu::kMtrrEnable);
+  uint64_t base0 = read_msr(v->fd(), Vcpu::kMsrMtrrPhysBase0);
+  uint64_t mask0 = read_msr(v->fd(), Vcpu::kMsrMtrrPhysBase0 + 1);
+  EXPECT_EQ(base0 & ~0xfffull, layout::kMmio32Start);
+  EXPECT_EQ(base0 & 0xff, Vcpu::kMtrrUncacheable);
+  EXPECT_TRUE(mask0 & Vcpu::kMtrrValid);
+  // The range covers exactly 3 GiB..4 GiB: an address matches when (addr & mask) == base.
+  uint64_t m = mask0 & ~0xfffull;
+  EXPECT_EQ((layout::kIoapicAddr & m), base0 & ~0xfffull);
+  EXPECT_NE(((layout::kMmio32Start - 1) & m), base0 & ~0xfffull);
+  EXPECT_NE((layout::kHighRamStart & m), base0 & ~0xfffull);
+}
+
 TEST_F(VcpuTest, RejectsBadVcpuCounts) {
   EXPECT_THROW(Vcpu(*vm_, 0, 0, pio_, mmio_, ctl_), std::runtime_error);
   EXPECT_THROW(Vcpu(*vm_, 0, kvm_->max_vcpus() + 1, pio_, mmio_, ctl_), std::runtime_error);
