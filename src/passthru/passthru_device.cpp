@@ -17,6 +17,7 @@ namespace {
 
 constexpr uint32_t kBar0 = 0x10, kBarEnd = 0x28, kRom = 0x30, kIntLine = 0x3c, kHeaderType = 0x0e, kCommand = 0x04;
 constexpr uint64_t kStopTag = ~uint64_t{0};
+constexpr uint16_t kDecodeAndMaster = 0x7;  // command register: I/O space, memory space, bus master
 
 uint32_t le(const std::vector<uint8_t>& v, uint32_t off, int size) { return pci::load_le(v.data() + off, size); }
 
@@ -127,7 +128,14 @@ void PassthruDevice::setup() {
     shadow_[off] = value;
   }
   for (auto a : caps_.hidden) zero(static_cast<uint32_t>(a.offset), static_cast<uint32_t>(a.size));
-  command_ = static_cast<uint16_t>(le(raw, kCommand, 2));
+  // The host (vfio-pci's open enables the device) may leave decoding and bus mastering on. The guest must
+  // find the device as after a reset: no decoding before its BARs are placed, no DMA before it asks.
+  command_ = static_cast<uint16_t>(le(raw, kCommand, 2) & ~uint32_t{kDecodeAndMaster});
+  if (command_ != le(raw, kCommand, 2)) {
+    uint8_t cmd[2];
+    pci::store_le(cmd, 2, command_);
+    device_config_write(kCommand, cmd);
+  }
 
   scan_bars();
   map_bars_into_host();

@@ -338,6 +338,19 @@ TEST_F(PassthruTest, BridgesAreRefused) {
   EXPECT_THROW(open(), vfio::VfioError);
 }
 
+TEST_F(PassthruTest, StartsWithDecodingAndBusMasterOff) {
+  dev.reset();
+  s = make_state();
+  s.set16(0x04, 0x0407);  // left enabled by the host; INTx disable must survive
+  open();
+  EXPECT_EQ(pci::load_le(&s.config[0x04], 2), 0x0400u) << "the device itself is quiet";
+  EXPECT_EQ(rd(0x04, 2), 0x0400u);
+  place_bars();
+  EXPECT_TRUE(p->slots.empty()) << "nothing is mapped before the guest enables decoding";
+  wr(0x04, 0x0002, 2);
+  EXPECT_FALSE(p->slots.empty());
+}
+
 TEST_F(PassthruTest, StatsNameTheCounters) {
   rd(0);
   std::string st = dev->stats();

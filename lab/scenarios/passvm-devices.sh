@@ -1,0 +1,56 @@
+# Device features beyond a disk and a NIC, passvm next to QEMU in one L1 boot:
+# - edu (00:06.0): DMA round trip RAM -> device -> RAM through the IOMMU (edu), then DMA
+#   aimed outside L2's RAM (the 32-bit PCI hole, and 4 GiB above a canary page) must be
+#   blocked (edublock): the canary stays intact, the device and the VMM keep working,
+#   and L1 logs DMAR faults naming 00:06.0 (checked here, in L1's dmesg).
+# - e1000e (00:04.0): STATUS/CTRL read through the I/O BAR window equal the MMIO BAR
+#   (iobar: passvm forwards the I/O BAR through VFIO), config space sane (config), ping.
+# lab-expect: qdev.vmm qdev.edu qdev.edublock qdev.iobar qdev.config qdev.ping qdev.irqs qdev.dmar pvdev.vmm pvdev.edu pvdev.edublock pvdev.iobar pvdev.config pvdev.ping pvdev.irqs pvdev.dmar pvdev.l1 devices.compare
+# lab-timeout: 1020
+
+source "$LAB_DIR/scenarios/passvm-lib.sh"
+pv_need_binary pvdev.vmm
+for bdf in 0000:00:04.0 0000:00:06.0; do
+    bind_vfio $bdf || { result pvdev.setup fail detail="cannot bind $bdf to vfio-pci"; exit 1; }
+done
+APPEND="$(l2_append lspci,edu,edublock,iobar,config,ping,irqs lab.expect_pci=1234:11e8,8086:10d3)"
+
+edu_faults() { dmesg | grep -c 'DMAR:.*device \[00:06.0\]'; }
+
+# dmar_result CHECK BEFORE: passes when L1 logged DMAR faults for 00:06.0 since BEFORE.
+dmar_result() {
+    local now new lines
+    now=$(edu_faults)
+    new=$((now - $2))
+    lines=$(dmesg | grep 'DMAR:.*device \[00:06.0\]' | tail -n 3 | tr '\n' ' ')
+    if ((new > 0)); then result "$1" pass faults="$new" last="$lines"
+    else result "$1" fail detail="no DMAR fault for 00:06.0 in L1's dmesg: DMA outside guest RAM was not seen by the IOMMU" faults=0; fi
+}
+
+before=$(edu_faults)
+run_l2 qdev --timeout 480 -- \
+    qemu-system-x86_64 -enable-kvm -M q35 -cpu host -m 512 -smp 2 \
+    -nodefaults -nographic -no-reboot -serial stdio -monitor none \
+    -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$APPEND" \
+    -device vfio-pci,host=0000:00:04.0 -device vfio-pci,host=0000:00:06.0
+dmar_result qdev.dmar "$before"
+
+before=$(edu_faults)
+run_l2 pvdev --timeout 480 -- \
+    "$PASSVM" -c 2 -m 512M -s 0,hostbridge -s 4,passthru,0000:00:04.0 -s 6,passthru,0000:00:06.0 \
+    -l com1,stdio --stats --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --append "$APPEND" labvm
+rc=$?
+dmar_result pvdev.dmar "$before"
+
+# L1 must be unharmed: no oops, both devices still on vfio-pci, its own e1000e still up.
+bad=$(dmesg | grep -E 'BUG:|Oops|general protection|Kernel panic' | head -n 2 | tr '\n' ' ')
+drivers="$(bdf_driver 0000:00:04.0),$(bdf_driver 0000:00:06.0)"
+l1_if=$(ls /sys/bus/pci/devices/0000:00:05.0/net 2>/dev/null | head -n 1)
+l1_state=$(cat /sys/class/net/$l1_if/operstate 2>/dev/null)
+if [[ -z $bad && $drivers == vfio-pci,vfio-pci && $l1_state == up ]]; then
+    result pvdev.l1 pass drivers="$drivers" l1_link="$l1_state"
+else
+    result pvdev.l1 fail detail="L1 after the run: kernel errors '$bad', drivers $drivers, 00:05.0 link '$l1_state'" drivers="$drivers"
+fi
+l2_compare devices.compare qdev pvdev
+exit $rc
