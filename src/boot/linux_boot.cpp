@@ -11,6 +11,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "boot/kernel_cache.h"
 #include "boot/vmlinux.h"
 #include "memory/layout.h"
 
@@ -69,16 +70,16 @@ std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& 
 
 LinuxBoot load_linux(const GuestMemory& mem, const std::string& kernel_path, const std::string& initrd_path,
                      const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
-                     bool unpack_on_host) {
+                     bool unpack_on_host, const std::string& cache_dir) {
   std::vector<uint8_t> kernel = read_boot_file(kernel_path, "kernel");
   std::vector<uint8_t> initrd;
   if (!initrd_path.empty()) initrd = read_boot_file(initrd_path, "initrd");
-  return load_linux_image(mem, kernel, initrd, cmdline, e820, rsdp_addr, kernel_path, unpack_on_host);
+  return load_linux_image(mem, kernel, initrd, cmdline, e820, rsdp_addr, kernel_path, unpack_on_host, cache_dir);
 }
 
 LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kernel, std::span<const uint8_t> initrd,
                            const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
-                           const std::string& kernel_name, bool unpack_on_host) {
+                           const std::string& kernel_name, bool unpack_on_host, const std::string& cache_dir) {
   const SetupHeader h = parse_setup_header(kernel, kernel_name);
   LinuxBoot b;
   b.protocol = h.version;
@@ -99,26 +100,40 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
   uint64_t entry = addr + 0x200;  // the decompressor's 64-bit entry
   bool unpacked = false;
   if (unpack_on_host) {
-    VmlinuxWriter writer([&mem](uint64_t paddr, std::span<const uint8_t> bytes) { mem.write(paddr, bytes); },
-                         [&](const VmlinuxLayout& unpacked_layout) {
-                           for (const auto& seg : unpacked_layout.segments)
-                             if (seg.paddr < layout::kHighMemStart || !ram_holding(e820, seg.paddr, seg.mem_size))
-                               throw std::runtime_error(fmt::format(
-                                   "{}: a kernel segment at {:#x} ({} MiB) is outside this guest's RAM: give it "
-                                   "more memory, or boot with --guest-decompress",
-                                   kernel_name, seg.paddr, mib(seg.mem_size)));
-                         });
-    unpacked = unpack_bzimage(kernel, h, writer, &b.unpack_note);
-    if (unpacked) {
-      VmlinuxLayout placed = writer.finish();
+    auto check = [&](const VmlinuxLayout& unpacked_layout) {
+      for (const auto& seg : unpacked_layout.segments)
+        if (seg.paddr < layout::kHighMemStart || !ram_holding(e820, seg.paddr, seg.mem_size))
+          throw std::runtime_error(
+              fmt::format("{}: a kernel segment at {:#x} ({} MiB) is outside this guest's RAM: give it more memory, "
+                          "or boot with --guest-decompress",
+                          kernel_name, seg.paddr, mib(seg.mem_size)));
+    };
+    KernelCache cache(cache_dir, kernel);
+    std::optional<VmlinuxLayout> placed =
+        cache.load([&mem](uint64_t paddr, std::span<const uint8_t> bytes) { mem.write(paddr, bytes); }, check);
+    b.from_cache = placed.has_value();
+    if (!placed) {
+      VmlinuxWriter writer(
+          [&](uint64_t paddr, std::span<const uint8_t> bytes) {
+            mem.write(paddr, bytes);
+            cache.record(paddr, bytes);
+          },
+          check);
+      if (unpack_bzimage(kernel, h, writer, &b.unpack_note)) {
+        placed = writer.finish();
+        cache.commit(*placed);
+      }
+    }
+    if (placed) {
       std::vector<uint8_t> zeros(64 * 1024, 0);
-      for (const auto& seg : placed.segments) {
+      for (const auto& seg : placed->segments) {
         for (uint64_t at = seg.file_size; at < seg.mem_size; at += zeros.size())
-          mem.write(seg.paddr + at, std::span<const uint8_t>(zeros).first(std::min<uint64_t>(zeros.size(), seg.mem_size - at)));
+          mem.write(seg.paddr + at,
+                    std::span<const uint8_t>(zeros).first(std::min<uint64_t>(zeros.size(), seg.mem_size - at)));
         b.kernel_end = std::max(b.kernel_end, seg.paddr + seg.mem_size);
       }
-      entry = placed.entry;
-      b.unpacked_on_host = true;
+      entry = placed->entry;
+      b.unpacked_on_host = unpacked = true;
     }
   }
   if (!unpacked) {

@@ -44,21 +44,24 @@ struct LinuxBoot {
   LongModeEntry entry;  // 64-bit entry registers
   bool unpacked_on_host = false;  // vmlinux.h: the payload was unpacked by passvm, entry is startup_64
   std::string unpack_note;        // why it was not, when it was asked to be
+  bool from_cache = false;        // the unpacked kernel came from the cache (kernel_cache.h)
 };
 
 // Reads the files and calls load_linux_image. initrd_path may be empty (no initrd). rsdp_addr 0 means
 // "let the kernel find the RSDP in the 0xE0000 area". Throws std::runtime_error naming the problem
 // (missing file, not a bzImage, does not fit in guest RAM, command line too long) and what to change.
 // unpack_on_host: unpack the compressed kernel in passvm (vmlinux.h) rather than in the guest, when its
-// format allows; otherwise, or when false, the guest runs the bzImage's own decompressor.
+// format allows; otherwise, or when false, the guest runs the bzImage's own decompressor. cache_dir: where
+// unpacked kernels are kept between boots (kernel_cache.h), "" for no cache.
 LinuxBoot load_linux(const GuestMemory& mem, const std::string& kernel_path, const std::string& initrd_path,
                      const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
-                     bool unpack_on_host = true);
+                     bool unpack_on_host = true, const std::string& cache_dir = "");
 
 // The same from memory; kernel_name is used in error messages.
 LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kernel, std::span<const uint8_t> initrd,
                            const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
-                           const std::string& kernel_name = "the kernel", bool unpack_on_host = true);
+                           const std::string& kernel_name = "the kernel", bool unpack_on_host = true,
+                           const std::string& cache_dir = "");
 
 // Whole-file read with user-facing errors ("what" says which file it is: "kernel", "initrd").
 std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& what);

@@ -6,6 +6,8 @@
 #include <zlib.h>
 
 #include <cstring>
+#include <filesystem>
+#include <unistd.h>
 #include <stdexcept>
 
 #include "boot/linux_boot.h"
@@ -169,6 +171,26 @@ TEST(Vmlinux, UnpacksXzAndGzipPayloadsAndLoadsThem) {
     EXPECT_TRUE(std::equal(text.begin(), text.end(), back.begin()));
     for (size_t i = text.size(); i < back.size(); i++) ASSERT_EQ(back[i], 0) << i;
   }
+}
+
+TEST(Vmlinux, SecondBootComesFromTheCacheWithTheSameGuestImage) {
+  char tmpl[] = "/tmp/passvm-vmlinux-cache-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  const uint64_t paddr = 16 * layout::MiB;
+  auto text = pattern(500000);
+  auto img = bzimage_with_payload(xz(make_elf(paddr, text, 8192, paddr + 0x40)), 0);
+  GuestMemory first(64 * layout::MiB, false), second(64 * layout::MiB, false);
+  LinuxBoot a = load_linux_image(first, img, {}, "", build_e820(first), 0, "t", true, dir);
+  LinuxBoot b = load_linux_image(second, img, {}, "", build_e820(second), 0, "t", true, dir);
+  EXPECT_FALSE(a.from_cache);
+  EXPECT_TRUE(b.from_cache);
+  EXPECT_TRUE(b.unpacked_on_host);
+  EXPECT_EQ(a.entry.rip, b.entry.rip);
+  std::vector<uint8_t> x(text.size() + 8192), y(text.size() + 8192);
+  first.read(paddr, x);
+  second.read(paddr, y);
+  EXPECT_EQ(x, y);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Vmlinux, UnknownCompressionFallsBackToGuestDecompressor) {

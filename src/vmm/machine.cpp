@@ -21,6 +21,7 @@
 
 #include "acpi/tables.h"
 #include "boot/e820.h"
+#include "boot/kernel_cache.h"
 #include "boot/linux_boot.h"
 #include "bus/bus.h"
 #include "devices/acpi_pm.h"
@@ -236,8 +237,10 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   // Firmware tables and the kernel.
   uint64_t rsdp = acpi::build_tables(acpi::AcpiConfig{cfg.cpus}, mem);
   auto e820 = boot::build_e820(mem);
-  boot::LinuxBoot boot = boot::load_linux(mem, cfg.kernel, cfg.initrd, cfg.cmdline, e820, rsdp, cfg.unpack_on_host);
-  step(boot.unpacked_on_host ? "kernel unpacked and loaded, entering startup_64"
+  boot::LinuxBoot boot = boot::load_linux(mem, cfg.kernel, cfg.initrd, cfg.cmdline, e820, rsdp, cfg.unpack_on_host,
+                                          boot::KernelCache::default_dir());
+  step(boot.from_cache         ? "unpacked kernel loaded from the cache, entering startup_64"
+       : boot.unpacked_on_host ? "kernel unpacked and loaded, entering startup_64"
                              : fmt::format("kernel loaded; the guest decompresses it{}",
                                            boot.unpack_note.empty() ? "" : " (" + boot.unpack_note + ")"));
 
