@@ -4,8 +4,8 @@
 #   (00:07.0) or on a host driver (00:05.0, L1's own NIC) exits 1 with one line naming
 #   `passvm reserve`, and 00:03.0 / 00:05.0 stay as they were.
 # - SIGTERM once L2 has finished its nvme check (QEMU too, for the timing), SIGINT while
-#   L2 is in its nvme transfer: passvm exits with status 5 promptly and says why, and
-#   the devices stay on vfio-pci.
+#   L2's nvme driver brings the controller up: passvm exits with status 5 promptly, says why,
+#   and the devices stay on vfio-pci.
 # - reuse: a new passvm with the same devices boots and passes nvme (MSI-X) and ping;
 #   its counters around the transfer show no ordinary BAR0 trap.
 # lab-expect: bad.nodriver bad.hostdriver qterm.signal pvterm.signal pvint.signal pvreuse.vmm pvreuse.nvme pvreuse.ping pvreuse.irqs pvreuse.mode pvreuse.traps
@@ -96,8 +96,8 @@ signal_run qterm TERM '"check":"hold"' 0 "" \
     -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$HOLD" \
     -device vfio-pci,host=0000:00:03.0 -device vfio-pci,host=0000:00:04.0
 signal_run pvterm TERM '"check":"hold"' 0 5 "${PV[@]}" "${BOOT[@]}" --append "$HOLD" labvm
-# SIGINT in the middle of the 16 MiB transfer (labcheck first fills its buffers, then writes).
-signal_run pvint INT 'L2MARK start nvme' 2 5 "${PV[@]}" "${BOOT[@]}" --append "$HOLD" labvm
+# SIGINT while L2's nvme driver is bringing the controller up (admin and I/O queues: DMA in flight).
+signal_run pvint INT 'nvme nvme0: ' 0 5 "${PV[@]}" "${BOOT[@]}" --append "$HOLD" labvm
 
 run_l2 pvreuse --timeout 480 -- "${PV_TAP[@]}" nvme -- \
     "${PV[@]}" --stats "${BOOT[@]}" --append "$(l2_append nvme,ping,irqs)" labvm
