@@ -187,6 +187,18 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   for (const auto& r : mem.regions()) ram_slots.push_back(vm.map_memory(r.gpa, r.size, r.hva));
   step(fmt::format("{} MiB of guest RAM{}", cfg.memory >> 20, cfg.hugepages ? " on hugepages" : ""));
 
+  // Firmware tables and the kernel, before any device is opened: a wrong kernel path should fail in
+  // milliseconds, not after seconds of pinning guest RAM.
+  uint64_t rsdp = acpi::build_tables(acpi::AcpiConfig{cfg.cpus}, mem);
+  auto e820 = boot::build_e820(mem);
+  boot::LinuxBoot boot = boot::load_linux(mem, cfg.kernel, cfg.initrd, cfg.cmdline, e820, rsdp, cfg.unpack_on_host,
+                                          boot::KernelCache::default_dir());
+  step(boot.from_cache         ? "unpacked kernel loaded from the cache, entering startup_64"
+       : boot.unpacked_on_host ? "kernel unpacked and loaded, entering startup_64"
+                             : fmt::format("kernel loaded; the guest decompresses it{}",
+                                           boot.unpack_note.empty() ? "" : " (" + boot.unpack_note + ")"));
+
+
   Bus pio("port I/O"), mmio("MMIO");
   auto irq = [&vm](uint32_t gsi) { return [&vm, gsi](bool level) { vm.set_irq_line(gsi, level); }; };
 
@@ -233,16 +245,6 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   for (const auto& a : root.assignments())
     step.note(fmt::format("00:{:02x}.{} BAR{} at {:#x} ({:#x} bytes, {})", a.slot, a.func, a.index, a.address,
                           a.size, a.kind == pci::BarKind::Io ? "I/O" : a.kind == pci::BarKind::Mmio64 ? "64-bit" : "32-bit"));
-
-  // Firmware tables and the kernel.
-  uint64_t rsdp = acpi::build_tables(acpi::AcpiConfig{cfg.cpus}, mem);
-  auto e820 = boot::build_e820(mem);
-  boot::LinuxBoot boot = boot::load_linux(mem, cfg.kernel, cfg.initrd, cfg.cmdline, e820, rsdp, cfg.unpack_on_host,
-                                          boot::KernelCache::default_dir());
-  step(boot.from_cache         ? "unpacked kernel loaded from the cache, entering startup_64"
-       : boot.unpacked_on_host ? "kernel unpacked and loaded, entering startup_64"
-                             : fmt::format("kernel loaded; the guest decompresses it{}",
-                                           boot.unpack_note.empty() ? "" : " (" + boot.unpack_note + ")"));
 
   std::vector<std::unique_ptr<Vcpu>> vcpus;
   for (uint32_t i = 0; i < cfg.cpus; i++) vcpus.push_back(std::make_unique<Vcpu>(vm, i, cfg.cpus, pio, mmio, ctl));
