@@ -216,6 +216,14 @@ void PassthruDevice::teardown() {
       fmt::print(stderr, "passvm: {}: teardown: {}\n", name_, e.what());
     }
   };
+  // Stop the device first: no new DMA into guest RAM (still mapped in the IOMMU until the machine unmaps
+  // it after every device is down) and no decoding while its BARs go away.
+  if (dev_ && (command_ & kDecodeAndMaster))
+    quietly([&] {
+      uint8_t cmd[2];
+      pci::store_le(cmd, 2, static_cast<uint16_t>(command_ & ~kDecodeAndMaster));
+      device_config_write(kCommand, cmd);
+    });
   if (msi_enabled_) quietly([&] { dev_->disable_irq(VFIO_PCI_MSI_IRQ_INDEX); });
   if (msix_enabled_) quietly([&] { dev_->disable_irq(VFIO_PCI_MSIX_IRQ_INDEX); });
   msi_enabled_ = msix_enabled_ = false;

@@ -37,6 +37,7 @@
 #include "passthru/passthru_device.h"
 #include "pci/host_bridge.h"
 #include "pci/root.h"
+#include "vfio/host_checks.h"
 #include "vfio/linux_vfio.h"
 #include "vmm/exit_control.h"
 
@@ -225,7 +226,13 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   root.add(0, 0, &bridge);
 
   // Passthrough devices share one container, so guest RAM is pinned and mapped into the IOMMU once.
+  // Every device is checked before any is opened, so a wrong one fails before the others are reset.
+  for (const auto& s : cfg.slots)
+    if (s.emulation == "passthru") vfio::check_host_device(vfio::Bdf::parse(s.config));
   vfio::Container container;
+  // Declared before the devices so that it is destroyed after them: devices stop and reset while guest RAM
+  // is still mapped, then the mapping goes.
+  std::unique_ptr<passthru::DmaMapping> dma;
   std::vector<std::unique_ptr<passthru::PassthruDevice>> passthru_devices;
   for (const auto& s : cfg.slots) {
     if (s.emulation != "passthru") continue;
@@ -235,7 +242,6 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
     passthru_devices.push_back(std::move(dev));
     check_interrupted(ctl);
   }
-  std::unique_ptr<passthru::DmaMapping> dma;
   if (!passthru_devices.empty()) {
     dma = std::make_unique<passthru::DmaMapping>(container, mem);
     step(fmt::format("guest RAM mapped for DMA ({} MiB pinned)", cfg.memory >> 20));
