@@ -29,6 +29,12 @@ void write_step(Plan& plan, std::string path, std::string value) {
   plan.steps.push_back({Step::Kind::Write, std::move(path), std::move(value)});
 }
 
+
+std::string unknown_device(const PciAddress& address) {
+  return fmt::format("unknown device {}: no /sys/bus/pci/devices/{}; run `passvm list` to see the host's PCI devices",
+                     address.str(), address.str());
+}
+
 }  // namespace
 
 std::string Step::describe() const {
@@ -67,9 +73,7 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
     if (contains(plan.targets, address)) continue;
     auto dev = find_device(devices, address);
     if (!dev) {
-      plan.errors.push_back(fmt::format("unknown device {}: no /sys/bus/pci/devices/{}; run `passvm list` to "
-                                        "see the host's PCI devices",
-                                        address.str(), address.str()));
+      plan.errors.push_back(unknown_device(address));
       continue;
     }
     if (dev->is_bridge()) {
@@ -143,9 +147,7 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
     if (contains(plan.targets, address)) continue;
     auto dev = find_device(devices, address);
     if (!dev) {
-      plan.errors.push_back(fmt::format("unknown device {}: no /sys/bus/pci/devices/{}; run `passvm list` to "
-                                        "see the host's PCI devices",
-                                        address.str(), address.str()));
+      plan.errors.push_back(unknown_device(address));
       continue;
     }
     auto previous = remembered_driver(sysroot, address);
