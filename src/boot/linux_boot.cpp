@@ -98,7 +98,6 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
   b.kernel_size = h.kernel_size;
   b.kernel_end = addr + footprint;
   uint64_t entry = addr + 0x200;  // the decompressor's 64-bit entry
-  bool unpacked = false;
   if (unpack_on_host) {
     auto check = [&](const VmlinuxLayout& unpacked_layout) {
       for (const auto& seg : unpacked_layout.segments)
@@ -133,10 +132,10 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
         b.kernel_end = std::max(b.kernel_end, seg.paddr + seg.mem_size);
       }
       entry = placed->entry;
-      b.unpacked_on_host = unpacked = true;
+      b.unpacked_on_host = true;
     }
   }
-  if (!unpacked) {
+  if (!b.unpacked_on_host) {
     mem.write(addr, kernel.subspan(h.kernel_offset));
   }
 

@@ -121,16 +121,19 @@ void VmlinuxWriter::feed(std::span<const uint8_t> bytes) {
   if (!parsed_) {
     head_.insert(head_.end(), bytes.begin(), bytes.end());
     received_ += bytes.size();
-    if (head_.size() < kHeadBytes) return;
-    layout_ = parse_vmlinux_headers(head_, "the kernel inside the bzImage");
-    on_layout_(layout_);
-    parsed_ = true;
-    place(0, head_);
-    head_ = {};
+    if (head_.size() >= kHeadBytes) take_head();
     return;
   }
   place(received_, bytes);
   received_ += bytes.size();
+}
+
+void VmlinuxWriter::take_head() {
+  layout_ = parse_vmlinux_headers(head_, "the kernel inside the bzImage");
+  on_layout_(layout_);
+  parsed_ = true;
+  place(0, head_);
+  head_ = {};
 }
 
 void VmlinuxWriter::place(uint64_t offset, std::span<const uint8_t> bytes) {
@@ -143,13 +146,7 @@ void VmlinuxWriter::place(uint64_t offset, std::span<const uint8_t> bytes) {
 }
 
 VmlinuxLayout VmlinuxWriter::finish() {
-  if (!parsed_) {  // an image smaller than the header window
-    layout_ = parse_vmlinux_headers(head_, "the kernel inside the bzImage");
-    on_layout_(layout_);
-    parsed_ = true;
-    place(0, head_);
-    head_ = {};
-  }
+  if (!parsed_) take_head();  // an image smaller than the header window
   for (const auto& seg : layout_.segments)
     if (seg.file_offset + seg.file_size > received_)
       throw std::runtime_error("the kernel inside the bzImage is truncated: a segment ends past the unpacked data");

@@ -57,6 +57,7 @@ class VmlinuxWriter {
   VmlinuxLayout finish();
 
  private:
+  void take_head();  // parses the held headers, then places the bytes held so far
   void place(uint64_t offset, std::span<const uint8_t> bytes);
 
   Write write_;

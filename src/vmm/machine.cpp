@@ -184,8 +184,7 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   step("KVM VM with in-kernel interrupt controllers");
   check_interrupted(ctl);
   GuestMemory mem(cfg.memory, cfg.hugepages);
-  std::vector<uint32_t> ram_slots;
-  for (const auto& r : mem.regions()) ram_slots.push_back(vm.map_memory(r.gpa, r.size, r.hva));
+  for (const auto& r : mem.regions()) vm.map_memory(r.gpa, r.size, r.hva);  // the VM's teardown drops the slots
   step(fmt::format("{} MiB of guest RAM{}", cfg.memory >> 20, cfg.hugepages ? " on hugepages" : ""));
 
   // Firmware tables and the kernel, before any device is opened: a wrong kernel path should fail in
