@@ -283,6 +283,17 @@ std::optional<uint64_t> phys_addr(const void* p) {
 // QEMU's edu device (docs/specs/edu.rst): ID at 0x00, liveness (inverts) at 0x04,
 // factorial at 0x08 with busy bit 0 of 0x20, DMA: src 0x80, dst 0x88, count 0x90,
 // command 0x98 (bit 0 start/busy, bit 1 device->RAM); device buffer at 0x40000.
+// One transfer of len bytes on edu's DMA engine; false if it is still busy after 5 s.
+bool edu_dma(Bar& bar, uint64_t from, uint64_t to, uint64_t len, uint64_t cmd) {
+    bar.w64(0x80, from);
+    bar.w64(0x88, to);
+    bar.w64(0x90, len);
+    bar.w64(0x98, cmd);
+    auto t = std::chrono::steady_clock::now();
+    while ((bar.r64(0x98) & 1) && ms_since(t) < 5000) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return (bar.r64(0x98) & 1) == 0;
+}
+
 int check_edu() {
     Result r("edu");
     auto dev = find_device("1234:11e8");
@@ -325,15 +336,7 @@ int check_edu() {
     // QEMU 7.2's edu rejects a transfer ending exactly at the end of its 4 KiB buffer
     // (off-by-one in edu_check_range) with a fatal hw_error, so move half a page.
     const size_t len = page / 2;
-    auto dma = [&](uint64_t from, uint64_t to, uint64_t cmd) {
-        bar.w64(0x80, from);
-        bar.w64(0x88, to);
-        bar.w64(0x90, len);
-        bar.w64(0x98, cmd);
-        auto t = std::chrono::steady_clock::now();
-        while ((bar.r64(0x98) & 1) && ms_since(t) < 5000) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        return (bar.r64(0x98) & 1) == 0;
-    };
+    auto dma = [&](uint64_t from, uint64_t to, uint64_t cmd) { return edu_dma(bar, from, to, len, cmd); };
     auto td = std::chrono::steady_clock::now();
     bool done = dma(*src_pa, 0x40000, 1) && dma(0x40000, *dst_pa, 3);
     r.num("dma_round_trip_ms", ms_since(td));
@@ -386,15 +389,7 @@ int check_edublock() {
     if (!src_pa || !canary_pa || !dst_pa) return r.fail("no physical address in /proc/self/pagemap (needs root)");
 
     const size_t len = page / 2;  // see check_edu: QEMU 7.2's edu rejects a transfer ending at its buffer's end
-    auto dma = [&](uint64_t from, uint64_t to, uint64_t cmd) {
-        bar.w64(0x80, from);
-        bar.w64(0x88, to);
-        bar.w64(0x90, len);
-        bar.w64(0x98, cmd);
-        auto t = std::chrono::steady_clock::now();
-        while ((bar.r64(0x98) & 1) && ms_since(t) < 5000) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        return (bar.r64(0x98) & 1) == 0;
-    };
+    auto dma = [&](uint64_t from, uint64_t to, uint64_t cmd) { return edu_dma(bar, from, to, len, cmd); };
     auto hex = [](uint64_t v) { char b[24]; std::snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(v)); return std::string(b); };
     // Load the device buffer with data the canary does not hold, then aim it outside RAM.
     bool loaded = dma(*src_pa, 0x40000, 1);
