@@ -1,4 +1,5 @@
 #include "acpi/aml.h"
+#include "acpi/table_writer.h"
 
 #include <fmt/format.h>
 
@@ -16,10 +17,6 @@ constexpr uint8_t kZeroOp = 0x00, kOneOp = 0x01, kNameOp = 0x08, kBytePrefix = 0
                   kParentPrefix = 0x5e, kReturnOp = 0xa4, kOnesOp = 0xff;
 
 void append(Bytes& out, const Bytes& more) { out.insert(out.end(), more.begin(), more.end()); }
-
-void put_le(Bytes& out, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; i++) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
 
 bool lead_char(char c) { return (c >= 'A' && c <= 'Z') || c == '_'; }
 bool name_char(char c) { return lead_char(c) || (c >= '0' && c <= '9'); }

@@ -145,6 +145,11 @@ void Vcpu::init_lapic() {
   if (ioctl(fd_, KVM_SET_LAPIC, &lapic) < 0) fail_ioctl(index_, "KVM_SET_LAPIC", errno);
 }
 
+uint64_t Vcpu::last_rip() const {
+  kvm_regs regs{};
+  return ioctl(fd_, KVM_GET_REGS, &regs) == 0 ? regs.rip : 0;
+}
+
 void Vcpu::init_msrs() {
   // What firmware leaves behind, and what Linux relies on:
   // - fast strings in IA32_MISC_ENABLE (Linux picks its memcpy by it);
@@ -291,8 +296,7 @@ bool Vcpu::handle_exit() {
     case KVM_EXIT_IRQ_WINDOW_OPEN:
       return true;
     case KVM_EXIT_SHUTDOWN: {
-      kvm_regs regs{};
-      uint64_t rip = ioctl(fd_, KVM_GET_REGS, &regs) == 0 ? regs.rip : 0;
+      uint64_t rip = last_rip();
       ctl_.request(ExitReason::TripleFault, fmt::format("vCPU {}: triple fault (last rip {:#x})", index_, rip));
       return false;
     }
@@ -309,22 +313,19 @@ bool Vcpu::handle_exit() {
       }
     case KVM_EXIT_INTERNAL_ERROR: {
       const auto& ie = run_->internal;
-      kvm_regs regs{};
-      uint64_t rip = ioctl(fd_, KVM_GET_REGS, &regs) == 0 ? regs.rip : 0;
+      uint64_t rip = last_rip();
       std::string data;
       for (uint32_t i = 0; i < ie.ndata && i < 16; i++) data += fmt::format(" {:#x}", ie.data[i]);
       return fail(fmt::format("vCPU {}: KVM internal error, suberror {} ({}) at rip {:#x}{}{}", index_, ie.suberror,
                               internal_suberror_name(ie.suberror), rip, data.empty() ? "" : "; data:", data));
     }
     case KVM_EXIT_FAIL_ENTRY: {
-      kvm_regs regs{};
-      uint64_t rip = ioctl(fd_, KVM_GET_REGS, &regs) == 0 ? regs.rip : 0;
+      uint64_t rip = last_rip();
       return fail(fmt::format("vCPU {}: KVM could not enter the guest, hardware reason {:#x} at rip {:#x}", index_,
                               run_->fail_entry.hardware_entry_failure_reason, rip));
     }
     default: {
-      kvm_regs regs{};
-      uint64_t rip = ioctl(fd_, KVM_GET_REGS, &regs) == 0 ? regs.rip : 0;
+      uint64_t rip = last_rip();
       return fail(fmt::format("vCPU {}: unhandled KVM exit reason {} at rip {:#x}", index_, run_->exit_reason, rip));
     }
   }

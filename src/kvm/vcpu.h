@@ -87,7 +87,8 @@ class Vcpu {
   bool handle_exit();
   void handle_io();
   void handle_mmio();
-  bool fail(std::string detail);  // reports InternalError, returns false
+  bool fail(std::string detail);
+  uint64_t last_rip() const;  // for exit reports; 0 if the registers cannot be read  // reports InternalError, returns false
   void init_cpuid(uint32_t count);
   void init_fpu();
   void init_lapic();

@@ -1,5 +1,7 @@
 #include "passthru/capabilities.h"
 
+#include "pci/pci_device.h"
+
 #include <algorithm>
 #include <set>
 
@@ -18,11 +20,6 @@ bool keep_extended(uint16_t id) {
     default:
       return true;
   }
-}
-
-uint32_t dword(std::span<const uint8_t> c, uint32_t off) {
-  return static_cast<uint32_t>(c[off]) | static_cast<uint32_t>(c[off + 1]) << 8 |
-         static_cast<uint32_t>(c[off + 2]) << 16 | static_cast<uint32_t>(c[off + 3]) << 24;
 }
 
 void override_dword(CapabilityPlan& plan, uint32_t off, uint32_t v) {
@@ -75,7 +72,7 @@ void walk_extended(std::span<const uint8_t> c, CapabilityPlan& plan) {
   size_t first = plan.found.size();
   std::set<uint32_t> seen;
   for (uint32_t off = 0x100; off >= 0x100 && off + 4 <= 0x1000 && seen.insert(off).second;) {
-    uint32_t h = dword(c, off);
+    uint32_t h = pci::load_le(c.data() + off, 4);
     if (h == 0 || h == 0xffffffff) break;
     uint16_t id = static_cast<uint16_t>(h & 0xffff);
     plan.found.push_back({off, id, true, !keep_extended(id)});
@@ -89,7 +86,7 @@ void walk_extended(std::span<const uint8_t> c, CapabilityPlan& plan) {
     if (!cap.hidden) kept.push_back(&cap);
   for (size_t i = 0; i < kept.size(); i++) {
     uint32_t next = i + 1 < kept.size() ? kept[i + 1]->offset : 0;
-    uint32_t h = dword(c, kept[i]->offset);
+    uint32_t h = pci::load_le(c.data() + kept[i]->offset, 4);
     override_dword(plan, kept[i]->offset, (h & 0xfffff) | next << 20);
   }
   for (auto& cap : ext) {

@@ -1,6 +1,7 @@
 #include "passthru/passthru_device.h"
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 
@@ -23,11 +24,6 @@ uint32_t le(const std::vector<uint8_t>& v, uint32_t off, int size) { return pci:
 
 bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) { return a < b + blen && b < a + alen; }
 
-uint64_t round_pow2(uint64_t v) {
-  uint64_t p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
 
 }  // namespace
 
@@ -164,7 +160,7 @@ void PassthruDevice::scan_bars() {
     dev_->read(VFIO_PCI_CONFIG_REGION_INDEX, kBar0 + 4u * static_cast<uint32_t>(i),
                std::span(reinterpret_cast<uint8_t*>(&reg), 4));
     b.index = i;
-    b.size = round_pow2(ri.size);
+    b.size = std::bit_ceil(ri.size);
     if (reg & 1) {
       b.kind = pci::BarKind::Io;
       b.flags = 1;
