@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run one VMM that boots the lab's L2 guest, and report what happened.
 
-Usage: run_l2.py NAME [--timeout S] [--grace S] -- CMD...
+Usage: run_l2.py NAME [--timeout S] [--grace S] [--type TEXT] -- CMD...
 
 The VMM's console (L2's ttyS0) is streamed to our stdout with a "[NAME] " prefix (so
 it lands in L1's serial log) and saved to $LAB_OUT/NAME.console with timestamps.
@@ -10,6 +10,8 @@ NAME.vmm check carries the measurements: wall time, time from VMM start to L2's 
 peak RSS of the VMM process tree. Checks asked for with lab.checks= on the command line
 that never reported are failures with the reason and the last console lines.
 A summary (figures per check) is written to $LAB_OUT/NAME.summary.json.
+With --type, TEXT (a line; \n is added) is written to the VMM's stdin, that is typed on
+L2's console, when L2 prints "L2CONSOLE ready" (the L2 check "console" does).
 Exit status 0 only if every check passed.
 """
 import json
@@ -125,10 +127,13 @@ def parse_args(argv):
         sys.exit("usage: run_l2 NAME [--timeout S] [--grace S] -- CMD...  (missing NAME or '--')")
     split = argv.index("--")
     opts, cmd = argv[:split], argv[split + 1:]
-    name, timeout, grace = opts[0], DEFAULT_TIMEOUT, DEFAULT_GRACE
+    name, timeout, grace, typed = opts[0], DEFAULT_TIMEOUT, DEFAULT_GRACE, None
     i = 1
     while i < len(opts):
-        if opts[i] in ("--timeout", "--grace") and i + 1 < len(opts):
+        if opts[i] == "--type" and i + 1 < len(opts):
+            typed = opts[i + 1] + "\n"
+            i += 2
+        elif opts[i] in ("--timeout", "--grace") and i + 1 < len(opts):
             try:
                 value = float(opts[i + 1])
             except ValueError:
@@ -139,29 +144,18 @@ def parse_args(argv):
                 grace = value
             i += 2
         else:
-            sys.exit(f"run_l2: unknown option '{opts[i]}' (known: --timeout S, --grace S)")
+            sys.exit(f"run_l2: unknown option '{opts[i]}' (known: --timeout S, --grace S, --type TEXT)")
     if not cmd:
         sys.exit("run_l2: no VMM command after '--'")
-    return name, timeout, grace, cmd
+    return name, timeout, grace, typed, cmd
 
 
-def main():
-    name, timeout, grace, cmd = parse_args(sys.argv[1:])
-    scenario = os.environ.get("LAB_SCENARIO", "?")
-    out_dir = os.environ.get("LAB_OUT", "/tmp")
-    os.makedirs(out_dir, exist_ok=True)
-    console_path = os.path.join(out_dir, f"{name}.console")
-    wanted = requested_checks(cmd)
-
-    print(f"[{name}] $ {' '.join(cmd)}", flush=True)
+def run_vmm(name, cmd, timeout, grace, typed, console):
+    """One run of the VMM: stream its console, collect L2's results, sample its memory."""
     start = time.monotonic()
-    try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=die_with_parent)
-    except OSError as e:
-        emit(scenario, f"{name}.vmm", False, {}, f"cannot start the VMM '{cmd[0]}': {e.strerror}")
-        return 1
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if typed else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=die_with_parent)
     sampler = RssSampler(proc.pid)
     sampler.start()
 
@@ -186,31 +180,69 @@ def main():
             time.sleep(0.2)
 
     threading.Thread(target=watchdog, daemon=True).start()
-    with open(console_path, "w", errors="replace") as console:
-        for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            ms = int((time.monotonic() - start) * 1000)
-            console.write(f"{ms:8d} {line}\n")
-            print(f"[{name}] {line}", flush=True)
-            tail.append(line)
-            idx = line.find("L2RESULT ")
-            if idx < 0:
-                continue
-            try:
-                r = json.loads(line[idx + len("L2RESULT "):])
-                check = str(r["check"])
-            except (ValueError, KeyError, TypeError):
-                continue  # a console line split by kernel output: the check will show as missing
-            if check == "boot" and state["init_ms"] is None:
-                state["init_ms"] = ms
-            if check == "done":
-                state["done_at"] = time.monotonic()
-                continue
-            results[check] = r
+    for raw in proc.stdout:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        ms = int((time.monotonic() - start) * 1000)
+        console.write(f"{ms:8d} {line}\n")
+        print(f"[{name}] {line}", flush=True)
+        tail.append(line)
+        if typed and "L2CONSOLE ready" in line:
+            try:  # keystrokes on L2's console, through the VMM's UART
+                proc.stdin.write(typed.encode())
+                proc.stdin.flush()
+            except OSError:
+                pass
+            typed = None
+        idx = line.find("L2RESULT ")
+        if idx < 0:
+            continue
+        try:
+            r = json.loads(line[idx + len("L2RESULT "):])
+            check = str(r["check"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a console line split by kernel output: the check will show as missing
+        if check == "boot" and state["init_ms"] is None:
+            state["init_ms"] = ms
+        if check == "done":
+            state["done_at"] = time.monotonic()
+            continue
+        results[check] = r
     rc = proc.wait()
-    wall_ms = int((time.monotonic() - start) * 1000)
     sampler.stop.set()
     sampler.join()
+    return {"rc": rc, "wall_ms": int((time.monotonic() - start) * 1000), "results": results, "tail": tail,
+            "sampler": sampler, **state}
+
+
+def main():
+    name, timeout, grace, typed, cmd = parse_args(sys.argv[1:])
+    scenario = os.environ.get("LAB_SCENARIO", "?")
+    out_dir = os.environ.get("LAB_OUT", "/tmp")
+    os.makedirs(out_dir, exist_ok=True)
+    console_path = os.path.join(out_dir, f"{name}.console")
+    wanted = requested_checks(cmd)
+
+    retried = ""
+    with open(console_path, "w", errors="replace") as console:
+        for attempt in (1, 2):
+            print(f"[{name}] $ {' '.join(cmd)}", flush=True)
+            try:
+                run = run_vmm(name, cmd, timeout, grace, typed, console)
+            except OSError as e:
+                emit(scenario, f"{name}.vmm", False, {}, f"cannot start the VMM '{cmd[0]}': {e.strerror}")
+                return 1
+            # Nested guests on TCG sometimes reset while the kernel is still starting, under QEMU and
+            # passvm alike. Such a run (L2 never reached init and the VMM exited by itself with the status
+            # of a guest reset: 0 for QEMU's -no-reboot, 2 or 3 for passvm) gets one more try, and the
+            # figures say so; anything else, and a second early reset, stands.
+            reset_early = run["init_ms"] is None and run["killed"] is None and run["rc"] in (0, 2, 3)
+            if attempt == 2 or not reset_early:
+                break
+            last = " | ".join(l for l in list(run["tail"])[-4:] if l.strip())[-400:]
+            retried = f"exit status {run['rc']} before L2's init; last console lines: {last}"
+            print(f"[{name}] run_l2: L2 reset before init (VMM exit status {run['rc']}); running it once more",
+                  flush=True)
+    rc, wall_ms, results, tail, state, sampler = run["rc"], run["wall_ms"], run["results"], run["tail"], run, run["sampler"]
     # Exact for the processes we (or the VMM) waited for; sampling covers the rest.
     peak_kb = max(sampler.peak_kb, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
@@ -240,6 +272,8 @@ def main():
                "l2_uptime_at_init_s": boot.get("uptime_s"),
                "peak_rss_kb": peak_kb, "peak_private_rss_kb": sampler.private_kb, "exit_code": rc,
                "exited_by_itself": state["killed"] is None, "console": console_path}
+    if retried:
+        figures["first_run_reset_early"] = retried
     guest_mb = guest_memory_mb(cmd)
     if guest_mb:
         # VFIO pins all of guest RAM, so with a device passed through this is the VMM's own memory.
