@@ -45,6 +45,12 @@ void Uart16550::write(uint64_t offset, std::span<const uint8_t> data) {
   update_irq();
 }
 
+void Uart16550::set_tx_batching(std::function<void(bool)> fn) {
+  std::lock_guard g(lock_);
+  tx_batching_ = std::move(fn);
+  if (tx_batching_) tx_batching_(!(ier_ & kIerThre));
+}
+
 size_t Uart16550::receive(std::span<const uint8_t> bytes) {
   std::lock_guard g(lock_);
   size_t cap = fifo_enabled_ ? kFifoSize : 1;
@@ -105,7 +111,9 @@ void Uart16550::write_register(uint64_t reg, uint8_t value) {
       } else {
         // Enabling the THRE interrupt while the holding register is empty raises it immediately.
         if ((value & kIerThre) && !(ier_ & kIerThre)) thre_pending_ = true;
+        bool thre_changed = (value ^ ier_) & kIerThre;
         ier_ = value & 0x0f;
+        if (thre_changed && tx_batching_) tx_batching_(!(ier_ & kIerThre));
       }
       break;
     case kIir: {  // FCR

@@ -39,6 +39,14 @@ class Uart16550 : public BusDevice {
   void read(uint64_t offset, std::span<uint8_t> data) override;
   void write(uint64_t offset, std::span<const uint8_t> data) override;
 
+  // Transmit batching: fn(true) says that writes to the data register (offset 0) may be queued and
+  // delivered later (Vm::coalesce_pio), fn(false) that each must exit again. Batching is safe while
+  // the THRE interrupt is disabled: then a write's only effect is the output (and, in loopback, the
+  // receive side), which the guest can only observe by reading a register, and a read exits and
+  // delivers queued writes first. Linux's console output polls with the interrupt off: one exit per
+  // character instead of two. Calls fn with the current state at once.
+  void set_tx_batching(std::function<void(bool allowed)> fn);
+
   // Host input: puts as many bytes as fit into the receive FIFO and returns how many. When some
   // did not fit, rx_space_fd() (an eventfd) becomes readable once the guest has read a byte.
   size_t receive(std::span<const uint8_t> bytes);
@@ -56,6 +64,7 @@ class Uart16550 : public BusDevice {
 
   const int out_fd_;
   const std::function<void(bool)> irq_;
+  std::function<void(bool)> tx_batching_;
   int space_fd_ = -1;
 
   std::mutex lock_;

@@ -48,6 +48,19 @@ TEST_F(Fixture, TransmitGoesToTheOutputFd) {
   EXPECT_TRUE(irq_changes.empty()) << "no interrupt enabled, no line change";
 }
 
+TEST_F(Fixture, TransmitBatchingIsAllowedOnlyWhileTheThreInterruptIsOff) {
+  std::vector<bool> calls;
+  uart->set_tx_batching([&](bool allowed) { calls.push_back(allowed); });
+  out(IER, 0x01);  // receive interrupt only: no change
+  out(IER, 0x03);  // THRE interrupt on: each write must exit again
+  out(IER, 0x03);  // no change
+  out(LCR, 0x80);
+  out(IER, 0x00);  // with DLAB this is the divisor latch, not IER: no change
+  out(LCR, 0x03);
+  out(IER, 0x01);  // THRE interrupt off again
+  EXPECT_EQ(calls, (std::vector<bool>{true, false, true}));
+}
+
 TEST_F(Fixture, ScratchAndDivisorLatch) {
   out(SCR, 0xa5);
   EXPECT_EQ(in(SCR), 0xa5);

@@ -83,6 +83,7 @@ Vcpu::Vcpu(Vm& vm, uint32_t index, uint32_t count, Bus& pio, Bus& mmio, ExitCont
     void* p = mmap(nullptr, run_size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
     if (p == MAP_FAILED) fail_ioctl(index, "mmap of kvm_run", errno);
     run_ = static_cast<kvm_run*>(p);
+    vm.attach_coalesced_ring(fd_);
     init_cpuid(count);
     init_fpu();
     init_lapic();
@@ -277,6 +278,8 @@ bool Vcpu::fail(std::string detail) {
 }
 
 bool Vcpu::handle_exit() {
+  // Writes KVM queued instead of exiting happened before this exit: deliver them first.
+  vm_.drain_coalesced(pio_, mmio_);
   switch (run_->exit_reason) {
     case KVM_EXIT_IO:
       io_exits_.fetch_add(1, std::memory_order_relaxed);

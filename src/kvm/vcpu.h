@@ -1,7 +1,8 @@
 // kvm/vcpu.h: one vCPU and the thread that runs it.
 //
 // Each Vcpu owns a KVM vCPU fd, its mmap'ed kvm_run page and one thread that
-// loops on KVM_RUN, dispatching port I/O and MMIO exits to the two Buses.
+// loops on KVM_RUN, dispatching port I/O and MMIO exits to the two Buses
+// (after the writes KVM coalesced since the last exit, see Vm::coalesce_pio).
 // Everything else the guest does (interrupt controllers, timers, halts) stays
 // inside KVM. Why the machine stops goes to ExitControl: a triple fault, a
 // KVM internal error or a failing device ends the run loop of that vCPU and

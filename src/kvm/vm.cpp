@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -78,7 +79,63 @@ Vm::Vm(Kvm& kvm) : kvm_(kvm) {
 }
 
 Vm::~Vm() {
+  if (ring_) munmap(ring_, ring_bytes_);
   if (fd_ >= 0) close(fd_);
+}
+
+namespace {
+// The entries follow `first` and `last`. Not ring->coalesced_mmio: the header declares that array with
+// __DECLARE_FLEX_ARRAY, whose empty struct has size 1 in C++ and moves the array 8 bytes too far.
+constexpr size_t kRingHeader = 2 * sizeof(uint32_t);
+}  // namespace
+
+void Vm::attach_coalesced_ring(int vcpu_fd) {
+  std::lock_guard g(ring_lock_);
+  if (ring_) return;
+  // KVM_CAP_COALESCED_MMIO answers with the ring's page offset in the vCPU mapping.
+  int page = kvm_.check_extension(KVM_CAP_COALESCED_MMIO);
+  if (page <= 0 || kvm_.check_extension(KVM_CAP_COALESCED_PIO) <= 0) return;
+  long page_size = sysconf(_SC_PAGESIZE);
+  void* p = mmap(nullptr, static_cast<size_t>(page_size), PROT_READ | PROT_WRITE, MAP_SHARED, vcpu_fd,
+                 static_cast<off_t>(page) * page_size);
+  if (p == MAP_FAILED) return;  // an optimisation only: without the ring every write exits
+  ring_ = static_cast<kvm_coalesced_mmio_ring*>(p);
+  ring_bytes_ = static_cast<size_t>(page_size);
+  ring_entries_ = static_cast<uint32_t>((ring_bytes_ - kRingHeader) / sizeof(kvm_coalesced_mmio));
+}
+
+bool Vm::coalesce_pio(uint16_t port, uint32_t len, bool on) {
+  if (!ring_) return false;
+  kvm_coalesced_mmio_zone zone{};
+  zone.addr = port;
+  zone.size = len;
+  zone.pio = 1;
+  if (ioctl(fd_, on ? KVM_REGISTER_COALESCED_MMIO : KVM_UNREGISTER_COALESCED_MMIO, &zone) < 0)
+    fail(fmt::format("{} coalesced port writes {:#x}/{}", on ? "registering" : "unregistering", port, len).c_str(),
+         errno);
+  return true;
+}
+
+void Vm::drain_coalesced(Bus& pio, Bus& mmio) {
+  if (!ring_ || __atomic_load_n(&ring_->first, __ATOMIC_ACQUIRE) == __atomic_load_n(&ring_->last, __ATOMIC_ACQUIRE))
+    return;
+  std::lock_guard g(ring_lock_);
+  // KVM produces at `last`, we consume at `first`; an entry is ours to read once `last` has passed it.
+  uint32_t first = __atomic_load_n(&ring_->first, __ATOMIC_RELAXED);
+  uint32_t last = __atomic_load_n(&ring_->last, __ATOMIC_ACQUIRE);
+  while (first != last && first < ring_entries_) {
+    const auto* entries = reinterpret_cast<const kvm_coalesced_mmio*>(reinterpret_cast<const char*>(ring_) + kRingHeader);
+    const kvm_coalesced_mmio& e = entries[first];
+    uint8_t data[sizeof e.data];
+    uint32_t len = std::min<uint32_t>(e.len, sizeof data);
+    std::memcpy(data, e.data, len);
+    if (e.pio)
+      pio.write(e.phys_addr, std::span<const uint8_t>(data, len));
+    else
+      mmio.write(e.phys_addr, std::span<const uint8_t>(data, len));
+    first = (first + 1) % ring_entries_;
+    __atomic_store_n(&ring_->first, first, __ATOMIC_RELEASE);
+  }
 }
 
 uint32_t Vm::map_memory(uint64_t gpa, uint64_t size, void* hva, bool readonly) {

@@ -18,6 +18,8 @@
 
 #include <linux/kvm.h>
 
+#include "bus/bus.h"
+
 namespace passvm {
 
 class Kvm {
@@ -83,6 +85,17 @@ class Vm {
   void add_ioeventfd(int eventfd, uint64_t addr, uint32_t len, bool pio);
   void remove_ioeventfd(int eventfd, uint64_t addr, uint32_t len, bool pio);
 
+  // Coalesced port writes: guest writes to [port, port + len) are queued in a ring page shared with
+  // KVM instead of exiting to passvm, and drain_coalesced() hands them, in order, to the buses. Only
+  // for registers whose writes have no effect the guest could see before its next exit: every vCPU
+  // drains before handling an exit, so a read of the device always sees the writes made before it,
+  // and the machine drains periodically so that output never waits long for one.
+  // attach_coalesced_ring(vcpu_fd) maps the ring (any vCPU will do; the first Vcpu calls it);
+  // coalesce_pio returns false when this KVM cannot coalesce port writes, and writes then just exit.
+  void attach_coalesced_ring(int vcpu_fd);
+  bool coalesce_pio(uint16_t port, uint32_t len, bool on);
+  void drain_coalesced(Bus& pio, Bus& mmio);
+
   // A copy of the routing table as last committed to KVM (for tests and diagnostics).
   std::vector<kvm_irq_routing_entry> routes();
 
@@ -99,6 +112,10 @@ class Vm {
   std::mutex routes_lock_;
   std::vector<kvm_irq_routing_entry> routes_;
   uint32_t max_gsi_count_ = 0;  // KVM_CAP_IRQ_ROUTING: the size of KVM's GSI space
+  std::mutex ring_lock_;        // one drainer at a time, so entries are delivered in order
+  kvm_coalesced_mmio_ring* ring_ = nullptr;
+  size_t ring_bytes_ = 0;
+  uint32_t ring_entries_ = 0;
 };
 
 }  // namespace passvm

@@ -6,6 +6,7 @@
 // tears everything down. Exit codes are part of the CLI contract (README).
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <string>
@@ -49,6 +50,11 @@ class ExitControl {
   void wait() {
     std::unique_lock g(lock_);
     cv_.wait(g, [&] { return requested_; });
+  }
+  // Waits at most `limit`; true once a stop was requested.
+  bool wait_for(std::chrono::milliseconds limit) {
+    std::unique_lock g(lock_);
+    return cv_.wait_for(g, limit, [&] { return requested_; });
   }
   ExitReason reason() {
     std::lock_guard g(lock_);

@@ -254,6 +254,8 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   std::vector<std::unique_ptr<Vcpu>> vcpus;
   for (uint32_t i = 0; i < cfg.cpus; i++) vcpus.push_back(std::make_unique<Vcpu>(vm, i, cfg.cpus, pio, mmio, ctl));
   vcpus[0]->setup_linux_boot(boot);
+  // The ring for coalesced writes exists once a vCPU does; from here COM1's output may be batched.
+  if (com1) com1->set_tx_batching([&vm](bool on) { vm.coalesce_pio(layout::kCom1Port, 1, on); });
   step(fmt::format("{} vCPUs; setup took {:.1f} ms in all", cfg.cpus, step.total_ms()));
 
   auto print_stats = [&] {
@@ -283,8 +285,11 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
       for (int sig : {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL}) signal(sig, restore_terminal_and_die);
     }
     for (auto& v : vcpus) v->start();
-    ctl.wait();
+    // Coalesced writes reach their device at the next exit of any vCPU; a guest that writes and then
+    // only halts (a panic message's last line) would keep them queued, so drain now and then too.
+    while (!ctl.wait_for(std::chrono::milliseconds(50))) vm.drain_coalesced(pio, mmio);
     for (auto& v : vcpus) v->stop();
+    vm.drain_coalesced(pio, mmio);
     if (console) console->stop();
     g_console = nullptr;
   }
