@@ -80,8 +80,10 @@ std::vector<uint8_t> build_fadt(uint64_t facs, uint64_t dsdt) {
   f.set(96, 2, 101);   // P_LVL2_LAT > 100: no C2
   f.set(98, 2, 1001);  // P_LVL3_LAT > 1000: no C3
   f.set(108, 1, devices::kCmosCenturyRegister);
-  // IAPC_BOOT_ARCH: legacy devices (COM1, RTC) and an 8042; VGA not present. MSI allowed, CMOS RTC present.
-  f.set(109, 2, 0x0001 | 0x0002 | 0x0004);
+  // IAPC_BOOT_ARCH: legacy devices (COM1, RTC); VGA not present; MSI allowed, CMOS RTC present. No 8042:
+  // there is no keyboard, and without the flag Linux skips probing the controller, a few hundred port
+  // accesses at boot (it is still there for the PC's 0xFE reset).
+  f.set(109, 2, 0x0001 | 0x0004);
   // Flags: WBINVD, PROC_C1, SLP_BUTTON (no sleep button), RESET_REG_SUP. The power button is fixed hardware.
   f.set(112, 4, (1u << 0) | (1u << 2) | (1u << 5) | (1u << 10));
   f.gas(116, kSpaceIo, 8, kAccessByte, layout::kResetPort);  // RESET_REG

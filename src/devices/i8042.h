@@ -1,8 +1,9 @@
 // devices: I8042, the PS/2 controller at 0x60 (data) and 0x64 (command/status).
 //
 // passvm has no keyboard or mouse; the controller is here so that the guest
-// can reset the machine the PC way (command 0xFE) and so that Linux's probe
-// gets prompt answers instead of waiting out timeouts: the controller
+// can reset the machine the PC way (command 0xFE). The FADT does not announce
+// it, so Linux does not probe it; a guest that probes anyway (i8042.nopnp,
+// other systems) gets prompt answers instead of waiting out timeouts: the controller
 // commands it uses (read/write command byte, self tests, port enable/disable,
 // loopback writes) answer as a real 8042 with nothing plugged in would, and
 // bytes sent to the absent devices are refused with 0xFE. The optional IRQ
