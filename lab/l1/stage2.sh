@@ -32,6 +32,8 @@ marker() { echo "LABSCENARIO {\"scenario\":\"$1\",\"event\":\"$2\"${3:+,$3}}"; }
 
 say "stage2 start uptime=$(cut -d' ' -f1 /proc/uptime)"
 hostname lab-l1
+# Heartbeat: lab/run takes a long silence for a hung L1 (TCG's nested SVM can lock it up).
+( while sleep 20; do say "alive uptime=$(cut -d' ' -f1 /proc/uptime)"; done ) &
 
 # Host side of passthrough. Failures are reported but do not stop the run:
 # each scenario's checks say precisely what did not work.
