@@ -123,8 +123,8 @@ void Vm::drain_coalesced(Bus& pio, Bus& mmio) {
   // KVM produces at `last`, we consume at `first`; an entry is ours to read once `last` has passed it.
   uint32_t first = __atomic_load_n(&ring_->first, __ATOMIC_RELAXED);
   uint32_t last = __atomic_load_n(&ring_->last, __ATOMIC_ACQUIRE);
+  const auto* entries = reinterpret_cast<const kvm_coalesced_mmio*>(reinterpret_cast<const char*>(ring_) + kRingHeader);
   while (first != last && first < ring_entries_) {
-    const auto* entries = reinterpret_cast<const kvm_coalesced_mmio*>(reinterpret_cast<const char*>(ring_) + kRingHeader);
     const kvm_coalesced_mmio& e = entries[first];
     uint8_t data[sizeof e.data];
     uint32_t len = std::min<uint32_t>(e.len, sizeof data);

@@ -47,10 +47,6 @@ class ExitControl {
     std::lock_guard g(lock_);
     return requested_;
   }
-  void wait() {
-    std::unique_lock g(lock_);
-    cv_.wait(g, [&] { return requested_; });
-  }
   // Waits at most `limit`; true once a stop was requested.
   bool wait_for(std::chrono::milliseconds limit) {
     std::unique_lock g(lock_);
