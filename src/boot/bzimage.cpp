@@ -5,16 +5,11 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "boot/bytes.h"
+
 namespace passvm::boot {
 
 namespace {
-
-template <typename T>
-T load(std::span<const uint8_t> image, size_t offset) {
-  T v{};
-  std::memcpy(&v, image.data() + offset, sizeof v);
-  return v;
-}
 
 std::string guess_format(std::span<const uint8_t> image) {
   if (image.size() >= 4 && image[0] == 0x7f && image[1] == 'E' && image[2] == 'L' && image[3] == 'F')

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "boot/bytes.h"
+
 namespace passvm::boot {
 
 namespace {
@@ -16,14 +18,6 @@ namespace {
 constexpr uint64_t kMaxUnpacked = 512ull << 20;  // no kernel image comes close; bounds a corrupt image
 constexpr size_t kHeadBytes = 64 * 1024;          // the ELF and program headers must be in here
 constexpr size_t kChunk = 1 << 20;
-
-template <typename T>
-T load(std::span<const uint8_t> b, size_t off) {
-  T v{};
-  if (off > b.size() || sizeof v > b.size() - off) throw std::runtime_error("truncated");
-  std::memcpy(&v, b.data() + off, sizeof v);
-  return v;
-}
 
 void unxz(std::span<const uint8_t> in, VmlinuxWriter& out) {
   lzma_stream s = LZMA_STREAM_INIT;

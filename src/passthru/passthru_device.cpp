@@ -542,6 +542,35 @@ void PassthruDevice::msi_write(uint32_t offset, int size, uint32_t value) {
   apply_msi();
 }
 
+// MSI and MSI-X replace INTx: starting either takes INTx down first and gives it back if
+// VFIO refuses the vectors, so a failed enable leaves the guest with a working interrupt.
+bool PassthruDevice::start_vectors(uint32_t index, Vectors& vectors, uint32_t count, bool& enabled) {
+  try {
+    disable_intx();
+    vectors.create(count);
+    auto fds = vectors.fds();
+    dev_->set_irq_eventfds(index, vfio::IrqAction::Trigger, 0, fds);
+    enabled = true;
+    return true;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "passvm: {}: cannot enable {}: {}\n", name_,
+               index == VFIO_PCI_MSI_IRQ_INDEX ? "MSI" : "MSI-X", e.what());
+    vectors.release();
+    enable_intx();
+    return false;
+  }
+}
+
+void PassthruDevice::stop_vectors(uint32_t index, Vectors& vectors, bool& enabled) {
+  try {
+    dev_->disable_irq(index);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "passvm: {}: {}\n", name_, e.what());
+  }
+  vectors.release();
+  enabled = false;
+}
+
 void PassthruDevice::apply_msi() {
   uint32_t m = *caps_.msi;
   uint32_t ctrl = le(shadow_, m + 2, 2);
@@ -552,30 +581,11 @@ void PassthruDevice::apply_msi() {
   if (msi_64_) addr |= static_cast<uint64_t>(le(shadow_, m + 8, 4)) << 32;
   uint32_t data = le(shadow_, m + (msi_64_ ? 12 : 8), 2);
   if (msi_enabled_ && (!enable || n != msi_vectors_->count())) {
-    try {
-      dev_->disable_irq(VFIO_PCI_MSI_IRQ_INDEX);
-    } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: {}: {}\n", name_, e.what());
-    }
-    msi_vectors_->release();
-    msi_enabled_ = false;
+    stop_vectors(VFIO_PCI_MSI_IRQ_INDEX, *msi_vectors_, msi_enabled_);
     if (!enable) enable_intx();
   }
   if (!enable) return;
-  if (!msi_enabled_) {
-    try {
-      disable_intx();
-      msi_vectors_->create(n);
-      auto fds = msi_vectors_->fds();
-      dev_->set_irq_eventfds(VFIO_PCI_MSI_IRQ_INDEX, vfio::IrqAction::Trigger, 0, fds);
-      msi_enabled_ = true;
-    } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: {}: cannot enable MSI: {}\n", name_, e.what());
-      msi_vectors_->release();
-      enable_intx();
-      return;
-    }
-  }
+  if (!msi_enabled_ && !start_vectors(VFIO_PCI_MSI_IRQ_INDEX, *msi_vectors_, n, msi_enabled_)) return;
   for (uint32_t i = 0; i < n; i++) msi_vectors_->set(i, addr, (data & ~(n - 1)) | i, false);
 }
 
@@ -589,30 +599,13 @@ void PassthruDevice::msix_control_write(uint32_t offset, int size, uint32_t valu
   bool enable = ctrl & 0x8000, masked = ctrl & 0x4000;
   if (!enable) {
     if (msix_enabled_) {
-      try {
-        dev_->disable_irq(VFIO_PCI_MSIX_IRQ_INDEX);
-      } catch (const std::exception& e) {
-        fmt::print(stderr, "passvm: {}: {}\n", name_, e.what());
-      }
-      msix_vectors_->release();
-      msix_enabled_ = false;
+      stop_vectors(VFIO_PCI_MSIX_IRQ_INDEX, *msix_vectors_, msix_enabled_);
       enable_intx();
     }
     return;
   }
   if (!msix_enabled_) {
-    try {
-      disable_intx();
-      msix_vectors_->create(msix_->size());
-      auto fds = msix_vectors_->fds();
-      dev_->set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, vfio::IrqAction::Trigger, 0, fds);
-      msix_enabled_ = true;
-    } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: {}: cannot enable MSI-X: {}\n", name_, e.what());
-      msix_vectors_->release();
-      enable_intx();
-      return;
-    }
+    if (!start_vectors(VFIO_PCI_MSIX_IRQ_INDEX, *msix_vectors_, msix_->size(), msix_enabled_)) return;
   } else if (masked == msix_masked_) {
     return;
   }

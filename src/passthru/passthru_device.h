@@ -114,6 +114,8 @@ class PassthruDevice final : public pci::PciDevice {
   void msi_write(uint32_t offset, int size, uint32_t value);
   void msix_control_write(uint32_t offset, int size, uint32_t value);
   void apply_msi();
+  bool start_vectors(uint32_t index, Vectors& vectors, uint32_t count, bool& enabled);
+  void stop_vectors(uint32_t index, Vectors& vectors, bool& enabled);
   void apply_msix_vector(uint32_t i);
   void enable_intx();
   void disable_intx();

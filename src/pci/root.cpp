@@ -59,34 +59,41 @@ PciDevice* PciRoot::device(int slot, int func) const {
   return devices_[static_cast<size_t>(slot * kFunctions + func)];
 }
 
-uint64_t PciRoot::config_read(uint32_t bus, uint32_t slot, uint32_t func, uint32_t offset, int size) {
-  if (size < 1 || size > 8) return ~uint64_t{0};
+PciDevice* PciRoot::target(uint32_t bus, uint32_t slot, uint32_t func, uint32_t offset, int size) const {
+  if (bus != 0 || size < 1 || size > 8) return nullptr;
+  if (offset >= kConfigSpaceSize || static_cast<uint32_t>(size) > kConfigSpaceSize - offset) return nullptr;
+  return device(static_cast<int>(slot), static_cast<int>(func));
+}
+
+// Splits an access into the aligned 4-, 2- and 1-byte pieces a PciDevice takes; fn(offset, size, shift).
+template <typename Fn>
+static void for_each_piece(uint32_t offset, int size, Fn fn) {
   auto len = static_cast<size_t>(size);
-  PciDevice* dev = bus == 0 ? device(static_cast<int>(slot), static_cast<int>(func)) : nullptr;
-  if (dev == nullptr || offset >= kConfigSpaceSize || len > kConfigSpaceSize - offset) return all_ones(len);
-  uint64_t value = 0;
   for (size_t done = 0; done < len;) {
     auto at = offset + static_cast<uint32_t>(done);
     int c = chunk_size(at, len - done);
-    uint64_t piece = dev->config_read(at, c) & all_ones(static_cast<size_t>(c));
-    value |= piece << (8 * done);
+    fn(at, c, static_cast<unsigned>(8 * done));
     done += static_cast<size_t>(c);
   }
+}
+
+uint64_t PciRoot::config_read(uint32_t bus, uint32_t slot, uint32_t func, uint32_t offset, int size) {
+  PciDevice* dev = target(bus, slot, func, offset, size);
+  if (dev == nullptr) return size >= 1 ? all_ones(static_cast<size_t>(size)) : ~uint64_t{0};
+  uint64_t value = 0;
+  for_each_piece(offset, size, [&](uint32_t at, int c, unsigned shift) {
+    value |= (dev->config_read(at, c) & all_ones(static_cast<size_t>(c))) << shift;
+  });
   return value;
 }
 
 void PciRoot::config_write(uint32_t bus, uint32_t slot, uint32_t func, uint32_t offset, int size,
                            uint64_t value) {
-  if (size < 1 || size > 8) return;
-  auto len = static_cast<size_t>(size);
-  PciDevice* dev = bus == 0 ? device(static_cast<int>(slot), static_cast<int>(func)) : nullptr;
-  if (dev == nullptr || offset >= kConfigSpaceSize || len > kConfigSpaceSize - offset) return;
-  for (size_t done = 0; done < len;) {
-    auto at = offset + static_cast<uint32_t>(done);
-    int c = chunk_size(at, len - done);
-    dev->config_write(at, c, static_cast<uint32_t>((value >> (8 * done)) & all_ones(static_cast<size_t>(c))));
-    done += static_cast<size_t>(c);
-  }
+  PciDevice* dev = target(bus, slot, func, offset, size);
+  if (dev == nullptr) return;
+  for_each_piece(offset, size, [&](uint32_t at, int c, unsigned shift) {
+    dev->config_write(at, c, static_cast<uint32_t>((value >> shift) & all_ones(static_cast<size_t>(c))));
+  });
 }
 
 // Mechanism #1: offset 0-3 is the address dword (0xCF9 being the reset register), 4-7 the data window.
@@ -139,21 +146,15 @@ void PciRoot::ConfigIo::write(uint64_t offset, std::span<const uint8_t> data) {
 }
 
 // ECAM: bus in bits 27:20, device 19:15, function 14:12, register 11:0.
+// Sizes above 8 read as all ones and drop writes: config_read/config_write refuse them.
 void PciRoot::Ecam::read(uint64_t offset, std::span<uint8_t> data) {
-  auto reg = static_cast<uint32_t>(offset & 0xfff);
-  if (data.size() > 8) {
-    store(data, ~uint64_t{0});
-    return;
-  }
   store(data, root_.config_read(static_cast<uint32_t>(offset >> 20), (offset >> 15) & 0x1f, (offset >> 12) & 0x7,
-                                reg, static_cast<int>(data.size())));
+                                static_cast<uint32_t>(offset & 0xfff), static_cast<int>(data.size())));
 }
 
 void PciRoot::Ecam::write(uint64_t offset, std::span<const uint8_t> data) {
-  if (data.size() > 8) return;
-  auto reg = static_cast<uint32_t>(offset & 0xfff);
-  root_.config_write(static_cast<uint32_t>(offset >> 20), (offset >> 15) & 0x1f, (offset >> 12) & 0x7, reg,
-                     static_cast<int>(data.size()), load(data));
+  root_.config_write(static_cast<uint32_t>(offset >> 20), (offset >> 15) & 0x1f, (offset >> 12) & 0x7,
+                     static_cast<uint32_t>(offset & 0xfff), static_cast<int>(data.size()), load(data));
 }
 
 }  // namespace passvm::pci

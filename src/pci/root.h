@@ -69,6 +69,10 @@ class PciRoot {
   BusDevice& ecam() { return ecam_; }
 
  private:
+  // The device an access of `size` bytes at `offset` goes to, or nullptr (other bus, empty slot,
+  // size outside 1..8, or running past the 4 KiB config space).
+  PciDevice* target(uint32_t bus, uint32_t slot, uint32_t func, uint32_t offset, int size) const;
+
   class ConfigIo : public BusDevice {
    public:
     explicit ConfigIo(PciRoot& root) : root_(root) {}
