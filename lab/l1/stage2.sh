@@ -71,6 +71,9 @@ if [[ -n $l1if ]]; then
 else
     say "warning: no network interface on $LAB_L1_IFACE_BDF"
 fi
+# Kernel text symbols (L1 and L2 boot the same kernel with nokaslr): when L1 hangs, lab/run names
+# the function its vCPU is stuck in with these.
+grep ' [tTwW] ' /proc/kallsyms >"$LAB_OUT_ROOT/kallsyms" &
 dmesg -n 1  # keep kernel messages from splitting result lines on the console
 say "ready uptime=$(cut -d' ' -f1 /proc/uptime)"
 

@@ -116,5 +116,5 @@ PY
 # the PCI subsystem exists: 16000 exits, about 3 s of every L2 boot under either VMM here.
 l2_append() {
     local checks=$1; shift
-    echo "console=ttyS0 panic=-1 pci=noearly lab.checks=$checks lab.peer=$LAB_L1_LINKLOCAL $*"
+    echo "console=ttyS0 panic=-1 nokaslr pci=noearly lab.checks=$checks lab.peer=$LAB_L1_LINKLOCAL $*"
 }
