@@ -89,11 +89,12 @@ void PassthruDevice::setup() {
     uint32_t m = *caps_.msi;
     uint16_t ctrl = static_cast<uint16_t>(le(raw, m + 2, 2));
     msi_64_ = ctrl & 0x80;
-    bool per_vector = ctrl & 0x100;
-    msi_size_ = 10 + (msi_64_ ? 4 : 0) + (per_vector ? 10 : 0);
+    msi_per_vector_ = ctrl & 0x100;
+    msi_size_ = 10 + (msi_64_ ? 4 : 0) + (msi_per_vector_ ? 10 : 0);
     emulate(m, msi_size_);
-    // Per-vector masking is not offered: the layout of the other fields does not depend on it.
-    pci::store_le(&shadow_[m + 2], 2, ctrl & ~0x171u);
+    // The whole capability is emulated, mask and pending bits included: masking parks the vector's
+    // irqfd as for MSI-X, so the device's own mask bits are never touched.
+    pci::store_le(&shadow_[m + 2], 2, ctrl & ~0x71u);
     for (uint32_t i = 4; i < msi_size_; i++) shadow_[m + i] = 0;
   }
   if (caps_.msix) {
@@ -286,6 +287,7 @@ uint32_t PassthruDevice::config_read(uint32_t offset, int size) {
   bool any_device = false;
   for (int i = 0; i < size; i++) any_device |= !emulated_[offset + static_cast<uint32_t>(i)];
   if (any_device) device_config_read(offset, std::span(buf, static_cast<size_t>(size)));
+  if (caps_.msi && msi_per_vector_ && overlaps(offset, size, msi_pending_offset(), 4)) refresh_msi_pending();
   for (int i = 0; i < size; i++) {
     uint32_t o = offset + static_cast<uint32_t>(i);
     if (emulated_[o]) buf[i] = shadow_[o];
@@ -531,7 +533,8 @@ void PassthruDevice::msi_write(uint32_t offset, int size, uint32_t value) {
     if (rel == 4) return 0xfc;
     if (rel >= 5 && rel < 8) return 0xff;
     if (rel >= 8 && rel < (msi_64_ ? 14u : 10u)) return 0xff;  // (upper address and) data
-    return 0;
+    if (msi_per_vector_ && m + rel >= msi_mask_offset() && m + rel < msi_mask_offset() + 4) return 0xff;
+    return 0;  // the pending bits are read-only
   };
   for (int i = 0; i < size; i++) {
     uint32_t o = offset + static_cast<uint32_t>(i);
@@ -586,7 +589,21 @@ void PassthruDevice::apply_msi() {
   }
   if (!enable) return;
   if (!msi_enabled_ && !start_vectors(VFIO_PCI_MSI_IRQ_INDEX, *msi_vectors_, n, msi_enabled_)) return;
-  for (uint32_t i = 0; i < n; i++) msi_vectors_->set(i, addr, (data & ~(n - 1)) | i, false);
+  uint32_t mask = msi_per_vector_ ? le(shadow_, msi_mask_offset(), 4) : 0;
+  for (uint32_t i = 0; i < n; i++) msi_vectors_->set(i, addr, (data & ~(n - 1)) | i, (mask >> i) & 1);
+}
+
+// Mask bits follow the data register (64-bit: +16, 32-bit: +12), pending bits follow them.
+uint32_t PassthruDevice::msi_mask_offset() const { return *caps_.msi + (msi_64_ ? 16 : 12); }
+uint32_t PassthruDevice::msi_pending_offset() const { return msi_mask_offset() + 4; }
+
+// A masked vector's interrupt is held by its parked eventfd; the guest sees it as a pending bit.
+void PassthruDevice::refresh_msi_pending() {
+  uint32_t bits = 0;
+  if (msi_enabled_)
+    for (uint32_t i = 0; i < msi_vectors_->count(); i++)
+      if (msi_vectors_->pending(i)) bits |= 1u << i;
+  pci::store_le(&shadow_[msi_pending_offset()], 4, bits);
 }
 
 void PassthruDevice::msix_control_write(uint32_t offset, int size, uint32_t value) {

@@ -3,8 +3,9 @@
 // Config space is the device's own, read and written through the transport,
 // except the registers passvm virtualizes: BARs (the guest's addresses, sizes
 // from the transport), the expansion ROM (hidden), the interrupt line, the
-// header type's multi-function bit, MSI and MSI-X capabilities (emulated) and
-// capability links (capabilities.h). The command register goes to the device;
+// header type's multi-function bit, MSI and MSI-X capabilities (emulated,
+// per-vector masking included: a masked vector's interrupt waits as a pending
+// bit, see vectors.h) and capability links (capabilities.h). The command register goes to the device;
 // its decode bits also decide whether BARs are mapped into the guest.
 //
 // Lifetime: the constructor resets the device (reporting the method on stderr)
@@ -114,6 +115,9 @@ class PassthruDevice final : public pci::PciDevice {
   void msi_write(uint32_t offset, int size, uint32_t value);
   void msix_control_write(uint32_t offset, int size, uint32_t value);
   void apply_msi();
+  uint32_t msi_mask_offset() const;
+  uint32_t msi_pending_offset() const;
+  void refresh_msi_pending();  // with lock_ held
   bool start_vectors(uint32_t index, Vectors& vectors, uint32_t count, bool& enabled);
   void stop_vectors(uint32_t index, Vectors& vectors, bool& enabled);
   void apply_msix_vector(uint32_t i);
@@ -142,7 +146,7 @@ class PassthruDevice final : public pci::PciDevice {
 
   // MSI: the capability's layout and state.
   uint32_t msi_size_ = 0;
-  bool msi_64_ = false, msi_enabled_ = false;
+  bool msi_64_ = false, msi_per_vector_ = false, msi_enabled_ = false;
   // MSI-X
   std::unique_ptr<MsixTable> msix_;
   int msix_table_bar_ = -1, msix_pba_bar_ = -1;

@@ -15,7 +15,7 @@ using testing::FakeDevice;
 using testing::FakePlatform;
 using testing::FakeState;
 
-constexpr uint32_t kMsi = 0x50, kMsix = 0x60, kPcie = 0x70, kVpd = 0x90;
+constexpr uint32_t kMsi = 0x40, kMsix = 0x60, kPcie = 0x70, kVpd = 0x90;
 constexpr uint64_t kTable = 0x3000, kPba = 0x3800;
 
 // A device like a small NIC: BAR0 64-bit prefetchable 16 KiB with the MSI-X table (4 vectors) and PBA in
@@ -292,8 +292,8 @@ TEST_F(PassthruTest, IntxWithResampleUntilMsiTakesOver) {
     if (st.index == VFIO_PCI_INTX_IRQ_INDEX && st.action == vfio::IrqAction::Unmask) resample = st.fds[0];
   ASSERT_GE(resample, 0);
   EXPECT_TRUE(p->irqfds.count({intx[0], 19u, resample})) << "INTx irqfd must carry the VFIO unmask fd as resample";
-  // MSI, 64-bit: the guest sees no per-vector masking and may enable 1 of 2 vectors.
-  EXPECT_EQ(rd(kMsi + 2, 2) & 0x100, 0u);
+  // MSI, 64-bit with per-vector masking, as the device has it; 1 of 2 vectors enabled.
+  EXPECT_EQ(rd(kMsi + 2, 2) & 0x1ff, 0x182u);
   wr(kMsi + 4, 0xfee01000);
   wr(kMsi + 8, 0);
   wr(kMsi + 12, 0x4025, 2);
@@ -310,6 +310,32 @@ TEST_F(PassthruTest, IntxWithResampleUntilMsiTakesOver) {
   EXPECT_TRUE(p->routes.empty());
   EXPECT_EQ(last_fds(VFIO_PCI_INTX_IRQ_INDEX).size(), 1u);
   EXPECT_EQ(p->irqfds.size(), 1u) << "INTx rewired after MSI is disabled";
+}
+
+TEST_F(PassthruTest, MsiPerVectorMaskParksAndPends) {
+  constexpr uint32_t kMask = kMsi + 16, kPending = kMsi + 20;  // 64-bit layout
+  wr(kMsi + 4, 0xfee00000);
+  wr(kMsi + 12, 0x4030, 2);
+  wr(kMask, 0x1);                 // vector 0 masked before MSI is on
+  wr(kPending, 0xffffffff);       // read-only: ignored
+  EXPECT_EQ(rd(kPending), 0u);
+  wr(kMsi + 2, 1 | (1 << 4), 2);  // enable, 2 vectors
+  auto fds = last_fds(VFIO_PCI_MSI_IRQ_INDEX);
+  ASSERT_EQ(fds.size(), 2u);
+  EXPECT_FALSE(irqfd_on(fds[0])) << "masked vector parked";
+  EXPECT_TRUE(irqfd_on(fds[1]));
+  EXPECT_EQ(rd(kMask), 0x1u);
+  uint64_t one = 1;
+  ASSERT_EQ(write(fds[0], &one, sizeof one), 8);
+  EXPECT_EQ(rd(kPending), 0x1u) << "an interrupt on a masked vector is pending";
+  EXPECT_TRUE(p->signalled.empty());
+  wr(kMask, 0x2);  // unmask 0, mask 1: the pending one is delivered, with its own data
+  ASSERT_EQ(p->signalled.size(), 1u);
+  EXPECT_EQ(p->signalled[0], (std::pair<uint64_t, uint32_t>{0xfee00000, 0x4030}));
+  EXPECT_EQ(rd(kPending), 0u);
+  EXPECT_TRUE(irqfd_on(fds[0]));
+  EXPECT_FALSE(irqfd_on(fds[1]));
+  EXPECT_EQ(s.config[kMask], 0) << "mask bits are emulated, not written to the device";
 }
 
 TEST_F(PassthruTest, TeardownLeavesNothingBehind) {
