@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <memory>
 #include <optional>
 #include <cerrno>
 #include <cstring>
@@ -38,7 +39,10 @@ uint64_t mib(uint64_t bytes) { return (bytes + layout::MiB - 1) / layout::MiB; }
 
 }  // namespace
 
-std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& what) {
+namespace {
+
+// Opens a boot file with user-facing errors; returns the descriptor and its size.
+int open_boot_file(const std::string& path, const std::string& what, uint64_t* size) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int err = errno;
@@ -52,32 +56,62 @@ std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& 
     close(fd);
     throw std::runtime_error(fmt::format("{} file {} is not a regular file", what, path));
   }
-  std::vector<uint8_t> data(static_cast<size_t>(st.st_size));
+  *size = static_cast<uint64_t>(st.st_size);
+  return fd;
+}
+
+// Reads exactly out.size() bytes from the start of the file.
+void read_whole(int fd, std::span<uint8_t> out, const std::string& path, const std::string& what) {
   size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = read(fd, data.data() + done, data.size() - done);
+  while (done < out.size()) {
+    ssize_t n = pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(done));
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int err = n < 0 ? errno : EIO;
-      close(fd);
-      throw std::runtime_error(fmt::format("cannot read {} file {}: {}", what, path, strerror(err)));
-    }
+    if (n < 0) throw std::runtime_error(fmt::format("cannot read {} file {}: {}", what, path, strerror(errno)));
+    if (n == 0)
+      throw std::runtime_error(fmt::format("{} file {} shrank while it was read: is something rewriting it?",
+                                           what, path));
     done += static_cast<size_t>(n);
+  }
+}
+
+}  // namespace
+
+std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& what) {
+  uint64_t size = 0;
+  int fd = open_boot_file(path, what, &size);
+  std::vector<uint8_t> data(static_cast<size_t>(size));
+  try {
+    read_whole(fd, data, path, what);
+  } catch (...) {
+    close(fd);
+    throw;
   }
   close(fd);
   return data;
+}
+
+Initrd Initrd::bytes(std::span<const uint8_t> data) {
+  return {data.size(), [data](std::span<uint8_t> dest) { std::copy(data.begin(), data.end(), dest.begin()); }};
+}
+
+Initrd Initrd::file(const std::string& path) {
+  uint64_t size = 0;
+  auto fd = std::shared_ptr<int>(new int(open_boot_file(path, "initrd", &size)), [](int* f) {
+    close(*f);
+    delete f;
+  });
+  return {size, [fd, path](std::span<uint8_t> dest) { read_whole(*fd, dest, path, "initrd"); }};
 }
 
 LinuxBoot load_linux(const GuestMemory& mem, const std::string& kernel_path, const std::string& initrd_path,
                      const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
                      bool unpack_on_host, const std::string& cache_dir) {
   std::vector<uint8_t> kernel = read_boot_file(kernel_path, "kernel");
-  std::vector<uint8_t> initrd;
-  if (!initrd_path.empty()) initrd = read_boot_file(initrd_path, "initrd");
+  Initrd initrd = initrd_path.empty() ? Initrd{} : Initrd::file(initrd_path);
   return load_linux_image(mem, kernel, initrd, cmdline, e820, rsdp_addr, kernel_path, unpack_on_host, cache_dir);
 }
 
-LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kernel, std::span<const uint8_t> initrd,
+LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kernel, const Initrd& initrd,
                            const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
                            const std::string& kernel_name, bool unpack_on_host, const std::string& cache_dir) {
   const SetupHeader h = parse_setup_header(kernel, kernel_name);
@@ -140,17 +174,18 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
   }
 
   // Initrd: as high as possible in the RAM that holds the kernel, below initrd_addr_max, above the kernel.
-  if (!initrd.empty()) {
+  if (initrd.size != 0) {
     uint64_t limit = std::min<uint64_t>(low->addr + low->size, uint64_t{h.initrd_addr_max} + 1);
-    uint64_t at = initrd.size() <= limit ? align_down(limit - initrd.size(), 4096) : 0;
-    if (initrd.size() > limit || at < b.kernel_end)
+    uint64_t at = initrd.size <= limit ? align_down(limit - initrd.size, 4096) : 0;
+    uint8_t* dest = initrd.size <= limit && at >= b.kernel_end ? mem.host_address(at, initrd.size) : nullptr;
+    if (dest == nullptr)
       throw std::runtime_error(fmt::format(
           "the initrd ({} MiB) does not fit between the kernel (ends at {:#x}) and {:#x}: give the guest more memory "
           "or use a smaller initrd",
-          mib(initrd.size()), b.kernel_end, limit));
-    mem.write(at, initrd);
+          mib(initrd.size), b.kernel_end, limit));
+    initrd.copy_to(std::span(dest, initrd.size));
     b.initrd_addr = at;
-    b.initrd_size = initrd.size();
+    b.initrd_size = initrd.size;
   }
 
   // Command line: cmdline_size counts the bytes before the terminating NUL.

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -47,6 +48,18 @@ struct LinuxBoot {
   bool from_cache = false;        // the unpacked kernel came from the cache (kernel_cache.h)
 };
 
+// An initrd: its size, and how to put its bytes into guest RAM. From a file they are read straight into
+// guest RAM, so a distribution initrd (tens of MiB) costs passvm no memory of its own.
+struct Initrd {
+  uint64_t size = 0;
+  std::function<void(std::span<uint8_t> dest)> copy_to;  // dest.size() == size
+
+  // data must outlive the load.
+  static Initrd bytes(std::span<const uint8_t> data);
+  // Opens the file now (errors as read_boot_file's); reads it when copy_to runs.
+  static Initrd file(const std::string& path);
+};
+
 // Reads the files and calls load_linux_image. initrd_path may be empty (no initrd). rsdp_addr 0 means
 // "let the kernel find the RSDP in the 0xE0000 area". Throws std::runtime_error naming the problem
 // (missing file, not a bzImage, does not fit in guest RAM, command line too long) and what to change.
@@ -58,7 +71,7 @@ LinuxBoot load_linux(const GuestMemory& mem, const std::string& kernel_path, con
                      bool unpack_on_host = true, const std::string& cache_dir = "");
 
 // The same from memory; kernel_name is used in error messages.
-LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kernel, std::span<const uint8_t> initrd,
+LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kernel, const Initrd& initrd,
                            const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
                            const std::string& kernel_name = "the kernel", bool unpack_on_host = true,
                            const std::string& cache_dir = "");

@@ -4,6 +4,8 @@
 
 #include <lzma.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -30,7 +32,7 @@ T peek(const GuestMemory& mem, uint64_t gpa) {
 std::string load_error(const GuestMemory& mem, const std::vector<uint8_t>& img, const std::vector<uint8_t>& initrd,
                        const std::string& cmdline) {
   try {
-    load_linux_image(mem, img, initrd, cmdline, build_e820(mem), 0, "test.img");
+    load_linux_image(mem, img, Initrd::bytes(initrd), cmdline, build_e820(mem), 0, "test.img");
   } catch (const std::runtime_error& e) {
     return e.what();
   }
@@ -43,7 +45,7 @@ TEST(LoadLinux, PlacesKernelInitrdCmdlineAndZeroPage) {
   auto img = make_bzimage(s);
   std::vector<uint8_t> initrd(10000, 0xab);
   auto e820 = build_e820(mem);
-  LinuxBoot b = load_linux_image(mem, img, initrd, "console=ttyS0 root=/dev/ram0", e820, 0xe0000);
+  LinuxBoot b = load_linux_image(mem, img, Initrd::bytes(initrd), "console=ttyS0 root=/dev/ram0", e820, 0xe0000);
 
   EXPECT_EQ(b.kernel_addr, 0x1000000u);
   EXPECT_EQ(b.kernel_end, 0x1000000u + s.init_size);
@@ -92,7 +94,7 @@ TEST(LoadLinux, RsdpOnlyForProtocol214AndUp) {
   GuestMemory mem(64 * MiB, false);
   ImageSpec s;
   s.version = 0x020d;
-  load_linux_image(mem, make_bzimage(s), {}, "", build_e820(mem), 0xe0000);
+  load_linux_image(mem, make_bzimage(s), Initrd{}, "", build_e820(mem), 0xe0000);
   EXPECT_EQ(peek<uint64_t>(mem, layout::kBootParamsAddr + zp::kAcpiRsdpAddr), 0u);
 }
 
@@ -101,7 +103,7 @@ TEST(LoadLinux, HonoursKernelAlignment) {
   ImageSpec s;
   s.pref_address = 0x1100000;
   s.kernel_alignment = 0x400000;
-  LinuxBoot b = load_linux_image(mem, make_bzimage(s), {}, "", build_e820(mem), 0);
+  LinuxBoot b = load_linux_image(mem, make_bzimage(s), Initrd{}, "", build_e820(mem), 0);
   EXPECT_EQ(b.kernel_addr, 0x1400000u);
   EXPECT_EQ(b.initrd_addr, 0u);
   EXPECT_EQ(peek<uint32_t>(mem, layout::kBootParamsAddr + zp::kRamdiskSize), 0u);
@@ -134,7 +136,7 @@ TEST(LoadLinux, InitrdBelowInitrdAddrMax) {
   ImageSpec s;
   s.initrd_addr_max = 0x2ffffff;  // 48 MiB - 1
   std::vector<uint8_t> initrd(8192, 2);
-  LinuxBoot b = load_linux_image(mem, make_bzimage(s), initrd, "", build_e820(mem), 0);
+  LinuxBoot b = load_linux_image(mem, make_bzimage(s), Initrd::bytes(initrd), "", build_e820(mem), 0);
   EXPECT_EQ(b.initrd_addr, 0x3000000u - 8192);
 }
 
@@ -157,6 +159,37 @@ TEST(LoadLinux, MissingFiles) {
   }
 }
 
+// From files: the initrd is read straight into guest RAM, byte for byte; a missing one is named.
+TEST(LoadLinux, InitrdFromFile) {
+  namespace fs = std::filesystem;
+  GuestMemory mem(64 * MiB, false);
+  fs::path dir = fs::temp_directory_path() / ("passvm-initrd-" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  auto put = [&](const char* name, const std::vector<uint8_t>& bytes) {
+    FILE* f = fopen((dir / name).c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(fwrite(bytes.data(), 1, bytes.size(), f), bytes.size());
+    fclose(f);
+  };
+  std::vector<uint8_t> initrd(3 * MiB + 123);
+  for (size_t i = 0; i < initrd.size(); i++) initrd[i] = static_cast<uint8_t>(i * 7 + (i >> 12));
+  put("bzImage", make_bzimage({}));
+  put("initrd", initrd);
+  LinuxBoot b = load_linux(mem, dir / "bzImage", dir / "initrd", "", build_e820(mem), 0, false);
+  ASSERT_EQ(b.initrd_size, initrd.size());
+  std::vector<uint8_t> back(initrd.size());
+  mem.read(b.initrd_addr, back);
+  EXPECT_TRUE(back == initrd);
+  try {
+    load_linux(mem, dir / "bzImage", dir / "missing", "", build_e820(mem), 0, false);
+    ADD_FAILURE() << "no error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("initrd file " + (dir / "missing").string() + " not found"),
+              std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
+
 std::string host_kernel() {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -174,7 +207,7 @@ TEST(LoadLinux, RealHostKernel) {
   EXPECT_GE(h.init_size, h.kernel_size);
   GuestMemory mem(256 * MiB, false);
   std::vector<uint8_t> initrd(1 * MiB, 3);
-  LinuxBoot b = load_linux_image(mem, bytes, initrd, "console=ttyS0", build_e820(mem), 0, path, false);
+  LinuxBoot b = load_linux_image(mem, bytes, Initrd::bytes(initrd), "console=ttyS0", build_e820(mem), 0, path, false);
   EXPECT_FALSE(b.unpacked_on_host);
   EXPECT_EQ(b.kernel_addr % (h.kernel_alignment ? h.kernel_alignment : 1), 0u);
   EXPECT_EQ(b.kernel_addr, h.pref_address);
@@ -207,7 +240,7 @@ TEST(LoadLinux, RealHostKernelUnpackedOnHost) {
 
   GuestMemory mem(256 * MiB, false);
   std::vector<uint8_t> initrd(1 * MiB, 3);
-  LinuxBoot b = load_linux_image(mem, bytes, initrd, "console=ttyS0", build_e820(mem), 0, path, true);
+  LinuxBoot b = load_linux_image(mem, bytes, Initrd::bytes(initrd), "console=ttyS0", build_e820(mem), 0, path, true);
   EXPECT_TRUE(b.unpacked_on_host) << b.unpack_note;
   EXPECT_EQ(b.entry.rip, expect.entry);
   EXPECT_NE(b.entry.rip, b.kernel_addr + 0x200);
