@@ -27,6 +27,7 @@ struct FakeState {
   std::vector<uint32_t> disabled;
   std::vector<std::pair<uint32_t, uint32_t>> config_writes;  // offset, size
   int resets = 0;
+  bool closed = false;  // the device was released (vfio-pci resets it then)
   void set32(uint32_t off, uint32_t v) { pci::store_le(&config[off], 4, v); }
   void set16(uint32_t off, uint32_t v) { pci::store_le(&config[off], 2, v); }
 };
@@ -34,6 +35,7 @@ struct FakeState {
 class FakeDevice final : public vfio::Device {
  public:
   explicit FakeDevice(FakeState& s) : s_(s) {}
+  ~FakeDevice() override { s_.closed = true; }
   std::string name() const override { return "0000:00:03.0"; }
   uint32_t num_regions() const override { return 9; }
   uint32_t num_irqs() const override { return 5; }

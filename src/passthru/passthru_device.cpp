@@ -56,7 +56,7 @@ PassthruDevice::PassthruDevice(std::unique_ptr<vfio::Device> device, std::unique
 PassthruDevice::~PassthruDevice() { teardown(); }
 
 void PassthruDevice::setup() {
-  do_reset("start");
+  reset_at_start();
   vfio::RegionInfo cfg = dev_->region_info(VFIO_PCI_CONFIG_REGION_INDEX);
   if (cfg.size < 0x40)
     throw vfio::VfioError(fmt::format("{}: the transport exposes no PCI config space", name_));
@@ -237,22 +237,22 @@ void PassthruDevice::teardown() {
       close(*fd);
       *fd = -1;
     }
-  if (dev_) do_reset("teardown");
+  // No reset of our own: releasing the device makes vfio-pci reset it (and restore the config space
+  // it saved at open), as for any VFIO user. A second function reset would only add its 100 ms wait.
+  dev_.reset();
 }
 
-void PassthruDevice::do_reset(const char* when) {
-  std::string method;
+void PassthruDevice::reset_at_start() {
   try {
-    method = dev_->reset();
+    reset_method_ = dev_->reset();
   } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm: {}: reset at {} failed: {}\n", name_, when, e.what());
+    fmt::print(stderr, "passvm: {}: reset at start failed: {}\n", name_, e.what());
     return;
   }
-  if (method.empty())
+  if (reset_method_.empty())
     fmt::print(stderr, "passvm: {} has no reset method; it keeps the state it was left in\n", name_);
   else
-    fmt::print(stderr, "passvm: {} reset ({})\n", name_, method);
-  if (std::string_view(when) == "start") reset_method_ = method;
+    fmt::print(stderr, "passvm: {} reset ({})\n", name_, reset_method_);
 }
 
 // ---- config space ----

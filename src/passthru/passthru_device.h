@@ -9,8 +9,9 @@
 // its decode bits also decide whether BARs are mapped into the guest.
 //
 // Lifetime: the constructor resets the device (reporting the method on stderr)
-// and the destructor undoes everything on every path: interrupts off, memory
-// slots and traps removed, device reset, transport closed. DMA belongs to the
+// and the destructor undoes everything on every path: bus mastering off,
+// interrupts off, memory slots and traps removed, transport closed, which makes
+// vfio-pci reset the device. DMA belongs to the
 // container and is mapped once for all devices: see dma.h.
 //
 // Thread safety: config accesses, trapped BAR accesses and the interrupt
@@ -128,7 +129,7 @@ class PassthruDevice final : public pci::PciDevice {
   void watch();
   bool is_msix_structure(int bar, uint64_t offset, uint64_t len) const;
   void count_access(int bar, uint64_t offset, uint64_t len);
-  void do_reset(const char* when);
+  void reset_at_start();
 
   std::unique_ptr<vfio::Device> dev_;
   std::unique_ptr<Platform> platform_;

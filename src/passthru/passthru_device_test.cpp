@@ -353,7 +353,8 @@ TEST_F(PassthruTest, TeardownLeavesNothingBehind) {
   EXPECT_TRUE(p->traps.empty());
   EXPECT_TRUE(p->routes.empty());
   EXPECT_TRUE(p->irqfds.empty());
-  EXPECT_EQ(s.resets, 2) << "reset at start and at teardown";
+  EXPECT_EQ(s.resets, 1) << "reset at start; at teardown releasing the device makes vfio-pci reset it";
+  EXPECT_TRUE(s.closed);
   EXPECT_NE(std::find(s.disabled.begin(), s.disabled.end(), VFIO_PCI_MSIX_IRQ_INDEX), s.disabled.end());
 }
 
@@ -409,7 +410,7 @@ TEST(PassthruWatcher, MaskedInterruptIsNoticedWithoutTheGuestLooking) {
   dev->bar_read(0, kPba, pba);
   EXPECT_EQ(pba[0], 0x8);
   dev.reset();  // joins the watcher
-  EXPECT_EQ(s.resets, 2);
+  EXPECT_TRUE(s.closed);
 }
 
 }  // namespace

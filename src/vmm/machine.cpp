@@ -107,6 +107,16 @@ class SignalWatcher {
 class StepLog {
  public:
   explicit StepLog(bool on) : on_(on), last_(std::chrono::steady_clock::now()), start_(last_) {}
+  ~StepLog() {
+    try {
+      if (!exit_step_.empty()) (*this)(exit_step_);
+    } catch (...) {  // a closed stderr must not turn an exit into a crash
+    }
+  }
+  StepLog(const StepLog&) = delete;
+  StepLog& operator=(const StepLog&) = delete;
+  // A step that ends when this log is destroyed, i.e. after everything declared after it.
+  void at_exit(std::string what) { exit_step_ = std::move(what); }
   void operator()(const std::string& what) {
     auto now = std::chrono::steady_clock::now();
     if (on_)
@@ -123,6 +133,7 @@ class StepLog {
 
  private:
   bool on_;
+  std::string exit_step_;
   std::chrono::steady_clock::time_point last_, start_;
 };
 
@@ -288,7 +299,9 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
     // Coalesced writes reach their device at the next exit of any vCPU; a guest that writes and then
     // only halts (a panic message's last line) would keep them queued, so drain now and then too.
     while (!ctl.wait_for(std::chrono::milliseconds(50))) vm.drain_coalesced(pio, mmio);
+    step("the guest ran");
     for (auto& v : vcpus) v->stop();
+    step("vCPUs stopped");
     vm.drain_coalesced(pio, mmio);
     if (console) console->stop();
     g_console = nullptr;
@@ -304,13 +317,13 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
     case ExitReason::Signal: fmt::print(stderr, "passvm: {}: stopped by {}\n", cfg.name, ctl.detail()); break;
   }
   // The destructors' own order, made explicit so that -v says where a slow stop spends its time.
-  step("vCPUs stopped");
   if (!passthru_devices.empty()) {
     passthru_devices.clear();
-    step("passthrough devices reset and released");
+    step("passthrough devices released (vfio-pci resets them)");
     dma.reset();
     step("guest RAM unmapped from the IOMMU and unpinned");
   }
+  step.at_exit("VM closed and guest RAM freed");  // StepLog outlives every other object here
   return exit_status(reason);
 }
 
