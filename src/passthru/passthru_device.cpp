@@ -63,6 +63,11 @@ void PassthruDevice::setup() {
   config_size_ = static_cast<uint32_t>(std::min<uint64_t>(cfg.size, 4096));
   std::vector<uint8_t> raw(4096, 0);
   dev_->read(VFIO_PCI_CONFIG_REGION_INDEX, 0, std::span(raw.data(), config_size_));
+  if (raw[0] == 0xff && raw[1] == 0xff)
+    throw vfio::VfioError(fmt::format(
+        "{}: the device reads as all ones{}: it is not responding. Check `lspci -s {}` on the host; a device "
+        "that stays like this needs its slot or the host power-cycled",
+        name_, reset_method_.empty() ? "" : fmt::format(" after its {} reset", reset_method_), name_));
   if ((raw[kHeaderType] & 0x7f) != 0)
     throw vfio::VfioError(fmt::format("{}: header type {} is a bridge or card bus; only endpoint devices can be "
                                       "passed through",

@@ -365,6 +365,20 @@ TEST_F(PassthruTest, BridgesAreRefused) {
   EXPECT_THROW(open(), vfio::VfioError);
 }
 
+// A device that does not come back from its reset reads as all ones: say so, not "a bridge".
+TEST_F(PassthruTest, DeadDeviceIsNamedAsSuch) {
+  dev.reset();
+  s = make_state();
+  std::fill(s.config.begin(), s.config.end(), 0xff);
+  try {
+    open();
+    ADD_FAILURE() << "no error";
+  } catch (const vfio::VfioError& e) {
+    EXPECT_NE(std::string(e.what()).find("reads as all ones after its flr reset"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(s.closed) << "released again";
+}
+
 TEST_F(PassthruTest, StartsWithDecodingAndBusMasterOff) {
   dev.reset();
   s = make_state();
