@@ -4,9 +4,13 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
+#include <thread>
+#include <vector>
 
 #include "memory/layout.h"
 
@@ -43,6 +47,47 @@ GuestMemory::GuestMemory(uint64_t size, bool hugepages) : size_(size) {
 GuestMemory::~GuestMemory() {
   if (base_) munmap(base_, size_);
   if (fd_ >= 0) close(fd_);
+}
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14
+#endif
+
+unsigned GuestMemory::populate(unsigned threads) const {
+  constexpr uint64_t kChunk = 64 * layout::MiB;  // unit of work: a multiple of any page size used here
+  if (threads == 0) threads = std::max(1u, std::min(16u, std::thread::hardware_concurrency()));
+  const uint64_t chunks = (size_ + kChunk - 1) / kChunk;
+  threads = static_cast<unsigned>(std::min<uint64_t>(threads, chunks));
+  const long page = sysconf(_SC_PAGESIZE);
+  std::atomic<uint64_t> next{0};
+  std::atomic<int> error{0};
+  auto work = [&] {
+    for (uint64_t c; error.load() == 0 && (c = next.fetch_add(1)) < chunks;) {
+      uint8_t* at = base_ + c * kChunk;
+      const uint64_t len = std::min(kChunk, size_ - c * kChunk);
+      if (madvise(at, len, MADV_POPULATE_WRITE) == 0) continue;
+      if (errno != EINVAL) {
+        error = errno;
+        return;
+      }
+      // Older kernels: a write fault per page does the same (the bytes are unchanged).
+      for (uint64_t off = 0; off < len; off += static_cast<uint64_t>(page)) {
+        auto* b = reinterpret_cast<volatile uint8_t*>(at + off);
+        *b = *b;
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned i = 1; i < threads; i++) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  if (error != 0)
+    throw std::runtime_error(fmt::format("cannot allocate the guest's {} MiB of RAM: {}{}", size_ >> 20,
+                                         strerror(error), error == ENOMEM || error == EFAULT
+                                             ? " (the host is short of memory, or of hugepages with -S): give a "
+                                               "smaller -m"
+                                             : ""));
+  return threads;
 }
 
 uint8_t* GuestMemory::host_address(uint64_t gpa, uint64_t len) const {

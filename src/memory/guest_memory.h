@@ -34,6 +34,12 @@ class GuestMemory {
   uint64_t size() const { return size_; }
   int fd() const { return fd_; }
 
+  // Allocates every page now, `threads` at a time (0: one per host CPU, at most 16), instead of at the
+  // guest's first touch. Pinning for DMA allocates them anyway, one page after the other in one thread;
+  // this does it in parallel first, and a host short of memory fails here with a clear message rather
+  // than later. Returns the number of threads used; throws std::runtime_error on failure.
+  unsigned populate(unsigned threads = 0) const;
+
   // Host pointer to [gpa, gpa+len) or nullptr if the range is not wholly inside one region.
   uint8_t* host_address(uint64_t gpa, uint64_t len) const;
   // Throw std::out_of_range if the range is not wholly inside RAM.

@@ -1,6 +1,7 @@
 #include "memory/guest_memory.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <array>
 #include <stdexcept>
@@ -27,6 +28,29 @@ TEST(GuestMemory, RangeChecksRejectOutsideRam) {
   EXPECT_THROW(mem.write(16 * layout::MiB - 4, buf), std::out_of_range);
   EXPECT_THROW(mem.read(~0ull - 2, back), std::out_of_range);
   EXPECT_EQ(mem.host_address(16 * layout::MiB, 1), nullptr);
+}
+
+uint64_t allocated_bytes(const GuestMemory& mem) {
+  struct stat st {};
+  EXPECT_EQ(fstat(mem.fd(), &st), 0);
+  return static_cast<uint64_t>(st.st_blocks) * 512;
+}
+
+// Populating allocates every page of the memfd, in parallel, without changing a byte.
+TEST(GuestMemory, PopulateAllocatesEveryPageAndKeepsContents) {
+  const uint64_t size = 200 * layout::MiB;  // not a multiple of the 64 MiB unit of work
+  GuestMemory mem(size, false);
+  std::array<uint8_t, 4> mark{0xde, 0xad, 0xbe, 0xef};
+  mem.write(size - 4, mark);
+  EXPECT_LT(allocated_bytes(mem), size / 2) << "pages are allocated on first touch";
+  EXPECT_EQ(mem.populate(3), 3u);
+  EXPECT_EQ(allocated_bytes(mem), size);
+  std::array<uint8_t, 4> back{};
+  mem.read(size - 4, back);
+  EXPECT_EQ(back, mark);
+  mem.read(100 * layout::MiB, back);
+  EXPECT_EQ(back, (std::array<uint8_t, 4>{}));
+  EXPECT_EQ(GuestMemory(16 * layout::MiB, false).populate(8), 1u) << "no more threads than units of work";
 }
 
 TEST(GuestMemory, RejectsTooSmall) { EXPECT_THROW(GuestMemory(1 * layout::MiB, false), std::runtime_error); }

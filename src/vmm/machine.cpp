@@ -253,6 +253,9 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
     check_interrupted(ctl);
   }
   if (!passthru_devices.empty()) {
+    unsigned threads = mem.populate();
+    step(fmt::format("guest RAM allocated ({} threads)", threads));
+    check_interrupted(ctl);
     dma = std::make_unique<passthru::DmaMapping>(container, mem);
     step(fmt::format("guest RAM mapped for DMA ({} MiB pinned)", cfg.memory >> 20));
     check_interrupted(ctl);
