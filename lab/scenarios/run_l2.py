@@ -16,6 +16,7 @@ Exit status 0 only if every check passed.
 """
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -74,21 +75,28 @@ def vm_hwm_kb(pid):
 
 
 def private_rss_kb(pid):
-    """RssAnon + RssFile: what the process holds besides shared memory (a VMM's memfd guest RAM)."""
-    total = 0
+    """Resident memory outside guest RAM: the Rss of every mapping but the largest, when that
+    one is at least 64 MiB (a VMM's guest RAM, whatever backs it)."""
+    sizes = []  # (mapping size, rss kB)
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/smaps") as f:
             for line in f:
-                if line.startswith(("RssAnon:", "RssFile:")):
-                    total += int(line.split()[1])
+                if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+                    start, end = line.split()[0].split("-")
+                    sizes.append([int(end, 16) - int(start, 16), 0])
+                elif line.startswith("Rss:") and sizes:
+                    sizes[-1][1] = int(line.split()[1])
     except (OSError, ValueError):
-        pass
-    return total
+        return 0
+    if not sizes:
+        return 0
+    biggest = max(sizes)
+    return sum(rss for _, rss in sizes) - (biggest[1] if biggest[0] >= 64 << 20 else 0)
 
 
 class RssSampler(threading.Thread):
     """Peak resident set of the VMM: the largest VmHWM seen in its process tree, and the
-    largest private (non-shared-memory) resident set."""
+    largest resident set outside guest RAM."""
 
     def __init__(self, pid):
         super().__init__(daemon=True)
