@@ -22,36 +22,18 @@ GuestMemory::GuestMemory(uint64_t size, bool hugepages) : size_(size) {
   const uint64_t align = hugepages ? 2 * layout::MiB : 4096;
   if (size % align != 0)
     throw std::runtime_error(fmt::format("guest memory size {:#x} is not a multiple of {} KiB", size, align >> 10));
-  void* p = MAP_FAILED;
-  if (hugepages) {
-    fd_ = memfd_create("passvm-ram", MFD_CLOEXEC | MFD_HUGETLB);
-    if (fd_ < 0) throw std::runtime_error(fmt::format("cannot create guest memory: {}", strerror(errno)));
-    if (ftruncate(fd_, static_cast<off_t>(size)) != 0) {
-      int err = errno;
-      close(fd_);
-      throw std::runtime_error(fmt::format("cannot size guest memory to {} MiB: {}", size >> 20, strerror(err)));
-    }
-    p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd_, 0);
-  } else {
-    // 2 MiB aligned, so that every 2 MiB of guest-physical memory can be one huge page: map 2 MiB more,
-    // then give back the unaligned ends.
-    constexpr uint64_t kHuge = 2 * layout::MiB;
-    p = mmap(nullptr, size + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p != MAP_FAILED) {
-      auto start = reinterpret_cast<uintptr_t>(p), aligned = (start + kHuge - 1) & ~(kHuge - 1);
-      if (aligned > start) munmap(p, aligned - start);
-      if (start + kHuge > aligned) munmap(reinterpret_cast<void*>(aligned + size), start + kHuge - aligned);
-      p = reinterpret_cast<void*>(aligned);
-      // Transparent huge pages where the host allows them ("madvise" is the usual default); without them
-      // guest RAM still works, in 4 KiB pages. Not inherited by a child process: pinned DMA pages and
-      // fork do not mix.
-      madvise(p, size, MADV_HUGEPAGE);
-      madvise(p, size, MADV_DONTFORK);
-    }
+  unsigned flags = MFD_CLOEXEC | (hugepages ? MFD_HUGETLB : 0u);
+  fd_ = memfd_create("passvm-ram", flags);
+  if (fd_ < 0) throw std::runtime_error(fmt::format("cannot create guest memory: {}", strerror(errno)));
+  if (ftruncate(fd_, static_cast<off_t>(size)) != 0) {
+    int err = errno;
+    close(fd_);
+    throw std::runtime_error(fmt::format("cannot size guest memory to {} MiB: {}", size >> 20, strerror(err)));
   }
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd_, 0);
   if (p == MAP_FAILED) {
     int err = errno;
-    if (fd_ >= 0) close(fd_);
+    close(fd_);
     throw std::runtime_error(fmt::format("cannot map {} MiB of guest memory: {}{}", size >> 20, strerror(err),
                                          hugepages ? " (are enough hugepages reserved? see /proc/sys/vm/nr_hugepages)"
                                                    : ""));

@@ -1,9 +1,8 @@
 // memory: guest RAM.
 //
-// Guest RAM is one mapping, cut into guest-physical regions around the 32-bit
-// PCI hole: anonymous memory with transparent huge pages (2 MiB pages make the
-// guest's nested paging cheaper, and allocating, pinning and freeing faster),
-// or with -S a memfd on reserved hugetlbfs pages. KVM memory slots and IOMMU DMA mappings
+// Guest RAM is one memfd (so that it could be shared with another process, a
+// vfio-user server say), mapped once into passvm and cut into guest-physical
+// regions around the 32-bit PCI hole. KVM memory slots and IOMMU DMA mappings
 // are made from regions(); device models and the boot loader reach guest RAM
 // through host_address()/read()/write(), which refuse any range not wholly
 // inside RAM, so a guest-supplied address can never reach passvm's own memory.
@@ -19,7 +18,7 @@ struct MemoryRegion {
   uint64_t gpa;
   uint64_t size;
   uint8_t* hva;
-  uint64_t offset;  // offset of this region inside the mapping
+  uint64_t fd_offset;  // offset of this region inside the memfd
 };
 
 class GuestMemory {
@@ -33,6 +32,7 @@ class GuestMemory {
 
   const std::vector<MemoryRegion>& regions() const { return regions_; }
   uint64_t size() const { return size_; }
+  int fd() const { return fd_; }
 
   // Allocates every page now, `threads` at a time (0: one per host CPU, at most 16), instead of at the
   // guest's first touch. Pinning for DMA allocates them anyway, one page after the other in one thread;
