@@ -222,8 +222,47 @@ def run_vmm(name, cmd, timeout, grace, typed, console):
             "sampler": sampler, **state}
 
 
+def reset_idle_e1000e():
+    """QEMU 7.2's emulated e1000e ignores the PM reset vfio-pci gives it between owners, so it keeps
+    the previous guest's receive ring and, once the next guest's driver turns bus mastering on,
+    writes L1's packets into that guest's RAM at the old addresses (seen as an Ethernet frame inside
+    busybox's code, then a panic). Until the device resets properly, the lab resets every idle
+    e1000e on vfio-pci through its own CTRL.RST before each VMM run. Returns what it did."""
+    import glob
+    import mmap
+    import struct
+    done = []
+    for dev in sorted(glob.glob("/sys/bus/pci/devices/*")):
+        try:
+            ids = [open(f"{dev}/{f}").read().strip() for f in ("vendor", "device")]
+            driver = os.path.basename(os.readlink(f"{dev}/driver")) if os.path.exists(f"{dev}/driver") else ""
+            if ids != ["0x8086", "0x10d3"] or driver != "vfio-pci":
+                continue
+            with open(f"{dev}/config", "r+b") as cfg:
+                cfg.seek(4)
+                command = struct.unpack("<H", cfg.read(2))[0]
+                cfg.seek(4)
+                cfg.write(struct.pack("<H", command | 0x2))  # memory decode, for the register write
+                cfg.flush()
+                with open(f"{dev}/resource0", "r+b") as bar:
+                    regs = mmap.mmap(bar.fileno(), 4096)
+                    ctrl = struct.unpack_from("<I", regs, 0)[0]
+                    struct.pack_into("<I", regs, 0, ctrl | (1 << 26))  # CTRL.RST
+                    time.sleep(0.02)
+                    regs.close()
+                cfg.seek(4)
+                cfg.write(struct.pack("<H", command))
+            done.append(os.path.basename(dev))
+        except (OSError, ValueError) as e:
+            done.append(f"{os.path.basename(dev)}: {e}")
+    return done
+
+
 def main():
     name, timeout, grace, typed, cmd = parse_args(sys.argv[1:])
+    reset = reset_idle_e1000e()
+    if reset:
+        print(f"[{name}] e1000e reset through CTRL.RST: {', '.join(reset)}", flush=True)
     scenario = os.environ.get("LAB_SCENARIO", "?")
     out_dir = os.environ.get("LAB_OUT", "/tmp")
     os.makedirs(out_dir, exist_ok=True)
