@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run one VMM that boots the lab's L2 guest, and report what happened.
 
-Usage: run_l2.py NAME [--timeout S] [--grace S] [--type TEXT] -- CMD...
+Usage: run_l2.py NAME [--timeout S] [--grace S] [--type TEXT] [--devices-as-left] -- CMD...
 
 The VMM's console (L2's ttyS0) is streamed to our stdout with a "[NAME] " prefix (so
 it lands in L1's serial log) and saved to $LAB_OUT/NAME.console with timestamps.
@@ -12,6 +12,9 @@ that never reported are failures with the reason and the last console lines.
 A summary (figures per check) is written to $LAB_OUT/NAME.summary.json.
 With --type, TEXT (a line; \n is added) is written to the VMM's stdin, that is typed on
 L2's console, when L2 prints "L2CONSOLE ready" (the L2 check "console" does).
+Before the VMM starts, every idle e1000e on vfio-pci is put in its reset state (see
+e1000e_handover); --devices-as-left leaves it as the previous VMM left it, to test a VMM's own
+defence.
 Exit status 0 only if every check passed.
 """
 import json
@@ -135,10 +138,13 @@ def parse_args(argv):
         sys.exit("usage: run_l2 NAME [--timeout S] [--grace S] -- CMD...  (missing NAME or '--')")
     split = argv.index("--")
     opts, cmd = argv[:split], argv[split + 1:]
-    name, timeout, grace, typed = opts[0], DEFAULT_TIMEOUT, DEFAULT_GRACE, None
+    name, timeout, grace, typed, as_left = opts[0], DEFAULT_TIMEOUT, DEFAULT_GRACE, None, False
     i = 1
     while i < len(opts):
-        if opts[i] == "--type" and i + 1 < len(opts):
+        if opts[i] == "--devices-as-left":
+            as_left = True
+            i += 1
+        elif opts[i] == "--type" and i + 1 < len(opts):
             typed = opts[i + 1] + "\n"
             i += 2
         elif opts[i] in ("--timeout", "--grace") and i + 1 < len(opts):
@@ -152,10 +158,10 @@ def parse_args(argv):
                 grace = value
             i += 2
         else:
-            sys.exit(f"run_l2: unknown option '{opts[i]}' (known: --timeout S, --grace S, --type TEXT)")
+            sys.exit(f"run_l2: unknown option '{opts[i]}' (known: --timeout S, --grace S, --type TEXT, --devices-as-left)")
     if not cmd:
         sys.exit("run_l2: no VMM command after '--'")
-    return name, timeout, grace, typed, cmd
+    return name, timeout, grace, typed, as_left, cmd
 
 
 def run_vmm(name, cmd, timeout, grace, typed, console):
@@ -167,7 +173,7 @@ def run_vmm(name, cmd, timeout, grace, typed, console):
     sampler = RssSampler(proc.pid)
     sampler.start()
 
-    state = {"init_ms": None, "done_at": None, "killed": None}
+    state = {"init_ms": None, "done_at": None, "killed": None, "exit_after_done_ms": None}
     results, tail = {}, deque(maxlen=15)
 
     def kill(reason):
@@ -216,22 +222,33 @@ def run_vmm(name, cmd, timeout, grace, typed, console):
             continue
         results[check] = r
     rc = proc.wait()
+    exited_at = time.monotonic()
+    if state["done_at"] is not None and state["killed"] is None:
+        # L2 powers off right after its last result: this is the VMM's own stop and teardown.
+        state["exit_after_done_ms"] = int((exited_at - state["done_at"]) * 1000)
     sampler.stop.set()
     sampler.join()
     return {"rc": rc, "wall_ms": int((time.monotonic() - start) * 1000), "results": results, "tail": tail,
             "sampler": sampler, **state}
 
 
-def reset_idle_e1000e():
-    """QEMU 7.2's emulated e1000e ignores the PM reset vfio-pci gives it between owners, so it keeps
-    the previous guest's receive ring and, once the next guest's driver turns bus mastering on,
-    writes L1's packets into that guest's RAM at the old addresses (seen as an Ethernet frame inside
-    busybox's code, then a panic). Until the device resets properly, the lab resets every idle
-    e1000e on vfio-pci through its own CTRL.RST before each VMM run. Returns what it did."""
+E1000E_QUEUES = (0x2800, 0x2900, 0x3800, 0x3900)  # receive queues 0 and 1, transmit queues 0 and 1
+RCTL, TCTL, IMC, CTRL = 0x100, 0x400, 0xd8, 0x0
+
+
+def e1000e_handover(quiesce):
+    """QEMU 7.2's emulated e1000e has no working reset: vfio-pci's PM reset does nothing, and its
+    CTRL.RST only reloads the MAC address (QEMU 8.0 made it a full reset). So from one VMM run to the
+    next the NIC keeps its receive and transmit units on, with rings at the previous guest's addresses,
+    and the moment the next guest turns bus mastering on it writes L1's packets wherever those stale
+    descriptors say. A real NIC is reset between owners; the lab does for this one what its reset
+    should: receive and transmit off, interrupts masked, ring registers cleared. With quiesce False it
+    only reports, so that a VMM's own defence can be tested against the device as it was left.
+    Returns one line per idle e1000e on vfio-pci: what was found, and what was done."""
     import glob
     import mmap
     import struct
-    done = []
+    out = []
     for dev in sorted(glob.glob("/sys/bus/pci/devices/*")):
         try:
             ids = [open(f"{dev}/{f}").read().strip() for f in ("vendor", "device")]
@@ -242,27 +259,38 @@ def reset_idle_e1000e():
                 cfg.seek(4)
                 command = struct.unpack("<H", cfg.read(2))[0]
                 cfg.seek(4)
-                cfg.write(struct.pack("<H", command | 0x2))  # memory decode, for the register write
+                cfg.write(struct.pack("<H", (command | 0x2) & ~0x4))  # memory decode on, no DMA meanwhile
                 cfg.flush()
                 with open(f"{dev}/resource0", "r+b") as bar:
-                    regs = mmap.mmap(bar.fileno(), 4096)
-                    ctrl = struct.unpack_from("<I", regs, 0)[0]
-                    struct.pack_into("<I", regs, 0, ctrl | (1 << 26))  # CTRL.RST
-                    time.sleep(0.02)
+                    regs = mmap.mmap(bar.fileno(), 0x4000)
+                    rd = lambda off: struct.unpack_from("<I", regs, off)[0]
+                    wr = lambda off, v: struct.pack_into("<I", regs, off, v)
+                    rctl, tctl = rd(RCTL), rd(TCTL)
+                    ring = (rd(0x2804) << 32) | rd(0x2800)
+                    found = (f"RCTL {rctl:#x} TCTL {tctl:#x} rx ring {ring:#x} len {rd(0x2808)} "
+                             f"head {rd(0x2810)} tail {rd(0x2818)}")
+                    if quiesce:
+                        wr(IMC, 0xffffffff)
+                        wr(RCTL, 0)
+                        wr(TCTL, 0)
+                        wr(CTRL, rd(CTRL) | (1 << 26))
+                        for q in E1000E_QUEUES:
+                            for off in (0x0, 0x4, 0x8, 0x10, 0x18):  # base low/high, length, head, tail
+                                wr(q + off, 0)
+                        wr(IMC, 0xffffffff)
                     regs.close()
                 cfg.seek(4)
                 cfg.write(struct.pack("<H", command))
-            done.append(os.path.basename(dev))
+            out.append(f"{os.path.basename(dev)} {'quiesced' if quiesce else 'left as it was'}: {found}")
         except (OSError, ValueError) as e:
-            done.append(f"{os.path.basename(dev)}: {e}")
-    return done
+            out.append(f"{os.path.basename(dev)}: {e}")
+    return out
 
 
 def main():
-    name, timeout, grace, typed, cmd = parse_args(sys.argv[1:])
-    reset = reset_idle_e1000e()
-    if reset:
-        print(f"[{name}] e1000e reset through CTRL.RST: {', '.join(reset)}", flush=True)
+    name, timeout, grace, typed, as_left, cmd = parse_args(sys.argv[1:])
+    for line in e1000e_handover(quiesce=not as_left):
+        print(f"[{name}] e1000e at hand-over: {line}", flush=True)
     scenario = os.environ.get("LAB_SCENARIO", "?")
     out_dir = os.environ.get("LAB_OUT", "/tmp")
     os.makedirs(out_dir, exist_ok=True)
@@ -318,7 +346,8 @@ def main():
     figures = {"wall_ms": wall_ms, "vmm_start_to_l2_init_ms": state["init_ms"],
                "l2_uptime_at_init_s": boot.get("uptime_s"),
                "peak_rss_kb": peak_kb, "peak_private_rss_kb": sampler.private_kb, "exit_code": rc,
-               "exited_by_itself": state["killed"] is None, "console": console_path}
+               "exited_by_itself": state["killed"] is None, "exit_after_done_ms": state["exit_after_done_ms"],
+               "console": console_path}
     if retried:
         figures["first_run_reset_early"] = retried
     guest_mb = guest_memory_mb(cmd)

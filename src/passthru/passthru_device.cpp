@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "memory/layout.h"
+#include "passthru/handover.h"
 
 namespace passvm::passthru {
 namespace {
@@ -57,6 +58,10 @@ PassthruDevice::~PassthruDevice() { teardown(); }
 
 void PassthruDevice::setup() {
   reset_at_start();
+  HandoverState handed = quiesce_for_handover(*dev_);
+  if (handed.active)
+    fmt::print(stderr, "passvm: {}: still running after its {} reset: {}; stopped and its rings cleared before "
+               "the guest sees it\n", name_, reset_method_.empty() ? "(absent)" : reset_method_, handed.found);
   vfio::RegionInfo cfg = dev_->region_info(VFIO_PCI_CONFIG_REGION_INDEX);
   if (cfg.size < 0x40)
     throw vfio::VfioError(fmt::format("{}: the transport exposes no PCI config space", name_));
@@ -242,6 +247,9 @@ void PassthruDevice::teardown() {
       close(*fd);
       *fd = -1;
     }
+  // A device whose reset leaves its DMA engines programmed is stopped by hand, so that its next owner
+  // does not inherit our guest's rings (handover.h).
+  if (dev_) quietly([&] { quiesce_for_handover(*dev_); });
   // No reset of our own: releasing the device makes vfio-pci reset it (and restore the config space
   // it saved at open), as for any VFIO user. A second function reset would only add its 100 ms wait.
   dev_.reset();

@@ -1,0 +1,99 @@
+#include "passthru/handover.h"
+
+#include <gtest/gtest.h>
+
+#include "passthru/fake_vfio.h"
+#include "passthru/passthru_device.h"
+
+namespace passvm::passthru {
+namespace {
+
+using testing::FakeDevice;
+using testing::FakePlatform;
+using testing::FakeState;
+
+constexpr uint32_t kRctl = 0x100, kTctl = 0x400, kRdbal = 0x2800, kRdbah = 0x2804, kRdlen = 0x2808,
+                   kRdh = 0x2810, kRdt = 0x2818, kTdbal = 0x3800, kImc = 0xd8;
+
+// An 82574L as a previous guest left it: receive and transmit on, rings programmed, BAR0 128 KiB.
+FakeState running_nic(uint32_t id = 0x10d38086) {
+  FakeState s;
+  s.set32(0x00, id);
+  s.set16(0x04, 0x0006);  // memory decode and bus mastering, as the old owner had them
+  s.set32(0x10, 0x0);
+  vfio::RegionInfo r;
+  r.index = 0;
+  r.size = 0x20000;
+  r.readable = r.writable = true;
+  s.regions[0] = r;
+  s.bars[0] = std::vector<uint8_t>(0x20000, 0);
+  auto set = [&](uint32_t off, uint32_t v) { pci::store_le(&s.bars[0][off], 4, v); };
+  set(kRctl, 0x0400801a);
+  set(kTctl, 0x3103f0fa);
+  set(kRdbal, 0x12345000);
+  set(kRdbah, 0x1);
+  set(kRdlen, 4096);
+  set(kRdh, 17);
+  set(kRdt, 255);
+  set(kTdbal, 0x2340000);
+  return s;
+}
+
+uint32_t bar32(const FakeState& s, uint32_t off) { return pci::load_le(&s.bars.at(0)[off], 4); }
+
+TEST(Handover, StopsA82574LeftRunningAndReportsWhatItFound) {
+  FakeState s = running_nic();
+  FakeDevice dev(s);
+  HandoverState st = quiesce_for_handover(dev);
+  EXPECT_TRUE(st.known);
+  EXPECT_TRUE(st.active);
+  EXPECT_NE(st.found.find("ring at 0x112345000"), std::string::npos) << st.found;
+  EXPECT_NE(st.found.find("transmit on"), std::string::npos) << st.found;
+  for (uint32_t off : {kRctl, kTctl, kRdbal, kRdbah, kRdlen, kRdh, kRdt, kTdbal}) EXPECT_EQ(bar32(s, off), 0u) << off;
+  EXPECT_EQ(bar32(s, kImc), 0xffffffffu);
+  // The registers were written with decoding on and bus mastering off, and mastering stays off.
+  EXPECT_EQ(pci::load_le(&s.config[0x04], 2), 0x0002u);
+  ASSERT_GE(s.config_writes.size(), 2u);
+}
+
+TEST(Handover, AQuietDeviceIsKnownButNotReported) {
+  FakeState s = running_nic();
+  pci::store_le(&s.bars[0][kRctl], 4, 0);
+  pci::store_le(&s.bars[0][kTctl], 4, 0);
+  FakeDevice dev(s);
+  HandoverState st = quiesce_for_handover(dev);
+  EXPECT_TRUE(st.known);
+  EXPECT_FALSE(st.active);
+  EXPECT_EQ(bar32(s, kRdbal), 0u);  // the stale ring address goes all the same
+}
+
+TEST(Handover, OtherDevicesAreLeftAlone) {
+  FakeState s = running_nic(0x00101b36);  // an NVMe controller: its reset works
+  FakeDevice dev(s);
+  HandoverState st = quiesce_for_handover(dev);
+  EXPECT_FALSE(st.known);
+  EXPECT_EQ(bar32(s, kRctl), 0x0400801au);
+  EXPECT_TRUE(s.config_writes.empty());
+}
+
+TEST(Handover, PassthroughStopsTheNicAtOpenAndAgainBeforeRelease) {
+  FakeState s = running_nic();
+  FakePlatform platform;
+  {
+    PassthruDevice dev(std::make_unique<FakeDevice>(s), std::make_unique<testing::ForwardingPlatform>(platform),
+                       PassthruOptions{.watcher_thread = false});
+    EXPECT_EQ(bar32(s, kRctl), 0u);
+    EXPECT_EQ(bar32(s, kRdbal), 0u);
+    // The guest's driver programs a ring and turns the NIC on.
+    pci::store_le(&s.bars[0][kRdbal], 4, 0x7000);
+    pci::store_le(&s.bars[0][kRctl], 4, 0x2);
+    EXPECT_FALSE(s.closed);
+  }
+  EXPECT_TRUE(s.closed);
+  EXPECT_EQ(bar32(s, kRctl), 0u);
+  EXPECT_EQ(bar32(s, kRdbal), 0u);
+  EXPECT_EQ(pci::load_le(&s.config[0x04], 2) & 0x4, 0u);
+}
+
+}  // namespace
+}  // namespace passvm::passthru
