@@ -114,7 +114,7 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
       ->allow_extra_args(false);
   app.add_option("-l,--lpc", lpc, "LPC device: com1,stdio (the guest's ttyS0 on this terminal)")
       ->allow_extra_args(false);
-  app.add_flag("-S,--hugepages", cfg.hugepages, "Back guest RAM with 2 MiB hugepages");
+  app.add_flag("-S,--hugepages", cfg.hugepages, "Back guest RAM with the host's reserved hugetlbfs pages (1 GiB ones when the size allows and the pool has them, else 2 MiB); without it, transparent huge pages");
   app.add_option("--kernel,-k", cfg.kernel, "Linux bzImage to boot")->required();
   app.add_option("--initrd,-i", cfg.initrd, "Initramfs to load");
   app.add_option("--append,-a", cfg.cmdline, "Kernel command line");

@@ -167,10 +167,28 @@ CheckLine check_hugepages(const Sysroot& sysroot, const ProcessFacts& facts) {
   std::string fix = fmt::format("`echo {} > /proc/sys/vm/nr_hugepages` (optional: fewer IOMMU mappings, faster "
                                 "pinning)",
                                 want);
-  if (total == 0) return warn("hugepages", "none reserved (HugePages_Total 0); guest RAM uses 4 KiB pages", fix);
+  if (total == 0)
+    return warn("hugepages", "none reserved (HugePages_Total 0): -S needs them; without -S guest RAM is on "
+                "transparent huge pages", fix);
   std::string detail = fmt::format("{} of {} free, {} KiB each ({})", free_pages, total, size_kib, mib(free_bytes));
   if (free_bytes < facts.guest_memory) return warn("hugepages", detail + ": fewer than the guest needs", fix);
   return pass("hugepages", detail);
+}
+
+// Guest RAM's default backing: anonymous memory that asks for transparent huge pages (madvise).
+CheckLine check_thp(const Sysroot& sysroot) {
+  std::string line = sysroot.read("/sys/kernel/mm/transparent_hugepage/enabled").value_or("");
+  auto open = line.find('['), close = line.find(']');
+  std::string mode = open == std::string::npos || close < open ? "" : line.substr(open + 1, close - open - 1);
+  const std::string fix = "`echo madvise > /sys/kernel/mm/transparent_hugepage/enabled`, or reserve hugepages "
+                          "and use -S";
+  if (mode == "always" || mode == "madvise")
+    return pass("transparent huge pages", fmt::format("{}: guest RAM gets 2 MiB pages", mode));
+  if (mode.empty())
+    return warn("transparent huge pages", "not in this kernel: guest RAM uses 4 KiB pages (slower DMA and nested "
+                "paging)", "reserve hugepages and use -S");
+  return warn("transparent huge pages", fmt::format("{}: guest RAM uses 4 KiB pages (slower DMA and nested paging)",
+                                                    mode), fix);
 }
 
 std::vector<CheckLine> check_reserved(const Sysroot& sysroot) {
@@ -240,6 +258,7 @@ std::vector<CheckLine> run_preflight(const Sysroot& sysroot, const ProcessFacts&
     lines.push_back(warn("/dev/vfio/vfio", "missing (appears when vfio loads)", "`modprobe vfio-pci`"));
   }
   lines.push_back(check_memlock(facts));
+  lines.push_back(check_thp(sysroot));
   lines.push_back(check_hugepages(sysroot, facts));
   for (auto& l : check_reserved(sysroot)) lines.push_back(std::move(l));
   return lines;

@@ -23,6 +23,7 @@ class Preflight : public ::testing::Test {
     for (auto m : {"vfio", "vfio_pci", "vfio_iommu_type1"}) fake.write(std::string("/sys/module/") + m + "/refcnt", "0\n");
     fake.write("/proc/meminfo", "MemTotal: 3000000 kB\nHugePages_Total:     512\nHugePages_Free:      512\n"
                                 "Hugepagesize:       2048 kB\n");
+    fake.write("/sys/kernel/mm/transparent_hugepage/enabled", "always [madvise] never\n");
     fake.bind("0000:00:03.0", "vfio-pci");
     fake.write("/dev/vfio/2", "");
   }
@@ -108,6 +109,16 @@ TEST_F(Preflight, HugepagesWarnWhenTooFew) {
   EXPECT_EQ(l.verdict, Verdict::Warn);
   EXPECT_NE(l.fix.find("echo 1024 > /proc/sys/vm/nr_hugepages"), std::string::npos) << l.fix;
   EXPECT_FALSE(any_fail());  // slower, not broken
+}
+
+TEST_F(Preflight, TransparentHugePagesOffWarnsWithFix) {
+  EXPECT_EQ(line("transparent huge pages").verdict, Verdict::Pass);
+  fake.write("/sys/kernel/mm/transparent_hugepage/enabled", "always madvise [never]\n");
+  auto l = line("transparent huge pages");
+  EXPECT_EQ(l.verdict, Verdict::Warn);
+  EXPECT_NE(l.detail.find("4 KiB pages"), std::string::npos) << l.detail;
+  EXPECT_NE(l.fix.find("echo madvise > /sys/kernel/mm/transparent_hugepage/enabled"), std::string::npos) << l.fix;
+  EXPECT_FALSE(any_fail());
 }
 
 TEST_F(Preflight, ReservedDeviceWithBrokenGroupFails) {

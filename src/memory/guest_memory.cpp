@@ -7,7 +7,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -16,27 +19,144 @@
 
 namespace passvm {
 
-GuestMemory::GuestMemory(uint64_t size, bool hugepages) : size_(size) {
+#ifndef MFD_HUGE_2MB  // <linux/memfd.h>, which clashes with glibc's definitions of the other MFD_ flags
+#define MFD_HUGE_2MB (21u << 26)
+#define MFD_HUGE_1GB (30u << 26)
+#endif
+
+namespace {
+
+constexpr uint64_t kHuge = 2 * layout::MiB;
+
+std::string first_line(const std::string& path) {
+  std::ifstream f(path);
+  std::string line;
+  std::getline(f, line);
+  return line;
+}
+
+// "always [madvise] never" -> "madvise"; "" when the kernel has no transparent huge pages.
+std::string thp_mode() {
+  std::string line = first_line("/sys/kernel/mm/transparent_hugepage/enabled");
+  auto open = line.find('['), close = line.find(']');
+  return open == std::string::npos || close < open ? "" : line.substr(open + 1, close - open - 1);
+}
+
+uint64_t free_hugetlb_pages(uint64_t page) {
+  try {
+    return std::stoull(first_line(fmt::format("/sys/kernel/mm/hugepages/hugepages-{}kB/free_hugepages", page >> 10)));
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
+std::string size_name(uint64_t bytes) {
+  return bytes >= layout::GiB && bytes % layout::GiB == 0 ? fmt::format("{} GiB", bytes / layout::GiB)
+         : bytes >= layout::MiB                            ? fmt::format("{} MiB", bytes / layout::MiB)
+                                                           : fmt::format("{} KiB", bytes / layout::KiB);
+}
+
+}  // namespace
+
+std::string PageUsage::describe() const {
+  if (resident == 0) return "none resident yet";
+  std::string what = fmt::format("{} MiB resident", resident >> 20);
+  if (huge == 0) return what + ", in 4 KiB pages";
+  if (huge >= resident) return fmt::format("{}, all in {} pages", what, size_name(page_size));
+  return fmt::format("{}, {} MiB of it in {} pages, the rest in 4 KiB pages", what, huge >> 20, size_name(page_size));
+}
+
+PageUsage parse_smaps(std::string_view smaps, uint64_t start, uint64_t end) {
+  PageUsage u;
+  bool inside = false;
+  uint64_t kernel_page = 4096;
+  while (!smaps.empty()) {
+    size_t nl = smaps.find('\n');
+    std::string_view line = smaps.substr(0, nl);
+    smaps = nl == std::string_view::npos ? std::string_view{} : smaps.substr(nl + 1);
+    unsigned long long lo = 0, hi = 0;
+    char dash = 0;
+    std::string l(line);
+    if (std::sscanf(l.c_str(), "%llx%c%llx ", &lo, &dash, &hi) == 3 && dash == '-' && l.find(':') > l.find(' ')) {
+      inside = lo < end && hi > start;
+      kernel_page = 4096;
+      continue;
+    }
+    if (!inside) continue;
+    auto colon = l.find(':');
+    if (colon == std::string::npos) continue;
+    const std::string key = l.substr(0, colon);
+    unsigned long long kb = 0;
+    if (std::sscanf(l.c_str() + colon + 1, "%llu", &kb) != 1) continue;
+    const uint64_t bytes = kb * 1024;
+    if (key == "KernelPageSize") {
+      kernel_page = bytes;
+      u.page_size = std::max(u.page_size, bytes);
+    } else if (key == "Rss") {
+      u.resident += bytes;
+    } else if (key == "Shared_Hugetlb" || key == "Private_Hugetlb") {
+      u.resident += bytes;
+      u.huge += bytes;
+    } else if (key == "AnonHugePages" || key == "ShmemPmdMapped" || key == "FilePmdMapped") {
+      u.huge += bytes;
+      if (bytes) u.page_size = std::max<uint64_t>(u.page_size, std::max<uint64_t>(kernel_page, kHuge));
+    }
+  }
+  return u;
+}
+
+GuestMemory::GuestMemory(uint64_t size, bool hugetlb) : size_(size) {
   if (size < 16 * layout::MiB)
     throw std::runtime_error(fmt::format("guest memory {} MiB is too small: give -m 16M or more", size >> 20));
-  const uint64_t align = hugepages ? 2 * layout::MiB : 4096;
-  if (size % align != 0)
-    throw std::runtime_error(fmt::format("guest memory size {:#x} is not a multiple of {} KiB", size, align >> 10));
-  unsigned flags = MFD_CLOEXEC | (hugepages ? MFD_HUGETLB : 0u);
-  fd_ = memfd_create("passvm-ram", flags);
-  if (fd_ < 0) throw std::runtime_error(fmt::format("cannot create guest memory: {}", strerror(errno)));
-  if (ftruncate(fd_, static_cast<off_t>(size)) != 0) {
-    int err = errno;
-    close(fd_);
-    throw std::runtime_error(fmt::format("cannot size guest memory to {} MiB: {}", size >> 20, strerror(err)));
+  void* p = MAP_FAILED;
+  if (hugetlb) {
+    // 1 GiB pages when the size is made of them and the pool holds enough; 2 MiB pages otherwise.
+    uint64_t page = size % layout::GiB == 0 && free_hugetlb_pages(layout::GiB) * layout::GiB >= size ? layout::GiB
+                                                                                                     : kHuge;
+    if (size % page != 0)
+      throw std::runtime_error(fmt::format("guest memory size {:#x} is not a multiple of {} KiB", size, page >> 10));
+    fd_ = memfd_create("passvm-ram", MFD_CLOEXEC | MFD_HUGETLB | (page == layout::GiB ? MFD_HUGE_1GB : MFD_HUGE_2MB));
+    if (fd_ < 0) throw std::runtime_error(fmt::format("cannot create guest memory: {}", strerror(errno)));
+    if (ftruncate(fd_, static_cast<off_t>(size)) != 0) {
+      int err = errno;
+      close(fd_);
+      throw std::runtime_error(fmt::format("cannot size guest memory to {} MiB: {}", size >> 20, strerror(err)));
+    }
+    p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd_, 0);
+    mapped_size_ = size;
+    backing_ = fmt::format("{} hugetlbfs pages", size_name(page));
+  } else {
+    if (size % 4096 != 0)
+      throw std::runtime_error(fmt::format("guest memory size {:#x} is not a multiple of 4 KiB", size));
+    // 2 MiB aligned, so that every 2 MiB of guest-physical memory can be one huge page: map 2 MiB more,
+    // then give back the unaligned ends.
+    p = mmap(nullptr, size + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p != MAP_FAILED) {
+      auto start = reinterpret_cast<uintptr_t>(p), aligned = (start + kHuge - 1) & ~(kHuge - 1);
+      if (aligned > start) munmap(p, aligned - start);
+      if (start + kHuge > aligned) munmap(reinterpret_cast<void*>(aligned + size), start + kHuge - aligned);
+      p = reinterpret_cast<void*>(aligned);
+      mapped_size_ = size;
+      // Pinned DMA pages and fork do not mix: a child (none is made today) must not share them.
+      madvise(p, size, MADV_DONTFORK);
+      const std::string mode = thp_mode();
+      if (mode == "never")
+        small_pages_reason_ = "transparent huge pages are off on this host (/sys/kernel/mm/transparent_hugepage/"
+                              "enabled says never): `echo madvise > /sys/kernel/mm/transparent_hugepage/enabled`, "
+                              "or reserve hugepages and use -S";
+      else if (madvise(p, size, MADV_HUGEPAGE) != 0)
+        small_pages_reason_ = fmt::format("this kernel has no transparent huge pages (madvise: {}); reserve "
+                                          "hugepages and use -S",
+                                          strerror(errno));
+      backing_ = small_pages_reason_.empty() ? "transparent huge pages" : "4 KiB pages";
+    }
   }
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd_, 0);
   if (p == MAP_FAILED) {
     int err = errno;
-    close(fd_);
+    if (fd_ >= 0) close(fd_);
     throw std::runtime_error(fmt::format("cannot map {} MiB of guest memory: {}{}", size >> 20, strerror(err),
-                                         hugepages ? " (are enough hugepages reserved? see /proc/sys/vm/nr_hugepages)"
-                                                   : ""));
+                                         hugetlb ? " (are enough hugepages reserved? see /proc/sys/vm/nr_hugepages)"
+                                                 : ""));
   }
   base_ = static_cast<uint8_t*>(p);
   uint64_t low = size < layout::kLowRamMax ? size : layout::kLowRamMax;
@@ -45,8 +165,16 @@ GuestMemory::GuestMemory(uint64_t size, bool hugepages) : size_(size) {
 }
 
 GuestMemory::~GuestMemory() {
-  if (base_) munmap(base_, size_);
+  if (base_) munmap(base_, mapped_size_);
   if (fd_ >= 0) close(fd_);
+}
+
+PageUsage GuestMemory::page_usage() const {
+  std::ifstream f("/proc/self/smaps");
+  std::stringstream text;
+  text << f.rdbuf();
+  const auto start = reinterpret_cast<uint64_t>(base_);
+  return parse_smaps(text.str(), start, start + size_);
 }
 
 #ifndef MADV_POPULATE_WRITE

@@ -1,15 +1,27 @@
 // memory: guest RAM.
 //
-// Guest RAM is one memfd (so that it could be shared with another process, a
-// vfio-user server say), mapped once into passvm and cut into guest-physical
-// regions around the 32-bit PCI hole. KVM memory slots and IOMMU DMA mappings
-// are made from regions(); device models and the boot loader reach guest RAM
-// through host_address()/read()/write(), which refuse any range not wholly
-// inside RAM, so a guest-supplied address can never reach passvm's own memory.
+// Guest RAM is one mapping, cut into guest-physical regions around the 32-bit PCI
+// hole. By default it is anonymous memory, 2 MiB aligned, with transparent huge pages
+// asked for: every 2 MiB of guest-physical memory can then be one host page, which
+// makes the guest's nested paging cheaper, lets the IOMMU map guest RAM in 2 MiB
+// entries (DMA through 4 KiB IOMMU mappings is measurably slower), and makes
+// allocating, pinning and freeing faster. With -S it is a memfd on the host's reserved
+// hugetlbfs pages, 1 GiB ones when the size allows and the pool has them. What the
+// kernel actually gave is read back from /proc/self/smaps (page_usage()), never assumed.
+//
+// KVM memory slots and IOMMU DMA mappings are made from regions(); device models and the
+// boot loader reach guest RAM through host_address()/read()/write(), which refuse any
+// range not wholly inside RAM, so a guest-supplied address can never reach passvm's own
+// memory.
+//
+// Lifetime: the mapping lives as long as the object; KVM slots and DMA mappings made from
+// it must be gone first (the machine declares them after it).
 #pragma once
 
 #include <cstdint>
 #include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
 namespace passvm {
@@ -18,21 +30,39 @@ struct MemoryRegion {
   uint64_t gpa;
   uint64_t size;
   uint8_t* hva;
-  uint64_t fd_offset;  // offset of this region inside the memfd
+  uint64_t offset;  // offset of this region inside the mapping
 };
+
+// How much of a mapping is resident, and in which page sizes (from smaps).
+struct PageUsage {
+  uint64_t resident = 0;      // bytes
+  uint64_t huge = 0;          // bytes of that in pages larger than 4 KiB
+  uint64_t page_size = 4096;  // the largest page size seen: 4 KiB, 2 MiB (THP or hugetlbfs) or 1 GiB
+  // "512 MiB resident, all in 2 MiB pages"
+  std::string describe() const;
+};
+
+// Sums the smaps entries that lie inside [start, end) (pure: for tests and page_usage()).
+PageUsage parse_smaps(std::string_view smaps, uint64_t start, uint64_t end);
 
 class GuestMemory {
  public:
-  // Allocates `size` bytes of guest RAM and lays them out on the x86 map (layout.h).
+  // Allocates `size` bytes of guest RAM and lays them out on the x86 map (layout.h); hugetlbfs pages
+  // with `hugetlb` (-S), else anonymous memory with transparent huge pages where the host allows them.
   // Throws std::runtime_error with a user-facing message when the memory cannot be had.
-  GuestMemory(uint64_t size, bool hugepages);
+  GuestMemory(uint64_t size, bool hugetlb);
   ~GuestMemory();
   GuestMemory(const GuestMemory&) = delete;
   GuestMemory& operator=(const GuestMemory&) = delete;
 
   const std::vector<MemoryRegion>& regions() const { return regions_; }
   uint64_t size() const { return size_; }
-  int fd() const { return fd_; }
+  // What was asked of the kernel ("transparent huge pages", "1 GiB hugetlbfs pages", ...).
+  const std::string& backing() const { return backing_; }
+  // Why guest RAM cannot be on huge pages here, with the fix; empty when it can.
+  const std::string& small_pages_reason() const { return small_pages_reason_; }
+  // What the kernel actually gave, now.
+  PageUsage page_usage() const;
 
   // Allocates every page now, `threads` at a time (0: one per host CPU, at most 16), instead of at the
   // guest's first touch. Pinning for DMA allocates them anyway, one page after the other in one thread;
@@ -48,8 +78,10 @@ class GuestMemory {
 
  private:
   uint64_t size_;
+  uint64_t mapped_size_ = 0;
   int fd_ = -1;
   uint8_t* base_ = nullptr;
+  std::string backing_, small_pages_reason_;
   std::vector<MemoryRegion> regions_;
 };
 

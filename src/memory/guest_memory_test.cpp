@@ -1,9 +1,10 @@
 #include "memory/guest_memory.h"
 
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 
 #include <array>
+#include <fstream>
+#include <string>
 #include <stdexcept>
 
 #include "memory/layout.h"
@@ -30,11 +31,7 @@ TEST(GuestMemory, RangeChecksRejectOutsideRam) {
   EXPECT_EQ(mem.host_address(16 * layout::MiB, 1), nullptr);
 }
 
-uint64_t allocated_bytes(const GuestMemory& mem) {
-  struct stat st {};
-  EXPECT_EQ(fstat(mem.fd(), &st), 0);
-  return static_cast<uint64_t>(st.st_blocks) * 512;
-}
+uint64_t allocated_bytes(const GuestMemory& mem) { return mem.page_usage().resident; }
 
 // Populating allocates every page of the memfd, in parallel, without changing a byte.
 TEST(GuestMemory, PopulateAllocatesEveryPageAndKeepsContents) {
@@ -51,6 +48,84 @@ TEST(GuestMemory, PopulateAllocatesEveryPageAndKeepsContents) {
   mem.read(100 * layout::MiB, back);
   EXPECT_EQ(back, (std::array<uint8_t, 4>{}));
   EXPECT_EQ(GuestMemory(16 * layout::MiB, false).populate(8), 1u) << "no more threads than units of work";
+}
+
+// Guest-physical 2 MiB frames map to 2 MiB-aligned host memory, so each can be one huge page.
+TEST(GuestMemory, RamIsHugePageAligned) {
+  GuestMemory mem(64 * layout::MiB + 4096, false);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(mem.host_address(0, 1)) % (2 * layout::MiB), 0u);
+  std::array<uint8_t, 4> mark{1, 2, 3, 4};
+  mem.write(64 * layout::MiB + 4092, mark);  // the last bytes are mapped
+}
+
+std::string thp_setting() {
+  std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string line;
+  std::getline(f, line);
+  return line;
+}
+
+// Where the host allows transparent huge pages, guest RAM gets them, and smaps says so.
+TEST(GuestMemory, DefaultRamIsOnTransparentHugePages) {
+  GuestMemory mem(64 * layout::MiB, false);
+  const std::string thp = thp_setting();
+  if (thp.empty() || thp.find("[never]") != std::string::npos) {
+    EXPECT_FALSE(mem.small_pages_reason().empty());
+    EXPECT_EQ(mem.backing(), "4 KiB pages");
+    GTEST_SKIP() << "transparent huge pages are off here: " << thp;
+  }
+  EXPECT_TRUE(mem.small_pages_reason().empty()) << mem.small_pages_reason();
+  EXPECT_EQ(mem.backing(), "transparent huge pages");
+  mem.populate(2);
+  PageUsage u = mem.page_usage();
+  EXPECT_EQ(u.resident, 64 * layout::MiB);
+  // khugepaged is not involved: the faults themselves take huge pages, unless memory is too fragmented.
+  EXPECT_GT(u.huge, 32 * layout::MiB) << u.describe();
+  EXPECT_EQ(u.page_size, 2 * layout::MiB);
+}
+
+constexpr const char* kSmaps =
+    "7f0000000000-7f0000200000 rw-p 00000000 00:00 0 \n"
+    "Size:               2048 kB\n"
+    "KernelPageSize:        4 kB\n"
+    "Rss:                2048 kB\n"
+    "AnonHugePages:      2048 kB\n"
+    "7f0000200000-7f0020200000 rw-p 00000000 00:00 0 \n"
+    "Size:             524288 kB\n"
+    "KernelPageSize:        4 kB\n"
+    "Rss:              524288 kB\n"
+    "AnonHugePages:    520192 kB\n"
+    "VmFlags: rd wr mr mw me ac hg dc\n"
+    "7f4000000000-7f4040000000 rw-s 00000000 00:0f 1234 /memfd:passvm-ram (deleted)\n"
+    "Size:            1048576 kB\n"
+    "KernelPageSize:  1048576 kB\n"
+    "Rss:                   0 kB\n"
+    "Shared_Hugetlb:  1048576 kB\n"
+    "Private_Hugetlb:       0 kB\n";
+
+TEST(PageUsage, CountsOnlyTheMappingAskedFor) {
+  PageUsage thp = parse_smaps(kSmaps, 0x7f0000200000, 0x7f0020200000);
+  EXPECT_EQ(thp.resident, 512 * layout::MiB);
+  EXPECT_EQ(thp.huge, 508 * layout::MiB);
+  EXPECT_EQ(thp.page_size, 2 * layout::MiB);
+  EXPECT_EQ(thp.describe(), "512 MiB resident, 508 MiB of it in 2 MiB pages, the rest in 4 KiB pages");
+}
+
+TEST(PageUsage, HugetlbfsPagesAreResidentAndHuge) {
+  PageUsage h = parse_smaps(kSmaps, 0x7f4000000000, 0x7f4040000000);
+  EXPECT_EQ(h.resident, 1 * layout::GiB);
+  EXPECT_EQ(h.huge, 1 * layout::GiB);
+  EXPECT_EQ(h.page_size, 1 * layout::GiB);
+  EXPECT_EQ(h.describe(), "1024 MiB resident, all in 1 GiB pages");
+}
+
+TEST(PageUsage, NothingResidentOrSmallPages) {
+  EXPECT_EQ(parse_smaps(kSmaps, 0x1000, 0x2000).describe(), "none resident yet");
+  const std::string small = "10000000-10400000 rw-p 00000000 00:00 0 \nKernelPageSize: 4 kB\nRss: 4096 kB\n"
+                            "AnonHugePages: 0 kB\n";
+  PageUsage u = parse_smaps(small, 0x10000000, 0x10400000);
+  EXPECT_EQ(u.page_size, 4096u);
+  EXPECT_EQ(u.describe(), "4 MiB resident, in 4 KiB pages");
 }
 
 TEST(GuestMemory, RejectsTooSmall) { EXPECT_THROW(GuestMemory(1 * layout::MiB, false), std::runtime_error); }

@@ -196,7 +196,10 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   check_interrupted(ctl);
   GuestMemory mem(cfg.memory, cfg.hugepages);
   for (const auto& r : mem.regions()) vm.map_memory(r.gpa, r.size, r.hva);  // the VM's teardown drops the slots
-  step(fmt::format("{} MiB of guest RAM{}", cfg.memory >> 20, cfg.hugepages ? " on hugepages" : ""));
+  step(fmt::format("{} MiB of guest RAM on {}", cfg.memory >> 20, mem.backing()));
+  if (!mem.small_pages_reason().empty())
+    fmt::print(stderr, "passvm: {}: guest RAM in 4 KiB pages (slower nested paging and DMA): {}\n", cfg.name,
+               mem.small_pages_reason());
 
   // Firmware tables and the kernel, before any device is opened: a wrong kernel path should fail in
   // milliseconds, not after seconds of pinning guest RAM.
@@ -254,7 +257,7 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   }
   if (!passthru_devices.empty()) {
     unsigned threads = mem.populate();
-    step(fmt::format("guest RAM allocated ({} threads)", threads));
+    step(fmt::format("guest RAM allocated ({} threads): {}", threads, mem.page_usage().describe()));
     check_interrupted(ctl);
     dma = std::make_unique<passthru::DmaMapping>(container, mem);
     step(fmt::format("guest RAM mapped for DMA ({} MiB pinned)", cfg.memory >> 20));
@@ -273,7 +276,7 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   step(fmt::format("{} vCPUs; setup took {:.1f} ms in all", cfg.cpus, step.total_ms()));
 
   auto print_stats = [&] {
-    std::string out = fmt::format("passvm: {} counters\n", cfg.name);
+    std::string out = fmt::format("passvm: {} counters\n  guest RAM: {}\n", cfg.name, mem.page_usage().describe());
     for (const auto& v : vcpus) {
       auto s = v->stats();
       out += fmt::format("  vcpu{}: io exits {}, mmio exits {}, other exits {}\n", v->index(), s.io, s.mmio, s.other);
