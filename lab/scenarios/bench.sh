@@ -1,7 +1,7 @@
 # Benchmark: QEMU and passvm boot the same L2, first with no device (boot cost alone),
 # then with the NVMe and the e1000e passed through (passthrough data path). bench/run
 # prints the figures side by side. Not part of the test suite: figures are not asserted.
-# lab-expect: qemu-boot.vmm pv-boot-first.vmm pv-boot.vmm pv-boot-guest-unpack.vmm qemu-pt.vmm pv-pt.vmm compare-boot compare-pt
+# lab-expect: qemu-boot.vmm pv-boot-first.vmm pv-boot.vmm pv-boot-guest-unpack.vmm qemu-pt.vmm pv-pt.vmm pv-pt2.vmm qemu-pt2.vmm compare-boot compare-pt
 # lab-timeout: 2000
 
 if [[ -z $PASSVM || ! -x $PASSVM ]]; then
@@ -12,7 +12,7 @@ QEMU=(qemu-system-x86_64 -enable-kvm -M q35 -cpu host -m 512 -smp 2 -nodefaults 
       -serial stdio -monitor none -kernel "$L2_KERNEL" -initrd "$L2_INITRD")
 PV=("$PASSVM" -c 2 -m 512M -s 0,hostbridge -l com1,stdio --stats -v --kernel "$L2_KERNEL" --initrd "$L2_INITRD")
 BOOT="$(l2_append cpus,mem lab.cpus=2 lab.mem_mb=512)"
-PT="$(l2_append nvme,ping,irqs lab.mem_mb=512)"
+PT="$(l2_append nvme,nvmebig,nvmerand,ping,irqs lab.mem_mb=512)"
 
 run_l2 qemu-boot --timeout 480 -- "${QEMU[@]}" -append "$BOOT"
 # passvm keeps unpacked kernels in a cache (src/boot/kernel_cache.h): the first boot of a kernel unpacks
@@ -27,8 +27,13 @@ run_l2 pv-boot-guest-unpack --timeout 480 -- "${PV[@]}" --guest-decompress --app
 for bdf in 0000:00:03.0 0000:00:04.0; do
     bind_vfio $bdf || { result pt.setup fail detail="cannot bind $bdf to vfio-pci"; exit 1; }
 done
-run_l2 qemu-pt --timeout 480 -- "${QEMU[@]}" -append "$PT" \
-    -device vfio-pci,host=0000:00:03.0 -device vfio-pci,host=0000:00:04.0
-run_l2 pv-pt --timeout 480 -- "${PV[@]}" -s 3,passthru,0000:00:03.0 -s 4,passthru,0000:00:04.0 --append "$PT" bench
+# Two runs of each, in the order QEMU, passvm, passvm, QEMU, so that a drift of the machine's speed
+# during the run weighs on both alike.
+QPT=(-append "$PT" -device vfio-pci,host=0000:00:03.0 -device vfio-pci,host=0000:00:04.0)
+PVPT=(-s 3,passthru,0000:00:03.0 -s 4,passthru,0000:00:04.0 --append "$PT" bench)
+run_l2 qemu-pt --timeout 480 -- "${QEMU[@]}" "${QPT[@]}"
+run_l2 pv-pt --timeout 480 -- "${PV[@]}" "${PVPT[@]}"
+run_l2 pv-pt2 --timeout 480 -- "${PV[@]}" "${PVPT[@]}"
+run_l2 qemu-pt2 --timeout 480 -- "${QEMU[@]}" "${QPT[@]}"
 l2_compare compare-pt qemu-pt pv-pt
 rm -rf "$PASSVM_CACHE_DIR"
