@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include "memory/layout.h"
+
 namespace passvm::passthru {
 namespace {
 
@@ -32,6 +34,21 @@ TEST(GuestDmaMap, MapsEveryRegionAtItsGuestAddressAndUnmaps) {
     EXPECT_EQ(dma.bytes_mapped(), mem.size());
   }
   EXPECT_TRUE(m.maps.empty());
+}
+
+// Each guest RAM region is one mapping, as large as it can be, with guest-physical and host addresses
+// 2 MiB aligned alike: the kernel then pins whole huge pages and the IOMMU can use 2 MiB entries.
+TEST(GuestDmaMap, MapsEachRegionWholeAndHugePageAligned) {
+  GuestMemory mem(3 * layout::GiB + 64 * layout::MiB, false);  // low RAM up to the hole, the rest from 4 GiB
+  RecordingMapper m;
+  GuestDmaMap dma(m, mem);
+  ASSERT_EQ(m.maps.size(), 2u);
+  EXPECT_EQ(m.maps.at(0).first, 3 * layout::GiB);
+  EXPECT_EQ(m.maps.at(4 * layout::GiB).first, 64 * layout::MiB);
+  for (auto& [iova, map] : m.maps) {
+    EXPECT_EQ(iova % (2 * layout::MiB), 0u);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(map.second) % (2 * layout::MiB), 0u) << "region at " << iova;
+  }
 }
 
 TEST(GuestDmaMap, PinFailureNamesGuestSizeAndUndoes) {

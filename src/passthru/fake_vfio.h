@@ -1,7 +1,10 @@
 // passthru tests: an in-memory VFIO device and a recording Platform, so the passthrough logic runs without KVM.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <map>
+#include <string>
 #include <set>
 #include <tuple>
 #include <vector>
@@ -28,6 +31,9 @@ struct FakeState {
   std::vector<std::pair<uint32_t, uint32_t>> config_writes;  // offset, size
   int resets = 0;
   bool closed = false;  // the device was released (vfio-pci resets it then)
+  // Every write, interrupt change and the release, in order: "config 0x4=0x2", "bar0 0x100=0x0",
+  // "disable 2", "close".
+  std::vector<std::string> events;
   void set32(uint32_t off, uint32_t v) { pci::store_le(&config[off], 4, v); }
   void set16(uint32_t off, uint32_t v) { pci::store_le(&config[off], 2, v); }
 };
@@ -35,7 +41,10 @@ struct FakeState {
 class FakeDevice final : public vfio::Device {
  public:
   explicit FakeDevice(FakeState& s) : s_(s) {}
-  ~FakeDevice() override { s_.closed = true; }
+  ~FakeDevice() override {
+    s_.closed = true;
+    s_.events.push_back("close");
+  }
   std::string name() const override { return "0000:00:03.0"; }
   uint32_t num_regions() const override { return 9; }
   uint32_t num_irqs() const override { return 5; }
@@ -63,6 +72,11 @@ class FakeDevice final : public vfio::Device {
     if (offset + data.size() > b.size()) throw vfio::VfioError("fake: write out of range");
     if (region == VFIO_PCI_CONFIG_REGION_INDEX)
       s_.config_writes.push_back({static_cast<uint32_t>(offset), static_cast<uint32_t>(data.size())});
+    uint32_t v = 0;
+    for (size_t i = 0; i < data.size() && i < 4; i++) v |= uint32_t{data[i]} << (8 * i);
+    s_.events.push_back(fmt::format("{} {:#x}={:#x}",
+                                    region == VFIO_PCI_CONFIG_REGION_INDEX ? "config" : fmt::format("bar{}", region),
+                                    offset, v));
     std::copy(data.begin(), data.end(), b.begin() + static_cast<long>(offset));
   }
   void* map(uint32_t region, uint64_t offset, uint64_t) override {
@@ -80,7 +94,10 @@ class FakeDevice final : public vfio::Device {
   void set_irq_eventfds(uint32_t index, vfio::IrqAction action, uint32_t, std::span<const int> fds) override {
     s_.irq_sets.push_back({index, action, {fds.begin(), fds.end()}});
   }
-  void disable_irq(uint32_t index) override { s_.disabled.push_back(index); }
+  void disable_irq(uint32_t index) override {
+    s_.disabled.push_back(index);
+    s_.events.push_back(fmt::format("disable {}", index));
+  }
   void unmask_irq(uint32_t, uint32_t, uint32_t) override {}
   std::string reset() override {
     s_.resets++;

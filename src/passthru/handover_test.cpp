@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "passthru/fake_vfio.h"
 #include "passthru/passthru_device.h"
 
@@ -93,6 +95,28 @@ TEST(Handover, PassthroughStopsTheNicAtOpenAndAgainBeforeRelease) {
   EXPECT_EQ(bar32(s, kRctl), 0u);
   EXPECT_EQ(bar32(s, kRdbal), 0u);
   EXPECT_EQ(pci::load_le(&s.config[0x04], 2) & 0x4, 0u);
+}
+
+// The order of a release: DMA off first (bus mastering), then interrupts, then the NIC's rings cleared
+// with decoding briefly on, and only then the device goes back to vfio-pci (which resets it). Guest RAM
+// stays mapped in the IOMMU until all of this is done (the machine unmaps it after the devices).
+TEST(Handover, ReleaseStopsDmaBeforeTheRingsAndTheRingsBeforeClosing) {
+  FakeState s = running_nic();
+  FakePlatform platform;
+  {
+    PassthruDevice dev(std::make_unique<FakeDevice>(s), std::make_unique<testing::ForwardingPlatform>(platform),
+                       PassthruOptions{.watcher_thread = false});
+    dev.config_write(0x04, 2, 0x0006);  // the guest's driver: memory decoding and bus mastering on
+    s.events.clear();
+  }
+  const auto& e = s.events;
+  auto at = [&](const std::string& what) { return std::find(e.begin(), e.end(), what) - e.begin(); };
+  ASSERT_FALSE(e.empty());
+  EXPECT_EQ(e.front(), "config 0x4=0x0") << "bus mastering and decoding go off before anything else";
+  EXPECT_LT(at("config 0x4=0x2"), at("bar0 0x100=0x0")) << "decoding on for the register writes, mastering off";
+  EXPECT_LT(at("bar0 0x100=0x0"), at("bar0 0x2800=0x0"));
+  EXPECT_EQ(e.back(), "close");
+  EXPECT_EQ(e[e.size() - 2], "config 0x4=0x0") << "decoding off again before the release";
 }
 
 }  // namespace
