@@ -8,14 +8,14 @@
 namespace passvm::passthru {
 namespace {
 
-bool keep_standard(uint16_t id) {
-  return id == kCapPm || id == kCapMsi || id == kCapVendor || id == kCapPcie || id == kCapMsix;
-}
+// Standard capabilities are the guest's to use (vfio-pci virtualizes the sensitive ones, VPD and AF
+// included) except enhanced allocation, which describes resources passvm does not place.
+bool keep_standard(uint16_t id) { return id != kCapEnhancedAllocation; }
 
 bool keep_extended(uint16_t id) {
   switch (id) {
     case kExtSriov: case kExtMriov: case kExtResizableBar: case kExtVfResizableBar:
-    case kExtAts: case kExtPri: case kExtPasid: case kExtMulticast:
+    case kExtAts: case kExtPri: case kExtPasid: case kExtMulticast: case kExtAri:
       return false;
     default:
       return true;
@@ -26,18 +26,29 @@ void override_dword(CapabilityPlan& plan, uint32_t off, uint32_t v) {
   for (uint32_t i = 0; i < 4; i++) plan.overrides.push_back({off + i, static_cast<uint8_t>(v >> (8 * i))});
 }
 
-// Hidden bodies run to the next capability (or the end of that config space), header excluded.
-void hide_bodies(CapabilityPlan& plan, bool extended, uint32_t header, uint32_t end) {
-  std::vector<uint32_t> offsets;
-  for (auto& c : plan.found)
-    if (c.extended == extended) offsets.push_back(c.offset);
-  std::sort(offsets.begin(), offsets.end());
-  for (auto& c : plan.found) {
-    if (c.extended != extended || !c.hidden) continue;
-    auto next = std::upper_bound(offsets.begin(), offsets.end(), c.offset);
-    uint32_t stop = next == offsets.end() ? end : *next;
-    if (stop > c.offset + header) plan.hidden.push_back({c.offset + header, stop - c.offset - header});
+// Bytes a hidden capability occupies, header included, where its layout says; otherwise its header
+// alone. Never more: the gaps between capabilities may hold vendor registers a driver uses (the kernel
+// passes them through on purpose), so they stay the device's.
+uint32_t hidden_length(std::span<const uint8_t> c, const Capability& cap) {
+  if (!cap.extended) return 2;
+  switch (cap.id) {
+    case kExtSriov: return 0x40;
+    case kExtAts: case kExtPasid: case kExtAri: return 8;
+    case kExtPri: return 0x10;
+    case kExtMulticast: return 0x30;
+    case kExtResizableBar: case kExtVfResizableBar: {
+      // One 8-byte entry per resizable BAR; the count is in the first entry's control register.
+      uint32_t ctrl = cap.offset + 8 + 4 <= c.size() ? pci::load_le(c.data() + cap.offset + 8, 4) : 0;
+      uint32_t n = (ctrl >> 5) & 7;
+      return 4 + 8 * std::clamp<uint32_t>(n, 1, 6);
+    }
+    default: return 4;
   }
+}
+
+void hide(std::span<const uint8_t> c, CapabilityPlan& plan, const Capability& cap, uint32_t from) {
+  uint32_t end = std::min<uint32_t>(cap.offset + hidden_length(c, cap), cap.extended ? 0x1000 : 0x100);
+  if (end > from) plan.hidden.push_back({from, end - from});
 }
 
 void walk_standard(std::span<const uint8_t> c, CapabilityPlan& plan) {
@@ -61,10 +72,9 @@ void walk_standard(std::span<const uint8_t> c, CapabilityPlan& plan) {
     link = cap.offset + 1;
   }
   plan.overrides.push_back({link, 0});
-  // A hidden capability's own header: zero, so a guest walking by offset finds nothing there.
+  // A hidden capability's own bytes read as zero, so a guest walking by offset finds nothing there.
   for (auto& cap : plan.found)
-    if (cap.hidden) plan.hidden.push_back({cap.offset, 2});
-  hide_bodies(plan, false, 2, 0x100);
+    if (cap.hidden) hide(c, plan, cap, cap.offset);
 }
 
 void walk_extended(std::span<const uint8_t> c, CapabilityPlan& plan) {
@@ -100,11 +110,11 @@ void walk_extended(std::span<const uint8_t> c, CapabilityPlan& plan) {
           break;
         }
       override_dword(plan, 0x100, next << 20);
+      hide(c, plan, cap, 0x104);
     } else {
-      plan.hidden.push_back({cap.offset, 4});
+      hide(c, plan, cap, cap.offset);
     }
   }
-  hide_bodies(plan, true, 4, 0x1000);
 }
 
 }  // namespace

@@ -1,13 +1,17 @@
 // passthru: the capability lists the guest is shown.
 //
-// The guest may use power management, MSI, MSI-X, PCI Express and vendor
-// capabilities; the rest (VPD-like host plumbing, SR-IOV, resizable BAR,
-// ATS/PRI/PASID, enhanced allocation ...) would let it reconfigure the device
-// behind the host's back or describe resources passvm does not virtualize.
-// Hidden capabilities are unlinked by rewriting next pointers, and their bodies
-// read as zeros. A hidden extended capability at 0x100 cannot be unlinked (the
-// list starts there), so its header becomes a null capability (id 0) whose next
-// pointer skips it.
+// The guest sees every capability a driver may need (power management, VPD,
+// MSI, MSI-X, PCI Express, vendor-specific, advanced features, AER, serial
+// number ...). Hidden are those that would let it reconfigure the device behind
+// the host's back or that describe resources passvm does not virtualize: SR-IOV,
+// MR-IOV, resizable BAR, ATS/PRI/PASID, multicast, ARI (a guest slot has no
+// functions beyond 7) and enhanced allocation.
+// Hidden capabilities are unlinked by rewriting next pointers, and their own
+// bytes (as long as their layout says; the header alone when it says nothing)
+// read as zeros and drop writes. The gaps between capabilities stay the
+// device's: drivers keep vendor registers there. A hidden extended capability
+// at 0x100 cannot be unlinked (the list starts there), so its header becomes a
+// null capability (id 0) whose next pointer skips it.
 #pragma once
 
 #include <cstdint>
@@ -40,8 +44,9 @@ struct CapabilityPlan {
 CapabilityPlan plan_capabilities(std::span<const uint8_t> config);
 
 // Capability ids (PCI spec).
-inline constexpr uint16_t kCapPm = 0x01, kCapMsi = 0x05, kCapVendor = 0x09, kCapPcie = 0x10, kCapMsix = 0x11;
+inline constexpr uint16_t kCapPm = 0x01, kCapVpd = 0x03, kCapMsi = 0x05, kCapVendor = 0x09, kCapPcie = 0x10,
+                          kCapMsix = 0x11, kCapAdvancedFeatures = 0x13, kCapEnhancedAllocation = 0x14;
 inline constexpr uint16_t kExtSriov = 0x10, kExtMriov = 0x11, kExtResizableBar = 0x15, kExtVfResizableBar = 0x24,
-                          kExtAts = 0x0f, kExtPri = 0x13, kExtPasid = 0x1b, kExtMulticast = 0x12;
+                          kExtAts = 0x0f, kExtPri = 0x13, kExtPasid = 0x1b, kExtMulticast = 0x12, kExtAri = 0x0e;
 
 }  // namespace passvm::passthru
