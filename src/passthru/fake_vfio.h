@@ -30,6 +30,8 @@ struct FakeState {
   std::vector<uint32_t> disabled;
   std::vector<std::pair<uint32_t, uint32_t>> config_writes;  // offset, size
   int resets = 0;
+  // Interrupt indexes whose next SET_IRQS with eventfds fails, as when the host runs out of vectors.
+  std::set<uint32_t> refuse_irqs;
   bool closed = false;  // the device was released (vfio-pci resets it then)
   // Every write, interrupt change and the release, in order: "config 0x4=0x2", "bar0 0x100=0x0",
   // "disable 2", "close".
@@ -92,6 +94,7 @@ class FakeDevice final : public vfio::Device {
     return i;
   }
   void set_irq_eventfds(uint32_t index, vfio::IrqAction action, uint32_t, std::span<const int> fds) override {
+    if (s_.refuse_irqs.erase(index)) throw vfio::VfioError("fake: the host could allocate only 1 vector", ENOSPC);
     s_.irq_sets.push_back({index, action, {fds.begin(), fds.end()}});
   }
   void disable_irq(uint32_t index) override {

@@ -601,7 +601,10 @@ void PassthruDevice::apply_msi() {
     if (!enable) enable_intx();
   }
   if (!enable) return;
-  if (!msi_enabled_ && !start_vectors(VFIO_PCI_MSI_IRQ_INDEX, *msi_vectors_, n, msi_enabled_)) return;
+  if (!msi_enabled_ && !start_vectors(VFIO_PCI_MSI_IRQ_INDEX, *msi_vectors_, n, msi_enabled_)) {
+    shadow_[m + 2] &= static_cast<uint8_t>(~1u);  // what the guest reads is what is on: INTx
+    return;
+  }
   uint32_t mask = msi_per_vector_ ? le(shadow_, msi_mask_offset(), 4) : 0;
   for (uint32_t i = 0; i < n; i++) msi_vectors_->set(i, addr, (data & ~(n - 1)) | i, (mask >> i) & 1);
 }
@@ -635,7 +638,10 @@ void PassthruDevice::msix_control_write(uint32_t offset, int size, uint32_t valu
     return;
   }
   if (!msix_enabled_) {
-    if (!start_vectors(VFIO_PCI_MSIX_IRQ_INDEX, *msix_vectors_, msix_->size(), msix_enabled_)) return;
+    if (!start_vectors(VFIO_PCI_MSIX_IRQ_INDEX, *msix_vectors_, msix_->size(), msix_enabled_)) {
+      shadow_[m + 3] &= 0x7f;  // what the guest reads is what is on: INTx
+      return;
+    }
   } else if (masked == msix_masked_) {
     return;
   }

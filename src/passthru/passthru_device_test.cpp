@@ -312,6 +312,26 @@ TEST_F(PassthruTest, IntxWithResampleUntilMsiTakesOver) {
   EXPECT_EQ(p->irqfds.size(), 1u) << "INTx rewired after MSI is disabled";
 }
 
+// When the host cannot supply the vectors, the guest must read Enable clear and keep a working INTx,
+// not believe MSI or MSI-X is on while no interrupt can ever come.
+TEST_F(PassthruTest, RefusedVectorsLeaveEnableClearAndIntxWired) {
+  dev->set_intx_gsi(19);
+  auto intx = last_fds(VFIO_PCI_INTX_IRQ_INDEX);
+  s.refuse_irqs = {VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX};
+  wr(kMsi + 4, 0xfee01000);
+  wr(kMsi + 2, 1, 2);
+  EXPECT_EQ(rd(kMsi + 2, 2) & 1, 0u) << "MSI enable must read back clear";
+  EXPECT_TRUE(p->routes.empty());
+  enable_msix();
+  EXPECT_EQ(rd(kMsix + 2, 2) & 0x8000, 0u) << "MSI-X enable must read back clear";
+  ASSERT_EQ(p->irqfds.size(), 1u) << "INTx is wired again";
+  EXPECT_EQ(std::get<1>(*p->irqfds.begin()), 19u);
+  // A later attempt that the host can serve works.
+  enable_msix();
+  EXPECT_EQ(rd(kMsix + 2, 2) & 0x8000, 0x8000u);
+  EXPECT_EQ(last_fds(VFIO_PCI_MSIX_IRQ_INDEX).size(), 4u);
+}
+
 TEST_F(PassthruTest, MsiPerVectorMaskParksAndPends) {
   constexpr uint32_t kMask = kMsi + 16, kPending = kMsi + 20;  // 64-bit layout
   wr(kMsi + 4, 0xfee00000);

@@ -188,12 +188,20 @@ class LinuxDevice final : public Device {
     s.count = count;
     std::memcpy(buf.data(), &s, sizeof s);
     if (!data.empty()) std::memcpy(buf.data() + sizeof s, data.data(), data.size());
-    if (ioctl(fd_, VFIO_DEVICE_SET_IRQS, buf.data()) < 0) {
+    int rc = ioctl(fd_, VFIO_DEVICE_SET_IRQS, buf.data());
+    if (rc < 0) {
       int e = errno;
       throw VfioError(fmt::format("{}: VFIO_DEVICE_SET_IRQS (irq {}, vectors {}+{}) failed: {}", bdf_.str(), index,
                                   start, count, err(e)),
                       e);
     }
+    // A positive result is the number of vectors the host could allocate, short of what was asked:
+    // the kernel then enabled none of them.
+    if (rc > 0)
+      throw VfioError(fmt::format("{}: the host could allocate only {} of the {} interrupt vectors asked for (irq "
+                                  "{}): its interrupt vectors are exhausted; free some or give the guest fewer",
+                                  bdf_.str(), rc, start + count, index),
+                      ENOSPC);
   }
 
   Bdf bdf_;
