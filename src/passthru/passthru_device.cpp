@@ -90,7 +90,7 @@ void PassthruDevice::setup() {
   };
   if (config_size_ < 4096) zero(config_size_, 4096 - config_size_);
   emulate(kHeaderType, 1);
-  shadow_[kHeaderType] &= 0x7f;  // one function per slot: never multi-function
+  shadow_[kHeaderType] &= 0x7f;  // the host's bit says nothing of the guest slot: the PCI root sets it
   zero(kBar0, kBarEnd - kBar0);
   zero(kRom, 4);
   emulate(kIntLine, 1);

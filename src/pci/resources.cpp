@@ -64,6 +64,12 @@ void check_request(const Pending& p) {
 void PciRoot::assign_resources() {
   std::vector<Pending> pending;
   for (int slot = 0; slot < kSlots; slot++) {
+    if (!device(slot, 0) && multi_function(static_cast<uint32_t>(slot)))
+      for (int func = 1; func < kFunctions; func++)
+        if (PciDevice* dev = device(slot, func))
+          throw std::runtime_error(fmt::format("{} is at slot {} function {}, but the slot has no function 0, so the "
+                                               "guest would never look for it: put a device at {}:0",
+                                               dev->name(), slot, func, slot));
     for (int func = 0; func < kFunctions; func++) {
       PciDevice* dev = device(slot, func);
       if (!dev) continue;

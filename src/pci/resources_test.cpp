@@ -129,9 +129,10 @@ TEST(PciResources, RejectsBadRequests) {
 
 TEST(PciResources, IntxPinsRouteToLayoutGsis) {
   PciRoot root;
-  FakeDevice none(1, 1, 0), inta(1, 1, 1), intc(1, 1, 3), bad(1, 1, 9);
+  FakeDevice none(1, 1, 0), inta(1, 1, 1), f0(1, 1, 0), intc(1, 1, 3), bad(1, 1, 9);
   root.add(0, 0, &none);
   root.add(3, 0, &inta);
+  root.add(6, 0, &f0);
   root.add(6, 2, &intc);
   root.assign_resources();
   EXPECT_EQ(none.gsi, 0xffffffffu);

@@ -14,6 +14,7 @@ constexpr uint32_t kConfigEnable = 0x80000000u;
 constexpr uint32_t kConfigAddressMask = 0x80fffffcu;  // enable, bus, device, function, dword register
 constexpr uint8_t kResetCpu = 0x04;                     // 0xCF9 bit 2: perform the reset selected by bit 1
 constexpr uint8_t kResetControlMask = 0x0e;
+constexpr uint32_t kHeaderType = 0x0e;
 
 uint64_t all_ones(size_t size) { return size >= 8 ? ~uint64_t{0} : (uint64_t{1} << (8 * size)) - 1; }
 
@@ -77,6 +78,13 @@ static void for_each_piece(uint32_t offset, int size, Fn fn) {
   }
 }
 
+bool PciRoot::multi_function(uint32_t slot) const {
+  std::lock_guard g(slots_lock_);
+  for (int f = 1; f < kFunctions; f++)
+    if (devices_[static_cast<size_t>(slot * kFunctions + static_cast<uint32_t>(f))]) return true;
+  return false;
+}
+
 uint64_t PciRoot::config_read(uint32_t bus, uint32_t slot, uint32_t func, uint32_t offset, int size) {
   PciDevice* dev = target(bus, slot, func, offset, size);
   if (dev == nullptr) return size >= 1 ? all_ones(static_cast<size_t>(size)) : ~uint64_t{0};
@@ -84,6 +92,12 @@ uint64_t PciRoot::config_read(uint32_t bus, uint32_t slot, uint32_t func, uint32
   for_each_piece(offset, size, [&](uint32_t at, int c, unsigned shift) {
     value |= (dev->config_read(at, c) & all_ones(static_cast<size_t>(c))) << shift;
   });
+  // The header type's multi-function bit belongs to the slot, not to one device: a guest scans
+  // functions 1-7 only when function 0 says there are more, whatever the devices were on the host.
+  if (offset <= kHeaderType && kHeaderType < offset + static_cast<uint32_t>(size)) {
+    const unsigned shift = 8 * (kHeaderType - offset) + 7;
+    value = (value & ~(uint64_t{1} << shift)) | (uint64_t{multi_function(slot)} << shift);
+  }
   return value;
 }
 

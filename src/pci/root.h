@@ -7,7 +7,8 @@
 // Both end up in the same config_read()/config_write(), so a device cannot
 // behave differently depending on the path. Byte 0xCF9 inside the address
 // dword is the PC reset control register: the root owns it and reports a reset
-// request through a callback.
+// request through a callback. The multi-function bit of each function's header
+// type is the root's too: set exactly when the slot holds more than function 0.
 //
 // Before the guest runs, assign_resources() plays the part of firmware: it
 // places every BAR in the windows of layout.h and routes INTx pins to GSIs, so
@@ -72,6 +73,8 @@ class PciRoot {
   // The device an access of `size` bytes at `offset` goes to, or nullptr (other bus, empty slot,
   // size outside 1..8, or running past the 4 KiB config space).
   PciDevice* target(uint32_t bus, uint32_t slot, uint32_t func, uint32_t offset, int size) const;
+  // A device sits at some function other than 0 of this slot.
+  bool multi_function(uint32_t slot) const;
 
   class ConfigIo : public BusDevice {
    public:

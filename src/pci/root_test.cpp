@@ -71,6 +71,36 @@ TEST(PciRoot, AddRejectsTakenAndOutOfRangeSlots) {
   }
 }
 
+// Linux scans functions 1-7 of a slot only when function 0's header type has bit 7 set.
+TEST(PciRoot, MultiFunctionBitFollowsTheSlot) {
+  Machine m;
+  FakeDevice f0, f1, other;
+  f0.cfg.set(0x0e, 1, 0x80);  // multi-function on the host, alone in its guest slot: bit must clear
+  m.root.add(3, 0, &f0);
+  m.root.add(5, 0, &other);
+  EXPECT_EQ(m.root.config_read(0, 3, 0, 0x0e, 1), 0x00u);
+  m.root.add(3, 1, &f1);
+  EXPECT_EQ(m.root.config_read(0, 3, 0, 0x0e, 1), 0x80u);
+  EXPECT_EQ(m.root.config_read(0, 3, 1, 0x0e, 1), 0x80u);
+  EXPECT_EQ(m.root.config_read(0, 3, 0, 0x0c, 4) >> 16, 0x80u) << "dword read at 0x0c: header type in byte 2";
+  EXPECT_EQ(m.root.config_read(0, 5, 0, 0x0e, 1), 0x00u);
+  m.outl(layout::kPciConfigAddrPort, Machine::cf8(0, 3, 0, 0x0c));
+  EXPECT_EQ((m.in(layout::kPciConfigAddrPort + 4, 4) >> 16) & 0xff, 0x80u);
+  EXPECT_EQ(m.root.config_read(0, 3, 0, 0x00, 4), f0.config_read(0, 4)) << "other bytes untouched";
+}
+
+TEST(PciRoot, FunctionWithoutFunctionZeroIsRefused) {
+  PciRoot root;
+  FakeDevice f2;
+  root.add(4, 2, &f2);
+  try {
+    root.assign_resources();
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("put a device at 4:0"), std::string::npos) << e.what();
+  }
+}
+
 TEST(PciRoot, Mechanism1ReadsIdsAtEverySize) {
   Machine m;
   FakeDevice dev(0x8086, 0x10d3);
