@@ -128,6 +128,19 @@ TEST(PageUsage, NothingResidentOrSmallPages) {
   EXPECT_EQ(u.describe(), "4 MiB resident, in 4 KiB pages");
 }
 
+// High RAM must end below the 64-bit PCI window, or BARs would be mapped over it.
+TEST(GuestMemory, RejectsRamThatReachesThe64BitWindow) {
+  const uint64_t max = layout::kLowRamMax + layout::kMmio64Start - layout::kHighRamStart;
+  GuestMemory fits(max, false);  // MAP_NORESERVE: nothing is allocated
+  EXPECT_EQ(fits.regions().back().gpa + fits.regions().back().size, layout::kMmio64Start);
+  try {
+    GuestMemory(max + 2 * layout::MiB, false);
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("-m 63G or less"), std::string::npos) << e.what();
+  }
+}
+
 TEST(GuestMemory, RejectsTooSmall) { EXPECT_THROW(GuestMemory(1 * layout::MiB, false), std::runtime_error); }
 
 }  // namespace
