@@ -477,64 +477,90 @@ void PassthruDevice::count_access(int bar, uint64_t offset, uint64_t len) {
     counters_.mmio[i]++;
 }
 
+// An access may straddle the edge of the MSI-X table or PBA (an 8-byte access at the table's last
+// dword, say): each byte goes to what owns it, the emulated structure or the device's own register.
+template <typename Fn>
+void PassthruDevice::for_each_part(int bar, uint64_t offset, uint64_t len, Fn fn) const {
+  struct Range {
+    uint64_t start, end;
+    Part part;
+  };
+  std::vector<Range> owned;
+  if (msix_ && bar == msix_table_bar_)
+    owned.push_back({msix_table_offset_, msix_table_offset_ + msix_->table_bytes(), Part::Table});
+  if (msix_ && bar == msix_pba_bar_) owned.push_back({msix_pba_offset_, msix_pba_offset_ + msix_->pba_bytes(), Part::Pba});
+  for (uint64_t at = offset, end = offset + len; at < end;) {
+    Part part = Part::Device;
+    uint64_t stop = end;
+    for (const Range& r : owned) {
+      if (at >= r.start && at < r.end) {
+        part = r.part;
+        stop = std::min(stop, r.end);
+      } else if (r.start > at) {
+        stop = std::min(stop, r.start);
+      }
+    }
+    fn(part, at, stop - at, at - offset);
+    at = stop;
+  }
+}
+
 void PassthruDevice::bar_read(int bar, uint64_t offset, std::span<uint8_t> data) {
   if (bar < 0 || bar >= 6) return;
-  uint64_t len = data.size();
-  count_access(bar, offset, len);
-  if (msix_ && bar == msix_table_bar_ && overlaps(offset, len, msix_table_offset_, msix_->table_bytes())) {
-    std::lock_guard g(lock_);
-    std::fill(data.begin(), data.end(), 0);
-    if ((len == 4 || len == 8) && offset % 4 == 0)
-      for (uint64_t k = 0; k < len; k += 4)
-        pci::store_le(&data[k], 4, msix_->read(offset - msix_table_offset_ + k, 4));
-    return;
-  }
-  if (msix_ && bar == msix_pba_bar_ && overlaps(offset, len, msix_pba_offset_, msix_->pba_bytes())) {
-    std::lock_guard g(lock_);
-    for (uint64_t k = 0; k < len; k++) {
-      uint8_t byte = 0;
-      uint64_t pos = offset + k;
-      if (pos >= msix_pba_offset_) {
-        uint64_t first = (pos - msix_pba_offset_) * 8;
-        for (uint32_t bit = 0; bit < 8; bit++) {
-          uint64_t v = first + bit;
-          if (msix_enabled_ && v < msix_vectors_->count() && msix_vectors_->pending(static_cast<uint32_t>(v)))
-            byte = static_cast<uint8_t>(byte | (1u << bit));
-        }
+  count_access(bar, offset, data.size());
+  for_each_part(bar, offset, data.size(), [&](Part part, uint64_t off, uint64_t n, uint64_t at) {
+    std::span<uint8_t> piece = data.subspan(at, n);
+    if (part == Part::Device) {
+      try {
+        dev_->read(static_cast<uint32_t>(bar), off, piece);
+      } catch (const std::exception& e) {
+        std::fill(piece.begin(), piece.end(), 0xff);
+        fmt::print(stderr, "passvm: {}: {}\n", name_, e.what());
       }
-      data[k] = byte;
+      return;
     }
-    return;
-  }
-  try {
-    dev_->read(static_cast<uint32_t>(bar), offset, data);
-  } catch (const std::exception& e) {
-    std::fill(data.begin(), data.end(), 0xff);
-    fmt::print(stderr, "passvm: {}: {}\n", name_, e.what());
-  }
+    std::lock_guard g(lock_);
+    if (part == Part::Table) {
+      // Entries are dwords: only whole aligned dwords read back; anything else reads as zero.
+      std::fill(piece.begin(), piece.end(), 0);
+      if (n % 4 == 0 && off % 4 == 0)
+        for (uint64_t k = 0; k < n; k += 4) pci::store_le(&piece[k], 4, msix_->read(off - msix_table_offset_ + k, 4));
+      return;
+    }
+    for (uint64_t k = 0; k < n; k++) {
+      uint8_t byte = 0;
+      const uint64_t first = (off + k - msix_pba_offset_) * 8;
+      for (uint32_t bit = 0; bit < 8; bit++) {
+        uint64_t v = first + bit;
+        if (msix_enabled_ && v < msix_vectors_->count() && msix_vectors_->pending(static_cast<uint32_t>(v)))
+          byte = static_cast<uint8_t>(byte | (1u << bit));
+      }
+      piece[k] = byte;
+    }
+  });
 }
 
 void PassthruDevice::bar_write(int bar, uint64_t offset, std::span<const uint8_t> data) {
   if (bar < 0 || bar >= 6) return;
-  uint64_t len = data.size();
-  count_access(bar, offset, len);
-  if (msix_ && bar == msix_table_bar_ && overlaps(offset, len, msix_table_offset_, msix_->table_bytes())) {
-    if (!((len == 4 || len == 8) && offset % 4 == 0)) return;
+  count_access(bar, offset, data.size());
+  for_each_part(bar, offset, data.size(), [&](Part part, uint64_t off, uint64_t n, uint64_t at) {
+    std::span<const uint8_t> piece = data.subspan(at, n);
+    if (part == Part::Device) {
+      try {
+        dev_->write(static_cast<uint32_t>(bar), off, piece);
+      } catch (const std::exception& e) {
+        fmt::print(stderr, "passvm: {}: {}\n", name_, e.what());
+      }
+      return;
+    }
+    // The PBA is read-only; table entries take whole aligned dwords only.
+    if (part == Part::Pba || n % 4 != 0 || off % 4 != 0) return;
     std::lock_guard g(lock_);
-    for (uint64_t k = 0; k < len; k += 4) {
-      auto changed = msix_->write(offset - msix_table_offset_ + k, 4, pci::load_le(&data[k], 4));
+    for (uint64_t k = 0; k < n; k += 4) {
+      auto changed = msix_->write(off - msix_table_offset_ + k, 4, pci::load_le(&piece[k], 4));
       if (changed && msix_enabled_) apply_msix_vector(*changed);
     }
-    return;
-  }
-  if (msix_ && bar == msix_pba_bar_ && overlaps(offset, len, msix_pba_offset_, msix_->pba_bytes())) {
-    return;  // the PBA is read-only
-  }
-  try {
-    dev_->write(static_cast<uint32_t>(bar), offset, data);
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm: {}: {}\n", name_, e.what());
-  }
+  });
 }
 
 // ---- MSI, MSI-X, INTx ----

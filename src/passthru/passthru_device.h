@@ -128,6 +128,10 @@ class PassthruDevice final : public pci::PciDevice {
   void device_config_write(uint32_t offset, std::span<const uint8_t> in);
   void watch();
   bool is_msix_structure(int bar, uint64_t offset, uint64_t len) const;
+  enum class Part { Device, Table, Pba };
+  // Calls fn(part, offset, length, position in the access) for each run of bytes one part owns.
+  template <typename Fn>
+  void for_each_part(int bar, uint64_t offset, uint64_t len, Fn fn) const;
   void count_access(int bar, uint64_t offset, uint64_t len);
   void reset_at_start();
 

@@ -229,6 +229,29 @@ TEST_F(PassthruTest, TrappedAccessesForwardOrEmulate) {
   EXPECT_NE(dev->stats().find("bar0=2+3"), std::string::npos) << dev->stats();
 }
 
+// An 8-byte access across the end of the table or the PBA: the bytes beyond are the device's register.
+TEST_F(PassthruTest, AccessesStraddlingTableOrPbaEdgeReachBothSides) {
+  place_bars();
+  wr(0x04, 0x3, 2);
+  constexpr uint64_t kTableEnd = kTable + 4 * 16, kPbaEnd = kPba + 8;
+  pci::store_le(&s.bars[0][kTableEnd], 4, 0xdeadbeef);
+  pci::store_le(&s.bars[0][kPbaEnd], 4, 0x600dcafe);
+  pci::store_le(&s.bars[0][kTableEnd - 4], 4, 0xaaaaaaaa);  // the device's own copy, never used
+  uint8_t b[8];
+  dev->bar_read(0, kTableEnd - 4, b);
+  EXPECT_EQ(pci::load_le(b, 4), 1u) << "the last entry's vector control (masked)";
+  EXPECT_EQ(pci::load_le(b + 4, 4), 0xdeadbeefu);
+  dev->bar_read(0, kPbaEnd - 4, b);
+  EXPECT_EQ(pci::load_le(b, 4), 0u) << "nothing pending";
+  EXPECT_EQ(pci::load_le(b + 4, 4), 0x600dcafeu);
+  pci::store_le(b, 4, 0);            // unmask the last entry
+  pci::store_le(b + 4, 4, 0x1234);   // and write the register after the table
+  dev->bar_write(0, kTableEnd - 4, b);
+  EXPECT_EQ(bar_rd(0, kTableEnd - 4), 0u);
+  EXPECT_EQ(pci::load_le(&s.bars[0][kTableEnd], 4), 0x1234u);
+  EXPECT_EQ(pci::load_le(&s.bars[0][kTableEnd - 4], 4), 0xaaaaaaaau) << "the table part never reaches the device";
+}
+
 TEST_F(PassthruTest, MsixVectorsRouteMaskAndPend) {
   place_bars();
   wr(0x04, 0x2, 2);
