@@ -29,7 +29,6 @@ struct FakeState {
   std::vector<IrqSet> irq_sets;
   std::vector<uint32_t> disabled;
   std::vector<std::pair<uint32_t, uint32_t>> config_writes;  // offset, size
-  int resets = 0;
   // Interrupt indexes whose next SET_IRQS with eventfds fails, as when the host runs out of vectors.
   std::set<uint32_t> refuse_irqs;
   bool closed = false;  // the device was released (vfio-pci resets it then)
@@ -102,10 +101,7 @@ class FakeDevice final : public vfio::Device {
     s_.events.push_back(fmt::format("disable {}", index));
   }
   void unmask_irq(uint32_t, uint32_t, uint32_t) override {}
-  std::string reset() override {
-    s_.resets++;
-    return "flr";
-  }
+  std::string reset_method() const override { return "flr"; }
 
  private:
   FakeState& s_;

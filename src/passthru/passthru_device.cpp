@@ -57,7 +57,7 @@ PassthruDevice::PassthruDevice(std::unique_ptr<vfio::Device> device, std::unique
 PassthruDevice::~PassthruDevice() { teardown(); }
 
 void PassthruDevice::setup() {
-  reset_at_start();
+  report_reset();
   HandoverState handed = quiesce_for_handover(*dev_);
   if (handed.active)
     fmt::print(stderr, "passvm: {}: still running after its {} reset: {}; stopped and its rings cleared before "
@@ -255,13 +255,9 @@ void PassthruDevice::teardown() {
   dev_.reset();
 }
 
-void PassthruDevice::reset_at_start() {
-  try {
-    reset_method_ = dev_->reset();
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm: {}: reset at start failed: {}\n", name_, e.what());
-    return;
-  }
+void PassthruDevice::report_reset() {
+  // vfio-pci reset the device when it was opened; a second reset would only add its wait (100 ms for FLR).
+  reset_method_ = dev_->reset_method();
   if (reset_method_.empty())
     fmt::print(stderr, "passvm: {} has no reset method; it keeps the state it was left in\n", name_);
   else

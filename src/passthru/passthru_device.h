@@ -8,7 +8,8 @@
 // bit, see vectors.h) and capability links (capabilities.h). The command register goes to the device;
 // its decode bits also decide whether BARs are mapped into the guest.
 //
-// Lifetime: the constructor resets the device (reporting the method on stderr)
+// Lifetime: the constructor reports how vfio-pci reset the device when it was
+// opened (stderr) and stops what a reset left running (handover.h),
 // and the destructor undoes everything on every path: bus mastering off,
 // interrupts off, memory slots and traps removed, transport closed, which makes
 // vfio-pci reset the device. DMA belongs to the
@@ -71,7 +72,7 @@ class PassthruDevice final : public pci::PciDevice {
   // The plan of each BAR (empty for unimplemented ones), for tests and the exit report.
   const BarLayout& bar_layout(int bar) const { return bars_.at(static_cast<size_t>(bar)).layout; }
   const CapabilityPlan& capabilities() const { return caps_; }
-  // The reset method used at start ("flr", ...), "" when the device has none.
+  // How the device was reset when opened ("flr", ...), "" when it has no reset.
   const std::string& reset_method() const { return reset_method_; }
 
   // Trapped BAR accesses are split so the data path can be audited: `mmio` counts only ordinary
@@ -133,7 +134,7 @@ class PassthruDevice final : public pci::PciDevice {
   template <typename Fn>
   void for_each_part(int bar, uint64_t offset, uint64_t len, Fn fn) const;
   void count_access(int bar, uint64_t offset, uint64_t len);
-  void reset_at_start();
+  void report_reset();
 
   std::unique_ptr<vfio::Device> dev_;
   std::unique_ptr<Platform> platform_;

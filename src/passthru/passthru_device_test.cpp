@@ -109,8 +109,7 @@ class PassthruTest : public ::testing::Test {
 };
 
 TEST_F(PassthruTest, ResetAtStartIsReported) {
-  EXPECT_EQ(s.resets, 1);
-  EXPECT_EQ(dev->reset_method(), "flr");
+  EXPECT_EQ(dev->reset_method(), "flr") << "reported from the reset vfio-pci did at open";
 }
 
 TEST_F(PassthruTest, BarRequestsComeFromRegionSizes) {
@@ -396,7 +395,6 @@ TEST_F(PassthruTest, TeardownLeavesNothingBehind) {
   EXPECT_TRUE(p->traps.empty());
   EXPECT_TRUE(p->routes.empty());
   EXPECT_TRUE(p->irqfds.empty());
-  EXPECT_EQ(s.resets, 1) << "reset at start; at teardown releasing the device makes vfio-pci reset it";
   EXPECT_TRUE(s.closed);
   EXPECT_NE(std::find(s.disabled.begin(), s.disabled.end(), VFIO_PCI_MSIX_IRQ_INDEX), s.disabled.end());
 }

@@ -1,7 +1,7 @@
 // vfio: the device side of PCI passthrough, independent of how the device is reached.
 //
 // A passthrough device is a set of regions (BARs, expansion ROM, config space),
-// a set of interrupt sources (INTx, MSI, MSI-X) and a reset. The kernel's VFIO
+// a set of interrupt sources (INTx, MSI, MSI-X) and a reset, done when it is opened. The kernel's VFIO
 // (linux_vfio.h) is one way to reach them; vfio-user (a device in another
 // process, over a socket) is another with the very same model. Everything above
 // this layer talks to Device and DmaMapper only, so a second transport plugs in
@@ -88,9 +88,10 @@ class Device {
   // Unmasks vectors without an eventfd (after the INTx line was serviced by passvm itself).
   virtual void unmask_irq(uint32_t index, uint32_t start, uint32_t count) = 0;
 
-  // Resets the device. Returns the method used ("flr", "pm", "bus", ...), or "" when the device
-  // cannot be reset (the caller reports that; it is not an error on its own).
-  virtual std::string reset() = 0;
+  // The transport resets a device when it opens it (vfio-pci does, for its first user). This says how:
+  // "flr", "pm", "bus", ..., or "" when the device cannot be reset and keeps the state it was left in
+  // (the caller reports that; it is not an error on its own).
+  virtual std::string reset_method() const = 0;
 };
 
 // The IOMMU side: guest-physical addresses the device may reach (iova) and the host memory behind them.

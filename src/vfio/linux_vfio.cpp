@@ -104,13 +104,11 @@ class LinuxDevice final : public Device {
     irq_set(index, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK, start, count, {});
   }
 
-  std::string reset() override {
+  // vfio-pci resets the device at its first open when it can (VFIO_DEVICE_FLAGS_RESET says so), trying
+  // the methods of sysfs reset_method in order; the first listed is the one that ran.
+  std::string reset_method() const override {
     if (!(flags_ & VFIO_DEVICE_FLAGS_RESET)) return {};
-    if (ioctl(fd_, VFIO_DEVICE_RESET) < 0) {
-      int e = errno;
-      throw VfioError(fmt::format("{}: reset failed: {}", bdf_.str(), err(e)), e);
-    }
-    std::string method = reset_method(bdf_, sysfs_root_);
+    std::string method = vfio::reset_method(bdf_, sysfs_root_);
     return method.empty() ? "device" : method;
   }
 
