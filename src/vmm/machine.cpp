@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -161,6 +162,17 @@ uint64_t host_memory_bytes() {
   return kb * 1024;
 }
 
+// Every MSI/MSI-X vector of a passthrough device is an eventfd: a device with hundreds of vectors (a
+// GPU, a NIC's virtual function) would run into the usual soft limit of 1024 open files. The hard limit
+// is ours to take.
+void raise_open_file_limit() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
 int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals);
 
 }  // namespace
@@ -181,6 +193,7 @@ namespace {
 int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   StepLog step(cfg.verbose);
   signal(SIGPIPE, SIG_IGN);  // a closed console must not kill the VM: output errors are handled where written
+  raise_open_file_limit();
 
   uint64_t host_ram = host_memory_bytes();
   if (host_ram != 0 && cfg.memory > host_ram)
