@@ -211,6 +211,53 @@ int check_lspci(const std::string& expected) {
     return r.print();
 }
 
+// A device's expansion ROM as the OS reads it through sysfs (enable, read, disable): "SIZE/FNV1A64",
+// or nullopt when it has none or it cannot be read. The same function runs in L1 (labcheck romsum BDF)
+// and in L2 (the rom check), so both sides read the ROM the same way.
+std::optional<std::string> rom_sum(const std::string& bdf) {
+    const std::string path = kPciRoot + bdf + "/rom";
+    int fd = open(path.c_str(), O_RDWR);
+    if (fd < 0) return std::nullopt;
+    if (pwrite(fd, "1", 1, 0) != 1) {
+        close(fd);
+        return std::nullopt;
+    }
+    uint64_t hash = 0xcbf29ce484222325ULL, size = 0;
+    char buf[4096];
+    for (ssize_t n; (n = pread(fd, buf, sizeof buf, static_cast<off_t>(size))) > 0; size += static_cast<uint64_t>(n))
+        for (ssize_t i = 0; i < n; ++i) hash = (hash ^ static_cast<uint8_t>(buf[i])) * 0x100000001b3ULL;
+    (void)!pwrite(fd, "0", 1, 0);
+    close(fd);
+    if (size == 0) return std::nullopt;
+    char out[64];
+    std::snprintf(out, sizeof out, "%llu/%016llx", static_cast<unsigned long long>(size),
+                  static_cast<unsigned long long>(hash));
+    return std::string(out);
+}
+
+// Every device listed as "vvvv:dddd=SIZE/HASH" must show that ROM in this guest.
+int check_rom(const std::string& expected) {
+    Result r("rom");
+    std::string bad;
+    int checked = 0;
+    std::stringstream ss(expected);
+    for (std::string item; std::getline(ss, item, ',');) {
+        auto eq = item.find('=');
+        if (eq == std::string::npos) continue;
+        const std::string id = item.substr(0, eq), want = item.substr(eq + 1);
+        auto d = find_device(id);
+        auto got = d ? rom_sum(d->bdf) : std::nullopt;
+        r.str(id, got.value_or("none"));
+        ++checked;
+        if (!d) bad += " " + id + ": not in this guest;";
+        else if (got != want) bad += " " + id + ": ROM " + got.value_or("unreadable") + ", expected " + want + ";";
+    }
+    if (checked == 0) return r.fail("no expected ROM given (lab.roms=vvvv:dddd=SIZE/HASH,...)");
+    if (!bad.empty()) return r.fail("ROMs differ from the host's:" + bad);
+    r.pass = true;
+    return r.print();
+}
+
 // The passed-through namespace, opened for O_DIRECT once the driver has it; -1 (and r failed) if it never came.
 int open_nvme(Result& r) {
     const std::string dev = "/dev/nvme0n1";
@@ -733,6 +780,13 @@ int check_config() {
 int main(int argc, char** argv) {
     std::string check = argc > 1 ? argv[1] : "";
     std::string expected = argc > 2 ? argv[2] : "";
+    if (check == "romsum") {  // L1 side of the rom check: print SIZE/HASH of one device's ROM
+        auto sum = rom_sum(expected);
+        if (!sum) return 1;
+        std::printf("%s\n", sum->c_str());
+        return 0;
+    }
+    if (check == "rom") return check_rom(expected);
     if (check == "lspci") return check_lspci(expected);
     if (check == "nvme") return check_nvme();
     if (check == "nvmebig") return check_nvmebig();
@@ -743,5 +797,5 @@ int main(int argc, char** argv) {
     if (check == "irqs") return check_irqs();
     if (check == "config") return check_config();
     Result r(check.empty() ? "labcheck" : check);
-    return r.fail("unknown check '" + check + "' (known: lspci nvme nvmebig nvmerand edu edublock iobar irqs config)");
+    return r.fail("unknown check '" + check + "' (known: lspci rom nvme nvmebig nvmerand edu edublock iobar irqs config)");
 }

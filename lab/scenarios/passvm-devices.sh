@@ -5,7 +5,9 @@
 #   and L1 logs DMAR faults naming 00:06.0 (checked here, in L1's dmesg).
 # - e1000e (00:04.0): STATUS/CTRL read through the I/O BAR window equal the MMIO BAR
 #   (iobar: passvm forwards the I/O BAR through VFIO), config space sane (config), ping.
-# lab-expect: qdev.vmm qdev.edu qdev.edublock qdev.iobar qdev.config qdev.ping qdev.irqs qdev.dmar pvdev.vmm pvdev.edu pvdev.edublock pvdev.iobar pvdev.config pvdev.ping pvdev.irqs pvdev.dmar pvdev.l1 devices.compare
+# - expansion ROMs (rom, passvm only): L2 reads the e1000e's ROM through sysfs and gets what L1
+#   reads from the device; edu, which has none, gets one from a rom= file and L2 reads that file.
+# lab-expect: qdev.vmm qdev.edu qdev.edublock qdev.iobar qdev.config qdev.ping qdev.irqs qdev.dmar pvdev.vmm pvdev.rom pvdev.edu pvdev.edublock pvdev.iobar pvdev.config pvdev.ping pvdev.irqs pvdev.dmar pvdev.l1 devices.compare
 # lab-timeout: 1020
 
 source "$LAB_DIR/scenarios/passvm-lib.sh"
@@ -35,10 +37,31 @@ run_l2 qdev --timeout 480 -- \
     -device vfio-pci,host=0000:00:04.0 -device vfio-pci,host=0000:00:06.0
 dmar_result qdev.dmar "$before"
 
+# ROMs: the e1000e's as L1 reads it (labcheck's own romsum, the code L2 runs for its rom check), and a
+# 4 KiB image for edu: 55 AA, a PCI data structure saying one last image of 8 x 512 bytes, code type
+# EFI (so no BIOS would run it), random bytes after.
+LABCHECK=$(dirname "$L2_INITRD")/labcheck
+E1000E_ROM=$("$LABCHECK" romsum 0000:00:04.0) || result pvdev.rom fail detail="L1 cannot read 00:04.0's ROM through sysfs"
+EDU_ROM_FILE=$LAB_OUT/edu.rom
+EDU_ROM=$(/usr/bin/python3 - "$EDU_ROM_FILE" <<'PY'
+import os, struct, sys
+img = bytearray(os.urandom(4096))
+img[0:2] = b"\x55\xaa"
+struct.pack_into("<H", img, 0x18, 0x1c)
+img[0x1c:0x34] = b"PCIR" + struct.pack("<HHHHBBBBHHBBH", 0x1234, 0x11e8, 0, 0x18, 0, 0, 0, 0, 8, 0, 3, 0x80, 0)
+open(sys.argv[1], "wb").write(img)
+h = 0xcbf29ce484222325
+for b in img:
+    h = ((h ^ b) * 0x100000001b3) & 0xffffffffffffffff
+print(f"{len(img)}/{h:016x}")
+PY
+)
 before=$(edu_faults)
 run_l2 pvdev --timeout 480 -- \
-    "$PASSVM" -c 2 -m 512M -s 0,hostbridge -s 4,passthru,0000:00:04.0 -s 6,passthru,0000:00:06.0 \
-    -l com1,stdio --stats --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --append "$APPEND" labvm
+    "$PASSVM" -c 2 -m 512M -s 0,hostbridge -s 4,passthru,0000:00:04.0 -s 6,passthru,0000:00:06.0,rom="$EDU_ROM_FILE" \
+    -l com1,stdio --stats --kernel "$L2_KERNEL" --initrd "$L2_INITRD" \
+    --append "$(l2_append rom,lspci,edu,edublock,iobar,config,ping,irqs lab.expect_pci=1234:11e8,8086:10d3 \
+              lab.roms=8086:10d3=$E1000E_ROM,1234:11e8=$EDU_ROM)" labvm
 rc=$?
 dmar_result pvdev.dmar "$before"
 

@@ -82,10 +82,27 @@ SlotConfig parse_slot(const std::string& text) {
     if (!s.config.empty())
       throw std::invalid_argument(fmt::format("-s {}: {} takes no configuration", text, s.emulation));
   } else if (s.emulation == "passthru") {
+    // DEVICE[,rom=FILE]
+    std::string options;
+    if (auto c = s.config.find(','); c != std::string::npos) {
+      options = s.config.substr(c + 1);
+      s.config.resize(c);
+    }
     if (s.config.empty())
       throw std::invalid_argument(fmt::format(
           "-s {}: passthru needs the host device, as B/S/F or DDDD:BB:SS.F, e.g. -s {},passthru,0000:03:00.0", text,
           where));
+    for (size_t at = 0; at < options.size();) {
+      size_t end = std::min(options.find(',', at), options.size());
+      std::string opt = options.substr(at, end - at);
+      if (opt.rfind("rom=", 0) == 0 && opt.size() > 4)
+        s.rom = opt.substr(4);
+      else
+        throw std::invalid_argument(fmt::format("-s {}: unknown passthru option '{}': the one passthru option is "
+                                                "rom=FILE (the expansion ROM the guest sees)",
+                                                text, opt));
+      at = end + 1;
+    }
   } else {
     throw std::invalid_argument(fmt::format(
         "-s {}: unknown emulation '{}': passvm provides hostbridge, passthru and lpc", text, s.emulation));

@@ -40,6 +40,9 @@ TEST(ParseSlot, BhyveForms) {
   EXPECT_EQ(s.slot, 5u);
   EXPECT_EQ(s.func, 1u);
   EXPECT_EQ(parse_slot("0,hostbridge").emulation, "hostbridge");
+  s = parse_slot("4,passthru,0000:03:00.0,rom=/srv/roms/gpu.rom");
+  EXPECT_EQ(s.config, "0000:03:00.0");
+  EXPECT_EQ(s.rom, "/srv/roms/gpu.rom");
 }
 
 TEST(ParseSlot, ErrorsNameTheProblem) {
@@ -59,6 +62,9 @@ TEST(ParseSlot, ErrorsNameTheProblem) {
   EXPECT_NE(message("3,virtio-net").find("unknown emulation 'virtio-net'"), std::string::npos);
   EXPECT_NE(message("3,passthru").find("needs the host device"), std::string::npos);
   EXPECT_NE(message("0,hostbridge,foo").find("takes no configuration"), std::string::npos);
+  EXPECT_NE(message("4,passthru,3/0/0,bios=x").find("unknown passthru option 'bios=x'"), std::string::npos);
+  EXPECT_NE(message("4,passthru,3/0/0,rom=").find("unknown passthru option 'rom='"), std::string::npos);
+  EXPECT_NE(message("4,passthru,,rom=a").find("needs the host device"), std::string::npos);
 }
 
 TEST(CommandLine, FullBhyveStyleLine) {

@@ -35,6 +35,17 @@ struct FakeState {
   // Every write, interrupt change and the release, in order: "config 0x4=0x2", "bar0 0x100=0x0",
   // "disable 2", "close".
   std::vector<std::string> events;
+  // A region (BAR or ROM) of `size` zero bytes.
+  void add_region(uint32_t index, uint64_t size, bool mmappable = false, bool writable = true) {
+    vfio::RegionInfo r;
+    r.index = index;
+    r.size = size;
+    r.readable = true;
+    r.writable = writable;
+    r.mmappable = mmappable;
+    regions[index] = r;
+    bars[index] = std::vector<uint8_t>(size, 0);
+  }
   void set32(uint32_t off, uint32_t v) { pci::store_le(&config[off], 4, v); }
   void set16(uint32_t off, uint32_t v) { pci::store_le(&config[off], 2, v); }
 };

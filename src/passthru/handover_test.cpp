@@ -23,12 +23,7 @@ FakeState running_nic(uint32_t id = 0x10d38086) {
   s.set32(0x00, id);
   s.set16(0x04, 0x0006);  // memory decode and bus mastering, as the old owner had them
   s.set32(0x10, 0x0);
-  vfio::RegionInfo r;
-  r.index = 0;
-  r.size = 0x20000;
-  r.readable = r.writable = true;
-  s.regions[0] = r;
-  s.bars[0] = std::vector<uint8_t>(0x20000, 0);
+  s.add_region(0, 0x20000);
   auto set = [&](uint32_t off, uint32_t v) { pci::store_le(&s.bars[0][off], 4, v); };
   set(kRctl, 0x0400801a);
   set(kTctl, 0x3103f0fa);

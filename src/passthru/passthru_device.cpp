@@ -146,6 +146,7 @@ void PassthruDevice::setup() {
 
   scan_bars();
   map_bars_into_host();
+  rom_ = options_.rom_file.empty() ? RomBar::from_device(*dev_) : RomBar::from_file(options_.rom_file);
 
   if (options_.watcher_thread) {
     epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -237,6 +238,7 @@ void PassthruDevice::teardown() {
   msi_vectors_.reset();
   msix_vectors_.reset();
   quietly([&] { disable_intx(); });
+  if (rom_) quietly([&] { rom_->unmap(*platform_); });
   for (Bar& b : bars_) {
     unmap_bar(b);
     for (size_t k = 0; k < b.host.size(); k++) dev_->unmap(b.host[k], b.layout.mapped[k].size);
@@ -327,6 +329,7 @@ void PassthruDevice::config_write(uint32_t offset, int size, uint32_t value) {
   }
   if (overlaps(offset, size, kIntLine, 1)) shadow_[kIntLine] = buf[kIntLine - offset];
   if (overlaps(offset, size, kBar0, kBarEnd - kBar0)) write_bar_register(offset, size, value);
+  if (overlaps(offset, size, kRom, 4)) write_rom_register(offset, size, value);
   if (caps_.msi && overlaps(offset, size, *caps_.msi, msi_size_)) msi_write(offset, size, value);
   if (caps_.msix && overlaps(offset, size, *caps_.msix, 4)) msix_control_write(offset, size, value);
 }
@@ -337,11 +340,17 @@ std::vector<pci::BarRequest> PassthruDevice::bar_requests() const {
   std::vector<pci::BarRequest> out;
   for (const Bar& b : bars_)
     if (b.index >= 0) out.push_back({b.index, b.kind, b.size, b.prefetchable});
+  if (rom_) out.push_back({pci::kRomBarIndex, pci::BarKind::Mmio32, rom_->size(), false});
   return out;
 }
 
 void PassthruDevice::assign_bar(int index, uint64_t address) {
   std::lock_guard g(lock_);
+  if (index == pci::kRomBarIndex && rom_) {
+    rom_->write_register(static_cast<uint32_t>(address));  // placed, not enabled: the guest enables it to read
+    pci::store_le(&shadow_[kRom], 4, rom_->register_value());
+    return;
+  }
   if (index < 0 || index >= 6 || bars_[static_cast<size_t>(index)].index != index) {
     fmt::print(stderr, "passvm: {}: no BAR {} to assign\n", name_, index);
     return;
@@ -383,6 +392,35 @@ void PassthruDevice::write_bar_register(uint32_t offset, int size, uint32_t valu
   update_mappings();
 }
 
+void PassthruDevice::write_rom_register(uint32_t offset, int size, uint32_t value) {
+  if (!rom_) return;  // no ROM: the register reads as zero, as the spec has it
+  for (int i = 0; i < size; i++) {
+    uint32_t o = offset + static_cast<uint32_t>(i);
+    if (o >= kRom && o < kRom + 4) shadow_[o] = static_cast<uint8_t>(value >> (8 * i));
+  }
+  rom_->write_register(le(shadow_, kRom, 4));
+  pci::store_le(&shadow_[kRom], 4, rom_->register_value());
+  update_rom_mapping();
+}
+
+void PassthruDevice::update_rom_mapping() {
+  if (!rom_) return;
+  const uint64_t at = rom_->address();
+  bool visible = (command_ & 2) && rom_->enabled();
+  if (visible && options_.check_windows &&
+      !(at >= layout::kMmio32Start && rom_->size() <= layout::kMmio32Size &&
+        at - layout::kMmio32Start <= layout::kMmio32Size - rom_->size())) {
+    counters_.refused++;
+    fmt::print(stderr, "passvm: {}: ROM at {:#x} (size {:#x}) lies outside the 32-bit PCI window; left unmapped\n",
+               name_, at, rom_->size());
+    visible = false;
+  }
+  if (!rom_->map(*platform_, visible)) {
+    counters_.refused++;
+    fmt::print(stderr, "passvm: {}: ROM at {:#x} overlaps another device's registers; left unmapped\n", name_, at);
+  }
+}
+
 bool PassthruDevice::decoding(const Bar& b) const { return command_ & (b.kind == pci::BarKind::Io ? 1 : 2); }
 
 bool PassthruDevice::address_acceptable(const Bar& b, uint64_t address) const {
@@ -403,6 +441,7 @@ bool PassthruDevice::address_acceptable(const Bar& b, uint64_t address) const {
 }
 
 void PassthruDevice::update_mappings() {
+  update_rom_mapping();
   for (Bar& b : bars_) {
     if (b.index < 0) continue;
     bool want = decoding(b);

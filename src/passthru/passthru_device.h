@@ -2,7 +2,7 @@
 //
 // Config space is the device's own, read and written through the transport,
 // except the registers passvm virtualizes: BARs (the guest's addresses, sizes
-// from the transport), the expansion ROM (hidden), the interrupt line, the
+// from the transport), the expansion ROM (rom.h), the interrupt line, the
 // header type's multi-function bit, MSI and MSI-X capabilities (emulated,
 // per-vector masking included: a masked vector's interrupt waits as a pending
 // bit, see vectors.h) and capability links (capabilities.h). The command register goes to the device;
@@ -35,6 +35,7 @@
 #include "passthru/capabilities.h"
 #include "passthru/msix_table.h"
 #include "passthru/platform.h"
+#include "passthru/rom.h"
 #include "passthru/vectors.h"
 #include "pci/pci_device.h"
 #include "vfio/device.h"
@@ -47,6 +48,8 @@ struct PassthruOptions {
   bool watcher_thread = true;
   // Where guest BARs may live (layout.h windows); a BAR moved outside is left unmapped with a warning.
   bool check_windows = true;
+  // The expansion ROM the guest sees comes from this file instead of the device (bhyve's rom=).
+  std::string rom_file{};
 };
 
 class PassthruDevice final : public pci::PciDevice {
@@ -113,6 +116,8 @@ class PassthruDevice final : public pci::PciDevice {
   void unmap_bar(Bar& b);
   bool address_acceptable(const Bar& b, uint64_t address) const;
   void write_bar_register(uint32_t offset, int size, uint32_t value);
+  void write_rom_register(uint32_t offset, int size, uint32_t value);
+  void update_rom_mapping();
   void refresh_bar_shadow(Bar& b);
   void msi_write(uint32_t offset, int size, uint32_t value);
   void msix_control_write(uint32_t offset, int size, uint32_t value);
@@ -148,6 +153,7 @@ class PassthruDevice final : public pci::PciDevice {
   std::vector<bool> emulated_;      // byte is virtual (shadow_), else the device's
   CapabilityPlan caps_;
   std::array<Bar, 6> bars_;
+  std::unique_ptr<RomBar> rom_;  // the expansion ROM, when the device or a rom= file has one
   uint16_t command_ = 0;
 
   // MSI: the capability's layout and state.

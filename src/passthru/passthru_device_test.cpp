@@ -43,18 +43,9 @@ FakeState make_state() {
   s.config[kPcie + 1] = kVpd;
   s.config[kVpd] = 0x03;
   s.config[kVpd + 1] = 0;
-  auto region = [&](uint32_t i, uint64_t size, bool mmap) {
-    vfio::RegionInfo r;
-    r.index = i;
-    r.size = size;
-    r.readable = r.writable = true;
-    r.mmappable = mmap;
-    s.regions[i] = r;
-    s.bars[i] = std::vector<uint8_t>(size, 0);
-  };
-  region(0, 0x4000, true);
-  region(2, 0x100, false);
-  region(4, 0x1000, true);
+  s.add_region(0, 0x4000, true);
+  s.add_region(2, 0x100);
+  s.add_region(4, 0x1000, true);
   return s;
 }
 

@@ -17,8 +17,11 @@ namespace passvm::pci {
 
 enum class BarKind { Io, Mmio32, Mmio64 };
 
+// BarRequest index of the expansion ROM (config offset 0x30): 32-bit memory, read-only.
+inline constexpr int kRomBarIndex = 6;
+
 struct BarRequest {
-  int index;  // 0..5; a 64-bit BAR takes index and index+1
+  int index;  // 0..5; a 64-bit BAR takes index and index+1; kRomBarIndex for the expansion ROM
   BarKind kind;
   uint64_t size;  // power of two
   bool prefetchable;

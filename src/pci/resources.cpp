@@ -36,7 +36,8 @@ const char* kind_name(BarKind k) {
 }
 
 std::string where(const Pending& p) {
-  return fmt::format("PCI 00:{:02x}.{} ({}) BAR{}", p.slot, p.func, p.dev->name(), p.req.index);
+  return fmt::format("PCI 00:{:02x}.{} ({}) {}", p.slot, p.func, p.dev->name(),
+                     p.req.index == kRomBarIndex ? std::string("ROM") : fmt::format("BAR{}", p.req.index));
 }
 
 std::string human(uint64_t bytes) {
@@ -48,8 +49,11 @@ std::string human(uint64_t bytes) {
 
 void check_request(const Pending& p) {
   const BarRequest& r = p.req;
-  if (r.index < 0 || r.index > 5 || (r.kind == BarKind::Mmio64 && r.index > 4))
-    throw std::runtime_error(fmt::format("{}: BAR index out of range (0-5, a 64-bit BAR needs index 0-4)", where(p)));
+  if (r.index == kRomBarIndex && r.kind != BarKind::Mmio32)
+    throw std::runtime_error(fmt::format("{}: an expansion ROM is 32-bit memory", where(p)));
+  if (r.index < 0 || r.index > kRomBarIndex || (r.kind == BarKind::Mmio64 && r.index > 4))
+    throw std::runtime_error(fmt::format("{}: BAR index out of range (0-5, a 64-bit BAR needs index 0-4, 6 is the "
+                                         "expansion ROM)", where(p)));
   if (r.size == 0 || (r.size & (r.size - 1)) != 0)
     throw std::runtime_error(fmt::format("{}: size {:#x} is not a power of two", where(p), r.size));
   if (r.kind == BarKind::Io && r.size > 256)

@@ -112,7 +112,8 @@ TEST(PciResources, Huge64BitBarDoesNotFit) {
 }
 
 TEST(PciResources, RejectsBadRequests) {
-  for (BarRequest bad : {BarRequest{6, BarKind::Mmio32, 4096, false}, BarRequest{5, BarKind::Mmio64, 4096, false},
+  for (BarRequest bad : {BarRequest{7, BarKind::Mmio32, 4096, false}, BarRequest{kRomBarIndex, BarKind::Mmio64, 4096, false},
+                         BarRequest{5, BarKind::Mmio64, 4096, false},
                          BarRequest{0, BarKind::Mmio32, 3000, false}, BarRequest{0, BarKind::Io, 512, false}}) {
     PciRoot root;
     FakeDevice d;
@@ -125,6 +126,21 @@ TEST(PciResources, RejectsBadRequests) {
   d.bars = {{0, BarKind::Mmio64, 4096, false}, {1, BarKind::Mmio32, 4096, false}};  // BAR1 is BAR0's upper half
   root.add(1, 0, &d);
   EXPECT_THROW(root.assign_resources(), std::runtime_error);
+}
+
+// The expansion ROM is placed in the 32-bit window like a BAR, and its register is programmed.
+TEST(PciResources, ExpansionRomIsPlacedBelow4GiB) {
+  PciRoot root;
+  FakeDevice d;
+  d.bars = {{0, BarKind::Mmio32, 4096, false}, {kRomBarIndex, BarKind::Mmio32, 256 * 1024, false}};
+  root.add(2, 0, &d);
+  root.assign_resources();
+  ASSERT_TRUE(d.assigned.count(kRomBarIndex));
+  const uint64_t rom = d.assigned.at(kRomBarIndex);
+  EXPECT_GE(rom, layout::kMmio32Start);
+  EXPECT_LT(rom, layout::kMmio32Start + layout::kMmio32Size);
+  EXPECT_EQ(rom % (256 * 1024), 0u);
+  EXPECT_NE(rom, d.assigned.at(0));
 }
 
 TEST(PciResources, IntxPinsRouteToLayoutGsis) {

@@ -17,6 +17,7 @@ struct SlotConfig {
   uint32_t func = 0;
   std::string emulation;  // "hostbridge", "passthru", "lpc"
   std::string config;     // e.g. the host device of a passthru slot, "0000:03:00.0" or "3/0/0"
+  std::string rom;        // passthru: rom=FILE, the expansion ROM the guest sees instead of the device's
 };
 
 struct MachineConfig {

@@ -262,7 +262,7 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   std::vector<std::unique_ptr<passthru::PassthruDevice>> passthru_devices;
   for (const auto& s : cfg.slots) {
     if (s.emulation != "passthru") continue;
-    auto dev = passthru::open_passthru(s.config, container, vm, pio, mmio);
+    auto dev = passthru::open_passthru(s.config, container, vm, pio, mmio, {.rom_file = s.rom});
     root.add(static_cast<int>(s.slot), static_cast<int>(s.func), dev.get());
     step(fmt::format("passthru {} in slot {}:{}", dev->name(), s.slot, s.func));
     passthru_devices.push_back(std::move(dev));
@@ -278,7 +278,8 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   }
   root.assign_resources();
   for (const auto& a : root.assignments())
-    step.note(fmt::format("00:{:02x}.{} BAR{} at {:#x} ({:#x} bytes, {})", a.slot, a.func, a.index, a.address,
+    step.note(fmt::format("00:{:02x}.{} {} at {:#x} ({:#x} bytes, {})", a.slot, a.func,
+                          a.index == pci::kRomBarIndex ? std::string("ROM") : fmt::format("BAR{}", a.index), a.address,
                           a.size, a.kind == pci::BarKind::Io ? "I/O" : a.kind == pci::BarKind::Mmio64 ? "64-bit" : "32-bit"));
 
   std::vector<std::unique_ptr<Vcpu>> vcpus;

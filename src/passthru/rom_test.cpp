@@ -1,0 +1,129 @@
+#include "passthru/rom.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "memory/layout.h"
+#include "passthru/fake_vfio.h"
+#include "passthru/passthru_device.h"
+
+namespace passvm::passthru {
+namespace {
+
+using testing::FakeDevice;
+using testing::FakePlatform;
+using testing::FakeState;
+
+constexpr uint32_t kRomReg = 0x30;
+
+// A small endpoint with one 4 KiB BAR and, when rom_bytes > 0, a ROM region of that size holding i & 0xff.
+FakeState device_with_rom(uint64_t rom_bytes) {
+  FakeState s;
+  s.set32(0x00, 0x11e81234);
+  s.add_region(0, 0x1000);
+  if (rom_bytes) {
+    s.add_region(VFIO_PCI_ROM_REGION_INDEX, rom_bytes, false, false);
+    for (uint64_t i = 0; i < rom_bytes; i++) s.bars[VFIO_PCI_ROM_REGION_INDEX][i] = static_cast<uint8_t>(i);
+  }
+  return s;
+}
+
+struct RomTest : ::testing::Test {
+  FakePlatform platform;
+  std::unique_ptr<PassthruDevice> open(FakeState& s, std::string rom_file = "") {
+    return std::make_unique<PassthruDevice>(std::make_unique<FakeDevice>(s),
+                                            std::make_unique<testing::ForwardingPlatform>(platform),
+                                            PassthruOptions{.watcher_thread = false, .rom_file = rom_file});
+  }
+  // The ROM's trap, as a vCPU would reach it, or nullptr.
+  BusDevice* rom_trap(uint64_t at) {
+    auto it = platform.traps.find({false, at});
+    return it == platform.traps.end() ? nullptr : it->second.second;
+  }
+};
+
+TEST_F(RomTest, DeviceRomIsSizedPlacedAndReadWhileEnabled) {
+  FakeState s = device_with_rom(0x6000);  // not a power of two: the register sizes to 32 KiB
+  auto dev = open(s);
+  auto reqs = dev->bar_requests();
+  ASSERT_EQ(reqs.back().index, pci::kRomBarIndex);
+  EXPECT_EQ(reqs.back().size, 0x8000u);
+  EXPECT_EQ(reqs.back().kind, pci::BarKind::Mmio32);
+  // Sizing, as an OS does it.
+  dev->config_write(kRomReg, 4, 0xfffff800);
+  EXPECT_EQ(dev->config_read(kRomReg, 4), 0xffff8000u);
+  const uint64_t at = layout::kMmio32Start + 0x100000;
+  dev->assign_bar(pci::kRomBarIndex, at);
+  EXPECT_EQ(dev->config_read(kRomReg, 4), at) << "placed, enable off";
+  dev->config_write(0x04, 2, 0x2);
+  EXPECT_EQ(rom_trap(at), nullptr) << "not visible until enabled";
+  dev->config_write(kRomReg, 4, static_cast<uint32_t>(at) | 1);
+  BusDevice* t = rom_trap(at);
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(platform.traps.at({false, at}).first, 0x8000u);
+  uint8_t b[8];
+  t->read(0x1234, b);
+  EXPECT_EQ(b[0], 0x34);
+  EXPECT_EQ(b[7], 0x3b);
+  t->read(0x5ffc, b);
+  EXPECT_EQ(b[3], 0xff);
+  EXPECT_EQ(b[4], 0xff) << "beyond the device's ROM reads as all ones";
+  uint8_t w[4] = {1, 2, 3, 4};
+  t->write(0x10, w);
+  t->read(0x10, b);
+  EXPECT_EQ(b[0], 0x10) << "read-only";
+  EXPECT_TRUE(std::none_of(s.events.begin(), s.events.end(),
+                                               [](const std::string& e) { return e.rfind("bar6", 0) == 0; }))
+      << "a write to the ROM reached the device";
+  dev->config_write(0x04, 2, 0x0);
+  EXPECT_EQ(rom_trap(at), nullptr) << "memory decoding off hides it";
+  dev->config_write(0x04, 2, 0x2);
+  EXPECT_NE(rom_trap(at), nullptr);
+  dev.reset();
+  EXPECT_EQ(rom_trap(at), nullptr) << "teardown removes the trap";
+}
+
+TEST_F(RomTest, NoRomReadsZeroAndAsksForNothing) {
+  FakeState s = device_with_rom(0);
+  auto dev = open(s);
+  for (auto& r : dev->bar_requests()) EXPECT_NE(r.index, pci::kRomBarIndex);
+  dev->config_write(kRomReg, 4, 0xfffff801);
+  EXPECT_EQ(dev->config_read(kRomReg, 4), 0u);
+}
+
+TEST_F(RomTest, RomFileReplacesTheDevicesRom) {
+  char path[] = "/tmp/passvm-rom-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  std::string image(3000, '\x5a');
+  image[0] = '\x55';
+  image[1] = '\xaa';
+  ASSERT_EQ(write(fd, image.data(), image.size()), static_cast<ssize_t>(image.size()));
+  close(fd);
+  FakeState s = device_with_rom(0x8000);
+  auto dev = open(s, path);
+  EXPECT_EQ(dev->bar_requests().back().size, 0x1000u) << "sized from the file";
+  const uint64_t at = layout::kMmio32Start + 0x200000;
+  dev->assign_bar(pci::kRomBarIndex, at);
+  dev->config_write(0x04, 2, 0x2);
+  dev->config_write(kRomReg, 4, static_cast<uint32_t>(at) | 1);
+  BusDevice* t = rom_trap(at);
+  ASSERT_NE(t, nullptr);
+  uint8_t b[4];
+  t->read(0, b);
+  EXPECT_EQ(b[0], 0x55);
+  EXPECT_EQ(b[1], 0xaa);
+  EXPECT_EQ(b[2], 0x5a);
+  t->read(2998, b);
+  EXPECT_EQ(b[1], 0x5a);
+  EXPECT_EQ(b[2], 0xff);
+  unlink(path);
+  EXPECT_THROW(open(s, path), std::runtime_error) << "a missing file is an error naming it";
+}
+
+}  // namespace
+}  // namespace passvm::passthru
