@@ -218,6 +218,19 @@ std::optional<std::string> rom_sum(const std::string& bdf) {
     const std::string path = kPciRoot + bdf + "/rom";
     int fd = open(path.c_str(), O_RDWR);
     if (fd < 0) return std::nullopt;
+    // A ROM decodes only with memory space on, which nobody turns on for a device without a driver.
+    const int old_cmd = enable_command_bits(bdf, 0x2);
+    struct Restore {
+        std::string bdf;
+        int old;
+        ~Restore() {
+            if (old < 0 || (old & 0x2)) return;
+            int cfg = open((kPciRoot + bdf + "/config").c_str(), O_RDWR);
+            uint16_t v = static_cast<uint16_t>(old);
+            if (cfg >= 0) (void)!pwrite(cfg, &v, 2, 4);
+            if (cfg >= 0) close(cfg);
+        }
+    } restore{bdf, old_cmd};
     if (pwrite(fd, "1", 1, 0) != 1) {
         close(fd);
         return std::nullopt;

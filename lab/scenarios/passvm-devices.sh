@@ -9,6 +9,7 @@
 #   reads from the device; edu, which has none, gets one from a rom= file and L2 reads that file.
 # lab-expect: qdev.vmm qdev.edu qdev.edublock qdev.iobar qdev.config qdev.ping qdev.irqs qdev.dmar pvdev.vmm pvdev.rom pvdev.edu pvdev.edublock pvdev.iobar pvdev.config pvdev.ping pvdev.irqs pvdev.dmar pvdev.l1 devices.compare
 # lab-timeout: 1020
+# lab-dma-faults: deliberate
 
 source "$LAB_DIR/scenarios/passvm-lib.sh"
 pv_need_binary pvdev.vmm

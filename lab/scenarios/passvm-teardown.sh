@@ -95,9 +95,10 @@ signal_run qterm TERM '"check":"hold"' 0 "" \
     -nodefaults -nographic -no-reboot -serial stdio -monitor none \
     -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$HOLD" \
     -device vfio-pci,host=0000:00:03.0 -device vfio-pci,host=0000:00:04.0
-signal_run pvterm TERM '"check":"hold"' 0 5 "${PV[@]}" "${BOOT[@]}" --append "$HOLD" labvm
+# -v: each stop step with its time, in the console kept with the logs.
+signal_run pvterm TERM '"check":"hold"' 0 5 "${PV[@]}" -v "${BOOT[@]}" --append "$HOLD" labvm
 # SIGINT while L2's nvme driver is bringing the controller up (admin and I/O queues: DMA in flight).
-signal_run pvint INT 'nvme nvme0: ' 0 5 "${PV[@]}" "${BOOT[@]}" --append "$HOLD" labvm
+signal_run pvint INT 'nvme nvme0: ' 0 5 "${PV[@]}" -v "${BOOT[@]}" --append "$HOLD" labvm
 
 run_l2 pvreuse --timeout 480 -- "${PV_TAP[@]}" nvme -- \
     "${PV[@]}" --stats "${BOOT[@]}" --append "$(l2_append nvme,ping,irqs)" labvm

@@ -122,6 +122,7 @@ struct FakePlatform final : Platform {
   struct Slot {
     uint64_t gpa, size;
     void* hva;
+    bool readonly;
   };
   std::map<uint32_t, Slot> slots;
   uint32_t next_slot = 0;
@@ -131,8 +132,10 @@ struct FakePlatform final : Platform {
   std::set<std::tuple<int, uint32_t, int>> irqfds;  // fd, gsi, resample
   std::vector<std::pair<uint64_t, uint32_t>> signalled;
 
-  uint32_t map_memory(uint64_t gpa, uint64_t size, void* hva) override {
-    slots[next_slot] = {gpa, size, hva};
+  bool refuse_readonly = false;  // as a KVM without KVM_CAP_READONLY_MEM
+  uint32_t map_memory(uint64_t gpa, uint64_t size, void* hva, bool readonly) override {
+    if (readonly && refuse_readonly) throw std::runtime_error("fake: no read-only memory");
+    slots[next_slot] = {gpa, size, hva, readonly};
     return next_slot++;
   }
   void unmap_memory(uint32_t handle) override { slots.erase(handle); }
@@ -159,7 +162,9 @@ struct FakePlatform final : Platform {
 struct ForwardingPlatform final : Platform {
   explicit ForwardingPlatform(Platform& p) : inner(p) {}
   Platform& inner;
-  uint32_t map_memory(uint64_t gpa, uint64_t size, void* hva) override { return inner.map_memory(gpa, size, hva); }
+  uint32_t map_memory(uint64_t gpa, uint64_t size, void* hva, bool readonly) override {
+    return inner.map_memory(gpa, size, hva, readonly);
+  }
   void unmap_memory(uint32_t h) override { inner.unmap_memory(h); }
   void add_trap(bool pio, uint64_t base, uint64_t size, BusDevice* dev) override {
     inner.add_trap(pio, base, size, dev);

@@ -10,7 +10,9 @@ class KvmPlatform final : public Platform {
  public:
   KvmPlatform(Vm& vm, Bus& pio, Bus& mmio) : vm_(vm), pio_(pio), mmio_(mmio) {}
 
-  uint32_t map_memory(uint64_t gpa, uint64_t size, void* hva) override { return vm_.map_memory(gpa, size, hva); }
+  uint32_t map_memory(uint64_t gpa, uint64_t size, void* hva, bool readonly) override {
+    return vm_.map_memory(gpa, size, hva, readonly);
+  }
   void unmap_memory(uint32_t handle) override { vm_.unmap_memory(handle); }
   void add_trap(bool pio, uint64_t base, uint64_t size, BusDevice* dev) override {
     (pio ? pio_ : mmio_).add(base, size, dev);

@@ -463,7 +463,7 @@ void PassthruDevice::map_bar(Bar& b, uint64_t address) {
   try {
     for (size_t k = 0; k < b.layout.mapped.size(); k++)
       b.slots.push_back(platform_->map_memory(address + b.layout.mapped[k].offset, b.layout.mapped[k].size,
-                                              b.host[k]));
+                                              b.host[k], false));
     for (auto& t : b.traps) {
       platform_->add_trap(io, address + t->area.offset, t->area.size, t.get());
       t->added = true;

@@ -21,8 +21,9 @@ namespace passvm::passthru {
 class Platform {
  public:
   virtual ~Platform() = default;
-  // Guest RAM-like mapping of host memory (no exits). Returns a handle for unmap_memory; throws on failure.
-  virtual uint32_t map_memory(uint64_t gpa, uint64_t size, void* hva) = 0;
+  // Guest RAM-like mapping of host memory (no exits; with `readonly`, guest writes exit as MMIO and reach
+  // the trap there, if any). Returns a handle for unmap_memory; throws on failure.
+  virtual uint32_t map_memory(uint64_t gpa, uint64_t size, void* hva, bool readonly) = 0;
   virtual void unmap_memory(uint32_t handle) = 0;
   // Trapped range on the port I/O (pio) or MMIO bus; throws when it overlaps another.
   virtual void add_trap(bool pio, uint64_t base, uint64_t size, BusDevice* dev) = 0;

@@ -44,6 +44,12 @@ struct RomTest : ::testing::Test {
     auto it = platform.traps.find({false, at});
     return it == platform.traps.end() ? nullptr : it->second.second;
   }
+  // The read-only memory slot at `at`: what the guest reads without exits.
+  const uint8_t* rom_memory(uint64_t at, uint64_t size) {
+    for (auto& [h, slot] : platform.slots)
+      if (slot.gpa == at && slot.size == size && slot.readonly) return static_cast<const uint8_t*>(slot.hva);
+    return nullptr;
+  }
 };
 
 TEST_F(RomTest, DeviceRomIsSizedPlacedAndReadWhileEnabled) {
@@ -62,6 +68,12 @@ TEST_F(RomTest, DeviceRomIsSizedPlacedAndReadWhileEnabled) {
   dev->config_write(0x04, 2, 0x2);
   EXPECT_EQ(rom_trap(at), nullptr) << "not visible until enabled";
   dev->config_write(kRomReg, 4, static_cast<uint32_t>(at) | 1);
+  // Read-only memory holding the device's ROM, so reading it costs no exits; writes go to the trap.
+  const uint8_t* mem = rom_memory(at, 0x8000);
+  ASSERT_NE(mem, nullptr);
+  EXPECT_EQ(mem[0x1234], 0x34);
+  EXPECT_EQ(mem[0x5fff], 0xff);
+  EXPECT_EQ(mem[0x6000], 0xff) << "beyond the device's ROM reads as all ones";
   BusDevice* t = rom_trap(at);
   ASSERT_NE(t, nullptr);
   EXPECT_EQ(platform.traps.at({false, at}).first, 0x8000u);
@@ -69,9 +81,6 @@ TEST_F(RomTest, DeviceRomIsSizedPlacedAndReadWhileEnabled) {
   t->read(0x1234, b);
   EXPECT_EQ(b[0], 0x34);
   EXPECT_EQ(b[7], 0x3b);
-  t->read(0x5ffc, b);
-  EXPECT_EQ(b[3], 0xff);
-  EXPECT_EQ(b[4], 0xff) << "beyond the device's ROM reads as all ones";
   uint8_t w[4] = {1, 2, 3, 4};
   t->write(0x10, w);
   t->read(0x10, b);
@@ -81,10 +90,35 @@ TEST_F(RomTest, DeviceRomIsSizedPlacedAndReadWhileEnabled) {
       << "a write to the ROM reached the device";
   dev->config_write(0x04, 2, 0x0);
   EXPECT_EQ(rom_trap(at), nullptr) << "memory decoding off hides it";
+  EXPECT_EQ(rom_memory(at, 0x8000), nullptr);
   dev->config_write(0x04, 2, 0x2);
   EXPECT_NE(rom_trap(at), nullptr);
+  // Moved by the guest: it follows.
+  const uint64_t moved = at + 0x10000;
+  dev->config_write(kRomReg, 4, static_cast<uint32_t>(moved) | 1);
+  EXPECT_EQ(rom_memory(at, 0x8000), nullptr);
+  EXPECT_NE(rom_memory(moved, 0x8000), nullptr);
   dev.reset();
-  EXPECT_EQ(rom_trap(at), nullptr) << "teardown removes the trap";
+  EXPECT_EQ(rom_trap(moved), nullptr) << "teardown removes the trap";
+  EXPECT_TRUE(platform.slots.empty()) << "and the memory slot";
+}
+
+TEST_F(RomTest, WithoutReadOnlyMemoryTheTrapServesReads) {
+  FakeState s = device_with_rom(0x2000);
+  platform.refuse_readonly = true;
+  auto dev = open(s);
+  const uint64_t at = layout::kMmio32Start + 0x100000;
+  dev->assign_bar(pci::kRomBarIndex, at);
+  dev->config_write(0x04, 2, 0x2);
+  dev->config_write(kRomReg, 4, static_cast<uint32_t>(at) | 1);
+  EXPECT_EQ(rom_memory(at, 0x2000), nullptr);
+  BusDevice* t = rom_trap(at);
+  ASSERT_NE(t, nullptr);
+  uint8_t b[4];
+  t->read(0x1ffe, b);
+  EXPECT_EQ(b[0], 0xfe);
+  EXPECT_EQ(b[1], 0xff);
+  EXPECT_EQ(b[2], 0xff) << "past the ROM's end";
 }
 
 TEST_F(RomTest, NoRomReadsZeroAndAsksForNothing) {
