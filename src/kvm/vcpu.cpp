@@ -227,14 +227,18 @@ void Vcpu::start() {
   thread_ = std::thread([this] { run_loop(); });
 }
 
-void Vcpu::stop() {
+void Vcpu::kick() {
   if (!thread_.joinable()) return;
   stopping_ = true;
   if (thread_.get_id() == std::this_thread::get_id()) return;  // the loop sees stopping_ when it returns
   // immediate_exit catches a thread about to enter KVM_RUN; the signal one already inside it.
   __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_SEQ_CST);
   pthread_kill(thread_.native_handle(), kick_signal());
-  thread_.join();
+}
+
+void Vcpu::stop() {
+  kick();
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }
 
 VcpuExitStats Vcpu::stats() const {

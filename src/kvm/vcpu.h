@@ -70,6 +70,9 @@ class Vcpu {
   // the vCPU's own thread (a device handler) only asks the loop to end; the owner still has to stop().
   void start();
   void stop();
+  // The kick alone, without waiting: a machine kicks every vCPU first and then stops (joins) each, so
+  // that they leave KVM_RUN in parallel rather than one after the other.
+  void kick();
 
   uint32_t index() const { return index_; }
   int fd() const { return fd_; }

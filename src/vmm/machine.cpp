@@ -320,6 +320,7 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
     // only halts (a panic message's last line) would keep them queued, so drain now and then too.
     while (!ctl.wait_for(std::chrono::milliseconds(50))) vm.drain_coalesced(pio, mmio);
     step("the guest ran");
+    for (auto& v : vcpus) v->kick();
     for (auto& v : vcpus) v->stop();
     step("vCPUs stopped");
     vm.drain_coalesced(pio, mmio);
