@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "vfio/aligned_map.h"
 #include "vfio/host_checks.h"
 
 namespace passvm::vfio {
@@ -70,7 +71,8 @@ class LinuxDevice final : public Device {
     if (region >= regions_.size() || !regions_[region].info.mmappable) return nullptr;
     uint64_t base = checked(region, offset, size);
     int prot = (regions_[region].info.readable ? PROT_READ : 0) | (regions_[region].info.writable ? PROT_WRITE : 0);
-    void* p = mmap(nullptr, size, prot, MAP_SHARED, fd_, static_cast<off_t>(base + offset));
+    // Aligned like the guest address will be (BARs are aligned to their size), so large pages can back it.
+    void* p = map_aligned(fd_, base + offset, size, prot, offset);
     return p == MAP_FAILED ? nullptr : p;
   }
   void unmap(void* address, uint64_t size) override { munmap(address, size); }
