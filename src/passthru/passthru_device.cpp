@@ -25,6 +25,11 @@ uint32_t le(const std::vector<uint8_t>& v, uint32_t off, int size) { return pci:
 
 bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) { return a < b + blen && b < a + alen; }
 
+// [address, address + size) lies wholly inside the window [start, start + window).
+bool inside(uint64_t address, uint64_t size, uint64_t start, uint64_t window) {
+  return address >= start && size <= window && address - start <= window - size;
+}
+
 
 }  // namespace
 
@@ -407,9 +412,7 @@ void PassthruDevice::update_rom_mapping() {
   if (!rom_) return;
   const uint64_t at = rom_->address();
   bool visible = (command_ & 2) && rom_->enabled();
-  if (visible && options_.check_windows &&
-      !(at >= layout::kMmio32Start && rom_->size() <= layout::kMmio32Size &&
-        at - layout::kMmio32Start <= layout::kMmio32Size - rom_->size())) {
+  if (visible && options_.check_windows && !inside(at, rom_->size(), layout::kMmio32Start, layout::kMmio32Size)) {
     counters_.refused++;
     fmt::print(stderr, "passvm: {}: ROM at {:#x} (size {:#x}) lies outside the 32-bit PCI window; left unmapped\n",
                name_, at, rom_->size());
@@ -426,11 +429,9 @@ bool PassthruDevice::decoding(const Bar& b) const { return command_ & (b.kind ==
 bool PassthruDevice::address_acceptable(const Bar& b, uint64_t address) const {
   bool io = b.kind == pci::BarKind::Io;
   if (options_.check_windows) {
-    auto inside = [&](uint64_t start, uint64_t size) {
-      return address >= start && b.size <= size && address - start <= size - b.size;
-    };
-    bool ok = io ? inside(layout::kIoBarStart, layout::kIoBarSize)
-                 : inside(layout::kMmio32Start, layout::kMmio32Size) || inside(layout::kMmio64Start, layout::kMmio64Size);
+    bool ok = io ? inside(address, b.size, layout::kIoBarStart, layout::kIoBarSize)
+                 : inside(address, b.size, layout::kMmio32Start, layout::kMmio32Size) ||
+                       inside(address, b.size, layout::kMmio64Start, layout::kMmio64Size);
     if (!ok) return false;
   }
   for (const Bar& o : bars_) {

@@ -44,6 +44,12 @@ struct RomTest : ::testing::Test {
     auto it = platform.traps.find({false, at});
     return it == platform.traps.end() ? nullptr : it->second.second;
   }
+  // What an OS does to read a ROM: place it, turn memory decoding on, enable it.
+  void enable_rom(PassthruDevice& dev, uint64_t at) {
+    dev.assign_bar(pci::kRomBarIndex, at);
+    dev.config_write(0x04, 2, 0x2);
+    dev.config_write(kRomReg, 4, static_cast<uint32_t>(at) | 1);
+  }
   // The read-only memory slot at `at`: what the guest reads without exits.
   const uint8_t* rom_memory(uint64_t at, uint64_t size) {
     for (auto& [h, slot] : platform.slots)
@@ -108,9 +114,7 @@ TEST_F(RomTest, WithoutReadOnlyMemoryTheTrapServesReads) {
   platform.refuse_readonly = true;
   auto dev = open(s);
   const uint64_t at = layout::kMmio32Start + 0x100000;
-  dev->assign_bar(pci::kRomBarIndex, at);
-  dev->config_write(0x04, 2, 0x2);
-  dev->config_write(kRomReg, 4, static_cast<uint32_t>(at) | 1);
+  enable_rom(*dev, at);
   EXPECT_EQ(rom_memory(at, 0x2000), nullptr);
   BusDevice* t = rom_trap(at);
   ASSERT_NE(t, nullptr);
@@ -142,9 +146,7 @@ TEST_F(RomTest, RomFileReplacesTheDevicesRom) {
   auto dev = open(s, path);
   EXPECT_EQ(dev->bar_requests().back().size, 0x1000u) << "sized from the file";
   const uint64_t at = layout::kMmio32Start + 0x200000;
-  dev->assign_bar(pci::kRomBarIndex, at);
-  dev->config_write(0x04, 2, 0x2);
-  dev->config_write(kRomReg, 4, static_cast<uint32_t>(at) | 1);
+  enable_rom(*dev, at);
   BusDevice* t = rom_trap(at);
   ASSERT_NE(t, nullptr);
   uint8_t b[4];

@@ -253,8 +253,13 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
 
   // Passthrough devices share one container, so guest RAM is pinned and mapped into the IOMMU once.
   // Every device is checked before any is opened, so a wrong one fails before the others are reset.
-  for (const auto& s : cfg.slots)
-    if (s.emulation == "passthru") vfio::check_host_device(vfio::Bdf::parse(s.config));
+  for (const auto& s : cfg.slots) {
+    if (s.emulation != "passthru") continue;
+    vfio::check_host_device(vfio::Bdf::parse(s.config));
+    if (!s.rom.empty() && access(s.rom.c_str(), R_OK) != 0)
+      throw std::runtime_error(fmt::format("-s {},passthru,{},rom={}: cannot read the ROM file: {}", s.slot, s.config,
+                                           s.rom, strerror(errno)));
+  }
   vfio::Container container;
   // Declared before the devices so that it is destroyed after them: devices stop and reset while guest RAM
   // is still mapped, then the mapping goes.
