@@ -344,8 +344,12 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   }
   // The destructors' own order, made explicit so that -v says where a slow stop spends its time.
   if (!passthru_devices.empty()) {
+    for (auto& d : passthru_devices) {
+      const std::string name = d->name();
+      d.reset();
+      step(fmt::format("{} released (vfio-pci resets it)", name));
+    }
     passthru_devices.clear();
-    step("passthrough devices released (vfio-pci resets them)");
     dma.reset();
     step("guest RAM unmapped from the IOMMU and unpinned");
   }
