@@ -17,6 +17,7 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -344,12 +345,29 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   }
   // The destructors' own order, made explicit so that -v says where a slow stop spends its time.
   if (!passthru_devices.empty()) {
-    for (auto& d : passthru_devices) {
-      const std::string name = d->name();
-      d.reset();
-      step(fmt::format("{} released (vfio-pci resets it)", name));
+    // Releasing a device makes vfio-pci reset it (an FLR alone waits 100 ms): release them side by side.
+    // Each device's teardown touches only its own state and the VM's locked tables.
+    std::vector<double> took(passthru_devices.size());
+    std::vector<std::string> names;
+    std::vector<std::thread> releases;
+    for (size_t i = 0; i < passthru_devices.size(); i++) {
+      names.push_back(passthru_devices[i]->name());
+      auto release = [&, i] {
+        auto t0 = std::chrono::steady_clock::now();
+        passthru_devices[i].reset();
+        took[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      };
+      try {
+        releases.emplace_back(release);
+      } catch (const std::system_error&) {  // no thread to be had: release it here
+        release();
+      }
     }
+    for (auto& t : releases) t.join();
     passthru_devices.clear();
+    step(fmt::format("{} passthrough device{} released side by side (vfio-pci resets them)", names.size(),
+                     names.size() == 1 ? "" : "s"));
+    for (size_t i = 0; i < names.size(); i++) step.note(fmt::format("{} released in {:.1f} ms", names[i], took[i]));
     dma.reset();
     step("guest RAM unmapped from the IOMMU and unpinned");
   }
