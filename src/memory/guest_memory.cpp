@@ -52,20 +52,14 @@ uint64_t free_hugetlb_pages(uint64_t page) {
   }
 }
 
-std::string size_name(uint64_t bytes) {
-  return bytes >= layout::GiB && bytes % layout::GiB == 0 ? fmt::format("{} GiB", bytes / layout::GiB)
-         : bytes >= layout::MiB                            ? fmt::format("{} MiB", bytes / layout::MiB)
-                                                           : fmt::format("{} KiB", bytes / layout::KiB);
-}
-
 }  // namespace
 
 std::string PageUsage::describe() const {
   if (resident == 0) return "none resident yet";
   std::string what = fmt::format("{} MiB resident", resident >> 20);
   if (huge == 0) return what + ", in 4 KiB pages";
-  if (huge >= resident) return fmt::format("{}, all in {} pages", what, size_name(page_size));
-  return fmt::format("{}, {} MiB of it in {} pages, the rest in 4 KiB pages", what, huge >> 20, size_name(page_size));
+  if (huge >= resident) return fmt::format("{}, all in {} pages", what, layout::size_text(page_size));
+  return fmt::format("{}, {} MiB of it in {} pages, the rest in 4 KiB pages", what, huge >> 20, layout::size_text(page_size));
 }
 
 PageUsage parse_smaps(std::string_view smaps, uint64_t start, uint64_t end) {
@@ -130,7 +124,7 @@ GuestMemory::GuestMemory(uint64_t size, bool hugetlb) : size_(size) {
     }
     p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd_, 0);
     mapped_size_ = size;
-    backing_ = fmt::format("{} hugetlbfs pages", size_name(page));
+    backing_ = fmt::format("{} hugetlbfs pages", layout::size_text(page));
   } else {
     if (size % 4096 != 0)
       throw std::runtime_error(fmt::format("guest memory size {:#x} is not a multiple of 4 KiB", size));

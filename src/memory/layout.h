@@ -7,10 +7,19 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace passvm::layout {
 
 inline constexpr uint64_t KiB = 1024, MiB = 1024 * KiB, GiB = 1024 * MiB;
+
+// A size as messages name it: "2 MiB", "1 GiB", "256 KiB", or "3000 bytes" when it is no whole unit.
+inline std::string size_text(uint64_t bytes) {
+  if (bytes >= GiB && bytes % GiB == 0) return std::to_string(bytes / GiB) + " GiB";
+  if (bytes >= MiB && bytes % MiB == 0) return std::to_string(bytes / MiB) + " MiB";
+  if (bytes >= KiB && bytes % KiB == 0) return std::to_string(bytes / KiB) + " KiB";
+  return std::to_string(bytes) + " bytes";
+}
 
 // Low memory used by the boot path (all inside RAM, all below 1 MiB).
 inline constexpr uint64_t kGdtAddr = 0x500;

@@ -40,13 +40,6 @@ std::string where(const Pending& p) {
                      p.req.index == kRomBarIndex ? std::string("ROM") : fmt::format("BAR{}", p.req.index));
 }
 
-std::string human(uint64_t bytes) {
-  if (bytes >= layout::GiB && bytes % layout::GiB == 0) return fmt::format("{} GiB", bytes / layout::GiB);
-  if (bytes >= layout::MiB && bytes % layout::MiB == 0) return fmt::format("{} MiB", bytes / layout::MiB);
-  if (bytes >= layout::KiB && bytes % layout::KiB == 0) return fmt::format("{} KiB", bytes / layout::KiB);
-  return fmt::format("{} bytes", bytes);
-}
-
 void check_request(const Pending& p) {
   const BarRequest& r = p.req;
   if (r.index == kRomBarIndex && r.kind != BarKind::Mmio32)
@@ -58,9 +51,9 @@ void check_request(const Pending& p) {
     throw std::runtime_error(fmt::format("{}: size {:#x} is not a power of two", where(p), r.size));
   if (r.kind == BarKind::Io && r.size > 256)
     throw std::runtime_error(fmt::format("{}: an I/O BAR of {} is larger than the 256 bytes PCI allows", where(p),
-                                         human(r.size)));
+                                         layout::size_text(r.size)));
   if (r.kind == BarKind::Mmio32 && r.size > 2 * layout::GiB)
-    throw std::runtime_error(fmt::format("{}: a 32-bit BAR of {} cannot exist", where(p), human(r.size)));
+    throw std::runtime_error(fmt::format("{}: a 32-bit BAR of {} cannot exist", where(p), layout::size_text(r.size)));
 }
 
 }  // namespace
@@ -117,8 +110,8 @@ void PciRoot::assign_resources() {
       throw std::runtime_error(fmt::format(
           "{}: no room for {} of {} space: the {} window ({:#x}-{:#x}, {}) has {} left. "
           "Pass through fewer devices, or resize the device's BAR on the host (e.g. Resizable BAR) so it fits",
-          where(p), human(p.block), kind_name(p.req.kind), w->name(), w->base(), w->base() + w->size() - 1,
-          human(w->size()), human(w->free())));
+          where(p), layout::size_text(p.block), kind_name(p.req.kind), w->name(), w->base(), w->base() + w->size() - 1,
+          layout::size_text(w->size()), layout::size_text(w->free())));
     }
     done.push_back(BarAssignment{p.slot, p.func, p.req.index, p.req.kind, *at, p.req.size});
   }
