@@ -733,7 +733,8 @@ int check_irqs() {
                 total = counts[irq];
             }
         }
-        devs += (devs.empty() ? "" : ",") + ("\"" + d.bdf + "\":{\"driver\":\"" + d.driver + "\",\"mode\":\"" + mode +
+        devs += (devs.empty() ? "" : ",") + ("\"" + d.bdf + "\":{\"id\":\"" + d.id + "\",\"driver\":\"" + d.driver +
+                                            "\",\"mode\":\"" + mode +
                                             "\",\"vectors\":" + std::to_string(vectors) +
                                             ",\"requested\":" + std::to_string(requested) +
                                             ",\"count\":" + std::to_string(total) + "}");

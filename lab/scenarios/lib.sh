@@ -118,3 +118,36 @@ l2_append() {
     local checks=$1; shift
     echo "console=ttyS0 panic=-1 nokaslr pci=noearly lab.checks=$checks lab.peer=$LAB_L1_LINKLOCAL $*"
 }
+
+# msix_host_check CHECK RUN: the VMM of run_l2 RUN gave each passed-through device only the MSI-X vectors
+# L2's drivers use: L1's /proc/interrupts (peak over the run) against L2's requested vectors for the
+# device with the same vendor:device, next to the table size the device offers.
+msix_host_check() {
+    /usr/bin/python3 - "$1" "$LAB_OUT/$2.summary.json" <<'PY'
+import json, os, sys
+name, path = sys.argv[1:3]
+fig, bad = {}, []
+try:
+    summary = json.load(open(path))
+except (OSError, ValueError):
+    summary = None
+if summary is None:
+    bad.append(f"no summary at {path}: the VMM run did not happen")
+else:
+    guest = {d.get("id"): d for d in summary["checks"].get("irqs", {}).get("devices", {}).values()}
+    devices = summary["vmm"].get("l1_msix", {})
+    if not devices:
+        bad.append("no passed-through device with MSI-X")
+    for bdf, d in devices.items():
+        used = guest.get(d["id"], {}).get("requested")
+        key = bdf[5:].replace(":", "_")
+        fig[f"{key}_table"], fig[f"{key}_host"], fig[f"{key}_l2_requested"] = d["table"], d["host_vectors"], used
+        if used is None:
+            bad.append(f"{bdf} ({d['id']}): L2 reported no interrupts for it")
+        elif d["host_vectors"] < 1 or d["host_vectors"] > used:
+            bad.append(f"{bdf} ({d['id']}): L1 gave it {d['host_vectors']} MSI-X vectors for the {used} L2 uses "
+                       f"(table of {d['table']})")
+print("LABRESULT " + json.dumps({"scenario": os.environ.get("LAB_SCENARIO", "?"), "check": name,
+      "pass": not bad, "figures": fig, "detail": "; ".join(bad)}, separators=(",", ":")), flush=True)
+PY
+}

@@ -114,6 +114,55 @@ class RssSampler(threading.Thread):
             self.stop.wait(0.2)
 
 
+BDF_RE = re.compile(r"\b([0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])\b")
+VFIO_MSIX_RE = re.compile(r"vfio-msix\[\d+\]\(([0-9a-f:.]+)\)")
+
+
+class L1IrqSampler(threading.Thread):
+    """The host side of the VMM's MSI-X: how many vectors vfio-pci has requested for each device in
+    L1 (lines 'vfio-msix[N](BDF)' of /proc/interrupts), the largest number seen during the run."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak, self.stop = {}, threading.Event()
+
+    def sample(self):
+        now = {}
+        try:
+            with open("/proc/interrupts") as f:
+                for line in f:
+                    for bdf in VFIO_MSIX_RE.findall(line):
+                        now[bdf] = now.get(bdf, 0) + 1
+        except OSError:
+            return
+        for bdf, n in now.items():
+            self.peak[bdf] = max(self.peak.get(bdf, 0), n)
+
+    def run(self):
+        while not self.stop.is_set():
+            self.sample()
+            self.stop.wait(0.3)
+
+
+def msix_table_size(bdf):
+    """Entries in the MSI-X table of an L1 device (its config space, capability 0x11), or None."""
+    try:
+        with open(f"/sys/bus/pci/devices/{bdf}/config", "rb") as f:
+            cfg = f.read(256)
+        ids = open(f"/sys/bus/pci/devices/{bdf}/vendor").read().strip()[2:] + ":" + \
+            open(f"/sys/bus/pci/devices/{bdf}/device").read().strip()[2:]
+    except OSError:
+        return None, None
+    if len(cfg) < 64 or not cfg[6] & 0x10:
+        return None, ids
+    at, seen = cfg[0x34] & 0xfc, 0
+    while at and seen < 48 and at + 4 <= len(cfg):
+        if cfg[at] == 0x11:
+            return (int.from_bytes(cfg[at + 2:at + 4], "little") & 0x7ff) + 1, ids
+        at, seen = cfg[at + 1] & 0xfc, seen + 1
+    return None, ids
+
+
 def guest_memory_mb(cmd):
     for arg in cmd:
         for word in arg.split():
@@ -172,6 +221,8 @@ def run_vmm(name, cmd, timeout, grace, typed, console):
                             preexec_fn=die_with_parent)
     sampler = RssSampler(proc.pid)
     sampler.start()
+    irqs = L1IrqSampler()
+    irqs.start()
 
     state = {"init_ms": None, "done_at": None, "killed": None, "exit_after_done_ms": None}
     results, tail = {}, deque(maxlen=15)
@@ -226,10 +277,11 @@ def run_vmm(name, cmd, timeout, grace, typed, console):
     if state["done_at"] is not None and state["killed"] is None:
         # L2 powers off right after its last result: this is the VMM's own stop and teardown.
         state["exit_after_done_ms"] = int((exited_at - state["done_at"]) * 1000)
-    sampler.stop.set()
-    sampler.join()
+    for t in (sampler, irqs):
+        t.stop.set()
+        t.join()
     return {"rc": rc, "wall_ms": int((time.monotonic() - start) * 1000), "results": results, "tail": tail,
-            "sampler": sampler, **state}
+            "sampler": sampler, "l1_msix": irqs.peak, **state}
 
 
 E1000E_QUEUES = (0x2800, 0x2900, 0x3800, 0x3900)  # receive queues 0 and 1, transmit queues 0 and 1
@@ -350,6 +402,13 @@ def main():
                "console": console_path}
     if retried:
         figures["first_run_reset_early"] = retried
+    # Per device passed through: its vendor:device, MSI-X table size, and the most MSI-X vectors L1 gave it.
+    msix = {}
+    for bdf in sorted({b for arg in cmd for b in BDF_RE.findall(arg)}):
+        table, ids = msix_table_size(bdf)
+        if table:
+            msix[bdf] = {"id": ids, "table": table, "host_vectors": run["l1_msix"].get(bdf, 0)}
+    figures["l1_msix"] = msix
     guest_mb = guest_memory_mb(cmd)
     if guest_mb:
         # VFIO pins all of guest RAM, so with a device passed through this is the VMM's own memory.

@@ -63,6 +63,23 @@ inline constexpr uint16_t kAcpiSciIrq = 9;
 inline constexpr uint16_t kIoBarStart = 0xc000;         // I/O BARs
 inline constexpr uint16_t kIoBarSize = 0x4000;
 
+// A range of guest-physical addresses (or ports) where devices may be placed.
+struct Window {
+  uint64_t start = 0, size = 0;
+  uint64_t end() const { return start + size; }  // one past the last byte
+  // [address, address + length) lies wholly inside.
+  bool holds(uint64_t address, uint64_t length) const {
+    return address >= start && length <= size && address - start <= size - length;
+  }
+};
+
+// Where the guest's PCI BARs may live.
+struct PciWindows {
+  Window io{kIoBarStart, kIoBarSize};
+  Window mmio32{kMmio32Start, kMmio32Size};
+  Window mmio64{kMmio64Start, kMmio64Size};
+};
+
 // GSIs 16..23 of the IOAPIC carry PCI INTx: slot s, pin p (0 = INTA) -> 16 + (s + p) % 8.
 inline constexpr uint32_t kPciIntxGsiBase = 16;
 inline constexpr uint32_t kIoapicPins = 24;

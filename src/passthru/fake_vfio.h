@@ -25,12 +25,17 @@ struct FakeState {
     uint32_t index;
     vfio::IrqAction action;
     std::vector<int> fds;
+    uint32_t start = 0;
   };
   std::vector<IrqSet> irq_sets;
   std::vector<uint32_t> disabled;
   std::vector<std::pair<uint32_t, uint32_t>> config_writes;  // offset, size
   // Interrupt indexes whose next SET_IRQS with eventfds fails, as when the host runs out of vectors.
   std::set<uint32_t> refuse_irqs;
+  // MSI-X as on kernels before 6.5: the vector count is fixed while it is on (VFIO_IRQ_INFO_NORESIZE).
+  bool msix_noresize = true;
+  // Host vectors the kernel can give MSI-X: asking for more fails as a real shortfall does.
+  uint32_t msix_host_limit = 2048;
   bool closed = false;  // the device was released (vfio-pci resets it then)
   // Every write, interrupt change and the release, in order: "config 0x4=0x2", "bar0 0x100=0x0",
   // "disable 2", "close".
@@ -101,11 +106,16 @@ class FakeDevice final : public vfio::Device {
     i.index = index;
     i.count = s_.irq_counts.count(index) ? s_.irq_counts.at(index) : 0;
     i.eventfd = true;
+    i.noresize = index == VFIO_PCI_MSIX_IRQ_INDEX && s_.msix_noresize;
     return i;
   }
-  void set_irq_eventfds(uint32_t index, vfio::IrqAction action, uint32_t, std::span<const int> fds) override {
+  void set_irq_eventfds(uint32_t index, vfio::IrqAction action, uint32_t start, std::span<const int> fds) override {
     if (s_.refuse_irqs.erase(index)) throw vfio::VfioError("fake: the host could allocate only 1 vector", ENOSPC);
-    s_.irq_sets.push_back({index, action, {fds.begin(), fds.end()}});
+    if (index == VFIO_PCI_MSIX_IRQ_INDEX && start + fds.size() > s_.msix_host_limit)
+      throw vfio::VfioError(fmt::format("fake: the host could allocate only {} of the {} interrupt vectors asked for",
+                                        s_.msix_host_limit, start + fds.size()));
+    s_.irq_sets.push_back({index, action, {fds.begin(), fds.end()}, start});
+    s_.events.push_back(fmt::format("irqs {} {}+{}", index, start, fds.size()));
   }
   void disable_irq(uint32_t index) override {
     s_.disabled.push_back(index);

@@ -1,56 +1,36 @@
 #include "passthru/passthru_device.h"
 
 #include <algorithm>
-#include <bit>
 #include <cerrno>
 #include <cstring>
 
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
 
-#include "memory/layout.h"
 #include "passthru/handover.h"
+#include "passthru/rom.h"
 
 namespace passvm::passthru {
 namespace {
 
-constexpr uint32_t kBar0 = 0x10, kBarEnd = 0x28, kRom = 0x30, kIntLine = 0x3c, kHeaderType = 0x0e, kCommand = 0x04;
-constexpr uint64_t kStopTag = ~uint64_t{0};
+constexpr uint32_t kIntLine = 0x3c, kHeaderType = 0x0e, kCommand = 0x04;
 constexpr uint16_t kDecodeAndMaster = 0x7;  // command register: I/O space, memory space, bus master
 
 uint32_t le(const std::vector<uint8_t>& v, uint32_t off, int size) { return pci::load_le(v.data() + off, size); }
 
 bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) { return a < b + blen && b < a + alen; }
 
-// [address, address + size) lies wholly inside the window [start, start + window).
-bool inside(uint64_t address, uint64_t size, uint64_t start, uint64_t window) {
-  return address >= start && size <= window && address - start <= window - size;
+uint64_t page_size() {
+  long ps = sysconf(_SC_PAGESIZE);
+  return ps > 0 ? static_cast<uint64_t>(ps) : 4096;
 }
 
-
 }  // namespace
-
-// A trapped part of a BAR on the PIO or MMIO bus.
-struct PassthruDevice::Trap final : BusDevice {
-  Trap(PassthruDevice* d, int b, vfio::Area a) : dev(d), bar(b), area(a) {}
-  void read(uint64_t offset, std::span<uint8_t> data) override { dev->bar_read(bar, area.offset + offset, data); }
-  void write(uint64_t offset, std::span<const uint8_t> data) override {
-    dev->bar_write(bar, area.offset + offset, data);
-  }
-  PassthruDevice* dev;
-  int bar;
-  vfio::Area area;
-  bool added = false;
-};
 
 PassthruDevice::PassthruDevice(std::unique_ptr<vfio::Device> device, std::unique_ptr<Platform> platform,
                                PassthruOptions options)
     : dev_(std::move(device)), platform_(std::move(platform)), options_(options), name_(dev_->name()) {
-  long ps = sysconf(_SC_PAGESIZE);
-  page_size_ = ps > 0 ? static_cast<uint64_t>(ps) : 4096;
   try {
     setup();
   } catch (...) {
@@ -96,45 +76,14 @@ void PassthruDevice::setup() {
   if (config_size_ < 4096) zero(config_size_, 4096 - config_size_);
   emulate(kHeaderType, 1);
   shadow_[kHeaderType] &= 0x7f;  // the host's bit says nothing of the guest slot: the PCI root sets it
-  zero(kBar0, kBarEnd - kBar0);
-  zero(kRom, 4);
+  for (uint32_t o = 0x10; o < 0x34; o++)
+    if (BarMapper::is_register(o)) emulate(o, 1);
   emulate(kIntLine, 1);
-
   if (caps_.msi) {
-    uint32_t m = *caps_.msi;
-    uint16_t ctrl = static_cast<uint16_t>(le(raw, m + 2, 2));
-    msi_64_ = ctrl & 0x80;
-    msi_per_vector_ = ctrl & 0x100;
-    msi_size_ = 10 + (msi_64_ ? 4 : 0) + (msi_per_vector_ ? 10 : 0);
-    emulate(m, msi_size_);
-    // The whole capability is emulated, mask and pending bits included: masking parks the vector's
-    // irqfd as for MSI-X, so the device's own mask bits are never touched.
-    pci::store_le(&shadow_[m + 2], 2, ctrl & ~0x71u);
-    for (uint32_t i = 4; i < msi_size_; i++) shadow_[m + i] = 0;
+    msi_.emplace(*caps_.msi, static_cast<uint16_t>(le(raw, *caps_.msi + 2, 2)));
+    emulate(*caps_.msi, msi_->size());
   }
-  if (caps_.msix) {
-    uint32_t m = *caps_.msix;
-    uint16_t ctrl = static_cast<uint16_t>(le(raw, m + 2, 2));
-    uint32_t table = le(raw, m + 4, 4), pba = le(raw, m + 8, 4);
-    msix_ = std::make_unique<MsixTable>((ctrl & 0x7ffu) + 1);
-    msix_table_bar_ = static_cast<int>(table & 7);
-    msix_pba_bar_ = static_cast<int>(pba & 7);
-    msix_table_offset_ = table & ~7u;
-    msix_pba_offset_ = pba & ~7u;
-    auto fits = [&](int bar, uint64_t off, uint64_t len) {
-      return bar < 6 && dev_->region_info(static_cast<uint32_t>(bar)).size >= off + len;
-    };
-    if (!fits(msix_table_bar_, msix_table_offset_, msix_->table_bytes()) ||
-        !fits(msix_pba_bar_, msix_pba_offset_, msix_->pba_bytes())) {
-      fmt::print(stderr, "passvm: {}: MSI-X table or PBA lies outside its BAR; MSI-X is not offered\n", name_);
-      msix_.reset();
-      msix_table_bar_ = msix_pba_bar_ = -1;
-      caps_.msix.reset();
-    } else {
-      emulate(m, 12);
-      pci::store_le(&shadow_[m + 2], 2, ctrl & 0x3fffu);
-    }
-  }
+  setup_msix(raw);
   for (auto [off, value] : caps_.overrides) {
     emulate(off, 1);
     shadow_[off] = value;
@@ -149,78 +98,45 @@ void PassthruDevice::setup() {
     device_config_write(kCommand, cmd);
   }
 
-  scan_bars();
-  map_bars_into_host();
-  rom_ = options_.rom_file.empty() ? RomBar::from_device(*dev_) : RomBar::from_file(options_.rom_file);
-
-  if (options_.watcher_thread) {
-    epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
-    stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (epoll_fd_ < 0 || stop_fd_ < 0)
-      throw std::runtime_error(fmt::format("{}: cannot create the interrupt watcher: {}", name_, strerror(errno)));
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = kStopTag;
-    epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, stop_fd_, &ev);
+  BarMapper::AccessHandler& handler = *this;
+  bars_ = std::make_unique<BarMapper>(*dev_, *platform_, name_, handler, options_.windows);
+  std::vector<BarMapper::TrappedArea> msix_areas;
+  if (msix_) {
+    msix_areas.push_back({msix_table_bar_, {msix_table_offset_, msix_->table_bytes()}});
+    msix_areas.push_back({msix_pba_bar_, {msix_pba_offset_, msix_->pba_bytes()}});
   }
-  msi_vectors_ = std::make_unique<Vectors>(*platform_, name_ + " MSI", epoll_fd_, 0);
-  msix_vectors_ = std::make_unique<Vectors>(*platform_, name_ + " MSI-X", epoll_fd_, 1);
-  if (options_.watcher_thread) watcher_ = std::thread([this] { watch(); });
+  bars_->scan(msix_areas, page_size());
+  bars_->set_rom(options_.rom_file.empty() ? RomBar::from_device(*dev_) : RomBar::from_file(options_.rom_file));
+  irqs_ = std::make_unique<Interrupts>(*dev_, *platform_, name_, lock_, options_.watcher_thread);
 }
 
-void PassthruDevice::scan_bars() {
-  for (int i = 0; i < 6; i++) {
-    Bar& b = bars_[static_cast<size_t>(i)];
-    vfio::RegionInfo ri = dev_->region_info(static_cast<uint32_t>(i));
-    if (ri.size == 0) continue;
-    uint32_t reg = 0;
-    dev_->read(VFIO_PCI_CONFIG_REGION_INDEX, kBar0 + 4u * static_cast<uint32_t>(i),
-               std::span(reinterpret_cast<uint8_t*>(&reg), 4));
-    b.index = i;
-    b.size = std::bit_ceil(ri.size);
-    if (reg & 1) {
-      b.kind = pci::BarKind::Io;
-      b.flags = 1;
-      ri.mmappable = false;
-    } else {
-      b.kind = ((reg >> 1) & 3) == 2 ? pci::BarKind::Mmio64 : pci::BarKind::Mmio32;
-      b.prefetchable = reg & 8;
-      b.flags = reg & 0xf;
-    }
-    std::optional<vfio::Area> table, pba;
-    if (msix_ && msix_table_bar_ == i) table = vfio::Area{msix_table_offset_, msix_->table_bytes()};
-    if (msix_ && msix_pba_bar_ == i) pba = vfio::Area{msix_pba_offset_, msix_->pba_bytes()};
-    b.layout = plan_bar(ri, table, pba, page_size_);
-    refresh_bar_shadow(b);
-    if (b.kind == pci::BarKind::Mmio64) i++;  // the upper half is part of this BAR
+void PassthruDevice::setup_msix(const std::vector<uint8_t>& raw) {
+  if (!caps_.msix) return;
+  uint32_t m = *caps_.msix;
+  uint16_t ctrl = static_cast<uint16_t>(le(raw, m + 2, 2));
+  uint32_t table = le(raw, m + 4, 4), pba = le(raw, m + 8, 4);
+  msix_ = std::make_unique<MsixTable>((ctrl & 0x7ffu) + 1);
+  msix_table_bar_ = static_cast<int>(table & 7);
+  msix_pba_bar_ = static_cast<int>(pba & 7);
+  msix_table_offset_ = table & ~7u;
+  msix_pba_offset_ = pba & ~7u;
+  auto fits = [&](int bar, uint64_t off, uint64_t len) {
+    return bar < 6 && dev_->region_info(static_cast<uint32_t>(bar)).size >= off + len;
+  };
+  if (!fits(msix_table_bar_, msix_table_offset_, msix_->table_bytes()) ||
+      !fits(msix_pba_bar_, msix_pba_offset_, msix_->pba_bytes())) {
+    fmt::print(stderr, "passvm: {}: MSI-X table or PBA lies outside its BAR; MSI-X is not offered\n", name_);
+    msix_.reset();
+    msix_table_bar_ = msix_pba_bar_ = -1;
+    caps_.msix.reset();
+    return;
   }
-}
-
-void PassthruDevice::map_bars_into_host() {
-  for (Bar& b : bars_) {
-    if (b.index < 0) continue;
-    std::vector<vfio::Area> mapped;
-    for (auto a : b.layout.mapped) {
-      void* p = dev_->map(static_cast<uint32_t>(b.index), a.offset, a.size);
-      if (p) {
-        mapped.push_back(a);
-        b.host.push_back(p);
-      } else {
-        b.layout.trapped.push_back(a);  // the transport would not map it: trap it instead
-      }
-    }
-    b.layout.mapped = mapped;
-    std::sort(b.layout.trapped.begin(), b.layout.trapped.end(), [](auto x, auto y) { return x.offset < y.offset; });
-    for (auto a : b.layout.trapped) b.traps.push_back(std::make_unique<Trap>(this, b.index, a));
-  }
+  for (uint32_t i = 0; i < 12; i++) emulated_[m + i] = true;
+  pci::store_le(&shadow_[m + 2], 2, ctrl & 0x3fffu);  // enable and function mask clear
 }
 
 void PassthruDevice::teardown() {
-  if (watcher_.joinable()) {
-    uint64_t one = 1;
-    if (::write(stop_fd_, &one, sizeof one) < 0) {}
-    watcher_.join();
-  }
+  if (irqs_) irqs_->stop_watcher();
   std::lock_guard g(lock_);
   auto quietly = [&](auto&& f) {
     try {
@@ -237,23 +153,8 @@ void PassthruDevice::teardown() {
       pci::store_le(cmd, 2, static_cast<uint16_t>(command_ & ~kDecodeAndMaster));
       device_config_write(kCommand, cmd);
     });
-  if (msi_enabled_) quietly([&] { dev_->disable_irq(VFIO_PCI_MSI_IRQ_INDEX); });
-  if (msix_enabled_) quietly([&] { dev_->disable_irq(VFIO_PCI_MSIX_IRQ_INDEX); });
-  msi_enabled_ = msix_enabled_ = false;
-  msi_vectors_.reset();
-  msix_vectors_.reset();
-  quietly([&] { disable_intx(); });
-  if (rom_) quietly([&] { rom_->unmap(*platform_); });
-  for (Bar& b : bars_) {
-    unmap_bar(b);
-    for (size_t k = 0; k < b.host.size(); k++) dev_->unmap(b.host[k], b.layout.mapped[k].size);
-    b.host.clear();
-  }
-  for (int* fd : {&intx_fd_, &intx_resample_fd_, &epoll_fd_, &stop_fd_})
-    if (*fd >= 0) {
-      close(*fd);
-      *fd = -1;
-    }
+  irqs_.reset();
+  bars_.reset();
   // A device whose reset leaves its DMA engines programmed is stopped by hand, so that its next owner
   // does not inherit our guest's rings (handover.h).
   if (dev_) quietly([&] { quiesce_for_handover(*dev_); });
@@ -294,6 +195,12 @@ void PassthruDevice::device_config_write(uint32_t offset, std::span<const uint8_
   }
 }
 
+uint8_t PassthruDevice::virtual_byte(uint32_t offset) {
+  if (BarMapper::is_register(offset)) return bars_->read_register(offset);
+  if (msi_ && msi_->contains(offset)) return msi_->read(offset);
+  return shadow_[offset];
+}
+
 uint32_t PassthruDevice::config_read(uint32_t offset, int size) {
   counters_.config_reads++;
   if ((size != 1 && size != 2 && size != 4) || offset % static_cast<uint32_t>(size) || offset >= 4096)
@@ -303,10 +210,11 @@ uint32_t PassthruDevice::config_read(uint32_t offset, int size) {
   bool any_device = false;
   for (int i = 0; i < size; i++) any_device |= !emulated_[offset + static_cast<uint32_t>(i)];
   if (any_device) device_config_read(offset, std::span(buf, static_cast<size_t>(size)));
-  if (caps_.msi && msi_per_vector_ && overlaps(offset, size, msi_pending_offset(), 4)) refresh_msi_pending();
+  if (msi_ && msi_->per_vector_masking() && overlaps(offset, size, msi_->pending_offset(), 4))
+    msi_->set_pending(irqs_->msi_pending());
   for (int i = 0; i < size; i++) {
     uint32_t o = offset + static_cast<uint32_t>(i);
-    if (emulated_[o]) buf[i] = shadow_[o];
+    if (emulated_[o]) buf[i] = virtual_byte(o);
   }
   return pci::load_le(buf, size);
 }
@@ -317,200 +225,71 @@ void PassthruDevice::config_write(uint32_t offset, int size, uint32_t value) {
   std::lock_guard g(lock_);
   uint8_t buf[4];
   pci::store_le(buf, size, value);
+  const std::span<const uint8_t> bytes(buf, static_cast<size_t>(size));
   uint32_t end = offset + static_cast<uint32_t>(size);
   bool all_device = true;
   for (uint32_t o = offset; o < end; o++) all_device &= !emulated_[o];
   if (all_device) {
-    device_config_write(offset, std::span(buf, static_cast<size_t>(size)));
+    device_config_write(offset, bytes);
   } else {
     for (uint32_t o = offset; o < end; o++)
-      if (!emulated_[o]) device_config_write(o, std::span(&buf[o - offset], 1));
+      if (!emulated_[o]) device_config_write(o, bytes.subspan(o - offset, 1));
   }
+  if (overlaps(offset, size, kIntLine, 1)) shadow_[kIntLine] = buf[kIntLine - offset];
+  if (overlaps(offset, size, 0x10, 0x24)) bars_->write_registers(offset, bytes);
   if (overlaps(offset, size, kCommand, 2)) {
     uint8_t cmd[2];
     device_config_read(kCommand, cmd);
     command_ = static_cast<uint16_t>(pci::load_le(cmd, 2));
-    update_mappings();
+    bars_->set_command(command_);
   }
-  if (overlaps(offset, size, kIntLine, 1)) shadow_[kIntLine] = buf[kIntLine - offset];
-  if (overlaps(offset, size, kBar0, kBarEnd - kBar0)) write_bar_register(offset, size, value);
-  if (overlaps(offset, size, kRom, 4)) write_rom_register(offset, size, value);
-  if (caps_.msi && overlaps(offset, size, *caps_.msi, msi_size_)) msi_write(offset, size, value);
-  if (caps_.msix && overlaps(offset, size, *caps_.msix, 4)) msix_control_write(offset, size, value);
+  if (msi_ && overlaps(offset, size, msi_->offset() + 2, msi_->size() - 2)) {
+    for (uint32_t o = offset; o < end; o++)
+      if (msi_->contains(o)) msi_->write(o, buf[o - offset]);
+    msi_written();
+  }
+  if (caps_.msix && overlaps(offset, size, *caps_.msix + 3, 1)) {
+    uint32_t o = *caps_.msix + 3;  // enable and function mask; the rest of the capability is read-only
+    shadow_[o] = static_cast<uint8_t>((shadow_[o] & 0x3f) | (buf[o - offset] & 0xc0));
+    msix_control_written();
+  }
+}
+
+void PassthruDevice::msi_written() {
+  if (!irqs_->apply_msi(msi_->message())) msi_->clear_enable();  // what the guest reads is what is on: INTx
+}
+
+void PassthruDevice::msix_control_written() {
+  uint8_t& hi = shadow_[*caps_.msix + 3];
+  if (!irqs_->apply_msix(hi & 0x80, hi & 0x40, *msix_)) hi &= 0x7f;  // what the guest reads is what is on: INTx
+}
+
+void PassthruDevice::set_intx_gsi(uint32_t gsi) {
+  std::lock_guard g(lock_);
+  irqs_->set_intx_gsi(gsi);
 }
 
 // ---- BARs ----
 
 std::vector<pci::BarRequest> PassthruDevice::bar_requests() const {
-  std::vector<pci::BarRequest> out;
-  for (const Bar& b : bars_)
-    if (b.index >= 0) out.push_back({b.index, b.kind, b.size, b.prefetchable});
-  if (rom_) out.push_back({pci::kRomBarIndex, pci::BarKind::Mmio32, rom_->size(), false});
-  return out;
+  std::lock_guard g(lock_);
+  return bars_->requests();
 }
 
 void PassthruDevice::assign_bar(int index, uint64_t address) {
   std::lock_guard g(lock_);
-  if (index == pci::kRomBarIndex && rom_) {
-    rom_->write_register(static_cast<uint32_t>(address));  // placed, not enabled: the guest enables it to read
-    pci::store_le(&shadow_[kRom], 4, rom_->register_value());
-    return;
-  }
-  if (index < 0 || index >= 6 || bars_[static_cast<size_t>(index)].index != index) {
-    fmt::print(stderr, "passvm: {}: no BAR {} to assign\n", name_, index);
-    return;
-  }
-  Bar& b = bars_[static_cast<size_t>(index)];
-  b.address = address & ~(b.size - 1);
-  if (b.kind != pci::BarKind::Mmio64) b.address &= 0xffffffff;
-  refresh_bar_shadow(b);
-  update_mappings();
-}
-
-void PassthruDevice::refresh_bar_shadow(Bar& b) {
-  uint32_t off = kBar0 + 4u * static_cast<uint32_t>(b.index);
-  uint32_t low_mask = b.kind == pci::BarKind::Io ? ~3u : ~0xfu;
-  pci::store_le(&shadow_[off], 4, (static_cast<uint32_t>(b.address) & low_mask) | b.flags);
-  if (b.kind == pci::BarKind::Mmio64) pci::store_le(&shadow_[off + 4], 4, static_cast<uint32_t>(b.address >> 32));
-}
-
-void PassthruDevice::write_bar_register(uint32_t offset, int size, uint32_t value) {
-  for (int i = 0; i < size; i++) {
-    uint32_t o = offset + static_cast<uint32_t>(i);
-    if (o >= kBar0 && o < kBarEnd) shadow_[o] = static_cast<uint8_t>(value >> (8 * i));
-  }
-  std::array<bool, 6> owned{};
-  for (Bar& b : bars_) {
-    if (b.index < 0) continue;
-    uint32_t off = kBar0 + 4u * static_cast<uint32_t>(b.index);
-    uint64_t raw = le(shadow_, off, 4);
-    if (b.kind == pci::BarKind::Mmio64) raw |= static_cast<uint64_t>(le(shadow_, off + 4, 4)) << 32;
-    uint64_t mask = ~(b.size - 1) & (b.kind == pci::BarKind::Io ? ~uint64_t{3} : ~uint64_t{0xf});
-    if (b.kind != pci::BarKind::Mmio64) mask &= 0xffffffff;
-    b.address = raw & mask;
-    refresh_bar_shadow(b);
-    owned[static_cast<size_t>(b.index)] = true;
-    if (b.kind == pci::BarKind::Mmio64) owned[static_cast<size_t>(b.index) + 1] = true;
-  }
-  for (size_t i = 0; i < 6; i++)
-    if (!owned[i]) pci::store_le(&shadow_[kBar0 + 4 * i], 4, 0);  // unimplemented BARs are hardwired to 0
-  update_mappings();
-}
-
-void PassthruDevice::write_rom_register(uint32_t offset, int size, uint32_t value) {
-  if (!rom_) return;  // no ROM: the register reads as zero, as the spec has it
-  for (int i = 0; i < size; i++) {
-    uint32_t o = offset + static_cast<uint32_t>(i);
-    if (o >= kRom && o < kRom + 4) shadow_[o] = static_cast<uint8_t>(value >> (8 * i));
-  }
-  rom_->write_register(le(shadow_, kRom, 4));
-  pci::store_le(&shadow_[kRom], 4, rom_->register_value());
-  update_rom_mapping();
-}
-
-void PassthruDevice::update_rom_mapping() {
-  if (!rom_) return;
-  const uint64_t at = rom_->address();
-  bool visible = (command_ & 2) && rom_->enabled();
-  if (visible && options_.check_windows && !inside(at, rom_->size(), layout::kMmio32Start, layout::kMmio32Size)) {
-    counters_.refused++;
-    fmt::print(stderr, "passvm: {}: ROM at {:#x} (size {:#x}) lies outside the 32-bit PCI window; left unmapped\n",
-               name_, at, rom_->size());
-    visible = false;
-  }
-  if (!rom_->map(*platform_, visible)) {
-    counters_.refused++;
-    fmt::print(stderr, "passvm: {}: ROM at {:#x} overlaps another device's registers; left unmapped\n", name_, at);
-  }
-}
-
-bool PassthruDevice::decoding(const Bar& b) const { return command_ & (b.kind == pci::BarKind::Io ? 1 : 2); }
-
-bool PassthruDevice::address_acceptable(const Bar& b, uint64_t address) const {
-  bool io = b.kind == pci::BarKind::Io;
-  if (options_.check_windows) {
-    bool ok = io ? inside(address, b.size, layout::kIoBarStart, layout::kIoBarSize)
-                 : inside(address, b.size, layout::kMmio32Start, layout::kMmio32Size) ||
-                       inside(address, b.size, layout::kMmio64Start, layout::kMmio64Size);
-    if (!ok) return false;
-  }
-  for (const Bar& o : bars_) {
-    if (&o == &b || o.index < 0 || !o.mapped_at || (o.kind == pci::BarKind::Io) != io) continue;
-    if (overlaps(address, b.size, *o.mapped_at, o.size)) return false;
-  }
-  return true;
-}
-
-void PassthruDevice::update_mappings() {
-  update_rom_mapping();
-  for (Bar& b : bars_) {
-    if (b.index < 0) continue;
-    bool want = decoding(b);
-    if (want && b.mapped_at == b.address) continue;
-    if (b.mapped_at) unmap_bar(b);
-    if (!want) continue;
-    if (!address_acceptable(b, b.address)) {
-      counters_.refused++;
-      fmt::print(stderr, "passvm: {}: BAR {} at {:#x} (size {:#x}) lies outside the PCI windows or over another "
-                         "BAR; left unmapped\n", name_, b.index, b.address, b.size);
-      continue;
-    }
-    map_bar(b, b.address);
-  }
-}
-
-void PassthruDevice::map_bar(Bar& b, uint64_t address) {
-  bool io = b.kind == pci::BarKind::Io;
-  try {
-    for (size_t k = 0; k < b.layout.mapped.size(); k++)
-      b.slots.push_back(platform_->map_memory(address + b.layout.mapped[k].offset, b.layout.mapped[k].size,
-                                              b.host[k], false));
-    for (auto& t : b.traps) {
-      platform_->add_trap(io, address + t->area.offset, t->area.size, t.get());
-      t->added = true;
-    }
-    b.mapped_at = address;
-    counters_.remaps++;
-  } catch (const std::exception& e) {
-    counters_.refused++;
-    fmt::print(stderr, "passvm: {}: cannot map BAR {} at {:#x}: {}; left unmapped\n", name_, b.index, address,
-               e.what());
-    b.mapped_at = address;  // so unmap_bar undoes what was done
-    unmap_bar(b);
-  }
-}
-
-void PassthruDevice::unmap_bar(Bar& b) {
-  if (!b.mapped_at) return;
-  bool io = b.kind == pci::BarKind::Io;
-  try {
-    for (uint32_t slot : b.slots) platform_->unmap_memory(slot);
-    for (auto& t : b.traps)
-      if (t->added) {
-        platform_->remove_trap(io, *b.mapped_at + t->area.offset);
-        t->added = false;
-      }
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm: {}: unmapping BAR {}: {}\n", name_, b.index, e.what());
-  }
-  b.slots.clear();
-  b.mapped_at.reset();
-}
-
-bool PassthruDevice::is_msix_structure(int bar, uint64_t offset, uint64_t len) const {
-  if (!msix_) return false;
-  return (bar == msix_table_bar_ && overlaps(offset, len, msix_table_offset_, msix_->table_bytes())) ||
-         (bar == msix_pba_bar_ && overlaps(offset, len, msix_pba_offset_, msix_->pba_bytes()));
+  bars_->assign(index, address);
 }
 
 void PassthruDevice::count_access(int bar, uint64_t offset, uint64_t len) {
   auto i = static_cast<size_t>(bar);
-  if (bars_[i].kind == pci::BarKind::Io)
+  if (bars_->is_io(bar)) {
     counters_.pio++;
-  else if (is_msix_structure(bar, offset, len))
-    counters_.msix[i]++;
-  else
-    counters_.mmio[i]++;
+    return;
+  }
+  bool msix = msix_ && ((bar == msix_table_bar_ && overlaps(offset, len, msix_table_offset_, msix_->table_bytes())) ||
+                        (bar == msix_pba_bar_ && overlaps(offset, len, msix_pba_offset_, msix_->pba_bytes())));
+  (msix ? counters_.msix[i] : counters_.mmio[i])++;
 }
 
 // An access may straddle the edge of the MSI-X table or PBA (an 8-byte access at the table's last
@@ -542,7 +321,7 @@ void PassthruDevice::for_each_part(int bar, uint64_t offset, uint64_t len, Fn fn
 }
 
 void PassthruDevice::bar_read(int bar, uint64_t offset, std::span<uint8_t> data) {
-  if (bar < 0 || bar >= 6) return;
+  if (bar < 0 || bar >= 6 || !bars_->exists(bar)) return;
   count_access(bar, offset, data.size());
   for_each_part(bar, offset, data.size(), [&](Part part, uint64_t off, uint64_t n, uint64_t at) {
     std::span<uint8_t> piece = data.subspan(at, n);
@@ -556,28 +335,24 @@ void PassthruDevice::bar_read(int bar, uint64_t offset, std::span<uint8_t> data)
       return;
     }
     std::lock_guard g(lock_);
+    std::fill(piece.begin(), piece.end(), 0);
     if (part == Part::Table) {
       // Entries are dwords: only whole aligned dwords read back; anything else reads as zero.
-      std::fill(piece.begin(), piece.end(), 0);
       if (n % 4 == 0 && off % 4 == 0)
         for (uint64_t k = 0; k < n; k += 4) pci::store_le(&piece[k], 4, msix_->read(off - msix_table_offset_ + k, 4));
       return;
     }
     for (uint64_t k = 0; k < n; k++) {
-      uint8_t byte = 0;
       const uint64_t first = (off + k - msix_pba_offset_) * 8;
-      for (uint32_t bit = 0; bit < 8; bit++) {
-        uint64_t v = first + bit;
-        if (msix_enabled_ && v < msix_vectors_->count() && msix_vectors_->pending(static_cast<uint32_t>(v)))
-          byte = static_cast<uint8_t>(byte | (1u << bit));
-      }
-      piece[k] = byte;
+      for (uint32_t bit = 0; bit < 8; bit++)
+        if (first + bit < msix_->size() && irqs_->msix_pending(static_cast<uint32_t>(first + bit)))
+          piece[k] = static_cast<uint8_t>(piece[k] | (1u << bit));
     }
   });
 }
 
 void PassthruDevice::bar_write(int bar, uint64_t offset, std::span<const uint8_t> data) {
-  if (bar < 0 || bar >= 6) return;
+  if (bar < 0 || bar >= 6 || !bars_->exists(bar)) return;
   count_access(bar, offset, data.size());
   for_each_part(bar, offset, data.size(), [&](Part part, uint64_t off, uint64_t n, uint64_t at) {
     std::span<const uint8_t> piece = data.subspan(at, n);
@@ -594,210 +369,48 @@ void PassthruDevice::bar_write(int bar, uint64_t offset, std::span<const uint8_t
     std::lock_guard g(lock_);
     for (uint64_t k = 0; k < n; k += 4) {
       auto changed = msix_->write(off - msix_table_offset_ + k, 4, pci::load_le(&piece[k], 4));
-      if (changed && msix_enabled_) apply_msix_vector(*changed);
+      if (changed) irqs_->msix_entry_changed(*changed, *msix_);
     }
   });
 }
 
-// ---- MSI, MSI-X, INTx ----
-
-void PassthruDevice::msi_write(uint32_t offset, int size, uint32_t value) {
-  uint32_t m = *caps_.msi;
-  auto writable = [&](uint32_t rel) -> uint8_t {
-    if (rel == 2) return 0x71;  // enable, multiple message enable
-    if (rel == 4) return 0xfc;
-    if (rel >= 5 && rel < 8) return 0xff;
-    if (rel >= 8 && rel < (msi_64_ ? 14u : 10u)) return 0xff;  // (upper address and) data
-    if (msi_per_vector_ && m + rel >= msi_mask_offset() && m + rel < msi_mask_offset() + 4) return 0xff;
-    return 0;  // the pending bits are read-only
-  };
-  for (int i = 0; i < size; i++) {
-    uint32_t o = offset + static_cast<uint32_t>(i);
-    if (o < m || o >= m + msi_size_) continue;
-    uint8_t w = writable(o - m);
-    shadow_[o] = static_cast<uint8_t>((shadow_[o] & ~w) | (static_cast<uint8_t>(value >> (8 * i)) & w));
-  }
-  apply_msi();
-}
-
-// MSI and MSI-X replace INTx: starting either takes INTx down first and gives it back if
-// VFIO refuses the vectors, so a failed enable leaves the guest with a working interrupt.
-bool PassthruDevice::start_vectors(uint32_t index, Vectors& vectors, uint32_t count, bool& enabled) {
-  try {
-    disable_intx();
-    vectors.create(count);
-    auto fds = vectors.fds();
-    dev_->set_irq_eventfds(index, vfio::IrqAction::Trigger, 0, fds);
-    enabled = true;
-    return true;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm: {}: cannot enable {}: {}\n", name_,
-               index == VFIO_PCI_MSI_IRQ_INDEX ? "MSI" : "MSI-X", e.what());
-    vectors.release();
-    enable_intx();
-    return false;
-  }
-}
-
-void PassthruDevice::stop_vectors(uint32_t index, Vectors& vectors, bool& enabled) {
-  try {
-    dev_->disable_irq(index);
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm: {}: {}\n", name_, e.what());
-  }
-  vectors.release();
-  enabled = false;
-}
-
-void PassthruDevice::apply_msi() {
-  uint32_t m = *caps_.msi;
-  uint32_t ctrl = le(shadow_, m + 2, 2);
-  bool enable = ctrl & 1;
-  uint32_t mmc = (ctrl >> 1) & 7, mme = std::min((ctrl >> 4) & 7, std::min(mmc, 5u));
-  uint32_t n = 1u << mme;
-  uint64_t addr = le(shadow_, m + 4, 4);
-  if (msi_64_) addr |= static_cast<uint64_t>(le(shadow_, m + 8, 4)) << 32;
-  uint32_t data = le(shadow_, m + (msi_64_ ? 12 : 8), 2);
-  if (msi_enabled_ && (!enable || n != msi_vectors_->count())) {
-    stop_vectors(VFIO_PCI_MSI_IRQ_INDEX, *msi_vectors_, msi_enabled_);
-    if (!enable) enable_intx();
-  }
-  if (!enable) return;
-  if (!msi_enabled_ && !start_vectors(VFIO_PCI_MSI_IRQ_INDEX, *msi_vectors_, n, msi_enabled_)) {
-    shadow_[m + 2] &= static_cast<uint8_t>(~1u);  // what the guest reads is what is on: INTx
-    return;
-  }
-  uint32_t mask = msi_per_vector_ ? le(shadow_, msi_mask_offset(), 4) : 0;
-  for (uint32_t i = 0; i < n; i++) msi_vectors_->set(i, addr, (data & ~(n - 1)) | i, (mask >> i) & 1);
-}
-
-// Mask bits follow the data register (64-bit: +16, 32-bit: +12), pending bits follow them.
-uint32_t PassthruDevice::msi_mask_offset() const { return *caps_.msi + (msi_64_ ? 16 : 12); }
-uint32_t PassthruDevice::msi_pending_offset() const { return msi_mask_offset() + 4; }
-
-// A masked vector's interrupt is held by its parked eventfd; the guest sees it as a pending bit.
-void PassthruDevice::refresh_msi_pending() {
-  uint32_t bits = 0;
-  if (msi_enabled_)
-    for (uint32_t i = 0; i < msi_vectors_->count(); i++)
-      if (msi_vectors_->pending(i)) bits |= 1u << i;
-  pci::store_le(&shadow_[msi_pending_offset()], 4, bits);
-}
-
-void PassthruDevice::msix_control_write(uint32_t offset, int size, uint32_t value) {
-  uint32_t m = *caps_.msix;
-  for (int i = 0; i < size; i++) {
-    uint32_t o = offset + static_cast<uint32_t>(i);
-    if (o == m + 3) shadow_[o] = static_cast<uint8_t>((shadow_[o] & 0x3f) | ((value >> (8 * i)) & 0xc0));
-  }
-  uint32_t ctrl = le(shadow_, m + 2, 2);
-  bool enable = ctrl & 0x8000, masked = ctrl & 0x4000;
-  if (!enable) {
-    if (msix_enabled_) {
-      stop_vectors(VFIO_PCI_MSIX_IRQ_INDEX, *msix_vectors_, msix_enabled_);
-      enable_intx();
-    }
-    return;
-  }
-  if (!msix_enabled_) {
-    if (!start_vectors(VFIO_PCI_MSIX_IRQ_INDEX, *msix_vectors_, msix_->size(), msix_enabled_)) {
-      shadow_[m + 3] &= 0x7f;  // what the guest reads is what is on: INTx
-      return;
-    }
-  } else if (masked == msix_masked_) {
-    return;
-  }
-  msix_masked_ = masked;
-  for (uint32_t i = 0; i < msix_->size(); i++) apply_msix_vector(i);
-}
-
-void PassthruDevice::apply_msix_vector(uint32_t i) {
-  const auto& e = msix_->entry(i);
-  msix_vectors_->set(i, e.address(), e.data, msix_masked_ || e.masked());
-}
-
-void PassthruDevice::set_intx_gsi(uint32_t gsi) {
-  std::lock_guard g(lock_);
-  disable_intx();
-  intx_gsi_ = gsi;
-  enable_intx();
-}
-
-void PassthruDevice::enable_intx() {
-  if (!intx_gsi_ || intx_on_ || msi_enabled_ || msix_enabled_) return;
-  uint8_t pin = 0;
-  device_config_read(0x3d, std::span(&pin, 1));
-  if (pin == 0) return;  // the device has no INTx pin
-  if (dev_->irq_info(VFIO_PCI_INTX_IRQ_INDEX).count == 0) return;
-  try {
-    if (intx_fd_ < 0) intx_fd_ = eventfd(0, EFD_CLOEXEC);
-    if (intx_resample_fd_ < 0) intx_resample_fd_ = eventfd(0, EFD_CLOEXEC);
-    if (intx_fd_ < 0 || intx_resample_fd_ < 0) throw std::runtime_error(strerror(errno));
-    int trig[1] = {intx_fd_}, unmask[1] = {intx_resample_fd_};
-    dev_->set_irq_eventfds(VFIO_PCI_INTX_IRQ_INDEX, vfio::IrqAction::Trigger, 0, trig);
-    dev_->set_irq_eventfds(VFIO_PCI_INTX_IRQ_INDEX, vfio::IrqAction::Unmask, 0, unmask);
-    platform_->add_irqfd(intx_fd_, *intx_gsi_, intx_resample_fd_);
-    intx_on_ = true;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm: {}: cannot wire INTx to GSI {}: {}\n", name_, *intx_gsi_, e.what());
-    try {
-      dev_->disable_irq(VFIO_PCI_INTX_IRQ_INDEX);
-    } catch (const std::exception&) {
-    }
-  }
-}
-
-void PassthruDevice::disable_intx() {
-  if (!intx_on_) return;
-  intx_on_ = false;
-  platform_->remove_irqfd(intx_fd_, *intx_gsi_);
-  dev_->disable_irq(VFIO_PCI_INTX_IRQ_INDEX);
-}
-
-void PassthruDevice::watch() {
-  epoll_event events[16];
-  for (;;) {
-    int n = epoll_wait(epoll_fd_, events, 16, -1);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return;
-    }
-    for (int i = 0; i < n; i++) {
-      uint64_t tag = events[i].data.u64;
-      if (tag == kStopTag) return;
-      std::lock_guard g(lock_);
-      Vectors* v = (tag >> 32) == 0 ? msi_vectors_.get() : msix_vectors_.get();
-      if (v) v->poll(static_cast<uint32_t>(tag));
-    }
-  }
-}
+// ---- statistics ----
 
 uint64_t PassthruDevice::vectors_routed() const {
-  uint64_t n = 0;
-  for (auto* v : {msi_vectors_.get(), msix_vectors_.get()})
-    if (v) n += v->routes_made;
-  return n;
+  std::lock_guard g(lock_);
+  return irqs_->vectors_routed();
 }
 
 uint64_t PassthruDevice::masked_interrupts() const {
-  uint64_t n = 0;
-  for (auto* v : {msi_vectors_.get(), msix_vectors_.get()})
-    if (v) n += v->masked_hits;
-  return n;
+  std::lock_guard g(lock_);
+  return irqs_->masked_interrupts();
+}
+
+uint32_t PassthruDevice::msix_host_vectors() const {
+  std::lock_guard g(lock_);
+  return irqs_->msix_host_vectors();
+}
+
+uint64_t PassthruDevice::refused_placements() const {
+  std::lock_guard g(lock_);
+  return bars_->refused();
 }
 
 std::string PassthruDevice::stats() const {
+  std::lock_guard g(lock_);
   const Counters& c = counters_;
-  uint64_t routed = vectors_routed(), masked = masked_interrupts();
   // Per MMIO BAR: ordinary trapped accesses, then MSI-X table/PBA accesses ("bar0=0+12").
   std::string mmio;
-  for (size_t i = 0; i < 6; i++)
-    if (bars_[i].index >= 0 && bars_[i].kind != pci::BarKind::Io)
-      mmio += fmt::format(" bar{}={}+{}", i, c.mmio[i].load(), c.msix[i].load());
-  return fmt::format("config reads={} writes={}, trapped mmio (other+msix){}, pio={}, vectors routed={}, "
+  for (int i = 0; i < 6; i++)
+    if (bars_->exists(i) && !bars_->is_io(i))
+      mmio += fmt::format(" bar{}={}+{}", i, c.mmio[static_cast<size_t>(i)].load(),
+                          c.msix[static_cast<size_t>(i)].load());
+  std::string msix = msix_ ? fmt::format(", msi-x host vectors={}/{}", irqs_->msix_host_vectors(), msix_->size()) : "";
+  return fmt::format("config reads={} writes={}, trapped mmio (other+msix){}, pio={}, vectors routed={}{}, "
                      "masked-path interrupts={}, intx={}, bar maps={}, refused={}",
-                     c.config_reads.load(), c.config_writes.load(), mmio.empty() ? " none" : mmio,
-                     c.pio.load(), routed, masked, intx_on_ ? "wired" : "off", c.remaps.load(), c.refused.load());
+                     c.config_reads.load(), c.config_writes.load(), mmio.empty() ? " none" : mmio, c.pio.load(),
+                     irqs_->vectors_routed(), msix, irqs_->masked_interrupts(), irqs_->intx_wired() ? "wired" : "off",
+                     bars_->remaps(), bars_->refused());
 }
 
 }  // namespace passvm::passthru

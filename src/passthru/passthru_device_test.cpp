@@ -190,13 +190,13 @@ TEST_F(PassthruTest, BarOverRamOrAnotherBarIsRefused) {
   size_t before = p->slots.size();
   wr(0x20, 0x100000);  // into guest RAM
   EXPECT_EQ(p->slots.size(), before - 1);
-  EXPECT_GE(dev->counters().refused.load(), 1u);
+  EXPECT_GE(dev->refused_placements(), 1u);
   wr(0x20, static_cast<uint32_t>(layout::kMmio32Start));  // back: mapped again
   EXPECT_EQ(p->slots.size(), before);
   // BAR4 onto BAR0 (both 64-bit window impossible for a 32-bit BAR: put BAR0 low instead).
   wr(0x10, static_cast<uint32_t>(layout::kMmio32Start) | 0xc);
   wr(0x14, 0);
-  EXPECT_GE(dev->counters().refused.load(), 2u);
+  EXPECT_GE(dev->refused_placements(), 2u);
 }
 
 TEST_F(PassthruTest, TrappedAccessesForwardOrEmulate) {
@@ -246,10 +246,13 @@ TEST_F(PassthruTest, MsixVectorsRouteMaskAndPend) {
   place_bars();
   wr(0x04, 0x2, 2);
   enable_msix();
-  auto fds = last_fds(VFIO_PCI_MSIX_IRQ_INDEX);
-  ASSERT_EQ(fds.size(), 4u);
+  EXPECT_EQ(last_fds(VFIO_PCI_MSIX_IRQ_INDEX), std::vector<int>{-1}) << "MSI-X on, no host vector wired yet";
+  EXPECT_EQ(dev->msix_host_vectors(), 0u);
   EXPECT_TRUE(p->irqfds.empty()) << "all vectors start masked";
   program_vector(1, 0xfee00000, 0x41, false);
+  auto fds = last_fds(VFIO_PCI_MSIX_IRQ_INDEX);
+  ASSERT_EQ(fds.size(), 2u) << "re-enabled with room for vector 1 (the kernel cannot resize)";
+  EXPECT_EQ(fds[0], -1);
   ASSERT_EQ(p->routes.size(), 1u);
   EXPECT_EQ(p->routes.begin()->second, (std::pair<uint64_t, uint32_t>{0xfee00000, 0x41}));
   EXPECT_TRUE(irqfd_on(fds[1]));
@@ -279,6 +282,70 @@ TEST_F(PassthruTest, MsixVectorsRouteMaskAndPend) {
   EXPECT_EQ(s.disabled.back(), static_cast<uint32_t>(VFIO_PCI_MSIX_IRQ_INDEX));
   EXPECT_TRUE(p->routes.empty());
   EXPECT_TRUE(p->irqfds.empty());
+}
+
+// A guest that enables many vectors but unmasks few costs the host only those few.
+TEST_F(PassthruTest, MsixHostVectorsFollowWhatTheGuestUnmasks) {
+  s.set16(kMsix + 2, 63);  // 64 entries: table 1 KiB, PBA 8 bytes, both in BAR0's last page
+  dev.reset();
+  open();
+  place_bars();
+  wr(0x04, 0x2, 2);
+  wr(kMsix + 2, 0xc000, 2);  // as Linux does: enable with the function masked, program, then unmask
+  for (uint32_t i = 0; i < 64; i++) program_vector(i, 0xfee00000, 0x30 + i, true);
+  wr(kMsix + 2, 0x8000, 2);
+  EXPECT_EQ(dev->msix_host_vectors(), 0u);
+  program_vector(0, 0xfee00000, 0x30, false);
+  program_vector(2, 0xfee00000, 0x32, false);
+  EXPECT_EQ(dev->msix_host_vectors(), 2u);
+  auto fds = last_fds(VFIO_PCI_MSIX_IRQ_INDEX);
+  ASSERT_EQ(fds.size(), 3u);
+  EXPECT_GE(fds[0], 0);
+  EXPECT_EQ(fds[1], -1) << "vector 1 is still masked: no host interrupt for it";
+  EXPECT_GE(fds[2], 0);
+  EXPECT_EQ(p->irqfds.size(), 2u);
+  EXPECT_NE(dev->stats().find("msi-x host vectors=2/64"), std::string::npos) << dev->stats();
+  // Masking again keeps the host vector (parked, so an interrupt becomes a pending bit).
+  bar_wr(0, kTable + 12, 1);
+  EXPECT_EQ(dev->msix_host_vectors(), 2u);
+}
+
+// A kernel with dynamic MSI-X adds one vector at a time, without switching MSI-X off and on.
+TEST_F(PassthruTest, MsixVectorsAreAddedOneByOneWhenTheHostCan) {
+  s.msix_noresize = false;
+  dev.reset();
+  open();
+  place_bars();
+  wr(0x04, 0x2, 2);
+  enable_msix();
+  size_t disables = s.disabled.size();
+  program_vector(3, 0xfee00000, 0x33, false);
+  ASSERT_FALSE(s.irq_sets.empty());
+  EXPECT_EQ(s.irq_sets.back().start, 3u);
+  ASSERT_EQ(s.irq_sets.back().fds.size(), 1u);
+  EXPECT_TRUE(irqfd_on(s.irq_sets.back().fds[0]));
+  EXPECT_EQ(s.disabled.size(), disables) << "MSI-X was not switched off to add the vector";
+}
+
+// The host running out of vectors is named, and the vectors already in use keep working.
+TEST_F(PassthruTest, MsixShortfallIsReportedAndKeepsTheOthers) {
+  place_bars();
+  wr(0x04, 0x2, 2);
+  enable_msix();
+  s.msix_host_limit = 2;
+  program_vector(0, 0xfee00000, 0x30, false);
+  int fd0 = last_fds(VFIO_PCI_MSIX_IRQ_INDEX).at(0);
+  ::testing::internal::CaptureStderr();
+  program_vector(2, 0xfee00000, 0x32, false);
+  std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("the host cannot supply MSI-X vector 2 (1 in use)"), std::string::npos) << err;
+  EXPECT_NE(err.find("could allocate only 2"), std::string::npos) << err;
+  EXPECT_EQ(dev->msix_host_vectors(), 1u);
+  auto fds = last_fds(VFIO_PCI_MSIX_IRQ_INDEX);
+  ASSERT_EQ(fds.size(), 1u) << "MSI-X given back with the vector it had";
+  EXPECT_EQ(fds[0], fd0);
+  EXPECT_TRUE(irqfd_on(fd0));
+  EXPECT_EQ(p->routes.size(), 1u);
 }
 
 TEST_F(PassthruTest, AbsurdMsixEntriesAreHarmless) {
@@ -342,7 +409,7 @@ TEST_F(PassthruTest, RefusedVectorsLeaveEnableClearAndIntxWired) {
   // A later attempt that the host can serve works.
   enable_msix();
   EXPECT_EQ(rd(kMsix + 2, 2) & 0x8000, 0x8000u);
-  EXPECT_EQ(last_fds(VFIO_PCI_MSIX_IRQ_INDEX).size(), 4u);
+  EXPECT_EQ(last_fds(VFIO_PCI_MSIX_IRQ_INDEX).size(), 1u);
 }
 
 TEST_F(PassthruTest, MsiPerVectorMaskParksAndPends) {
@@ -446,8 +513,16 @@ TEST(PassthruWatcher, MaskedInterruptIsNoticedWithoutTheGuestLooking) {
   dev->assign_bar(0, layout::kMmio64Start);
   dev->config_write(0x04, 2, 0x2);
   dev->config_write(kMsix + 2, 2, 0x8000);
+  // Vector 3 used, then masked: its host vector stays, parked.
+  uint8_t b[4];
+  pci::store_le(b, 4, 0xfee00000);
+  dev->bar_write(0, kTable + 3 * 16, b);
+  pci::store_le(b, 4, 0);
+  dev->bar_write(0, kTable + 3 * 16 + 12, b);
   std::vector<int> fds = s.irq_sets.back().fds;
   ASSERT_EQ(fds.size(), 4u);
+  pci::store_le(b, 4, 1);
+  dev->bar_write(0, kTable + 3 * 16 + 12, b);
   uint64_t one = 1;
   ASSERT_EQ(write(fds[3], &one, sizeof one), 8);
   for (int i = 0; i < 200 && dev->masked_interrupts() == 0; i++) usleep(5000);

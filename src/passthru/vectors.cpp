@@ -13,18 +13,39 @@
 namespace passvm::passthru {
 
 void Vectors::create(uint32_t n) {
+  resize(n);
+  try {
+    for (uint32_t i = 0; i < n; i++) ensure(i);
+  } catch (...) {
+    release();
+    throw;
+  }
+}
+
+void Vectors::resize(uint32_t n) {
   release();
   v_.resize(n);
-  for (uint32_t i = 0; i < n; i++) {
-    v_[i].fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (v_[i].fd < 0) {
-      int e = errno;
-      release();
-      throw std::runtime_error(fmt::format("{}: cannot create an eventfd for interrupt vector {}: {}", name_, i,
-                                           std::strerror(e)));
-    }
-    park(i);
-  }
+}
+
+int Vectors::ensure(uint32_t i) {
+  Vector& v = v_.at(i);
+  if (v.fd >= 0) return v.fd;
+  v.fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (v.fd < 0)
+    throw std::runtime_error(fmt::format("{}: cannot create an eventfd for interrupt vector {}: {}", name_, i,
+                                         std::strerror(errno)));
+  park(i);
+  return v.fd;
+}
+
+void Vectors::drop(uint32_t i) {
+  if (i < v_.size()) release(v_[i]);
+}
+
+uint32_t Vectors::in_use() const {
+  uint32_t n = 0;
+  for (auto& v : v_) n += v.fd >= 0;
+  return n;
 }
 
 std::vector<int> Vectors::fds() const {
@@ -48,7 +69,7 @@ void Vectors::park(uint32_t i) {
 }
 
 void Vectors::set(uint32_t i, uint64_t address, uint32_t data, bool masked) {
-  if (i >= v_.size()) return;
+  if (!has(i)) return;
   Vector& v = v_[i];
   if (!masked && !is_x86_msi_address(address)) {
     if (!v.warned)
@@ -86,7 +107,7 @@ void Vectors::set(uint32_t i, uint64_t address, uint32_t data, bool masked) {
 bool Vectors::pending(uint32_t i) {
   if (i >= v_.size()) return false;
   Vector& v = v_[i];
-  if (!v.wired) {
+  if (v.fd >= 0 && !v.wired) {
     uint64_t n = 0;
     if (read(v.fd, &n, sizeof n) == sizeof n && n > 0) {
       v.pending = true;
@@ -96,19 +117,22 @@ bool Vectors::pending(uint32_t i) {
   return v.pending;
 }
 
-void Vectors::release() {
-  for (auto& v : v_) {
-    try {
-      if (v.wired) platform_.remove_irqfd(v.fd, v.gsi);
-      if (v.has_route) platform_.free_msi_route(v.gsi);
-    } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: {}: releasing an interrupt vector: {}\n", name_, e.what());
-    }
-    if (v.fd >= 0) {
-      if (watch_fd_ >= 0) epoll_ctl(watch_fd_, EPOLL_CTL_DEL, v.fd, nullptr);
-      close(v.fd);
-    }
+void Vectors::release(Vector& v) {
+  try {
+    if (v.wired) platform_.remove_irqfd(v.fd, v.gsi);
+    if (v.has_route) platform_.free_msi_route(v.gsi);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "passvm: {}: releasing an interrupt vector: {}\n", name_, e.what());
   }
+  if (v.fd >= 0) {
+    if (watch_fd_ >= 0) epoll_ctl(watch_fd_, EPOLL_CTL_DEL, v.fd, nullptr);
+    close(v.fd);
+  }
+  v = Vector{};
+}
+
+void Vectors::release() {
+  for (auto& v : v_) release(v);
   v_.clear();
 }
 

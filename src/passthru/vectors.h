@@ -1,6 +1,6 @@
 // passthru: the host side of MSI / MSI-X vectors.
 //
-// Each vector has an eventfd that VFIO signals when the device raises it. A
+// Each vector in use has an eventfd that VFIO signals when the device raises it. A
 // vector the guest has unmasked is wired to a KVM irqfd on an MSI route of its
 // own, so delivery never wakes passvm. A masked vector is "parked": its irqfd is
 // removed and the eventfd is watched instead (epoll), so an interrupt raised
@@ -30,10 +30,21 @@ class Vectors {
 
   // Creates n parked vectors (their eventfds are then handed to VFIO). Throws on failure.
   void create(uint32_t n);
+  // n vectors with no eventfd yet: each gets one when it is first used (ensure).
+  void resize(uint32_t n);
+  // The eventfd of vector i, created (parked) if it has none. Throws on failure.
+  int ensure(uint32_t i);
+  // Vector i goes back to having no eventfd (the host could not supply it).
+  void drop(uint32_t i);
+  bool has(uint32_t i) const { return i < v_.size() && v_[i].fd >= 0; }
   uint32_t count() const { return static_cast<uint32_t>(v_.size()); }
+  // Vectors with an eventfd.
+  uint32_t in_use() const;
+  // The eventfd of each vector, -1 for those with none.
   std::vector<int> fds() const;
 
-  // Wires vector i to the message, or parks it. Unparking delivers a pending interrupt.
+  // Wires vector i to the message, or parks it. Unparking delivers a pending interrupt. A vector
+  // with no eventfd is left alone.
   void set(uint32_t i, uint64_t address, uint32_t data, bool masked);
   // True when parked vector i fired and was not delivered yet (reads its eventfd).
   bool pending(uint32_t i);
@@ -58,6 +69,7 @@ class Vectors {
     uint32_t data = 0;
   };
   void park(uint32_t i);
+  void release(Vector& v);
 
   Platform& platform_;
   std::string name_;

@@ -56,6 +56,9 @@ struct IrqInfo {
   bool eventfd = false;
   bool maskable = false;
   bool automasked = false;  // level interrupt the host masks on delivery (INTx): needs an unmask
+  // The number of vectors is fixed while the interrupt is on: adding one means disabling and enabling
+  // again with the larger count (MSI-X on kernels without dynamic allocation).
+  bool noresize = false;
 };
 
 enum class IrqAction { Trigger, Unmask, Mask };

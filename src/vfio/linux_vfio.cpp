@@ -88,6 +88,7 @@ class LinuxDevice final : public Device {
     out.eventfd = info.flags & VFIO_IRQ_INFO_EVENTFD;
     out.maskable = info.flags & VFIO_IRQ_INFO_MASKABLE;
     out.automasked = info.flags & VFIO_IRQ_INFO_AUTOMASKED;
+    out.noresize = info.flags & VFIO_IRQ_INFO_NORESIZE;
     return out;
   }
 

@@ -1,0 +1,257 @@
+#include "passthru/bar_mapper.h"
+
+#include <algorithm>
+#include <bit>
+
+#include <fmt/format.h>
+
+namespace passvm::passthru {
+namespace {
+
+constexpr uint32_t kBar0 = 0x10, kRom = 0x30;
+
+bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) { return a < b + blen && b < a + alen; }
+
+}  // namespace
+
+// A trapped part of a BAR on the PIO or MMIO bus.
+struct BarMapper::Trap final : BusDevice {
+  Trap(AccessHandler& h, int b, vfio::Area a) : handler(h), bar(b), area(a) {}
+  void read(uint64_t offset, std::span<uint8_t> data) override { handler.bar_read(bar, area.offset + offset, data); }
+  void write(uint64_t offset, std::span<const uint8_t> data) override {
+    handler.bar_write(bar, area.offset + offset, data);
+  }
+  AccessHandler& handler;
+  int bar;
+  vfio::Area area;
+  bool added = false;
+};
+
+BarMapper::BarMapper(vfio::Device& dev, Platform& platform, std::string name, AccessHandler& handler,
+                     std::optional<layout::PciWindows> windows)
+    : dev_(dev), platform_(platform), name_(std::move(name)), handler_(handler), windows_(windows) {}
+
+BarMapper::~BarMapper() { unmap_all(); }
+
+void BarMapper::scan(std::span<const TrappedArea> must_trap, uint64_t page_size) {
+  for (int i = 0; i < 6; i++) {
+    Bar& b = bars_[static_cast<size_t>(i)];
+    vfio::RegionInfo ri = dev_.region_info(static_cast<uint32_t>(i));
+    if (ri.size == 0) continue;
+    uint32_t reg = 0;
+    dev_.read(VFIO_PCI_CONFIG_REGION_INDEX, kBar0 + 4u * static_cast<uint32_t>(i),
+              std::span(reinterpret_cast<uint8_t*>(&reg), 4));
+    b.index = i;
+    b.size = std::bit_ceil(ri.size);
+    if (reg & 1) {
+      b.kind = pci::BarKind::Io;
+      b.flags = 1;
+      ri.mmappable = false;
+    } else {
+      b.kind = ((reg >> 1) & 3) == 2 ? pci::BarKind::Mmio64 : pci::BarKind::Mmio32;
+      b.prefetchable = reg & 8;
+      b.flags = reg & 0xf;
+    }
+    std::optional<vfio::Area> trap[2];
+    size_t n = 0;
+    for (const TrappedArea& t : must_trap)
+      if (t.bar == i && n < 2) trap[n++] = t.area;
+    b.layout = plan_bar(ri, trap[0], trap[1], page_size);
+    map_into_host(b);
+    refresh_register(b);
+    if (b.kind == pci::BarKind::Mmio64) i++;  // the upper half is part of this BAR
+  }
+}
+
+void BarMapper::map_into_host(Bar& b) {
+  std::vector<vfio::Area> mapped;
+  for (auto a : b.layout.mapped) {
+    void* p = dev_.map(static_cast<uint32_t>(b.index), a.offset, a.size);
+    if (p) {
+      mapped.push_back(a);
+      b.host.push_back(p);
+    } else {
+      b.layout.trapped.push_back(a);  // the transport would not map it: trap it instead
+    }
+  }
+  b.layout.mapped = mapped;
+  std::sort(b.layout.trapped.begin(), b.layout.trapped.end(), [](auto x, auto y) { return x.offset < y.offset; });
+  for (auto a : b.layout.trapped) b.traps.push_back(std::make_unique<Trap>(handler_, b.index, a));
+}
+
+std::vector<pci::BarRequest> BarMapper::requests() const {
+  std::vector<pci::BarRequest> out;
+  for (const Bar& b : bars_)
+    if (b.index >= 0) out.push_back({b.index, b.kind, b.size, b.prefetchable});
+  if (rom_) out.push_back({pci::kRomBarIndex, pci::BarKind::Mmio32, rom_->size(), false});
+  return out;
+}
+
+void BarMapper::assign(int index, uint64_t address) {
+  if (index == pci::kRomBarIndex && rom_) {
+    rom_->write_register(static_cast<uint32_t>(address));  // placed, not enabled: the guest enables it to read
+    refresh_rom_register();
+    return;
+  }
+  if (index < 0 || index >= 6 || !exists(index)) {
+    fmt::print(stderr, "passvm: {}: no BAR {} to assign\n", name_, index);
+    return;
+  }
+  Bar& b = bars_[static_cast<size_t>(index)];
+  b.address = address & ~(b.size - 1);
+  if (b.kind != pci::BarKind::Mmio64) b.address &= 0xffffffff;
+  refresh_register(b);
+  update();
+}
+
+void BarMapper::refresh_register(const Bar& b) {
+  uint32_t off = 4u * static_cast<uint32_t>(b.index);
+  uint32_t low_mask = b.kind == pci::BarKind::Io ? ~3u : ~0xfu;
+  pci::store_le(&regs_[off], 4, (static_cast<uint32_t>(b.address) & low_mask) | b.flags);
+  if (b.kind == pci::BarKind::Mmio64) pci::store_le(&regs_[off + 4], 4, static_cast<uint32_t>(b.address >> 32));
+}
+
+void BarMapper::refresh_rom_register() {
+  pci::store_le(&regs_[kRom - kBar0], 4, rom_ ? rom_->register_value() : 0);
+}
+
+void BarMapper::write_registers(uint32_t offset, std::span<const uint8_t> bytes) {
+  bool bar = false, rom = false;
+  for (size_t i = 0; i < bytes.size(); i++) {
+    uint32_t o = offset + static_cast<uint32_t>(i);
+    if (!is_register(o)) continue;
+    regs_[o - kBar0] = bytes[i];
+    (o < kRom ? bar : rom) = true;
+  }
+  if (rom) {
+    // No ROM: the register reads as zero, as the spec has it.
+    if (rom_) rom_->write_register(pci::load_le(&regs_[kRom - kBar0], 4));
+    refresh_rom_register();
+    update_rom();
+  }
+  if (!bar) return;
+  std::array<bool, 6> owned{};
+  for (Bar& b : bars_) {
+    if (b.index < 0) continue;
+    uint32_t off = 4u * static_cast<uint32_t>(b.index);
+    uint64_t raw = pci::load_le(&regs_[off], 4);
+    if (b.kind == pci::BarKind::Mmio64) raw |= static_cast<uint64_t>(pci::load_le(&regs_[off + 4], 4)) << 32;
+    uint64_t mask = ~(b.size - 1) & (b.kind == pci::BarKind::Io ? ~uint64_t{3} : ~uint64_t{0xf});
+    if (b.kind != pci::BarKind::Mmio64) mask &= 0xffffffff;
+    b.address = raw & mask;
+    refresh_register(b);
+    owned[static_cast<size_t>(b.index)] = true;
+    if (b.kind == pci::BarKind::Mmio64) owned[static_cast<size_t>(b.index) + 1] = true;
+  }
+  for (size_t i = 0; i < 6; i++)
+    if (!owned[i]) pci::store_le(&regs_[4 * i], 4, 0);  // unimplemented BARs are hardwired to 0
+  update();
+}
+
+void BarMapper::set_command(uint16_t command) {
+  command_ = command;
+  update_rom();
+  update();
+}
+
+void BarMapper::update_rom() {
+  if (!rom_) return;
+  const uint64_t at = rom_->address();
+  bool visible = (command_ & 2) && rom_->enabled();
+  if (visible && windows_ && !windows_->mmio32.holds(at, rom_->size())) {
+    refused_++;
+    fmt::print(stderr, "passvm: {}: ROM at {:#x} (size {:#x}) lies outside the 32-bit PCI window; left unmapped\n",
+               name_, at, rom_->size());
+    visible = false;
+  }
+  if (!rom_->map(platform_, visible)) {
+    refused_++;
+    fmt::print(stderr, "passvm: {}: ROM at {:#x} overlaps another device's registers; left unmapped\n", name_, at);
+  }
+}
+
+bool BarMapper::acceptable(const Bar& b, uint64_t address) const {
+  bool io = b.kind == pci::BarKind::Io;
+  if (windows_) {
+    bool ok = io ? windows_->io.holds(address, b.size)
+                 : windows_->mmio32.holds(address, b.size) || windows_->mmio64.holds(address, b.size);
+    if (!ok) return false;
+  }
+  for (const Bar& o : bars_) {
+    if (&o == &b || o.index < 0 || !o.mapped_at || (o.kind == pci::BarKind::Io) != io) continue;
+    if (overlaps(address, b.size, *o.mapped_at, o.size)) return false;
+  }
+  return true;
+}
+
+void BarMapper::update() {
+  for (Bar& b : bars_) {
+    if (b.index < 0) continue;
+    bool want = command_ & (b.kind == pci::BarKind::Io ? 1 : 2);
+    if (want && b.mapped_at == b.address) continue;
+    if (b.mapped_at) unmap(b);
+    if (!want) continue;
+    if (!acceptable(b, b.address)) {
+      refused_++;
+      fmt::print(stderr, "passvm: {}: BAR {} at {:#x} (size {:#x}) lies outside the PCI windows or over another "
+                         "BAR; left unmapped\n", name_, b.index, b.address, b.size);
+      continue;
+    }
+    map(b, b.address);
+  }
+}
+
+void BarMapper::map(Bar& b, uint64_t address) {
+  bool io = b.kind == pci::BarKind::Io;
+  try {
+    for (size_t k = 0; k < b.layout.mapped.size(); k++)
+      b.slots.push_back(platform_.map_memory(address + b.layout.mapped[k].offset, b.layout.mapped[k].size,
+                                             b.host[k], false));
+    for (auto& t : b.traps) {
+      platform_.add_trap(io, address + t->area.offset, t->area.size, t.get());
+      t->added = true;
+    }
+    b.mapped_at = address;
+    remaps_++;
+  } catch (const std::exception& e) {
+    refused_++;
+    fmt::print(stderr, "passvm: {}: cannot map BAR {} at {:#x}: {}; left unmapped\n", name_, b.index, address,
+               e.what());
+    b.mapped_at = address;  // so unmap undoes what was done
+    unmap(b);
+  }
+}
+
+void BarMapper::unmap(Bar& b) {
+  if (!b.mapped_at) return;
+  bool io = b.kind == pci::BarKind::Io;
+  try {
+    for (uint32_t slot : b.slots) platform_.unmap_memory(slot);
+    for (auto& t : b.traps)
+      if (t->added) {
+        platform_.remove_trap(io, *b.mapped_at + t->area.offset);
+        t->added = false;
+      }
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "passvm: {}: unmapping BAR {}: {}\n", name_, b.index, e.what());
+  }
+  b.slots.clear();
+  b.mapped_at.reset();
+}
+
+void BarMapper::unmap_all() {
+  if (rom_) {
+    try {
+      rom_->unmap(platform_);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "passvm: {}: unmapping the ROM: {}\n", name_, e.what());
+    }
+  }
+  for (Bar& b : bars_) {
+    unmap(b);
+    for (size_t k = 0; k < b.host.size(); k++) dev_.unmap(b.host[k], b.layout.mapped[k].size);
+    b.host.clear();
+  }
+}
+
+}  // namespace passvm::passthru

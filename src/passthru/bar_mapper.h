@@ -1,0 +1,120 @@
+// passthru: the device's BARs and expansion ROM in the guest's address space.
+//
+// Each BAR is planned once (bar_layout.h): the pages the transport lets us mmap are
+// mmapped into passvm at start and become KVM memory slots wherever the guest places the
+// BAR, so the data path has no exits; the rest (the pages of the MSI-X table and PBA, I/O
+// BARs, areas the transport will not map) are traps whose accesses go to the handler.
+// The BAR registers (config 0x10-0x27) and the ROM register (0x30) are the guest's:
+// kept here, never written to the device. A BAR is in the guest exactly while its
+// decode bit is on and its address is acceptable: inside a PCI window of the machine
+// and over no other BAR of the device.
+//
+// Lifetime: owned by PassthruDevice and called under its lock (the traps call the handler
+// without it). The transport, the platform and the handler outlive it. The destructor
+// (or unmap_all) removes slots and traps, unmaps the ROM and the host mmaps.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "memory/layout.h"
+#include "passthru/bar_layout.h"
+#include "passthru/platform.h"
+#include "passthru/rom.h"
+#include "pci/pci_device.h"
+#include "vfio/device.h"
+
+namespace passvm::passthru {
+
+class BarMapper {
+ public:
+  // Where trapped accesses go (offsets inside the BAR).
+  class AccessHandler {
+   public:
+    virtual void bar_read(int bar, uint64_t offset, std::span<uint8_t> data) = 0;
+    virtual void bar_write(int bar, uint64_t offset, std::span<const uint8_t> data) = 0;
+
+   protected:
+    ~AccessHandler() = default;
+  };
+  // An area of a BAR that must be trapped whatever the transport allows (the MSI-X table, the PBA).
+  struct TrappedArea {
+    int bar;
+    vfio::Area area;
+  };
+
+  // windows: where the guest may place BARs; nullopt accepts any address (tests).
+  BarMapper(vfio::Device& dev, Platform& platform, std::string name, AccessHandler& handler,
+            std::optional<layout::PciWindows> windows);
+  ~BarMapper();
+  BarMapper(const BarMapper&) = delete;
+  BarMapper& operator=(const BarMapper&) = delete;
+
+  // Reads each BAR's kind and size from the device, plans it and mmaps what can be mapped.
+  void scan(std::span<const TrappedArea> must_trap, uint64_t page_size);
+  void set_rom(std::unique_ptr<RomBar> rom) { rom_ = std::move(rom); refresh_rom_register(); }
+
+  std::vector<pci::BarRequest> requests() const;
+  // The PCI root's placement (index kRomBarIndex: the ROM, placed but not enabled).
+  void assign(int index, uint64_t address);
+
+  // Config bytes 0x10-0x27 and 0x30-0x33.
+  static bool is_register(uint32_t offset) { return (offset >= 0x10 && offset < 0x28) || (offset >= 0x30 && offset < 0x34); }
+  uint8_t read_register(uint32_t offset) const { return regs_[offset - 0x10]; }
+  // Bytes the guest wrote at `offset` (only the register bytes among them count).
+  void write_registers(uint32_t offset, std::span<const uint8_t> bytes);
+  // The command register's decode bits (I/O: bit 0, memory: bit 1) decide what is mapped.
+  void set_command(uint16_t command);
+
+  bool exists(int bar) const { return bars_.at(static_cast<size_t>(bar)).index == bar; }
+  bool is_io(int bar) const { return bars_.at(static_cast<size_t>(bar)).kind == pci::BarKind::Io; }
+  const BarLayout& layout(int bar) const { return bars_.at(static_cast<size_t>(bar)).layout; }
+  uint64_t remaps() const { return remaps_; }
+  uint64_t refused() const { return refused_; }
+
+  // Everything out of the guest and out of passvm's address space.
+  void unmap_all();
+
+ private:
+  struct Trap;
+  struct Bar {
+    int index = -1;
+    pci::BarKind kind = pci::BarKind::Mmio32;
+    uint64_t size = 0;
+    bool prefetchable = false;
+    uint32_t flags = 0;  // low bits of the BAR register
+    uint64_t address = 0;
+    BarLayout layout;
+    std::vector<void*> host;  // mmap of each mapped area
+    std::vector<std::unique_ptr<Trap>> traps;
+    std::optional<uint64_t> mapped_at;  // guest address it is mapped at now
+    std::vector<uint32_t> slots;
+  };
+
+  void map_into_host(Bar& b);
+  void refresh_register(const Bar& b);
+  void refresh_rom_register();
+  void update();
+  void update_rom();
+  bool acceptable(const Bar& b, uint64_t address) const;
+  void map(Bar& b, uint64_t address);
+  void unmap(Bar& b);
+
+  vfio::Device& dev_;
+  Platform& platform_;
+  std::string name_;
+  AccessHandler& handler_;
+  std::optional<layout::PciWindows> windows_;
+  std::array<Bar, 6> bars_;
+  std::unique_ptr<RomBar> rom_;
+  std::array<uint8_t, 0x24> regs_{};  // config 0x10-0x33 as the guest reads it
+  uint16_t command_ = 0;
+  uint64_t remaps_ = 0, refused_ = 0;
+};
+
+}  // namespace passvm::passthru
