@@ -23,15 +23,14 @@ Bytes pci_routing_table() {
   return name("_PRT", package(entries));
 }
 
-Bytes pci_host_bridge() {
+Bytes pci_host_bridge(const layout::PciWindows& w) {
   ResourceTemplate crs;
   crs.bus_numbers(0, static_cast<uint16_t>(layout::kEcamBuses - 1))
       .io(layout::kPciConfigAddrPort, 8)
       .io_window(0x0000, layout::kPciConfigAddrPort - 1)
       .io_window(0x0d00, 0xffff)
-      .memory32_window(static_cast<uint32_t>(layout::kMmio32Start),
-                       static_cast<uint32_t>(layout::kMmio32Start + layout::kMmio32Size - 1))
-      .memory64_window(layout::kMmio64Start, layout::kMmio64Start + layout::kMmio64Size - 1);
+      .memory32_window(static_cast<uint32_t>(w.mmio32.start), static_cast<uint32_t>(w.mmio32.end() - 1))
+      .memory64_window(w.mmio64.start, w.mmio64.end() - 1);
 
   // ECAM must be reserved as a motherboard resource, or Linux declines to use it and loses
   // extended config space.
@@ -64,12 +63,12 @@ Bytes com1() {
 
 }  // namespace
 
-std::vector<uint8_t> build_dsdt() {
+std::vector<uint8_t> build_dsdt(const layout::PciWindows& windows) {
   Bytes body;
   auto add = [&](const Bytes& b) { body.insert(body.end(), b.begin(), b.end()); };
   // SLP_TYPa, SLP_TYPb, reserved, reserved: what AcpiPm compares on SLP_EN.
   add(name("\\_S5", package({integer(devices::kS5SleepType), integer(devices::kS5SleepType), integer(0), integer(0)})));
-  add(scope("\\_SB", {pci_host_bridge(), com1()}));
+  add(scope("\\_SB", {pci_host_bridge(windows), com1()}));
   // Revision 2: integers are 64 bits wide, needed for the 64-bit window.
   return make_table("DSDT", 2, body);
 }

@@ -7,6 +7,8 @@
 // from layout::pci_intx_gsi), the ECAM reservation (PNP0C02) and COM1.
 #pragma once
 
+#include "memory/layout.h"
+
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -19,12 +21,13 @@ namespace passvm::acpi {
 
 struct AcpiConfig {
   uint32_t vcpus = 1;  // one enabled local APIC each, APIC IDs 0..vcpus-1
+  layout::PciWindows windows{};  // the host bridge's windows (_CRS)
 };
 
 inline constexpr uint32_t kMaxVcpus = 255;  // xAPIC IDs in the MADT; 255 is the broadcast ID
 
 // The DSDT alone, for tests and for dumping (`iasl -d`).
-std::vector<uint8_t> build_dsdt();
+std::vector<uint8_t> build_dsdt(const layout::PciWindows& windows = {});
 
 // Writes all tables into `window`, which the guest sees at guest-physical `window_gpa`, and returns
 // the guest-physical address of the RSDP. Throws std::invalid_argument for a bad vCPU count and

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "kvm/cpuid.h"
 #include "kvm/uapi.h"
 #include "kvm/vm.h"
 
@@ -93,6 +94,13 @@ uint32_t Kvm::max_vcpus() const {
   int n = check_extension(KVM_CAP_MAX_VCPUS);
   if (n <= 0) n = check_extension(KVM_CAP_NR_VCPUS);
   return n <= 0 ? 4u : static_cast<uint32_t>(n);  // the API's documented default when neither is reported
+}
+
+uint32_t Kvm::guest_phys_bits() const {
+  auto entries = cpuid_entries(supported_cpuid());
+  auto* ext = find_cpuid(entries, 0x80000008);
+  uint32_t bits = ext ? ext->eax & 0xff : 0;
+  return bits >= 36 && bits <= 52 ? bits : 36;
 }
 
 std::vector<uint8_t> Kvm::supported_cpuid() const {

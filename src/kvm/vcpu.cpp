@@ -70,8 +70,10 @@ bool dump_regs_requested() {
 
 int Vcpu::kick_signal() { return SIGRTMIN + 1; }
 
-Vcpu::Vcpu(Vm& vm, uint32_t index, uint32_t count, Bus& pio, Bus& mmio, ExitControl& ctl)
-    : vm_(vm), index_(index), pio_(pio), mmio_(mmio), ctl_(ctl) {
+Vcpu::Vcpu(Vm& vm, uint32_t index, uint32_t count, Bus& pio, Bus& mmio, ExitControl& ctl,
+           const layout::PciWindows& windows)
+    : vm_(vm), index_(index), pio_(pio), mmio_(mmio), ctl_(ctl), windows_(windows) {
+  phys_mask_ = (uint64_t{1} << vm.kvm().guest_phys_bits()) - 1;
   uint32_t max = vm.kvm().max_vcpus();
   if (count == 0 || count > max)
     throw std::runtime_error(fmt::format("{} vCPUs requested: this KVM allows 1 to {}", count, max));
@@ -108,7 +110,6 @@ void Vcpu::init_cpuid(uint32_t count) {
   // calibrates and programs the LAPIC timer the slow way.
   if (auto* leaf1 = find_cpuid(entries, 1); leaf1 && vm_.kvm().check_extension(KVM_CAP_TSC_DEADLINE_TIMER) > 0)
     leaf1->ecx |= kLeaf1EcxTscDeadline;
-  if (auto* ext = find_cpuid(entries, 0x80000008); ext && (ext->eax & 0xff) >= 36) phys_bits_ = ext->eax & 0xff;
   auto buf = cpuid_buffer(entries);
   if (ioctl(fd_, kvm_uapi::kSetCpuid2, buf.data()) < 0) fail_ioctl(index_, "KVM_SET_CPUID2", errno);
 }
@@ -158,19 +159,18 @@ void Vcpu::init_msrs() {
   //   all vCPUs share one TSC and Linux keeps it as a stable clock;
   // - MTRRs on, RAM write-back, the PCI holes uncacheable. Disabled MTRRs make everything uncacheable
   //   wherever KVM honours guest memory types (non-coherent DMA), and Linux then skips PAT setup.
-  const uint64_t addr_mask = (1ull << phys_bits_) - 1;
-  const struct {
+  struct Msr {
     uint32_t index;
     uint64_t value;
-  } wanted[] = {
-      {kMsrMiscEnable, kMiscEnableFastString},
-      {kMsrTsc, 0},
-      {kMsrMtrrPhysBase0, layout::kMmio32Start | kMtrrUncacheable},
-      {kMsrMtrrPhysBase0 + 1, (addr_mask & ~(layout::kHighRamStart - layout::kMmio32Start - 1)) | kMtrrValid},
-      {kMsrMtrrPhysBase0 + 2, layout::kMmio64Start | kMtrrUncacheable},
-      {kMsrMtrrPhysBase0 + 3, (addr_mask & ~(layout::kMmio64Size - 1)) | kMtrrValid},
-      {kMsrMtrrDefType, kMtrrEnable | kMtrrFixedEnable | kMtrrWriteBack},
   };
+  std::vector<Msr> wanted = {{kMsrMiscEnable, kMiscEnableFastString}, {kMsrTsc, 0}};
+  uint32_t mtrr = 0;
+  for (layout::Window r : layout::uncacheable_ranges(windows_)) {
+    wanted.push_back({kMsrMtrrPhysBase0 + 2 * mtrr, r.start | kMtrrUncacheable});
+    wanted.push_back({kMsrMtrrPhysBase0 + 2 * mtrr + 1, (phys_mask_ & ~(r.size - 1)) | kMtrrValid});
+    mtrr++;
+  }
+  wanted.push_back({kMsrMtrrDefType, kMtrrEnable | kMtrrFixedEnable | kMtrrWriteBack});
   for (const auto& m : wanted) {
     kvm_uapi::Msrs msrs{};
     msrs.nmsrs = 1;

@@ -30,6 +30,7 @@
 #include "boot/long_mode.h"
 #include "bus/bus.h"
 #include "kvm/vm.h"
+#include "memory/layout.h"
 #include "vmm/exit_control.h"
 
 namespace passvm {
@@ -46,7 +47,9 @@ class Vcpu {
   // Creates vCPU `index` of `count` (APIC id = index) with per-vCPU CPUID, an initialised FPU, and the
   // LAPIC's LINT0 = ExtINT (the PIC) and LINT1 = NMI, as a BIOS leaves them. Must be called before
   // start() of any vCPU. Throws std::runtime_error with a user-facing message.
-  Vcpu(Vm& vm, uint32_t index, uint32_t count, Bus& pio, Bus& mmio, ExitControl& ctl);
+  // `windows`: the machine's PCI windows, which the MTRRs mark uncacheable.
+  Vcpu(Vm& vm, uint32_t index, uint32_t count, Bus& pio, Bus& mmio, ExitControl& ctl,
+       const layout::PciWindows& windows = {});
   ~Vcpu();  // stop()s if still running
   Vcpu(const Vcpu&) = delete;
   Vcpu& operator=(const Vcpu&) = delete;
@@ -106,7 +109,8 @@ class Vcpu {
   int fd_ = -1;
   kvm_run* run_ = nullptr;
   size_t run_size_ = 0;
-  uint32_t phys_bits_ = 36;  // guest MAXPHYADDR, for MTRR masks
+  layout::PciWindows windows_;
+  uint64_t phys_mask_ = 0;  // all guest physical address bits, for MTRR masks
   std::thread thread_;
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> io_exits_{0}, mmio_exits_{0}, other_exits_{0};

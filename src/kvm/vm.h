@@ -36,6 +36,9 @@ class Kvm {
   std::vector<uint8_t> supported_cpuid() const;
   // Most vCPUs one VM may have (KVM_CAP_MAX_VCPUS, falling back to KVM_CAP_NR_VCPUS).
   uint32_t max_vcpus() const;
+  // The guest's physical address bits (CPUID 0x80000008 as KVM supports it; 36 when it says less or nothing):
+  // the guest-physical address space RAM and the PCI windows share.
+  uint32_t guest_phys_bits() const;
 
  private:
   int fd_ = -1;

@@ -27,8 +27,6 @@ namespace passvm {
 namespace {
 
 constexpr uint64_t kHuge = 2 * layout::MiB;
-// RAM above the 32-bit hole runs from 4 GiB up to the 64-bit PCI window.
-constexpr uint64_t kMaxRam = layout::kLowRamMax + (layout::kMmio64Start - layout::kHighRamStart);
 
 std::string first_line(const std::string& path) {
   std::ifstream f(path);
@@ -101,13 +99,14 @@ PageUsage parse_smaps(std::string_view smaps, uint64_t start, uint64_t end) {
   return u;
 }
 
-GuestMemory::GuestMemory(uint64_t size, bool hugetlb) : size_(size) {
+GuestMemory::GuestMemory(uint64_t size, bool hugetlb, uint32_t phys_bits) : size_(size) {
   if (size < 16 * layout::MiB)
     throw std::runtime_error(fmt::format("guest memory {} MiB is too small: give -m 16M or more", size >> 20));
-  if (size > kMaxRam)
-    throw std::runtime_error(fmt::format("guest memory {} MiB would run into the 64-bit PCI window at {} GiB: give "
-                                         "-m {}G or less",
-                                         size >> 20, layout::kMmio64Start / layout::GiB, kMaxRam / layout::GiB));
+  if (uint64_t max = layout::max_ram(phys_bits); size > max)
+    throw std::runtime_error(fmt::format("guest memory {} MiB leaves no room for 64-bit PCI BARs in the guest's "
+                                         "{}-bit physical address space ({} GiB): give -m {}G or less",
+                                         size >> 20, phys_bits, (uint64_t{1} << phys_bits) / layout::GiB,
+                                         max / layout::GiB));
   void* p = MAP_FAILED;
   if (hugetlb) {
     // 1 GiB pages when the size is made of them and the pool holds enough; 2 MiB pages otherwise.

@@ -50,7 +50,8 @@ class GuestMemory {
   // Allocates `size` bytes of guest RAM and lays them out on the x86 map (layout.h); hugetlbfs pages
   // with `hugetlb` (-S), else anonymous memory with transparent huge pages where the host allows them.
   // Throws std::runtime_error with a user-facing message when the memory cannot be had.
-  GuestMemory(uint64_t size, bool hugetlb);
+  // phys_bits: the guest's physical address bits; RAM must leave room for the 64-bit PCI window.
+  GuestMemory(uint64_t size, bool hugetlb, uint32_t phys_bits = 36);
   ~GuestMemory();
   GuestMemory(const GuestMemory&) = delete;
   GuestMemory& operator=(const GuestMemory&) = delete;

@@ -128,17 +128,58 @@ TEST(PageUsage, NothingResidentOrSmallPages) {
   EXPECT_EQ(u.describe(), "4 MiB resident, in 4 KiB pages");
 }
 
-// High RAM must end below the 64-bit PCI window, or BARs would be mapped over it.
-TEST(GuestMemory, RejectsRamThatReachesThe64BitWindow) {
-  const uint64_t max = layout::kLowRamMax + layout::kMmio64Start - layout::kHighRamStart;
-  GuestMemory fits(max, false);  // MAP_NORESERVE: nothing is allocated
-  EXPECT_EQ(fits.regions().back().gpa + fits.regions().back().size, layout::kMmio64Start);
+// High RAM must leave the 64-bit PCI window room in the guest's physical address space.
+TEST(GuestMemory, RejectsRamThatLeavesNoRoomForThe64BitWindow) {
+  const uint64_t max = layout::max_ram(36);
+  EXPECT_EQ(max, 55 * layout::GiB) << "7/8 of 64 GiB, less the 1 GiB the 32-bit hole moves up";
+  GuestMemory fits(max, false, 36);  // MAP_NORESERVE: nothing is allocated
+  uint64_t end = fits.regions().back().gpa + fits.regions().back().size;
+  layout::Window w = layout::mmio64_window(max, 36);
+  EXPECT_LE(end, w.start);
+  EXPECT_EQ(w.end(), 64 * layout::GiB);
+  EXPECT_GE(w.size, 8 * layout::GiB);
   try {
-    GuestMemory(max + 2 * layout::MiB, false);
+    GuestMemory(max + 2 * layout::MiB, false, 36);
     FAIL() << "expected an error";
   } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("-m 63G or less"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("36-bit physical address space (64 GiB): give -m 55G or less"),
+              std::string::npos) << e.what();
   }
+  GuestMemory more_bits(max + 2 * layout::MiB, false, 40);
+}
+
+TEST(Layout, The64BitWindowIsTheUpperHalfAboveRam) {
+  layout::Window w = layout::mmio64_window(512 * layout::MiB, 40);
+  EXPECT_EQ(w.start, 512 * layout::GiB);
+  EXPECT_EQ(w.size, 512 * layout::GiB);
+  // RAM reaching into the upper half: the window starts at the first GiB above it.
+  w = layout::mmio64_window(600 * layout::GiB + 100 * layout::MiB, 40);
+  EXPECT_EQ(w.start, 602 * layout::GiB);
+  EXPECT_EQ(w.end(), 1024 * layout::GiB);
+  // 64 GiB of RAM with 37 bits used to run into the fixed window: now the window is above it.
+  w = layout::mmio64_window(64 * layout::GiB, 37);
+  EXPECT_GE(w.start, layout::ram_end(64 * layout::GiB));
+}
+
+TEST(Layout, UncacheableRangesAreAlignedBlocks) {
+  layout::PciWindows pw = layout::pci_windows(512 * layout::MiB, 40);
+  auto r = layout::uncacheable_ranges(pw);
+  ASSERT_EQ(r.size(), 2u) << "the 32-bit hole, and the upper half in one block";
+  EXPECT_EQ(r[0].start, 3 * layout::GiB);
+  EXPECT_EQ(r[0].size, 1 * layout::GiB);
+  EXPECT_EQ(r[1].start, 512 * layout::GiB);
+  EXPECT_EQ(r[1].size, 512 * layout::GiB);
+  // 602 GiB to 1 TiB: 2 + 4 + 8 + 128 + 256 GiB blocks, each aligned to its size, in order.
+  auto b = layout::aligned_blocks({602 * layout::GiB, 422 * layout::GiB}, 8);
+  ASSERT_EQ(b.size(), 5u);
+  uint64_t at = 602 * layout::GiB;
+  for (auto x : b) {
+    EXPECT_EQ(x.start, at);
+    EXPECT_EQ(x.start % x.size, 0u);
+    at += x.size;
+  }
+  EXPECT_EQ(at, 1024 * layout::GiB);
+  EXPECT_EQ(layout::aligned_blocks({602 * layout::GiB, 422 * layout::GiB}, 3).size(), 3u);
 }
 
 TEST(GuestMemory, RejectsTooSmall) { EXPECT_THROW(GuestMemory(1 * layout::MiB, false), std::runtime_error); }

@@ -6,8 +6,10 @@
 // window well above any RAM, leaving room for big devices.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace passvm::layout {
 
@@ -47,7 +49,8 @@ inline constexpr uint64_t kIoapicAddr = 0xfec00000;
 inline constexpr uint64_t kLapicAddr = 0xfee00000;
 inline constexpr uint64_t kHighRamStart = 4 * GiB;
 
-// 64-bit BARs: 64 GiB of window from 64 GiB up (needs 37 physical address bits).
+// 64-bit BARs: the machine's window comes from its physical address bits (pci_windows below); this one
+// is what a machine with 37 bits would get, and what tests use.
 inline constexpr uint64_t kMmio64Start = 64 * GiB;
 inline constexpr uint64_t kMmio64Size = 64 * GiB;
 
@@ -79,6 +82,50 @@ struct PciWindows {
   Window mmio32{kMmio32Start, kMmio32Size};
   Window mmio64{kMmio64Start, kMmio64Size};
 };
+
+// The end of guest RAM (one past its last byte) for `ram` bytes split around the 32-bit hole.
+inline constexpr uint64_t ram_end(uint64_t ram) {
+  return ram <= kLowRamMax ? ram : kHighRamStart + (ram - kLowRamMax);
+}
+
+// The 64-bit window of a machine whose vCPUs have `phys_bits` physical address bits: the upper half of
+// the address space, so that one variable MTRR covers it and huge BARs (tens of GiB) fit, or, when RAM
+// reaches into that half, from the first GiB above RAM to the top. The window keeps at least an eighth
+// of the address space; max_ram() is the most RAM that leaves it.
+inline Window mmio64_window(uint64_t ram, uint32_t phys_bits) {
+  const uint64_t top = uint64_t{1} << phys_bits;
+  uint64_t start = std::max(top / 2, (ram_end(ram) + GiB - 1) / GiB * GiB);
+  return start >= top ? Window{top, 0} : Window{start, top - start};
+}
+inline uint64_t max_ram(uint32_t phys_bits) {
+  const uint64_t top = uint64_t{1} << phys_bits;
+  return top - top / 8 - (kHighRamStart - kLowRamMax);
+}
+inline PciWindows pci_windows(uint64_t ram, uint32_t phys_bits) {
+  PciWindows w;
+  w.mmio64 = mmio64_window(ram, phys_bits);
+  return w;
+}
+
+// [w.start, w.end()) as naturally aligned power-of-two blocks, largest first in address order, as
+// variable MTRRs need them; at most `max` blocks (what does not fit is left to the page tables' PAT).
+inline std::vector<Window> aligned_blocks(Window w, size_t max) {
+  std::vector<Window> out;
+  for (uint64_t at = w.start, end = w.end(); at < end && out.size() < max;) {
+    uint64_t block = at == 0 ? uint64_t{1} << 63 : at & (~at + 1);  // the alignment of `at`
+    while (block > end - at) block >>= 1;
+    out.push_back({at, block});
+    at += block;
+  }
+  return out;
+}
+
+// The ranges firmware marks uncacheable in the MTRRs: the 32-bit hole and the 64-bit window.
+inline std::vector<Window> uncacheable_ranges(const PciWindows& w, size_t max = 8) {
+  std::vector<Window> out = {{kLowRamMax, kHighRamStart - kLowRamMax}};
+  for (Window b : aligned_blocks(w.mmio64, max - 1)) out.push_back(b);
+  return out;
+}
 
 // GSIs 16..23 of the IOAPIC carry PCI INTx: slot s, pin p (0 = INTA) -> 16 + (s + p) % 8.
 inline constexpr uint32_t kPciIntxGsiBase = 16;

@@ -58,7 +58,7 @@ void check_request(const Pending& p) {
 
 }  // namespace
 
-void PciRoot::assign_resources() {
+void PciRoot::assign_resources(const layout::PciWindows& windows) {
   std::vector<Pending> pending;
   for (int slot = 0; slot < kSlots; slot++) {
     if (!device(slot, 0) && multi_function(static_cast<uint32_t>(slot)))
@@ -86,9 +86,9 @@ void PciRoot::assign_resources() {
   // Largest first: with power-of-two blocks this packs each window without holes.
   std::stable_sort(pending.begin(), pending.end(), [](const Pending& a, const Pending& b) { return a.block > b.block; });
 
-  AddressWindow io("I/O", layout::kIoBarStart, layout::kIoBarSize);
-  AddressWindow mmio32("32-bit MMIO", layout::kMmio32Start, layout::kMmio32Size);
-  AddressWindow mmio64("64-bit MMIO", layout::kMmio64Start, layout::kMmio64Size);
+  AddressWindow io("I/O", windows.io.start, windows.io.size);
+  AddressWindow mmio32("32-bit MMIO", windows.mmio32.start, windows.mmio32.size);
+  AddressWindow mmio64("64-bit MMIO", windows.mmio64.start, windows.mmio64.size);
 
   std::vector<BarAssignment> done;
   for (const Pending& p : pending) {

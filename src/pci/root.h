@@ -15,6 +15,8 @@
 // the guest OS finds a fully configured bus and need not reassign anything.
 #pragma once
 
+#include "memory/layout.h"
+
 #include <array>
 #include <cstdint>
 #include <functional>
@@ -61,7 +63,7 @@ class PciRoot {
 
   // Firmware: assigns every BAR and INTx GSI. Throws std::runtime_error naming the device and
   // the window when a window is exhausted or a device asks for an impossible BAR.
-  void assign_resources();
+  void assign_resources(const layout::PciWindows& windows = {});
   const std::vector<BarAssignment>& assignments() const { return assignments_; }
 
   // Register config_io() on the port bus at layout::kPciConfigAddrPort for 8 bytes, and

@@ -208,16 +208,21 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   Vm vm(kvm);
   step("KVM VM with in-kernel interrupt controllers");
   check_interrupted(ctl);
-  GuestMemory mem(cfg.memory, cfg.hugepages);
+  const uint32_t phys_bits = kvm.guest_phys_bits();
+  GuestMemory mem(cfg.memory, cfg.hugepages, phys_bits);
+  // Above RAM, up to what the guest's physical address bits reach: large BARs (GPUs) need the room.
+  const layout::PciWindows windows = layout::pci_windows(cfg.memory, phys_bits);
   for (const auto& r : mem.regions()) vm.map_memory(r.gpa, r.size, r.hva);  // the VM's teardown drops the slots
   step(fmt::format("{} MiB of guest RAM on {}", cfg.memory >> 20, mem.backing()));
+  step.note(fmt::format("64-bit PCI window {:#x}-{:#x} ({}; {} physical address bits)", windows.mmio64.start,
+                        windows.mmio64.end() - 1, layout::size_text(windows.mmio64.size), phys_bits));
   if (!mem.small_pages_reason().empty())
     fmt::print(stderr, "passvm: {}: guest RAM in 4 KiB pages (slower nested paging and DMA): {}\n", cfg.name,
                mem.small_pages_reason());
 
   // Firmware tables and the kernel, before any device is opened: a wrong kernel path should fail in
   // milliseconds, not after seconds of pinning guest RAM.
-  uint64_t rsdp = acpi::build_tables(acpi::AcpiConfig{cfg.cpus}, mem);
+  uint64_t rsdp = acpi::build_tables(acpi::AcpiConfig{cfg.cpus, windows}, mem);
   auto e820 = boot::build_e820(mem);
   boot::LinuxBoot boot = boot::load_linux(mem, cfg.kernel, cfg.initrd, cfg.cmdline, e820, rsdp, cfg.unpack_on_host,
                                           boot::KernelCache::default_dir());
@@ -268,7 +273,7 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   std::vector<std::unique_ptr<passthru::PassthruDevice>> passthru_devices;
   for (const auto& s : cfg.slots) {
     if (s.emulation != "passthru") continue;
-    auto dev = passthru::open_passthru(s.config, container, vm, pio, mmio, {.rom_file = s.rom});
+    auto dev = passthru::open_passthru(s.config, container, vm, pio, mmio, {.windows = windows, .rom_file = s.rom});
     root.add(static_cast<int>(s.slot), static_cast<int>(s.func), dev.get());
     step(fmt::format("passthru {} in slot {}:{}", dev->name(), s.slot, s.func));
     passthru_devices.push_back(std::move(dev));
@@ -282,14 +287,14 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
     step(fmt::format("guest RAM mapped for DMA ({} MiB pinned)", cfg.memory >> 20));
     check_interrupted(ctl);
   }
-  root.assign_resources();
+  root.assign_resources(windows);
   for (const auto& a : root.assignments())
     step.note(fmt::format("00:{:02x}.{} {} at {:#x} ({:#x} bytes, {})", a.slot, a.func,
                           a.index == pci::kRomBarIndex ? std::string("ROM") : fmt::format("BAR{}", a.index), a.address,
                           a.size, a.kind == pci::BarKind::Io ? "I/O" : a.kind == pci::BarKind::Mmio64 ? "64-bit" : "32-bit"));
 
   std::vector<std::unique_ptr<Vcpu>> vcpus;
-  for (uint32_t i = 0; i < cfg.cpus; i++) vcpus.push_back(std::make_unique<Vcpu>(vm, i, cfg.cpus, pio, mmio, ctl));
+  for (uint32_t i = 0; i < cfg.cpus; i++) vcpus.push_back(std::make_unique<Vcpu>(vm, i, cfg.cpus, pio, mmio, ctl, windows));
   vcpus[0]->setup_linux_boot(boot);
   // The ring for coalesced writes exists once a vCPU does; from here COM1's output may be batched.
   if (com1) com1->set_tx_batching([&vm](bool on) { vm.coalesce_pio(layout::kCom1Port, 1, on); });
