@@ -153,10 +153,11 @@ int enable_command_bits(const std::string& bdf, uint16_t bits) {
 // A mapped PCI BAR through sysfs.
 class Bar {
 public:
-    Bar(const std::string& bdf, int index, size_t len) : len_(len) {
+    // `offset`: page aligned, where in the BAR the mapping starts.
+    Bar(const std::string& bdf, int index, size_t len, uint64_t offset = 0) : len_(len) {
         fd_ = open((kPciRoot + bdf + "/resource" + std::to_string(index)).c_str(), O_RDWR | O_SYNC);
         if (fd_ >= 0) {
-            void* p = mmap(nullptr, len_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+            void* p = mmap(nullptr, len_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, static_cast<off_t>(offset));
             if (p != MAP_FAILED) base_ = static_cast<volatile uint8_t*>(p);
         }
     }
@@ -791,6 +792,119 @@ int check_config() {
 
 }  // namespace
 
+// ivshmem-plain (1af4:1110): BAR2 is memory shared with the host, tens of GiB in the big-BAR
+// scenario. The pattern for (nonce, offset): 64 bytes L1 can recompute and compare.
+constexpr uint64_t GiB = 1ULL << 30;
+
+void bigbar_pattern(uint64_t nonce, uint64_t offset, uint64_t out[8]) {
+    uint64_t s = nonce ^ (offset * 0x9e3779b97f4a7c15ULL) ^ 0x5bd1e995ULL;
+    for (int i = 0; i < 8; ++i) out[i] = xorshift(s);
+}
+
+// BAR index `bar` of bdf from sysfs `resource`: {guest address, size}; size 0 if absent.
+std::pair<uint64_t, uint64_t> bar_resource(const std::string& bdf, int bar) {
+    std::ifstream f(kPciRoot + bdf + "/resource");
+    std::string line;
+    for (int i = 0; i <= bar && std::getline(f, line); ++i) {}
+    unsigned long long start = 0, end = 0;
+    if (std::sscanf(line.c_str(), "%llx %llx", &start, &end) != 2 || end <= start) return {0, 0};
+    return {start, end - start + 1};
+}
+
+// Writes (write=true) or compares the pattern at the BAR's first page and its last-but-one page.
+// Returns "" when it matches, otherwise what differs.
+std::string bigbar_access(const std::string& bdf, uint64_t size, uint64_t nonce, bool write) {
+    std::string bad;
+    for (uint64_t off : {uint64_t{0}, size - 2 * 4096}) {
+        Bar bar(bdf, 2, 4096, off);
+        if (!bar.ok()) return "cannot mmap BAR2 of " + bdf + " at " + std::to_string(off);
+        uint64_t want[8];
+        bigbar_pattern(nonce, off, want);
+        for (int i = 0; i < 8; ++i) {
+            if (write) bar.w64(static_cast<size_t>(i) * 8, want[i]);
+            if (bar.r64(static_cast<size_t>(i) * 8) != want[i]) {
+                bad += " offset " + std::to_string(off + static_cast<uint64_t>(i) * 8);
+                break;
+            }
+        }
+    }
+    return bad;
+}
+
+int check_bigbar(const std::string& nonce_text) {
+    Result r("bigbar");
+    uint64_t nonce = std::strtoull(nonce_text.c_str(), nullptr, 0);
+    if (nonce == 0) return r.fail("no pattern nonce given (lab.bigbar=N)");
+    auto dev = find_device("1af4:1110");
+    if (!dev) return r.fail("no ivshmem device (1af4:1110) in L2: was the big-BAR device passed through?");
+    auto [address, size] = bar_resource(dev->bdf, 2);
+    r.str("bdf", dev->bdf);
+    r.num("bar2_gib", static_cast<double>(size) / static_cast<double>(GiB));
+    char a[32];
+    std::snprintf(a, sizeof a, "0x%llx", static_cast<unsigned long long>(address));
+    r.str("bar2_address", a);
+    if (size < 64 * GiB) return r.fail("BAR2 is " + std::to_string(size >> 20) + " MiB, not the 64 GiB expected");
+    enable_command_bits(dev->bdf, 0x2);
+    auto t = std::chrono::steady_clock::now();
+    std::string bad = bigbar_access(dev->bdf, size, nonce, true);
+    r.num("write_read_ms", ms_since(t));
+    if (!bad.empty()) return r.fail("BAR2 did not keep what was written at" + bad);
+    r.pass = true;
+    return r.print();
+}
+
+// Peer-to-peer DMA: edu's DMA engine copies a page of guest RAM into its buffer and from there to
+// guest-physical address BAR2 + 64 KiB of the ivshmem device, another passed-through device. With
+// the VMM's peer-to-peer mapping on (expect "on") the bytes land in the BAR; with it off (expect
+// "off") the IOMMU blocks the write and the BAR keeps its zeros, while edu keeps working.
+int check_p2p(const std::string& expect) {
+    Result r("p2p");
+    if (expect != "on" && expect != "off") return r.fail("lab.p2p must be on or off, got '" + expect + "'");
+    auto edu = find_device("1234:11e8");
+    auto big = find_device("1af4:1110");
+    if (!edu || !big) return r.fail("needs edu (1234:11e8) and ivshmem (1af4:1110) passed through");
+    auto [address, size] = bar_resource(big->bdf, 2);
+    if (size < (1 << 20)) return r.fail("ivshmem BAR2 is missing or tiny");
+    enable_command_bits(big->bdf, 0x2);
+    enable_command_bits(edu->bdf, 0x6);
+    constexpr uint64_t kTarget = 64 * 1024;
+    Bar target(big->bdf, 2, 4096, kTarget);
+    Bar ctl(edu->bdf, 0, 1 << 20);
+    if (!target.ok() || !ctl.ok()) return r.fail("cannot mmap the BARs through sysfs");
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE)), len = page / 2;
+    void* mem = mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_LOCKED | MAP_POPULATE,
+                     -1, 0);
+    if (mem == MAP_FAILED || mlock(mem, page) != 0) return r.fail("cannot lock a page for DMA");
+    auto* src = static_cast<uint64_t*>(mem);
+    uint64_t seed = fresh_seed();
+    for (size_t i = 0; i < page / 8; ++i) src[i] = xorshift(seed) | 1;  // never zero
+    for (size_t i = 0; i < len / 8; ++i) target.w64(i * 8, 0);
+    auto src_pa = phys_addr(src);
+    if (!src_pa) return r.fail("no physical address in /proc/self/pagemap (needs root)");
+    auto t = std::chrono::steady_clock::now();
+    bool done = edu_dma(ctl, *src_pa, 0x40000, len, 1) && edu_dma(ctl, 0x40000, address + kTarget, len, 3);
+    r.num("dma_ms", ms_since(t));
+    size_t landed = 0;
+    for (size_t i = 0; i < len / 8; ++i) landed += target.r64(i * 8) == src[i];
+    munmap(mem, page);
+    char a[32];
+    std::snprintf(a, sizeof a, "0x%llx", static_cast<unsigned long long>(address + kTarget));
+    r.str("target", a);
+    r.num("words_landed", static_cast<double>(landed));
+    r.str("expected", expect);
+    if (!done) return r.fail("edu DMA did not complete within 5 s");
+    bool alive = ctl.r32(0x00) != 0xffffffff;
+    if (!alive) return r.fail("edu stopped responding after the DMA");
+    if (expect == "on" && landed != len / 8)
+        return r.fail(std::to_string(landed) + " of " + std::to_string(len / 8) +
+                      " words of edu's DMA landed in the ivshmem BAR: peer-to-peer DMA did not reach it");
+    if (expect == "off" && landed != 0)
+        return r.fail(std::to_string(landed) + " words of edu's DMA landed in the ivshmem BAR though peer-to-peer "
+                      "DMA is off: the IOMMU did not block it");
+    r.pass = true;
+    return r.print();
+}
+
 int main(int argc, char** argv) {
     std::string check = argc > 1 ? argv[1] : "";
     std::string expected = argc > 2 ? argv[2] : "";
@@ -800,7 +914,16 @@ int main(int argc, char** argv) {
         std::printf("%s\n", sum->c_str());
         return 0;
     }
+    if (check == "bigbarverify") {  // L1 side of bigbar: labcheck bigbarverify BDF NONCE
+        auto [address, size] = bar_resource(expected, 2);
+        std::string bad = size < 64 * GiB ? std::string("no 64 GiB BAR2")
+                                           : bigbar_access(expected, size, std::strtoull(argc > 3 ? argv[3] : "0", nullptr, 0), false);
+        std::printf("%s\n", bad.empty() ? "match" : ("differs:" + bad).c_str());
+        return bad.empty() ? 0 : 1;
+    }
     if (check == "rom") return check_rom(expected);
+    if (check == "bigbar") return check_bigbar(expected);
+    if (check == "p2p") return check_p2p(expected);
     if (check == "lspci") return check_lspci(expected);
     if (check == "nvme") return check_nvme();
     if (check == "nvmebig") return check_nvmebig();
@@ -811,5 +934,5 @@ int main(int argc, char** argv) {
     if (check == "irqs") return check_irqs();
     if (check == "config") return check_config();
     Result r(check.empty() ? "labcheck" : check);
-    return r.fail("unknown check '" + check + "' (known: lspci rom nvme nvmebig nvmerand edu edublock iobar irqs config)");
+    return r.fail("unknown check '" + check + "' (known: lspci rom nvme nvmebig nvmerand edu edublock iobar irqs config bigbar p2p)");
 }

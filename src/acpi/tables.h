@@ -24,7 +24,10 @@ struct AcpiConfig {
   layout::PciWindows windows{};  // the host bridge's windows (_CRS)
 };
 
-inline constexpr uint32_t kMaxVcpus = 255;  // xAPIC IDs in the MADT; 255 is the broadcast ID
+inline constexpr uint32_t kMaxVcpus = 255;
+// build_tables(config, memory) puts the RSDP here, first in the ACPI area, whatever the tables hold: the
+// boot path can point the kernel at it before the tables are written.
+inline constexpr uint64_t kRsdpAddress = layout::kAcpiStart;  // xAPIC IDs in the MADT; 255 is the broadcast ID
 
 // The DSDT alone, for tests and for dumping (`iasl -d`).
 std::vector<uint8_t> build_dsdt(const layout::PciWindows& windows = {});

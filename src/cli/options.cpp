@@ -82,7 +82,7 @@ SlotConfig parse_slot(const std::string& text) {
     if (!s.config.empty())
       throw std::invalid_argument(fmt::format("-s {}: {} takes no configuration", text, s.emulation));
   } else if (s.emulation == "passthru") {
-    // DEVICE[,rom=FILE]
+    // DEVICE[,rom=FILE][,p2p=on|off]
     std::string options;
     if (auto c = s.config.find(','); c != std::string::npos) {
       options = s.config.substr(c + 1);
@@ -97,9 +97,12 @@ SlotConfig parse_slot(const std::string& text) {
       std::string opt = options.substr(at, end - at);
       if (opt.rfind("rom=", 0) == 0 && opt.size() > 4)
         s.rom = opt.substr(4);
+      else if (opt == "p2p=on" || opt == "p2p=off")
+        s.p2p = opt == "p2p=on";
       else
-        throw std::invalid_argument(fmt::format("-s {}: unknown passthru option '{}': the one passthru option is "
-                                                "rom=FILE (the expansion ROM the guest sees)",
+        throw std::invalid_argument(fmt::format("-s {}: unknown passthru option '{}': passthru options are "
+                                                "rom=FILE (the expansion ROM the guest sees) and p2p=on|off (other "
+                                                "devices may DMA into this one's BARs; on by default)",
                                                 text, opt));
       at = end + 1;
     }

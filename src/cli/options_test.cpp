@@ -43,6 +43,10 @@ TEST(ParseSlot, BhyveForms) {
   s = parse_slot("4,passthru,0000:03:00.0,rom=/srv/roms/gpu.rom");
   EXPECT_EQ(s.config, "0000:03:00.0");
   EXPECT_EQ(s.rom, "/srv/roms/gpu.rom");
+  EXPECT_TRUE(s.p2p) << "peer-to-peer DMA is on by default";
+  s = parse_slot("4,passthru,0000:03:00.0,p2p=off,rom=/r");
+  EXPECT_FALSE(s.p2p);
+  EXPECT_EQ(s.rom, "/r");
 }
 
 TEST(ParseSlot, ErrorsNameTheProblem) {
@@ -64,6 +68,7 @@ TEST(ParseSlot, ErrorsNameTheProblem) {
   EXPECT_NE(message("0,hostbridge,foo").find("takes no configuration"), std::string::npos);
   EXPECT_NE(message("4,passthru,3/0/0,bios=x").find("unknown passthru option 'bios=x'"), std::string::npos);
   EXPECT_NE(message("4,passthru,3/0/0,rom=").find("unknown passthru option 'rom='"), std::string::npos);
+  EXPECT_NE(message("4,passthru,3/0/0,p2p=maybe").find("p2p=on|off"), std::string::npos);
   EXPECT_NE(message("4,passthru,,rom=a").find("needs the host device"), std::string::npos);
 }
 

@@ -156,6 +156,10 @@ TEST(Layout, The64BitWindowIsTheUpperHalfAboveRam) {
   w = layout::mmio64_window(600 * layout::GiB + 100 * layout::MiB, 40);
   EXPECT_EQ(w.start, 602 * layout::GiB);
   EXPECT_EQ(w.end(), 1024 * layout::GiB);
+  // An IOMMU of 39 bits under a CPU of 46: the window must stay where devices can reach it.
+  w = layout::mmio64_window(512 * layout::MiB, 46, uint64_t{1} << 39);
+  EXPECT_EQ(w.start, 256 * layout::GiB);
+  EXPECT_EQ(w.end(), 512 * layout::GiB);
   // 64 GiB of RAM with 37 bits used to run into the fixed window: now the window is above it.
   w = layout::mmio64_window(64 * layout::GiB, 37);
   EXPECT_GE(w.start, layout::ram_end(64 * layout::GiB));

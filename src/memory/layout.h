@@ -88,12 +88,14 @@ inline constexpr uint64_t ram_end(uint64_t ram) {
   return ram <= kLowRamMax ? ram : kHighRamStart + (ram - kLowRamMax);
 }
 
-// The 64-bit window of a machine whose vCPUs have `phys_bits` physical address bits: the upper half of
-// the address space, so that one variable MTRR covers it and huge BARs (tens of GiB) fit, or, when RAM
-// reaches into that half, from the first GiB above RAM to the top. The window keeps at least an eighth
-// of the address space; max_ram() is the most RAM that leaves it.
-inline Window mmio64_window(uint64_t ram, uint32_t phys_bits) {
-  const uint64_t top = uint64_t{1} << phys_bits;
+// The 64-bit window of a machine whose vCPUs have `phys_bits` physical address bits and whose IOMMU (when
+// devices are passed through) maps addresses below `iova_limit` (0: no limit): the upper half of the
+// address space both reach, so that one variable MTRR covers it and huge BARs (tens of GiB) fit, or,
+// when RAM reaches into that half, from the first GiB above RAM to the top. The window keeps at least an
+// eighth of the CPU's address space; max_ram() is the most RAM that leaves it.
+inline Window mmio64_window(uint64_t ram, uint32_t phys_bits, uint64_t iova_limit = 0) {
+  uint64_t top = uint64_t{1} << phys_bits;
+  if (iova_limit != 0 && iova_limit < top) top = uint64_t{1} << (63 - __builtin_clzll(iova_limit));
   uint64_t start = std::max(top / 2, (ram_end(ram) + GiB - 1) / GiB * GiB);
   return start >= top ? Window{top, 0} : Window{start, top - start};
 }
@@ -101,9 +103,9 @@ inline uint64_t max_ram(uint32_t phys_bits) {
   const uint64_t top = uint64_t{1} << phys_bits;
   return top - top / 8 - (kHighRamStart - kLowRamMax);
 }
-inline PciWindows pci_windows(uint64_t ram, uint32_t phys_bits) {
+inline PciWindows pci_windows(uint64_t ram, uint32_t phys_bits, uint64_t iova_limit = 0) {
   PciWindows w;
-  w.mmio64 = mmio64_window(ram, phys_bits);
+  w.mmio64 = mmio64_window(ram, phys_bits, iova_limit);
   return w;
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <chrono>
 
 #include <fmt/format.h>
 
@@ -11,6 +12,10 @@ namespace {
 constexpr uint32_t kBar0 = 0x10, kRom = 0x30;
 
 bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) { return a < b + blen && b < a + alen; }
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
 
 }  // namespace
 
@@ -28,8 +33,14 @@ struct BarMapper::Trap final : BusDevice {
 };
 
 BarMapper::BarMapper(vfio::Device& dev, Platform& platform, std::string name, AccessHandler& handler,
-                     std::optional<layout::PciWindows> windows)
-    : dev_(dev), platform_(platform), name_(std::move(name)), handler_(handler), windows_(windows) {}
+                     std::optional<layout::PciWindows> windows, bool verbose, vfio::DmaMapper* peer_dma)
+    : dev_(dev),
+      platform_(platform),
+      name_(std::move(name)),
+      handler_(handler),
+      windows_(windows),
+      verbose_(verbose),
+      peer_dma_(peer_dma) {}
 
 BarMapper::~BarMapper() { unmap_all(); }
 
@@ -64,6 +75,7 @@ void BarMapper::scan(std::span<const TrappedArea> must_trap, uint64_t page_size)
 }
 
 void BarMapper::map_into_host(Bar& b) {
+  const auto t0 = std::chrono::steady_clock::now();
   std::vector<vfio::Area> mapped;
   for (auto a : b.layout.mapped) {
     void* p = dev_.map(static_cast<uint32_t>(b.index), a.offset, a.size);
@@ -75,6 +87,9 @@ void BarMapper::map_into_host(Bar& b) {
     }
   }
   b.layout.mapped = mapped;
+  if (verbose_ && !mapped.empty())
+    fmt::print(stderr, "passvm: {}: BAR {} ({}) mmapped into passvm in {:.2f} ms ({} areas)\n", name_, b.index,
+               layout::size_text(b.size), ms_since(t0), mapped.size());
   std::sort(b.layout.trapped.begin(), b.layout.trapped.end(), [](auto x, auto y) { return x.offset < y.offset; });
   for (auto a : b.layout.trapped) b.traps.push_back(std::make_unique<Trap>(handler_, b.index, a));
 }
@@ -203,6 +218,7 @@ void BarMapper::update() {
 
 void BarMapper::map(Bar& b, uint64_t address) {
   bool io = b.kind == pci::BarKind::Io;
+  const auto t0 = std::chrono::steady_clock::now();
   try {
     for (size_t k = 0; k < b.layout.mapped.size(); k++)
       b.slots.push_back(platform_.map_memory(address + b.layout.mapped[k].offset, b.layout.mapped[k].size,
@@ -213,6 +229,11 @@ void BarMapper::map(Bar& b, uint64_t address) {
     }
     b.mapped_at = address;
     remaps_++;
+    std::string peers = io ? "" : map_for_peers(b, address);
+    if (verbose_ && !io)
+      fmt::print(stderr, "passvm: {}: BAR {} ({}) mapped into the guest at {:#x} in {:.2f} ms ({} memory slots, {} "
+                 "traps; peer-to-peer DMA {})\n", name_, b.index, layout::size_text(b.size), address, ms_since(t0),
+                 b.slots.size(), b.traps.size(), peers);
   } catch (const std::exception& e) {
     refused_++;
     fmt::print(stderr, "passvm: {}: cannot map BAR {} at {:#x}: {}; left unmapped\n", name_, b.index, address,
@@ -222,9 +243,42 @@ void BarMapper::map(Bar& b, uint64_t address) {
   }
 }
 
+// Returns what became of peer-to-peer DMA into the BAR, for -v.
+std::string BarMapper::map_for_peers(Bar& b, uint64_t address) {
+  if (!peer_dma_) return "off";
+  for (size_t k = 0; k < b.layout.mapped.size(); k++) {
+    const vfio::Area& a = b.layout.mapped[k];
+    try {
+      peer_dma_->map_dma(address + a.offset, a.size, b.host[k]);
+      b.dma.push_back({address + a.offset, a.size});
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "passvm: {}: the IOMMU refused BAR {} at {:#x} for peer-to-peer DMA: {}; other devices "
+                 "cannot DMA into it (the guest's own use of the BAR is unaffected)\n", name_, b.index,
+                 address + a.offset, e.what());
+      return "refused";
+    }
+  }
+  return b.dma.empty() ? "off (nothing mappable)" : "on";
+}
+
+size_t BarMapper::peer_mappings() const {
+  size_t n = 0;
+  for (const Bar& b : bars_) n += b.dma.size();
+  return n;
+}
+
 void BarMapper::unmap(Bar& b) {
   if (!b.mapped_at) return;
   bool io = b.kind == pci::BarKind::Io;
+  // The IOMMU first: no peer may reach the BAR's pages once they are out of the guest.
+  for (const vfio::Area& d : b.dma) {
+    try {
+      peer_dma_->unmap_dma(d.offset, d.size);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "passvm: {}: unmapping BAR {} from the IOMMU: {}\n", name_, b.index, e.what());
+    }
+  }
+  b.dma.clear();
   try {
     for (uint32_t slot : b.slots) platform_.unmap_memory(slot);
     for (auto& t : b.traps)

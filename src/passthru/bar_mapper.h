@@ -7,7 +7,10 @@
 // The BAR registers (config 0x10-0x27) and the ROM register (0x30) are the guest's:
 // kept here, never written to the device. A BAR is in the guest exactly while its
 // decode bit is on and its address is acceptable: inside a PCI window of the machine
-// and over no other BAR of the device.
+// and over no other BAR of the device. With peer-to-peer DMA on, the same pages are
+// mapped into the IOMMU at the BAR's guest address while it is in the guest, so that
+// another device's DMA to that address lands in this device (as it would on the host);
+// an IOMMU that refuses is a warning, not a failed start.
 //
 // Lifetime: owned by PassthruDevice and called under its lock (the traps call the handler
 // without it). The transport, the platform and the handler outlive it. The destructor
@@ -49,8 +52,10 @@ class BarMapper {
   };
 
   // windows: where the guest may place BARs; nullopt accepts any address (tests).
+  // verbose: say how long each BAR took to map (stderr). peer_dma: where to map BARs for peer-to-peer DMA,
+  // or nullptr.
   BarMapper(vfio::Device& dev, Platform& platform, std::string name, AccessHandler& handler,
-            std::optional<layout::PciWindows> windows);
+            std::optional<layout::PciWindows> windows, bool verbose = false, vfio::DmaMapper* peer_dma = nullptr);
   ~BarMapper();
   BarMapper(const BarMapper&) = delete;
   BarMapper& operator=(const BarMapper&) = delete;
@@ -58,6 +63,8 @@ class BarMapper {
   // Reads each BAR's kind and size from the device, plans it and mmaps what can be mapped.
   void scan(std::span<const TrappedArea> must_trap, uint64_t page_size);
   void set_rom(std::unique_ptr<RomBar> rom) { rom_ = std::move(rom); refresh_rom_register(); }
+  // Before the BARs are placed: where they may go.
+  void set_windows(const layout::PciWindows& windows) { windows_ = windows; }
 
   std::vector<pci::BarRequest> requests() const;
   // The PCI root's placement (index kRomBarIndex: the ROM, placed but not enabled).
@@ -76,6 +83,8 @@ class BarMapper {
   const BarLayout& layout(int bar) const { return bars_.at(static_cast<size_t>(bar)).layout; }
   uint64_t remaps() const { return remaps_; }
   uint64_t refused() const { return refused_; }
+  // BAR areas in the IOMMU for peer-to-peer DMA now.
+  size_t peer_mappings() const;
 
   // Everything out of the guest and out of passvm's address space.
   void unmap_all();
@@ -94,6 +103,7 @@ class BarMapper {
     std::vector<std::unique_ptr<Trap>> traps;
     std::optional<uint64_t> mapped_at;  // guest address it is mapped at now
     std::vector<uint32_t> slots;
+    std::vector<vfio::Area> dma;  // iova ranges mapped for peer-to-peer DMA
   };
 
   void map_into_host(Bar& b);
@@ -104,12 +114,15 @@ class BarMapper {
   bool acceptable(const Bar& b, uint64_t address) const;
   void map(Bar& b, uint64_t address);
   void unmap(Bar& b);
+  std::string map_for_peers(Bar& b, uint64_t address);
 
   vfio::Device& dev_;
   Platform& platform_;
   std::string name_;
   AccessHandler& handler_;
   std::optional<layout::PciWindows> windows_;
+  bool verbose_;
+  vfio::DmaMapper* peer_dma_;
   std::array<Bar, 6> bars_;
   std::unique_ptr<RomBar> rom_;
   std::array<uint8_t, 0x24> regs_{};  // config 0x10-0x33 as the guest reads it

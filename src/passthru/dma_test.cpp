@@ -6,19 +6,12 @@
 #include <gtest/gtest.h>
 
 #include "memory/layout.h"
+#include "passthru/fake_vfio.h"
 
 namespace passvm::passthru {
 namespace {
 
-struct RecordingMapper final : vfio::DmaMapper {
-  std::map<uint64_t, std::pair<uint64_t, void*>> maps;
-  int fail_after = -1, calls = 0, fail_errno = ENOMEM;
-  void map_dma(uint64_t iova, uint64_t size, void* hva) override {
-    if (fail_after >= 0 && calls++ >= fail_after) throw vfio::VfioError("cannot pin", fail_errno);
-    maps[iova] = {size, hva};
-  }
-  void unmap_dma(uint64_t iova, uint64_t) override { maps.erase(iova); }
-};
+using RecordingMapper = testing::FakeDmaMapper;
 
 TEST(GuestDmaMap, MapsEveryRegionAtItsGuestAddressAndUnmaps) {
   GuestMemory mem(64 << 20, false);

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <cerrno>
 #include <map>
 #include <string>
 #include <set>
@@ -166,6 +167,17 @@ struct FakePlatform final : Platform {
       }
   }
   void signal_msi(uint64_t a, uint32_t d) override { signalled.push_back({a, d}); }
+};
+
+// The IOMMU: what is mapped, by iova; with fail_after >= 0, the calls after that many fail.
+struct FakeDmaMapper final : vfio::DmaMapper {
+  std::map<uint64_t, std::pair<uint64_t, void*>> maps;
+  int fail_after = -1, calls = 0, fail_errno = ENOMEM;
+  void map_dma(uint64_t iova, uint64_t size, void* hva) override {
+    if (fail_after >= 0 && calls++ >= fail_after) throw vfio::VfioError("cannot pin", fail_errno);
+    maps[iova] = {size, hva};
+  }
+  void unmap_dma(uint64_t iova, uint64_t) override { maps.erase(iova); }
 };
 
 // Lets a test keep the FakePlatform after the device (which owns its Platform) is gone.

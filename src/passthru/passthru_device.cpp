@@ -99,7 +99,8 @@ void PassthruDevice::setup() {
   }
 
   BarMapper::AccessHandler& handler = *this;
-  bars_ = std::make_unique<BarMapper>(*dev_, *platform_, name_, handler, options_.windows);
+  bars_ = std::make_unique<BarMapper>(*dev_, *platform_, name_, handler, options_.windows, options_.verbose,
+                                      options_.peer_dma);
   std::vector<BarMapper::TrappedArea> msix_areas;
   if (msix_) {
     msix_areas.push_back({msix_table_bar_, {msix_table_offset_, msix_->table_bytes()}});
@@ -270,6 +271,11 @@ void PassthruDevice::set_intx_gsi(uint32_t gsi) {
 }
 
 // ---- BARs ----
+
+void PassthruDevice::set_windows(const layout::PciWindows& windows) {
+  std::lock_guard g(lock_);
+  bars_->set_windows(windows);
+}
 
 std::vector<pci::BarRequest> PassthruDevice::bar_requests() const {
   std::lock_guard g(lock_);

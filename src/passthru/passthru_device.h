@@ -49,6 +49,11 @@ struct PassthruOptions {
   std::optional<layout::PciWindows> windows = layout::PciWindows{};
   // The expansion ROM the guest sees comes from this file instead of the device (bhyve's rom=).
   std::string rom_file{};
+  // Say on stderr how long each BAR took to map, into passvm and into the guest.
+  bool verbose = false;
+  // Peer-to-peer DMA: the MMIO BARs are mapped into this IOMMU at their guest addresses, so other devices
+  // can DMA into them. nullptr: not mapped; such DMA is then blocked by the IOMMU.
+  vfio::DmaMapper* peer_dma = nullptr;
 };
 
 class PassthruDevice final : public pci::PciDevice, private BarMapper::AccessHandler {
@@ -64,6 +69,8 @@ class PassthruDevice final : public pci::PciDevice, private BarMapper::AccessHan
   std::vector<pci::BarRequest> bar_requests() const override;
   void assign_bar(int index, uint64_t address) override;
   void set_intx_gsi(uint32_t gsi) override;
+  // The machine's PCI windows once they are final (the IOMMU's reach is known after the devices open).
+  void set_windows(const layout::PciWindows& windows);
   std::string name() const override { return name_; }
   std::string stats() const override;
 

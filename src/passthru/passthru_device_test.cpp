@@ -184,6 +184,49 @@ TEST_F(PassthruTest, GuestMovingABarRemapsIt) {
   EXPECT_TRUE(new_found);
 }
 
+// Peer-to-peer DMA: while a BAR is in the guest, its mapped pages are in the IOMMU at its guest address,
+// and follow it when the guest moves it; the trapped MSI-X page is not (the device cannot DMA into it).
+TEST_F(PassthruTest, BarsAreMappedForPeerToPeerDmaWhereTheGuestPutsThem) {
+  testing::FakeDmaMapper iommu;
+  dev.reset();
+  dev = std::make_unique<PassthruDevice>(std::make_unique<FakeDevice>(s),
+                                         std::make_unique<testing::ForwardingPlatform>(platform),
+                                         PassthruOptions{.watcher_thread = false, .peer_dma = &iommu});
+  place_bars();
+  EXPECT_TRUE(iommu.maps.empty()) << "nothing before decoding is on";
+  wr(0x04, 0x2, 2);
+  ASSERT_EQ(iommu.maps.size(), 2u) << "BAR0's first three pages and BAR4; not the I/O BAR";
+  EXPECT_EQ(iommu.maps[layout::kMmio64Start].first, 0x3000u);
+  EXPECT_EQ(iommu.maps[layout::kMmio64Start].second, s.bars[0].data());
+  EXPECT_EQ(iommu.maps[layout::kMmio32Start].second, s.bars[4].data());
+  wr(0x20, static_cast<uint32_t>(layout::kMmio32Start + 0x10000));  // the guest moves BAR4
+  EXPECT_FALSE(iommu.maps.count(layout::kMmio32Start));
+  EXPECT_TRUE(iommu.maps.count(layout::kMmio32Start + 0x10000));
+  wr(0x04, 0x0, 2);
+  EXPECT_TRUE(iommu.maps.empty()) << "decoding off: out of the IOMMU too";
+  wr(0x04, 0x2, 2);
+  EXPECT_EQ(iommu.maps.size(), 2u);
+  dev.reset();
+  EXPECT_TRUE(iommu.maps.empty()) << "teardown unmaps them";
+}
+
+// An IOMMU that will not map a BAR costs peer-to-peer DMA into it, not the guest's use of it.
+TEST_F(PassthruTest, IommuRefusingABarIsAWarning) {
+  testing::FakeDmaMapper iommu;
+  iommu.fail_after = 0;
+  dev.reset();
+  dev = std::make_unique<PassthruDevice>(std::make_unique<FakeDevice>(s),
+                                         std::make_unique<testing::ForwardingPlatform>(platform),
+                                         PassthruOptions{.watcher_thread = false, .peer_dma = &iommu});
+  place_bars();
+  ::testing::internal::CaptureStderr();
+  wr(0x04, 0x2, 2);
+  std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("the IOMMU refused BAR 0"), std::string::npos) << err;
+  EXPECT_TRUE(iommu.maps.empty());
+  EXPECT_EQ(p->slots.size(), 2u) << "both BARs are still in the guest";
+}
+
 TEST_F(PassthruTest, BarOverRamOrAnotherBarIsRefused) {
   place_bars();
   wr(0x04, 0x2, 2);

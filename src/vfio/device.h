@@ -104,6 +104,9 @@ class DmaMapper {
   // Throws VfioError (with error_number() set to the errno) when the mapping cannot be made.
   virtual void map_dma(uint64_t iova, uint64_t size, void* host_address) = 0;
   virtual void unmap_dma(uint64_t iova, uint64_t size) = 0;
+  // One past the highest address the IOMMU can map (its address width), or 0 when unknown. The guest's
+  // RAM and BARs must stay below it for devices to reach them.
+  virtual uint64_t iova_limit() { return 0; }
 };
 
 }  // namespace passvm::vfio

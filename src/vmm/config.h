@@ -18,6 +18,7 @@ struct SlotConfig {
   std::string emulation;  // "hostbridge", "passthru", "lpc"
   std::string config;     // e.g. the host device of a passthru slot, "0000:03:00.0" or "3/0/0"
   std::string rom;        // passthru: rom=FILE, the expansion ROM the guest sees instead of the device's
+  bool p2p = true;        // passthru: p2p=on|off, the device's BARs mapped into the IOMMU for peer-to-peer DMA
 };
 
 struct MachineConfig {

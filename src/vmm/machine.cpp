@@ -211,21 +211,19 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   const uint32_t phys_bits = kvm.guest_phys_bits();
   GuestMemory mem(cfg.memory, cfg.hugepages, phys_bits);
   // Above RAM, up to what the guest's physical address bits reach: large BARs (GPUs) need the room.
-  const layout::PciWindows windows = layout::pci_windows(cfg.memory, phys_bits);
+  // With passthrough devices the IOMMU's reach may be less; it is known once they are open.
+  layout::PciWindows windows = layout::pci_windows(cfg.memory, phys_bits);
   for (const auto& r : mem.regions()) vm.map_memory(r.gpa, r.size, r.hva);  // the VM's teardown drops the slots
   step(fmt::format("{} MiB of guest RAM on {}", cfg.memory >> 20, mem.backing()));
-  step.note(fmt::format("64-bit PCI window {:#x}-{:#x} ({}; {} physical address bits)", windows.mmio64.start,
-                        windows.mmio64.end() - 1, layout::size_text(windows.mmio64.size), phys_bits));
   if (!mem.small_pages_reason().empty())
     fmt::print(stderr, "passvm: {}: guest RAM in 4 KiB pages (slower nested paging and DMA): {}\n", cfg.name,
                mem.small_pages_reason());
 
-  // Firmware tables and the kernel, before any device is opened: a wrong kernel path should fail in
-  // milliseconds, not after seconds of pinning guest RAM.
-  uint64_t rsdp = acpi::build_tables(acpi::AcpiConfig{cfg.cpus, windows}, mem);
+  // The kernel before any device is opened: a wrong kernel path should fail in milliseconds, not after
+  // seconds of device resets and pinning guest RAM. The ACPI tables follow once the PCI windows are final.
   auto e820 = boot::build_e820(mem);
-  boot::LinuxBoot boot = boot::load_linux(mem, cfg.kernel, cfg.initrd, cfg.cmdline, e820, rsdp, cfg.unpack_on_host,
-                                          boot::KernelCache::default_dir());
+  boot::LinuxBoot boot = boot::load_linux(mem, cfg.kernel, cfg.initrd, cfg.cmdline, e820, acpi::kRsdpAddress,
+                                          cfg.unpack_on_host, boot::KernelCache::default_dir());
   step(boot.from_cache         ? "unpacked kernel loaded from the cache, entering startup_64"
        : boot.unpacked_on_host ? "kernel unpacked and loaded, entering startup_64"
                              : fmt::format("kernel loaded; the guest decompresses it{}",
@@ -273,12 +271,28 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   std::vector<std::unique_ptr<passthru::PassthruDevice>> passthru_devices;
   for (const auto& s : cfg.slots) {
     if (s.emulation != "passthru") continue;
-    auto dev = passthru::open_passthru(s.config, container, vm, pio, mmio, {.windows = windows, .rom_file = s.rom});
+    auto dev = passthru::open_passthru(s.config, container, vm, pio, mmio, {.windows = windows,
+                                                                           .rom_file = s.rom,
+                                                                           .verbose = cfg.verbose,
+                                                                           .peer_dma = s.p2p ? &container : nullptr});
     root.add(static_cast<int>(s.slot), static_cast<int>(s.func), dev.get());
     step(fmt::format("passthru {} in slot {}:{}", dev->name(), s.slot, s.func));
     passthru_devices.push_back(std::move(dev));
     check_interrupted(ctl);
   }
+  if (uint64_t reach = passthru_devices.empty() ? 0 : container.iova_limit(); reach != 0) {
+    windows = layout::pci_windows(cfg.memory, phys_bits, reach);
+    for (auto& d : passthru_devices) d->set_windows(windows);
+    if (reach < (uint64_t{1} << phys_bits))
+      step.note(fmt::format("the IOMMU reaches {:#x}, less than the CPU's {} bits: the 64-bit PCI window stays below "
+                            "it", reach, phys_bits));
+  }
+  step.note(fmt::format("64-bit PCI window {:#x}-{:#x} ({}; {} physical address bits)", windows.mmio64.start,
+                        windows.mmio64.end() - 1, layout::size_text(windows.mmio64.size), phys_bits));
+  if (windows.mmio64.size == 0)
+    throw std::runtime_error(fmt::format("-m {}M leaves no room for 64-bit PCI BARs below the IOMMU's limit of {:#x}: "
+                                         "give a smaller -m", cfg.memory >> 20, windows.mmio64.start));
+  acpi::build_tables(acpi::AcpiConfig{cfg.cpus, windows}, mem);
   if (!passthru_devices.empty()) {
     unsigned threads = mem.populate();
     step(fmt::format("guest RAM allocated ({} threads): {}", threads, mem.page_usage().describe()));
