@@ -40,7 +40,7 @@ BarMapper::BarMapper(vfio::Device& dev, Platform& platform, std::string name, Ac
       handler_(handler),
       windows_(windows),
       verbose_(verbose),
-      peer_dma_(peer_dma) {}
+      peers_(peer_dma ? std::make_unique<PeerDma>(*peer_dma, name_, verbose) : nullptr) {}
 
 BarMapper::~BarMapper() { unmap_all(); }
 
@@ -245,39 +245,26 @@ void BarMapper::map(Bar& b, uint64_t address) {
 
 // Returns what became of peer-to-peer DMA into the BAR, for -v.
 std::string BarMapper::map_for_peers(Bar& b, uint64_t address) {
-  if (!peer_dma_) return "off";
+  if (!peers_) return "off";
   for (size_t k = 0; k < b.layout.mapped.size(); k++) {
     const vfio::Area& a = b.layout.mapped[k];
-    try {
-      peer_dma_->map_dma(address + a.offset, a.size, b.host[k]);
-      b.dma.push_back({address + a.offset, a.size});
-    } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: {}: the IOMMU refused BAR {} at {:#x} for peer-to-peer DMA: {}; other devices "
-                 "cannot DMA into it (the guest's own use of the BAR is unaffected)\n", name_, b.index,
-                 address + a.offset, e.what());
-      return "refused";
-    }
+    peers_->map(b.index, address + a.offset, a.size, b.host[k]);
+    b.dma.push_back({address + a.offset, a.size});
   }
-  return b.dma.empty() ? "off (nothing mappable)" : "on";
+  return b.dma.empty() ? "off (nothing mappable)" : "queued for the IOMMU";
 }
 
-size_t BarMapper::peer_mappings() const {
-  size_t n = 0;
-  for (const Bar& b : bars_) n += b.dma.size();
-  return n;
+size_t BarMapper::peer_mappings() const { return peers_ ? peers_->mapped() : 0; }
+
+void BarMapper::wait_peer_dma() {
+  if (peers_) peers_->wait_idle();
 }
 
 void BarMapper::unmap(Bar& b) {
   if (!b.mapped_at) return;
   bool io = b.kind == pci::BarKind::Io;
   // The IOMMU first: no peer may reach the BAR's pages once they are out of the guest.
-  for (const vfio::Area& d : b.dma) {
-    try {
-      peer_dma_->unmap_dma(d.offset, d.size);
-    } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: {}: unmapping BAR {} from the IOMMU: {}\n", name_, b.index, e.what());
-    }
-  }
+  for (const vfio::Area& d : b.dma) peers_->unmap(d.offset);
   b.dma.clear();
   try {
     for (uint32_t slot : b.slots) platform_.unmap_memory(slot);

@@ -10,7 +10,8 @@
 // and over no other BAR of the device. With peer-to-peer DMA on, the same pages are
 // mapped into the IOMMU at the BAR's guest address while it is in the guest, so that
 // another device's DMA to that address lands in this device (as it would on the host);
-// an IOMMU that refuses is a warning, not a failed start.
+// the mapping is made off the guest's path (peer_dma.h), and an IOMMU that refuses is a
+// warning, not a failed start.
 //
 // Lifetime: owned by PassthruDevice and called under its lock (the traps call the handler
 // without it). The transport, the platform and the handler outlive it. The destructor
@@ -27,6 +28,7 @@
 
 #include "memory/layout.h"
 #include "passthru/bar_layout.h"
+#include "passthru/peer_dma.h"
 #include "passthru/platform.h"
 #include "passthru/rom.h"
 #include "pci/pci_device.h"
@@ -83,8 +85,9 @@ class BarMapper {
   const BarLayout& layout(int bar) const { return bars_.at(static_cast<size_t>(bar)).layout; }
   uint64_t remaps() const { return remaps_; }
   uint64_t refused() const { return refused_; }
-  // BAR areas in the IOMMU for peer-to-peer DMA now.
+  // BAR areas in the IOMMU for peer-to-peer DMA now, and a wait for the queued ones (peer_dma.h).
   size_t peer_mappings() const;
+  void wait_peer_dma();
 
   // Everything out of the guest and out of passvm's address space.
   void unmap_all();
@@ -122,7 +125,7 @@ class BarMapper {
   AccessHandler& handler_;
   std::optional<layout::PciWindows> windows_;
   bool verbose_;
-  vfio::DmaMapper* peer_dma_;
+  std::unique_ptr<PeerDma> peers_;  // declared last: it goes first, before the host mmaps
   std::array<Bar, 6> bars_;
   std::unique_ptr<RomBar> rom_;
   std::array<uint8_t, 0x24> regs_{};  // config 0x10-0x33 as the guest reads it

@@ -272,6 +272,15 @@ void PassthruDevice::set_intx_gsi(uint32_t gsi) {
 
 // ---- BARs ----
 
+void PassthruDevice::wait_peer_dma() {
+  BarMapper* bars = nullptr;
+  {
+    std::lock_guard g(lock_);
+    bars = bars_.get();
+  }
+  bars->wait_peer_dma();  // without the lock: the worker does not need it, config accesses go on
+}
+
 void PassthruDevice::set_windows(const layout::PciWindows& windows) {
   std::lock_guard g(lock_);
   bars_->set_windows(windows);

@@ -69,6 +69,8 @@ class PassthruDevice final : public pci::PciDevice, private BarMapper::AccessHan
   std::vector<pci::BarRequest> bar_requests() const override;
   void assign_bar(int index, uint64_t address) override;
   void set_intx_gsi(uint32_t gsi) override;
+  // Returns once the BARs queued for peer-to-peer DMA are in the IOMMU (or refused).
+  void wait_peer_dma();
   // The machine's PCI windows once they are final (the IOMMU's reach is known after the devices open).
   void set_windows(const layout::PciWindows& windows);
   std::string name() const override { return name_; }

@@ -1,0 +1,111 @@
+#include "passthru/peer_dma.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include <fmt/format.h>
+
+#include "memory/layout.h"
+
+namespace passvm::passthru {
+
+PeerDma::PeerDma(vfio::DmaMapper& iommu, std::string name, bool verbose)
+    : iommu_(iommu), name_(std::move(name)), verbose_(verbose) {}
+
+PeerDma::~PeerDma() {
+  {
+    std::unique_lock g(m_);
+    stop_ = cancel_ = true;
+    queue_.clear();
+    cv_.notify_all();
+  }
+  if (worker_.joinable()) worker_.join();
+  std::lock_guard g(m_);
+  while (!done_.empty()) unmap_pieces(done_.begin()->first);
+}
+
+void PeerDma::map(int bar, uint64_t iova, uint64_t size, void* host) {
+  std::lock_guard g(m_);
+  queue_.push_back({bar, iova, size, host});
+  if (!worker_.joinable()) worker_ = std::thread([this] { run(); });
+  cv_.notify_all();
+}
+
+void PeerDma::unmap(uint64_t iova) {
+  std::unique_lock g(m_);
+  std::erase_if(queue_, [&](const Job& j) { return j.iova == iova; });
+  if (busy_ && busy_->iova == iova) cancel_ = true;
+  cv_.wait(g, [&] { return !busy_ || busy_->iova != iova; });
+  unmap_pieces(iova);
+}
+
+void PeerDma::unmap_pieces(uint64_t iova) {
+  auto it = done_.find(iova);
+  if (it == done_.end()) return;
+  for (const vfio::Area& p : it->second) {
+    try {
+      iommu_.unmap_dma(p.offset, p.size);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "passvm: {}: unmapping a BAR from the IOMMU: {}\n", name_, e.what());
+    }
+  }
+  done_.erase(it);
+}
+
+void PeerDma::wait_idle() {
+  std::unique_lock g(m_);
+  cv_.wait(g, [&] { return queue_.empty() && !busy_; });
+}
+
+bool PeerDma::stopping() const {
+  std::lock_guard g(m_);
+  return busy_ && cancel_;
+}
+
+size_t PeerDma::mapped() const {
+  std::lock_guard g(m_);
+  return done_.size();
+}
+
+void PeerDma::run() {
+  std::unique_lock g(m_);
+  for (;;) {
+    cv_.wait(g, [&] { return stop_ || !queue_.empty(); });
+    if (stop_) return;
+    const Job job = queue_.front();
+    queue_.pop_front();
+    busy_ = job;
+    cancel_ = false;
+    auto& pieces = done_[job.iova];
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string error;
+    for (uint64_t at = 0; at < job.size && !cancel_ && error.empty();) {
+      // The largest piece that keeps to a kPiece boundary of the iova: the IOMMU can then use its
+      // largest pages inside each piece.
+      uint64_t piece = std::min(job.size - at, kPiece - (job.iova + at) % kPiece);
+      g.unlock();
+      try {
+        iommu_.map_dma(job.iova + at, piece, static_cast<uint8_t*>(job.host) + at);
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      g.lock();
+      if (error.empty()) pieces.push_back({job.iova + at, piece});
+      at += piece;
+    }
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (!error.empty())
+      fmt::print(stderr, "passvm: {}: the IOMMU refused BAR {} at {:#x} for peer-to-peer DMA: {}; other devices "
+                 "cannot DMA into it (the guest's own use of the BAR is unaffected)\n", name_, job.bar, job.iova,
+                 error);
+    else if (verbose_ && !cancel_)
+      fmt::print(stderr, "passvm: {}: BAR {} at {:#x} ({}) open to peer-to-peer DMA after {:.2f} ms in the IOMMU\n",
+                 name_, job.bar, job.iova, layout::size_text(job.size), ms);
+    if (!error.empty()) unmap_pieces(job.iova);  // all or nothing: a half-mapped BAR helps no one
+    else if (pieces.empty()) done_.erase(job.iova);
+    busy_.reset();
+    cv_.notify_all();
+  }
+}
+
+}  // namespace passvm::passthru

@@ -1,0 +1,106 @@
+#include "passthru/peer_dma.h"
+
+#include <condition_variable>
+#include <future>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+namespace passvm::passthru {
+namespace {
+
+// An IOMMU whose maps wait until the test opens the gate, as a slow kernel's do.
+struct GatedIommu final : vfio::DmaMapper {
+  std::mutex m;
+  std::condition_variable cv;
+  bool open = false;
+  int started = 0;
+  std::map<uint64_t, uint64_t> maps;
+  void map_dma(uint64_t iova, uint64_t size, void*) override {
+    std::unique_lock g(m);
+    started++;
+    cv.notify_all();
+    cv.wait(g, [&] { return open; });
+    maps[iova] = size;
+  }
+  void unmap_dma(uint64_t iova, uint64_t) override {
+    std::lock_guard g(m);
+    maps.erase(iova);
+  }
+  void wait_started(int n) {
+    std::unique_lock g(m);
+    cv.wait(g, [&] { return started >= n; });
+  }
+  void release() {
+    std::lock_guard g(m);
+    open = true;
+    cv.notify_all();
+  }
+  size_t count() {
+    std::lock_guard g(m);
+    return maps.size();
+  }
+};
+
+TEST(PeerDma, MapsInTheBackgroundAndUnmapWaitsForAMapInProgress) {
+  GatedIommu iommu;
+  PeerDma peers(iommu, "test", false);
+  peers.map(2, 0x4000000000, 1 << 20, nullptr);
+  iommu.wait_started(1);  // the map call returned to the caller while the IOMMU is still busy
+  auto unmapped = std::async(std::launch::async, [&] { peers.unmap(0x4000000000); });
+  EXPECT_EQ(unmapped.wait_for(std::chrono::milliseconds(50)), std::future_status::timeout)
+      << "unmap must wait for the map in progress";
+  iommu.release();
+  unmapped.get();
+  EXPECT_EQ(iommu.count(), 0u) << "mapped, then unmapped: no peer reaches the range";
+  EXPECT_EQ(peers.mapped(), 0u);
+}
+
+TEST(PeerDma, QueuedMapsTakenBackAreNeverMade) {
+  GatedIommu iommu;
+  {
+    PeerDma peers(iommu, "test", false);
+    peers.map(0, 0x1000, 0x1000, nullptr);
+    iommu.wait_started(1);
+    peers.map(2, 0x4000000000, 1 << 20, nullptr);  // queued behind the first
+    peers.map(4, 0x5000000000, 1 << 20, nullptr);
+    peers.unmap(0x4000000000);
+    iommu.release();
+    peers.wait_idle();
+    EXPECT_EQ(iommu.count(), 2u);
+    EXPECT_FALSE(iommu.maps.count(0x4000000000));
+    EXPECT_EQ(peers.mapped(), 2u);
+  }
+  EXPECT_EQ(iommu.count(), 0u) << "the destructor unmaps what is mapped";
+}
+
+// A huge BAR goes in in 1 GiB pieces, so a stop does not wait for all of it.
+TEST(PeerDma, AHugeBarIsMappedInPiecesAndAStopWaitsForOnePiece) {
+  GatedIommu iommu;
+  constexpr uint64_t kGiB = uint64_t{1} << 30;
+  {
+    PeerDma peers(iommu, "test", false);
+    peers.map(2, 256 * kGiB, 64 * kGiB, nullptr);
+    iommu.wait_started(1);
+    auto unmapped = std::async(std::launch::async, [&] { peers.unmap(256 * kGiB); });
+    while (!peers.stopping()) std::this_thread::yield();
+    iommu.release();
+    unmapped.get();
+    EXPECT_EQ(iommu.started, 1) << "stopped after the piece in progress";
+    EXPECT_EQ(iommu.count(), 0u);
+  }
+  GatedIommu open;
+  open.release();
+  PeerDma peers(open, "test", false);
+  peers.map(2, 256 * kGiB + kGiB / 2, 3 * kGiB, nullptr);  // starts half-way into a GiB
+  peers.wait_idle();
+  ASSERT_EQ(open.count(), 4u);
+  EXPECT_EQ(open.maps[256 * kGiB + kGiB / 2], kGiB / 2) << "up to the first GiB boundary";
+  EXPECT_EQ(open.maps[257 * kGiB], kGiB);
+  EXPECT_EQ(open.maps[259 * kGiB], kGiB / 2);
+}
+
+}  // namespace
+}  // namespace passvm::passthru
