@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "host/fake_host.h"
+#include "testing/fake_host.h"
 
 namespace passvm::host {
 namespace {

@@ -2,7 +2,7 @@
 
 #include <gtest/gtest.h>
 
-#include "host/fake_host.h"
+#include "testing/fake_host.h"
 
 namespace passvm::host {
 namespace {

@@ -2,7 +2,7 @@
 
 #include <gtest/gtest.h>
 
-#include "host/fake_sysfs.h"
+#include "testing/fake_sysfs.h"
 #include "host/host_error.h"
 
 namespace passvm::host {

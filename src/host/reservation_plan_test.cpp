@@ -2,7 +2,7 @@
 
 #include <gtest/gtest.h>
 
-#include "host/fake_host.h"
+#include "testing/fake_host.h"
 #include "host/host_error.h"
 
 namespace passvm::host {

@@ -57,6 +57,10 @@ class GuestMemory {
   GuestMemory& operator=(const GuestMemory&) = delete;
 
   const std::vector<MemoryRegion>& regions() const { return regions_; }
+
+  // The memfd behind guest RAM (-S), which a region's `offset` indexes; -1 for anonymous memory.
+
+  int fd() const { return fd_; }
   uint64_t size() const { return size_; }
   // What was asked of the kernel ("transparent huge pages", "1 GiB hugetlbfs pages", ...).
   const std::string& backing() const { return backing_; }
@@ -80,7 +84,7 @@ class GuestMemory {
  private:
   uint64_t size_;
   uint64_t mapped_size_ = 0;
-  int fd_ = -1;
+  int fd_ = -1;  // the memfd behind guest RAM with -S, else -1
   uint8_t* base_ = nullptr;
   std::string backing_, small_pages_reason_;
   std::vector<MemoryRegion> regions_;

@@ -256,6 +256,11 @@ std::string BarMapper::map_for_peers(Bar& b, uint64_t address) {
 
 size_t BarMapper::peer_mappings() const { return peers_ ? peers_->mapped() : 0; }
 
+void BarMapper::stop_peer_dma() {
+  for (Bar& b : bars_) b.dma.clear();
+  peers_.reset();  // stops a map in progress after its piece, unmaps everything
+}
+
 void BarMapper::wait_peer_dma() {
   if (peers_) peers_->wait_idle();
 }
@@ -264,7 +269,8 @@ void BarMapper::unmap(Bar& b) {
   if (!b.mapped_at) return;
   bool io = b.kind == pci::BarKind::Io;
   // The IOMMU first: no peer may reach the BAR's pages once they are out of the guest.
-  for (const vfio::Area& d : b.dma) peers_->unmap(d.offset);
+  if (peers_)
+    for (const vfio::Area& d : b.dma) peers_->unmap(d.offset);
   b.dma.clear();
   try {
     for (uint32_t slot : b.slots) platform_.unmap_memory(slot);

@@ -88,6 +88,10 @@ class BarMapper {
   // BAR areas in the IOMMU for peer-to-peer DMA now, and a wait for the queued ones (peer_dma.h).
   size_t peer_mappings() const;
   void wait_peer_dma();
+  // Every BAR out of the IOMMU and no more peer-to-peer mapping, before the device stops decoding: the
+  // kernel's vfio-pci does not let memory decoding change while a map of the device's memory is in
+  // progress, so a command register write would wait for the whole of it (minutes for 64 GiB in the lab).
+  void stop_peer_dma();
 
   // Everything out of the guest and out of passvm's address space.
   void unmap_all();

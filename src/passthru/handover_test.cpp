@@ -4,22 +4,22 @@
 
 #include <algorithm>
 
-#include "passthru/fake_vfio.h"
+#include "testing/fake_vfio.h"
 #include "passthru/passthru_device.h"
 
 namespace passvm::passthru {
 namespace {
 
-using testing::FakeDevice;
+using testing::FakeVfioDevice;
 using testing::FakePlatform;
-using testing::FakeState;
+using testing::FakeVfioState;
 
 constexpr uint32_t kRctl = 0x100, kTctl = 0x400, kRdbal = 0x2800, kRdbah = 0x2804, kRdlen = 0x2808,
                    kRdh = 0x2810, kRdt = 0x2818, kTdbal = 0x3800, kImc = 0xd8;
 
 // An 82574L as a previous guest left it: receive and transmit on, rings programmed, BAR0 128 KiB.
-FakeState running_nic(uint32_t id = 0x10d38086) {
-  FakeState s;
+FakeVfioState running_nic(uint32_t id = 0x10d38086) {
+  FakeVfioState s;
   s.set32(0x00, id);
   s.set16(0x04, 0x0006);  // memory decode and bus mastering, as the old owner had them
   s.set32(0x10, 0x0);
@@ -36,11 +36,11 @@ FakeState running_nic(uint32_t id = 0x10d38086) {
   return s;
 }
 
-uint32_t bar32(const FakeState& s, uint32_t off) { return pci::load_le(&s.bars.at(0)[off], 4); }
+uint32_t bar32(const FakeVfioState& s, uint32_t off) { return pci::load_le(&s.bars.at(0)[off], 4); }
 
 TEST(Handover, StopsA82574LeftRunningAndReportsWhatItFound) {
-  FakeState s = running_nic();
-  FakeDevice dev(s);
+  FakeVfioState s = running_nic();
+  FakeVfioDevice dev(s);
   HandoverState st = quiesce_for_handover(dev);
   EXPECT_TRUE(st.known);
   EXPECT_TRUE(st.active);
@@ -54,10 +54,10 @@ TEST(Handover, StopsA82574LeftRunningAndReportsWhatItFound) {
 }
 
 TEST(Handover, AQuietDeviceIsKnownButNotReported) {
-  FakeState s = running_nic();
+  FakeVfioState s = running_nic();
   pci::store_le(&s.bars[0][kRctl], 4, 0);
   pci::store_le(&s.bars[0][kTctl], 4, 0);
-  FakeDevice dev(s);
+  FakeVfioDevice dev(s);
   HandoverState st = quiesce_for_handover(dev);
   EXPECT_TRUE(st.known);
   EXPECT_FALSE(st.active);
@@ -65,8 +65,8 @@ TEST(Handover, AQuietDeviceIsKnownButNotReported) {
 }
 
 TEST(Handover, OtherDevicesAreLeftAlone) {
-  FakeState s = running_nic(0x00101b36);  // an NVMe controller: its reset works
-  FakeDevice dev(s);
+  FakeVfioState s = running_nic(0x00101b36);  // an NVMe controller: its reset works
+  FakeVfioDevice dev(s);
   HandoverState st = quiesce_for_handover(dev);
   EXPECT_FALSE(st.known);
   EXPECT_EQ(bar32(s, kRctl), 0x0400801au);
@@ -74,10 +74,10 @@ TEST(Handover, OtherDevicesAreLeftAlone) {
 }
 
 TEST(Handover, PassthroughStopsTheNicAtOpenAndAgainBeforeRelease) {
-  FakeState s = running_nic();
+  FakeVfioState s = running_nic();
   FakePlatform platform;
   {
-    PassthruDevice dev(std::make_unique<FakeDevice>(s), std::make_unique<testing::ForwardingPlatform>(platform),
+    PassthruDevice dev(std::make_unique<FakeVfioDevice>(s), std::make_unique<testing::ForwardingPlatform>(platform),
                        PassthruOptions{.watcher_thread = false});
     EXPECT_EQ(bar32(s, kRctl), 0u);
     EXPECT_EQ(bar32(s, kRdbal), 0u);
@@ -96,10 +96,10 @@ TEST(Handover, PassthroughStopsTheNicAtOpenAndAgainBeforeRelease) {
 // with decoding briefly on, and only then the device goes back to vfio-pci (which resets it). Guest RAM
 // stays mapped in the IOMMU until all of this is done (the machine unmaps it after the devices).
 TEST(Handover, ReleaseStopsDmaBeforeTheRingsAndTheRingsBeforeClosing) {
-  FakeState s = running_nic();
+  FakeVfioState s = running_nic();
   FakePlatform platform;
   {
-    PassthruDevice dev(std::make_unique<FakeDevice>(s), std::make_unique<testing::ForwardingPlatform>(platform),
+    PassthruDevice dev(std::make_unique<FakeVfioDevice>(s), std::make_unique<testing::ForwardingPlatform>(platform),
                        PassthruOptions{.watcher_thread = false});
     dev.config_write(0x04, 2, 0x0006);  // the guest's driver: memory decoding and bus mastering on
     s.events.clear();

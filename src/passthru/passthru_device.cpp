@@ -146,6 +146,7 @@ void PassthruDevice::teardown() {
       fmt::print(stderr, "passvm: {}: teardown: {}\n", name_, e.what());
     }
   };
+  if (bars_) bars_->stop_peer_dma();
   // Stop the device first: no new DMA into guest RAM (still mapped in the IOMMU until the machine unmaps
   // it after every device is down) and no decoding while its BARs go away.
   if (dev_ && (command_ & kDecodeAndMaster))
@@ -228,6 +229,10 @@ void PassthruDevice::config_write(uint32_t offset, int size, uint32_t value) {
   pci::store_le(buf, size, value);
   const std::span<const uint8_t> bytes(buf, static_cast<size_t>(size));
   uint32_t end = offset + static_cast<uint32_t>(size);
+  // Memory decoding going off: the BARs leave the guest and the IOMMU first. vfio-pci holds a change of
+  // the device's memory decoding until no map of its memory is in progress (bar_mapper.h).
+  if (offset <= kCommand && end > kCommand && (command_ & 2) && !(buf[kCommand - offset] & 2))
+    bars_->set_command(static_cast<uint16_t>(command_ & ~2u));
   bool all_device = true;
   for (uint32_t o = offset; o < end; o++) all_device &= !emulated_[o];
   if (all_device) {

@@ -11,7 +11,7 @@
 // Lifetime: the constructor reports how vfio-pci reset the device when it was opened
 // (stderr) and stops what a reset left running (handover.h); the destructor undoes
 // everything on every path, in the order README.md gives. DMA belongs to the container
-// and is mapped once for all devices: see dma.h.
+// and is mapped once for all devices: see vfio/guest_dma.h.
 //
 // Thread safety: config accesses, trapped BAR accesses and the interrupt watcher may
 // run on different threads at once; one lock (lock_) serializes the device's virtual

@@ -6,22 +6,22 @@
 #include <gtest/gtest.h>
 
 #include "memory/layout.h"
-#include "passthru/fake_vfio.h"
+#include "testing/fake_vfio.h"
 
 namespace passvm::passthru {
 namespace {
 
-using testing::FakeDevice;
+using testing::FakeVfioDevice;
 using testing::FakePlatform;
-using testing::FakeState;
+using testing::FakeVfioState;
 
 constexpr uint32_t kMsi = 0x40, kMsix = 0x60, kPcie = 0x70, kVpd = 0x90;
 constexpr uint64_t kTable = 0x3000, kPba = 0x3800;
 
 // A device like a small NIC: BAR0 64-bit prefetchable 16 KiB with the MSI-X table (4 vectors) and PBA in
 // its last page, BAR2 256 bytes of I/O, BAR4 32-bit 4 KiB; MSI 64-bit, INTx pin A.
-FakeState make_state() {
-  FakeState s;
+FakeVfioState make_state() {
+  FakeVfioState s;
   s.set32(0x00, 0x10d38086);
   s.config[0x06] = 0x10;
   s.config[0x0e] = 0x80;  // multi-function on the host
@@ -54,7 +54,7 @@ class PassthruTest : public ::testing::Test {
   void SetUp() override { open(); }
   void open() {
     p = &platform;
-    dev = std::make_unique<PassthruDevice>(std::make_unique<FakeDevice>(s),
+    dev = std::make_unique<PassthruDevice>(std::make_unique<FakeVfioDevice>(s),
                                            std::make_unique<testing::ForwardingPlatform>(platform),
                                            PassthruOptions{.watcher_thread = false});
   }
@@ -93,7 +93,7 @@ class PassthruTest : public ::testing::Test {
     return false;
   }
 
-  FakeState s = make_state();
+  FakeVfioState s = make_state();
   FakePlatform platform;
   FakePlatform* p = nullptr;
   std::unique_ptr<PassthruDevice> dev;
@@ -189,7 +189,7 @@ TEST_F(PassthruTest, GuestMovingABarRemapsIt) {
 TEST_F(PassthruTest, BarsAreMappedForPeerToPeerDmaWhereTheGuestPutsThem) {
   testing::FakeDmaMapper iommu;
   dev.reset();
-  dev = std::make_unique<PassthruDevice>(std::make_unique<FakeDevice>(s),
+  dev = std::make_unique<PassthruDevice>(std::make_unique<FakeVfioDevice>(s),
                                          std::make_unique<testing::ForwardingPlatform>(platform),
                                          PassthruOptions{.watcher_thread = false, .peer_dma = &iommu});
   place_bars();
@@ -216,7 +216,7 @@ TEST_F(PassthruTest, IommuRefusingABarIsAWarning) {
   testing::FakeDmaMapper iommu;
   iommu.fail_after = 0;
   dev.reset();
-  dev = std::make_unique<PassthruDevice>(std::make_unique<FakeDevice>(s),
+  dev = std::make_unique<PassthruDevice>(std::make_unique<FakeVfioDevice>(s),
                                          std::make_unique<testing::ForwardingPlatform>(platform),
                                          PassthruOptions{.watcher_thread = false, .peer_dma = &iommu});
   place_bars();
@@ -551,9 +551,9 @@ namespace passvm::passthru {
 namespace {
 
 TEST(PassthruWatcher, MaskedInterruptIsNoticedWithoutTheGuestLooking) {
-  FakeState s = make_state();
+  FakeVfioState s = make_state();
   FakePlatform platform;
-  auto dev = std::make_unique<PassthruDevice>(std::make_unique<FakeDevice>(s),
+  auto dev = std::make_unique<PassthruDevice>(std::make_unique<FakeVfioDevice>(s),
                                               std::make_unique<testing::ForwardingPlatform>(platform));
   dev->assign_bar(0, layout::kMmio64Start);
   dev->config_write(0x04, 2, 0x2);

@@ -7,7 +7,7 @@ namespace passvm::passthru {
 
 std::unique_ptr<PassthruDevice> open_passthru(const std::string& bdf, vfio::Container& container, Vm& vm, Bus& pio,
                                               Bus& mmio, PassthruOptions options) {
-  auto device = container.open_device(vfio::Bdf::parse(bdf));
+  auto device = container.open_device(vfio::parse_bdf(bdf));
   return std::make_unique<PassthruDevice>(std::move(device), std::make_unique<KvmPlatform>(vm, pio, mmio), options);
 }
 

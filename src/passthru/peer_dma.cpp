@@ -42,7 +42,10 @@ void PeerDma::unmap(uint64_t iova) {
 void PeerDma::unmap_pieces(uint64_t iova) {
   auto it = done_.find(iova);
   if (it == done_.end()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  uint64_t bytes = 0;
   for (const vfio::Area& p : it->second) {
+    bytes += p.size;
     try {
       iommu_.unmap_dma(p.offset, p.size);
     } catch (const std::exception& e) {
@@ -50,6 +53,9 @@ void PeerDma::unmap_pieces(uint64_t iova) {
     }
   }
   done_.erase(it);
+  if (verbose_ && bytes > 0)
+    fmt::print(stderr, "passvm: {}: {} at {:#x} out of the IOMMU in {:.2f} ms\n", name_, layout::size_text(bytes), iova,
+               std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
 }
 
 void PeerDma::wait_idle() {
@@ -85,7 +91,7 @@ void PeerDma::run() {
       uint64_t piece = std::min(job.size - at, kPiece - (job.iova + at) % kPiece);
       g.unlock();
       try {
-        iommu_.map_dma(job.iova + at, piece, static_cast<uint8_t*>(job.host) + at);
+        iommu_.map_dma({.iova = job.iova + at, .size = piece, .host = static_cast<uint8_t*>(job.host) + at});
       } catch (const std::exception& e) {
         error = e.what();
       }
@@ -101,6 +107,9 @@ void PeerDma::run() {
     else if (verbose_ && !cancel_)
       fmt::print(stderr, "passvm: {}: BAR {} at {:#x} ({}) open to peer-to-peer DMA after {:.2f} ms in the IOMMU\n",
                  name_, job.bar, job.iova, layout::size_text(job.size), ms);
+    else if (verbose_)
+      fmt::print(stderr, "passvm: {}: mapping BAR {} at {:#x} into the IOMMU stopped after {} of {} ({:.2f} ms)\n",
+                 name_, job.bar, job.iova, pieces.size(), layout::size_text(job.size), ms);
     if (!error.empty()) unmap_pieces(job.iova);  // all or nothing: a half-mapped BAR helps no one
     else if (pieces.empty()) done_.erase(job.iova);
     busy_.reset();

@@ -18,12 +18,12 @@ struct GatedIommu final : vfio::DmaMapper {
   bool open = false;
   int started = 0;
   std::map<uint64_t, uint64_t> maps;
-  void map_dma(uint64_t iova, uint64_t size, void*) override {
+  void map_dma(const vfio::DmaRegion& r) override {
     std::unique_lock g(m);
     started++;
     cv.notify_all();
     cv.wait(g, [&] { return open; });
-    maps[iova] = size;
+    maps[r.iova] = r.size;
   }
   void unmap_dma(uint64_t iova, uint64_t) override {
     std::lock_guard g(m);

@@ -8,21 +8,21 @@
 #include <string>
 
 #include "memory/layout.h"
-#include "passthru/fake_vfio.h"
+#include "testing/fake_vfio.h"
 #include "passthru/passthru_device.h"
 
 namespace passvm::passthru {
 namespace {
 
-using testing::FakeDevice;
+using testing::FakeVfioDevice;
 using testing::FakePlatform;
-using testing::FakeState;
+using testing::FakeVfioState;
 
 constexpr uint32_t kRomReg = 0x30;
 
 // A small endpoint with one 4 KiB BAR and, when rom_bytes > 0, a ROM region of that size holding i & 0xff.
-FakeState device_with_rom(uint64_t rom_bytes) {
-  FakeState s;
+FakeVfioState device_with_rom(uint64_t rom_bytes) {
+  FakeVfioState s;
   s.set32(0x00, 0x11e81234);
   s.add_region(0, 0x1000);
   if (rom_bytes) {
@@ -34,8 +34,8 @@ FakeState device_with_rom(uint64_t rom_bytes) {
 
 struct RomTest : ::testing::Test {
   FakePlatform platform;
-  std::unique_ptr<PassthruDevice> open(FakeState& s, std::string rom_file = "") {
-    return std::make_unique<PassthruDevice>(std::make_unique<FakeDevice>(s),
+  std::unique_ptr<PassthruDevice> open(FakeVfioState& s, std::string rom_file = "") {
+    return std::make_unique<PassthruDevice>(std::make_unique<FakeVfioDevice>(s),
                                             std::make_unique<testing::ForwardingPlatform>(platform),
                                             PassthruOptions{.watcher_thread = false, .rom_file = rom_file});
   }
@@ -59,7 +59,7 @@ struct RomTest : ::testing::Test {
 };
 
 TEST_F(RomTest, DeviceRomIsSizedPlacedAndReadWhileEnabled) {
-  FakeState s = device_with_rom(0x6000);  // not a power of two: the register sizes to 32 KiB
+  FakeVfioState s = device_with_rom(0x6000);  // not a power of two: the register sizes to 32 KiB
   auto dev = open(s);
   auto reqs = dev->bar_requests();
   ASSERT_EQ(reqs.back().index, pci::kRomBarIndex);
@@ -110,7 +110,7 @@ TEST_F(RomTest, DeviceRomIsSizedPlacedAndReadWhileEnabled) {
 }
 
 TEST_F(RomTest, WithoutReadOnlyMemoryTheTrapServesReads) {
-  FakeState s = device_with_rom(0x2000);
+  FakeVfioState s = device_with_rom(0x2000);
   platform.refuse_readonly = true;
   auto dev = open(s);
   const uint64_t at = layout::kMmio32Start + 0x100000;
@@ -126,7 +126,7 @@ TEST_F(RomTest, WithoutReadOnlyMemoryTheTrapServesReads) {
 }
 
 TEST_F(RomTest, NoRomReadsZeroAndAsksForNothing) {
-  FakeState s = device_with_rom(0);
+  FakeVfioState s = device_with_rom(0);
   auto dev = open(s);
   for (auto& r : dev->bar_requests()) EXPECT_NE(r.index, pci::kRomBarIndex);
   dev->config_write(kRomReg, 4, 0xfffff801);
@@ -142,7 +142,7 @@ TEST_F(RomTest, RomFileReplacesTheDevicesRom) {
   image[1] = '\xaa';
   ASSERT_EQ(write(fd, image.data(), image.size()), static_cast<ssize_t>(image.size()));
   close(fd);
-  FakeState s = device_with_rom(0x8000);
+  FakeVfioState s = device_with_rom(0x8000);
   auto dev = open(s, path);
   EXPECT_EQ(dev->bar_requests().back().size, 0x1000u) << "sized from the file";
   const uint64_t at = layout::kMmio32Start + 0x200000;

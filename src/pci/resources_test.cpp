@@ -3,13 +3,13 @@
 #include <stdexcept>
 
 #include "memory/layout.h"
-#include "pci/fake_device_test.h"
+#include "testing/fake_pci_device.h"
 #include "pci/root.h"
 
 namespace passvm::pci {
 namespace {
 
-using testing::FakeDevice;
+using testing::FakePciDevice;
 using layout::GiB;
 using layout::MiB;
 
@@ -17,14 +17,14 @@ bool aligned(uint64_t a, uint64_t size) { return a % size == 0; }
 
 TEST(PciResources, BarsAreNaturallyAlignedInTheirWindows) {
   PciRoot root;
-  FakeDevice a, b;
+  FakePciDevice a, b;
   a.bars = {{0, BarKind::Mmio32, 0x1000, false}, {1, BarKind::Io, 0x20, false}, {2, BarKind::Mmio64, 16 * MiB, true}};
   b.bars = {{0, BarKind::Mmio32, 1 * MiB, false}, {2, BarKind::Io, 0x100, false}, {4, BarKind::Mmio32, 0x80, false}};
   root.add(3, 0, &a);
   root.add(4, 0, &b);
   root.assign_resources();
 
-  for (FakeDevice* d : {&a, &b}) {
+  for (FakePciDevice* d : {&a, &b}) {
     for (const BarRequest& r : d->bars) {
       ASSERT_TRUE(d->assigned.count(r.index)) << r.index;
       uint64_t at = d->assigned[r.index];
@@ -53,7 +53,7 @@ TEST(PciResources, BarsAreNaturallyAlignedInTheirWindows) {
 
 TEST(PciResources, Large64BitBarGoesAbove4G) {
   PciRoot root;
-  FakeDevice gpu;
+  FakePciDevice gpu;
   gpu.bars = {{0, BarKind::Mmio32, 16 * MiB, false}, {2, BarKind::Mmio64, 8 * GiB, true}};
   root.add(1, 0, &gpu);
   root.assign_resources();
@@ -64,7 +64,7 @@ TEST(PciResources, Large64BitBarGoesAbove4G) {
 
 TEST(PciResources, Small64BitBarsSpillAboveWhenLowWindowIsFull) {
   PciRoot root;
-  FakeDevice big, small;
+  FakePciDevice big, small;
   big.bars = {{0, BarKind::Mmio32, 256 * MiB, false}, {1, BarKind::Mmio32, 256 * MiB, false}};
   small.bars = {{0, BarKind::Mmio64, 1 * MiB, false}};
   root.add(1, 0, &big);
@@ -75,7 +75,7 @@ TEST(PciResources, Small64BitBarsSpillAboveWhenLowWindowIsFull) {
 
 TEST(PciResources, ExhaustedWindowIsAClearError) {
   PciRoot root;
-  FakeDevice a, b;
+  FakePciDevice a, b;
   a.bars = {{0, BarKind::Mmio32, 256 * MiB, false}, {1, BarKind::Mmio32, 256 * MiB, false}};
   b.bars = {{0, BarKind::Mmio32, 4096, false}};
   root.add(1, 0, &a);
@@ -94,7 +94,7 @@ TEST(PciResources, ExhaustedWindowIsAClearError) {
 
 TEST(PciResources, IoWindowExhaustion) {
   PciRoot root;
-  std::vector<FakeDevice> devs(12);
+  std::vector<FakePciDevice> devs(12);
   for (size_t i = 0; i < devs.size(); i++) {
     for (int bar = 0; bar < 6; bar++) devs[i].bars.push_back({bar, BarKind::Io, 256, false});
     root.add(static_cast<int>(i + 1), 0, &devs[i]);
@@ -105,7 +105,7 @@ TEST(PciResources, IoWindowExhaustion) {
 
 TEST(PciResources, Huge64BitBarDoesNotFit) {
   PciRoot root;
-  FakeDevice d;
+  FakePciDevice d;
   d.bars = {{0, BarKind::Mmio64, 128 * GiB, true}};
   root.add(1, 0, &d);
   EXPECT_THROW(root.assign_resources(), std::runtime_error);
@@ -116,13 +116,13 @@ TEST(PciResources, RejectsBadRequests) {
                          BarRequest{5, BarKind::Mmio64, 4096, false},
                          BarRequest{0, BarKind::Mmio32, 3000, false}, BarRequest{0, BarKind::Io, 512, false}}) {
     PciRoot root;
-    FakeDevice d;
+    FakePciDevice d;
     d.bars = {bad};
     root.add(1, 0, &d);
     EXPECT_THROW(root.assign_resources(), std::runtime_error) << bad.index;
   }
   PciRoot root;
-  FakeDevice d;
+  FakePciDevice d;
   d.bars = {{0, BarKind::Mmio64, 4096, false}, {1, BarKind::Mmio32, 4096, false}};  // BAR1 is BAR0's upper half
   root.add(1, 0, &d);
   EXPECT_THROW(root.assign_resources(), std::runtime_error);
@@ -131,7 +131,7 @@ TEST(PciResources, RejectsBadRequests) {
 // The expansion ROM is placed in the 32-bit window like a BAR, and its register is programmed.
 TEST(PciResources, ExpansionRomIsPlacedBelow4GiB) {
   PciRoot root;
-  FakeDevice d;
+  FakePciDevice d;
   d.bars = {{0, BarKind::Mmio32, 4096, false}, {kRomBarIndex, BarKind::Mmio32, 256 * 1024, false}};
   root.add(2, 0, &d);
   root.assign_resources();
@@ -145,7 +145,7 @@ TEST(PciResources, ExpansionRomIsPlacedBelow4GiB) {
 
 TEST(PciResources, IntxPinsRouteToLayoutGsis) {
   PciRoot root;
-  FakeDevice none(1, 1, 0), inta(1, 1, 1), f0(1, 1, 0), intc(1, 1, 3), bad(1, 1, 9);
+  FakePciDevice none(1, 1, 0), inta(1, 1, 1), f0(1, 1, 0), intc(1, 1, 3), bad(1, 1, 9);
   root.add(0, 0, &none);
   root.add(3, 0, &inta);
   root.add(6, 0, &f0);

@@ -6,12 +6,12 @@
 #include <stdexcept>
 
 #include "memory/layout.h"
-#include "pci/fake_device_test.h"
+#include "testing/fake_pci_device.h"
 
 namespace passvm::pci {
 namespace {
 
-using testing::FakeDevice;
+using testing::FakePciDevice;
 
 // Drives the two BusDevices as the vCPU exit path would, through real Bus objects.
 struct Machine {
@@ -54,7 +54,7 @@ struct Machine {
 
 TEST(PciRoot, AddRejectsTakenAndOutOfRangeSlots) {
   PciRoot root;
-  FakeDevice a, b;
+  FakePciDevice a, b;
   root.add(3, 0, &a);
   EXPECT_THROW(root.add(3, 0, &b), std::invalid_argument);
   EXPECT_THROW(root.add(32, 0, &b), std::invalid_argument);
@@ -74,7 +74,7 @@ TEST(PciRoot, AddRejectsTakenAndOutOfRangeSlots) {
 // Linux scans functions 1-7 of a slot only when function 0's header type has bit 7 set.
 TEST(PciRoot, MultiFunctionBitFollowsTheSlot) {
   Machine m;
-  FakeDevice f0, f1, other;
+  FakePciDevice f0, f1, other;
   f0.cfg.set(0x0e, 1, 0x80);  // multi-function on the host, alone in its guest slot: bit must clear
   m.root.add(3, 0, &f0);
   m.root.add(5, 0, &other);
@@ -91,7 +91,7 @@ TEST(PciRoot, MultiFunctionBitFollowsTheSlot) {
 
 TEST(PciRoot, FunctionWithoutFunctionZeroIsRefused) {
   PciRoot root;
-  FakeDevice f2;
+  FakePciDevice f2;
   root.add(4, 2, &f2);
   try {
     root.assign_resources();
@@ -103,7 +103,7 @@ TEST(PciRoot, FunctionWithoutFunctionZeroIsRefused) {
 
 TEST(PciRoot, Mechanism1ReadsIdsAtEverySize) {
   Machine m;
-  FakeDevice dev(0x8086, 0x10d3);
+  FakePciDevice dev(0x8086, 0x10d3);
   m.root.add(5, 2, &dev);
   m.outl(0xcf8, Machine::cf8(0, 5, 2, 0));
   EXPECT_EQ(m.in(0xcf8, 4), Machine::cf8(0, 5, 2, 0));
@@ -120,7 +120,7 @@ TEST(PciRoot, Mechanism1ReadsIdsAtEverySize) {
 
 TEST(PciRoot, Mechanism1WritesReachTheRegisterAndByteLane) {
   Machine m;
-  FakeDevice dev;
+  FakePciDevice dev;
   m.root.add(1, 0, &dev);
   m.outl(0xcf8, Machine::cf8(0, 1, 0, kCfgIntLine));
   m.out(0xcfc, 1, 0x2a);
@@ -137,7 +137,7 @@ TEST(PciRoot, Mechanism1WritesReachTheRegisterAndByteLane) {
 
 TEST(PciRoot, Mechanism1DisabledOrAbsentReadsAllOnes) {
   Machine m;
-  FakeDevice dev;
+  FakePciDevice dev;
   m.root.add(2, 0, &dev);
   m.outl(0xcf8, Machine::cf8(0, 2, 0, 0) & ~0x80000000u);  // enable bit clear
   EXPECT_EQ(m.in(0xcfc, 4), 0xffffffffu);
@@ -167,7 +167,7 @@ TEST(PciRoot, ResetControlAtCf9) {
 
 TEST(PciRoot, EcamReachesExtendedConfigSpace) {
   Machine m;
-  FakeDevice dev(0x1af4, 0x1041);
+  FakePciDevice dev(0x1af4, 0x1041);
   m.root.add(7, 3, &dev);
   EXPECT_EQ(m.ecam_read(7, 3, 0, 4), 0x10411af4u);
   EXPECT_EQ(m.ecam_read(7, 3, 2, 2), 0x1041u);
@@ -188,7 +188,7 @@ TEST(PciRoot, EcamReachesExtendedConfigSpace) {
 
 TEST(PciRoot, ConfigReadSplitsUnalignedIntoDeviceSizedPieces) {
   PciRoot root;
-  FakeDevice dev;
+  FakePciDevice dev;
   root.add(0, 0, &dev);
   dev.reads.clear();
   root.config_read(0, 0, 0, 0x3, 4);  // bytes 3,4,5,6 -> 1 + 2 + 1

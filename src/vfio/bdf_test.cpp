@@ -8,7 +8,7 @@ namespace passvm::vfio {
 namespace {
 
 TEST(Bdf, ParsesFullSysfsForm) {
-  Bdf b = Bdf::parse("0001:0a:1f.7");
+  Bdf b = parse_bdf("0001:0a:1f.7");
   EXPECT_EQ(b.domain, 1u);
   EXPECT_EQ(b.bus, 10u);
   EXPECT_EQ(b.slot, 31u);
@@ -17,25 +17,25 @@ TEST(Bdf, ParsesFullSysfsForm) {
 }
 
 TEST(Bdf, ParsesShortLspciFormAsDomainZero) {
-  Bdf b = Bdf::parse("00:03.0");
+  Bdf b = parse_bdf("00:03.0");
   EXPECT_EQ(b, (Bdf{0, 0, 3, 0}));
   EXPECT_EQ(b.str(), "0000:00:03.0");
 }
 
 TEST(Bdf, ParsesBhyveDecimalForm) {
-  EXPECT_EQ(Bdf::parse("0/3/0").str(), "0000:00:03.0");
+  EXPECT_EQ(parse_bdf("0/3/0").str(), "0000:00:03.0");
   // Decimal: bus 10 is 0x0a, slot 17 is 0x11.
-  EXPECT_EQ(Bdf::parse("10/17/2").str(), "0000:0a:11.2");
+  EXPECT_EQ(parse_bdf("10/17/2").str(), "0000:0a:11.2");
 }
 
 TEST(Bdf, HexAndDecimalAreNotConfused) {
-  EXPECT_EQ(Bdf::parse("00:10.0").slot, 16u);
-  EXPECT_EQ(Bdf::parse("0/10/0").slot, 10u);
+  EXPECT_EQ(parse_bdf("00:10.0").slot, 16u);
+  EXPECT_EQ(parse_bdf("0/10/0").slot, 10u);
 }
 
 void expect_error(const char* text, const char* part) {
   try {
-    Bdf::parse(text);
+    parse_bdf(text);
     ADD_FAILURE() << text << " was accepted";
   } catch (const VfioError& e) {
     std::string msg = e.what();

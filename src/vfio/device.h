@@ -97,12 +97,22 @@ class Device {
   virtual std::string reset_method() const = 0;
 };
 
+// Memory a device may reach by DMA: `size` bytes at guest-physical `iova`, which passvm has at `host`. A
+// transport whose device lives in another process (vfio-user) cannot use passvm's pointers: it shares the
+// memory as a file, `fd` at `fd_offset` (-1 when the memory has no file: such a transport cannot map it).
+struct DmaRegion {
+  uint64_t iova = 0, size = 0;
+  void* host = nullptr;
+  int fd = -1;
+  uint64_t fd_offset = 0;
+};
+
 // The IOMMU side: guest-physical addresses the device may reach (iova) and the host memory behind them.
 class DmaMapper {
  public:
   virtual ~DmaMapper() = default;
   // Throws VfioError (with error_number() set to the errno) when the mapping cannot be made.
-  virtual void map_dma(uint64_t iova, uint64_t size, void* host_address) = 0;
+  virtual void map_dma(const DmaRegion& region) = 0;
   virtual void unmap_dma(uint64_t iova, uint64_t size) = 0;
   // One past the highest address the IOMMU can map (its address width), or 0 when unknown. The guest's
   // RAM and BARs must stay below it for devices to reach them.

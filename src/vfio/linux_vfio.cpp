@@ -336,13 +336,14 @@ std::unique_ptr<Device> Container::open_device(const Bdf& bdf) {
   return std::make_unique<LinuxDevice>(bdf, fd, sysfs_root_);
 }
 
-void Container::map_dma(uint64_t iova, uint64_t size, void* host_address) {
+void Container::map_dma(const DmaRegion& region) {
+  const uint64_t iova = region.iova, size = region.size;
   std::lock_guard g(lock_);
   if (!iommu_set_) throw VfioError("DMA mapping needs a passthrough device opened first (no IOMMU selected yet)");
   vfio_iommu_type1_dma_map m{};
   m.argsz = sizeof m;
   m.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
-  m.vaddr = reinterpret_cast<uint64_t>(host_address);
+  m.vaddr = reinterpret_cast<uint64_t>(region.host);  // the kernel's VFIO shares passvm's address space
   m.iova = iova;
   m.size = size;
   if (ioctl(fd_, VFIO_IOMMU_MAP_DMA, &m) < 0) {

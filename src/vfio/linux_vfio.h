@@ -29,7 +29,7 @@ class Container : public DmaMapper {
   // Checks the host (host_checks.h), opens the device's group and the device. Throws VfioError.
   std::unique_ptr<Device> open_device(const Bdf& bdf);
 
-  void map_dma(uint64_t iova, uint64_t size, void* host_address) override;
+  void map_dma(const DmaRegion& region) override;
   void unmap_dma(uint64_t iova, uint64_t size) override;
   // From the IOMMU's IOVA ranges (VFIO_IOMMU_GET_INFO); 0 before a device is opened or when not reported.
   uint64_t iova_limit() override;

@@ -35,7 +35,7 @@
 #include "kvm/vm.h"
 #include "memory/guest_memory.h"
 #include "memory/layout.h"
-#include "passthru/dma.h"
+#include "vfio/guest_dma.h"
 #include "passthru/passthru_device.h"
 #include "pci/host_bridge.h"
 #include "pci/root.h"
@@ -259,7 +259,7 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   // Every device is checked before any is opened, so a wrong one fails before the others are reset.
   for (const auto& s : cfg.slots) {
     if (s.emulation != "passthru") continue;
-    vfio::check_host_device(vfio::Bdf::parse(s.config));
+    vfio::check_host_device(vfio::parse_bdf(s.config));
     if (!s.rom.empty() && access(s.rom.c_str(), R_OK) != 0)
       throw std::runtime_error(fmt::format("-s {},passthru,{},rom={}: cannot read the ROM file: {}", s.slot, s.config,
                                            s.rom, strerror(errno)));
@@ -267,7 +267,7 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
   vfio::Container container;
   // Declared before the devices so that it is destroyed after them: devices stop and reset while guest RAM
   // is still mapped, then the mapping goes.
-  std::unique_ptr<passthru::DmaMapping> dma;
+  std::unique_ptr<vfio::GuestDmaMap> dma;
   std::vector<std::unique_ptr<passthru::PassthruDevice>> passthru_devices;
   for (const auto& s : cfg.slots) {
     if (s.emulation != "passthru") continue;
@@ -297,7 +297,7 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
     unsigned threads = mem.populate();
     step(fmt::format("guest RAM allocated ({} threads): {}", threads, mem.page_usage().describe()));
     check_interrupted(ctl);
-    dma = std::make_unique<passthru::DmaMapping>(container, mem);
+    dma = std::make_unique<vfio::GuestDmaMap>(container, mem);
     step(fmt::format("guest RAM mapped for DMA ({} MiB pinned)", cfg.memory >> 20));
     check_interrupted(ctl);
   }

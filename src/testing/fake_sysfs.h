@@ -1,4 +1,4 @@
-// host tests: a fake host root (sysfs, procfs, /dev, /etc, /run) in a temp dir.
+// testing: a fake host root (sysfs, procfs, /dev, /etc, /run) in a temp dir.
 //
 // Laid out like the real thing, symlinks included (bus/pci/devices -> devices/,
 // driver and iommu_group links, class/block links below the controller), so
@@ -11,7 +11,7 @@
 
 #include "host/sysroot.h"
 
-namespace passvm::host::testing {
+namespace passvm::testing {
 
 class FakeSysfs {
  public:
@@ -20,7 +20,7 @@ class FakeSysfs {
   FakeSysfs(const FakeSysfs&) = delete;
   FakeSysfs& operator=(const FakeSysfs&) = delete;
 
-  Sysroot sysroot() const { return Sysroot(root_); }
+  host::Sysroot sysroot() const { return host::Sysroot(root_); }
   const std::filesystem::path& root() const { return root_; }
 
   // A PCI function under pci0000:00. driver "" = unbound; group < 0 = no IOMMU group.
@@ -43,4 +43,4 @@ class FakeSysfs {
   std::filesystem::path root_;
 };
 
-}  // namespace passvm::host::testing
+}  // namespace passvm::testing

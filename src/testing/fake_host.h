@@ -1,10 +1,10 @@
-// host tests: one host used by most tests, shaped like the lab's q35 machine
+// testing: one host used by most tests, shaped like the lab's q35 machine
 // plus a GPU whose audio function shares its IOMMU group (with a bridge).
 #pragma once
 
-#include "host/fake_sysfs.h"
+#include "testing/fake_sysfs.h"
 
-namespace passvm::host::testing {
+namespace passvm::testing {
 
 inline void populate_host(FakeSysfs& fake) {
   fake.add_device("0000:00:00.0", "8086", "29c0", "060000", "", 0);
@@ -21,4 +21,4 @@ inline void populate_host(FakeSysfs& fake) {
   fake.add_block("0000:00:03.0", "nvme0n1p2", "nvme0n1");
 }
 
-}  // namespace passvm::host::testing
+}  // namespace passvm::testing

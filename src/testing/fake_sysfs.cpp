@@ -1,4 +1,4 @@
-#include "host/fake_sysfs.h"
+#include "testing/fake_sysfs.h"
 
 #include <stdlib.h>
 
@@ -6,7 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 
-namespace passvm::host::testing {
+namespace passvm::testing {
 
 namespace fs = std::filesystem;
 
@@ -104,4 +104,4 @@ void FakeSysfs::add_dm(const std::string& name, const std::vector<std::string>& 
   link("/sys/class/block/" + name, dir);
 }
 
-}  // namespace passvm::host::testing
+}  // namespace passvm::testing

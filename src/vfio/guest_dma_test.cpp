@@ -1,4 +1,4 @@
-#include "passthru/dma.h"
+#include "vfio/guest_dma.h"
 
 #include <cerrno>
 #include <map>
@@ -6,9 +6,9 @@
 #include <gtest/gtest.h>
 
 #include "memory/layout.h"
-#include "passthru/fake_vfio.h"
+#include "testing/fake_vfio.h"
 
-namespace passvm::passthru {
+namespace passvm::vfio {
 namespace {
 
 using RecordingMapper = testing::FakeDmaMapper;
@@ -23,6 +23,7 @@ TEST(GuestDmaMap, MapsEveryRegionAtItsGuestAddressAndUnmaps) {
       ASSERT_TRUE(m.maps.count(r.gpa));
       EXPECT_EQ(m.maps[r.gpa].first, r.size);
       EXPECT_EQ(m.maps[r.gpa].second, r.hva);
+      EXPECT_EQ(m.files[r.gpa].first, -1) << "anonymous memory has no file to share";
     }
     EXPECT_EQ(dma.bytes_mapped(), mem.size());
   }
@@ -51,7 +52,7 @@ TEST(GuestDmaMap, PinFailureNamesGuestSizeAndUndoes) {
   try {
     GuestDmaMap dma(m, mem);
     FAIL() << "expected an error";
-  } catch (const vfio::VfioError& e) {
+  } catch (const VfioError& e) {
     EXPECT_NE(std::string(e.what()).find("64 MiB"), std::string::npos) << e.what();
     EXPECT_EQ(e.error_number(), ENOMEM);
   }
@@ -59,4 +60,4 @@ TEST(GuestDmaMap, PinFailureNamesGuestSizeAndUndoes) {
 }
 
 }  // namespace
-}  // namespace passvm::passthru
+}  // namespace passvm::vfio

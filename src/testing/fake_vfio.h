@@ -1,4 +1,4 @@
-// passthru tests: an in-memory VFIO device and a recording Platform, so the passthrough logic runs without KVM.
+// testing: an in-memory VFIO device and a recording Platform, so the passthrough logic runs without KVM.
 #pragma once
 
 #include <fmt/format.h>
@@ -14,9 +14,9 @@
 #include "pci/pci_device.h"
 #include "vfio/device.h"
 
-namespace passvm::passthru::testing {
+namespace passvm::testing {
 
-struct FakeState {
+struct FakeVfioState {
   std::vector<uint8_t> config = std::vector<uint8_t>(4096, 0);
   std::map<uint32_t, std::vector<uint8_t>> bars;  // region index -> contents
   std::map<uint32_t, vfio::RegionInfo> regions;
@@ -56,10 +56,10 @@ struct FakeState {
   void set16(uint32_t off, uint32_t v) { pci::store_le(&config[off], 2, v); }
 };
 
-class FakeDevice final : public vfio::Device {
+class FakeVfioDevice final : public vfio::Device {
  public:
-  explicit FakeDevice(FakeState& s) : s_(s) {}
-  ~FakeDevice() override {
+  explicit FakeVfioDevice(FakeVfioState& s) : s_(s) {}
+  ~FakeVfioDevice() override {
     s_.closed = true;
     s_.events.push_back("close");
   }
@@ -126,10 +126,10 @@ class FakeDevice final : public vfio::Device {
   std::string reset_method() const override { return "flr"; }
 
  private:
-  FakeState& s_;
+  FakeVfioState& s_;
 };
 
-struct FakePlatform final : Platform {
+struct FakePlatform final : passthru::Platform {
   struct Slot {
     uint64_t gpa, size;
     void* hva;
@@ -172,18 +172,20 @@ struct FakePlatform final : Platform {
 // The IOMMU: what is mapped, by iova; with fail_after >= 0, the calls after that many fail.
 struct FakeDmaMapper final : vfio::DmaMapper {
   std::map<uint64_t, std::pair<uint64_t, void*>> maps;
+  std::map<uint64_t, std::pair<int, uint64_t>> files;  // iova -> fd, offset
   int fail_after = -1, calls = 0, fail_errno = ENOMEM;
-  void map_dma(uint64_t iova, uint64_t size, void* hva) override {
+  void map_dma(const vfio::DmaRegion& r) override {
     if (fail_after >= 0 && calls++ >= fail_after) throw vfio::VfioError("cannot pin", fail_errno);
-    maps[iova] = {size, hva};
+    maps[r.iova] = {r.size, r.host};
+    files[r.iova] = {r.fd, r.fd_offset};
   }
   void unmap_dma(uint64_t iova, uint64_t) override { maps.erase(iova); }
 };
 
 // Lets a test keep the FakePlatform after the device (which owns its Platform) is gone.
-struct ForwardingPlatform final : Platform {
-  explicit ForwardingPlatform(Platform& p) : inner(p) {}
-  Platform& inner;
+struct ForwardingPlatform final : passthru::Platform {
+  explicit ForwardingPlatform(passthru::Platform& p) : inner(p) {}
+  passthru::Platform& inner;
   uint32_t map_memory(uint64_t gpa, uint64_t size, void* hva, bool readonly) override {
     return inner.map_memory(gpa, size, hva, readonly);
   }
@@ -200,4 +202,4 @@ struct ForwardingPlatform final : Platform {
   void signal_msi(uint64_t a, uint32_t d) override { inner.signal_msi(a, d); }
 };
 
-}  // namespace passvm::passthru::testing
+}  // namespace passvm::testing

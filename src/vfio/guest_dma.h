@@ -1,4 +1,4 @@
-// passthru: guest RAM as the devices' DMA address space.
+// vfio: guest RAM as the devices' DMA address space.
 //
 // Devices see guest-physical addresses (iova = gpa), so all guest RAM is mapped
 // into the container once, before the guest runs, whatever the number of
@@ -13,12 +13,12 @@
 #include "memory/guest_memory.h"
 #include "vfio/device.h"
 
-namespace passvm::passthru {
+namespace passvm::vfio {
 
 class GuestDmaMap {
  public:
   // Maps every region of guest memory; on failure unmaps what was mapped and throws vfio::VfioError.
-  GuestDmaMap(vfio::DmaMapper& mapper, const GuestMemory& memory);
+  GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory);
   ~GuestDmaMap();
   GuestDmaMap(const GuestDmaMap&) = delete;
   GuestDmaMap& operator=(const GuestDmaMap&) = delete;
@@ -26,11 +26,8 @@ class GuestDmaMap {
   uint64_t bytes_mapped() const;
 
  private:
-  vfio::DmaMapper& mapper_;
-  std::vector<vfio::Area> mapped_;  // iova ranges
+  DmaMapper& mapper_;
+  std::vector<Area> mapped_;  // iova ranges
 };
 
-// The name the machine assembly uses.
-using DmaMapping = GuestDmaMap;
-
-}  // namespace passvm::passthru
+}  // namespace passvm::vfio

@@ -1,20 +1,20 @@
-#include "passthru/dma.h"
+#include "vfio/guest_dma.h"
 
 #include <cerrno>
 
 #include <fmt/format.h>
 
-namespace passvm::passthru {
+namespace passvm::vfio {
 
-GuestDmaMap::GuestDmaMap(vfio::DmaMapper& mapper, const GuestMemory& memory) : mapper_(mapper) {
+GuestDmaMap::GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory) : mapper_(mapper) {
   for (const MemoryRegion& r : memory.regions()) {
     try {
-      mapper_.map_dma(r.gpa, r.size, r.hva);
-    } catch (const vfio::VfioError& e) {
+      mapper_.map_dma({.iova = r.gpa, .size = r.size, .host = r.hva, .fd = memory.fd(), .fd_offset = r.offset});
+    } catch (const VfioError& e) {
       for (auto a : mapped_) mapper_.unmap_dma(a.offset, a.size);
       mapped_.clear();
       if (e.error_number() == ENOMEM || e.error_number() == EPERM)
-        throw vfio::VfioError(fmt::format("{} (the guest has {} MiB of RAM to pin)", e.what(), memory.size() >> 20),
+        throw VfioError(fmt::format("{} (the guest has {} MiB of RAM to pin)", e.what(), memory.size() >> 20),
                               e.error_number());
       throw;
     }
@@ -38,4 +38,4 @@ uint64_t GuestDmaMap::bytes_mapped() const {
   return n;
 }
 
-}  // namespace passvm::passthru
+}  // namespace passvm::vfio
