@@ -832,6 +832,11 @@ std::string bigbar_access(const std::string& bdf, uint64_t size, uint64_t nonce,
     return bad;
 }
 
+// ivshmem's BAR0 is 256 bytes of registers; its interrupt mask (offset 0) keeps what is written. A VMM
+// that maps the BAR's whole page (passvm, when the host allows it) lets the write reach the device
+// without an exit; L1 reads it back after the VMM is gone.
+uint32_t bigbar_mask(uint64_t nonce) { return static_cast<uint32_t>(nonce * 2654435761u) | 1; }
+
 int check_bigbar(const std::string& nonce_text) {
     Result r("bigbar");
     uint64_t nonce = std::strtoull(nonce_text.c_str(), nullptr, 0);
@@ -850,6 +855,10 @@ int check_bigbar(const std::string& nonce_text) {
     std::string bad = bigbar_access(dev->bdf, size, nonce, true);
     r.num("write_read_ms", ms_since(t));
     if (!bad.empty()) return r.fail("BAR2 did not keep what was written at" + bad);
+    Bar regs(dev->bdf, 0, 4096);
+    if (!regs.ok()) return r.fail("cannot mmap BAR0 of " + dev->bdf);
+    regs.w32(0, bigbar_mask(nonce));
+    if (regs.r32(0) != bigbar_mask(nonce)) return r.fail("BAR0's interrupt mask register did not keep what was written");
     r.pass = true;
     return r.print();
 }
@@ -929,8 +938,10 @@ int main(int argc, char** argv) {
     }
     if (check == "bigbarverify") {  // L1 side of bigbar: labcheck bigbarverify BDF NONCE
         auto [address, size] = bar_resource(expected, 2);
-        std::string bad = size < 64 * GiB ? std::string("no 64 GiB BAR2")
-                                           : bigbar_access(expected, size, std::strtoull(argc > 3 ? argv[3] : "0", nullptr, 0), false);
+        uint64_t nonce = std::strtoull(argc > 3 ? argv[3] : "0", nullptr, 0);
+        std::string bad = size < 64 * GiB ? std::string("no 64 GiB BAR2") : bigbar_access(expected, size, nonce, false);
+        Bar regs(expected, 0, 4096);
+        if (!regs.ok() || regs.r32(0) != bigbar_mask(nonce)) bad += " BAR0 interrupt mask";
         std::printf("%s\n", bad.empty() ? "match" : ("differs:" + bad).c_str());
         return bad.empty() ? 0 : 1;
     }

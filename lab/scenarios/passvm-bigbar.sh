@@ -7,7 +7,9 @@
 # BAR's guest address. passvm maps BARs into the IOMMU by default, so the bytes land (pvbig.p2p);
 # with p2p=off on the ivshmem slot the IOMMU blocks the write (pvnop2p.p2p) and L1 logs DMAR faults
 # for 00:06.0 (pvnop2p.dmar).
-# lab-expect: pvbig.vmm pvbig.lspci pvbig.bigbar pvbig.p2p pvbig.l1read pvbig.maptime pvnop2p.vmm pvnop2p.p2p pvnop2p.dmar
+# subpage: ivshmem's 256-byte BAR0 is mapped as its whole page (no traps); L2's write to its interrupt
+# mask register reaches the device (L1 reads it back in l1read).
+# lab-expect: pvbig.vmm pvbig.lspci pvbig.bigbar pvbig.p2p pvbig.l1read pvbig.maptime pvbig.subpage pvnop2p.vmm pvnop2p.p2p pvnop2p.dmar
 # lab-timeout: 1200
 # lab-dma-faults: deliberate
 
@@ -42,6 +44,9 @@ if [[ -n $host_ms && -n $guest_ms && -n $iommu_ms ]]; then
 else
     result pvbig.maptime fail detail="passvm -v did not report mapping BAR 2 (64 GiB) into itself, the guest and the IOMMU" host="$host_ms" guest="$guest_ms" iommu="$iommu_ms"
 fi
+sub=$(grep -o 'BAR 0 (256 bytes) mapped into the guest at 0x[0-9a-f]* in [0-9.]* ms ([0-9]* memory slots, [0-9]* traps' "$console" | head -n 1)
+if [[ $sub == *"(1 memory slots, 0 traps"* ]]; then result pvbig.subpage pass line="$sub"
+else result pvbig.subpage fail detail="ivshmem's 256-byte BAR0 was not mapped as one page: '$sub'"; fi
 
 edu_faults() { dmesg | grep -c 'DMAR:.*device \[00:06.0\]'; }
 before=$(edu_faults)

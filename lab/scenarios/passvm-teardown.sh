@@ -31,8 +31,8 @@ bad_run() {
     rc=$?
     ms=$(( $(now_ms) - t0 ))
     # Lines other than the reset reports of 00:03.0 (opened, reset and closed again) are errors.
-    lines=$(grep -v -E '^passvm: [0-9a-f:.]+ (reset \(|has no reset method)' "$out" | grep -c .)
-    local msg; msg=$(grep -v -E '^passvm: [0-9a-f:.]+ (reset \(|has no reset method)' "$out" | head -c 400)
+    lines=$(grep -v -E '^passvm: [0-9a-f:.]+ (reset \(|has no function reset)' "$out" | grep -c .)
+    local msg; msg=$(grep -v -E '^passvm: [0-9a-f:.]+ (reset \(|has no function reset)' "$out" | head -c 400)
     local fig=(rc="$rc" ms="$ms" stderr_lines="$lines" driver="$drv_before" message="$msg")
     if [[ $rc != 1 ]]; then result "$check" fail detail="passvm exited $rc, expected 1" "${fig[@]}"
     elif [[ $lines != 1 ]] || ! tail -n 1 "$out" | grep -q "passvm reserve $bdf"; then

@@ -31,6 +31,14 @@ BarLayout plan_bar(const vfio::RegionInfo& region, std::optional<vfio::Area> tab
   BarLayout out;
   uint64_t size = region.size;
   if (size == 0) return out;
+  bool sparse_covers = !region.has_sparse || std::any_of(region.sparse.begin(), region.sparse.end(), [&](auto a) {
+    return a.offset == 0 && a.size >= size;
+  });
+  if (region.mmappable && size < page_size && sparse_covers && !table && !pba) {
+    out.mapped.push_back({0, page_size});
+    out.whole_page = true;
+    return out;
+  }
   std::vector<vfio::Area> areas;
   if (region.mmappable && size >= page_size) {
     if (region.has_sparse)

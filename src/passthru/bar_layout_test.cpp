@@ -58,11 +58,27 @@ TEST(BarLayout, SparseAreaBeyondBarIsClipped) {
   EXPECT_EQ(l.mapped, (Areas{{0x2000, 0x2000}}));
 }
 
-TEST(BarLayout, SmallOrUnmappableBarIsTrappedWhole) {
-  EXPECT_EQ(plan_bar(region(0x100), std::nullopt, std::nullopt, kPage).trapped, (Areas{{0, 0x100}}));
+TEST(BarLayout, UnmappableBarIsTrappedWhole) {
+  EXPECT_EQ(plan_bar(region(0x100, false), std::nullopt, std::nullopt, kPage).trapped, (Areas{{0, 0x100}}));
   auto l = plan_bar(region(0x4000, false), std::nullopt, std::nullopt, kPage);
   EXPECT_TRUE(l.mapped.empty());
   EXPECT_EQ(l.trapped, (Areas{{0, 0x4000}}));
+}
+
+// A BAR smaller than a page that the host lets us mmap (it reserved the rest of the page) is mapped as
+// its whole page; with the MSI-X table in it, it is emulated, so trapped.
+TEST(BarLayout, SubPageBarIsMappedAsItsPageWhenTheHostAllows) {
+  auto l = plan_bar(region(0x100), std::nullopt, std::nullopt, kPage);
+  EXPECT_TRUE(l.whole_page);
+  EXPECT_EQ(l.mapped, (Areas{{0, kPage}}));
+  EXPECT_TRUE(l.trapped.empty());
+  l = plan_bar(region(0x100), Area{0, 0x40}, Area{0x80, 8}, kPage);
+  EXPECT_FALSE(l.whole_page);
+  EXPECT_EQ(l.trapped, (Areas{{0, 0x100}}));
+  vfio::RegionInfo partial = region(0x100);
+  partial.has_sparse = true;
+  partial.sparse = {{0, 0x80}};
+  EXPECT_FALSE(plan_bar(partial, std::nullopt, std::nullopt, kPage).whole_page) << "the host allows only part of it";
 }
 
 }  // namespace

@@ -45,6 +45,7 @@ BarMapper::BarMapper(vfio::Device& dev, Platform& platform, std::string name, Ac
 BarMapper::~BarMapper() { unmap_all(); }
 
 void BarMapper::scan(std::span<const TrappedArea> must_trap, uint64_t page_size) {
+  page_size_ = page_size;
   for (int i = 0; i < 6; i++) {
     Bar& b = bars_[static_cast<size_t>(i)];
     vfio::RegionInfo ri = dev_.region_info(static_cast<uint32_t>(i));
@@ -86,12 +87,18 @@ void BarMapper::map_into_host(Bar& b) {
       b.layout.trapped.push_back(a);  // the transport would not map it: trap it instead
     }
   }
+  if (b.layout.whole_page && mapped.empty()) {  // not mappable after all: trap the BAR itself
+    b.layout.whole_page = false;
+    b.layout.trapped = {{0, b.size}};
+  }
   b.layout.mapped = mapped;
   if (verbose_ && !mapped.empty())
     fmt::print(stderr, "passvm: {}: BAR {} ({}) mmapped into passvm in {:.2f} ms ({} areas)\n", name_, b.index,
                layout::size_text(b.size), ms_since(t0), mapped.size());
   std::sort(b.layout.trapped.begin(), b.layout.trapped.end(), [](auto x, auto y) { return x.offset < y.offset; });
   for (auto a : b.layout.trapped) b.traps.push_back(std::make_unique<Trap>(handler_, b.index, a));
+  if (b.layout.whole_page && !b.host.empty())
+    b.page_trap = std::make_unique<Trap>(handler_, b.index, vfio::Area{0, b.size});
 }
 
 std::vector<pci::BarRequest> BarMapper::requests() const {
@@ -220,6 +227,17 @@ void BarMapper::map(Bar& b, uint64_t address) {
   bool io = b.kind == pci::BarKind::Io;
   const auto t0 = std::chrono::steady_clock::now();
   try {
+    if (b.page_trap && address % page_size_ != 0) {
+      // A whole-page BAR the guest put inside a page: that page cannot be the device's, so trap the BAR.
+      platform_.add_trap(false, address, b.size, b.page_trap.get());
+      b.page_trapped = true;
+      b.mapped_at = address;
+      remaps_++;
+      if (verbose_)
+        fmt::print(stderr, "passvm: {}: BAR {} ({}) at {:#x}, not page aligned: trapped instead of mapped\n", name_,
+                   b.index, layout::size_text(b.size), address);
+      return;
+    }
     for (size_t k = 0; k < b.layout.mapped.size(); k++)
       b.slots.push_back(platform_.map_memory(address + b.layout.mapped[k].offset, b.layout.mapped[k].size,
                                              b.host[k], false));
@@ -273,6 +291,10 @@ void BarMapper::unmap(Bar& b) {
     for (const vfio::Area& d : b.dma) peers_->unmap(d.offset);
   b.dma.clear();
   try {
+    if (b.page_trapped) {
+      platform_.remove_trap(false, *b.mapped_at);
+      b.page_trapped = false;
+    }
     for (uint32_t slot : b.slots) platform_.unmap_memory(slot);
     for (auto& t : b.traps)
       if (t->added) {

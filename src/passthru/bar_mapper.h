@@ -108,6 +108,8 @@ class BarMapper {
     BarLayout layout;
     std::vector<void*> host;  // mmap of each mapped area
     std::vector<std::unique_ptr<Trap>> traps;
+    std::unique_ptr<Trap> page_trap;  // a whole-page BAR placed where its page cannot be mapped
+    bool page_trapped = false;
     std::optional<uint64_t> mapped_at;  // guest address it is mapped at now
     std::vector<uint32_t> slots;
     std::vector<vfio::Area> dma;  // iova ranges mapped for peer-to-peer DMA
@@ -130,6 +132,7 @@ class BarMapper {
   std::optional<layout::PciWindows> windows_;
   bool verbose_;
   std::unique_ptr<PeerDma> peers_;  // declared last: it goes first, before the host mmaps
+  uint64_t page_size_ = 4096;
   std::array<Bar, 6> bars_;
   std::unique_ptr<RomBar> rom_;
   std::array<uint8_t, 0x24> regs_{};  // config 0x10-0x33 as the guest reads it

@@ -169,7 +169,8 @@ void PassthruDevice::report_reset() {
   // vfio-pci reset the device when it was opened; a second reset would only add its wait (100 ms for FLR).
   reset_method_ = dev_->reset_method();
   if (reset_method_.empty())
-    fmt::print(stderr, "passvm: {} has no reset method; it keeps the state it was left in\n", name_);
+    fmt::print(stderr, "passvm: {} has no function reset{}; it keeps the state it was left in\n", name_,
+               dev_->no_reset_reason().empty() ? "" : " " + dev_->no_reset_reason());
   else
     fmt::print(stderr, "passvm: {} reset ({})\n", name_, reset_method_);
 }

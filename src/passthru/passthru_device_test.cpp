@@ -229,6 +229,28 @@ TEST_F(PassthruTest, IommuRefusingABarIsAWarning) {
   EXPECT_EQ(p->slots.size(), 2u) << "both BARs are still in the guest";
 }
 
+// A 256-byte BAR the host lets us mmap: its page is a memory slot where the guest keeps it page aligned,
+// and a trap where the guest moves it inside a page.
+TEST_F(PassthruTest, SubPageBarIsMappedWhereItsPageIsWhole) {
+  dev.reset();
+  s.add_region(4, 0x100, true);
+  s.bars[4].resize(4096);  // the host page behind it
+  open();
+  place_bars();
+  wr(0x04, 0x2, 2);
+  bool slot = false;
+  for (auto& [h, sl] : p->slots) slot |= sl.gpa == layout::kMmio32Start && sl.size == 4096;
+  EXPECT_TRUE(slot) << "BAR4's page is mapped";
+  EXPECT_FALSE(p->traps.count({false, layout::kMmio32Start}));
+  wr(0x20, static_cast<uint32_t>(layout::kMmio32Start + 0x100));  // legal for a 256-byte BAR
+  EXPECT_TRUE(p->traps.count({false, layout::kMmio32Start + 0x100})) << "inside a page: trapped";
+  for (auto& [h, sl] : p->slots) EXPECT_NE(sl.size, 4096u) << "no slot for it any more";
+  bar_wr(4, 0x10, 0x1234);
+  EXPECT_EQ(pci::load_le(&s.bars[4][0x10], 4), 0x1234u) << "trapped accesses reach the device";
+  wr(0x20, static_cast<uint32_t>(layout::kMmio32Start + 0x1000));
+  EXPECT_FALSE(p->traps.count({false, layout::kMmio32Start + 0x100}));
+}
+
 TEST_F(PassthruTest, BarOverRamOrAnotherBarIsRefused) {
   place_bars();
   wr(0x04, 0x2, 2);

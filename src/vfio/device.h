@@ -95,6 +95,8 @@ class Device {
   // "flr", "pm", "bus", ..., or "" when the device cannot be reset and keeps the state it was left in
   // (the caller reports that; it is not an error on its own).
   virtual std::string reset_method() const = 0;
+  // When reset_method() is "": why no reset at all was possible, for the user ("" when unknown).
+  virtual std::string no_reset_reason() const { return {}; }
 };
 
 // Memory a device may reach by DMA: `size` bytes at guest-physical `iova`, which passvm has at `host`. A

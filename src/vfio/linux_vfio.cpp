@@ -70,7 +70,11 @@ class LinuxDevice final : public Device {
 
   void* map(uint32_t region, uint64_t offset, uint64_t size) override {
     if (region >= regions_.size() || !regions_[region].info.mmappable) return nullptr;
-    uint64_t base = checked(region, offset, size);
+    // Whole pages: vfio-pci maps a BAR smaller than a page as its page (it reserved the rest of it).
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    const uint64_t limit = (regions_[region].info.size + page - 1) / page * page;
+    if (offset > limit || size > limit - offset) return nullptr;
+    const uint64_t base = regions_[region].fd_offset;
     int prot = (regions_[region].info.readable ? PROT_READ : 0) | (regions_[region].info.writable ? PROT_WRITE : 0);
     // Aligned like the guest address will be (BARs are aligned to their size), so large pages can back it.
     void* p = map_aligned(fd_, base + offset, size, prot, offset);
@@ -111,9 +115,16 @@ class LinuxDevice final : public Device {
   // vfio-pci resets the device at its first open when it can (VFIO_DEVICE_FLAGS_RESET says so), trying
   // the methods of sysfs reset_method in order; the first listed is the one that ran.
   std::string reset_method() const override {
-    if (!(flags_ & VFIO_DEVICE_FLAGS_RESET)) return {};
+    if (!(flags_ & VFIO_DEVICE_FLAGS_RESET)) return fallback_reset_;
     std::string method = vfio::reset_method(bdf_, sysfs_root_);
     return method.empty() ? "device" : method;
+  }
+  std::string no_reset_reason() const override { return no_reset_reason_; }
+  bool resets_itself() const { return flags_ & VFIO_DEVICE_FLAGS_RESET; }
+  // What the container did instead, for a device vfio-pci cannot reset by itself.
+  void set_fallback_reset(std::string method, std::string why_not) {
+    fallback_reset_ = std::move(method);
+    no_reset_reason_ = std::move(why_not);
   }
 
  private:
@@ -210,6 +221,7 @@ class LinuxDevice final : public Device {
   int fd_;
   std::string sysfs_root_;
   uint32_t flags_ = 0, num_regions_ = 0, num_irqs_ = 0;
+  std::string fallback_reset_, no_reset_reason_;
   std::vector<Region> regions_;
 };
 
@@ -320,6 +332,56 @@ int Container::group_fd(const Bdf& bdf, int group) {
   return fd;
 }
 
+void Container::attach(const Bdf& bdf) {
+  int group = check_host_device(bdf, sysfs_root_);
+  std::lock_guard g(lock_);
+  open_container();
+  group_fd(bdf, group);
+}
+
+Container::HotReset Container::hot_reset(int device_fd, const Bdf& bdf) {
+  if (hot_reset_done_.count(bdf.str())) return {"bus (reset with another device of this VM)", ""};
+  std::vector<uint8_t> buf(sizeof(vfio_pci_hot_reset_info) + 8 * sizeof(vfio_pci_dependent_device));
+  auto info = [&] { return reinterpret_cast<vfio_pci_hot_reset_info*>(buf.data()); };
+  info()->argsz = static_cast<uint32_t>(buf.size());
+  int rc = ioctl(device_fd, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, info());
+  if (rc < 0 && errno == ENOSPC) {
+    buf.resize(sizeof(vfio_pci_hot_reset_info) + info()->count * sizeof(vfio_pci_dependent_device));
+    info()->argsz = static_cast<uint32_t>(buf.size());
+    rc = ioctl(device_fd, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, info());
+  }
+  if (rc < 0)
+    return {"", errno == ENODEV ? "nor a bus or slot reset (nothing above it can reset it alone: a root bus, or a "
+                                  "bridge without secondary bus reset)"
+                                : fmt::format("and its bus reset cannot be queried: {}", err(errno))};
+  std::vector<int32_t> fds;
+  std::vector<std::string> affected;
+  for (uint32_t i = 0; i < info()->count; i++) {
+    const vfio_pci_dependent_device& d = info()->devices[i];
+    Bdf other{d.segment, d.bus, static_cast<uint8_t>(d.devfn >> 3), static_cast<uint8_t>(d.devfn & 7)};
+    auto it = groups_.find(static_cast<int>(d.group_id));
+    if (it == groups_.end())
+      return {"", fmt::format("and a bus reset would also reset {} (IOMMU group {}), which this VM does not hold: "
+                              "pass it through too to have both reset",
+                              other.str(), d.group_id)};
+    if (std::find(fds.begin(), fds.end(), it->second) == fds.end()) fds.push_back(it->second);
+    affected.push_back(other.str());
+  }
+  std::vector<uint8_t> req(sizeof(vfio_pci_hot_reset) + fds.size() * sizeof(int32_t));
+  auto* r = reinterpret_cast<vfio_pci_hot_reset*>(req.data());
+  r->argsz = static_cast<uint32_t>(req.size());
+  r->count = static_cast<uint32_t>(fds.size());
+  std::memcpy(req.data() + sizeof(vfio_pci_hot_reset), fds.data(), fds.size() * sizeof(int32_t));
+  if (ioctl(device_fd, VFIO_DEVICE_PCI_HOT_RESET, r) < 0)
+    return {"", fmt::format("and its bus reset failed: {}", err(errno))};
+  std::string names;
+  for (const auto& a : affected) {
+    hot_reset_done_.insert(a);
+    names += (names.empty() ? "" : ", ") + a;
+  }
+  return {fmt::format("bus, a hot reset of {}", names), ""};
+}
+
 std::unique_ptr<Device> Container::open_device(const Bdf& bdf) {
   int group = check_host_device(bdf, sysfs_root_);
   std::lock_guard g(lock_);
@@ -333,7 +395,12 @@ std::unique_ptr<Device> Container::open_device(const Bdf& bdf) {
                                 e == EBUSY ? " (already opened by another passthru slot or process)" : ""),
                     e);
   }
-  return std::make_unique<LinuxDevice>(bdf, fd, sysfs_root_);
+  auto dev = std::make_unique<LinuxDevice>(bdf, fd, sysfs_root_);
+  if (!dev->resets_itself()) {
+    HotReset r = hot_reset(fd, bdf);
+    dev->set_fallback_reset(r.method, r.why_not);
+  }
+  return dev;
 }
 
 void Container::map_dma(const DmaRegion& region) {

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -26,7 +27,12 @@ class Container : public DmaMapper {
   Container(const Container&) = delete;
   Container& operator=(const Container&) = delete;
 
-  // Checks the host (host_checks.h), opens the device's group and the device. Throws VfioError.
+  // Checks the host (host_checks.h) and attaches the device's IOMMU group, so that devices opened later
+  // may reset it along with themselves (a bus reset needs every group it touches). Throws VfioError.
+  void attach(const Bdf& bdf);
+  // Checks the host, opens the device's group and the device. A device vfio-pci cannot reset on its own
+  // (no function reset) gets a bus or slot reset when every device that resets with it is in a group
+  // attached here; reset_method() says what ran. Throws VfioError.
   std::unique_ptr<Device> open_device(const Bdf& bdf);
 
   void map_dma(const DmaRegion& region) override;
@@ -37,6 +43,10 @@ class Container : public DmaMapper {
  private:
   int group_fd(const Bdf& bdf, int group);  // with lock_ held
   void open_container();                    // with lock_ held
+  struct HotReset {
+    std::string method, why_not;
+  };
+  HotReset hot_reset(int device_fd, const Bdf& bdf);  // with lock_ held
 
   std::string sysfs_root_, dev_root_;
   std::mutex lock_;
@@ -44,6 +54,7 @@ class Container : public DmaMapper {
   bool iommu_set_ = false;
   std::map<int, int> groups_;            // group number -> fd
   std::map<uint64_t, uint64_t> mapped_;  // iova -> size, unmapped at destruction if still there
+  std::set<std::string> hot_reset_done_;  // devices a hot reset of ours already reset
 };
 
 }  // namespace passvm::vfio

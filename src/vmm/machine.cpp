@@ -265,6 +265,9 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
                                            s.rom, strerror(errno)));
   }
   vfio::Container container;
+  // Every group first: a device that can only be reset with its bus needs the groups of all it resets.
+  for (const auto& s : cfg.slots)
+    if (s.emulation == "passthru") container.attach(vfio::parse_bdf(s.config));
   // Declared before the devices so that it is destroyed after them: devices stop and reset while guest RAM
   // is still mapped, then the mapping goes.
   std::unique_ptr<vfio::GuestDmaMap> dma;
