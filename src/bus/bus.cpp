@@ -25,6 +25,13 @@ void Bus::add(uint64_t base, uint64_t size, BusDevice* dev) {
   ranges_.emplace(base, Range{size, dev});
 }
 
+bool Bus::overlaps(uint64_t base, uint64_t size) {
+  std::shared_lock guard(lock_);
+  auto next = ranges_.lower_bound(base);
+  if (next != ranges_.end() && next->first < base + size) return true;
+  return next != ranges_.begin() && std::prev(next)->first + std::prev(next)->second.size > base;
+}
+
 bool Bus::remove(uint64_t base) {
   std::unique_lock guard(lock_);
   return ranges_.erase(base) != 0;

@@ -33,6 +33,8 @@ class Bus {
   void add(uint64_t base, uint64_t size, BusDevice* dev);
   // Removes the range that starts at base; returns false if none does.
   bool remove(uint64_t base);
+  // Some device's range overlaps [base, base+size).
+  bool overlaps(uint64_t base, uint64_t size);
 
   // Returns false when no device claims the address: reads then see all ones,
   // as on a real bus with nobody answering, and writes are dropped.

@@ -51,6 +51,17 @@ TEST(Bus, AccessStraddlingEndIsUnclaimed) {
   EXPECT_TRUE(bus.read(0x100c, data));
 }
 
+TEST(Bus, OverlapsSaysWhetherARangeIsTaken) {
+  Bus bus("mmio");
+  Recorder a;
+  bus.add(0x1000, 0x100, &a);
+  EXPECT_TRUE(bus.overlaps(0x10ff, 1));
+  EXPECT_TRUE(bus.overlaps(0xf00, 0x101));
+  EXPECT_TRUE(bus.overlaps(0x1080, 0x10));
+  EXPECT_FALSE(bus.overlaps(0x1100, 0x100));
+  EXPECT_FALSE(bus.overlaps(0xf00, 0x100));
+}
+
 TEST(Bus, RejectsOverlapBothSides) {
   Bus bus("mmio");
   Recorder a;

@@ -227,17 +227,9 @@ void BarMapper::map(Bar& b, uint64_t address) {
   bool io = b.kind == pci::BarKind::Io;
   const auto t0 = std::chrono::steady_clock::now();
   try {
-    if (b.page_trap && address % page_size_ != 0) {
-      // A whole-page BAR the guest put inside a page: that page cannot be the device's, so trap the BAR.
-      platform_.add_trap(false, address, b.size, b.page_trap.get());
-      b.page_trapped = true;
-      b.mapped_at = address;
-      remaps_++;
-      if (verbose_)
-        fmt::print(stderr, "passvm: {}: BAR {} ({}) at {:#x}, not page aligned: trapped instead of mapped\n", name_,
-                   b.index, layout::size_text(b.size), address);
-      return;
-    }
+    // A whole-page BAR whose guest page is not all its own: mapping the page would hide what else is in
+    // it, so the BAR is trapped.
+    if (b.page_trap && !page_is_ours(b, address)) return trap_whole_page_bar(b, address);
     for (size_t k = 0; k < b.layout.mapped.size(); k++)
       b.slots.push_back(platform_.map_memory(address + b.layout.mapped[k].offset, b.layout.mapped[k].size,
                                              b.host[k], false));
@@ -253,12 +245,41 @@ void BarMapper::map(Bar& b, uint64_t address) {
                  "traps; peer-to-peer DMA {})\n", name_, b.index, layout::size_text(b.size), address, ms_since(t0),
                  b.slots.size(), b.traps.size(), peers);
   } catch (const std::exception& e) {
+    b.mapped_at = address;  // so unmap undoes what was done
+    unmap(b);
+    if (b.page_trap) {  // its page overlaps another device's memory slot
+      try {
+        return trap_whole_page_bar(b, address);
+      } catch (const std::exception&) {
+      }
+    }
     refused_++;
     fmt::print(stderr, "passvm: {}: cannot map BAR {} at {:#x}: {}; left unmapped\n", name_, b.index, address,
                e.what());
-    b.mapped_at = address;  // so unmap undoes what was done
-    unmap(b);
   }
+}
+
+void BarMapper::trap_whole_page_bar(Bar& b, uint64_t address) {
+  platform_.add_trap(false, address, b.size, b.page_trap.get());
+  b.page_trapped = true;
+  b.mapped_at = address;
+  remaps_++;
+  if (verbose_)
+    fmt::print(stderr, "passvm: {}: BAR {} ({}) at {:#x} shares its page: trapped instead of mapped\n", name_, b.index,
+               layout::size_text(b.size), address);
+}
+
+// The guest page of a whole-page BAR at `address` holds nothing else: the BAR starts it, and no trapped
+// registers (another device's, or another BAR of this one) lie in the rest of it. Memory slots need no
+// check here: KVM refuses overlapping ones, and that failure is trapped as well.
+bool BarMapper::page_is_ours(const Bar& b, uint64_t address) {
+  if (address % page_size_ != 0) return false;
+  if (!platform_.mmio_free(address + b.size, page_size_ - b.size)) return false;
+  for (const Bar& o : bars_)
+    if (&o != &b && o.index >= 0 && o.mapped_at && o.kind != pci::BarKind::Io &&
+        overlaps(address, page_size_, *o.mapped_at, o.size))
+      return false;
+  return true;
 }
 
 // Returns what became of peer-to-peer DMA into the BAR, for -v.

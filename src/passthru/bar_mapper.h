@@ -124,6 +124,8 @@ class BarMapper {
   void map(Bar& b, uint64_t address);
   void unmap(Bar& b);
   std::string map_for_peers(Bar& b, uint64_t address);
+  bool page_is_ours(const Bar& b, uint64_t address);
+  void trap_whole_page_bar(Bar& b, uint64_t address);
 
   vfio::Device& dev_;
   Platform& platform_;

@@ -18,6 +18,7 @@ class KvmPlatform final : public Platform {
     (pio ? pio_ : mmio_).add(base, size, dev);
   }
   void remove_trap(bool pio, uint64_t base) override { (pio ? pio_ : mmio_).remove(base); }
+  bool mmio_free(uint64_t gpa, uint64_t size) override { return !mmio_.overlaps(gpa, size); }
   uint32_t alloc_msi_route(uint64_t address, uint32_t data) override { return vm_.alloc_msi_route(address, data); }
   void update_msi_route(uint32_t gsi, uint64_t address, uint32_t data) override {
     vm_.update_msi_route(gsi, address, data);

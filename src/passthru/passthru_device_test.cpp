@@ -249,6 +249,15 @@ TEST_F(PassthruTest, SubPageBarIsMappedWhereItsPageIsWhole) {
   EXPECT_EQ(pci::load_le(&s.bars[4][0x10], 4), 0x1234u) << "trapped accesses reach the device";
   wr(0x20, static_cast<uint32_t>(layout::kMmio32Start + 0x1000));
   EXPECT_FALSE(p->traps.count({false, layout::kMmio32Start + 0x100}));
+  // Page aligned, but another device's registers are in the rest of the page: mapping it would hide them.
+  struct Other : BusDevice {
+    void read(uint64_t, std::span<uint8_t>) override {}
+    void write(uint64_t, std::span<const uint8_t>) override {}
+  } other;
+  p->add_trap(false, layout::kMmio32Start + 0x2800, 0x100, &other);
+  wr(0x20, static_cast<uint32_t>(layout::kMmio32Start + 0x2000));
+  EXPECT_TRUE(p->traps.count({false, layout::kMmio32Start + 0x2000})) << "trapped: the page is shared";
+  for (auto& [h, sl] : p->slots) EXPECT_NE(sl.gpa, layout::kMmio32Start + 0x2000);
 }
 
 TEST_F(PassthruTest, BarOverRamOrAnotherBarIsRefused) {

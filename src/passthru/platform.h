@@ -28,6 +28,8 @@ class Platform {
   // Trapped range on the port I/O (pio) or MMIO bus; throws when it overlaps another.
   virtual void add_trap(bool pio, uint64_t base, uint64_t size, BusDevice* dev) = 0;
   virtual void remove_trap(bool pio, uint64_t base) = 0;
+  // No trapped MMIO range of any device overlaps [gpa, gpa+size).
+  virtual bool mmio_free(uint64_t gpa, uint64_t size) = 0;
   // MSI routes and irqfds (see kvm/vm.h).
   virtual uint32_t alloc_msi_route(uint64_t address, uint32_t data) = 0;
   virtual void update_msi_route(uint32_t gsi, uint64_t address, uint32_t data) = 0;

@@ -152,6 +152,11 @@ struct FakePlatform final : passthru::Platform {
   void unmap_memory(uint32_t handle) override { slots.erase(handle); }
   void add_trap(bool pio, uint64_t base, uint64_t size, BusDevice* dev) override { traps[{pio, base}] = {size, dev}; }
   void remove_trap(bool pio, uint64_t base) override { traps.erase({pio, base}); }
+  bool mmio_free(uint64_t gpa, uint64_t size) override {
+    for (auto& [key, t] : traps)
+      if (!key.first && key.second < gpa + size && gpa < key.second + t.first) return false;
+    return true;
+  }
   uint32_t alloc_msi_route(uint64_t a, uint32_t d) override {
     routes[next_gsi] = {a, d};
     return next_gsi++;
@@ -194,6 +199,7 @@ struct ForwardingPlatform final : passthru::Platform {
     inner.add_trap(pio, base, size, dev);
   }
   void remove_trap(bool pio, uint64_t base) override { inner.remove_trap(pio, base); }
+  bool mmio_free(uint64_t gpa, uint64_t size) override { return inner.mmio_free(gpa, size); }
   uint32_t alloc_msi_route(uint64_t a, uint32_t d) override { return inner.alloc_msi_route(a, d); }
   void update_msi_route(uint32_t gsi, uint64_t a, uint32_t d) override { inner.update_msi_route(gsi, a, d); }
   void free_msi_route(uint32_t gsi) override { inner.free_msi_route(gsi); }
