@@ -293,8 +293,6 @@ std::string BarMapper::map_for_peers(Bar& b, uint64_t address) {
   return b.dma.empty() ? "off (nothing mappable)" : "queued for the IOMMU";
 }
 
-size_t BarMapper::peer_mappings() const { return peers_ ? peers_->mapped() : 0; }
-
 void BarMapper::stop_peer_dma() {
   for (Bar& b : bars_) b.dma.clear();
   peers_.reset();  // stops a map in progress after its piece, unmaps everything

@@ -85,8 +85,7 @@ class BarMapper {
   const BarLayout& layout(int bar) const { return bars_.at(static_cast<size_t>(bar)).layout; }
   uint64_t remaps() const { return remaps_; }
   uint64_t refused() const { return refused_; }
-  // BAR areas in the IOMMU for peer-to-peer DMA now, and a wait for the queued ones (peer_dma.h).
-  size_t peer_mappings() const;
+  // Returns once the BAR areas queued for peer-to-peer DMA are in the IOMMU (peer_dma.h).
   void wait_peer_dma();
   // Every BAR out of the IOMMU and no more peer-to-peer mapping, before the device stops decoding: the
   // kernel's vfio-pci does not let memory decoding change while a map of the device's memory is in

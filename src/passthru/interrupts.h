@@ -54,7 +54,6 @@ class Interrupts {
   // The guest rewrote table entry i.
   void msix_entry_changed(uint32_t i, const MsixTable& table);
   bool msix_pending(uint32_t i);
-  bool msix_on() const { return msix_on_; }
 
   // Vectors the host has given the device for MSI-X now (0 while off).
   uint32_t msix_host_vectors() const { return msix_on_ ? msix_.in_use() : 0; }
