@@ -280,4 +280,50 @@ Bytes ResourceTemplate::build() const {
   return buffer(data);
 }
 
+Bytes operation_region_io(std::string_view path, uint16_t port, uint16_t length) {
+  Bytes out{kExtOpPrefix, 0x80};  // OpRegionOp
+  append(out, name_string(path));
+  out.push_back(0x01);  // SystemIO
+  append(out, integer(port));
+  append(out, integer(length));
+  return out;
+}
+
+Bytes field_dwords(std::string_view region, const std::vector<std::string_view>& names) {
+  Bytes content = name_string(region);
+  content.push_back(0x03 | 0x00 | (1u << 5));  // DWordAcc, NoLock, WriteAsZeros
+  for (auto n : names) {
+    if (n.size() != 4) throw std::invalid_argument(fmt::format("AML field \"{}\": names are 4 characters", n));
+    append(content, name_seg(n, n));
+    append(content, pkg_length(32 - 1));  // a field's PkgLength is its width in bits, encoded as a length
+  }
+  return with_length({kExtOpPrefix, 0x81}, content);  // FieldOp
+}
+
+Bytes if_then(const Bytes& predicate, const std::vector<Bytes>& terms) {
+  Bytes content = predicate;
+  append(content, concat(terms));
+  return with_length({0xa0}, content);  // IfOp
+}
+
+Bytes and_of(const Bytes& a, const Bytes& b) { return concat({{0x7b}, a, b, {kZeroOp}}); }          // AndOp, NullName target
+Bytes shift_left(const Bytes& value, const Bytes& by) { return concat({{0x79}, value, by, {kZeroOp}}); }  // ShiftLeftOp
+Bytes store(const Bytes& value, const Bytes& target) { return concat({{0x70}, value, target}); }  // StoreOp
+Bytes notify(std::string_view object, const Bytes& value) { return concat({{0x86}, name_string(object), value}); }
+
+Bytes local(int n) {
+  if (n < 0 || n > 7) throw std::invalid_argument(fmt::format("AML Local{} does not exist (0-7)", n));
+  return {static_cast<uint8_t>(0x60 + n)};
+}
+Bytes arg(int n) {
+  if (n < 0 || n > 6) throw std::invalid_argument(fmt::format("AML Arg{} does not exist (0-6)", n));
+  return {static_cast<uint8_t>(0x68 + n)};
+}
+
+Bytes call(std::string_view method, const std::vector<Bytes>& args) {
+  Bytes out = name_string(method);
+  append(out, concat(args));
+  return out;
+}
+
 }  // namespace passvm::acpi::aml

@@ -7,8 +7,9 @@
 // where Linux finds the RSDP by its signature.
 //
 // aml.h encodes just the AML passvm's DSDT needs: names, integers, strings,
-// EISA IDs, packages, buffers, scopes, devices, methods returning a value,
-// and resource templates. Every function returns the encoded bytes, so terms
+// EISA IDs, packages, buffers, scopes, devices, methods, resource templates,
+// and the few statements of the PCI hotplug methods (I/O fields, If, And,
+// ShiftLeft, Store, Notify, calls). Every function returns the encoded bytes, so terms
 // nest as plain function calls. Name paths are checked and bad ones throw
 // std::invalid_argument.
 #pragma once
@@ -37,6 +38,20 @@ Bytes scope(std::string_view path, const std::vector<Bytes>& terms);
 Bytes device(std::string_view path, const std::vector<Bytes>& terms);
 Bytes method(std::string_view path, int args, bool serialized, const std::vector<Bytes>& terms);
 Bytes return_value(const Bytes& value);
+
+// Just what the PCI hotplug methods need: a SystemIO region with 32-bit fields, and statements.
+Bytes operation_region_io(std::string_view path, uint16_t port, uint16_t length);
+// Field (region, DWordAcc, NoLock, WriteAsZeros) { name, 32, ... }
+Bytes field_dwords(std::string_view region, const std::vector<std::string_view>& names);
+Bytes if_then(const Bytes& predicate, const std::vector<Bytes>& terms);
+Bytes and_of(const Bytes& a, const Bytes& b);         // And (a, b) with no target: the value
+Bytes shift_left(const Bytes& value, const Bytes& by);  // ShiftLeft (value, by), the value
+Bytes store(const Bytes& value, const Bytes& target);   // Store (value, target); target a name or local
+Bytes notify(std::string_view object, const Bytes& value);
+Bytes local(int n);  // Local0-7
+Bytes arg(int n);    // Arg0-6
+// A call: the method's name, then its arguments (the method must be defined earlier in the table).
+Bytes call(std::string_view method, const std::vector<Bytes>& args = {});
 
 // A ResourceTemplate () buffer: add descriptors, then build() appends the end tag.
 class ResourceTemplate {

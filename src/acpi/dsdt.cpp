@@ -1,4 +1,6 @@
 // The DSDT: the guest's device tree in AML.
+#include <fmt/format.h>
+
 #include "acpi/aml.h"
 #include "acpi/table_writer.h"
 #include "acpi/tables.h"
@@ -23,7 +25,30 @@ Bytes pci_routing_table() {
   return name("_PRT", package(entries));
 }
 
-Bytes pci_host_bridge(const layout::PciWindows& w) {
+// ACPI PCI hotplug, as Linux's acpiphp expects it: one device per slot with _ADR and _EJ0. A GPE runs
+// PCNT, which reads which slots gained a device (PCIU, cleared by the read) and which the host wants
+// back (PCID), and notifies the slot's device: 1 (device check) makes the guest scan the slot, 3 (eject
+// request) makes it let go of the device and call _EJ0, which tells the host through B0EJ.
+std::vector<Bytes> pci_hotplug(uint32_t slots) {
+  std::vector<Bytes> terms;
+  if (slots == 0) return terms;
+  terms.push_back(operation_region_io("PCST", layout::kPciHotplugPort, 12));
+  terms.push_back(field_dwords("PCST", {"PCIU", "PCID", "B0EJ"}));
+  terms.push_back(method("PCEJ", 1, true, {store(shift_left(integer(1), arg(0)), name_string("B0EJ"))}));
+  std::vector<Bytes> scan{store(name_string("PCIU"), local(0)), store(name_string("PCID"), local(1))};
+  for (uint32_t slot = 0; slot < 32; slot++) {
+    if (!(slots & (1u << slot))) continue;
+    std::string dev = fmt::format("S{:02X}", slot);
+    terms.push_back(device(dev, {name("_ADR", integer(uint64_t{slot} << 16)), name("_SUN", integer(slot)),
+                                 method("_EJ0", 1, false, {call("PCEJ", {integer(slot)})})}));
+    scan.push_back(if_then(and_of(local(0), integer(1u << slot)), {notify(dev, integer(1))}));
+    scan.push_back(if_then(and_of(local(1), integer(1u << slot)), {notify(dev, integer(3))}));
+  }
+  terms.push_back(method("PCNT", 0, true, scan));
+  return terms;
+}
+
+Bytes pci_host_bridge(const layout::PciWindows& w, uint32_t hotplug_slots) {
   ResourceTemplate crs;
   crs.bus_numbers(0, static_cast<uint16_t>(layout::kEcamBuses - 1))
       .io(layout::kPciConfigAddrPort, 8)
@@ -37,7 +62,7 @@ Bytes pci_host_bridge(const layout::PciWindows& w) {
   ResourceTemplate ecam;
   ecam.memory32_fixed(static_cast<uint32_t>(layout::kEcamStart), static_cast<uint32_t>(layout::kEcamSize));
 
-  return device("PCI0", {
+  std::vector<Bytes> terms{
                             name("_HID", eisa_id("PNP0A08")),
                             name("_CID", eisa_id("PNP0A03")),
                             name("_SEG", integer(0)),
@@ -47,7 +72,9 @@ Bytes pci_host_bridge(const layout::PciWindows& w) {
                             pci_routing_table(),
                             device("PDRC", {name("_HID", eisa_id("PNP0C02")), name("_UID", integer(1)),
                                             name("_CRS", ecam.build())}),
-                        });
+                        };
+  for (auto& t : pci_hotplug(hotplug_slots)) terms.push_back(std::move(t));
+  return device("PCI0", terms);
 }
 
 Bytes com1() {
@@ -63,12 +90,15 @@ Bytes com1() {
 
 }  // namespace
 
-std::vector<uint8_t> build_dsdt(const layout::PciWindows& windows) {
+std::vector<uint8_t> build_dsdt(const layout::PciWindows& windows, uint32_t hotplug_slots) {
   Bytes body;
   auto add = [&](const Bytes& b) { body.insert(body.end(), b.begin(), b.end()); };
   // SLP_TYPa, SLP_TYPb, reserved, reserved: what AcpiPm compares on SLP_EN.
   add(name("\\_S5", package({integer(devices::kS5SleepType), integer(devices::kS5SleepType), integer(0), integer(0)})));
-  add(scope("\\_SB", {pci_host_bridge(windows), com1()}));
+  add(scope("\\_SB", {pci_host_bridge(windows, hotplug_slots), com1()}));
+  if (hotplug_slots != 0)
+    add(scope("\\_GPE", {method(fmt::format("_E{:02X}", devices::kGpePciHotplug), 0, false,
+                                  {call("\\_SB.PCI0.PCNT")})}));
   // Revision 2: integers are 64 bits wide, needed for the 64-bit window.
   return make_table("DSDT", 2, body);
 }

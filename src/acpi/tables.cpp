@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "acpi/table_writer.h"
+#include "devices/acpi_pm.h"
 #include "devices/cmos_rtc.h"
 #include "memory/guest_memory.h"
 #include "memory/layout.h"
@@ -75,6 +76,8 @@ std::vector<uint8_t> build_fadt(uint64_t facs, uint64_t dsdt) {
   f.set(48, 4, 0);     // no SMI_CMD: always in ACPI mode
   f.set(56, 4, layout::kAcpiPm1aEvt);
   f.set(64, 4, layout::kAcpiPm1aCnt);
+  f.set(80, 4, layout::kAcpiGpe0);
+  f.set(92, 1, devices::AcpiPm::kGpe0Length);  // GPE0_BLK_LEN
   f.set(88, 1, 4);     // PM1_EVT_LEN
   f.set(89, 1, 2);     // PM1_CNT_LEN
   f.set(96, 2, 101);   // P_LVL2_LAT > 100: no C2
@@ -92,6 +95,7 @@ std::vector<uint8_t> build_fadt(uint64_t facs, uint64_t dsdt) {
   f.set(140, 8, dsdt);                                       // X_DSDT
   f.gas(148, kSpaceIo, 32, kAccessWord, layout::kAcpiPm1aEvt);
   f.gas(172, kSpaceIo, 16, kAccessWord, layout::kAcpiPm1aCnt);
+  f.gas(220, kSpaceIo, devices::AcpiPm::kGpe0Length * 8, kAccessByte, layout::kAcpiGpe0);  // X_GPE0_BLK
   f.set(268, 8, 0x4d56535341505f5full);  // hypervisor vendor identity "__PASSVM" as stored bytes
   return make_table("FACP", 6, f.body());
 }
@@ -180,7 +184,7 @@ uint64_t build_tables(const AcpiConfig& config, std::span<uint8_t> window, uint6
   constexpr size_t kRsdpSize = 36;
   p.place(std::vector<uint8_t>(kRsdpSize, 0), 16);  // reserve: written last, once the XSDT address is known
   uint64_t facs = p.place(build_facs(), 64);
-  uint64_t dsdt = p.place(build_dsdt(config.windows), 16);
+  uint64_t dsdt = p.place(build_dsdt(config.windows, config.hotplug_slots), 16);
   uint64_t fadt = p.place(build_fadt(facs, dsdt), 16);
   uint64_t madt = p.place(build_madt(config.vcpus), 16);
   uint64_t mcfg = p.place(build_mcfg(), 16);

@@ -234,6 +234,24 @@ TEST(AcpiTablesIasl, DsdtDecompilesCleanly) {
     EXPECT_NE(d.dsl.find(want), std::string::npos) << want << "\n" << d.dsl;
 }
 
+TEST(AcpiTablesIasl, HotplugSlotsDecompileToWhatAcpiphpNeeds) {
+  if (find_iasl().empty()) GTEST_SKIP() << "iasl not installed (apt-get install acpica-tools)";
+  Disassembly d = disassemble(build_dsdt({}, (1u << 3) | (1u << 31)), "dsdt");
+  ASSERT_EQ(d.status, 0) << d.log;
+  EXPECT_EQ(d.log.find("Error"), std::string::npos) << d.log;
+  for (const char* want : {"OperationRegion (PCST, SystemIO, 0xAE00, 0x0C)", "PCIU,   32", "B0EJ,   32",
+                           "Device (S03)", "Name (_ADR, 0x00030000)", "Name (_SUN, 0x03)", "Device (S1F)",
+                           "Name (_ADR, 0x001F0000)", "PCEJ (0x1F)", "Notify (S03, One)", "Notify (S03, 0x03)",
+                           "Notify (S1F, 0x03)", "Method (_E01, 0, NotSerialized)", "\\_SB.PCI0.PCNT ()",
+                           "B0EJ = (One << Arg0)", "If ((Local0 & 0x08))", "If ((Local1 & 0x80000000))"})
+    EXPECT_NE(d.dsl.find(want), std::string::npos) << want << "\n" << d.dsl;
+  EXPECT_EQ(d.dsl.find("Device (S04)"), std::string::npos) << "slot 4 is not hotpluggable";
+  // Without hotplug slots, none of it.
+  Disassembly plain = disassemble(build_dsdt(), "dsdt");
+  EXPECT_EQ(plain.dsl.find("PCNT"), std::string::npos);
+  EXPECT_EQ(plain.dsl.find("_GPE"), std::string::npos);
+}
+
 TEST(AcpiTablesIasl, DataTablesDecompileCleanly) {
   if (find_iasl().empty()) GTEST_SKIP() << "iasl not installed (apt-get install acpica-tools)";
   Image img(2);

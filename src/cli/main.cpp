@@ -1,30 +1,47 @@
-// passvm's entry point: host tooling subcommands, or a VM.
+// passvm's entry point: host tooling subcommands, the API client, or a VM (with or without an API).
 #include <fmt/format.h>
 
 #include <cstdio>
 #include <exception>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "api/client.h"
+#include "api/server.h"
 #include "cli/options.h"
 #include "host/host_cli.h"
-#include "vmm/machine.h"
+#include "vmm/vmm.h"
+
+namespace {
+
+// argv[1..] as a subcommand's own argv, named "passvm SUB".
+int run_subcommand(int argc, char** argv, int (*fn)(int, char**)) {
+  std::string name = std::string("passvm ") + argv[1];
+  std::vector<char*> sub(argv + 1, argv + argc);
+  sub[0] = name.data();
+  return fn(static_cast<int>(sub.size()), sub.data());
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
-  if (argc > 1 && passvm::host::is_host_command(argv[1])) {
-    std::string name = std::string("passvm ") + argv[1];
-    std::vector<char*> sub(argv + 1, argv + argc);
-    sub[0] = name.data();
-    return passvm::host::host_main(static_cast<int>(sub.size()), sub.data());
-  }
+  if (argc > 1 && passvm::host::is_host_command(argv[1])) return run_subcommand(argc, argv, passvm::host::host_main);
+  if (argc > 1 && std::string(argv[1]) == "remote") return run_subcommand(argc, argv, passvm::api::remote_main);
   auto parsed = passvm::cli::parse_command_line(std::vector<std::string>(argv + 1, argv + argc));
-  if (!parsed.config) {
+  if (!parsed.run) {
     std::fputs(parsed.message.c_str(), parsed.exit_status == 0 ? stdout : stderr);
     if (!parsed.message.empty() && parsed.message.back() != '\n') std::fputc('\n', parsed.exit_status == 0 ? stdout : stderr);
     return parsed.exit_status;
   }
   try {
-    return passvm::run_machine(*parsed.config);
+    // The Vmm first: it blocks the signals it watches, and every thread started later inherits that.
+    passvm::Vmm vmm(!parsed.api_socket.empty());
+    std::unique_ptr<passvm::api::Server> server;
+    if (!parsed.api_socket.empty()) server = std::make_unique<passvm::api::Server>(vmm, parsed.api_socket);
+    int status = vmm.run(parsed.config);
+    server.reset();  // after run(): a vmm.shutdown request gets its reply before the socket goes
+    return status;
   } catch (const std::exception& e) {
     fmt::print(stderr, "passvm: {}\n", e.what());
     return 1;

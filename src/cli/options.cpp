@@ -135,7 +135,11 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
   app.add_option("-l,--lpc", lpc, "LPC device: com1,stdio (the guest's ttyS0 on this terminal)")
       ->allow_extra_args(false);
   app.add_flag("-S,--hugepages", cfg.hugepages, "Back guest RAM with the host's reserved hugetlbfs pages (1 GiB ones when the size allows and the pool has them, else 2 MiB); without it, transparent huge pages");
-  app.add_option("--kernel,-k", cfg.kernel, "Linux bzImage to boot")->required();
+  app.add_option("--kernel,-k", cfg.kernel, "Linux bzImage to boot (required unless --api-socket)");
+  std::string api_socket;
+  app.add_option("--api-socket", api_socket,
+                 "Serve cloud-hypervisor's REST API (HTTP over this unix socket): the VM is then created, booted, "
+                 "paused and given devices by requests, and passvm stays until vmm.shutdown");
   app.add_option("--initrd,-i", cfg.initrd, "Initramfs to load");
   app.add_option("--append,-a", cfg.cmdline, "Kernel command line");
   app.add_flag("--stats", cfg.stats, "Print device and vCPU counters at exit (also on SIGUSR2)");
@@ -159,10 +163,6 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
   } catch (const CLI::CallForHelp&) {
     result.message = app.help();
     return result;
-  } catch (const CLI::RequiredError& e) {
-    result.message = fmt::format("passvm: {}: give the guest kernel with --kernel BZIMAGE (see passvm --help)", e.what());
-    result.exit_status = 1;
-    return result;
   } catch (const CLI::ParseError& e) {
     result.message = fmt::format("passvm: {} (see passvm --help)", e.what());
     result.exit_status = 1;
@@ -174,6 +174,18 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
     result.exit_status = 1;
     return result;
   };
+  result.api_socket = api_socket;
+  if (cfg.kernel.empty()) {
+    if (api_socket.empty())
+      return fail("--kernel is required: give the guest kernel with --kernel BZIMAGE, or serve the API with "
+                  "--api-socket PATH and create the VM through it (see passvm --help)");
+    for (const char* opt : {"--slot", "--lpc", "--initrd", "--append", "--memory", "--cpus", "--hugepages"})
+      if (app.count(opt) > 0)
+        return fail(fmt::format("{} describes a VM, but no --kernel was given: give --kernel too, or leave the VM to "
+                                "vm.create on the API socket", opt));
+    result.run = true;
+    return result;
+  }
   auto size = parse_size(memory);
   if (!size) return fail(fmt::format("-m {}: not a size; give a number with K, M, G or T, e.g. -m 512M", memory));
   if (*size < (16ull << 20)) return fail(fmt::format("-m {}: a guest needs at least 16M", memory));
@@ -214,6 +226,7 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
   }
   cfg.unpack_on_host = !guest_decompress;
   result.config = cfg;
+  result.run = true;
   return result;
 }
 

@@ -2,6 +2,7 @@
 //
 //   passvm -c 2 -m 512M -s 0,hostbridge -s 3,passthru,0000:03:00.0 -l com1,stdio
 //          --kernel bzImage --initrd initrd.img --append "console=ttyS0" [VMNAME]
+//   passvm --api-socket /run/passvm.sock [the same, or nothing: the VM then comes from vm.create]
 //
 // parse_command_line() is pure: it returns a MachineConfig, or the text to
 // print (help, version) and the status to exit with, or an error message that
@@ -19,7 +20,9 @@
 namespace passvm::cli {
 
 struct ParseResult {
-  std::optional<MachineConfig> config;  // set when the VM should run
+  std::optional<MachineConfig> config;  // set when a VM was given on the command line
+  bool run = false;                     // passvm should run (a VM, an API socket, or both)
+  std::string api_socket;               // --api-socket PATH: serve the API there (config may then be empty)
   std::string message;                  // help/version text, or the error
   int exit_status = 0;                  // when config is empty: 0 for help/version, 1 for errors
 };

@@ -104,6 +104,21 @@ TEST(CommandLine, DefaultsAndLongOptions) {
   EXPECT_TRUE(g.config->verbose);
 }
 
+TEST(CommandLine, AnApiSocketAloneRunsWithoutAVm) {
+  auto a = parse({"--api-socket", "/run/pv.sock"});
+  EXPECT_TRUE(a.run) << a.message;
+  EXPECT_FALSE(a.config.has_value());
+  EXPECT_EQ(a.api_socket, "/run/pv.sock");
+  auto b = parse({"--api-socket", "/run/pv.sock", "--kernel", "k", "-c", "2"});
+  EXPECT_TRUE(b.run);
+  ASSERT_TRUE(b.config.has_value());
+  EXPECT_EQ(b.config->cpus, 2u);
+  auto c = parse({"--kernel", "k"});
+  EXPECT_TRUE(c.run);
+  EXPECT_TRUE(c.api_socket.empty());
+  EXPECT_FALSE(parse({"--help"}).run);
+}
+
 TEST(CommandLine, HelpAndVersionExitZero) {
   auto h = parse({"--help"});
   EXPECT_FALSE(h.config.has_value());
@@ -122,6 +137,8 @@ TEST(CommandLine, BadInputIsOneClearErrorAndNonZero) {
   } cases[] = {
       {{"-m", "512M"}, "--kernel"},
       {{"--kernel", "k", "-m", "lots"}, "-m lots"},
+      {{"--api-socket", "/tmp/s", "-s", "3,passthru,1/0/0"}, "--slot describes a VM, but no --kernel"},
+      {{"--api-socket", "/tmp/s", "-m", "1G"}, "--memory describes a VM"},
       {{"--kernel", "k", "-m", "1M"}, "at least 16M"},
       {{"--kernel", "k", "-c", "0"}, "cpus"},
       {{"--kernel", "k", "-c", "two"}, "cpus"},

@@ -12,7 +12,9 @@ AcpiPm::AcpiPm(std::function<void()> on_poweroff, std::function<void(bool)> sci)
     : on_poweroff_(std::move(on_poweroff)), sci_(std::move(sci)) {}
 
 uint8_t AcpiPm::byte_at(uint64_t offset) const {
-  uint16_t reg = offset < 2 ? status_ : offset < 4 ? enable_ : control_;
+  static_assert(kSize == 12 && kGpe0Offset == 8);
+  uint16_t regs[6] = {status_, enable_, control_, 0, gpe_status_, gpe_enable_};
+  uint16_t reg = regs[offset / 2];
   return static_cast<uint8_t>(reg >> (8 * (offset % 2)));
 }
 
@@ -26,7 +28,7 @@ void AcpiPm::write(uint64_t offset, std::span<const uint8_t> data) {
   {
     std::lock_guard g(lock_);
     // Gather the access per 16-bit register, so a word write acts once with both bytes.
-    uint16_t value[3] = {0, 0, 0}, mask[3] = {0, 0, 0};
+    uint16_t value[6] = {}, mask[6] = {};
     for (size_t i = 0; i < data.size(); i++) {
       uint64_t at = offset + i;
       if (at >= kSize) break;
@@ -37,6 +39,8 @@ void AcpiPm::write(uint64_t offset, std::span<const uint8_t> data) {
     enable_ = static_cast<uint16_t>((enable_ & ~mask[1]) | (value[1] & mask[1] & kEnableBits));
     uint16_t cm = mask[2] & kControlWritable;
     control_ = static_cast<uint16_t>((control_ & ~cm) | (value[2] & cm));
+    gpe_status_ = static_cast<uint16_t>(gpe_status_ & ~(value[4] & mask[4]));
+    gpe_enable_ = static_cast<uint16_t>((gpe_enable_ & ~mask[5]) | (value[5] & mask[5]));
     if ((mask[2] & kPm1CntSlpEn) && (value[2] & kPm1CntSlpEn)) {
       auto type = static_cast<uint8_t>((control_ >> kPm1CntSlpTypShift) & 7);
       poweroff = type == kS5SleepType;
@@ -52,8 +56,14 @@ void AcpiPm::press_power_button() {
   update_sci();
 }
 
+void AcpiPm::raise_gpe(unsigned gpe) {
+  std::lock_guard g(lock_);
+  if (gpe < 16) gpe_status_ = static_cast<uint16_t>(gpe_status_ | 1u << gpe);
+  update_sci();
+}
+
 void AcpiPm::update_sci() {
-  bool level = (control_ & kPm1CntSciEn) && (status_ & enable_ & kEnableBits);
+  bool level = (control_ & kPm1CntSciEn) && ((status_ & enable_ & kEnableBits) || (gpe_status_ & gpe_enable_));
   if (level == sci_level_) return;
   sci_level_ = level;
   if (sci_) sci_(level);

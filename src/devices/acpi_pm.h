@@ -5,7 +5,10 @@
 // layout::kAcpiPmBase). Linux powers off by writing SLP_EN with the sleep type
 // the DSDT's \_S5 package declares (kS5SleepType): that calls on_poweroff.
 // The host can press the power button (a clean shutdown request): the SCI is
-// raised while an enabled status bit is set.
+// raised while an enabled status bit is set. Behind them sits GPE0 (layout::
+// kAcpiGpe0, 2 bytes of status and 2 of enable, 16 general-purpose events):
+// raise_gpe(n) sets a status bit and the guest runs the DSDT's \_GPE._Enn
+// method for it (PCI hotplug uses kGpePciHotplug).
 #pragma once
 
 #include <cstdint>
@@ -25,10 +28,14 @@ inline constexpr uint16_t kPm1StsWake = 1u << 15;
 inline constexpr uint16_t kPm1CntSciEn = 1u << 0;
 inline constexpr uint16_t kPm1CntSlpEn = 1u << 13;
 inline constexpr int kPm1CntSlpTypShift = 10;
+inline constexpr unsigned kGpePciHotplug = 1;  // \_GPE._E01 scans the hotplug slots
 
 class AcpiPm : public BusDevice {
  public:
-  static constexpr uint64_t kSize = 6;  // PM1a_EVT_BLK (4) followed by PM1a_CNT_BLK (2)
+  // PM1a_EVT_BLK (4), PM1a_CNT_BLK (2), two bytes unused, GPE0_BLK (4).
+  static constexpr uint64_t kSize = 12;
+  static constexpr uint64_t kGpe0Offset = 8;
+  static constexpr uint8_t kGpe0Length = 4;
 
   AcpiPm(std::function<void()> on_poweroff, std::function<void(bool level)> sci = {});
 
@@ -37,6 +44,8 @@ class AcpiPm : public BusDevice {
 
   // Sets PWRBTN_STS: the guest sees a power button press (SCI if it enabled PWRBTN_EN).
   void press_power_button();
+  // Sets GPE0 status bit `gpe` (< 16): an SCI once the guest enabled it.
+  void raise_gpe(unsigned gpe);
 
  private:
   uint8_t byte_at(uint64_t offset) const;
@@ -46,6 +55,7 @@ class AcpiPm : public BusDevice {
   std::function<void(bool)> sci_;
   std::mutex lock_;
   uint16_t status_ = 0, enable_ = 0;
+  uint16_t gpe_status_ = 0, gpe_enable_ = 0;
   uint16_t control_ = kPm1CntSciEn;  // no SMI_CMD: the machine is always in ACPI mode
   bool sci_level_ = false;
 };

@@ -223,6 +223,10 @@ void Vcpu::start() {
   if (thread_.joinable()) return;
   install_kick_handler();
   stopping_ = false;
+  {
+    std::lock_guard g(pause_lock_);
+    loop_ended_ = false;
+  }
   run_->immediate_exit = 0;
   thread_ = std::thread([this] { run_loop(); });
 }
@@ -236,7 +240,38 @@ void Vcpu::kick() {
   pthread_kill(thread_.native_handle(), kick_signal());
 }
 
+void Vcpu::pause() {
+  std::unique_lock g(pause_lock_);
+  if (!thread_.joinable() || thread_.get_id() == std::this_thread::get_id()) return;
+  pause_requested_ = true;
+  __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_SEQ_CST);
+  pthread_kill(thread_.native_handle(), kick_signal());
+  pause_cv_.wait(g, [&] { return parked_ || loop_ended_; });
+}
+
+void Vcpu::resume() {
+  std::lock_guard g(pause_lock_);
+  pause_requested_ = false;
+  pause_cv_.notify_all();
+}
+
+void Vcpu::park_if_asked() {
+  std::unique_lock g(pause_lock_);
+  if (!pause_requested_) return;
+  parked_ = true;
+  pause_cv_.notify_all();
+  pause_cv_.wait(g, [&] { return !pause_requested_ || stopping_.load(); });
+  parked_ = false;
+  // The kick that parked us set immediate_exit; a kick to stop sets it again after stopping_.
+  if (!stopping_.load()) __atomic_store_n(&run_->immediate_exit, 0, __ATOMIC_SEQ_CST);
+}
+
 void Vcpu::stop() {
+  {
+    std::lock_guard g(pause_lock_);  // a parked loop must wake to see stopping_
+    stopping_ = true;
+    pause_cv_.notify_all();
+  }
   kick();
   if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }
@@ -252,8 +287,18 @@ void Vcpu::run_loop() {
   sigemptyset(&set);
   sigaddset(&set, kick_signal());
   pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  struct Ended {
+    Vcpu& v;
+    ~Ended() {
+      std::lock_guard g(v.pause_lock_);
+      v.loop_ended_ = true;
+      v.pause_cv_.notify_all();
+    }
+  } ended{*this};
   try {
     while (!stopping_.load()) {
+      park_if_asked();
+      if (stopping_.load()) break;
       if (ioctl(fd_, KVM_RUN, 0) < 0) {
         int err = errno;
         if (err == EINTR || err == EAGAIN) {

@@ -15,10 +15,13 @@
 // stop() kicks the thread out of KVM_RUN with a signal (kick_signal(),
 // installed once without SA_RESTART; do not use it for anything else) and
 // kvm_run->immediate_exit (which covers a kick that lands just before
-// KVM_RUN), then joins it.
+// KVM_RUN), then joins it. pause() uses the same kick but parks the thread
+// on a condition variable instead of ending it.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <csignal>
 #include <cstdint>
 #include <string>
@@ -76,6 +79,11 @@ class Vcpu {
   // The kick alone, without waiting: a machine kicks every vCPU first and then stops (joins) each, so
   // that they leave KVM_RUN in parallel rather than one after the other.
   void kick();
+  // pause() returns once the thread is out of KVM_RUN and waiting (or has ended); resume() lets it
+  // run again. Pending port I/O or MMIO completes before it parks, so nothing is lost. Only from
+  // threads other than this vCPU's; idempotent.
+  void pause();
+  void resume();
 
   uint32_t index() const { return index_; }
   int fd() const { return fd_; }
@@ -113,6 +121,11 @@ class Vcpu {
   uint64_t phys_mask_ = 0;  // all guest physical address bits, for MTRR masks
   std::thread thread_;
   std::atomic<bool> stopping_{false};
+  // Pause: the owner sets pause_requested_ and kicks; the loop parks (parked_) until it is cleared.
+  void park_if_asked();
+  std::mutex pause_lock_;
+  std::condition_variable pause_cv_;
+  bool pause_requested_ = false, parked_ = false, loop_ended_ = false;
   std::atomic<uint64_t> io_exits_{0}, mmio_exits_{0}, other_exits_{0};
 };
 

@@ -183,6 +183,38 @@ TEST_F(VcpuTest, StopKicksASpinningGuest) {
   v->stop();  // idempotent
 }
 
+TEST_F(VcpuTest, PauseStopsTheGuestAndResumeContinuesIt) {
+  // inc qword [kDataAddr]; jmp back
+  auto v = make_vcpu(0, 1, {0x48, 0xff, 0x04, 0x25, 0x00, 0x10, 0x10, 0x00, 0xeb, 0xf6});
+  enter_long_mode(*v);
+  auto count = [&] {
+    uint8_t b[8];
+    mem_->read(kDataAddr, b);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--) n = n << 8 | b[i];
+    return n;
+  };
+  v->start();
+  auto until_moving = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (count() == 0 && std::chrono::steady_clock::now() < until_moving)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_GT(count(), 0u) << "the guest loop never ran";
+  v->pause();
+  uint64_t paused_at = count();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(count(), paused_at) << "the guest ran while paused";
+  v->pause();  // idempotent
+  v->resume();
+  while (count() == paused_at && std::chrono::steady_clock::now() < until_moving)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_GT(count(), paused_at) << "the guest did not run after resume";
+  v->pause();
+  auto t0 = std::chrono::steady_clock::now();
+  v->stop();  // a parked vCPU stops too
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  EXPECT_FALSE(ctl_.requested()) << ctl_.detail();
+}
+
 TEST_F(VcpuTest, ApWaitsForSipiAndStops) {
   auto bsp = make_vcpu(0, 2, kDone);
   auto ap = std::make_unique<Vcpu>(*vm_, 1, 2, pio_, mmio_, ctl_);

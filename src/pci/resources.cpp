@@ -119,23 +119,24 @@ void PciRoot::assign_resources(const layout::PciWindows& windows) {
   // Only program devices once everything fitted, so a failure leaves no half-configured bus.
   for (const BarAssignment& a : done) device(a.slot, a.func)->assign_bar(a.index, a.address);
 
-  for (int slot = 0; slot < kSlots; slot++) {
-    for (int func = 0; func < kFunctions; func++) {
-      PciDevice* dev = device(slot, func);
-      if (!dev) continue;
-      uint32_t pin = dev->config_read(kCfgIntPin, 1) & 0xff;
-      if (pin == 0) continue;
-      if (pin > 4)
-        throw std::runtime_error(fmt::format("PCI 00:{:02x}.{} ({}): interrupt pin register holds {}, not 0-4 "
-                                             "(none, INTA-INTD); the device's config space is bad",
-                                             slot, func, dev->name(), pin));
-      uint32_t gsi = layout::pci_intx_gsi(static_cast<uint32_t>(slot), pin - 1);
-      dev->set_intx_gsi(gsi);
-      // Firmware writes the routed IRQ to Interrupt Line; drivers print it and some older ones use it.
-      dev->config_write(kCfgIntLine, 1, gsi);
-    }
-  }
+  for (int slot = 0; slot < kSlots; slot++)
+    for (int func = 0; func < kFunctions; func++) route_intx(slot, func);
   assignments_ = std::move(done);
+}
+
+void PciRoot::route_intx(int slot, int func) {
+  PciDevice* dev = device(slot, func);
+  if (!dev) return;
+  uint32_t pin = dev->config_read(kCfgIntPin, 1) & 0xff;
+  if (pin == 0) return;
+  if (pin > 4)
+    throw std::runtime_error(fmt::format("PCI 00:{:02x}.{} ({}): interrupt pin register holds {}, not 0-4 "
+                                         "(none, INTA-INTD); the device's config space is bad",
+                                         slot, func, dev->name(), pin));
+  uint32_t gsi = layout::pci_intx_gsi(static_cast<uint32_t>(slot), pin - 1);
+  dev->set_intx_gsi(gsi);
+  // Firmware writes the routed IRQ to Interrupt Line; drivers print it and some older ones use it.
+  dev->config_write(kCfgIntLine, 1, gsi);
 }
 
 }  // namespace passvm::pci

@@ -54,6 +54,12 @@ void PciRoot::add(int slot, int func, PciDevice* dev) {
   at = dev;
 }
 
+void PciRoot::remove(int slot, int func) {
+  if (slot < 0 || slot >= kSlots || func < 0 || func >= kFunctions) return;
+  std::lock_guard g(slots_lock_);
+  devices_[static_cast<size_t>(slot * kFunctions + func)] = nullptr;
+}
+
 PciDevice* PciRoot::device(int slot, int func) const {
   if (slot < 0 || slot >= kSlots || func < 0 || func >= kFunctions) return nullptr;
   std::lock_guard g(slots_lock_);

@@ -54,6 +54,9 @@ class PciRoot {
   // range or already taken. The device must outlive the root.
   void add(int slot, int func, PciDevice* dev);
   PciDevice* device(int slot, int func) const;
+  // Unplugs whatever sits at slot/func (nothing if empty). The caller makes sure no vCPU is in the
+  // middle of a config access to it (the machine pauses them) before destroying the device.
+  void remove(int slot, int func);
 
   // Config access to bus 0. Any size 1..8 and any alignment: accesses the device cannot
   // take in one piece (unaligned, 8 bytes) are split. Absent functions and other buses
@@ -65,6 +68,9 @@ class PciRoot {
   // the window when a window is exhausted or a device asks for an impossible BAR.
   void assign_resources(const layout::PciWindows& windows = {});
   const std::vector<BarAssignment>& assignments() const { return assignments_; }
+  // Routes the INTx pin of the device at slot/func to its GSI, as assign_resources() does for every
+  // device; for a device plugged in later (its BARs are the guest's to place).
+  void route_intx(int slot, int func);
 
   // Register config_io() on the port bus at layout::kPciConfigAddrPort for 8 bytes, and
   // ecam() on the MMIO bus at layout::kEcamStart for layout::kEcamSize bytes.

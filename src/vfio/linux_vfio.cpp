@@ -396,11 +396,32 @@ std::unique_ptr<Device> Container::open_device(const Bdf& bdf) {
                     e);
   }
   auto dev = std::make_unique<LinuxDevice>(bdf, fd, sysfs_root_);
+  device_group_[name] = group;
   if (!dev->resets_itself()) {
     HotReset r = hot_reset(fd, bdf);
     dev->set_fallback_reset(r.method, r.why_not);
   }
   return dev;
+}
+
+void Container::detach(const Bdf& bdf) {
+  std::lock_guard g(lock_);
+  auto it = device_group_.find(bdf.str());
+  if (it == device_group_.end()) return;
+  int group = it->second;
+  device_group_.erase(it);
+  hot_reset_done_.erase(bdf.str());
+  for (const auto& [other, other_group] : device_group_)
+    if (other_group == group) return;  // another function of the group is still in the VM
+  auto fd = groups_.find(group);
+  if (fd == groups_.end()) return;
+  ioctl(fd->second, VFIO_GROUP_UNSET_CONTAINER);
+  close(fd->second);
+  groups_.erase(fd);
+  if (groups_.empty()) {  // the kernel released the IOMMU context with its last group
+    iommu_set_ = false;
+    mapped_.clear();
+  }
 }
 
 void Container::map_dma(const DmaRegion& region) {

@@ -34,6 +34,11 @@ class Container : public DmaMapper {
   // (no function reset) gets a bus or slot reset when every device that resets with it is in a group
   // attached here; reset_method() says what ran. Throws VfioError.
   std::unique_ptr<Device> open_device(const Bdf& bdf);
+  // After the device opened from here is closed (a hot-unplug): its IOMMU group is let go once no
+  // device of it is open here, so the host can have the device back. When that was the last group,
+  // the kernel drops the IOMMU context and every DMA mapping with it: unmap guest RAM before; the next
+  // device opened selects the IOMMU again.
+  void detach(const Bdf& bdf);
 
   void map_dma(const DmaRegion& region) override;
   void unmap_dma(uint64_t iova, uint64_t size) override;
@@ -53,6 +58,7 @@ class Container : public DmaMapper {
   int fd_ = -1;
   bool iommu_set_ = false;
   std::map<int, int> groups_;            // group number -> fd
+  std::map<std::string, int> device_group_;  // devices opened here -> their group
   std::map<uint64_t, uint64_t> mapped_;  // iova -> size, unmapped at destruction if still there
   std::set<std::string> hot_reset_done_;  // devices a hot reset of ours already reset
 };

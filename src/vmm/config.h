@@ -13,12 +13,14 @@ namespace passvm {
 
 // One -s SLOT[:FUNC],EMULATION[,CONFIG] option.
 struct SlotConfig {
+  static constexpr uint32_t kAnySlot = 0xffffffff;  // the API's devices: the machine picks a free slot
   uint32_t slot = 0;
   uint32_t func = 0;
   std::string emulation;  // "hostbridge", "passthru", "lpc"
   std::string config;     // e.g. the host device of a passthru slot, "0000:03:00.0" or "3/0/0"
   std::string rom;        // passthru: rom=FILE, the expansion ROM the guest sees instead of the device's
   bool p2p = true;        // passthru: p2p=on|off, the device's BARs mapped into the IOMMU for peer-to-peer DMA
+  std::string id;         // passthru: the device's id in the API ("_vfioN" when the user gave none)
 };
 
 struct MachineConfig {
@@ -33,7 +35,7 @@ struct MachineConfig {
   std::string cmdline;
   bool stats = false;           // print device and vCPU counters at exit
   bool verbose = false;         // say what is being set up, with timings
-  bool unpack_on_host = true;   // unpack the kernel in passvm rather than in the guest (boot/vmlinux.h)
+  bool unpack_on_host = true;
 };
 
 }  // namespace passvm

@@ -1,25 +1,21 @@
 #include "vmm/machine.h"
 
 #include <fmt/format.h>
-#include <poll.h>
-#include <pthread.h>
 #include <signal.h>
-#include <sys/eventfd.h>
 #include <sys/resource.h>
-#include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <mutex>
-#include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <memory>
+#include <filesystem>
+#include <fstream>
 #include <stdexcept>
 #include <system_error>
 #include <thread>
-#include <vector>
+#include <utility>
 
 #include "acpi/tables.h"
 #include "boot/e820.h"
@@ -35,109 +31,17 @@
 #include "kvm/vm.h"
 #include "memory/guest_memory.h"
 #include "memory/layout.h"
-#include "vfio/guest_dma.h"
 #include "passthru/passthru_device.h"
 #include "pci/host_bridge.h"
+#include "pci/hotplug.h"
 #include "pci/root.h"
+#include "vfio/guest_dma.h"
 #include "vfio/host_checks.h"
 #include "vfio/linux_vfio.h"
-#include "vmm/exit_control.h"
+#include "vmm/step_log.h"
 
 namespace passvm {
 namespace {
-
-// Signals that stop the machine (and SIGUSR2, which prints the counters) are blocked in every thread and
-// read from a signalfd by one watcher thread, so no handler ever runs inside device or KVM code.
-class SignalWatcher {
- public:
-  explicit SignalWatcher(ExitControl& ctl) : ctl_(ctl) {
-    sigemptyset(&set_);
-    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR2}) sigaddset(&set_, s);
-    if (pthread_sigmask(SIG_BLOCK, &set_, &old_) != 0) throw std::runtime_error("cannot block signals");
-    sfd_ = signalfd(-1, &set_, SFD_CLOEXEC);
-    stop_fd_ = eventfd(0, EFD_CLOEXEC);
-    if (sfd_ < 0 || stop_fd_ < 0) throw std::runtime_error(fmt::format("signalfd: {}", strerror(errno)));
-    thread_ = std::thread([this] { loop(); });
-  }
-  ~SignalWatcher() {
-    uint64_t one = 1;
-    if (write(stop_fd_, &one, sizeof one) < 0) {
-    }
-    thread_.join();
-    close(sfd_);
-    close(stop_fd_);
-    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
-  }
-  SignalWatcher(const SignalWatcher&) = delete;
-  SignalWatcher& operator=(const SignalWatcher&) = delete;
-
-  // What SIGUSR2 prints; until set, SIGUSR2 is ignored.
-  void on_stats(std::function<void()> fn) {
-    std::lock_guard g(lock_);
-    on_stats_ = std::move(fn);
-  }
-
- private:
-  void loop() {
-    for (;;) {
-      pollfd fds[2] = {{sfd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
-      if (poll(fds, 2, -1) < 0) {
-        if (errno == EINTR) continue;
-        return;
-      }
-      if (fds[1].revents) return;
-      signalfd_siginfo info{};
-      if (read(sfd_, &info, sizeof info) != sizeof info) continue;
-      if (info.ssi_signo == SIGUSR2) {
-        std::lock_guard g(lock_);
-        if (on_stats_) on_stats_();
-      } else {
-        ctl_.request(ExitReason::Signal, strsignal(static_cast<int>(info.ssi_signo)));
-      }
-    }
-  }
-
-  ExitControl& ctl_;
-  std::mutex lock_;
-  std::function<void()> on_stats_;
-  sigset_t set_{}, old_{};
-  int sfd_ = -1, stop_fd_ = -1;
-  std::thread thread_;
-};
-
-// -v: one line per setup step with the time it took, so a slow start says where the time went.
-class StepLog {
- public:
-  explicit StepLog(bool on) : on_(on), last_(std::chrono::steady_clock::now()), start_(last_) {}
-  ~StepLog() {
-    try {
-      if (!exit_step_.empty()) (*this)(exit_step_);
-    } catch (...) {  // a closed stderr must not turn an exit into a crash
-    }
-  }
-  StepLog(const StepLog&) = delete;
-  StepLog& operator=(const StepLog&) = delete;
-  // A step that ends when this log is destroyed, i.e. after everything declared after it.
-  void at_exit(std::string what) { exit_step_ = std::move(what); }
-  void operator()(const std::string& what) {
-    auto now = std::chrono::steady_clock::now();
-    if (on_)
-      fmt::print(stderr, "passvm: {:8.1f} ms  {}\n",
-                 std::chrono::duration<double, std::milli>(now - last_).count(), what);
-    last_ = now;
-  }
-  void note(const std::string& what) {
-    if (on_) fmt::print(stderr, "passvm:              {}\n", what);
-  }
-  double total_ms() const {
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
-  }
-
- private:
-  bool on_;
-  std::string exit_step_;
-  std::chrono::steady_clock::time_point last_, start_;
-};
 
 // A crash must not leave the user's terminal in raw mode: restore it, then die as the signal says.
 std::atomic<devices::ConsoleInput*> g_console{nullptr};
@@ -146,12 +50,6 @@ void restore_terminal_and_die(int sig) {
   if (auto* c = g_console.load()) c->restore();
   signal(sig, SIG_DFL);
   raise(sig);
-}
-
-// Setup can take seconds (pinning guest RAM for DMA): a signal during it stops the setup cleanly.
-struct SetupInterrupted {};
-void check_interrupted(ExitControl& ctl) {
-  if (ctl.requested()) throw SetupInterrupted{};
 }
 
 uint64_t host_memory_bytes() {
@@ -174,118 +72,178 @@ void raise_open_file_limit() {
   }
 }
 
-int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals);
+// What the host's Intel IOMMUs can address (their narrowest MGAW), 0 if there is none to ask. A machine
+// that may get devices later keeps its 64-bit window below it, as one with devices at boot does.
+uint64_t intel_iommu_reach() {
+  uint64_t reach = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/sys/class/iommu", ec)) {
+    std::ifstream f(e.path() / "intel-iommu" / "cap");
+    std::string hex;
+    if (!(f >> hex)) continue;
+    uint64_t cap = std::stoull(hex, nullptr, 16);
+    uint64_t bits = ((cap >> 16) & 0x3f) + 1;
+    if (bits >= 64) continue;
+    uint64_t r = uint64_t{1} << bits;
+    reach = reach == 0 ? r : std::min(reach, r);
+  }
+  return reach;
+}
+
+std::string guest_bdf(int slot, int func) { return fmt::format("0000:00:{:02x}.{}", slot, func); }
+
+int key(int slot, int func) { return slot * pci::kFunctions + func; }
 
 }  // namespace
 
-int run_machine(const MachineConfig& cfg) {
-  ExitControl ctl;
-  SignalWatcher signals(ctl);
-  try {
-    return run(cfg, ctl, signals);
-  } catch (const SetupInterrupted&) {
-    fmt::print(stderr, "passvm: {}: stopped by {} during setup\n", cfg.name, ctl.detail());
-    return exit_status(ExitReason::Signal);
+struct Machine::Parts {
+  struct Passthru {
+    SlotConfig config;
+    std::unique_ptr<passthru::PassthruDevice> dev;
+  };
+
+  Parts(const MachineConfig& c, Options o) : cfg(c), opts(std::move(o)), step(c.verbose) {}
+
+  MachineConfig cfg;
+  Options opts;
+  StepLog step;  // outlives every other part, so it can time the VM's closing
+  ExitControl guest;
+  std::unique_ptr<Kvm> kvm;
+  std::unique_ptr<Vm> vm;
+  std::unique_ptr<GuestMemory> mem;
+  uint32_t phys_bits = 0;
+  layout::PciWindows windows;
+  boot::LinuxBoot boot;
+  Bus pio{"port I/O"}, mmio{"MMIO"};
+  std::unique_ptr<devices::Uart16550> com1;
+  std::unique_ptr<devices::AcpiPm> pm;
+  devices::CmosRtc rtc;
+  std::unique_ptr<devices::I8042> i8042;
+  devices::PostPort post;
+  std::unique_ptr<pci::PciRoot> root;
+  pci::HostBridge bridge;
+  std::unique_ptr<pci::PciHotplug> hotplug;
+  uint32_t hotplug_slots = 0;
+  vfio::Container container;
+  // Declared before the devices so that it is destroyed after them: devices stop and reset while guest RAM
+  // is still mapped, then the mapping goes.
+  std::unique_ptr<vfio::GuestDmaMap> dma;
+  std::map<int, Passthru> passthru;  // by key(slot, func)
+  std::vector<std::unique_ptr<Vcpu>> vcpus;
+  std::unique_ptr<devices::ConsoleInput> console;
+  bool started = false, paused = false;
+
+  std::mutex eject_lock;
+  std::vector<int> ejected;
+
+  void check_interrupted() {
+    if (opts.interrupted && opts.interrupted()) throw SetupInterrupted{};
   }
-}
+  passthru::PassthruOptions device_options(const SlotConfig& s) {
+    return {.windows = windows, .rom_file = s.rom, .verbose = cfg.verbose, .peer_dma = s.p2p ? &container : nullptr};
+  }
+  void build();
+  void map_guest_ram();
+  void release_all();
+};
 
-namespace {
-
-int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
-  StepLog step(cfg.verbose);
+void Machine::Parts::build() {
+  const MachineConfig& c = cfg;
   signal(SIGPIPE, SIG_IGN);  // a closed console must not kill the VM: output errors are handled where written
   raise_open_file_limit();
 
   uint64_t host_ram = host_memory_bytes();
-  if (host_ram != 0 && cfg.memory > host_ram)
+  if (host_ram != 0 && c.memory > host_ram)
     throw std::runtime_error(fmt::format("-m {} MiB is more than this host's {} MiB of RAM: give a smaller -m",
-                                         cfg.memory >> 20, host_ram >> 20));
+                                         c.memory >> 20, host_ram >> 20));
 
   // KVM and RAM first: nothing else is worth building without them.
-  Kvm kvm;
-  if (cfg.cpus > kvm.max_vcpus())
-    throw std::runtime_error(fmt::format("-c {}: this host's KVM allows at most {} vCPUs", cfg.cpus, kvm.max_vcpus()));
-  Vm vm(kvm);
+  kvm = std::make_unique<Kvm>();
+  if (c.cpus > kvm->max_vcpus())
+    throw std::runtime_error(fmt::format("-c {}: this host's KVM allows at most {} vCPUs", c.cpus, kvm->max_vcpus()));
+  vm = std::make_unique<Vm>(*kvm);
   step("KVM VM with in-kernel interrupt controllers");
-  check_interrupted(ctl);
-  const uint32_t phys_bits = kvm.guest_phys_bits();
-  GuestMemory mem(cfg.memory, cfg.hugepages, phys_bits);
+  check_interrupted();
+  phys_bits = kvm->guest_phys_bits();
+  mem = std::make_unique<GuestMemory>(c.memory, c.hugepages, phys_bits);
   // Above RAM, up to what the guest's physical address bits reach: large BARs (GPUs) need the room.
   // With passthrough devices the IOMMU's reach may be less; it is known once they are open.
-  layout::PciWindows windows = layout::pci_windows(cfg.memory, phys_bits);
-  for (const auto& r : mem.regions()) vm.map_memory(r.gpa, r.size, r.hva);  // the VM's teardown drops the slots
-  step(fmt::format("{} MiB of guest RAM on {}", cfg.memory >> 20, mem.backing()));
-  if (!mem.small_pages_reason().empty())
-    fmt::print(stderr, "passvm: {}: guest RAM in 4 KiB pages (slower nested paging and DMA): {}\n", cfg.name,
-               mem.small_pages_reason());
+  windows = layout::pci_windows(c.memory, phys_bits);
+  for (const auto& r : mem->regions()) vm->map_memory(r.gpa, r.size, r.hva);  // the VM's teardown drops the slots
+  step(fmt::format("{} MiB of guest RAM on {}", c.memory >> 20, mem->backing()));
+  if (!mem->small_pages_reason().empty())
+    fmt::print(stderr, "passvm: {}: guest RAM in 4 KiB pages (slower nested paging and DMA): {}\n", c.name,
+               mem->small_pages_reason());
 
   // The kernel before any device is opened: a wrong kernel path should fail in milliseconds, not after
   // seconds of device resets and pinning guest RAM. The ACPI tables follow once the PCI windows are final.
-  auto e820 = boot::build_e820(mem);
-  boot::LinuxBoot boot = boot::load_linux(mem, cfg.kernel, cfg.initrd, cfg.cmdline, e820, acpi::kRsdpAddress,
-                                          cfg.unpack_on_host, boot::KernelCache::default_dir());
+  auto e820 = boot::build_e820(*mem);
+  boot = boot::load_linux(*mem, c.kernel, c.initrd, c.cmdline, e820, acpi::kRsdpAddress, c.unpack_on_host,
+                          boot::KernelCache::default_dir());
   step(boot.from_cache         ? "unpacked kernel loaded from the cache, entering startup_64"
        : boot.unpacked_on_host ? "kernel unpacked and loaded, entering startup_64"
-                             : fmt::format("kernel loaded; the guest decompresses it{}",
-                                           boot.unpack_note.empty() ? "" : " (" + boot.unpack_note + ")"));
+                               : fmt::format("kernel loaded; the guest decompresses it{}",
+                                             boot.unpack_note.empty() ? "" : " (" + boot.unpack_note + ")"));
 
-
-  Bus pio("port I/O"), mmio("MMIO");
-  auto irq = [&vm](uint32_t gsi) { return [&vm, gsi](bool level) { vm.set_irq_line(gsi, level); }; };
+  auto irq = [this](uint32_t gsi) { return [this, gsi](bool level) { vm->set_irq_line(gsi, level); }; };
 
   // Legacy platform devices.
-  std::unique_ptr<devices::Uart16550> com1;
-  if (cfg.com1 == "stdio") {
+  if (c.com1 == "stdio") {
     com1 = std::make_unique<devices::Uart16550>(STDOUT_FILENO, irq(layout::kCom1Irq));
     pio.add(layout::kCom1Port, devices::Uart16550::kRegisterCount, com1.get());
   }
-  devices::AcpiPm pm([&ctl] { ctl.request(ExitReason::PowerOff); }, irq(layout::kAcpiSciIrq));
-  pio.add(layout::kAcpiPmBase, devices::AcpiPm::kSize, &pm);
-  devices::CmosRtc rtc;
+  pm = std::make_unique<devices::AcpiPm>([this] { guest.request(ExitReason::PowerOff); }, irq(layout::kAcpiSciIrq));
+  pio.add(layout::kAcpiPmBase, devices::AcpiPm::kSize, pm.get());
   pio.add(0x70, 2, &rtc);
-  devices::I8042 i8042([&ctl] { ctl.request(ExitReason::Reset, "the guest reset the machine (i8042)"); });
-  pio.add(0x60, devices::I8042::kSize, &i8042);
-  devices::PostPort post;
+  i8042 = std::make_unique<devices::I8042>(
+      [this] { guest.request(ExitReason::Reset, "the guest reset the machine (i8042)"); });
+  pio.add(0x60, devices::I8042::kSize, i8042.get());
   pio.add(0x80, 1, &post);
 
   // The PCI bus.
-  pci::PciRoot root([&ctl] { ctl.request(ExitReason::Reset, "the guest reset the machine (port 0xcf9)"); });
-  pio.add(layout::kPciConfigAddrPort, 8, &root.config_io());
-  mmio.add(layout::kEcamStart, layout::kEcamSize, &root.ecam());
-  pci::HostBridge bridge;
-  root.add(0, 0, &bridge);
+  root = std::make_unique<pci::PciRoot>(
+      [this] { guest.request(ExitReason::Reset, "the guest reset the machine (port 0xcf9)"); });
+  pio.add(layout::kPciConfigAddrPort, 8, &root->config_io());
+  mmio.add(layout::kEcamStart, layout::kEcamSize, &root->ecam());
+  root->add(0, 0, &bridge);
+
+  if (opts.hotplug) {
+    // Every slot but those of emulated devices: a device given at boot may leave, and come back.
+    hotplug_slots = ~1u;
+    for (const auto& s : c.slots)
+      if (s.emulation != "passthru" && s.slot < 32) hotplug_slots &= ~(1u << s.slot);
+    hotplug = std::make_unique<pci::PciHotplug>([this] { pm->raise_gpe(devices::kGpePciHotplug); },
+                                                [this](int slot) {
+                                                  std::lock_guard g(eject_lock);
+                                                  ejected.push_back(slot);
+                                                });
+    pio.add(layout::kPciHotplugPort, pci::PciHotplug::kSize, hotplug.get());
+  }
 
   // Passthrough devices share one container, so guest RAM is pinned and mapped into the IOMMU once.
   // Every device is checked before any is opened, so a wrong one fails before the others are reset.
-  for (const auto& s : cfg.slots) {
+  for (const auto& s : c.slots) {
     if (s.emulation != "passthru") continue;
     vfio::check_host_device(vfio::parse_bdf(s.config));
     if (!s.rom.empty() && access(s.rom.c_str(), R_OK) != 0)
       throw std::runtime_error(fmt::format("-s {},passthru,{},rom={}: cannot read the ROM file: {}", s.slot, s.config,
                                            s.rom, strerror(errno)));
   }
-  vfio::Container container;
   // Every group first: a device that can only be reset with its bus needs the groups of all it resets.
-  for (const auto& s : cfg.slots)
+  for (const auto& s : c.slots)
     if (s.emulation == "passthru") container.attach(vfio::parse_bdf(s.config));
-  // Declared before the devices so that it is destroyed after them: devices stop and reset while guest RAM
-  // is still mapped, then the mapping goes.
-  std::unique_ptr<vfio::GuestDmaMap> dma;
-  std::vector<std::unique_ptr<passthru::PassthruDevice>> passthru_devices;
-  for (const auto& s : cfg.slots) {
+  for (const auto& s : c.slots) {
     if (s.emulation != "passthru") continue;
-    auto dev = passthru::open_passthru(s.config, container, vm, pio, mmio, {.windows = windows,
-                                                                           .rom_file = s.rom,
-                                                                           .verbose = cfg.verbose,
-                                                                           .peer_dma = s.p2p ? &container : nullptr});
-    root.add(static_cast<int>(s.slot), static_cast<int>(s.func), dev.get());
+    auto dev = passthru::open_passthru(s.config, container, *vm, pio, mmio, device_options(s));
+    root->add(static_cast<int>(s.slot), static_cast<int>(s.func), dev.get());
     step(fmt::format("passthru {} in slot {}:{}", dev->name(), s.slot, s.func));
-    passthru_devices.push_back(std::move(dev));
-    check_interrupted(ctl);
+    passthru[key(static_cast<int>(s.slot), static_cast<int>(s.func))] = {s, std::move(dev)};
+    check_interrupted();
   }
-  if (uint64_t reach = passthru_devices.empty() ? 0 : container.iova_limit(); reach != 0) {
-    windows = layout::pci_windows(cfg.memory, phys_bits, reach);
-    for (auto& d : passthru_devices) d->set_windows(windows);
+  uint64_t reach = passthru.empty() ? (opts.hotplug ? intel_iommu_reach() : 0) : container.iova_limit();
+  if (reach != 0) {
+    windows = layout::pci_windows(c.memory, phys_bits, reach);
+    for (auto& [k, d] : passthru) d.dev->set_windows(windows);
     if (reach < (uint64_t{1} << phys_bits))
       step.note(fmt::format("the IOMMU reaches {:#x}, less than the CPU's {} bits: the 64-bit PCI window stays below "
                             "it", reach, phys_bits));
@@ -294,108 +252,254 @@ int run(const MachineConfig& cfg, ExitControl& ctl, SignalWatcher& signals) {
                         windows.mmio64.end() - 1, layout::size_text(windows.mmio64.size), phys_bits));
   if (windows.mmio64.size == 0)
     throw std::runtime_error(fmt::format("-m {}M leaves no room for 64-bit PCI BARs below the IOMMU's limit of {:#x}: "
-                                         "give a smaller -m", cfg.memory >> 20, windows.mmio64.start));
-  acpi::build_tables(acpi::AcpiConfig{cfg.cpus, windows}, mem);
-  if (!passthru_devices.empty()) {
-    unsigned threads = mem.populate();
-    step(fmt::format("guest RAM allocated ({} threads): {}", threads, mem.page_usage().describe()));
-    check_interrupted(ctl);
-    dma = std::make_unique<vfio::GuestDmaMap>(container, mem);
-    step(fmt::format("guest RAM mapped for DMA ({} MiB pinned)", cfg.memory >> 20));
-    check_interrupted(ctl);
-  }
-  root.assign_resources(windows);
-  for (const auto& a : root.assignments())
+                                         "give a smaller -m", c.memory >> 20, windows.mmio64.start));
+  acpi::build_tables(acpi::AcpiConfig{c.cpus, windows, hotplug_slots}, *mem);
+  if (!passthru.empty()) map_guest_ram();
+  root->assign_resources(windows);
+  for (const auto& a : root->assignments())
     step.note(fmt::format("00:{:02x}.{} {} at {:#x} ({:#x} bytes, {})", a.slot, a.func,
                           a.index == pci::kRomBarIndex ? std::string("ROM") : fmt::format("BAR{}", a.index), a.address,
                           a.size, a.kind == pci::BarKind::Io ? "I/O" : a.kind == pci::BarKind::Mmio64 ? "64-bit" : "32-bit"));
 
-  std::vector<std::unique_ptr<Vcpu>> vcpus;
-  for (uint32_t i = 0; i < cfg.cpus; i++) vcpus.push_back(std::make_unique<Vcpu>(vm, i, cfg.cpus, pio, mmio, ctl, windows));
+  for (uint32_t i = 0; i < c.cpus; i++)
+    vcpus.push_back(std::make_unique<Vcpu>(*vm, i, c.cpus, pio, mmio, guest, windows));
   vcpus[0]->setup_linux_boot(boot);
   // The ring for coalesced writes exists once a vCPU does; from here COM1's output may be batched.
-  if (com1) com1->set_tx_batching([&vm](bool on) { vm.coalesce_pio(layout::kCom1Port, 1, on); });
-  step(fmt::format("{} vCPUs; setup took {:.1f} ms in all", cfg.cpus, step.total_ms()));
+  if (com1) com1->set_tx_batching([this](bool on) { vm->coalesce_pio(layout::kCom1Port, 1, on); });
+  step(fmt::format("{} vCPUs; setup took {:.1f} ms in all", c.cpus, step.total_ms()));
+}
 
-  auto print_stats = [&] {
-    std::string out = fmt::format("passvm: {} counters\n  guest RAM: {}\n", cfg.name, mem.page_usage().describe());
-    for (const auto& v : vcpus) {
-      auto s = v->stats();
-      out += fmt::format("  vcpu{}: io exits {}, mmio exits {}, other exits {}\n", v->index(), s.io, s.mmio, s.other);
-    }
-    out += fmt::format("  {}: {}\n", bridge.name(), bridge.stats());
-    for (const auto& d : passthru_devices) out += fmt::format("  {}: {}\n", d->name(), d->stats());
-    fputs(out.c_str(), stderr);
-  };
+void Machine::Parts::map_guest_ram() {
+  unsigned threads = mem->populate();
+  step(fmt::format("guest RAM allocated ({} threads): {}", threads, mem->page_usage().describe()));
+  check_interrupted();
+  dma = std::make_unique<vfio::GuestDmaMap>(container, *mem);
+  step(fmt::format("guest RAM mapped for DMA ({} MiB pinned)", cfg.memory >> 20));
+  check_interrupted();
+}
 
-  signals.on_stats(print_stats);
-  struct StatsOff {
-    SignalWatcher& s;
-    ~StatsOff() { s.on_stats({}); }
-  } stats_off{signals};
-  check_interrupted(ctl);
-  {
-    std::unique_ptr<devices::ConsoleInput> console;
-    if (com1) {
-      console = std::make_unique<devices::ConsoleInput>(STDIN_FILENO, *com1, [&ctl] {
-        ctl.request(ExitReason::Signal, "Ctrl-A x on the console");
-      });
-      g_console = console.get();
-      for (int sig : {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL}) signal(sig, restore_terminal_and_die);
+void Machine::Parts::release_all() {
+  if (passthru.empty()) return;
+  // Releasing a device makes vfio-pci reset it (an FLR alone waits 100 ms): release them side by side.
+  // Each device's teardown touches only its own state and the VM's locked tables.
+  std::vector<double> took(passthru.size());
+  std::vector<std::string> names;
+  std::vector<std::thread> releases;
+  std::vector<std::unique_ptr<passthru::PassthruDevice>> owned;
+  for (auto& [k, d] : passthru) owned.push_back(std::move(d.dev));
+  for (size_t i = 0; i < owned.size(); i++) {
+    names.push_back(owned[i]->name());
+    auto release = [&, i] {
+      auto t0 = std::chrono::steady_clock::now();
+      owned[i].reset();
+      took[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    };
+    try {
+      releases.emplace_back(release);
+    } catch (const std::system_error&) {  // no thread to be had: release it here
+      release();
     }
-    for (auto& v : vcpus) v->start();
-    // Coalesced writes reach their device at the next exit of any vCPU; a guest that writes and then
-    // only halts (a panic message's last line) would keep them queued, so drain now and then too.
-    while (!ctl.wait_for(std::chrono::milliseconds(50))) vm.drain_coalesced(pio, mmio);
-    step("the guest ran");
-    for (auto& v : vcpus) v->kick();
-    for (auto& v : vcpus) v->stop();
-    step("vCPUs stopped");
-    vm.drain_coalesced(pio, mmio);
-    if (console) console->stop();
-    g_console = nullptr;
   }
-
-  ExitReason reason = ctl.reason();
-  if (cfg.stats) print_stats();
-  switch (reason) {
-    case ExitReason::PowerOff: break;
-    case ExitReason::Reset: fmt::print(stderr, "passvm: {}: {}\n", cfg.name, ctl.detail()); break;
-    case ExitReason::TripleFault: fmt::print(stderr, "passvm: {}: the guest triple-faulted: {}\n", cfg.name, ctl.detail()); break;
-    case ExitReason::InternalError: fmt::print(stderr, "passvm: {}: internal error: {}\n", cfg.name, ctl.detail()); break;
-    case ExitReason::Signal: fmt::print(stderr, "passvm: {}: stopped by {}\n", cfg.name, ctl.detail()); break;
-  }
-  // The destructors' own order, made explicit so that -v says where a slow stop spends its time.
-  if (!passthru_devices.empty()) {
-    // Releasing a device makes vfio-pci reset it (an FLR alone waits 100 ms): release them side by side.
-    // Each device's teardown touches only its own state and the VM's locked tables.
-    std::vector<double> took(passthru_devices.size());
-    std::vector<std::string> names;
-    std::vector<std::thread> releases;
-    for (size_t i = 0; i < passthru_devices.size(); i++) {
-      names.push_back(passthru_devices[i]->name());
-      auto release = [&, i] {
-        auto t0 = std::chrono::steady_clock::now();
-        passthru_devices[i].reset();
-        took[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      };
-      try {
-        releases.emplace_back(release);
-      } catch (const std::system_error&) {  // no thread to be had: release it here
-        release();
-      }
-    }
-    for (auto& t : releases) t.join();
-    passthru_devices.clear();
-    step(fmt::format("{} passthrough device{} released side by side (vfio-pci resets them)", names.size(),
-                     names.size() == 1 ? "" : "s"));
-    for (size_t i = 0; i < names.size(); i++) step.note(fmt::format("{} released in {:.1f} ms", names[i], took[i]));
+  for (auto& t : releases) t.join();
+  passthru.clear();
+  step(fmt::format("{} passthrough device{} released side by side (vfio-pci resets them)", names.size(),
+                   names.size() == 1 ? "" : "s"));
+  for (size_t i = 0; i < names.size(); i++) step.note(fmt::format("{} released in {:.1f} ms", names[i], took[i]));
+  if (dma) {
     dma.reset();
     step("guest RAM unmapped from the IOMMU and unpinned");
   }
-  step.at_exit("VM closed and guest RAM freed");  // StepLog outlives every other object here
-  return exit_status(reason);
 }
 
-}  // namespace
+Machine::Machine(const MachineConfig& config, Options options)
+    : p_(std::make_unique<Parts>(config, std::move(options))) {
+  p_->build();
+}
+
+Machine::~Machine() {
+  Parts& p = *p_;
+  p.step.mark();
+  if (p.started) {
+    for (auto& v : p.vcpus) v->kick();
+    for (auto& v : p.vcpus) v->stop();
+    p.step("vCPUs stopped");
+    p.vm->drain_coalesced(p.pio, p.mmio);
+    if (p.console) p.console->stop();
+    g_console = nullptr;
+  }
+  p.release_all();
+  p.step.at_exit("VM closed and guest RAM freed");  // the log outlives every other part
+}
+
+void Machine::start() {
+  Parts& p = *p_;
+  if (p.started) return;
+  if (p.com1) {
+    p.console = std::make_unique<devices::ConsoleInput>(STDIN_FILENO, *p.com1, [this] {
+      if (p_->opts.on_console_quit) p_->opts.on_console_quit();
+    });
+    g_console = p.console.get();
+    for (int sig : {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL}) signal(sig, restore_terminal_and_die);
+  }
+  for (auto& v : p.vcpus) v->start();
+  p.started = true;
+}
+
+void Machine::pause() {
+  if (!p_->started || p_->paused) return;
+  for (auto& v : p_->vcpus) v->pause();
+  p_->paused = true;
+}
+
+void Machine::resume() {
+  if (!p_->paused) return;
+  for (auto& v : p_->vcpus) v->resume();
+  p_->paused = false;
+}
+
+void Machine::drain() { p_->vm->drain_coalesced(p_->pio, p_->mmio); }
+
+ExitControl& Machine::guest_exit() { return p_->guest; }
+
+const MachineConfig& Machine::config() const { return p_->cfg; }
+
+std::vector<DeviceInfo> Machine::devices() const {
+  std::vector<DeviceInfo> out;
+  for (const auto& [k, d] : p_->passthru)
+    out.push_back({d.config.id, guest_bdf(static_cast<int>(d.config.slot), static_cast<int>(d.config.func)),
+                   d.config.config});
+  return out;
+}
+
+DeviceInfo Machine::add_device(SlotConfig s) {
+  Parts& p = *p_;
+  using Kind = ControlError::Kind;
+  if (!p.hotplug) throw ControlError(Kind::WrongState, "this VM was started without hotplug slots");
+  if (s.slot == SlotConfig::kAnySlot) {
+    for (uint32_t slot = 1; slot < 32; slot++) {
+      if ((p.hotplug_slots & (1u << slot)) && !p.root->device(static_cast<int>(slot), 0)) {
+        s.slot = slot;
+        break;
+      }
+    }
+    if (s.slot == SlotConfig::kAnySlot)
+      throw ControlError(Kind::Conflict, "every hotplug slot of the VM is taken: remove a device first");
+  }
+  s.func = 0;
+  int slot = static_cast<int>(s.slot);
+  if (s.slot >= 32 || !(p.hotplug_slots & (1u << s.slot)))
+    throw ControlError(Kind::BadRequest, fmt::format("slot {} cannot take a hot-plugged device", s.slot));
+  if (p.root->device(slot, 0))
+    throw ControlError(Kind::Conflict, fmt::format("slot {} is taken by {}", slot, p.root->device(slot, 0)->name()));
+  vfio::Bdf bdf;
+  try {
+    bdf = vfio::parse_bdf(s.config);
+  } catch (const std::exception& e) {
+    throw ControlError(Kind::BadRequest, e.what());
+  }
+  for (const auto& [k, d] : p.passthru)
+    if (vfio::parse_bdf(d.config.config) == bdf)
+      throw ControlError(Kind::Conflict, fmt::format("{} is already in this VM as {} (id {})", bdf.str(),
+                                                     guest_bdf(static_cast<int>(d.config.slot), 0), d.config.id));
+  auto t0 = std::chrono::steady_clock::now();
+  p.step.mark();
+  std::unique_ptr<passthru::PassthruDevice> dev;
+  try {
+    p.container.attach(bdf);
+    dev = passthru::open_passthru(bdf.str(), p.container, *p.vm, p.pio, p.mmio, p.device_options(s));
+    if (!p.dma) p.map_guest_ram();
+  } catch (const SetupInterrupted&) {
+    dev.reset();
+    p.container.detach(bdf);
+    throw ControlError(Kind::Failed, fmt::format("adding {} was interrupted", bdf.str()));
+  } catch (const std::exception& e) {
+    dev.reset();
+    p.container.detach(bdf);
+    throw ControlError(Kind::Failed, fmt::format("cannot add {}: {}", bdf.str(), e.what()));
+  }
+  passthru::PassthruDevice* raw = dev.get();
+  p.step("device opened and guest RAM mapped for DMA");
+  p.root->add(slot, 0, raw);
+  p.root->route_intx(slot, 0);
+  p.passthru[key(slot, 0)] = {s, std::move(dev)};
+  p.cfg.slots.push_back(s);
+  p.hotplug->plug(slot);
+  p.step(fmt::format("{} hot-plugged into slot {} in {:.1f} ms", raw->name(), slot,
+                     std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()));
+  return {s.id, guest_bdf(slot, 0), bdf.str()};
+}
+
+void Machine::request_unplug(int slot) {
+  if (p_->hotplug) p_->hotplug->unplug_request(slot);
+}
+
+std::vector<int> Machine::take_ejected() {
+  std::lock_guard g(p_->eject_lock);
+  return std::exchange(p_->ejected, {});
+}
+
+void Machine::remove_device(int slot) {
+  Parts& p = *p_;
+  std::vector<int> keys;
+  for (const auto& [k, d] : p.passthru)
+    if (static_cast<int>(d.config.slot) == slot) keys.push_back(k);
+  if (keys.empty()) return;
+  auto t0 = std::chrono::steady_clock::now();
+  p.step.mark();
+  // No vCPU may be inside the device's config space or BAR traps while it goes.
+  bool was_paused = p.paused;
+  pause();
+  std::vector<vfio::Bdf> hosts;
+  for (int k : keys) {
+    auto& d = p.passthru[k];
+    p.root->remove(slot, static_cast<int>(d.config.func));
+    hosts.push_back(vfio::parse_bdf(d.config.config));
+    std::string id = d.config.id;
+    d.dev.reset();  // stops DMA and interrupts, unmaps the BARs; vfio-pci resets the device on close
+    p.passthru.erase(k);
+    std::erase_if(p.cfg.slots, [&](const SlotConfig& s) { return s.emulation == "passthru" && s.id == id; });
+  }
+  if (!was_paused) resume();
+  // The last device takes guest RAM's DMA mapping with it: the IOMMU context ends with the last group.
+  if (p.passthru.empty() && p.dma) p.dma.reset();
+  for (const auto& b : hosts) p.container.detach(b);
+  p.step(fmt::format("slot {} released in {:.1f} ms", slot,
+                     std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()));
+}
+
+Counters Machine::counters() const {
+  Counters out;
+  for (const auto& v : p_->vcpus) {
+    auto s = v->stats();
+    out[fmt::format("vcpu{}", v->index())] = {{"io_exits", s.io}, {"mmio_exits", s.mmio}, {"other_exits", s.other}};
+  }
+  for (const auto& [k, d] : p_->passthru) {
+    const auto& c = d.dev->counters();
+    uint64_t mmio = 0, msix = 0;
+    for (const auto& m : c.mmio) mmio += m.load();
+    for (const auto& m : c.msix) msix += m.load();
+    out[d.config.id] = {{"config_reads", c.config_reads.load()},
+                        {"config_writes", c.config_writes.load()},
+                        {"pio", c.pio.load()},
+                        {"mmio_trapped", mmio},
+                        {"msix_table", msix},
+                        {"vectors_routed", d.dev->vectors_routed()},
+                        {"masked_interrupts", d.dev->masked_interrupts()},
+                        {"msix_host_vectors", d.dev->msix_host_vectors()}};
+  }
+  return out;
+}
+
+std::string Machine::stats_text() const {
+  const Parts& p = *p_;
+  std::string out = fmt::format("passvm: {} counters\n  guest RAM: {}\n", p.cfg.name, p.mem->page_usage().describe());
+  for (const auto& v : p.vcpus) {
+    auto s = v->stats();
+    out += fmt::format("  vcpu{}: io exits {}, mmio exits {}, other exits {}\n", v->index(), s.io, s.mmio, s.other);
+  }
+  out += fmt::format("  {}: {}\n", p.bridge.name(), p.bridge.stats());
+  for (const auto& [k, d] : p.passthru) out += fmt::format("  {}: {}\n", d.dev->name(), d.dev->stats());
+  return out;
+}
+
 }  // namespace passvm

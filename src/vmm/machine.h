@@ -1,20 +1,85 @@
-// vmm: the machine — every layer put together into one running VM.
+// vmm: Machine, one built VM — every layer put together.
 //
-// run_machine() builds a VM from a MachineConfig in the order the hardware
-// would come up (KVM, RAM, buses, platform devices, the PCI bus with its
-// passthrough devices, DMA mappings, firmware tables, the kernel), runs the
-// vCPUs until something asks the machine to stop, and tears everything down
-// in reverse. Teardown is RAII: an exception at any step, a signal, or a guest
-// power-off all leave through the same destructors, so devices are reset, DMA
-// unmapped and the terminal restored on every path.
+// The constructor builds a VM from a MachineConfig in the order the hardware
+// would come up (KVM, RAM, the kernel, buses, platform devices, the PCI bus
+// with its passthrough devices, DMA mappings, firmware tables, vCPUs); start()
+// runs the vCPUs. What the guest does that ends the machine (power-off, reset,
+// triple fault, an internal error) is reported to guest_exit(); the owner
+// (vmm.h) decides what follows. The destructor stops the vCPUs and tears
+// everything down in reverse: devices reset and released side by side, then
+// guest RAM unmapped from the IOMMU, then the VM closed. Teardown is RAII, so
+// an exception at any setup step leaves through the same destructors.
+//
+// With hotplug on, the DSDT offers every slot the command line did not give
+// to an emulated device, and add_device() / request_unplug() plug passthrough
+// devices into a running guest through ACPI PCI hotplug (pci/hotplug.h).
+//
+// Threads: the owner's thread calls everything here; vCPU threads only run
+// the guest (and report ejects and exits through thread-safe flags).
 #pragma once
 
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
 #include "vmm/config.h"
+#include "vmm/control.h"
+#include "vmm/exit_control.h"
 
 namespace passvm {
 
-// Returns the process exit status (exit_control.h). Throws std::runtime_error with a user-facing
-// message when the machine cannot be set up; by then everything built so far is torn down.
-int run_machine(const MachineConfig& config);
+class Machine {
+ public:
+  struct Options {
+    bool hotplug = false;
+    // Checked between setup steps: true stops the setup with SetupInterrupted.
+    std::function<bool()> interrupted;
+    // Ctrl-A x on the console.
+    std::function<void()> on_console_quit;
+  };
+  struct SetupInterrupted {};
+
+  // Throws std::runtime_error (user-facing message) or SetupInterrupted; nothing is left behind.
+  Machine(const MachineConfig& config, Options options);
+  ~Machine();
+  Machine(const Machine&) = delete;
+  Machine& operator=(const Machine&) = delete;
+
+  void start();
+  void pause();
+  void resume();
+  // Delivers writes KVM coalesced: a guest that writes and then only halts would keep them queued.
+  void drain();
+
+  // Why the guest ended the machine, once it did.
+  ExitControl& guest_exit();
+
+  // The config with every device now in the VM (slots and ids filled in).
+  const MachineConfig& config() const;
+  std::vector<DeviceInfo> devices() const;
+
+  // Opens `slot` (its slot kAnySlot: the lowest free hotplug slot) and presents it to the guest.
+  // Throws ControlError.
+  DeviceInfo add_device(SlotConfig slot);
+  // Asks the guest to eject the device in `slot`.
+  void request_unplug(int slot);
+  // Slots the guest ejected since the last call.
+  std::vector<int> take_ejected();
+  // Releases the device in `slot` (after the guest ejected it): vCPUs paused while it leaves the bus,
+  // then reset and given back to the host.
+  void remove_device(int slot);
+
+  Counters counters() const;
+  std::string stats_text() const;
+
+ private:
+  struct Parts;
+  std::unique_ptr<Parts> p_;
+};
 
 }  // namespace passvm

@@ -1,0 +1,174 @@
+// `passvm remote` in-process against a server over a fake machine: what each command sends, prints
+// and exits with.
+#include "api/client.h"
+
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "api/api_test_util.h"
+
+namespace passvm::testing {
+namespace {
+
+using nlohmann::json;
+
+class Remote : public ServerFixture {
+ protected:
+  // passvm remote --api-socket SOCKET ARGS...
+  int run(std::vector<std::string> args, const std::string& socket = {}) {
+    args.insert(args.begin(), {"passvm remote", "--api-socket", socket.empty() ? socket_path : socket});
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    ::testing::internal::CaptureStdout();
+    ::testing::internal::CaptureStderr();
+    int status = api::remote_main(static_cast<int>(argv.size()), argv.data());
+    out = ::testing::internal::GetCapturedStdout();
+    err = ::testing::internal::GetCapturedStderr();
+    return status;
+  }
+  std::string out, err;
+};
+
+TEST_F(Remote, Ping) {
+  ASSERT_EQ(run({"ping"}), 0) << err;
+  EXPECT_EQ(out, fmt::format("passvm v0.1.0 (version 0.1.0, pid {})\n", getpid()));
+  ASSERT_EQ(run({"--json", "ping"}), 0) << err;
+  EXPECT_EQ(json::parse(out)["pid"], getpid());
+  ASSERT_EQ(run({"ping", "--json"}), 0) << err;  // global options may follow the command
+  EXPECT_EQ(json::parse(out)["version"], "0.1.0");
+}
+
+TEST_F(Remote, CreateFromOptions) {
+  ASSERT_EQ(run({"create", "--kernel", "/boot/vmlinuz", "--initrd", "initrd.img", "--cmdline", "console=ttyS0",
+                 "--cpus", "2", "--memory", "1G", "--device", "0000:00:04.0", "--device", "0/5/0"}),
+            0)
+      << err;
+  EXPECT_EQ(out, "");
+  MachineConfig c = control.config();
+  EXPECT_EQ(c.kernel, "/boot/vmlinuz");
+  EXPECT_EQ(c.initrd, (std::filesystem::current_path() / "initrd.img").string());  // passvm's cwd may differ
+  EXPECT_EQ(c.cmdline, "console=ttyS0");
+  EXPECT_EQ(c.cpus, 2u);
+  EXPECT_EQ(c.memory, 1ull << 30);
+  EXPECT_EQ(c.com1, "stdio");
+  ASSERT_EQ(c.slots.size(), 2u);
+  EXPECT_EQ(c.slots[0].config, "0000:00:04.0");
+  EXPECT_EQ(c.slots[1].config, "0000:00:05.0");
+}
+
+TEST_F(Remote, CreateDefaultsAndSerialOff) {
+  ASSERT_EQ(run({"create", "--kernel", "/k", "--memory", "768", "--serial", "off"}), 0) << err;
+  EXPECT_EQ(control.config().memory, 768ull << 20);  // a bare number is MiB, as with passvm -m
+  EXPECT_EQ(control.config().cpus, 1u);
+  EXPECT_EQ(control.config().com1, "");
+}
+
+TEST_F(Remote, CreateFromAConfigFileSentAsIs) {
+  std::string file = dir / "vm.json";
+  std::ofstream(file) << R"({"payload": {"kernel": "/k"}, "memory": {"size": 268435456}, "vsock": null})";
+  ASSERT_EQ(run({"create", "--config", file}), 0) << err;
+  EXPECT_EQ(control.config().memory, 256ull << 20);
+  EXPECT_EQ(run({"create", "--config", file, "--kernel", "/k"}), 2);  // one or the other
+  EXPECT_NE(err.find("excludes"), std::string::npos) << err;
+  EXPECT_EQ(run({"create", "--config", dir / "missing.json"}), 1);
+  EXPECT_EQ(err.rfind(fmt::format("passvm remote: --config {}: cannot read it", dir / "missing.json"), 0), 0u) << err;
+}
+
+TEST_F(Remote, CreateErrorsComeFromTheServer) {
+  std::string file = dir / "vm.json";
+  std::ofstream(file) << R"({"payload": {"kernel": "/k"}, "vsock": {"cid": 3, "socket": "/s"}})";
+  EXPECT_EQ(run({"create", "--config", file}), 1);
+  EXPECT_EQ(err, "passvm remote: vsock: passvm has no virtio devices; pass a device through with devices[] instead\n");
+  EXPECT_EQ(out, "");
+  EXPECT_EQ(run({"create"}), 1);
+  EXPECT_EQ(err, "passvm remote: create needs --kernel FILE (or --config FILE.json)\n");
+  EXPECT_EQ(run({"create", "--kernel", "/k", "--memory", "lots"}), 1);
+  EXPECT_NE(err.find("--memory lots: not a size"), std::string::npos) << err;
+  EXPECT_EQ(run({"create", "--kernel", "/k", "--device", "nvme0"}), 1);
+  EXPECT_EQ(err.rfind("passvm remote: --device: 'nvme0' does not name a PCI device", 0), 0u) << err;
+  EXPECT_TRUE(control.calls().empty());
+}
+
+TEST_F(Remote, InfoShowsStateAndDevices) {
+  boot_with_device();
+  ASSERT_EQ(run({"add-device", "/sys/bus/pci/devices/0000:00:05.0/", "--id", "nic0"}), 0) << err;
+  EXPECT_EQ(out, "nic0  guest 0000:00:04.0  host 0000:00:05.0\n");
+  ASSERT_EQ(run({"info"}), 0) << err;
+  EXPECT_EQ(out,
+            "state    Running\n"
+            "cpus     1\n"
+            "memory   512 MiB\n"
+            "kernel   /k\n"
+            "devices\n"
+            "  nvme0  guest 0000:00:03.0  host 0000:00:04.0\n"
+            "  nic0  guest 0000:00:04.0  host 0000:00:05.0\n");
+  ASSERT_EQ(run({"--json", "info"}), 0) << err;
+  json info = json::parse(out);
+  EXPECT_EQ(info["state"], "Running");
+  EXPECT_EQ(info["device_tree"]["nic0"]["pci_bdf"], "0000:00:04.0");
+}
+
+TEST_F(Remote, DevicesAddedBeforeBootHaveNoGuestAddress) {
+  ASSERT_EQ(run({"create", "--kernel", "/k"}), 0) << err;
+  ASSERT_EQ(run({"add-device", "00:04.0"}), 0) << err;
+  EXPECT_EQ(out, "0000:00:04.0 joins the VM's config; the guest sees it once the VM boots\n");
+  EXPECT_EQ(control.calls().back(), "add_device 0000:00:04.0 ");
+  ASSERT_EQ(run({"info"}), 0) << err;
+  EXPECT_NE(out.find("  _vfio0  guest -  host 0000:00:04.0\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("state    Created\n"), std::string::npos) << out;
+}
+
+TEST_F(Remote, ActionsAndTheirErrors) {
+  ASSERT_EQ(run({"create", "--kernel", "/k"}), 0) << err;
+  for (const char* command : {"boot", "pause", "resume", "reboot", "shutdown", "boot"}) {
+    EXPECT_EQ(run({command}), 0) << command << ": " << err;
+    EXPECT_EQ(out, "") << command;
+  }
+  EXPECT_EQ(run({"resume"}), 1);
+  EXPECT_EQ(err, "passvm remote: the VM is not paused\n");
+  EXPECT_EQ(run({"remove-device", "gpu"}), 1);
+  EXPECT_EQ(err, "passvm remote: no device 'gpu' in this VM\n");
+  ASSERT_EQ(run({"add-device", "0000:00:06.0", "--id", "gpu"}), 0) << err;
+  ASSERT_EQ(run({"remove-device", "gpu"}), 0) << err;
+  EXPECT_EQ(control.calls().back(), "remove_device gpu");
+  ASSERT_EQ(run({"counters"}), 0) << err;
+  EXPECT_EQ(out, "nvme0  bar_reads  3\nvcpu0  exits  42\nvcpu0  io_exits  7\n");
+  ASSERT_EQ(run({"delete"}), 0) << err;
+  EXPECT_EQ(control.state(), VmState::NotCreated);
+  ASSERT_EQ(run({"shutdown-vmm"}), 0) << err;
+  EXPECT_TRUE(control.vmm_shutdown_requested());
+}
+
+TEST_F(Remote, CannotConnect) {
+  std::string nowhere = dir / "nobody.sock";
+  EXPECT_EQ(run({"ping"}, nowhere), 1);
+  EXPECT_EQ(err, fmt::format("passvm remote: cannot connect to {0}: No such file or directory (is passvm running "
+                             "with --api-socket {0}?)\n",
+                             nowhere));
+  server->stop();
+  EXPECT_EQ(run({"info"}), 1);
+  EXPECT_NE(err.find("cannot connect to " + socket_path), std::string::npos) << err;
+}
+
+TEST_F(Remote, UsageErrors) {
+  EXPECT_EQ(run({}), 2);  // no command
+  EXPECT_EQ(run({"frobnicate"}), 2);
+  EXPECT_EQ(run({"add-device"}), 2);  // no DEVICE
+  EXPECT_EQ(run({"create", "--kernel", "/k", "--cpus", "65"}), 2);
+  std::vector<std::string> bare{"passvm remote", "ping"};  // no --api-socket
+  std::vector<char*> argv;
+  for (auto& a : bare) argv.push_back(a.data());
+  ::testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStdout();
+  EXPECT_EQ(api::remote_main(2, argv.data()), 2);
+  std::string e = ::testing::internal::GetCapturedStderr();
+  ::testing::internal::GetCapturedStdout();
+  EXPECT_NE(e.find("--api-socket"), std::string::npos) << e;
+  EXPECT_TRUE(control.calls().empty());
+}
+
+}  // namespace
+}  // namespace passvm::testing

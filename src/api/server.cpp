@@ -1,0 +1,377 @@
+// api: the REST server (see server.h for the lifetime and the vmm.shutdown contract).
+//
+// The statuses are cloud-hypervisor's, read from its source (vmm/src/api/http/mod.rs and
+// http_endpoint.rs), which is what its clients are written against:
+//   - an unknown path is 404; a known path with the wrong method is 400, not 405;
+//   - a body that is not JSON or not the schema is 400; a body on an action that takes none is 400;
+//   - an action failing is 500, except "the VM is not created" for boot, reboot, info, add-device and
+//     remove-device (404), an unknown device id (404) and a duplicate device id or path (409);
+//   - the error body is a JSON list of messages, outermost first.
+// httplib's own handling never decides a status here: every method and path reaches dispatch(), which
+// catches everything, so no request can take the server down.
+#include "api/server.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#include <fmt/format.h>
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include "api/vm_config.h"
+
+#ifndef PASSVM_VERSION
+#define PASSVM_VERSION "unknown"
+#endif
+
+namespace passvm::api {
+
+namespace {
+
+using nlohmann::json;
+using Kind = ControlError::Kind;
+
+constexpr std::string_view kRoot = "/api/v1/";
+constexpr size_t kMaxBody = 4 << 20;  // cloud-hypervisor's HTTP_PAYLOAD_MAX_SIZE
+
+struct Reply {
+  int status = 204;
+  std::string body;  // JSON, or empty
+};
+
+Reply error_reply(int status, const std::string& message) { return {status, json_text(json::array({message}))}; }
+
+// How an endpoint is called and answered.
+struct Endpoint {
+  enum class Body { None, Required, Ignored };
+  std::string_view method;  // "GET" or "PUT"
+  Body body;
+  bool absent_vm_is_404;  // cloud-hypervisor answers 404 when there is no VM to act on
+  Reply (*handle)(VmControl&, const json& body);
+};
+
+Reply no_content() { return {}; }
+Reply ok(const json& body) { return {200, json_text(body)}; }
+
+// The body-less actions: 204 when done.
+template <void (VmControl::*Action)()>
+Reply action(VmControl& control, const json&) {
+  (control.*Action)();
+  return no_content();
+}
+
+json info_json(const VmInfo& info) {
+  json out = {{"config", vm_config_json(info.config)},
+              {"state", state_name(info.state)},
+              {"memory_actual_size", info.config.memory}};
+  // cloud-hypervisor has a device tree only while the machine exists (booted, running or paused).
+  if (info.state == VmState::Running || info.state == VmState::Paused) {
+    json tree = json::object();
+    for (const auto& d : info.devices)
+      tree[d.id] = {{"id", d.id}, {"resources", json::array()}, {"children", json::array()}, {"pci_bdf", d.bdf}};
+    out["device_tree"] = tree;
+  }
+  return out;
+}
+
+const std::map<std::string_view, Endpoint>& endpoints() {
+  using B = Endpoint::Body;
+  static const std::map<std::string_view, Endpoint> table{
+      {"vmm.ping",
+       {"GET", B::Ignored, false,
+        [](VmControl&, const json&) {
+          return ok({{"build_version", "passvm v" PASSVM_VERSION},
+                     {"version", PASSVM_VERSION},
+                     {"pid", static_cast<int64_t>(getpid())},
+                     {"features", json::array()}});
+        }}},
+      {"vmm.shutdown", {"PUT", B::None, false, action<&VmControl::shutdown_vmm>}},
+      {"vm.create",
+       {"PUT", B::Required, false,
+        [](VmControl& c, const json& body) {
+          c.create(parse_vm_config(body));
+          return no_content();
+        }}},
+      {"vm.boot", {"PUT", B::None, true, action<&VmControl::boot>}},
+      {"vm.pause", {"PUT", B::None, false, action<&VmControl::pause>}},
+      {"vm.resume", {"PUT", B::None, false, action<&VmControl::resume>}},
+      {"vm.reboot", {"PUT", B::None, true, action<&VmControl::reboot>}},
+      {"vm.shutdown", {"PUT", B::None, false, action<&VmControl::shutdown>}},
+      {"vm.delete", {"PUT", B::None, false, action<&VmControl::remove>}},
+      {"vm.info",
+       {"GET", B::Ignored, true,
+        [](VmControl& c, const json&) {
+          VmInfo info = c.info();
+          if (info.state == VmState::NotCreated) return error_reply(404, "the VM is not created: PUT vm.create first");
+          return ok(info_json(info));
+        }}},
+      {"vm.counters", {"GET", B::Ignored, false, [](VmControl& c, const json&) { return ok(json(c.counters())); }}},
+      {"vm.add-device",
+       {"PUT", B::Required, true,
+        [](VmControl& c, const json& body) {
+          DeviceRequest d = parse_device_config(body);
+          DeviceInfo added = c.add_device(d.host, d.id);
+          // Like cloud-hypervisor: a device added to a VM that is not running joins its config and has no
+          // guest address yet (204); a hot-plugged one reports where the guest sees it (200).
+          if (added.bdf.empty()) return no_content();
+          return ok({{"id", added.id}, {"bdf", added.bdf}});
+        }}},
+      {"vm.remove-device",
+       {"PUT", B::Required, true,
+        [](VmControl& c, const json& body) {
+          c.remove_device(parse_remove_device(body));
+          return no_content();
+        }}},
+  };
+  return table;
+}
+
+// cloud-hypervisor endpoints passvm does not serve, and why: a client gets a reason, not just a 404.
+const std::map<std::string_view, std::string_view>& refused_endpoints() {
+  static constexpr std::string_view kVirtio =
+      "passvm has no virtio devices; pass a host device through with vm.add-device instead";
+  static constexpr std::string_view kState =
+      "passvm cannot save a VM's state: a passed-through device's state lives in the hardware";
+  static const std::map<std::string_view, std::string_view> table{
+      {"vm.add-disk", kVirtio},
+      {"vm.add-net", kVirtio},
+      {"vm.add-fs", kVirtio},
+      {"vm.add-pmem", kVirtio},
+      {"vm.add-vsock", kVirtio},
+      {"vm.add-vdpa", kVirtio},
+      {"vm.add-generic-vhost-user", kVirtio},
+      {"vm.add-user-device", "passvm has no vfio-user devices; pass a host device through with vm.add-device"},
+      {"vm.resize", "passvm has no CPU or memory hotplug"},
+      {"vm.resize-zone", "passvm has no memory zones or memory hotplug"},
+      {"vm.resize-disk", "passvm has no virtio disks"},
+      {"vm.snapshot", kState},
+      {"vm.restore", kState},
+      {"vm.send-migration", kState},
+      {"vm.receive-migration", kState},
+      {"vm.coredump", "passvm cannot dump guest memory"},
+      {"vm.power-button", "passvm has no ACPI power button; use vm.shutdown"},
+      {"vm.nmi", "passvm cannot inject an NMI through the API"},
+  };
+  return table;
+}
+
+int status_for(const ControlError& e, const Endpoint& ep, VmControl& control) {
+  switch (e.kind()) {
+    case Kind::BadRequest: return 400;
+    case Kind::NotFound: return 404;
+    case Kind::Conflict: return 409;
+    case Kind::Failed: return 500;
+    case Kind::WrongState:
+      // cloud-hypervisor tells VmNotCreated/VmMissingConfig (404) from its other state errors
+      // (VmNotRunning, VmAlreadyCreated: 500); ControlError does not, so the state decides.
+      if (ep.absent_vm_is_404) {
+        try {
+          if (control.info().state == VmState::NotCreated) return 404;
+        } catch (...) {
+        }
+      }
+      return 500;
+  }
+  return 500;
+}
+
+Reply dispatch(VmControl& control, const httplib::Request& req) {
+  std::string_view path = req.path;
+  if (path.substr(0, kRoot.size()) != kRoot)
+    return error_reply(404, fmt::format("no such endpoint: {}; passvm's API is under {}", path, kRoot));
+  std::string_view name = path.substr(kRoot.size());
+  auto it = endpoints().find(name);
+  if (it == endpoints().end()) {
+    if (auto r = refused_endpoints().find(name); r != refused_endpoints().end())
+      return error_reply(400, fmt::format("{}: {}", name, r->second));
+    return error_reply(404, fmt::format("no such endpoint: {}", path));
+  }
+  const Endpoint& ep = it->second;
+  if (req.method != ep.method) return error_reply(400, fmt::format("{} takes {}, not {}", name, ep.method, req.method));
+  json body;
+  if (ep.body == Endpoint::Body::None && !req.body.empty())
+    return error_reply(400, fmt::format("{} takes no body", name));
+  if (ep.body == Endpoint::Body::Required) {
+    if (req.body.empty()) return error_reply(400, fmt::format("{} needs a JSON body", name));
+    try {
+      body = json::parse(req.body);
+    } catch (const json::exception& e) {
+      return error_reply(400, fmt::format("the body is not JSON: {}", e.what()));
+    }
+  }
+  try {
+    return ep.handle(control, body);
+  } catch (const ControlError& e) {
+    return error_reply(status_for(e, ep, control), e.what());
+  } catch (const json::exception& e) {
+    return error_reply(400, fmt::format("the body does not fit {}: {}", name, e.what()));
+  } catch (const std::exception& e) {
+    return error_reply(500, e.what());
+  } catch (...) {
+    return error_reply(500, "internal error");
+  }
+}
+
+[[noreturn]] void cannot_listen(const std::string& path, const std::string& why) {
+  throw std::runtime_error(fmt::format("--api-socket {}: {}", path, why));
+}
+
+// Whether a server accepts connections on the socket at `path`.
+bool socket_is_live(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) cannot_listen(path, fmt::format("cannot create a socket: {}", strerror(errno)));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int r = connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
+  int err = errno;
+  close(fd);
+  if (r == 0) return true;
+  if (err == ECONNREFUSED) return false;
+  cannot_listen(path, fmt::format("cannot tell whether a server is behind the existing socket: {}; remove it or "
+                                  "choose another path",
+                                  strerror(err)));
+}
+
+// Checks that `path` can be bound; removes a stale socket file.
+void prepare_path(const std::string& path) {
+  if (path.empty()) cannot_listen(path, "empty path; give the path of the socket to create");
+  if (path.size() >= sizeof(sockaddr_un::sun_path))
+    cannot_listen(path, fmt::format("{} bytes is too long for a unix socket path (at most {}); choose a shorter path",
+                                    path.size(), sizeof(sockaddr_un::sun_path) - 1));
+  std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  if (dir.empty()) dir = ".";
+  struct stat st {};
+  if (stat(dir.c_str(), &st) != 0)
+    cannot_listen(path, fmt::format("the directory {} {}: create it (mkdir -p {}) or choose another path",
+                                    dir.string(), errno == ENOENT ? "does not exist" : strerror(errno), dir.string()));
+  if (!S_ISDIR(st.st_mode)) cannot_listen(path, fmt::format("{} is not a directory", dir.string()));
+  if (lstat(path.c_str(), &st) != 0) return;
+  if (!S_ISSOCK(st.st_mode))
+    cannot_listen(path, "the file exists and is not a socket; remove it or choose another path");
+  if (socket_is_live(path))
+    cannot_listen(path, "a server is answering on it (another passvm, or a cloud-hypervisor?); stop it or choose "
+                        "another path");
+  if (unlink(path.c_str()) != 0 && errno != ENOENT)
+    cannot_listen(path, fmt::format("cannot remove the stale socket: {}", strerror(errno)));
+}
+
+}  // namespace
+
+struct Server::Impl {
+  VmControl& control;
+  std::string path;
+  Log log;
+  httplib::Server http;
+  std::thread thread;
+  std::atomic<bool> listen_returned{false};
+  std::mutex stop_lock;
+  bool stopped = false;
+  ino_t inode = 0;  // of our socket file, so stop() never removes a successor's
+  int listen_fd = -1;
+
+  Impl(VmControl& c, std::string p, Log l) : control(c), path(std::move(p)), log(std::move(l)) {}
+};
+
+Server::Server(VmControl& control, const std::string& socket_path, Log log)
+    : impl_(std::make_unique<Impl>(control, socket_path, std::move(log))) {
+  Impl& p = *impl_;
+  prepare_path(p.path);
+  auto handler = [&p](const httplib::Request& req, httplib::Response& res) {
+    Reply r = dispatch(p.control, req);
+    res.status = r.status;
+    if (!r.body.empty()) res.set_content(r.body, "application/json");
+  };
+  // Every method that can carry a route goes to dispatch(), which decides 400/404 the way
+  // cloud-hypervisor does; httplib would answer 404 for a known path and an unexpected method.
+  p.http.Get(".*", handler);
+  p.http.Put(".*", handler);
+  p.http.Post(".*", handler);
+  p.http.Patch(".*", handler);
+  p.http.Delete(".*", handler);
+  p.http.Options(".*", handler);
+  p.http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+    res.status = 500;
+    res.set_content(R"(["internal error"])", "application/json");
+  });
+  if (p.log) {
+    p.http.set_logger([&p](const httplib::Request& req, const httplib::Response& res) {
+      std::string line = fmt::format("{} {} {}", req.method, req.path, res.status);
+      if (res.status >= 400) {
+        try {
+          line += ": " + json::parse(res.body).at(0).get<std::string>();
+        } catch (...) {
+        }
+      }
+      p.log(line);
+    });
+  }
+  p.http.set_address_family(AF_UNIX);
+  // The socket file takes the mode of the socket's inode when it is bound (Linux's unix_bind), so
+  // it is created 0600 without touching the process-wide umask; the chmod below is for kernels
+  // that differ.
+  p.http.set_socket_options([&p](socket_t fd) {
+    fchmod(fd, 0600);
+    p.listen_fd = fd;
+  });
+  // One request per connection ("Connection: close"): stop() then never waits on an idle keep-alive
+  // connection, and no client races the server closing one.
+  p.http.set_keep_alive_max_count(1);
+  p.http.set_keep_alive_timeout(2);
+  p.http.set_read_timeout(5);
+  p.http.set_write_timeout(5);
+  p.http.set_payload_max_length(kMaxBody);
+  errno = 0;
+  if (!p.http.bind_to_port(p.path, 80)) {
+    int err = errno;
+    cannot_listen(p.path, fmt::format("cannot listen: {}; check that the directory is writable",
+                                      err ? strerror(err) : "bind failed"));
+  }
+  // httplib listens with a backlog of 5, and a client connecting to a unix socket whose backlog is full
+  // fails at once (EAGAIN) rather than waiting: a burst of requests would see refusals.
+  listen(p.listen_fd, SOMAXCONN);
+  struct stat st {};
+  if (chmod(p.path.c_str(), 0600) != 0 || lstat(p.path.c_str(), &st) != 0) {
+    int err = errno;
+    close(p.listen_fd);  // httplib only closes it from a running server's stop()
+    unlink(p.path.c_str());
+    cannot_listen(p.path, fmt::format("cannot make the socket private (mode 0600): {}", strerror(err)));
+  }
+  p.inode = st.st_ino;
+  p.thread = std::thread([&p] {
+    p.http.listen_after_bind();
+    p.listen_returned = true;
+  });
+}
+
+Server::~Server() { stop(); }
+
+void Server::stop() {
+  Impl& p = *impl_;
+  std::lock_guard guard(p.stop_lock);
+  if (p.stopped) return;
+  p.stopped = true;
+  // httplib's stop() does nothing until listen_after_bind() has marked the server running.
+  while (!p.http.is_running() && !p.listen_returned) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  p.http.stop();
+  p.thread.join();
+  struct stat st {};
+  if (lstat(p.path.c_str(), &st) == 0 && st.st_ino == p.inode) unlink(p.path.c_str());
+}
+
+const std::string& Server::socket_path() const { return impl_->path; }
+
+}  // namespace passvm::api

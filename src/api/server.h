@@ -1,0 +1,50 @@
+// api: the control plane, cloud-hypervisor's REST API over a unix socket.
+//
+// Server answers /api/v1/ requests with cloud-hypervisor's endpoint names, methods, bodies and
+// status codes (see README.md) by calling VmControl, so that cloud-hypervisor's clients (ch-remote,
+// Kata Containers) and `passvm remote` can drive passvm.
+//
+// Lifetime: the constructor binds the socket (or throws, naming the path and the fix) and starts a
+// thread that accepts connections; requests are served on a small pool of threads, so VmControl is
+// called from several threads at once (it serialises). stop(), or the destructor, stops accepting,
+// waits for the requests in progress to be answered and removes the socket file. The VmControl must
+// outlive the Server.
+//
+// vmm.shutdown calls VmControl::shutdown_vmm() from a request thread before the reply is written.
+// shutdown_vmm() must therefore only ask the process to end (shut the VM down, signal the main thread)
+// and return; the main thread then destroys the Server, which returns once the reply has been written,
+// and exits. Waiting inside shutdown_vmm() for the Server to stop would deadlock.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "vmm/control.h"
+
+namespace passvm::api {
+
+class Server {
+ public:
+  // Called once per request, after the reply: "PUT /api/v1/vm.boot 204", with the error message when
+  // there was one. From the request threads, concurrently.
+  using Log = std::function<void(std::string_view line)>;
+
+  // Listens on `socket_path`, a unix socket created with mode 0600. A stale socket file (no server
+  // behind it) is replaced; a live one, or any other file, is an error.
+  Server(VmControl& control, const std::string& socket_path, Log log = {});
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Idempotent. Not from a request thread (it waits for them).
+  void stop();
+  const std::string& socket_path() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace passvm::api

@@ -1,0 +1,384 @@
+#include "vmm/vmm.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "vfio/bdf.h"
+#include "vmm/machine.h"
+
+namespace passvm {
+namespace {
+
+using Kind = ControlError::Kind;
+
+std::string guest_bdf(uint32_t slot, uint32_t func) { return fmt::format("0000:00:{:02x}.{}", slot, func); }
+
+// Ids for devices given without one, and slots for devices given without one, as the machine would pick.
+void fill_in_devices(MachineConfig& cfg) {
+  std::vector<std::string> ids;
+  for (const auto& s : cfg.slots)
+    if (!s.id.empty()) ids.push_back(s.id);
+  int n = 0;
+  for (auto& s : cfg.slots) {
+    if (s.emulation != "passthru" || !s.id.empty()) continue;
+    std::string id;
+    do id = fmt::format("_vfio{}", n++);
+    while (std::find(ids.begin(), ids.end(), id) != ids.end());
+    s.id = id;
+    ids.push_back(id);
+  }
+  for (auto& s : cfg.slots) {
+    if (s.slot != SlotConfig::kAnySlot) continue;
+    for (uint32_t slot = 1; slot < 32 && s.slot == SlotConfig::kAnySlot; slot++) {
+      bool used = std::any_of(cfg.slots.begin(), cfg.slots.end(), [&](const SlotConfig& o) { return o.slot == slot; });
+      if (!used) s.slot = slot;
+    }
+    if (s.slot == SlotConfig::kAnySlot)
+      throw ControlError(Kind::Conflict, "every PCI slot of the VM is taken: remove a device first");
+    s.func = 0;
+  }
+}
+
+void report_exit(const std::string& name, ExitReason reason, const std::string& detail) {
+  switch (reason) {
+    case ExitReason::PowerOff: break;
+    case ExitReason::Reset: fmt::print(stderr, "passvm: {}: {}\n", name, detail); break;
+    case ExitReason::TripleFault: fmt::print(stderr, "passvm: {}: the guest triple-faulted: {}\n", name, detail); break;
+    case ExitReason::InternalError: fmt::print(stderr, "passvm: {}: internal error: {}\n", name, detail); break;
+    case ExitReason::Signal: fmt::print(stderr, "passvm: {}: stopped by {}\n", name, detail); break;
+  }
+}
+
+}  // namespace
+
+Vmm::Vmm(bool api) : api_(api) {
+  signals_.on_stats([this] { stats_requested_ = true; });
+}
+
+Vmm::~Vmm() { signals_.on_stats({}); }
+
+template <typename T>
+T Vmm::on_loop(std::function<T()> fn) {
+  auto task = std::make_shared<std::packaged_task<T()>>(std::move(fn));
+  auto result = task->get_future();
+  {
+    std::lock_guard g(queue_lock_);
+    if (loop_ended_) throw ControlError(Kind::WrongState, "passvm is shutting down");
+    queue_.push_back([task] { (*task)(); });
+  }
+  queue_cv_.notify_one();
+  return result.get();
+}
+
+void Vmm::require(std::initializer_list<VmState> allowed, const char* action) const {
+  if (std::find(allowed.begin(), allowed.end(), state_) != allowed.end()) return;
+  std::string hint;
+  switch (state_) {
+    case VmState::NotCreated: hint = "create it first (vm.create)"; break;
+    case VmState::Created: hint = "boot it first (vm.boot)"; break;
+    case VmState::Running: hint = "it is running"; break;
+    case VmState::Paused: hint = "resume it first (vm.resume)"; break;
+    case VmState::Shutdown: hint = "boot it again first (vm.boot)"; break;
+  }
+  throw ControlError(Kind::WrongState,
+                     fmt::format("cannot {} a VM that is {}: {}", action, state_name(state_), hint));
+}
+
+void Vmm::do_create(const MachineConfig& config) {
+  require({VmState::NotCreated}, "create");
+  MachineConfig cfg = config;
+  if (cfg.kernel.empty()) throw ControlError(Kind::BadRequest, "payload.kernel: the VM needs a kernel to boot");
+  for (const std::string* f : {&cfg.kernel, &cfg.initrd})
+    if (!f->empty() && access(f->c_str(), R_OK) != 0)
+      throw ControlError(Kind::BadRequest, fmt::format("cannot read {}: {}", *f, strerror(errno)));
+  for (const auto& s : cfg.slots)
+    if (s.emulation == "passthru") {
+      try {
+        vfio::parse_bdf(s.config);
+      } catch (const std::exception& e) {
+        throw ControlError(Kind::BadRequest, e.what());
+      }
+    }
+  bool bridge = std::any_of(cfg.slots.begin(), cfg.slots.end(), [](const SlotConfig& s) { return s.slot == 0; });
+  if (!bridge) {
+    SlotConfig hostbridge;
+    hostbridge.emulation = "hostbridge";
+    cfg.slots.insert(cfg.slots.begin(), hostbridge);
+  }
+  fill_in_devices(cfg);
+  config_ = cfg;
+  state_ = VmState::Created;
+}
+
+void Vmm::do_boot() {
+  require({VmState::Created, VmState::Shutdown}, "boot");
+  Machine::Options opts{.hotplug = api_,
+                        .interrupted = [this] { return process_.requested(); },
+                        .on_console_quit = [this] { process_.request(ExitReason::Signal, "Ctrl-A x on the console"); }};
+  try {
+    machine_ = std::make_unique<Machine>(config_, opts);
+  } catch (const Machine::SetupInterrupted&) {
+    throw ControlError(Kind::Failed, fmt::format("setup stopped by {}", process_.detail()));
+  } catch (const ControlError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw ControlError(Kind::Failed, e.what());
+  }
+  machine_->start();
+  state_ = VmState::Running;
+}
+
+void Vmm::do_shutdown() {
+  if (!machine_) return;
+  config_ = machine_->config();
+  machine_.reset();
+  for (auto& [slot, r] : removals_)
+    r.done.set_exception(std::make_exception_ptr(
+        ControlError(Kind::Failed, fmt::format("the VM shut down before the guest ejected {}; the device is released "
+                                               "with the VM", r.id))));
+  removals_.clear();
+  state_ = VmState::Shutdown;
+}
+
+std::shared_future<void> Vmm::do_remove_device(const std::string& id) {
+  require({VmState::Created, VmState::Running}, "remove a device from");
+  if (state_ == VmState::Created) {
+    auto it = std::find_if(config_.slots.begin(), config_.slots.end(), [&](const SlotConfig& s) { return s.id == id; });
+    if (it == config_.slots.end() || it->emulation != "passthru")
+      throw ControlError(Kind::NotFound, fmt::format("no device with id '{}' in the VM", id));
+    config_.slots.erase(it);
+    std::promise<void> done;
+    done.set_value();
+    return done.get_future().share();
+  }
+  std::optional<DeviceInfo> found;
+  for (const auto& d : machine_->devices())
+    if (d.id == id) found = d;
+  if (!found) throw ControlError(Kind::NotFound, fmt::format("no device with id '{}' in the VM", id));
+  int slot = std::stoi(found->bdf.substr(8, 2), nullptr, 16);
+  if (removals_.count(slot))
+    throw ControlError(Kind::Conflict, fmt::format("device '{}' is already being removed", id));
+  Removal& r = removals_[slot];
+  r.id = id;
+  r.deadline = std::chrono::steady_clock::now() + kEjectWait;
+  auto f = r.done.get_future().share();
+  machine_->request_unplug(slot);
+  return f;
+}
+
+void Vmm::finish_removal(int slot, const std::string& error) {
+  auto it = removals_.find(slot);
+  if (it == removals_.end()) return;
+  if (error.empty())
+    it->second.done.set_value();
+  else
+    it->second.done.set_exception(std::make_exception_ptr(ControlError(Kind::Failed, error)));
+  removals_.erase(it);
+}
+
+void Vmm::service_machine() {
+  if (!machine_) return;
+  machine_->drain();
+  for (int slot : machine_->take_ejected()) {
+    std::string error;
+    try {
+      machine_->remove_device(slot);
+    } catch (const std::exception& e) {
+      error = fmt::format("the guest ejected slot {} but releasing the device failed: {}", slot, e.what());
+      fmt::print(stderr, "passvm: {}\n", error);
+    }
+    finish_removal(slot, error);
+  }
+  auto now = std::chrono::steady_clock::now();
+  for (auto it = removals_.begin(); it != removals_.end();) {
+    if (now < it->second.deadline) {
+      ++it;
+      continue;
+    }
+    it->second.done.set_exception(std::make_exception_ptr(ControlError(
+        Kind::Failed,
+        fmt::format("the guest did not eject device '{}' within {} s; it stays in the VM, and goes when the guest "
+                    "lets go of it (is the guest's acpiphp hotplug driver there, or is the device in use?)",
+                    it->second.id, kEjectWait.count()))));
+    it = removals_.erase(it);
+  }
+  if (stats_requested_.exchange(false)) fputs(machine_->stats_text().c_str(), stderr);
+}
+
+void Vmm::handle_guest_exit() {
+  ExitReason reason = machine_->guest_exit().reason();
+  std::string detail = machine_->guest_exit().detail();
+  if (!api_) {
+    if (config_.stats) fputs(machine_->stats_text().c_str(), stderr);
+    report_exit(config_.name, reason, detail);
+    exit_status_ = exit_status(reason);
+    machine_.reset();
+    state_ = VmState::Shutdown;
+    return;
+  }
+  report_exit(config_.name, reason, detail);
+  do_shutdown();
+  if (reason == ExitReason::Reset) {
+    fmt::print(stderr, "passvm: {}: rebooting\n", config_.name);
+    try {
+      do_boot();
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "passvm: {}: the reboot failed: {}\n", config_.name, e.what());
+    }
+  }
+}
+
+int Vmm::run(const std::optional<MachineConfig>& initial) {
+  if (initial) {
+    try {
+      do_create(*initial);
+      do_boot();
+    } catch (const ControlError& e) {
+      if (process_.requested()) {
+        fmt::print(stderr, "passvm: {}: stopped by {} during setup\n", initial->name, process_.detail());
+        return exit_status(ExitReason::Signal);
+      }
+      fmt::print(stderr, "passvm: {}\n", e.what());
+      return 1;
+    }
+  }
+  for (;;) {
+    std::deque<std::function<void()>> tasks;
+    {
+      std::unique_lock g(queue_lock_);
+      // Coalesced writes reach their device at the next exit of any vCPU; a guest that writes and then
+      // only halts (a panic message's last line) would keep them queued, so drain now and then too.
+      queue_cv_.wait_for(g, std::chrono::milliseconds(50), [&] { return !queue_.empty(); });
+      tasks.swap(queue_);
+    }
+    for (auto& t : tasks) t();
+    service_machine();
+    if (machine_ && machine_->guest_exit().requested()) {
+      handle_guest_exit();
+      if (!api_) break;
+    }
+    if (process_.requested()) break;
+  }
+  {
+    std::lock_guard g(queue_lock_);
+    loop_ended_ = true;
+  }
+  for (auto& t : queue_) t();  // requests that raced the end: they run against the last state
+  queue_.clear();
+  if (process_.requested()) {
+    ExitReason reason = process_.reason();
+    if (machine_ && config_.stats) fputs(machine_->stats_text().c_str(), stderr);
+    report_exit(config_.name, reason, process_.detail());
+    exit_status_ = exit_status(reason);
+  }
+  do_shutdown();
+  return exit_status_;
+}
+
+void Vmm::create(const MachineConfig& config) {
+  on_loop<void>([&] { do_create(config); });
+}
+void Vmm::boot() {
+  on_loop<void>([&] { do_boot(); });
+}
+void Vmm::pause() {
+  on_loop<void>([&] {
+    require({VmState::Running}, "pause");
+    machine_->pause();
+    state_ = VmState::Paused;
+  });
+}
+void Vmm::resume() {
+  on_loop<void>([&] {
+    require({VmState::Paused}, "resume");
+    machine_->resume();
+    state_ = VmState::Running;
+  });
+}
+void Vmm::reboot() {
+  on_loop<void>([&] {
+    require({VmState::Running, VmState::Paused}, "reboot");
+    do_shutdown();
+    do_boot();
+  });
+}
+void Vmm::shutdown() {
+  on_loop<void>([&] {
+    require({VmState::Running, VmState::Paused}, "shut down");
+    do_shutdown();
+  });
+}
+void Vmm::remove() {
+  on_loop<void>([&] {
+    do_shutdown();
+    config_ = {};
+    state_ = VmState::NotCreated;
+  });
+}
+VmInfo Vmm::info() {
+  return on_loop<VmInfo>([&] {
+    VmInfo out;
+    out.state = state_;
+    out.config = machine_ ? machine_->config() : config_;
+    if (machine_) {
+      out.devices = machine_->devices();
+    } else {
+      for (const auto& s : out.config.slots)
+        if (s.emulation == "passthru") out.devices.push_back({s.id, guest_bdf(s.slot, s.func), s.config});
+    }
+    return out;
+  });
+}
+DeviceInfo Vmm::add_device(const std::string& host, const std::string& id) {
+  return on_loop<DeviceInfo>([&] {
+    require({VmState::Created, VmState::Running, VmState::Paused}, "add a device to");
+    const MachineConfig& now = machine_ ? machine_->config() : config_;
+    vfio::Bdf bdf;
+    try {
+      bdf = vfio::parse_bdf(host);
+    } catch (const std::exception& e) {
+      throw ControlError(Kind::BadRequest, e.what());
+    }
+    for (const auto& s : now.slots) {
+      if (!id.empty() && s.id == id) throw ControlError(Kind::Conflict, fmt::format("the id '{}' is taken", id));
+      if (s.emulation == "passthru" && vfio::parse_bdf(s.config) == bdf)
+        throw ControlError(Kind::Conflict, fmt::format("{} is already in this VM (id '{}', guest {})", bdf.str(),
+                                                       s.id, guest_bdf(s.slot, s.func)));
+    }
+    MachineConfig probe = now;
+    SlotConfig added;
+    added.slot = SlotConfig::kAnySlot;
+    added.emulation = "passthru";
+    added.config = bdf.str();
+    added.id = id;
+    probe.slots.push_back(added);
+    fill_in_devices(probe);
+    SlotConfig s = probe.slots.back();
+    if (!machine_) {
+      config_.slots.push_back(s);
+      return DeviceInfo{s.id, guest_bdf(s.slot, s.func), s.config};
+    }
+    s.slot = SlotConfig::kAnySlot;  // the machine picks among its hotplug slots
+    return machine_->add_device(s);
+  });
+}
+void Vmm::remove_device(const std::string& id) {
+  auto done = on_loop<std::shared_future<void>>([&] { return do_remove_device(id); });
+  done.get();
+}
+Counters Vmm::counters() {
+  return on_loop<Counters>([&] {
+    require({VmState::Running, VmState::Paused}, "read the counters of");
+    return machine_->counters();
+  });
+}
+void Vmm::shutdown_vmm() {
+  process_.request(ExitReason::PowerOff, "vmm.shutdown");
+  queue_cv_.notify_one();
+}
+
+}  // namespace passvm

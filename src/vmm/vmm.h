@@ -1,0 +1,103 @@
+// vmm: Vmm, the process's one VM and its lifecycle.
+//
+// run() is the control loop, on the thread that calls it (passvm's main
+// thread): it builds and tears down Machines, delivers coalesced writes, and
+// reacts to what the guest does (power-off, reset, ejecting a device) and to
+// signals. The VmControl calls (the API's requests, from the API server's
+// threads) are queued to that loop and wait for their result, so a machine is
+// only ever touched by one thread. The states are cloud-hypervisor's:
+//
+//   NotCreated --create--> Created --boot--> Running <--pause/resume--> Paused
+//                                      ^        |  reboot: torn down, built again
+//                           boot       |        v  shutdown, or the guest powers off
+//                                      +---- Shutdown        delete: back to NotCreated
+//
+// Without the API (the plain command line) the loop ends when the guest does,
+// with the exit status of exit_control.h. With it, the process lives until
+// vmm.shutdown or a signal; a guest reset reboots the VM, a power-off leaves
+// it Shutdown. remove_device() asks the guest to eject and completes when it
+// did (kEjectWait at most); an eject the host did not ask for (the guest's own
+// "echo 0 > /sys/bus/pci/slots/N/power") removes the device too.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+
+#include "vmm/config.h"
+#include "vmm/control.h"
+#include "vmm/exit_control.h"
+#include "vmm/signals.h"
+
+namespace passvm {
+
+class Machine;
+
+class Vmm final : public VmControl {
+ public:
+  static constexpr std::chrono::seconds kEjectWait{30};
+
+  // api: the VM's life is driven by requests (see above). Create the Vmm before any other thread: it
+  // blocks the signals it watches.
+  explicit Vmm(bool api);
+  ~Vmm() override;
+
+  // The control loop. `initial` is created and booted first (the command line's VM); if that fails the
+  // error is printed and run() returns 1. Returns the process's exit status.
+  int run(const std::optional<MachineConfig>& initial);
+
+  void create(const MachineConfig& config) override;
+  void boot() override;
+  void pause() override;
+  void resume() override;
+  void reboot() override;
+  void shutdown() override;
+  void remove() override;
+  VmInfo info() override;
+  DeviceInfo add_device(const std::string& host, const std::string& id) override;
+  void remove_device(const std::string& id) override;
+  Counters counters() override;
+  void shutdown_vmm() override;
+
+ private:
+  // Runs fn on the loop's thread and returns what it returns (or throws what it throws).
+  template <typename T>
+  T on_loop(std::function<T()> fn);
+  void do_create(const MachineConfig& config);
+  void do_boot();
+  void do_shutdown();
+  std::shared_future<void> do_remove_device(const std::string& id);
+  void service_machine();
+  void finish_removal(int slot, const std::string& error);
+  void handle_guest_exit();
+  void require(std::initializer_list<VmState> allowed, const char* action) const;
+
+  bool api_;
+  ExitControl process_;  // signals, Ctrl-A x, vmm.shutdown: the process ends
+  SignalWatcher signals_{process_};
+  std::mutex queue_lock_;
+  std::condition_variable queue_cv_;
+  std::deque<std::function<void()>> queue_;
+  bool loop_ended_ = false;
+  std::atomic<bool> stats_requested_{false};
+
+  // Loop thread only.
+  VmState state_ = VmState::NotCreated;
+  MachineConfig config_;
+  std::unique_ptr<Machine> machine_;
+  struct Removal {
+    std::string id;
+    std::chrono::steady_clock::time_point deadline;
+    std::promise<void> done;
+  };
+  std::map<int, Removal> removals_;  // by slot
+  int exit_status_ = 0;
+};
+
+}  // namespace passvm

@@ -1,0 +1,156 @@
+// The lifecycle's rules, without a machine: this host may have no KVM, so booting fails, and that
+// failure is itself a path under test (the VM must stay as it was).
+#include "vmm/vmm.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+namespace passvm {
+namespace {
+
+class VmmTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / ("passvm-vmm-test-" + std::to_string(getpid()));
+    std::filesystem::create_directories(dir_);
+    kernel_ = (dir_ / "bzImage").string();
+    std::ofstream(kernel_) << "not really a kernel";
+    loop_ = std::thread([this] { status_ = vmm_.run(std::nullopt); });
+  }
+  void TearDown() override {
+    if (loop_.joinable()) {
+      vmm_.shutdown_vmm();
+      loop_.join();
+    }
+    std::filesystem::remove_all(dir_);
+  }
+  MachineConfig config() {
+    MachineConfig c;
+    c.kernel = kernel_;
+    return c;
+  }
+  SlotConfig passthru(std::string host, std::string id = {}, uint32_t slot = SlotConfig::kAnySlot) {
+    SlotConfig s;
+    s.slot = slot;
+    s.emulation = "passthru";
+    s.config = std::move(host);
+    s.id = std::move(id);
+    return s;
+  }
+  static ControlError::Kind kind_of(const std::function<void()>& fn) {
+    try {
+      fn();
+    } catch (const ControlError& e) {
+      return e.kind();
+    }
+    ADD_FAILURE() << "no ControlError";
+    return ControlError::Kind::Failed;
+  }
+
+  std::filesystem::path dir_;
+  std::string kernel_;
+  Vmm vmm_{true};
+  std::thread loop_;
+  int status_ = -1;
+};
+
+using Kind = ControlError::Kind;
+
+TEST_F(VmmTest, CreateFillsInTheHostBridgeIdsAndSlots) {
+  EXPECT_EQ(vmm_.info().state, VmState::NotCreated);
+  MachineConfig c = config();
+  c.slots = {passthru("0000:03:00.0"), passthru("0000:04:00.0", "nic"), passthru("0000:05:00.0", {}, 7)};
+  vmm_.create(c);
+  VmInfo info = vmm_.info();
+  EXPECT_EQ(info.state, VmState::Created);
+  ASSERT_EQ(info.config.slots.size(), 4u);
+  EXPECT_EQ(info.config.slots[0].emulation, "hostbridge");
+  ASSERT_EQ(info.devices.size(), 3u);
+  EXPECT_EQ(info.devices[0].id, "_vfio0");
+  EXPECT_EQ(info.devices[0].bdf, "0000:00:01.0");
+  EXPECT_EQ(info.devices[1].id, "nic");
+  EXPECT_EQ(info.devices[1].bdf, "0000:00:02.0");
+  EXPECT_EQ(info.devices[2].id, "_vfio1");
+  EXPECT_EQ(info.devices[2].bdf, "0000:00:07.0");
+  EXPECT_EQ(info.devices[2].host, "0000:05:00.0");
+}
+
+TEST_F(VmmTest, EachStateRefusesWhatItCannotDo) {
+  EXPECT_EQ(kind_of([&] { vmm_.boot(); }), Kind::WrongState);
+  EXPECT_EQ(kind_of([&] { vmm_.pause(); }), Kind::WrongState);
+  EXPECT_EQ(kind_of([&] { vmm_.shutdown(); }), Kind::WrongState);
+  EXPECT_EQ(kind_of([&] { vmm_.add_device("0000:03:00.0", ""); }), Kind::WrongState);
+  EXPECT_EQ(kind_of([&] { vmm_.counters(); }), Kind::WrongState);
+  vmm_.create(config());
+  EXPECT_EQ(kind_of([&] { vmm_.create(config()); }), Kind::WrongState);
+  EXPECT_EQ(kind_of([&] { vmm_.resume(); }), Kind::WrongState);
+  EXPECT_EQ(kind_of([&] { vmm_.reboot(); }), Kind::WrongState);
+  try {
+    vmm_.pause();
+    FAIL() << "paused a VM that never booted";
+  } catch (const ControlError& e) {
+    EXPECT_NE(std::string(e.what()).find("boot it first"), std::string::npos) << e.what();
+  }
+  vmm_.remove();
+  EXPECT_EQ(vmm_.info().state, VmState::NotCreated);
+  vmm_.remove();  // deleting nothing is fine, as in cloud-hypervisor
+}
+
+TEST_F(VmmTest, BadConfigsAreBadRequests) {
+  MachineConfig none;
+  EXPECT_EQ(kind_of([&] { vmm_.create(none); }), Kind::BadRequest);
+  MachineConfig missing = config();
+  missing.kernel = (dir_ / "no-such-kernel").string();
+  EXPECT_EQ(kind_of([&] { vmm_.create(missing); }), Kind::BadRequest);
+  MachineConfig bad_device = config();
+  bad_device.slots = {passthru("not-a-device")};
+  EXPECT_EQ(kind_of([&] { vmm_.create(bad_device); }), Kind::BadRequest);
+  EXPECT_EQ(vmm_.info().state, VmState::NotCreated);
+}
+
+TEST_F(VmmTest, DevicesJoinAndLeaveACreatedVm) {
+  vmm_.create(config());
+  DeviceInfo a = vmm_.add_device("0000:03:00.0", "disk");
+  EXPECT_EQ(a.id, "disk");
+  EXPECT_EQ(a.bdf, "0000:00:01.0");
+  DeviceInfo b = vmm_.add_device("0000:04:00.0", "");
+  EXPECT_EQ(b.id, "_vfio0");
+  EXPECT_EQ(b.bdf, "0000:00:02.0");
+  EXPECT_EQ(kind_of([&] { vmm_.add_device("0000:03:00.0", "again"); }), Kind::Conflict);
+  EXPECT_EQ(kind_of([&] { vmm_.add_device("0000:06:00.0", "disk"); }), Kind::Conflict);
+  EXPECT_EQ(kind_of([&] { vmm_.add_device("3-0-0", ""); }), Kind::BadRequest);
+  EXPECT_EQ(kind_of([&] { vmm_.remove_device("nope"); }), Kind::NotFound);
+  vmm_.remove_device("disk");
+  VmInfo info = vmm_.info();
+  ASSERT_EQ(info.devices.size(), 1u);
+  EXPECT_EQ(info.devices[0].id, "_vfio0");
+  DeviceInfo c = vmm_.add_device("0000:03:00.0", "disk");  // the freed slot is taken again
+  EXPECT_EQ(c.bdf, "0000:00:01.0");
+}
+
+TEST_F(VmmTest, AFailedBootLeavesTheVmCreated) {
+  vmm_.create(config());  // a kernel that is no kernel, and perhaps no KVM at all
+  try {
+    vmm_.boot();
+    FAIL() << "booted a text file";
+  } catch (const ControlError& e) {
+    EXPECT_EQ(e.kind(), Kind::Failed);
+    EXPECT_FALSE(std::string(e.what()).empty());
+  }
+  EXPECT_EQ(vmm_.info().state, VmState::Created);
+}
+
+TEST_F(VmmTest, ShutdownEndsTheLoopWithStatusZero) {
+  vmm_.create(config());
+  vmm_.shutdown_vmm();
+  loop_.join();
+  EXPECT_EQ(status_, 0);
+  EXPECT_EQ(kind_of([&] { vmm_.info(); }), Kind::WrongState) << "requests after the end are refused";
+}
+
+}  // namespace
+}  // namespace passvm
