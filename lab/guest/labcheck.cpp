@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -791,6 +792,146 @@ int check_config() {
     return r.print();
 }
 
+// ---------------------------------------------------------------- hot-plug
+
+// The slot Linux registered for a device (/sys/bus/pci/slots/N/address is "DDDD:BB:SS", the BDF without
+// its function), or "".
+std::string slot_of(const std::string& bdf) {
+    std::string out;
+    const std::string root = "/sys/bus/pci/slots/";
+    DIR* d = opendir(root.c_str());
+    if (!d) return out;
+    while (dirent* e = readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        if (read_text(root + e->d_name + "/address").value_or("") == bdf.substr(0, 10)) out = e->d_name;
+    }
+    closedir(d);
+    return out;
+}
+
+// hotadd NAME vvvv:dddd WAIT_S BDF_FILE: waits up to WAIT_S seconds for a device with that ID to appear and
+// get a driver bound (a hot add, seen from the guest), writes its address to BDF_FILE for the next steps.
+int check_hotadd(const std::string& name, const std::string& id, int wait_s, const std::string& bdf_file) {
+    Result r(name);
+    r.str("id", id);
+    auto t0 = std::chrono::steady_clock::now();
+    std::optional<PciDev> seen;
+    for (;;) {
+        seen.reset();
+        for (const auto& d : pci_devices())
+            if (d.id == id && (!seen || seen->driver.empty())) seen = d;
+        if ((seen && !seen->driver.empty()) || ms_since(t0) > wait_s * 1000.0) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    r.num("wait_ms", ms_since(t0));
+    if (!seen) return r.fail("no device " + id + " appeared within " + std::to_string(wait_s) + " s");
+    r.str("bdf", seen->bdf);
+    r.str("driver", seen->driver);
+    r.str("slot", slot_of(seen->bdf));
+    if (seen->driver.empty())
+        return r.fail(id + " appeared at " + seen->bdf + " but no driver bound it within " + std::to_string(wait_s) + " s");
+    if (FILE* f = std::fopen(bdf_file.c_str(), "w")) {
+        std::fprintf(f, "%s\n", seen->bdf.c_str());
+        std::fclose(f);
+    }
+    r.pass = true;
+    return r.print();
+}
+
+// hotgone NAME BDF WAIT_S: waits up to WAIT_S seconds for the device to leave the guest (an eject).
+int check_hotgone(const std::string& name, const std::string& bdf, int wait_s) {
+    Result r(name);
+    r.str("bdf", bdf);
+    const std::string dir = kPciRoot + bdf;
+    auto t0 = std::chrono::steady_clock::now();
+    while (access(dir.c_str(), F_OK) == 0 && ms_since(t0) < wait_s * 1000.0)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    r.num("wait_ms", ms_since(t0));
+    if (access(dir.c_str(), F_OK) == 0)
+        return r.fail(bdf + " still present after " + std::to_string(wait_s) + " s (driver '" +
+                      basename_of_link(dir + "/driver") + "')");
+    r.pass = true;
+    return r.print();
+}
+
+// The block device of the first namespace of the NVMe controller at bdf. Names depend on the order
+// controllers came in (a controller added again may be nvme1, its namespace nvme1n1 or nvme0n1): with
+// native multipath (Debian's kernels) the disk is the subsystem's (nvme-subsysN/nvmeXnY, next to a link
+// named after the controller), otherwise the controller's own (nvmeX/nvmeXnY).
+std::string nvme_namespace_of(const std::string& bdf) {
+    auto entries = [](const std::string& dir) {
+        std::vector<std::string> out;
+        if (DIR* d = opendir(dir.c_str())) {
+            while (dirent* e = readdir(d)) out.emplace_back(e->d_name);
+            closedir(d);
+        }
+        std::sort(out.begin(), out.end());
+        return out;
+    };
+    auto is_disk = [](const std::string& n) {  // nvmeXnY, not the hidden path device nvmeXcZnY
+        unsigned a = 0, b = 0;
+        char tail = 0;
+        return std::sscanf(n.c_str(), "nvme%un%u%c", &a, &b, &tail) == 2;
+    };
+    for (const auto& ctrl : entries(kPciRoot + bdf + "/nvme")) {
+        if (ctrl.rfind("nvme", 0) != 0) continue;
+        for (const auto& subsys : entries("/sys/class/nvme-subsystem")) {
+            const std::string dir = "/sys/class/nvme-subsystem/" + subsys + "/";
+            if (subsys[0] == '.' || access((dir + ctrl).c_str(), F_OK) != 0) continue;
+            for (const auto& n : entries(dir))
+                if (is_disk(n)) return n;
+        }
+        for (const auto& n : entries(kPciRoot + bdf + "/nvme/" + ctrl))
+            if (is_disk(n)) return n;
+    }
+    return "";
+}
+
+// nvmeat NAME BDF: the nvme check (16 MiB, five rounds) on the namespace of the controller at BDF.
+int check_nvme_at(const std::string& name, const std::string& bdf) {
+    Result r(name);
+    r.str("bdf", bdf);
+    std::string ns;
+    auto t0 = std::chrono::steady_clock::now();
+    int fd = -1;
+    while (ms_since(t0) < 15000) {
+        ns = nvme_namespace_of(bdf);
+        if (!ns.empty() && (fd = open(("/dev/" + ns).c_str(), O_RDWR | O_DIRECT)) >= 0) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    r.num("probe_wait_ms", ms_since(t0));
+    r.str("namespace", ns);
+    if (fd < 0)
+        return r.fail(ns.empty() ? "the controller at " + bdf + " has no namespace block device after 15 s"
+                                 : "/dev/" + ns + " cannot be opened: " + std::strerror(errno));
+    return bulk_rounds(r, fd, 16 << 20, 5);
+}
+
+// ticker SECONDS: "L2TICK n" every 100 ms for SECONDS of the guest's monotonic time, so that L1 can see
+// from outside when the guest runs (a paused VM prints nothing). Figures: ticks, and the largest gap
+// between two ticks as the guest's own clock saw it.
+int check_ticker(const std::string& seconds_text) {
+    Result r("ticker");
+    double seconds = std::strtod(seconds_text.c_str(), nullptr);
+    if (seconds <= 0) seconds = 20;
+    auto t0 = std::chrono::steady_clock::now(), last = t0;
+    double max_gap = 0;
+    long ticks = 0;
+    while (ms_since(t0) < seconds * 1000) {
+        auto now = std::chrono::steady_clock::now();
+        if (ticks > 0) max_gap = std::max(max_gap, std::chrono::duration<double, std::milli>(now - last).count());
+        last = now;
+        std::printf("L2TICK %ld\n", ticks++);
+        std::fflush(stdout);
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    r.num("ticks", static_cast<double>(ticks));
+    r.num("seconds", seconds);
+    r.num("max_gap_ms", max_gap);
+    r.pass = ticks > 0;
+    return r.pass ? r.print() : r.fail("no tick printed");
+}
+
 }  // namespace
 
 // ivshmem-plain (1af4:1110): BAR2 is memory shared with the host, tens of GiB in the big-BAR
@@ -958,6 +1099,11 @@ int main(int argc, char** argv) {
     if (check == "iobar") return check_iobar();
     if (check == "irqs") return check_irqs();
     if (check == "config") return check_config();
+    if (check == "ticker") return check_ticker(expected);
+    // Hot-plug steps: labcheck hotadd NAME vvvv:dddd WAIT_S BDF_FILE | nvmeat NAME BDF | hotgone NAME BDF WAIT_S
+    if (check == "hotadd" && argc > 5) return check_hotadd(argv[2], argv[3], std::atoi(argv[4]), argv[5]);
+    if (check == "nvmeat" && argc > 3) return check_nvme_at(argv[2], argv[3]);
+    if (check == "hotgone" && argc > 4) return check_hotgone(argv[2], argv[3], std::atoi(argv[4]));
     Result r(check.empty() ? "labcheck" : check);
-    return r.fail("unknown check '" + check + "' (known: lspci rom nvme nvme1 nvmebig nvmerand edu edublock iobar irqs config bigbar p2p)");
+    return r.fail("unknown check '" + check + "' (known: lspci rom nvme nvme1 nvmebig nvmerand edu edublock iobar irqs config bigbar p2p ticker hotadd nvmeat hotgone)");
 }

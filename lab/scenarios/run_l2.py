@@ -12,6 +12,10 @@ that never reported are failures with the reason and the last console lines.
 A summary (figures per check) is written to $LAB_OUT/NAME.summary.json.
 With --type, TEXT (a line; \n is added) is written to the VMM's stdin, that is typed on
 L2's console, when L2 prints "L2CONSOLE ready" (the L2 check "console" does).
+The console file is written line by line as L2 prints, and the VMM's PID is in $LAB_OUT/NAME.pid
+while it runs, so that a scenario running this in the background can follow L2 and drive the VMM
+(hot-plug through an API). An L2 that reports "hold" has finished its checks and waits to be stopped
+from outside: the run is complete when the VMM then exits, and --grace does not apply.
 Before the VMM starts, every idle e1000e on vfio-pci is put in its reset state (see
 e1000e_handover); --devices-as-left leaves it as the previous VMM left it, to test a VMM's own
 defence.
@@ -213,18 +217,20 @@ def parse_args(argv):
     return name, timeout, grace, typed, as_left, cmd
 
 
-def run_vmm(name, cmd, timeout, grace, typed, console):
+def run_vmm(name, cmd, timeout, grace, typed, console, pid_path):
     """One run of the VMM: stream its console, collect L2's results, sample its memory."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if typed else subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=die_with_parent)
+    with open(pid_path, "w") as f:
+        f.write(f"{proc.pid}\n")
     sampler = RssSampler(proc.pid)
     sampler.start()
     irqs = L1IrqSampler()
     irqs.start()
 
-    state = {"init_ms": None, "done_at": None, "killed": None, "exit_after_done_ms": None}
+    state = {"init_ms": None, "done_at": None, "held_at": None, "killed": None, "exit_after_done_ms": None}
     results, tail = {}, deque(maxlen=15)
 
     def kill(reason):
@@ -249,6 +255,7 @@ def run_vmm(name, cmd, timeout, grace, typed, console):
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
         ms = int((time.monotonic() - start) * 1000)
         console.write(f"{ms:8d} {line}\n")
+        console.flush()  # a scenario may follow it while the VMM runs
         print(f"[{name}] {line}", flush=True)
         tail.append(line)
         if typed and "L2CONSOLE ready" in line:
@@ -271,8 +278,14 @@ def run_vmm(name, cmd, timeout, grace, typed, console):
         if check == "done":
             state["done_at"] = time.monotonic()
             continue
+        if check == "hold" and state["held_at"] is None:
+            state["held_at"] = time.monotonic()
         results[check] = r
     rc = proc.wait()
+    try:
+        os.unlink(pid_path)
+    except OSError:
+        pass
     exited_at = time.monotonic()
     if state["done_at"] is not None and state["killed"] is None:
         # L2 powers off right after its last result: this is the VMM's own stop and teardown.
@@ -354,7 +367,7 @@ def main():
         for attempt in (1, 2):
             print(f"[{name}] $ {' '.join(cmd)}", flush=True)
             try:
-                run = run_vmm(name, cmd, timeout, grace, typed, console)
+                run = run_vmm(name, cmd, timeout, grace, typed, console, os.path.join(out_dir, f"{name}.pid"))
             except OSError as e:
                 emit(scenario, f"{name}.vmm", False, {}, f"cannot start the VMM '{cmd[0]}': {e.strerror}")
                 return 1
@@ -383,9 +396,11 @@ def main():
     if state["init_ms"] is None:
         why = state["killed"] or f"the VMM exited with status {rc}"
         reason = f"L2 never reached init ({why}); last console lines: {last}"
-    elif state["done_at"] is None:
+    elif state["done_at"] is None and state["held_at"] is None:
         why = state["killed"] or f"the VMM exited with status {rc}"
         reason = f"L2 reached init but did not finish its checks ({why}); last console lines: {last}"
+    elif state["done_at"] is None and state["killed"]:
+        reason = f"L2 finished its checks and held, but nothing stopped the VMM ({state['killed']}); last console lines: {last}"
     else:
         reason = ""
     for check in wanted:

@@ -3,11 +3,10 @@
 #pragma once
 
 #include <sys/socket.h>
-#include <sys/un.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -18,6 +17,7 @@
 
 #include "api/fake_control.h"
 #include "api/server.h"
+#include "api/unix_socket.h"
 
 namespace passvm::testing {
 
@@ -72,14 +72,8 @@ inline HttpReply http(const std::string& socket, const std::string& method, cons
 // Writes `bytes` on a fresh connection and returns what comes back before the server closes it (it
 // answers one request per connection); with no bytes, hangs up at once.
 inline std::string raw_exchange(const std::string& socket, const std::string& bytes) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, socket.c_str(), sizeof addr.sun_path - 1);
-  if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return "connect failed";
-  }
+  int fd = api::connect_unix(socket);
+  if (fd < 0) return "connect failed";
   if (!bytes.empty() && write(fd, bytes.data(), bytes.size()) < 0) {
     close(fd);
     return "write failed";

@@ -5,7 +5,6 @@
 #include "api/client.h"
 
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -23,6 +22,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "api/unix_socket.h"
 #include "api/vm_config.h"
 #include "cli/options.h"
 #include "vmm/control.h"
@@ -43,18 +43,12 @@ struct Response {
   std::string body;
 };
 
-// Why connect() fails, for the message: httplib only says that it did.
+// Why connecting fails, for the message: httplib only says that it did.
 std::string connect_errno(const std::string& path) {
-  if (path.size() >= sizeof(sockaddr_un::sun_path)) return "the path is too long for a unix socket";
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = connect_unix(path);
   if (fd < 0) return strerror(errno);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  int r = connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
-  int err = errno;
   close(fd);
-  return r == 0 ? "the connection was dropped" : strerror(err);
+  return "the connection was dropped";
 }
 
 // cloud-hypervisor's error body is a JSON list of messages, outermost first; older servers sent text.

@@ -15,7 +15,7 @@ namespace {
 
 using nlohmann::json;
 
-class Remote : public ServerFixture {
+class ApiRemote : public ServerFixture {
  protected:
   // passvm remote --api-socket SOCKET ARGS...
   int run(std::vector<std::string> args, const std::string& socket = {}) {
@@ -32,7 +32,7 @@ class Remote : public ServerFixture {
   std::string out, err;
 };
 
-TEST_F(Remote, Ping) {
+TEST_F(ApiRemote, Ping) {
   ASSERT_EQ(run({"ping"}), 0) << err;
   EXPECT_EQ(out, fmt::format("passvm v0.1.0 (version 0.1.0, pid {})\n", getpid()));
   ASSERT_EQ(run({"--json", "ping"}), 0) << err;
@@ -41,7 +41,7 @@ TEST_F(Remote, Ping) {
   EXPECT_EQ(json::parse(out)["version"], "0.1.0");
 }
 
-TEST_F(Remote, CreateFromOptions) {
+TEST_F(ApiRemote, CreateFromOptions) {
   ASSERT_EQ(run({"create", "--kernel", "/boot/vmlinuz", "--initrd", "initrd.img", "--cmdline", "console=ttyS0",
                  "--cpus", "2", "--memory", "1G", "--device", "0000:00:04.0", "--device", "0/5/0"}),
             0)
@@ -59,14 +59,14 @@ TEST_F(Remote, CreateFromOptions) {
   EXPECT_EQ(c.slots[1].config, "0000:00:05.0");
 }
 
-TEST_F(Remote, CreateDefaultsAndSerialOff) {
+TEST_F(ApiRemote, CreateDefaultsAndSerialOff) {
   ASSERT_EQ(run({"create", "--kernel", "/k", "--memory", "768", "--serial", "off"}), 0) << err;
   EXPECT_EQ(control.config().memory, 768ull << 20);  // a bare number is MiB, as with passvm -m
   EXPECT_EQ(control.config().cpus, 1u);
   EXPECT_EQ(control.config().com1, "");
 }
 
-TEST_F(Remote, CreateFromAConfigFileSentAsIs) {
+TEST_F(ApiRemote, CreateFromAConfigFileSentAsIs) {
   std::string file = dir / "vm.json";
   std::ofstream(file) << R"({"payload": {"kernel": "/k"}, "memory": {"size": 268435456}, "vsock": null})";
   ASSERT_EQ(run({"create", "--config", file}), 0) << err;
@@ -77,7 +77,7 @@ TEST_F(Remote, CreateFromAConfigFileSentAsIs) {
   EXPECT_EQ(err.rfind(fmt::format("passvm remote: --config {}: cannot read it", dir / "missing.json"), 0), 0u) << err;
 }
 
-TEST_F(Remote, CreateErrorsComeFromTheServer) {
+TEST_F(ApiRemote, CreateErrorsComeFromTheServer) {
   std::string file = dir / "vm.json";
   std::ofstream(file) << R"({"payload": {"kernel": "/k"}, "vsock": {"cid": 3, "socket": "/s"}})";
   EXPECT_EQ(run({"create", "--config", file}), 1);
@@ -92,7 +92,7 @@ TEST_F(Remote, CreateErrorsComeFromTheServer) {
   EXPECT_TRUE(control.calls().empty());
 }
 
-TEST_F(Remote, InfoShowsStateAndDevices) {
+TEST_F(ApiRemote, InfoShowsStateAndDevices) {
   boot_with_device();
   ASSERT_EQ(run({"add-device", "/sys/bus/pci/devices/0000:00:05.0/", "--id", "nic0"}), 0) << err;
   EXPECT_EQ(out, "nic0  guest 0000:00:04.0  host 0000:00:05.0\n");
@@ -111,7 +111,7 @@ TEST_F(Remote, InfoShowsStateAndDevices) {
   EXPECT_EQ(info["device_tree"]["nic0"]["pci_bdf"], "0000:00:04.0");
 }
 
-TEST_F(Remote, DevicesAddedBeforeBootHaveNoGuestAddress) {
+TEST_F(ApiRemote, DevicesAddedBeforeBootHaveNoGuestAddress) {
   ASSERT_EQ(run({"create", "--kernel", "/k"}), 0) << err;
   ASSERT_EQ(run({"add-device", "00:04.0"}), 0) << err;
   EXPECT_EQ(out, "0000:00:04.0 joins the VM's config; the guest sees it once the VM boots\n");
@@ -121,7 +121,7 @@ TEST_F(Remote, DevicesAddedBeforeBootHaveNoGuestAddress) {
   EXPECT_NE(out.find("state    Created\n"), std::string::npos) << out;
 }
 
-TEST_F(Remote, ActionsAndTheirErrors) {
+TEST_F(ApiRemote, ActionsAndTheirErrors) {
   ASSERT_EQ(run({"create", "--kernel", "/k"}), 0) << err;
   for (const char* command : {"boot", "pause", "resume", "reboot", "shutdown", "boot"}) {
     EXPECT_EQ(run({command}), 0) << command << ": " << err;
@@ -142,7 +142,7 @@ TEST_F(Remote, ActionsAndTheirErrors) {
   EXPECT_TRUE(control.vmm_shutdown_requested());
 }
 
-TEST_F(Remote, CannotConnect) {
+TEST_F(ApiRemote, CannotConnect) {
   std::string nowhere = dir / "nobody.sock";
   EXPECT_EQ(run({"ping"}, nowhere), 1);
   EXPECT_EQ(err, fmt::format("passvm remote: cannot connect to {0}: No such file or directory (is passvm running "
@@ -153,7 +153,7 @@ TEST_F(Remote, CannotConnect) {
   EXPECT_NE(err.find("cannot connect to " + socket_path), std::string::npos) << err;
 }
 
-TEST_F(Remote, UsageErrors) {
+TEST_F(ApiRemote, UsageErrors) {
   EXPECT_EQ(run({}), 2);  // no command
   EXPECT_EQ(run({"frobnicate"}), 2);
   EXPECT_EQ(run({"add-device"}), 2);  // no DEVICE

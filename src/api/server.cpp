@@ -31,6 +31,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "api/unix_socket.h"
 #include "api/vm_config.h"
 
 #ifndef PASSVM_VERSION
@@ -231,19 +232,15 @@ Reply dispatch(VmControl& control, const httplib::Request& req) {
 
 // Whether a server accepts connections on the socket at `path`.
 bool socket_is_live(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) cannot_listen(path, fmt::format("cannot create a socket: {}", strerror(errno)));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  int r = connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
-  int err = errno;
-  close(fd);
-  if (r == 0) return true;
-  if (err == ECONNREFUSED) return false;
+  int fd = connect_unix(path);
+  if (fd >= 0) {
+    close(fd);
+    return true;
+  }
+  if (errno == ECONNREFUSED) return false;
   cannot_listen(path, fmt::format("cannot tell whether a server is behind the existing socket: {}; remove it or "
                                   "choose another path",
-                                  strerror(err)));
+                                  strerror(errno)));
 }
 
 // Checks that `path` can be bound; removes a stale socket file.

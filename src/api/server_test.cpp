@@ -2,10 +2,13 @@
 // socket file's life, and Kata's request sequence replayed by replay.py.
 #include "api/server.h"
 
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <mutex>
 #include <string_view>
@@ -22,9 +25,9 @@ namespace {
 using nlohmann::json;
 using Kind = ControlError::Kind;
 
-using Server = ServerFixture;
+using ApiServer = ServerFixture;
 
-TEST_F(Server, PingAnswersWithVersionAndPid) {
+TEST_F(ApiServer, PingAnswersWithVersionAndPid) {
   HttpReply r = call("GET", "vmm.ping");
   ASSERT_EQ(r.status, 200);
   EXPECT_EQ(r.content_type, "application/json");
@@ -35,7 +38,7 @@ TEST_F(Server, PingAnswersWithVersionAndPid) {
   EXPECT_EQ(j["features"], json::array());
 }
 
-TEST_F(Server, LifecycleThroughEveryAction) {
+TEST_F(ApiServer, LifecycleThroughEveryAction) {
   EXPECT_EQ(call("GET", "vm.info").status, 404);  // nothing created yet
   HttpReply r = call("PUT", "vm.create", R"({"payload": {"kernel": "/k", "cmdline": "quiet"},
                                              "cpus": {"boot_vcpus": 2, "max_vcpus": 2},
@@ -67,7 +70,7 @@ TEST_F(Server, LifecycleThroughEveryAction) {
   EXPECT_EQ(control.calls(), expected);
 }
 
-TEST_F(Server, InfoReportsDevicesWhereTheGuestSeesThem) {
+TEST_F(ApiServer, InfoReportsDevicesWhereTheGuestSeesThem) {
   boot_with_device();
   HttpReply r = call("GET", "vm.info");
   ASSERT_EQ(r.status, 200);
@@ -79,7 +82,7 @@ TEST_F(Server, InfoReportsDevicesWhereTheGuestSeesThem) {
             json::parse(R"({"id": "nvme0", "resources": [], "children": [], "pci_bdf": "0000:00:03.0"})"));
 }
 
-TEST_F(Server, InfoSurvivesPathsThatAreNotUtf8) {
+TEST_F(ApiServer, InfoSurvivesPathsThatAreNotUtf8) {
   MachineConfig c;  // as the command line may give it: JSON cannot carry the byte as it is
   c.kernel = "/boot/vmlinuz-\xff";
   control.create(c);
@@ -88,7 +91,7 @@ TEST_F(Server, InfoSurvivesPathsThatAreNotUtf8) {
   EXPECT_EQ(r.json()["config"]["payload"]["kernel"], "/boot/vmlinuz-\xEF\xBF\xBD");
 }
 
-TEST_F(Server, AddAndRemoveDevice) {
+TEST_F(ApiServer, AddAndRemoveDevice) {
   ASSERT_EQ(call("PUT", "vm.create", R"({"payload": {"kernel": "/k"}})").status, 204);
   // Cold: the device joins the config and has no guest address yet, cloud-hypervisor's 204.
   HttpReply cold = call("PUT", "vm.add-device", R"({"path": "/sys/bus/pci/devices/0000:00:04.0/", "id": "a"})");
@@ -118,7 +121,7 @@ TEST_F(Server, AddAndRemoveDevice) {
   EXPECT_EQ(noid.message().rfind("id: missing", 0), 0u);
 }
 
-TEST_F(Server, CountersAndVmmShutdown) {
+TEST_F(ApiServer, CountersAndVmmShutdown) {
   EXPECT_EQ(call("GET", "vm.counters").status, 500);  // cloud-hypervisor: VmNotRunning
   boot_with_device();
   HttpReply r = call("GET", "vm.counters");
@@ -132,7 +135,7 @@ TEST_F(Server, CountersAndVmmShutdown) {
   EXPECT_FALSE(std::filesystem::exists(socket_path));
 }
 
-TEST_F(Server, ControlErrorKindsMapToStatuses) {
+TEST_F(ApiServer, ControlErrorKindsMapToStatuses) {
   ASSERT_EQ(call("PUT", "vm.create", R"({"payload": {"kernel": "/k"}})").status, 204);
   const std::vector<std::pair<Kind, int>> cases{
       {Kind::BadRequest, 400}, {Kind::NotFound, 404}, {Kind::Conflict, 409}, {Kind::Failed, 500},
@@ -147,7 +150,7 @@ TEST_F(Server, ControlErrorKindsMapToStatuses) {
   EXPECT_EQ(control.state(), VmState::Created);  // nothing happened
 }
 
-TEST_F(Server, WrongStateWithoutAVmFollowsCloudHypervisor) {
+TEST_F(ApiServer, WrongStateWithoutAVmFollowsCloudHypervisor) {
   // boot, reboot, add-device and remove-device answer 404 when there is no VM (VmNotCreated,
   // VmMissingConfig); pause, resume, shutdown and counters answer 500 (VmNotRunning).
   for (const char* e : {"vm.boot", "vm.reboot"}) EXPECT_EQ(call("PUT", e).status, 404) << e;
@@ -162,7 +165,7 @@ TEST_F(Server, WrongStateWithoutAVmFollowsCloudHypervisor) {
   EXPECT_EQ(call("PUT", "vm.resume").status, 500);
 }
 
-TEST_F(Server, RequestsThatAreWrongInThemselves) {
+TEST_F(ApiServer, RequestsThatAreWrongInThemselves) {
   // cloud-hypervisor answers a known path with the wrong method 400, not 405.
   for (auto [method, endpoint] : std::vector<std::pair<std::string, std::string>>{
            {"GET", "vm.boot"}, {"PUT", "vm.info"}, {"POST", "vm.create"}, {"DELETE", "vm.delete"},
@@ -192,7 +195,7 @@ TEST_F(Server, RequestsThatAreWrongInThemselves) {
   EXPECT_TRUE(control.calls().empty());  // none of these reached the machine
 }
 
-TEST_F(Server, AFailingMachineNeverTakesTheServerDown) {
+TEST_F(ApiServer, AFailingMachineNeverTakesTheServerDown) {
   ASSERT_EQ(call("PUT", "vm.create", R"({"payload": {"kernel": "/k"}})").status, 204);
   control.crash_next();
   HttpReply r = call("PUT", "vm.boot");
@@ -207,7 +210,7 @@ TEST_F(Server, AFailingMachineNeverTakesTheServerDown) {
   EXPECT_EQ(call("PUT", "vm.boot").status, 204);
 }
 
-TEST_F(Server, ConcurrentRequests) {
+TEST_F(ApiServer, ConcurrentRequests) {
   std::atomic<int> ok{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < 8; t++)
@@ -218,7 +221,7 @@ TEST_F(Server, ConcurrentRequests) {
   EXPECT_EQ(ok, 160);
 }
 
-TEST_F(Server, SocketFileIsPrivateAndGoesAwayOnStop) {
+TEST_F(ApiServer, SocketFileIsPrivateAndGoesAwayOnStop) {
   struct stat st {};
   ASSERT_EQ(lstat(socket_path.c_str(), &st), 0);
   EXPECT_TRUE(S_ISSOCK(st.st_mode));
@@ -230,7 +233,7 @@ TEST_F(Server, SocketFileIsPrivateAndGoesAwayOnStop) {
   EXPECT_EQ(call("GET", "vmm.ping").status, 0);
 }
 
-TEST(ServerLog, OneLinePerRequestWithTheError) {
+TEST(ApiLog, OneLinePerRequestWithTheError) {
   TempDir dir;
   FakeControl control;
   std::mutex lock;
@@ -246,7 +249,7 @@ TEST(ServerLog, OneLinePerRequestWithTheError) {
   EXPECT_EQ(lines, expected);
 }
 
-TEST(ServerSocket, PrivateWhateverTheUmask) {
+TEST(ApiSocket, PrivateWhateverTheUmask) {
   TempDir dir;
   FakeControl control;
   mode_t old = umask(0);
@@ -257,7 +260,7 @@ TEST(ServerSocket, PrivateWhateverTheUmask) {
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 }
 
-TEST(ServerSocket, StaleSocketIsReplaced) {
+TEST(ApiSocket, StaleSocketIsReplaced) {
   TempDir dir;
   std::string path = dir / "s";
   // What a killed server leaves: the file, with nobody listening.
@@ -274,7 +277,7 @@ TEST(ServerSocket, StaleSocketIsReplaced) {
   EXPECT_EQ(http(path, "GET", "vmm.ping").status, 200);
 }
 
-TEST(ServerSocket, LiveSocketIsRefused) {
+TEST(ApiSocket, LiveSocketIsRefused) {
   TempDir dir;
   std::string path = dir / "s";
   FakeControl first, second;
@@ -293,7 +296,7 @@ TEST(ServerSocket, LiveSocketIsRefused) {
   EXPECT_TRUE(second.calls().empty());
 }
 
-TEST(ServerSocket, ClearErrorsForPathsThatCannotWork) {
+TEST(ApiSocket, ClearErrorsForPathsThatCannotWork) {
   TempDir dir;
   FakeControl control;
   auto error_for = [&](const std::string& path) -> std::string {
@@ -322,7 +325,7 @@ TEST(ServerSocket, ClearErrorsForPathsThatCannotWork) {
 }
 
 // Kata Containers' clh driver, replayed from testdata/kata-clh by replay.py (see its README.md).
-class Replay : public ServerFixture {
+class ApiReplay : public ServerFixture {
  protected:
   void SetUp() override {
     if (std::system("python3 -c 'import http.client' >/dev/null 2>&1") != 0) GTEST_SKIP() << "no python3";
@@ -343,7 +346,7 @@ class Replay : public ServerFixture {
   }
 };
 
-TEST_F(Replay, KataSequence) {
+TEST_F(ApiReplay, KataSequence) {
   std::string out;
   EXPECT_EQ(replay(PASSVM_API_SOURCE_DIR "/testdata/kata-clh/sequence.json", out), 0) << out;
   std::vector<std::string> expected{"create", "boot", "add_device 0000:00:04.0 ", "remove_device _vfio0",
@@ -353,7 +356,7 @@ TEST_F(Replay, KataSequence) {
   EXPECT_EQ(control.config().initrd, "/boot/initrd.img");
 }
 
-TEST_F(Replay, KataColdPlugSequence) {
+TEST_F(ApiReplay, KataColdPlugSequence) {
   std::string out;
   EXPECT_EQ(replay(PASSVM_API_SOURCE_DIR "/testdata/kata-clh/sequence-cold-plug.json", out), 0) << out;
   std::vector<std::string> expected{"create", "boot", "remove_device vfio-0fd4a1c3e2b9d7f00", "shutdown_vmm"};
@@ -361,13 +364,13 @@ TEST_F(Replay, KataColdPlugSequence) {
   ASSERT_EQ(control.config().slots.size(), 0u);
 }
 
-TEST_F(Replay, WhatKataSendsAndPassvmRefuses) {
+TEST_F(ApiReplay, WhatKataSendsAndPassvmRefuses) {
   std::string out;
   EXPECT_EQ(replay(PASSVM_API_SOURCE_DIR "/testdata/kata-clh/refused.json", out), 0) << out;
   EXPECT_TRUE(control.calls().empty()) << out;
 }
 
-TEST_F(Replay, AMismatchFailsTheReplay) {
+TEST_F(ApiReplay, AMismatchFailsTheReplay) {
   std::string sequence = dir / "wrong.json";
   std::ofstream(sequence) << R"([{"method": "GET", "path": "/api/v1/vmm.ping", "expect_status": 200},
                                  {"method": "GET", "path": "/api/v1/vm.info", "expect_status": 200}])";

@@ -57,7 +57,7 @@ std::string refusal(const json& body, Kind kind = Kind::BadRequest) {
   return {};
 }
 
-TEST(VmConfig, FullCloudHypervisorConfig) {
+TEST(ApiVmConfig, FullCloudHypervisorConfig) {
   MachineConfig c = parse_vm_config(full_cloud_hypervisor_config());
   EXPECT_EQ(c.cpus, 2u);
   EXPECT_EQ(c.memory, 1ull << 30);
@@ -74,7 +74,7 @@ TEST(VmConfig, FullCloudHypervisorConfig) {
   EXPECT_TRUE(c.slots[0].p2p);
 }
 
-TEST(VmConfig, MinimalConfigTakesCloudHypervisorDefaults) {
+TEST(ApiVmConfig, MinimalConfigTakesCloudHypervisorDefaults) {
   MachineConfig c = parse_vm_config(minimal());
   EXPECT_EQ(c.cpus, 1u);
   EXPECT_EQ(c.memory, 512ull << 20);
@@ -83,7 +83,7 @@ TEST(VmConfig, MinimalConfigTakesCloudHypervisorDefaults) {
   EXPECT_TRUE(c.initrd.empty());
 }
 
-TEST(VmConfig, EachUnsupportedFieldIsRefusedByName) {
+TEST(ApiVmConfig, EachUnsupportedFieldIsRefusedByName) {
   const std::vector<std::pair<json, std::string>> cases{
       {{{"disks", {{{"path", "/img"}}}}}, "disks: passvm has no virtio devices"},
       {{{"net", {{{"tap", "tap0"}}}}}, "net: passvm has no virtio devices"},
@@ -139,7 +139,7 @@ TEST(VmConfig, EachUnsupportedFieldIsRefusedByName) {
   }
 }
 
-TEST(VmConfig, OffValuesOfUnsupportedFieldsAreAccepted) {
+TEST(ApiVmConfig, OffValuesOfUnsupportedFieldsAreAccepted) {
   json body = minimal();
   body.merge_patch(json::parse(R"({
     "disks": [], "net": [], "fs": [], "iommu": false, "watchdog": false, "pvpanic": false,
@@ -155,7 +155,7 @@ TEST(VmConfig, OffValuesOfUnsupportedFieldsAreAccepted) {
   EXPECT_EQ(c.memory, 256ull << 20);
 }
 
-TEST(VmConfig, UnknownFieldsAreIgnored) {
+TEST(ApiVmConfig, UnknownFieldsAreIgnored) {
   json body = minimal();
   body["frobnicator"] = {{"level", 11}};
   body["memory"] = {{"size", 1 << 30}, {"future_knob", true}};
@@ -163,7 +163,7 @@ TEST(VmConfig, UnknownFieldsAreIgnored) {
   EXPECT_EQ(parse_vm_config(body).memory, 1ull << 30);
 }
 
-TEST(VmConfig, BadSizesAndCountsAreRefused) {
+TEST(ApiVmConfig, BadSizesAndCountsAreRefused) {
   auto with = [](const json& patch) {
     json body = minimal();
     body.merge_patch(patch);
@@ -191,7 +191,7 @@ TEST(VmConfig, BadSizesAndCountsAreRefused) {
                   .hugepages);
 }
 
-TEST(VmConfig, DevicePathsAndAddresses) {
+TEST(ApiVmConfig, DevicePathsAndAddresses) {
   EXPECT_EQ(host_bdf("/sys/bus/pci/devices/0000:00:04.0/", "p"), "0000:00:04.0");
   EXPECT_EQ(host_bdf("/sys/bus/pci/devices/0000:3b:00.1", "p"), "0000:3b:00.1");  // as Kata sends it
   EXPECT_EQ(host_bdf("/sys/bus/pci/devices/0000:3B:00.1/", "p"), "0000:3b:00.1");
@@ -211,7 +211,7 @@ TEST(VmConfig, DevicePathsAndAddresses) {
   }
 }
 
-TEST(VmConfig, DevicesTakeIdsAndPeerToPeerSetting) {
+TEST(ApiVmConfig, DevicesTakeIdsAndPeerToPeerSetting) {
   json body = minimal();
   body["devices"] = {{{"path", "/sys/bus/pci/devices/0000:00:04.0/"}, {"id", "nvme0"}},
                      {{"path", "0000:00:05.0"}}};
@@ -224,7 +224,7 @@ TEST(VmConfig, DevicesTakeIdsAndPeerToPeerSetting) {
   EXPECT_FALSE(c.slots[1].p2p);
 }
 
-TEST(VmConfig, DuplicateDevicesAreConflicts) {
+TEST(ApiVmConfig, DuplicateDevicesAreConflicts) {
   json body = minimal();
   body["devices"] = {{{"path", "0000:00:04.0"}, {"id", "a"}}, {{"path", "0000:00:05.0"}, {"id", "a"}}};
   EXPECT_EQ(refusal(body, Kind::Conflict), "devices[1].id: 'a' is also devices[0]'s id");
@@ -232,7 +232,7 @@ TEST(VmConfig, DuplicateDevicesAreConflicts) {
   EXPECT_EQ(refusal(body, Kind::Conflict), "devices[1].path: 0000:00:04.0 is also devices[0]");
 }
 
-TEST(VmConfig, LegacyTopLevelPayload) {
+TEST(ApiVmConfig, LegacyTopLevelPayload) {
   json body = json::parse(R"({"kernel": {"path": "/k"}, "cmdline": {"args": "quiet"},
                               "initramfs": {"path": "/i"}})");
   MachineConfig c = parse_vm_config(body);
@@ -243,7 +243,7 @@ TEST(VmConfig, LegacyTopLevelPayload) {
   EXPECT_EQ(parse_vm_config(body).kernel, "/new");
 }
 
-TEST(VmConfig, DeviceConfigForAddDevice) {
+TEST(ApiVmConfig, DeviceConfigForAddDevice) {
   DeviceRequest d = parse_device_config({{"path", "/sys/bus/pci/devices/0000:00:04.0"}, {"iommu", false}});
   EXPECT_EQ(d.host, "0000:00:04.0");
   EXPECT_EQ(d.id, "");
@@ -260,7 +260,7 @@ TEST(VmConfig, DeviceConfigForAddDevice) {
   EXPECT_THROW(parse_remove_device(json::array()), ControlError);
 }
 
-TEST(VmConfig, InfoConfigRoundTrips) {
+TEST(ApiVmConfig, InfoConfigRoundTrips) {
   MachineConfig c;
   c.cpus = 3;
   c.memory = 3ull << 30;

@@ -36,7 +36,7 @@ void PciHotplug::read(uint64_t offset, std::span<uint8_t> data) {
     uint64_t at = offset + i;
     uint32_t reg = at < 4 ? up_ : at < 8 ? down_ : 0;
     read_up |= at < 4;
-    data[i] = at < kSize ? static_cast<uint8_t>(reg >> (8 * (at % 4))) : 0xff;
+    data[i] = at < kSize ? static_cast<uint8_t>(reg >> (8 * (at % 4))) : uint8_t{0xff};
   }
   if (read_up) up_ = 0;
 }

@@ -1,6 +1,7 @@
 #include "vfio/linux_vfio.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -406,10 +407,21 @@ std::unique_ptr<Device> Container::open_device(const Bdf& bdf) {
 
 void Container::detach(const Bdf& bdf) {
   std::lock_guard g(lock_);
-  auto it = device_group_.find(bdf.str());
-  if (it == device_group_.end()) return;
-  int group = it->second;
-  device_group_.erase(it);
+  int group = -1;
+  if (auto it = device_group_.find(bdf.str()); it != device_group_.end()) {
+    group = it->second;
+    device_group_.erase(it);
+  } else {  // attached but never opened (the open failed): its group may still be ours
+    std::error_code ec;
+    auto link = std::filesystem::read_symlink(
+        std::filesystem::path(sysfs_root_) / "bus/pci/devices" / bdf.str() / "iommu_group", ec);
+    if (ec) return;
+    try {
+      group = std::stoi(link.filename().string());
+    } catch (const std::exception&) {
+      return;
+    }
+  }
   hot_reset_done_.erase(bdf.str());
   for (const auto& [other, other_group] : device_group_)
     if (other_group == group) return;  // another function of the group is still in the VM

@@ -1,0 +1,45 @@
+# A guest that does not let go: L2 boots without its ACPI hotplug driver (acpiphp.disable=1) and
+# with the NVMe given on passvm's command line (cold-plugged, so its driver still runs it). The API's
+# remove-device must then fail after passvm's eject wait with a message saying so, and the VM keep
+# running with the device; vmm.shutdown then releases the device with the VM, and L1 uses it again.
+# lab-expect: pve.vmm pve.nvme pve.hold ej.refused ej.still_running ej.exit ej.host
+# lab-timeout: 420
+
+source "$LAB_DIR/scenarios/passvm-lib.sh"
+pv_need_binary ej.refused
+NVME=0000:00:03.0 SOCK=/tmp/pve-api.sock
+bind_vfio $NVME || { result ej.setup fail detail="cannot bind $NVME to vfio-pci"; exit 1; }
+pvr() { timeout 120 "$PASSVM" remote --api-socket "$SOCK" "$@"; }
+
+CONSOLE=$LAB_OUT/pve.console
+rm -f "$CONSOLE"
+run_l2 pve --timeout 360 -- \
+    "$PASSVM" --api-socket "$SOCK" -c 2 -m 512M -s 0,hostbridge -s 3,passthru,$NVME -l com1,stdio \
+    --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --append "$(l2_append nvme,hold acpiphp.disable=1)" labvm &
+run=$!
+for _ in $(seq 600); do grep -q 'L2RESULT {"check":"hold"' "$CONSOLE" 2>/dev/null && break; kill -0 $run || break; sleep 0.5; done
+
+t0=$(date +%s)
+out=$(pvr remove-device _vfio0 2>&1); rc=$?
+took=$(( $(date +%s) - t0 ))
+if [[ $rc == 1 && $out == *"did not eject"* && $took -ge 25 ]]; then result ej.refused pass seconds=$took message="$out"
+else result ej.refused fail seconds=$took detail="remove-device exited $rc after $took s, expected 1 after passvm's eject wait with 'did not eject': $out"; fi
+
+info=$(pvr --json info 2>&1)
+if /usr/bin/python3 -c 'import json, sys
+d = json.loads(sys.argv[1])
+assert d["state"] == "Running", d["state"]
+assert any(v.get("pci_bdf") == "0000:00:03.0" for v in d.get("device_tree", {}).values()), d.get("device_tree")' "$info" 2>/tmp/ej.err
+then result ej.still_running pass
+else result ej.still_running fail detail="after the refused removal: $(tail -n 2 /tmp/ej.err | tr '\n' ' ') info: ${info:0:300}"; fi
+
+pvr shutdown-vmm >/dev/null 2>&1
+wait $run
+code=$(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["vmm"].get("exit_code", "?"))' "$LAB_OUT/pve.summary.json" 2>/dev/null)
+[[ $code == 0 ]] && result ej.exit pass || result ej.exit fail detail="passvm exit status '$code' after shutdown-vmm, expected 0"
+
+unbind_vfio $NVME
+sleep 2
+ns=$(basename "$(ls -d /sys/bus/pci/devices/$NVME/nvme/nvme*/nvme*n1 2>/dev/null | head -n 1)")
+if [[ -n $ns ]] && dd if=/dev/$ns of=/dev/null bs=1M count=4 iflag=direct 2>/dev/null; then result ej.host pass namespace=$ns
+else result ej.host fail detail="L1's nvme driver could not read $NVME after passvm released it (driver: $(bdf_driver $NVME))"; fi
