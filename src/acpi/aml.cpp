@@ -291,7 +291,7 @@ Bytes operation_region_io(std::string_view path, uint16_t port, uint16_t length)
 
 Bytes field_dwords(std::string_view region, const std::vector<std::string_view>& names) {
   Bytes content = name_string(region);
-  content.push_back(0x03 | 0x00 | (1u << 5));  // DWordAcc, NoLock, WriteAsZeros
+  content.push_back(0x03 | 0x00 | (2u << 5));  // DWordAcc, NoLock, WriteAsZeros (UpdateRule 2)
   for (auto n : names) {
     if (n.size() != 4) throw std::invalid_argument(fmt::format("AML field \"{}\": names are 4 characters", n));
     append(content, name_seg(n, n));

@@ -239,7 +239,8 @@ TEST(AcpiTablesIasl, HotplugSlotsDecompileToWhatAcpiphpNeeds) {
   Disassembly d = disassemble(build_dsdt({}, (1u << 3) | (1u << 31)), "dsdt");
   ASSERT_EQ(d.status, 0) << d.log;
   EXPECT_EQ(d.log.find("Error"), std::string::npos) << d.log;
-  for (const char* want : {"OperationRegion (PCST, SystemIO, 0xAE00, 0x0C)", "PCIU,   32", "B0EJ,   32",
+  for (const char* want : {"OperationRegion (PCST, SystemIO, 0xAE00, 0x0C)",
+                           "Field (PCST, DWordAcc, NoLock, WriteAsZeros)", "PCIU,   32", "B0EJ,   32",
                            "Device (S03)", "Name (_ADR, 0x00030000)", "Name (_SUN, 0x03)", "Device (S1F)",
                            "Name (_ADR, 0x001F0000)", "PCEJ (0x1F)", "Notify (S03, One)", "Notify (S03, 0x03)",
                            "Notify (S1F, 0x03)", "Method (_E01, 0, NotSerialized)", "\\_SB.PCI0.PCNT ()",

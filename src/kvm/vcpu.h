@@ -80,8 +80,8 @@ class Vcpu {
   // that they leave KVM_RUN in parallel rather than one after the other.
   void kick();
   // pause() returns once the thread is out of KVM_RUN and waiting (or has ended); resume() lets it
-  // run again. Pending port I/O or MMIO completes before it parks, so nothing is lost. Only from
-  // threads other than this vCPU's; idempotent.
+  // run again. An exit already handled completes (KVM finishes the instruction) on the first KVM_RUN
+  // after resume, so nothing is lost. Only from threads other than this vCPU's; idempotent.
   void pause();
   void resume();
 

@@ -360,6 +360,9 @@ Container::HotReset Container::hot_reset(int device_fd, const Bdf& bdf) {
   for (uint32_t i = 0; i < info()->count; i++) {
     const vfio_pci_dependent_device& d = info()->devices[i];
     Bdf other{d.segment, d.bus, static_cast<uint8_t>(d.devfn >> 3), static_cast<uint8_t>(d.devfn & 7)};
+    // At boot nothing is open yet; a device hot-plugged later must not reset one the guest is using.
+    if (!(other == bdf) && device_group_.count(other.str()))
+      return {"", fmt::format("and a bus reset would also reset {}, which this VM has open and in use", other.str())};
     auto it = groups_.find(static_cast<int>(d.group_id));
     if (it == groups_.end())
       return {"", fmt::format("and a bus reset would also reset {} (IOMMU group {}), which this VM does not hold: "

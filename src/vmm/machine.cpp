@@ -131,7 +131,7 @@ struct Machine::Parts {
   std::map<int, Passthru> passthru;  // by key(slot, func)
   std::vector<std::unique_ptr<Vcpu>> vcpus;
   std::unique_ptr<devices::ConsoleInput> console;
-  bool started = false, paused = false;
+  bool started = false, stopped = false, paused = false;
 
   std::mutex eject_lock;
   std::vector<int> ejected;
@@ -317,23 +317,15 @@ Machine::Machine(const MachineConfig& config, Options options)
 }
 
 Machine::~Machine() {
-  Parts& p = *p_;
-  p.step.mark();
-  if (p.started) {
-    for (auto& v : p.vcpus) v->kick();
-    for (auto& v : p.vcpus) v->stop();
-    p.step("vCPUs stopped");
-    p.vm->drain_coalesced(p.pio, p.mmio);
-    if (p.console) p.console->stop();
-    g_console = nullptr;
-  }
-  p.release_all();
-  p.step.at_exit("VM closed and guest RAM freed");  // the log outlives every other part
+  stop();
+  p_->release_all();
+  p_->step.at_exit("VM closed and guest RAM freed");  // the log outlives every other part
 }
 
 void Machine::start() {
   Parts& p = *p_;
   if (p.started) return;
+  p.started = true;  // first: vCPUs that did start must be stopped even if a later one cannot be
   if (p.com1) {
     p.console = std::make_unique<devices::ConsoleInput>(STDIN_FILENO, *p.com1, [this] {
       if (p_->opts.on_console_quit) p_->opts.on_console_quit();
@@ -342,11 +334,23 @@ void Machine::start() {
     for (int sig : {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL}) signal(sig, restore_terminal_and_die);
   }
   for (auto& v : p.vcpus) v->start();
-  p.started = true;
+}
+
+void Machine::stop() {
+  Parts& p = *p_;
+  if (!p.started || p.stopped) return;
+  p.stopped = true;
+  p.step("the guest ran");
+  for (auto& v : p.vcpus) v->kick();
+  for (auto& v : p.vcpus) v->stop();
+  p.step("vCPUs stopped");
+  p.vm->drain_coalesced(p.pio, p.mmio);
+  if (p.console) p.console->stop();
+  g_console = nullptr;
 }
 
 void Machine::pause() {
-  if (!p_->started || p_->paused) return;
+  if (!p_->started || p_->stopped || p_->paused) return;
   for (auto& v : p_->vcpus) v->pause();
   p_->paused = true;
 }
@@ -404,23 +408,41 @@ DeviceInfo Machine::add_device(SlotConfig s) {
   auto t0 = std::chrono::steady_clock::now();
   p.step.mark();
   std::unique_ptr<passthru::PassthruDevice> dev;
+  bool on_bus = false;
+  // Whatever fails leaves the machine as it was: off the bus, closed, its group let go, and guest RAM
+  // unmapped again if this was to be the first device.
+  auto undo = [&] {
+    bool was_paused = p.paused;
+    if (on_bus) {
+      pause();  // a vCPU may already be reading its config space
+      p.root->remove(slot, 0);
+    }
+    dev.reset();
+    if (on_bus && !was_paused) resume();
+    if (p.passthru.empty()) p.dma.reset();
+    p.container.detach(bdf);
+  };
   try {
     p.container.attach(bdf);
     dev = passthru::open_passthru(bdf.str(), p.container, *p.vm, p.pio, p.mmio, p.device_options(s));
     if (!p.dma) p.map_guest_ram();
+    p.step("device opened and guest RAM mapped for DMA");
+    {
+      // An eject the guest wrote for this slot while it was empty must not take the new device.
+      std::lock_guard g(p.eject_lock);
+      std::erase(p.ejected, slot);
+    }
+    p.root->add(slot, 0, dev.get());
+    on_bus = true;
+    p.root->route_intx(slot, 0);
   } catch (const SetupInterrupted&) {
-    dev.reset();
-    p.container.detach(bdf);
+    undo();
     throw ControlError(Kind::Failed, fmt::format("adding {} was interrupted", bdf.str()));
   } catch (const std::exception& e) {
-    dev.reset();
-    p.container.detach(bdf);
+    undo();
     throw ControlError(Kind::Failed, fmt::format("cannot add {}: {}", bdf.str(), e.what()));
   }
   passthru::PassthruDevice* raw = dev.get();
-  p.step("device opened and guest RAM mapped for DMA");
-  p.root->add(slot, 0, raw);
-  p.root->route_intx(slot, 0);
   p.passthru[key(slot, 0)] = {s, std::move(dev)};
   p.cfg.slots.push_back(s);
   p.hotplug->plug(slot);

@@ -51,6 +51,9 @@ class Machine {
   Machine& operator=(const Machine&) = delete;
 
   void start();
+  // Stops the vCPUs for good, delivers what they left queued and stops the console: after it the
+  // guest's last output is out and the counters are final. The destructor does it if nobody did.
+  void stop();
   void pause();
   void resume();
   // Delivers writes KVM coalesced: a guest that writes and then only halts would keep them queued.
@@ -70,8 +73,9 @@ class Machine {
   void request_unplug(int slot);
   // Slots the guest ejected since the last call.
   std::vector<int> take_ejected();
-  // Releases the device in `slot` (after the guest ejected it): vCPUs paused while it leaves the bus,
-  // then reset and given back to the host.
+  // Releases the device in `slot` (after the guest ejected it): the vCPUs stay paused while it leaves
+  // the bus and is torn down (its traps must not be running when it goes), which includes vfio-pci's
+  // reset; then its IOMMU group is given back to the host.
   void remove_device(int slot);
 
   Counters counters() const;

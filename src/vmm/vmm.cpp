@@ -71,7 +71,11 @@ T Vmm::on_loop(std::function<T()> fn) {
     queue_.push_back([task] { (*task)(); });
   }
   queue_cv_.notify_one();
-  return result.get();
+  try {
+    return result.get();
+  } catch (const std::future_error&) {  // the loop ended with this request still queued
+    throw ControlError(Kind::WrongState, "passvm is shutting down");
+  }
 }
 
 void Vmm::require(std::initializer_list<VmState> allowed, const char* action) const {
@@ -88,12 +92,13 @@ void Vmm::require(std::initializer_list<VmState> allowed, const char* action) co
                      fmt::format("cannot {} a VM that is {}: {}", action, state_name(state_), hint));
 }
 
-void Vmm::do_create(const MachineConfig& config) {
+void Vmm::do_create(const MachineConfig& config, bool from_api) {
   require({VmState::NotCreated}, "create");
   MachineConfig cfg = config;
   if (cfg.kernel.empty()) throw ControlError(Kind::BadRequest, "payload.kernel: the VM needs a kernel to boot");
+  // A request is answered at once; the command line's VM gets the machine's own messages when it boots.
   for (const std::string* f : {&cfg.kernel, &cfg.initrd})
-    if (!f->empty() && access(f->c_str(), R_OK) != 0)
+    if (from_api && !f->empty() && access(f->c_str(), R_OK) != 0)
       throw ControlError(Kind::BadRequest, fmt::format("cannot read {}: {}", *f, strerror(errno)));
   for (const auto& s : cfg.slots)
     if (s.emulation == "passthru") {
@@ -121,14 +126,18 @@ void Vmm::do_boot() {
                         .on_console_quit = [this] { process_.request(ExitReason::Signal, "Ctrl-A x on the console"); }};
   try {
     machine_ = std::make_unique<Machine>(config_, opts);
+    if (process_.requested()) throw Machine::SetupInterrupted{};  // the last chance before the guest runs
+    machine_->start();
   } catch (const Machine::SetupInterrupted&) {
+    machine_.reset();
     throw ControlError(Kind::Failed, fmt::format("setup stopped by {}", process_.detail()));
   } catch (const ControlError&) {
+    machine_.reset();
     throw;
   } catch (const std::exception& e) {
+    machine_.reset();
     throw ControlError(Kind::Failed, e.what());
   }
-  machine_->start();
   state_ = VmState::Running;
 }
 
@@ -138,8 +147,7 @@ void Vmm::do_shutdown() {
   machine_.reset();
   for (auto& [slot, r] : removals_)
     r.done.set_exception(std::make_exception_ptr(
-        ControlError(Kind::Failed, fmt::format("the VM shut down before the guest ejected {}; the device is released "
-                                               "with the VM", r.id))));
+        ControlError(Kind::Failed, fmt::format("the VM shut down or rebooted before the guest ejected '{}'", r.id))));
   removals_.clear();
   state_ = VmState::Shutdown;
 }
@@ -181,6 +189,7 @@ void Vmm::finish_removal(int slot, const std::string& error) {
 }
 
 void Vmm::service_machine() {
+  bool stats = stats_requested_.exchange(false);
   if (!machine_) return;
   machine_->drain();
   for (int slot : machine_->take_ejected()) {
@@ -206,21 +215,22 @@ void Vmm::service_machine() {
                     it->second.id, kEjectWait.count()))));
     it = removals_.erase(it);
   }
-  if (stats_requested_.exchange(false)) fputs(machine_->stats_text().c_str(), stderr);
+  if (stats) fputs(machine_->stats_text().c_str(), stderr);
 }
 
 void Vmm::handle_guest_exit() {
   ExitReason reason = machine_->guest_exit().reason();
   std::string detail = machine_->guest_exit().detail();
+  machine_->stop();  // the guest's last output first, and final counters
+  if (config_.stats) fputs(machine_->stats_text().c_str(), stderr);
+  report_exit(config_.name, reason, detail);
   if (!api_) {
-    if (config_.stats) fputs(machine_->stats_text().c_str(), stderr);
-    report_exit(config_.name, reason, detail);
     exit_status_ = exit_status(reason);
+    guest_ended_ = true;  // the first reason wins: a signal during the teardown changes nothing
     machine_.reset();
     state_ = VmState::Shutdown;
     return;
   }
-  report_exit(config_.name, reason, detail);
   do_shutdown();
   if (reason == ExitReason::Reset) {
     fmt::print(stderr, "passvm: {}: rebooting\n", config_.name);
@@ -233,9 +243,21 @@ void Vmm::handle_guest_exit() {
 }
 
 int Vmm::run(const std::optional<MachineConfig>& initial) {
+  // However run() ends, requests still queued or arriving later must not wait forever: they fail.
+  struct EndOfLoop {
+    Vmm& v;
+    ~EndOfLoop() {
+      std::deque<std::function<void()>> left;
+      {
+        std::lock_guard g(v.queue_lock_);
+        v.loop_ended_ = true;
+        left.swap(v.queue_);
+      }
+    }  // `left` goes: each waiting request gets a broken promise, which on_loop reports
+  } end_of_loop{*this};
   if (initial) {
     try {
-      do_create(*initial);
+      do_create(*initial, false);
       do_boot();
     } catch (const ControlError& e) {
       if (process_.requested()) {
@@ -252,7 +274,7 @@ int Vmm::run(const std::optional<MachineConfig>& initial) {
       std::unique_lock g(queue_lock_);
       // Coalesced writes reach their device at the next exit of any vCPU; a guest that writes and then
       // only halts (a panic message's last line) would keep them queued, so drain now and then too.
-      queue_cv_.wait_for(g, std::chrono::milliseconds(50), [&] { return !queue_.empty(); });
+      queue_cv_.wait_for(g, std::chrono::milliseconds(50), [&] { return !queue_.empty() || process_.requested(); });
       tasks.swap(queue_);
     }
     for (auto& t : tasks) t();
@@ -263,14 +285,9 @@ int Vmm::run(const std::optional<MachineConfig>& initial) {
     }
     if (process_.requested()) break;
   }
-  {
-    std::lock_guard g(queue_lock_);
-    loop_ended_ = true;
-  }
-  for (auto& t : queue_) t();  // requests that raced the end: they run against the last state
-  queue_.clear();
-  if (process_.requested()) {
+  if (process_.requested() && !guest_ended_) {
     ExitReason reason = process_.reason();
+    if (machine_) machine_->stop();
     if (machine_ && config_.stats) fputs(machine_->stats_text().c_str(), stderr);
     report_exit(config_.name, reason, process_.detail());
     exit_status_ = exit_status(reason);
@@ -280,7 +297,7 @@ int Vmm::run(const std::optional<MachineConfig>& initial) {
 }
 
 void Vmm::create(const MachineConfig& config) {
-  on_loop<void>([&] { do_create(config); });
+  on_loop<void>([&] { do_create(config, true); });
 }
 void Vmm::boot() {
   on_loop<void>([&] { do_boot(); });

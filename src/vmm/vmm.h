@@ -69,7 +69,7 @@ class Vmm final : public VmControl {
   // Runs fn on the loop's thread and returns what it returns (or throws what it throws).
   template <typename T>
   T on_loop(std::function<T()> fn);
-  void do_create(const MachineConfig& config);
+  void do_create(const MachineConfig& config, bool from_api);
   void do_boot();
   void do_shutdown();
   std::shared_future<void> do_remove_device(const std::string& id);
@@ -98,6 +98,7 @@ class Vmm final : public VmControl {
   };
   std::map<int, Removal> removals_;  // by slot
   int exit_status_ = 0;
+  bool guest_ended_ = false;  // without the API: the guest ended the run, and its reason is the status
 };
 
 }  // namespace passvm
