@@ -136,30 +136,43 @@ void PassthruDevice::setup_msix(const std::vector<uint8_t>& raw) {
   pci::store_le(&shadow_[m + 2], 2, ctrl & 0x3fffu);  // enable and function mask clear
 }
 
-void PassthruDevice::teardown() {
+void PassthruDevice::disconnect() {
   if (irqs_) irqs_->stop_watcher();
   std::lock_guard g(lock_);
-  auto quietly = [&](auto&& f) {
-    try {
-      f();
-    } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: {}: teardown: {}\n", name_, e.what());
-    }
-  };
+  disconnect_locked();
+}
+
+void PassthruDevice::disconnect_locked() {
   if (bars_) bars_->stop_peer_dma();
   // Stop the device first: no new DMA into guest RAM (still mapped in the IOMMU until the machine unmaps
   // it after every device is down) and no decoding while its BARs go away.
-  if (dev_ && (command_ & kDecodeAndMaster))
-    quietly([&] {
+  if (dev_ && (command_ & kDecodeAndMaster)) {
+    try {
       uint8_t cmd[2];
       pci::store_le(cmd, 2, static_cast<uint16_t>(command_ & ~kDecodeAndMaster));
       device_config_write(kCommand, cmd);
-    });
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "passvm: {}: teardown: {}\n", name_, e.what());
+    }
+    command_ = static_cast<uint16_t>(command_ & ~kDecodeAndMaster);
+  }
   irqs_.reset();
   bars_.reset();
+}
+
+void PassthruDevice::teardown() {
+  if (irqs_) irqs_->stop_watcher();
+  std::lock_guard g(lock_);
+  disconnect_locked();
   // A device whose reset leaves its DMA engines programmed is stopped by hand, so that its next owner
   // does not inherit our guest's rings (handover.h).
-  if (dev_) quietly([&] { quiesce_for_handover(*dev_); });
+  if (dev_) {
+    try {
+      quiesce_for_handover(*dev_);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "passvm: {}: teardown: {}\n", name_, e.what());
+    }
+  }
   // No reset of our own: releasing the device makes vfio-pci reset it (and restore the config space
   // it saved at open), as for any VFIO user. A second function reset would only add its 100 ms wait.
   dev_.reset();

@@ -75,6 +75,12 @@ class PassthruDevice final : public pci::PciDevice, private BarMapper::AccessHan
   void set_windows(const layout::PciWindows& windows);
   std::string name() const override { return name_; }
   std::string stats() const override;
+  // Takes the device away from the guest: interrupts off, decoding and bus mastering off, BAR traps,
+  // memory slots and peer-to-peer mappings gone (the first steps of teardown, README.md). What is left
+  // for the destructor is the slow part, the hand-over and vfio-pci's reset, which then needs no paused
+  // vCPUs: nothing of the guest's reaches the device any more. For hot-unplug, with the vCPUs paused and
+  // the device already off the bus. Config and BAR accesses must not arrive after it.
+  void disconnect();
 
   // Accesses to the trapped parts of BAR `bar` (offset inside the BAR); public for the bus glue and tests.
   void bar_read(int bar, uint64_t offset, std::span<uint8_t> data) override;
@@ -106,6 +112,7 @@ class PassthruDevice final : public pci::PciDevice, private BarMapper::AccessHan
   void setup();
   void setup_msix(const std::vector<uint8_t>& raw);
   void teardown();
+  void disconnect_locked();  // steps 1-4 of teardown without the watcher, with lock_ held
   void report_reset();
   void device_config_read(uint32_t offset, std::span<uint8_t> out);
   void device_config_write(uint32_t offset, std::span<const uint8_t> in);

@@ -533,6 +533,26 @@ TEST_F(PassthruTest, TeardownLeavesNothingBehind) {
   EXPECT_NE(std::find(s.disabled.begin(), s.disabled.end(), VFIO_PCI_MSIX_IRQ_INDEX), s.disabled.end());
 }
 
+TEST_F(PassthruTest, DisconnectTakesEverythingGuestFacingAndLeavesTheReset) {
+  place_bars();
+  wr(0x04, 0x7, 2);  // I/O, memory, bus master
+  dev->set_intx_gsi(19);
+  enable_msix();
+  program_vector(0, 0xfee00000, 0x30, false);
+  ASSERT_FALSE(p->slots.empty());
+  ASSERT_EQ(p->irqfds.size(), 1u);
+  dev->disconnect();
+  EXPECT_TRUE(p->slots.empty());
+  EXPECT_TRUE(p->traps.empty());
+  EXPECT_TRUE(p->routes.empty());
+  EXPECT_TRUE(p->irqfds.empty());
+  EXPECT_EQ(pci::load_le(&s.config[0x04], 2) & 0x7, 0u) << "decoding and bus mastering are off on the device";
+  EXPECT_FALSE(s.closed) << "the release (and vfio-pci's reset) is left to the destructor";
+  dev->disconnect();  // twice is harmless
+  dev.reset();
+  EXPECT_TRUE(s.closed);
+}
+
 TEST_F(PassthruTest, BridgesAreRefused) {
   dev.reset();
   s = make_state();

@@ -472,21 +472,26 @@ void Machine::remove_device(int slot) {
   bool was_paused = p.paused;
   pause();
   std::vector<vfio::Bdf> hosts;
+  std::vector<std::unique_ptr<passthru::PassthruDevice>> leaving;
   for (int k : keys) {
     auto& d = p.passthru[k];
     p.root->remove(slot, static_cast<int>(d.config.func));
+    d.dev->disconnect();  // its DMA, interrupts, traps and BAR mappings stop while no vCPU can be inside
     hosts.push_back(vfio::parse_bdf(d.config.config));
     std::string id = d.config.id;
-    d.dev.reset();  // stops DMA and interrupts, unmaps the BARs; vfio-pci resets the device on close
+    leaving.push_back(std::move(d.dev));
     p.passthru.erase(k);
     std::erase_if(p.cfg.slots, [&](const SlotConfig& s) { return s.emulation == "passthru" && s.id == id; });
   }
+  double paused_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   if (!was_paused) resume();
+  leaving.clear();  // the hand-over and vfio-pci's reset, with the guest running again
   // The last device takes guest RAM's DMA mapping with it: the IOMMU context ends with the last group.
   if (p.passthru.empty() && p.dma) p.dma.reset();
   for (const auto& b : hosts) p.container.detach(b);
-  p.step(fmt::format("slot {} released in {:.1f} ms", slot,
-                     std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()));
+  p.step(fmt::format("slot {} released in {:.1f} ms (vCPUs paused for {:.1f} ms of it)", slot,
+                     std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
+                     paused_ms));
 }
 
 Counters Machine::counters() const {

@@ -73,9 +73,9 @@ class Machine {
   void request_unplug(int slot);
   // Slots the guest ejected since the last call.
   std::vector<int> take_ejected();
-  // Releases the device in `slot` (after the guest ejected it): the vCPUs stay paused while it leaves
-  // the bus and is torn down (its traps must not be running when it goes), which includes vfio-pci's
-  // reset; then its IOMMU group is given back to the host.
+  // Releases the device in `slot` (after the guest ejected it): the vCPUs are paused while it leaves
+  // the bus and is disconnected (no vCPU may be inside its traps then), then run again while it is
+  // reset and closed; its IOMMU group is given back to the host last.
   void remove_device(int slot);
 
   Counters counters() const;
