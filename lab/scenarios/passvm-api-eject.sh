@@ -1,9 +1,11 @@
 # A guest that does not let go: L2 boots without its ACPI hotplug driver (acpiphp.disable=1) and
 # with the NVMe given on passvm's command line (cold-plugged, so its driver still runs it). The API's
 # remove-device must then fail after passvm's eject wait with a message saying so, and the VM keep
-# running with the device; vmm.shutdown then releases the device with the VM, and L1 uses it again.
-# lab-expect: pve.vmm pve.nvme pve.hold ej.refused ej.still_running ej.exit ej.host
-# lab-timeout: 420
+# running with the device. Then vm.reboot: the machine is torn down (the device reset and released) and
+# built again from its config, and L2 boots a second time and uses the NVMe again. vmm.shutdown then
+# releases the device with the VM, and L1 uses it again.
+# lab-expect: pve.vmm pve.nvme pve.hold ej.refused ej.still_running ej.reboot ej.exit ej.host
+# lab-timeout: 600
 
 source "$LAB_DIR/scenarios/passvm-lib.sh"
 pv_need_binary ej.refused
@@ -32,6 +34,16 @@ assert d["state"] == "Running", d["state"]
 assert any(v.get("pci_bdf") == "0000:00:03.0" for v in d.get("device_tree", {}).values()), d.get("device_tree")' "$info" 2>/tmp/ej.err
 then result ej.still_running pass
 else result ej.still_running fail detail="after the refused removal: $(tail -n 2 /tmp/ej.err | tr '\n' ' ') info: ${info:0:300}"; fi
+
+count() { grep -c "L2RESULT {\"check\":\"$1\",\"pass\":true" "$CONSOLE" 2>/dev/null; }
+out=$(pvr reboot 2>&1); rc=$?
+for _ in $(seq 360); do [[ $(count hold) -ge 2 ]] && break; kill -0 $run || break; sleep 0.5; done
+state=$(pvr --json info 2>/dev/null | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin).get("state"))' 2>/dev/null)
+if [[ $rc == 0 && $(count boot) -ge 2 && $(count nvme) -ge 2 && $state == Running ]]; then
+    result ej.reboot pass boots=$(count boot) nvme_passes=$(count nvme)
+else
+    result ej.reboot fail detail="reboot exited $rc ($out); L2 boots $(count boot), nvme passes $(count nvme), state '$state': the second boot should run nvme and hold again"
+fi
 
 pvr shutdown-vmm >/dev/null 2>&1
 wait $run
