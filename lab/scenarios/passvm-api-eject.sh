@@ -2,9 +2,10 @@
 # with the NVMe given on passvm's command line (cold-plugged, so its driver still runs it). The API's
 # remove-device must then fail after passvm's eject wait with a message saying so, and the VM keep
 # running with the device. Then vm.reboot: the machine is torn down (the device reset and released) and
-# built again from its config, and L2 boots a second time and uses the NVMe again. vmm.shutdown then
-# releases the device with the VM, and L1 uses it again.
-# lab-expect: pve.vmm pve.nvme pve.hold ej.refused ej.still_running ej.reboot ej.exit ej.host
+# built again from its config, and L2 boots a second time and uses the NVMe again. A second passvm
+# asking for the NVMe meanwhile is refused (another process holds it) and keeps running. vmm.shutdown
+# then releases the device with the VM, and L1 uses it again.
+# lab-expect: pve.vmm pve.nvme pve.hold ej.refused ej.still_running ej.reboot ej.in_use ej.exit ej.host
 # lab-timeout: 600
 
 source "$LAB_DIR/scenarios/passvm-lib.sh"
@@ -44,6 +45,20 @@ if [[ $rc == 0 && $(count boot) -ge 2 && $(count nvme) -ge 2 && $state == Runnin
 else
     result ej.reboot fail detail="reboot exited $rc ($out); L2 boots $(count boot), nvme passes $(count nvme), state '$state': the second boot should run nvme and hold again"
 fi
+
+# A second VMM wants the NVMe the first one holds.
+SOCK2=/tmp/pve-api2.sock
+"$PASSVM" --api-socket "$SOCK2" -c 1 -m 256M --kernel "$L2_KERNEL" --initrd "$L2_INITRD" \
+    --append "$(l2_append hold)" other </dev/null >"$LAB_OUT/other.console" 2>&1 &
+other=$!
+for _ in $(seq 100); do [[ -S $SOCK2 ]] && break; sleep 0.1; done
+out=$(timeout 60 "$PASSVM" remote --api-socket "$SOCK2" add-device $NVME 2>&1); rc=$?
+state=$(timeout 30 "$PASSVM" remote --api-socket "$SOCK2" --json info 2>/dev/null \
+    | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin).get("state"))' 2>/dev/null)
+timeout 30 "$PASSVM" remote --api-socket "$SOCK2" shutdown-vmm >/dev/null 2>&1
+wait $other; other_rc=$?
+if [[ $rc == 1 && $out == *"$NVME"* && $state == Running && $other_rc == 0 ]]; then result ej.in_use pass message="$out"
+else result ej.in_use fail detail="second passvm: add-device of the held NVMe exited $rc ($out), then state '$state', exit $other_rc; expected 1 with a message naming the device, Running, 0"; fi
 
 pvr shutdown-vmm >/dev/null 2>&1
 wait $run
