@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <string>
 
@@ -36,12 +37,23 @@ class ExitControl {
  public:
   // Records the first reason; later requests are ignored. Safe from any thread (not from a signal handler).
   void request(ExitReason reason, std::string detail = {}) {
+    std::function<void()> hook;
+    {
+      std::lock_guard g(lock_);
+      if (requested_) return;
+      requested_ = true;
+      reason_ = reason;
+      detail_ = std::move(detail);
+      cv_.notify_all();
+      hook = on_request_;
+    }
+    if (hook) hook();
+  }
+  // Runs (on the requesting thread, without this object's lock) after the first request: a waiter
+  // that sleeps on something else of its own is woken this way. Set it before anyone may request.
+  void on_request(std::function<void()> hook) {
     std::lock_guard g(lock_);
-    if (requested_) return;
-    requested_ = true;
-    reason_ = reason;
-    detail_ = std::move(detail);
-    cv_.notify_all();
+    on_request_ = std::move(hook);
   }
   bool requested() {
     std::lock_guard g(lock_);
@@ -67,6 +79,7 @@ class ExitControl {
   bool requested_ = false;
   ExitReason reason_ = ExitReason::PowerOff;
   std::string detail_;
+  std::function<void()> on_request_;
 };
 
 }  // namespace passvm

@@ -102,7 +102,9 @@ struct Machine::Parts {
     std::unique_ptr<passthru::PassthruDevice> dev;
   };
 
-  Parts(const MachineConfig& c, Options o) : cfg(c), opts(std::move(o)), step(c.verbose) {}
+  Parts(const MachineConfig& c, Options o) : cfg(c), opts(std::move(o)), step(c.verbose) {
+    if (opts.on_guest_exit) guest.on_request(opts.on_guest_exit);
+  }
 
   MachineConfig cfg;
   Options opts;

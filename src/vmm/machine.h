@@ -41,6 +41,8 @@ class Machine {
     std::function<bool()> interrupted;
     // Ctrl-A x on the console.
     std::function<void()> on_console_quit;
+    // The guest asked to end the machine (guest_exit() has the reason); from a vCPU's or device's thread.
+    std::function<void()> on_guest_exit;
   };
   struct SetupInterrupted {};
 

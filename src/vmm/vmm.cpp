@@ -57,6 +57,15 @@ void report_exit(const std::string& name, ExitReason reason, const std::string& 
 
 Vmm::Vmm(bool api) : api_(api) {
   signals_.on_stats([this] { stats_requested_ = true; });
+  process_.on_request([this] { wake(); });
+}
+
+void Vmm::wake() {
+  {
+    std::lock_guard g(queue_lock_);
+    woken_ = true;
+  }
+  queue_cv_.notify_one();
 }
 
 Vmm::~Vmm() { signals_.on_stats({}); }
@@ -123,7 +132,8 @@ void Vmm::do_boot() {
   require({VmState::Created, VmState::Shutdown}, "boot");
   Machine::Options opts{.hotplug = api_,
                         .interrupted = [this] { return process_.requested(); },
-                        .on_console_quit = [this] { process_.request(ExitReason::Signal, "Ctrl-A x on the console"); }};
+                        .on_console_quit = [this] { process_.request(ExitReason::Signal, "Ctrl-A x on the console"); },
+                        .on_guest_exit = [this] { wake(); }};
   try {
     machine_ = std::make_unique<Machine>(config_, opts);
     if (process_.requested()) throw Machine::SetupInterrupted{};  // the last chance before the guest runs
@@ -274,7 +284,8 @@ int Vmm::run(const std::optional<MachineConfig>& initial) {
       std::unique_lock g(queue_lock_);
       // Coalesced writes reach their device at the next exit of any vCPU; a guest that writes and then
       // only halts (a panic message's last line) would keep them queued, so drain now and then too.
-      queue_cv_.wait_for(g, std::chrono::milliseconds(50), [&] { return !queue_.empty() || process_.requested(); });
+      queue_cv_.wait_for(g, std::chrono::milliseconds(50), [&] { return !queue_.empty() || woken_; });
+      woken_ = false;
       tasks.swap(queue_);
     }
     for (auto& t : tasks) t();
@@ -393,9 +404,6 @@ Counters Vmm::counters() {
     return machine_->counters();
   });
 }
-void Vmm::shutdown_vmm() {
-  process_.request(ExitReason::PowerOff, "vmm.shutdown");
-  queue_cv_.notify_one();
-}
+void Vmm::shutdown_vmm() { process_.request(ExitReason::PowerOff, "vmm.shutdown"); }
 
 }  // namespace passvm

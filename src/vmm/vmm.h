@@ -85,6 +85,8 @@ class Vmm final : public VmControl {
   std::condition_variable queue_cv_;
   std::deque<std::function<void()>> queue_;
   bool loop_ended_ = false;
+  bool woken_ = false;  // the guest or a signal wants the loop's attention now, not at its next tick
+  void wake();
   std::atomic<bool> stats_requested_{false};
 
   // Loop thread only.
