@@ -9,6 +9,8 @@
 // throws ControlError and leaves the VM as it was.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <cstdint>
 #include <map>
 #include <stdexcept>
@@ -50,6 +52,9 @@ class ControlError : public std::runtime_error {
  private:
   Kind kind_;
 };
+
+// A function of the guest's bus 0 as cloud-hypervisor names it: "0000:00:05.0".
+inline std::string guest_bdf(uint32_t slot, uint32_t func) { return fmt::format("0000:00:{:02x}.{}", slot, func); }
 
 // A passthrough device as the VM has it.
 struct DeviceInfo {

@@ -90,8 +90,6 @@ uint64_t intel_iommu_reach() {
   return reach;
 }
 
-std::string guest_bdf(int slot, int func) { return fmt::format("0000:00:{:02x}.{}", slot, func); }
-
 int key(int slot, int func) { return slot * pci::kFunctions + func; }
 
 }  // namespace
@@ -369,10 +367,16 @@ ExitControl& Machine::guest_exit() { return p_->guest; }
 
 const MachineConfig& Machine::config() const { return p_->cfg; }
 
+std::optional<int> Machine::slot_of(const std::string& id) const {
+  for (const auto& [k, d] : p_->passthru)
+    if (d.config.id == id) return static_cast<int>(d.config.slot);
+  return std::nullopt;
+}
+
 std::vector<DeviceInfo> Machine::devices() const {
   std::vector<DeviceInfo> out;
   for (const auto& [k, d] : p_->passthru)
-    out.push_back({d.config.id, guest_bdf(static_cast<int>(d.config.slot), static_cast<int>(d.config.func)),
+    out.push_back({d.config.id, guest_bdf(d.config.slot, d.config.func),
                    d.config.config});
   return out;
 }
@@ -406,7 +410,7 @@ DeviceInfo Machine::add_device(SlotConfig s) {
   for (const auto& [k, d] : p.passthru)
     if (vfio::parse_bdf(d.config.config) == bdf)
       throw ControlError(Kind::Conflict, fmt::format("{} is already in this VM as {} (id {})", bdf.str(),
-                                                     guest_bdf(static_cast<int>(d.config.slot), 0), d.config.id));
+                                                     guest_bdf(d.config.slot, 0), d.config.id));
   auto t0 = std::chrono::steady_clock::now();
   p.step.mark();
   std::unique_ptr<passthru::PassthruDevice> dev;
@@ -450,7 +454,7 @@ DeviceInfo Machine::add_device(SlotConfig s) {
   p.hotplug->plug(slot);
   p.step(fmt::format("{} hot-plugged into slot {} in {:.1f} ms", raw->name(), slot,
                      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()));
-  return {s.id, guest_bdf(slot, 0), bdf.str()};
+  return {s.id, guest_bdf(s.slot, 0), bdf.str()};
 }
 
 void Machine::request_unplug(int slot) {

@@ -24,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,7 @@ class Machine {
   // The config with every device now in the VM (slots and ids filled in).
   const MachineConfig& config() const;
   std::vector<DeviceInfo> devices() const;
+  std::optional<int> slot_of(const std::string& id) const;  // of a passthrough device
 
   // Opens `slot` (its slot kAnySlot: the lowest free hotplug slot) and presents it to the guest.
   // Throws ControlError.

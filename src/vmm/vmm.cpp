@@ -15,8 +15,6 @@ namespace {
 
 using Kind = ControlError::Kind;
 
-std::string guest_bdf(uint32_t slot, uint32_t func) { return fmt::format("0000:00:{:02x}.{}", slot, func); }
-
 // Ids for devices given without one, and slots for devices given without one, as the machine would pick.
 void fill_in_devices(MachineConfig& cfg) {
   std::vector<std::string> ids;
@@ -173,11 +171,9 @@ std::shared_future<void> Vmm::do_remove_device(const std::string& id) {
     done.set_value();
     return done.get_future().share();
   }
-  std::optional<DeviceInfo> found;
-  for (const auto& d : machine_->devices())
-    if (d.id == id) found = d;
+  std::optional<int> found = machine_->slot_of(id);
   if (!found) throw ControlError(Kind::NotFound, fmt::format("no device with id '{}' in the VM", id));
-  int slot = std::stoi(found->bdf.substr(8, 2), nullptr, 16);
+  int slot = *found;
   if (removals_.count(slot))
     throw ControlError(Kind::Conflict, fmt::format("device '{}' is already being removed", id));
   Removal& r = removals_[slot];
