@@ -2,12 +2,10 @@
 //
 // Any thread (a vCPU that hit a triple fault, the ACPI power-off register, a
 // signal handler's helper thread) asks the machine to stop with a reason; the
-// first reason wins. The main thread waits for it, then stops the vCPUs and
+// first reason wins. The control loop (vmm.h) is woken by on_request(), then stops the vCPUs and
 // tears everything down. Exit codes are part of the CLI contract (README).
 #pragma once
 
-#include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -44,7 +42,6 @@ class ExitControl {
       requested_ = true;
       reason_ = reason;
       detail_ = std::move(detail);
-      cv_.notify_all();
       hook = on_request_;
     }
     if (hook) hook();
@@ -59,11 +56,6 @@ class ExitControl {
     std::lock_guard g(lock_);
     return requested_;
   }
-  // Waits at most `limit`; true once a stop was requested.
-  bool wait_for(std::chrono::milliseconds limit) {
-    std::unique_lock g(lock_);
-    return cv_.wait_for(g, limit, [&] { return requested_; });
-  }
   ExitReason reason() {
     std::lock_guard g(lock_);
     return reason_;
@@ -75,7 +67,6 @@ class ExitControl {
 
  private:
   std::mutex lock_;
-  std::condition_variable cv_;
   bool requested_ = false;
   ExitReason reason_ = ExitReason::PowerOff;
   std::string detail_;
