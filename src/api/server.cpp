@@ -33,6 +33,7 @@
 
 #include "api/unix_socket.h"
 #include "api/vm_config.h"
+#include "confine/seccomp.h"
 
 #ifndef PASSVM_VERSION
 #define PASSVM_VERSION "unknown"
@@ -349,6 +350,8 @@ Server::Server(VmControl& control, const std::string& socket_path, Log log)
   }
   p.inode = st.st_ino;
   p.thread = std::thread([&p] {
+    // httplib starts its request threads from here: they inherit this thread's filter.
+    confine::enter(confine::ThreadClass::Api, "pv-api");
     p.http.listen_after_bind();
     p.listen_returned = true;
   });

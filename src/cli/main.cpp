@@ -1,15 +1,21 @@
 // passvm's entry point: host tooling subcommands, the API client, or a VM (with or without an API).
 #include <fmt/format.h>
 
+#include <unistd.h>
+
+#include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "api/client.h"
 #include "api/server.h"
 #include "cli/options.h"
+#include "confine/privileges.h"
+#include "confine/seccomp.h"
 #include "host/host_cli.h"
 #include "vmm/vmm.h"
 
@@ -36,7 +42,28 @@ int main(int argc, char** argv) {
   }
   try {
     // The Vmm first: it blocks the signals it watches, and every thread started later inherits that.
+    namespace confine = passvm::confine;
+    std::optional<confine::UserIds> user;
+    std::optional<confine::DropTarget> drop;
+    if (!parsed.user.empty()) {
+      if (geteuid() != 0) {
+        fmt::print(stderr, "passvm: --user {}: passvm already runs as an unprivileged user; --user is for starting "
+                           "it as root (leave --user out)\n", parsed.user);
+        return 1;
+      }
+      user = confine::resolve_user(parsed.user);
+      drop = confine::DropTarget{user->uid, user->gid, static_cast<uint32_t>(user->groups.size())};
+    }
+    // Without a VM yet (the API creates it) the guest's size is unknown: the limit VFIO pins against
+    // is lifted altogether before root is given up.
+    uint64_t memlock = parsed.config ? confine::memlock_for_guest(parsed.config->memory) : UINT64_MAX;
+    // Before any thread starts: every thread confines itself at its start with what this prepares.
+    confine::configure(parsed.seccomp, drop);
     passvm::Vmm vmm(!parsed.api_socket.empty());
+    vmm.set_confinement([&user, memlock] {
+      if (user) confine::drop_to(*user, memlock);
+      confine::enter(confine::ThreadClass::Control);
+    });
     std::unique_ptr<passvm::api::Server> server;
     if (!parsed.api_socket.empty()) server = std::make_unique<passvm::api::Server>(vmm, parsed.api_socket);
     int status = vmm.run(parsed.config);

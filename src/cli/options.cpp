@@ -140,6 +140,15 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
   app.add_option("--api-socket", api_socket,
                  "Serve cloud-hypervisor's REST API (HTTP over this unix socket): the VM is then created, booted, "
                  "paused and given devices by requests, and passvm stays until vmm.shutdown");
+  std::string seccomp = "on";
+  app.add_option("--seccomp", seccomp,
+                 "System-call filters for each passvm thread, installed before the guest runs: on (a forbidden call "
+                 "stops passvm, naming it), log (the kernel logs forbidden calls and lets them through), off")
+      ->capture_default_str();
+  std::string user;
+  app.add_option("--user", user,
+                 "Started as root: open /dev/kvm, the devices and the guest's files, then run as this user with no "
+                 "capabilities (RLIMIT_MEMLOCK is raised first so guest RAM can be pinned for DMA)");
   app.add_option("--initrd,-i", cfg.initrd, "Initramfs to load");
   app.add_option("--append,-a", cfg.cmdline, "Kernel command line");
   app.add_flag("--stats", cfg.stats, "Print device and vCPU counters at exit (also on SIGUSR2)");
@@ -175,6 +184,10 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
     return result;
   };
   result.api_socket = api_socket;
+  auto mode = confine::parse_mode(seccomp);
+  if (!mode) return fail(fmt::format("--seccomp {}: give on, log or off", seccomp));
+  result.seccomp = *mode;
+  result.user = user;
   if (cfg.kernel.empty()) {
     if (api_socket.empty())
       return fail("--kernel is required: give the guest kernel with --kernel BZIMAGE, or serve the API with "

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "confine/seccomp.h"
 #include "vmm/config.h"
 
 namespace passvm::cli {
@@ -23,6 +24,8 @@ struct ParseResult {
   std::optional<MachineConfig> config;  // set when a VM was given on the command line
   bool run = false;                     // passvm should run (a VM, an API socket, or both)
   std::string api_socket;               // --api-socket PATH: serve the API there (config may then be empty)
+  confine::SeccompMode seccomp = confine::SeccompMode::Kill;  // --seccomp on|log|off
+  std::string user;                     // --user NAME: drop to this user once the VM's files are open
   std::string message;                  // help/version text, or the error
   int exit_status = 0;                  // when config is empty: 0 for help/version, 1 for errors
 };

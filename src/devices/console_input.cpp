@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "confine/seccomp.h"
+
 namespace passvm::devices {
 
 ConsoleInput::ConsoleInput(int in_fd, Uart16550& uart, std::function<void()> on_quit)
@@ -63,6 +65,7 @@ bool ConsoleInput::filter(const uint8_t* in, size_t n, std::vector<uint8_t>& out
 }
 
 void ConsoleInput::run() {
+  confine::enter(confine::ThreadClass::Console, "pv-console");
   std::vector<uint8_t> pending;
   std::array<uint8_t, 256> buf{};
   bool input_open = in_fd_ >= 0;

@@ -13,6 +13,7 @@
 #include <span>
 #include <stdexcept>
 
+#include "confine/seccomp.h"
 #include "kvm/cpuid.h"
 #include "memory/layout.h"
 #include "kvm/uapi.h"
@@ -282,6 +283,7 @@ VcpuExitStats Vcpu::stats() const {
 }
 
 void Vcpu::run_loop() {
+  confine::enter(confine::ThreadClass::Vcpu, fmt::format("vcpu{}", index_));
   // The machine may have blocked signals in the thread that created this one; the kick must get through.
   sigset_t set;
   sigemptyset(&set);
@@ -309,6 +311,7 @@ void Vcpu::run_loop() {
         return;
       }
       if (!handle_exit()) return;
+      if (confine::take_test_violation()) confine::make_forbidden_call();
     }
   } catch (const std::exception& ex) {
     fail(fmt::format("vCPU {}: {}", index_, ex.what()));

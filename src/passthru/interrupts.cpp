@@ -10,6 +10,8 @@
 
 #include <fmt/format.h>
 
+#include "confine/seccomp.h"
+
 namespace passvm::passthru {
 namespace {
 
@@ -264,6 +266,7 @@ bool Interrupts::give_host_vector(uint32_t i) {
 bool Interrupts::msix_pending(uint32_t i) { return msix_on_ && msix_.pending(i); }
 
 void Interrupts::watch() {
+  confine::enter(confine::ThreadClass::Interrupts, "pv-irq");
   epoll_event events[16];
   for (;;) {
     int n = epoll_wait(epoll_fd_, events, 16, -1);

@@ -5,12 +5,16 @@
 
 #include <fmt/format.h>
 
+#include "confine/seccomp.h"
 #include "memory/layout.h"
 
 namespace passvm::passthru {
 
 PeerDma::PeerDma(vfio::DmaMapper& iommu, std::string name, bool verbose)
-    : iommu_(iommu), name_(std::move(name)), verbose_(verbose) {}
+    : iommu_(iommu), name_(std::move(name)), verbose_(verbose) {
+  // Started now rather than at the first map(), which comes from a vCPU: vCPU threads may not start threads.
+  worker_ = std::thread([this] { run(); });
+}
 
 PeerDma::~PeerDma() {
   {
@@ -27,7 +31,6 @@ PeerDma::~PeerDma() {
 void PeerDma::map(int bar, uint64_t iova, uint64_t size, void* host) {
   std::lock_guard g(m_);
   queue_.push_back({bar, iova, size, host});
-  if (!worker_.joinable()) worker_ = std::thread([this] { run(); });
   cv_.notify_all();
 }
 
@@ -74,6 +77,7 @@ size_t PeerDma::mapped() const {
 }
 
 void PeerDma::run() {
+  confine::enter(confine::ThreadClass::PeerDma, "pv-p2p");
   std::unique_lock g(m_);
   for (;;) {
     cv_.wait(g, [&] { return stop_ || !queue_.empty(); });

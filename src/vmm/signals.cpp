@@ -11,6 +11,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "confine/seccomp.h"
+
 namespace passvm {
 
 SignalWatcher::SignalWatcher(ExitControl& ctl) : ctl_(ctl) {
@@ -39,6 +41,7 @@ void SignalWatcher::on_stats(std::function<void()> fn) {
 }
 
 void SignalWatcher::loop() {
+  confine::enter(confine::ThreadClass::Signals, "pv-signals");
   for (;;) {
     pollfd fds[2] = {{sfd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
     if (poll(fds, 2, -1) < 0) {

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "confine/seccomp.h"
 #include "vfio/bdf.h"
 #include "vmm/machine.h"
 
@@ -54,8 +55,18 @@ void report_exit(const std::string& name, ExitReason reason, const std::string& 
 }  // namespace
 
 Vmm::Vmm(bool api) : api_(api) {
-  signals_.on_stats([this] { stats_requested_ = true; });
+  signals_.on_stats([this] {
+    stats_requested_ = true;
+    confine::request_test_violation();
+  });
   process_.on_request([this] { wake(); });
+}
+
+void Vmm::confine_once() {
+  if (!confine_) return;
+  auto fn = std::move(confine_);
+  confine_ = nullptr;
+  fn();
 }
 
 void Vmm::wake() {
@@ -135,6 +146,7 @@ void Vmm::do_boot() {
   try {
     machine_ = std::make_unique<Machine>(config_, opts);
     if (process_.requested()) throw Machine::SetupInterrupted{};  // the last chance before the guest runs
+    confine_once();
     machine_->start();
   } catch (const Machine::SetupInterrupted&) {
     machine_.reset();
@@ -261,6 +273,12 @@ int Vmm::run(const std::optional<MachineConfig>& initial) {
       }
     }  // `left` goes: each waiting request gets a broken promise, which on_loop reports
   } end_of_loop{*this};
+  try {
+    if (!initial) confine_once();
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "passvm: {}\n", e.what());
+    return 1;
+  }
   if (initial) {
     try {
       do_create(*initial, false);

@@ -48,6 +48,12 @@ class Vmm final : public VmControl {
   explicit Vmm(bool api);
   ~Vmm() override;
 
+  // What the process does once, when it has opened what it needs and before any guest runs: drop
+  // privileges and confine the control thread (cli/main.cpp). Called on the loop's thread, after the
+  // first machine is built and before its vCPUs start; with the API and no VM yet, when run() begins.
+  // If it throws, the machine is not started and run() returns 1.
+  void set_confinement(std::function<void()> fn) { confine_ = std::move(fn); }
+
   // The control loop. `initial` is created and booted first (the command line's VM); if that fails the
   // error is printed and run() returns 1. Returns the process's exit status.
   int run(const std::optional<MachineConfig>& initial);
@@ -79,6 +85,8 @@ class Vmm final : public VmControl {
   void require(std::initializer_list<VmState> allowed, const char* action) const;
 
   bool api_;
+  std::function<void()> confine_;  // run once, then emptied
+  void confine_once();
   ExitControl process_;  // signals, Ctrl-A x, vmm.shutdown: the process ends
   SignalWatcher signals_{process_};
   std::mutex queue_lock_;

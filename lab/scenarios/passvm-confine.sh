@@ -1,0 +1,136 @@
+# Confinement: passvm without root, and seccomp filters on every thread.
+# - reserve: `passvm reserve --user pvuser` binds the NVMe (00:03.0) to vfio-pci and gives pvuser its
+#   /dev/vfio/GROUP.
+# - check: `passvm check --user pvuser` names what pvuser still lacks (/dev/kvm, RLIMIT_MEMLOCK for the
+#   guest) and, once the lab has fixed that the way the messages say, passes those lines.
+# - user: passvm run by pvuser itself (no capability at all) boots L2, whose nvme check passes; while the
+#   guest runs every passvm thread has Seccomp: 2, pvuser's uid and CapEff 0.
+# - root: passvm started by root with --user pvuser: the same, after it opened what it needs.
+# - kill: with the test hook armed, SIGUSR2 during L2's nvme I/O makes a vCPU call socket(): passvm exits
+#   with status 6 naming the call and the vCPU thread, and leaves no VFIO file open.
+# - after: the next passvm gets the NVMe and L2's nvme check passes; release gives it back to L1's nvme.
+# lab-expect: conf.reserve conf.check conf.checkfixed conf.user.vmm conf.user.nvme conf.user.threads conf.root.vmm conf.root.nvme conf.root.threads conf.kill conf.after.vmm conf.after.nvme conf.release
+# lab-timeout: 1500
+
+source "$LAB_DIR/scenarios/passvm-lib.sh"
+pv_need_binary conf.user.vmm
+NVME=0000:00:03.0
+U=pvuser
+lab_reset_bindings
+getent passwd $U >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin $U
+uid=$(id -u $U)
+gpasswd -d $U kvm >/dev/null 2>&1 || true
+
+# What pvuser runs must be readable by pvuser: the kernel and initrd are under /root.
+D=/tmp/confine
+mkdir -p "$D/home"
+cp "$L2_KERNEL" "$D/bzImage"
+cp "$L2_INITRD" "$D/initrd"
+chmod 755 "$D"; chmod 644 "$D/bzImage" "$D/initrd"; chown $U "$D/home"
+BOOT=(--kernel "$D/bzImage" --initrd "$D/initrd")
+PV=("$PASSVM" -c 2 -m 512M -s 0,hostbridge -s 3,passthru,$NVME -l com1,stdio)
+group=$(basename "$(readlink "/sys/bus/pci/devices/$NVME/iommu_group")")
+
+out=$("$PASSVM" reserve --user $U $NVME 2>&1); rc=$?
+owner=$(stat -c %U "/dev/vfio/$group" 2>/dev/null)
+mode=$(stat -c %a "/dev/vfio/$group" 2>/dev/null)
+fig=(rc="$rc" owner="$owner" mode="$mode" driver="$(bdf_driver $NVME)" said="$(echo "$out" | tail -n 2 | tr '\n' ' ')")
+if [[ $rc == 0 && $owner == "$U" && $(bdf_driver $NVME) == vfio-pci ]]; then result conf.reserve pass "${fig[@]}"
+else result conf.reserve fail detail="expected 00:03.0 on vfio-pci with /dev/vfio/$group owned by $U" "${fig[@]}"; fi
+
+# check: pvuser is not in the kvm group and has the default 8 MiB memlock limit.
+rm -f /etc/security/limits.d/passvm-lab.conf
+"$PASSVM" check --user $U --memory 512M $NVME >"$LAB_OUT/check1.txt" 2>&1; rc=$?
+said=$(grep -i -E 'kvm|memlock' "$LAB_OUT/check1.txt" | head -n 4 | tr '\n' ' ')
+if [[ $rc != 0 ]] && grep -qi 'usermod.*kvm' "$LAB_OUT/check1.txt" && grep -qi 'memlock' "$LAB_OUT/check1.txt"; then
+    result conf.check pass rc="$rc" said="$said"
+else result conf.check fail detail="expected a failing check naming the kvm group fix and the memlock limit" rc="$rc" said="$said"; fi
+# The fixes the messages name.
+usermod -aG kvm $U
+echo "$U hard memlock unlimited" >/etc/security/limits.d/passvm-lab.conf
+echo "$U soft memlock unlimited" >>/etc/security/limits.d/passvm-lab.conf
+"$PASSVM" check --user $U --memory 512M $NVME >"$LAB_OUT/check2.txt" 2>&1; rc=$?
+bad=$(grep -i -E 'kvm|memlock|vfio' "$LAB_OUT/check2.txt" | grep -i -E 'fail|lacks|cannot|no access' | head -n 3 | tr '\n' ' ')
+if [[ -z $bad ]]; then result conf.checkfixed pass rc="$rc"
+else result conf.checkfixed fail detail="still failing after the fixes: $bad" rc="$rc"; fi
+
+# snap_threads RUN: once L2 of run_l2 RUN starts its nvme check, every thread of the running passvm:
+# comm, Seccomp, uid and effective capabilities, one line each, in $LAB_OUT/RUN.threads.
+snap_threads() {
+    local name=$1 con=$LAB_OUT/$1.console pid="" i t
+    for ((i = 0; i < 3000; i++)); do
+        grep -q 'L2MARK start nvme' "$con" 2>/dev/null && break
+        sleep 0.2
+    done
+    for p in $(pgrep -x "$(basename "$PASSVM" | cut -c1-15)"); do
+        [[ -e /proc/$p/task ]] && pid=$p
+    done
+    [[ -n $pid ]] || return
+    for t in /proc/$pid/task/*; do
+        echo "$(cat "$t/comm") $(awk '/^Seccomp:/{s=$2} /^Uid:/{u=$2} /^CapEff:/{c=$2} END{print s, u, c}' "$t/status")"
+    done >"$LAB_OUT/$name.threads"
+}
+
+# threads_result CHECK NAME: every thread confined (Seccomp 2), running as pvuser, without capabilities,
+# and the thread classes all there.
+threads_result() {
+    local f=$LAB_OUT/$2.threads
+    if [[ ! -s $f ]]; then result "$1" fail detail="no thread snapshot: passvm was not running when L2 began its nvme check"; return; fi
+    local n names bad
+    n=$(wc -l <"$f")
+    names=$(awk '{print $1}' "$f" | sed 's/[0-9]*$//' | sort -u | tr '\n' ',')
+    bad=$(awk -v u="$uid" '$2 != 2 || $3 != u || $4 != "0000000000000000"' "$f" | head -n 3 | tr '\n' ';')
+    if [[ -n $bad ]]; then result "$1" fail detail="threads not confined, not $U, or with capabilities: $bad" threads="$n" names="$names"
+    elif ! grep -q '^vcpu0 ' "$f" || ! grep -q '^pv-irq ' "$f" || ! grep -q '^pv-signals ' "$f"; then
+        result "$1" fail detail="expected vcpu0, pv-irq and pv-signals among the threads" threads="$n" names="$names"
+    else result "$1" pass threads="$n" names="$names"; fi
+}
+
+# As pvuser from the start: no capability, the limits a login would give it (limits.d above).
+snap_threads conf.user &
+run_l2 conf.user --timeout 600 -- \
+    prlimit --memlock=unlimited:unlimited \
+    setpriv --reuid=$U --regid=$U --init-groups --inh-caps=-all --bounding-set=-all \
+    env HOME="$D/home" "${PV[@]}" "${BOOT[@]}" --append "$(l2_append nvme)" labvm
+wait
+threads_result conf.user.threads conf.user
+
+# Started by root, dropping to pvuser once everything is open.
+gpasswd -d $U kvm >/dev/null 2>&1
+rm -f /etc/security/limits.d/passvm-lab.conf
+snap_threads conf.root &
+run_l2 conf.root --timeout 600 -- "${PV[@]}" --user $U "${BOOT[@]}" --append "$(l2_append nvme)" labvm
+wait
+threads_result conf.root.threads conf.root
+
+# The test hook: SIGUSR2 while L2's nvme check runs makes a vCPU call socket().
+con=$LAB_OUT/kill.console
+PASSVM_TEST_FORBIDDEN_SYSCALL=1 "${PV[@]}" "${BOOT[@]}" --append "$(l2_append nvme)" labvm </dev/null >"$con" 2>&1 &
+pid=$!
+for ((i = 0; i < 3000; i++)); do
+    grep -q 'L2MARK start nvme' "$con" && break
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.2
+done
+sleep 0.5
+kill -USR2 $pid
+for ((i = 0; i < 300; i++)); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+kill -0 $pid 2>/dev/null && { kill -KILL $pid; sleep 1; }
+wait $pid; rc=$?
+said=$(grep 'seccomp:' "$con" | head -n 1)
+held=$(ls -l /proc/*/fd 2>/dev/null | grep -c "/dev/vfio/$group")
+fig=(rc="$rc" said="$said" driver="$(bdf_driver $NVME)" vfio_fds_left="$held")
+if [[ $rc != 6 ]]; then result conf.kill fail detail="exit status $rc, expected 6" "${fig[@]}"
+elif ! [[ $said == *"thread 'vcpu"*"socket (41)"* ]]; then result conf.kill fail detail="no message naming the vCPU thread and socket (41)" "${fig[@]}"
+elif [[ $held != 0 || $(bdf_driver $NVME) != vfio-pci ]]; then result conf.kill fail detail="the device was not left free on vfio-pci" "${fig[@]}"
+else result conf.kill pass "${fig[@]}"; fi
+
+run_l2 conf.after --timeout 600 -- "${PV[@]}" "${BOOT[@]}" --append "$(l2_append nvme)" labvm
+rc=$?
+
+out=$("$PASSVM" release $NVME 2>&1); rrc=$?
+sleep 1
+owner=$(stat -c %U "/dev/vfio/$group" 2>/dev/null || echo gone)
+if [[ $rrc == 0 && $(bdf_driver $NVME) == nvme && $owner != "$U" ]]; then result conf.release pass driver=nvme group_file="$owner"
+else result conf.release fail detail="after release: driver $(bdf_driver $NVME), /dev/vfio/$group owner $owner: $out"; fi
+exit $rc

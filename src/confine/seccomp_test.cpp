@@ -1,0 +1,258 @@
+#include "confine/seccomp.h"
+
+#include <gtest/gtest.h>
+#include <linux/kvm.h>
+#include <grp.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+
+namespace passvm::confine {
+namespace {
+
+struct Outcome {
+  int status = -1;  // exit status, or 128 + signal
+  std::string err;  // what the child wrote to stderr
+};
+
+// Runs body in a forked child (filters cannot be removed, so never in the test process) and
+// returns how it ended. body's return value is the exit status; _exit skips the sanitizers'
+// atexit work, which makes system calls no filter here allows.
+Outcome in_child(const std::function<int()>& body) {
+  int pipefd[2];
+  if (pipe(pipefd) != 0) return {};
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(pipefd[0]);
+    dup2(pipefd[1], STDERR_FILENO);
+    int rc = 99;
+    try {
+      rc = body();
+    } catch (const std::exception& e) {
+      std::string m = std::string("exception: ") + e.what() + "\n";
+      [[maybe_unused]] ssize_t w = write(STDERR_FILENO, m.data(), m.size());
+    }
+    _exit(rc);
+  }
+  close(pipefd[1]);
+  Outcome o;
+  char buf[512];
+  for (ssize_t n; (n = read(pipefd[0], buf, sizeof buf)) > 0;) o.err.append(buf, static_cast<size_t>(n));
+  close(pipefd[0]);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  o.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return o;
+}
+
+TEST(SeccompTest, ForbiddenCallOnAVcpuThreadEndsTheProcessNamingCallAndThread) {
+  Outcome o = in_child([] {
+    configure(SeccompMode::Kill);
+    enter(ThreadClass::Vcpu, "vcpu3");
+    make_forbidden_call();
+    return 0;  // not reached
+  });
+  EXPECT_EQ(o.status, kExitSeccomp) << o.err;
+  EXPECT_NE(o.err.find("thread 'vcpu3'"), std::string::npos) << o.err;
+  EXPECT_NE(o.err.find("socket (41)"), std::string::npos) << o.err;
+}
+
+TEST(SeccompTest, AllowedCallsStillWorkUnderTheVcpuFilter) {
+  Outcome o = in_child([] {
+    configure(SeccompMode::Kill);
+    enter(ThreadClass::Vcpu);
+    int efd = eventfd(0, EFD_CLOEXEC);  // MSI-X vectors on demand
+    if (efd < 0) return 1;
+    uint64_t v = 1;
+    if (write(efd, &v, sizeof v) != sizeof v || read(efd, &v, sizeof v) != sizeof v) return 2;
+    close(efd);
+    // An allowed ioctl on the wrong file fails the ordinary way rather than killing.
+    if (ioctl(efd, KVM_RUN, 0) != -1 || errno != EBADF) return 3;
+    return 0;
+  });
+  EXPECT_EQ(o.status, 0) << o.err;
+}
+
+TEST(SeccompTest, AnIoctlNumberNotInTheClassListIsForbidden) {
+  Outcome o = in_child([] {
+    configure(SeccompMode::Kill);
+    enter(ThreadClass::PeerDma);
+    ioctl(-1, KVM_RUN, 0);  // the peer-DMA worker only maps and unmaps
+    return 0;
+  });
+  EXPECT_EQ(o.status, kExitSeccomp) << o.err;
+  EXPECT_NE(o.err.find("ioctl (16)"), std::string::npos) << o.err;
+}
+
+TEST(SeccompTest, LogModeLetsTheCallThrough) {
+  Outcome o = in_child([] {
+    configure(SeccompMode::Log);
+    enter(ThreadClass::Vcpu);
+    int fd = static_cast<int>(syscall(SYS_socket, AF_UNIX, SOCK_STREAM, 0));
+    return fd >= 0 ? 0 : 1;
+  });
+  EXPECT_EQ(o.status, 0) << o.err;
+}
+
+TEST(SeccompTest, OffModeNamesTheThreadAndInstallsNothing) {
+  Outcome o = in_child([] {
+    configure(SeccompMode::Off);
+    std::string comm;
+    std::thread t([&] {
+      enter(ThreadClass::Console);
+      std::ifstream f("/proc/thread-self/comm");
+      std::getline(f, comm);
+      make_forbidden_call();
+    });
+    t.join();
+    std::ifstream st("/proc/self/status");
+    std::string line;
+    while (std::getline(st, line))
+      if (line.rfind("Seccomp:", 0) == 0 && line.find('0') == std::string::npos) return 2;
+    return comm == "console" ? 0 : 1;
+  });
+  EXPECT_EQ(o.status, 0) << o.err;
+}
+
+TEST(SeccompTest, ControlThreadStartsConfinedThreadsButCannotFork) {
+  Outcome threads = in_child([] {
+    configure(SeccompMode::Kill);
+    int fds[2];
+    if (pipe(fds) != 0) return 3;
+    enter(ThreadClass::Control);
+    std::atomic<pid_t> tid{0};
+    std::thread t([&] {
+      enter(ThreadClass::Signals);  // stacks on the control filter
+      tid = gettid();
+      char c;
+      [[maybe_unused]] ssize_t r = read(fds[0], &c, 1);
+    });
+    while (tid == 0) std::this_thread::yield();
+    int seccomp_field = -1;
+    std::ifstream f("/proc/self/task/" + std::to_string(tid) + "/status");
+    std::string line;
+    while (std::getline(f, line))
+      if (line.rfind("Seccomp:", 0) == 0) seccomp_field = std::stoi(line.substr(8));
+    [[maybe_unused]] ssize_t w = write(fds[1], "x", 1);
+    t.join();
+    return seccomp_field == 2 ? 0 : 1;
+  });
+  EXPECT_EQ(threads.status, 0) << threads.err;
+
+  Outcome fork_ = in_child([] {
+    configure(SeccompMode::Kill);
+    enter(ThreadClass::Control);
+    syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);  // fork
+    return 0;
+  });
+  EXPECT_EQ(fork_.status, kExitSeccomp) << fork_.err;
+  EXPECT_NE(fork_.err.find("clone"), std::string::npos) << fork_.err;
+}
+
+TEST(SeccompTest, ThreadsConfinedBeforeAPrivilegeDropFollowIt) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to drop privileges";
+  Outcome o = in_child([] {
+    configure(SeccompMode::Kill, DropTarget{65534, 65534, 0});
+    int fds[2];
+    if (pipe(fds) != 0) return 1;
+    std::thread t([&] {
+      enter(ThreadClass::Signals);
+      char c;
+      [[maybe_unused]] ssize_t r = read(fds[0], &c, 1);
+    });
+    // glibc makes the waiting thread switch ids too, which its filter allows for this target only.
+    if (setgroups(0, nullptr) != 0 || setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
+      return 2;
+    [[maybe_unused]] ssize_t w = write(fds[1], "x", 1);
+    t.join();
+    return getuid() == 65534 ? 0 : 3;
+  });
+  EXPECT_EQ(o.status, 0) << o.err;
+}
+
+// recorded/CLASS.txt: what the class's threads called in a traced lab run, one "SYSCALL" or
+// "ioctl REQUEST" a line (see the README).
+std::set<std::string> recorded(ThreadClass c) {
+  std::ifstream f(std::string(PASSVM_CONFINE_SOURCE_DIR) + "/recorded/" + class_name(c) + ".txt");
+  std::set<std::string> calls;
+  for (std::string line; std::getline(f, line);)
+    if (!line.empty() && line[0] != '#') calls.insert(line);
+  return calls;
+}
+
+TEST(SeccompTest, EveryCallRecordedInTheLabIsAllowedForItsClass) {
+  size_t total = 0;
+  for (ThreadClass c : kThreadClasses) {
+    auto calls = recorded(c);
+    total += calls.size();
+    auto syscalls = allowed_syscalls(c);
+    auto ioctls = allowed_ioctls(c);
+    for (const std::string& call : calls) {
+      if (call.rfind("ioctl ", 0) == 0) {
+        std::string req = call.substr(6);
+        EXPECT_TRUE(std::any_of(ioctls.begin(), ioctls.end(), [&](const Ioctl& i) { return req == i.name; }))
+            << class_name(c) << " made ioctl " << req << ", which its filter forbids";
+      } else {
+        EXPECT_EQ(std::count(syscalls.begin(), syscalls.end(), call), 1)
+            << class_name(c) << " made " << call << ", which its filter forbids";
+      }
+    }
+  }
+  // The vCPU, the control thread and the API threads are busy in every lab run; the files must be there.
+  EXPECT_FALSE(recorded(ThreadClass::Vcpu).empty());
+  EXPECT_FALSE(recorded(ThreadClass::Control).empty());
+  EXPECT_FALSE(recorded(ThreadClass::Api).empty());
+  EXPECT_GT(total, 50u);
+}
+
+TEST(SeccompTest, ControlAllowsWhatEveryThreadItMayStartLaterAllows) {
+  auto control = allowed_syscalls(ThreadClass::Control);
+  auto control_ioctls = allowed_ioctls(ThreadClass::Control);
+  for (ThreadClass c : kThreadClasses) {
+    if (c == ThreadClass::Api) continue;  // started before the control thread confines itself
+    for (const auto& s : allowed_syscalls(c))
+      EXPECT_EQ(std::count(control.begin(), control.end(), s), 1) << class_name(c) << ": " << s;
+    for (const Ioctl& i : allowed_ioctls(c))
+      EXPECT_TRUE(std::any_of(control_ioctls.begin(), control_ioctls.end(),
+                              [&](const Ioctl& o) { return o.request == i.request; }))
+          << class_name(c) << ": " << i.name;
+  }
+}
+
+TEST(SeccompTest, ParseMode) {
+  EXPECT_EQ(parse_mode("on"), SeccompMode::Kill);
+  EXPECT_EQ(parse_mode("kill"), SeccompMode::Kill);
+  EXPECT_EQ(parse_mode("log"), SeccompMode::Log);
+  EXPECT_EQ(parse_mode("off"), SeccompMode::Off);
+  EXPECT_EQ(parse_mode("yes"), std::nullopt);
+}
+
+TEST(SeccompTest, EveryClassCompilesAndNoClassMayExecOrOpenSockets) {
+  for (ThreadClass c : kThreadClasses) {
+    auto l = allowed_syscalls(c);
+    for (const char* bad : {"execve", "execveat", "socket", "ptrace", "mount", "init_module", "finit_module",
+                            "kexec_load", "bpf", "process_vm_writev"})
+      EXPECT_EQ(std::count(l.begin(), l.end(), bad), 0) << class_name(c) << " allows " << bad;
+  }
+  Outcome o = in_child([] {
+    configure(SeccompMode::Kill);
+    return 0;
+  });
+  EXPECT_EQ(o.status, 0) << o.err;
+}
+
+}  // namespace
+}  // namespace passvm::confine
