@@ -13,6 +13,7 @@
 
 #include "host/host_error.h"
 #include "host/host_usage.h"
+#include "host/host_users.h"
 #include "host/pci_inventory.h"
 #include "host/pptdevs_config.h"
 #include "host/preflight.h"
@@ -71,13 +72,22 @@ int carry_out(const Sysroot& sysroot, const Plan& plan, bool dry_run, bool verbo
     auto dev = find_device(devices, address);
     if (!dev) continue;
     if (reserving) {
-      std::cout << fmt::format("{}: reserved, bound to vfio-pci, /dev/vfio/{}\n", address.str(),
-                               dev->iommu_group ? std::to_string(*dev->iommu_group) : "?");
+      auto record = read_reservation(sysroot, address);
+      std::cout << fmt::format("{}: reserved, bound to vfio-pci, /dev/vfio/{}{}\n", address.str(),
+                               dev->iommu_group ? std::to_string(*dev->iommu_group) : "?",
+                               record && !record->user.empty() ? ", given to " + record->user : "");
     } else {
       std::cout << fmt::format("{}: released, driver {}\n", address.str(), dev->driver.empty() ? "none" : dev->driver);
     }
   }
   return 0;
+}
+
+// Who a reserved device was given to; "" for root or when not reserved.
+std::string owner_of(const Sysroot& sysroot, const HostDevice& device) {
+  if (!device.reserved()) return "";
+  auto record = read_reservation(sysroot, device.address);
+  return record ? record->user : "";
 }
 
 int run_list(const Sysroot& sysroot, bool json) {
@@ -90,6 +100,7 @@ int run_list(const Sysroot& sysroot, bool json) {
     nlohmann::json out = nlohmann::json::array();
     for (const auto& d : devices) {
       auto group = group_status(devices, d);
+      std::string owner = owner_of(sysroot, d);
       nlohmann::json blockers = nlohmann::json::array();
       for (const auto& b : group.blockers) blockers.push_back({{"address", b.address.str()}, {"driver", b.driver}});
       out.push_back({
@@ -102,6 +113,7 @@ int run_list(const Sysroot& sysroot, bool json) {
           {"driver_override", d.driver_override.empty() ? nlohmann::json(nullptr) : nlohmann::json(d.driver_override)},
           {"iommu_group", d.iommu_group ? nlohmann::json(*d.iommu_group) : nlohmann::json(nullptr)},
           {"reserved", d.reserved()},
+          {"owner", owner.empty() ? nlohmann::json(nullptr) : nlohmann::json(owner)},
           {"ready", ready_for_passthrough(devices, d)},
           {"group_blockers", blockers},
           {"host_uses", host_uses(sysroot, d)},
@@ -110,23 +122,26 @@ int run_list(const Sysroot& sysroot, bool json) {
     std::cout << out.dump(2) << "\n";
     return 0;
   }
-  std::cout << fmt::format("{:<13} {:<9} {:<22} {:<14} {:>5}  {:<8} {}\n", "ADDRESS", "ID", "CLASS", "DRIVER", "GROUP",
-                           "RESERVED", "READY");
+  std::cout << fmt::format("{:<13} {:<9} {:<22} {:<14} {:>5}  {:<8} {:<10} {}\n", "ADDRESS", "ID", "CLASS", "DRIVER",
+                           "GROUP", "RESERVED", "OWNER", "READY");
   for (const auto& d : devices) {
     std::string ready = ready_for_passthrough(devices, d) ? "yes" : "no";
     auto group = group_status(devices, d);
     if (d.reserved() && !group.blockers.empty()) ready += " (group shared with " + group.blockers.front().address.str() + ")";
     if (!host_uses(sysroot, d).empty()) ready += " (host uses it)";
-    std::cout << fmt::format("{:<13} {:04x}:{:04x} {:<22} {:<14} {:>5}  {:<8} {}\n", d.address.str(), d.vendor,
+    std::string owner = owner_of(sysroot, d);
+    std::cout << fmt::format("{:<13} {:04x}:{:04x} {:<22} {:<14} {:>5}  {:<8} {:<10} {}\n", d.address.str(), d.vendor,
                              d.device, class_name(d.class_code), d.driver.empty() ? "-" : d.driver,
                              d.iommu_group ? std::to_string(*d.iommu_group) : "-", d.reserved() ? "yes" : "no",
-                             ready);
+                             owner.empty() ? "-" : owner, ready);
   }
   return 0;
 }
 
-int run_check(const Sysroot& sysroot, const std::string& memory, bool json) {
-  auto lines = run_preflight(sysroot, ProcessFacts::current(parse_size(memory)));
+int run_check(const Sysroot& sysroot, const std::string& memory, const std::string& user,
+              const std::vector<std::string>& devices, bool json) {
+  CheckTarget target{user.empty() ? std::nullopt : std::optional(lookup_user(sysroot, user)), parse_addresses(devices)};
+  auto lines = run_preflight(sysroot, ProcessFacts::current(parse_size(memory)), target);
   bool failed = false;
   nlohmann::json out = nlohmann::json::array();
   for (const auto& l : lines) {
@@ -142,13 +157,34 @@ int run_check(const Sysroot& sysroot, const std::string& memory, bool json) {
   return failed ? 1 : 0;
 }
 
+// The options a config line asks for: user= names who gets the device's group.
+ReserveOptions configured_options(const Sysroot& sysroot, const ConfiguredDevice& device, const std::string& config) {
+  ReserveOptions options;
+  if (device.user.empty()) return options;
+  try {
+    options.user = lookup_user(sysroot, device.user);
+  } catch (const HostError& e) {
+    throw HostError(fmt::format("{} (user= of {} in {})", e.what(), device.address.str(), config));
+  }
+  return options;
+}
+
 // Called by udev for every PCI "add": claims the device when the config lists it. Prints udev
 // environment lines on stdout (for IMPORT{program}) and nothing else there.
 int run_boot_claim(const Sysroot& sysroot, const std::string& kernel_name, const std::string& config) {
   PciAddress address = PciAddress::parse(kernel_name);
   auto listed = load_pptdevs(sysroot, config);
-  if (!listed || std::find(listed->begin(), listed->end(), address) == listed->end()) return 0;
-  Plan plan = plan_reserve(sysroot, scan_devices(sysroot), {address}, {});
+  if (!listed) return 0;
+  auto entry = std::find_if(listed->begin(), listed->end(), [&](const auto& d) { return d.address == address; });
+  if (entry == listed->end()) return 0;
+  ReserveOptions options;
+  try {
+    options = configured_options(sysroot, *entry, config);
+  } catch (const HostError& e) {
+    std::cerr << "passvm: not claiming " << address.str() << ": " << e.what() << "\n";
+    return 1;
+  }
+  Plan plan = plan_reserve(sysroot, scan_devices(sysroot), {address}, options);
   for (const auto& w : plan.warnings) std::cerr << "passvm: warning: " << w << "\n";
   if (!plan.errors.empty()) {
     for (const auto& e : plan.errors) std::cerr << "passvm: not claiming " << address.str() << ": " << e << "\n";
@@ -168,10 +204,11 @@ int run_apply_config(const Sysroot& sysroot, const std::string& config, bool dry
                                 sysroot.path(config).string()));
   }
   int status = 0;
-  for (const auto& address : *listed) {
+  for (const auto& device : *listed) {
     // One device at a time: at boot, a device that cannot be claimed must not keep the others on the host.
-    Plan plan = plan_reserve(sysroot, scan_devices(sysroot), {address}, {});
     try {
+      Plan plan = plan_reserve(sysroot, scan_devices(sysroot), {device.address},
+                               configured_options(sysroot, device, config));
       status |= carry_out(sysroot, plan, dry_run, verbose, true);
     } catch (const HostError& e) {
       std::cerr << "error: " << e.what() << "\n";
@@ -203,7 +240,7 @@ int host_main(int argc, char** argv) {
   add_common(app, common);
 
   bool json = false, force = false, with_group = false, dry_run = false, verbose = false, apply_config = false;
-  std::string boot_claim, memory = "512M", config(kDefaultConfigPath);
+  std::string boot_claim, memory = "512M", config(kDefaultConfigPath), user;
   std::vector<std::string> devices;
   if (command == "list") {
     app.description("List the host's PCI devices, their drivers, IOMMU groups and passthrough readiness.");
@@ -215,6 +252,7 @@ int host_main(int argc, char** argv) {
     app.add_flag("--with-group", with_group, "Also reserve IOMMU-group members still on host drivers");
     app.add_flag("-n,--dry-run", dry_run, "Print the sysfs writes instead of doing them");
     app.add_flag("-v,--verbose", verbose, "Print each sysfs write");
+    app.add_option("--user", user, "Give this user the devices' /dev/vfio/GROUP, so they can run the VM");
     app.add_option("--boot-claim", boot_claim, "(udev) claim this device if the config lists it");
     app.add_flag("--apply-config", apply_config, "Reserve every device listed in the config");
     app.add_option("--config", config, "Persistent reservation list")->capture_default_str();
@@ -226,6 +264,8 @@ int host_main(int argc, char** argv) {
   } else if (command == "check") {
     app.description("Preflight: can this host pass a device through to a guest?");
     app.add_option("--memory", memory, "Guest memory size to check limits against")->capture_default_str();
+    app.add_option("--user", user, "Check what this user lacks to run the VM, rather than the caller");
+    app.add_option("devices", devices, "Devices the VM gets (default: every reserved one, or the user's)");
     app.add_flag("--json", json, "Machine-readable output");
   } else {
     std::cerr << fmt::format("error: unknown command '{}'; use list, reserve, release or check\n", command);
@@ -242,17 +282,21 @@ int host_main(int argc, char** argv) {
   try {
     Sysroot sysroot = common.make_sysroot();
     if (command == "list") return run_list(sysroot, json);
-    if (command == "check") return run_check(sysroot, memory, json);
+    if (command == "check") return run_check(sysroot, memory, user, devices, json);
     if (command == "reserve") {
       int modes = (!devices.empty()) + (!boot_claim.empty()) + apply_config;
       if (modes != 1) {
         throw HostError("reserve needs exactly one of: device addresses, --boot-claim DEVICE or --apply-config; "
                         "e.g. `passvm reserve 0000:00:03.0`");
       }
+      if (!user.empty() && devices.empty()) {
+        throw HostError("--user goes with device addresses; for the config, write `ADDRESS user=NAME` in it");
+      }
       if (!dry_run) require_root(sysroot, command);
       if (!boot_claim.empty()) return run_boot_claim(sysroot, boot_claim, config);
       if (apply_config) return run_apply_config(sysroot, config, dry_run, verbose);
-      Plan plan = plan_reserve(sysroot, scan_devices(sysroot), parse_addresses(devices), {force, with_group});
+      ReserveOptions options{force, with_group, user.empty() ? std::nullopt : std::optional(lookup_user(sysroot, user))};
+      Plan plan = plan_reserve(sysroot, scan_devices(sysroot), parse_addresses(devices), options);
       return carry_out(sysroot, plan, dry_run, verbose, true);
     }
     // release

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "host/reservation_plan.h"
 #include "testing/fake_host.h"
 
 namespace passvm::host {
@@ -121,6 +122,67 @@ TEST_F(Cli, CheckExitsNonZeroOnFailure) {
   EXPECT_EQ(j[0]["verdict"], "fail");
   EXPECT_EQ(run({"passvm check", "--memory", "lots"}), 1);
   EXPECT_NE(err.find("bad size 'lots'"), std::string::npos);
+}
+
+TEST_F(Cli, ReserveForUnknownUserChangesNothing) {
+  EXPECT_EQ(run({"passvm reserve", "--user", "mallory", "00:03.0"}), 1);
+  EXPECT_EQ(err.rfind("error: unknown user 'mallory'", 0), 0u) << err;
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "(null)\n");
+  EXPECT_FALSE(read_reservation(fake.sysroot(), PciAddress::parse("00:03.0")).has_value());
+}
+
+TEST_F(Cli, ReserveForUserDryRunPrintsTheChown) {
+  ASSERT_EQ(run({"passvm reserve", "--dry-run", "--user", "alice", "0/3/0"}), 0) << err;
+  EXPECT_NE(out.find("would: chown alice: /dev/vfio/2 && chmod 0600 /dev/vfio/2\n"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(fake.root() / ".passvm-owner"));
+}
+
+TEST_F(Cli, ListShowsTheOwner) {
+  fake.bind("0000:00:03.0", "vfio-pci");
+  fake.set_override("0000:00:03.0", "vfio-pci");
+  fake.write("/run/passvm/reserved/0000:00:03.0", "driver=nvme\nuser=alice\n");
+  ASSERT_EQ(run({"passvm list"}), 0) << err;
+  EXPECT_NE(out.find("RESERVED OWNER      READY"), std::string::npos) << out;
+  EXPECT_NE(out.find("yes      alice      yes"), std::string::npos) << out;
+  ASSERT_EQ(run({"passvm list", "--json"}), 0) << err;
+  auto j = nlohmann::json::parse(out);
+  EXPECT_EQ(j[2]["owner"], "alice");
+  EXPECT_TRUE(j[3]["owner"].is_null());
+}
+
+TEST_F(Cli, BootClaimGivesTheConfiguredUserTheGroup) {
+  fake.bind("0000:00:03.0", "");
+  fake.write("/dev/vfio/2", "");
+  fake.write("/etc/passvm/pptdevs.conf", "0000:00:03.0 user=alice\n");
+  EXPECT_EQ(run({"passvm reserve", "--boot-claim", "0000:00:03.0"}), 0) << err;
+  EXPECT_EQ(out, "PASSVM_PPTDEV=1\n");
+  EXPECT_EQ(fake.sysroot().owner("/dev/vfio/2"), (FileOwner{1000, 1000, 0600}));
+  EXPECT_EQ(read_reservation(fake.sysroot(), PciAddress::parse("00:03.0"))->user, "alice");
+}
+
+TEST_F(Cli, ConfiguredUnknownUserIsNotClaimed) {
+  fake.bind("0000:00:03.0", "");
+  fake.write("/etc/passvm/pptdevs.conf", "0000:00:03.0 user=mallory\n00:05.0\n");
+  EXPECT_EQ(run({"passvm reserve", "--boot-claim", "0000:00:03.0"}), 1);
+  EXPECT_NE(err.find("not claiming 0000:00:03.0: unknown user 'mallory'"), std::string::npos) << err;
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "(null)\n");
+  // --apply-config goes on with the other devices and fails at the end.
+  EXPECT_EQ(run({"passvm reserve", "--apply-config", "--dry-run"}), 1);
+  EXPECT_NE(err.find("unknown user 'mallory'"), std::string::npos) << err;
+  EXPECT_NE(out.find("would: echo '0000:00:05.0' > /sys/bus/pci/drivers_probe"), std::string::npos) << out;
+}
+
+TEST_F(Cli, CheckForUserNamesWhatTheyLack) {
+  fake.write("/dev/kvm", "");
+  fake.sysroot().set_owner("/dev/kvm", {0, 108, 0660});
+  EXPECT_EQ(run({"passvm check", "--user", "bob", "--json", "00:03.0"}), 1);
+  auto j = nlohmann::json::parse(out);
+  EXPECT_EQ(j[0]["name"], "/dev/kvm");
+  EXPECT_EQ(j[0]["fix"], "`usermod -aG kvm bob` (takes effect at their next login)");
+  EXPECT_EQ(j.back()["name"], "device 0000:00:03.0");
+  EXPECT_EQ(j.back()["fix"], "`passvm reserve --user bob 0000:00:03.0`");
+  EXPECT_EQ(run({"passvm check", "--user", "mallory"}), 1);
+  EXPECT_NE(err.find("unknown user 'mallory'"), std::string::npos) << err;
 }
 
 TEST_F(Cli, UnknownOptionIsUsageError) { EXPECT_EQ(run({"passvm list", "--frobnicate"}), 2); }

@@ -1,6 +1,7 @@
 #include "host/pptdevs_config.h"
 
 #include <algorithm>
+#include <optional>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -22,10 +23,12 @@ bool is_pptdevs_key(std::string_view key) {
   return key == "pptdevs" || key == "pptdevs2" || key == "pptdevs3";
 }
 
+std::string owner_text(const std::string& user) { return user.empty() ? "root alone" : "user " + user; }
+
 }  // namespace
 
-std::vector<PciAddress> parse_pptdevs(std::string_view text, std::string_view origin) {
-  std::vector<PciAddress> devices;
+std::vector<ConfiguredDevice> parse_pptdevs(std::string_view text, std::string_view origin) {
+  std::vector<ConfiguredDevice> devices;
   size_t line_no = 0;
   size_t start = 0;
   while (start <= text.size()) {
@@ -35,41 +38,66 @@ std::vector<PciAddress> parse_pptdevs(std::string_view text, std::string_view or
     ++line_no;
     line = trim(line.substr(0, line.find('#')));
     if (line.empty()) continue;
+    auto error = [&](const std::string& what) { return HostError(fmt::format("{}:{}: {}", origin, line_no, what)); };
 
     std::string_view values = line;
-    if (auto eq = line.find('='); eq != std::string_view::npos) {
-      std::string_view key = trim(line.substr(0, eq));
-      if (!is_pptdevs_key(key)) {
-        throw HostError(fmt::format("{}:{}: unknown setting '{}'; only pptdevs=, pptdevs2=, pptdevs3= or "
-                                    "plain addresses (one or more per line) are allowed",
-                                    origin, line_no, key));
-      }
+    bool bhyve = false;
+    if (auto eq = line.find('='); eq != std::string_view::npos && is_pptdevs_key(trim(line.substr(0, eq)))) {
+      bhyve = true;
       values = trim(line.substr(eq + 1));
       if (!values.empty() && (values.front() == '"' || values.front() == '\'')) {
         if (values.size() < 2 || values.back() != values.front()) {
-          throw HostError(fmt::format("{}:{}: unterminated quote in '{}'; close it as in pptdevs=\"1/0/0 2/0/0\"",
-                                      origin, line_no, line));
+          throw error(fmt::format("unterminated quote in '{}'; close it as in pptdevs=\"1/0/0 2/0/0\"", line));
         }
         values = values.substr(1, values.size() - 2);
       }
     }
 
+    std::vector<PciAddress> addresses;
+    std::optional<std::string> user;
     std::istringstream words{std::string(values)};
     std::string word;
     while (words >> word) {
-      PciAddress address;
-      try {
-        address = PciAddress::parse(word);
-      } catch (const HostError& e) {
-        throw HostError(fmt::format("{}:{}: {}", origin, line_no, e.what()));
+      auto eq = word.find('=');
+      if (eq == std::string::npos) {
+        try {
+          addresses.push_back(PciAddress::parse(word));
+        } catch (const HostError& e) {
+          throw error(e.what());
+        }
+        continue;
       }
-      if (std::find(devices.begin(), devices.end(), address) == devices.end()) devices.push_back(address);
+      std::string key = word.substr(0, eq), value = word.substr(eq + 1);
+      if (bhyve) {
+        throw error(fmt::format("'{}' inside a bhyve pptdevs= line; options go on a line of plain addresses, "
+                                "e.g. `0000:03:00.0 user=alice`",
+                                word));
+      }
+      if (key != "user") {
+        throw error(fmt::format("unknown option '{}'; a line holds addresses and optionally user=NAME, or is "
+                                "bhyve's pptdevs=\"1/0/0 2/0/0\"",
+                                word));
+      }
+      if (value.empty() || user) throw error("user= takes one user name, once per line (user=alice)");
+      user = value;
+    }
+    if (user && addresses.empty()) throw error(fmt::format("user={} without a device on its line", *user));
+
+    for (const auto& address : addresses) {
+      ConfiguredDevice device{address, user.value_or("")};
+      auto same = std::find_if(devices.begin(), devices.end(), [&](const auto& d) { return d.address == address; });
+      if (same == devices.end()) {
+        devices.push_back(device);
+      } else if (same->user != device.user) {
+        throw error(fmt::format("{} is listed again for {}, after being given to {}", address.str(),
+                                owner_text(device.user), owner_text(same->user)));
+      }
     }
   }
   return devices;
 }
 
-std::optional<std::vector<PciAddress>> load_pptdevs(const Sysroot& sysroot, std::string_view host_path) {
+std::optional<std::vector<ConfiguredDevice>> load_pptdevs(const Sysroot& sysroot, std::string_view host_path) {
   if (!sysroot.exists(host_path)) return std::nullopt;
   auto text = sysroot.read(host_path);
   if (!text) {

@@ -8,10 +8,19 @@
 namespace passvm::host {
 namespace {
 
-std::vector<std::string> names(const std::vector<PciAddress>& list) {
+std::vector<std::string> names(const std::vector<ConfiguredDevice>& list) {
   std::vector<std::string> out;
-  for (const auto& a : list) out.push_back(a.str());
+  for (const auto& d : list) out.push_back(d.address.str() + (d.user.empty() ? "" : " " + d.user));
   return out;
+}
+
+std::string error_of(std::string_view text) {
+  try {
+    parse_pptdevs(text, "c");
+  } catch (const HostError& e) {
+    return e.what();
+  }
+  return "no error";
 }
 
 TEST(PptdevsConfig, OnePerLineWithCommentsAndBlanks) {
@@ -44,6 +53,25 @@ TEST(PptdevsConfig, BadAddressNamesFileAndLine) {
 TEST(PptdevsConfig, UnknownKeyAndUnterminatedQuoteAreErrors) {
   EXPECT_THROW(parse_pptdevs("devices=0/3/0\n", "t"), HostError);
   EXPECT_THROW(parse_pptdevs("pptdevs=\"1/0/0 2/0/0\n", "t"), HostError);
+}
+
+TEST(PptdevsConfig, UserOptionAppliesToItsLineOnly) {
+  auto list = parse_pptdevs("0000:03:00.0 user=alice\nuser=bob 04:00.0 04:00.1\n05:00.0\npptdevs=\"6/0/0\"\n", "t");
+  EXPECT_EQ(names(list), (std::vector<std::string>{"0000:03:00.0 alice", "0000:04:00.0 bob", "0000:04:00.1 bob",
+                                                   "0000:05:00.0", "0000:06:00.0"}));
+  EXPECT_EQ(names(parse_pptdevs("03:00.0 user=alice\n3/0/0 user=alice\n", "t")),
+            (std::vector<std::string>{"0000:03:00.0 alice"}));
+}
+
+TEST(PptdevsConfig, OptionMistakesAreErrorsNamingTheLine) {
+  EXPECT_EQ(error_of("03:00.0 owner=alice"), "c:1: unknown option 'owner=alice'; a line holds addresses and "
+                                             "optionally user=NAME, or is bhyve's pptdevs=\"1/0/0 2/0/0\"");
+  EXPECT_EQ(error_of("\nuser=alice"), "c:2: user=alice without a device on its line");
+  EXPECT_NE(error_of("03:00.0 user=").find("one user name"), std::string::npos);
+  EXPECT_NE(error_of("03:00.0 user=a user=b").find("once per line"), std::string::npos);
+  EXPECT_NE(error_of("pptdevs=\"3/0/0 user=alice\"").find("inside a bhyve pptdevs= line"), std::string::npos);
+  EXPECT_EQ(error_of("03:00.0 user=alice\n3/0/0"),
+            "c:2: 0000:03:00.0 is listed again for root alone, after being given to user alice");
 }
 
 TEST(PptdevsConfig, LoadsThroughSysrootAndReportsMissingFile) {

@@ -4,14 +4,17 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <sstream>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "confine/privileges.h"
 #include "host/host_error.h"
 #include "host/pci_inventory.h"
+#include "host/reservation_plan.h"
 
 namespace passvm::host {
 
@@ -141,13 +144,61 @@ CheckLine check_memlock(const ProcessFacts& facts) {
   if (!facts.memlock_limit) return pass(name, "RLIMIT_MEMLOCK is unlimited");
   std::string detail = fmt::format("RLIMIT_MEMLOCK {} vs guest memory {}", mib(*facts.memlock_limit),
                                    mib(facts.guest_memory));
-  // VFIO pins all guest RAM; a little more covers the VMM's own pinned pages.
-  uint64_t needed = facts.guest_memory + (16ull << 20);
+  uint64_t needed = confine::memlock_for_guest(facts.guest_memory);
   if (*facts.memlock_limit >= needed) return pass(name, detail);
   if (facts.root) return pass(name, detail + "; root has CAP_IPC_LOCK, which bypasses it");
   return fail(name, detail + ": VFIO cannot pin guest memory",
               fmt::format("`ulimit -l {}` (KiB) or LimitMEMLOCK=infinity in the service, or run as root",
                           needed >> 10));
+}
+
+CheckLine check_user_memlock(const Sysroot& sysroot, const HostUser& user, uint64_t guest_memory) {
+  std::string name = "memlock";
+  MemlockSetting limit = user_memlock(sysroot, user);
+  auto text = [](const std::optional<uint64_t>& bytes) { return bytes ? mib(*bytes) : std::string("unlimited"); };
+  std::string detail = fmt::format("{}'s RLIMIT_MEMLOCK {} (from {}) vs guest memory {}", user.name, text(limit.bytes),
+                                   limit.source, mib(guest_memory));
+  uint64_t needed = confine::memlock_for_guest(guest_memory);
+  if (user.uid == 0) return pass(name, detail + "; root has CAP_IPC_LOCK, which bypasses it");
+  if (!limit.bytes || *limit.bytes >= needed) return pass(name, detail);
+  std::string raise = !limit.hard || *limit.hard >= needed
+                          ? fmt::format("`ulimit -l {}` before starting passvm (the hard limit allows it), or ",
+                                        needed >> 10)
+                          : "";
+  return fail(name, detail + ": VFIO cannot pin guest memory",
+              fmt::format("{}the line `{} - memlock {}` in /etc/security/limits.d/passvm.conf (next login), or "
+                          "start passvm as root with --user {}, which raises the limit before dropping privileges",
+                          raise, user.name, needed >> 10, user.name));
+}
+
+// Why `user` cannot open the file read-write, judged as the kernel does (owner bits for the owner,
+// else group bits for a member, else the rest); nullopt when they can.
+std::optional<std::string> access_problem(const Sysroot& sysroot, std::string_view path, const FileOwner& owner,
+                                          const HostUser& user) {
+  if (user.uid == 0) return std::nullopt;
+  bool member = std::find(user.groups.begin(), user.groups.end(), owner.gid) != user.groups.end();
+  uint32_t bits = owner.uid == user.uid ? owner.mode >> 6 : member ? owner.mode >> 3 : owner.mode;
+  if ((bits & 6) == 6) return std::nullopt;
+  std::string group = group_name(sysroot, owner.gid);
+  return fmt::format("{} is uid {}, group {}, mode {:04o}: {} (uid {}{}) cannot open it read-write", path, owner.uid,
+                     group, owner.mode, user.name, user.uid, member ? ", in group " + group : ", not in group " + group);
+}
+
+// /dev/kvm or /dev/vfio/vfio for a user; `missing_fix` when the node is not there at all.
+CheckLine check_node_access(const Sysroot& sysroot, std::string_view path, const HostUser& user,
+                            const std::string& missing_fix) {
+  std::string name(path);
+  auto owner = sysroot.owner(path);
+  if (!owner) return fail(name, fmt::format("{} is missing", path), missing_fix);
+  auto problem = access_problem(sysroot, path, *owner, user);
+  if (!problem) return pass(name, fmt::format("{} can open it read-write", user.name));
+  std::string group = group_name(sysroot, owner->gid);
+  std::string fix = (owner->mode & 060) == 060 && owner->gid != 0
+                        ? fmt::format("`usermod -aG {} {}` (takes effect at their next login)", group, user.name)
+                        : fmt::format("`chmod 0666 {}`, or a udev rule giving it to a group {} is in: "
+                                      "KERNEL==\"{}\", GROUP=\"kvm\", MODE=\"0660\"",
+                                      path, user.name, name.substr(name.rfind('/') + 1));
+  return fail(name, *problem, fix);
 }
 
 CheckLine check_hugepages(const Sysroot& sysroot, const ProcessFacts& facts) {
@@ -191,35 +242,68 @@ CheckLine check_thp(const Sysroot& sysroot) {
                                                     mode), fix);
 }
 
-std::vector<CheckLine> check_reserved(const Sysroot& sysroot) {
-  std::vector<CheckLine> lines;
-  auto devices = scan_devices(sysroot);
-  for (const auto& dev : devices) {
-    if (!dev.reserved()) continue;
-    std::string name = "device " + dev.address.str();
-    auto group = group_status(devices, dev);
-    if (!dev.on_vfio()) {
-      lines.push_back(fail(name, fmt::format("driver_override is vfio-pci but it is bound to {}",
-                                             dev.driver.empty() ? "nothing" : dev.driver),
-                           "`passvm reserve " + dev.address.str() + "`"));
-    } else if (!group.has_group) {
-      lines.push_back(fail(name, "on vfio-pci but without an IOMMU group", "enable the IOMMU (see above)"));
-    } else if (!group.viable()) {
-      const auto& b = group.blockers.front();
-      lines.push_back(fail(name,
-                           fmt::format("IOMMU group {} is not viable: {} is on host driver {}", *dev.iommu_group,
-                                       b.address.str(), b.driver),
-                           "`passvm reserve --with-group " + dev.address.str() + "`"));
-    } else if (!sysroot.exists(fmt::format("/dev/vfio/{}", *dev.iommu_group))) {
-      lines.push_back(fail(name, fmt::format("/dev/vfio/{} is missing", *dev.iommu_group),
-                           "`passvm release " + dev.address.str() + " && passvm reserve " + dev.address.str() + "`"));
-    } else {
-      lines.push_back(pass(name, fmt::format("ready for passthrough (group {}, /dev/vfio/{})", *dev.iommu_group,
-                                             *dev.iommu_group)));
+// One device's line; with a user, the group node must also be open to them.
+CheckLine check_device(const Sysroot& sysroot, const std::vector<HostDevice>& devices, const HostDevice& dev,
+                       const std::optional<HostUser>& user) {
+  std::string name = "device " + dev.address.str();
+  std::string address = dev.address.str();
+  std::string reserve = user ? "passvm reserve --user " + user->name : "passvm reserve";
+  auto group = group_status(devices, dev);
+  if (!dev.reserved()) {
+    return fail(name, fmt::format("not reserved (driver: {})", dev.driver.empty() ? "none" : dev.driver),
+                fmt::format("`{} {}`", reserve, address));
+  }
+  if (!dev.on_vfio()) {
+    return fail(name, fmt::format("driver_override is vfio-pci but it is bound to {}",
+                                  dev.driver.empty() ? "nothing" : dev.driver),
+                fmt::format("`{} {}`", reserve, address));
+  }
+  if (!group.has_group) return fail(name, "on vfio-pci but without an IOMMU group", "enable the IOMMU (see above)");
+  std::string node = fmt::format("/dev/vfio/{}", *dev.iommu_group);
+  if (!group.viable()) {
+    const auto& b = group.blockers.front();
+    return fail(name,
+                fmt::format("IOMMU group {} is not viable: {} is on host driver {}", *dev.iommu_group,
+                            b.address.str(), b.driver),
+                fmt::format("`{} --with-group {}`", reserve, address));
+  }
+  auto owner = sysroot.owner(node);
+  if (!owner) {
+    return fail(name, node + " is missing", fmt::format("`passvm release {} && {} {}`", address, reserve, address));
+  }
+  if (user) {
+    if (auto problem = access_problem(sysroot, node, *owner, *user)) {
+      return fail(name, *problem, fmt::format("`{} {}`", reserve, address));
     }
   }
+  return pass(name, fmt::format("ready for passthrough (group {}, {}{})", *dev.iommu_group, node,
+                                user ? ", open to " + user->name : ""));
+}
+
+std::vector<CheckLine> check_devices(const Sysroot& sysroot, const CheckTarget& target) {
+  std::vector<CheckLine> lines;
+  auto devices = scan_devices(sysroot);
+  for (const auto& address : target.devices) {
+    if (auto dev = find_device(devices, address)) {
+      lines.push_back(check_device(sysroot, devices, *dev, target.user));
+    } else {
+      lines.push_back(fail("device " + address.str(), "no such device (no /sys/bus/pci/devices entry)",
+                           "`passvm list` shows the host's PCI devices"));
+    }
+  }
+  if (!target.devices.empty()) return lines;
+  for (const auto& dev : devices) {
+    if (!dev.reserved()) continue;
+    auto record = read_reservation(sysroot, dev.address);
+    if (target.user && (!record || record->user != target.user->name)) continue;
+    lines.push_back(check_device(sysroot, devices, dev, target.user));
+  }
   if (lines.empty()) {
-    lines.push_back(warn("devices", "no device is reserved for passthrough", "`passvm reserve DDDD:BB:SS.F`"));
+    lines.push_back(warn("devices",
+                         target.user ? "no device is reserved for " + target.user->name
+                                     : std::string("no device is reserved for passthrough"),
+                         target.user ? "`passvm reserve --user " + target.user->name + " DDDD:BB:SS.F`"
+                                     : std::string("`passvm reserve DDDD:BB:SS.F`")));
   }
   return lines;
 }
@@ -247,21 +331,87 @@ ProcessFacts ProcessFacts::current(uint64_t guest_memory) {
   return facts;
 }
 
-std::vector<CheckLine> run_preflight(const Sysroot& sysroot, const ProcessFacts& facts) {
+std::vector<CheckLine> run_preflight(const Sysroot& sysroot, const ProcessFacts& facts, const CheckTarget& target) {
   std::vector<CheckLine> lines;
-  lines.push_back(check_kvm(sysroot));
+  const auto& user = target.user;
+  lines.push_back(user ? check_node_access(sysroot, "/dev/kvm", *user,
+                                           "enable virtualization (VT-x/AMD-V) in firmware and `modprobe kvm_intel` "
+                                           "or `modprobe kvm_amd`")
+                       : check_kvm(sysroot));
   for (auto& l : check_iommu(sysroot)) lines.push_back(std::move(l));
   for (auto& l : check_modules(sysroot)) lines.push_back(std::move(l));
-  if (sysroot.exists("/dev/vfio/vfio")) {
+  if (user) {
+    lines.push_back(check_node_access(sysroot, "/dev/vfio/vfio", *user, "`modprobe vfio-pci`"));
+  } else if (sysroot.exists("/dev/vfio/vfio")) {
     lines.push_back(pass("/dev/vfio/vfio", "present"));
   } else {
     lines.push_back(warn("/dev/vfio/vfio", "missing (appears when vfio loads)", "`modprobe vfio-pci`"));
   }
-  lines.push_back(check_memlock(facts));
+  lines.push_back(user ? check_user_memlock(sysroot, *user, facts.guest_memory) : check_memlock(facts));
   lines.push_back(check_thp(sysroot));
   lines.push_back(check_hugepages(sysroot, facts));
-  for (auto& l : check_reserved(sysroot)) lines.push_back(std::move(l));
+  for (auto& l : check_devices(sysroot, target)) lines.push_back(std::move(l));
   return lines;
+}
+
+MemlockSetting user_memlock(const Sysroot& sysroot, const HostUser& user) {
+  std::vector<std::string> files{"/etc/security/limits.conf"};
+  for (const auto& name : sysroot.list("/etc/security/limits.d")) {
+    if (name.ends_with(".conf")) files.push_back("/etc/security/limits.d/" + name);
+  }
+  std::vector<std::string> groups;
+  for (auto gid : user.groups) groups.push_back(group_name(sysroot, gid));
+  // pam_limits' precedence: a line for the user beats one for a group of theirs, which beats a uid
+  // range, which beats '*'; among equals the later line wins (limits.conf first, then limits.d by name).
+  auto rank = [&](const std::string& domain) -> int {
+    if (domain == user.name) return 0;
+    if (domain.starts_with("@") && std::find(groups.begin(), groups.end(), domain.substr(1)) != groups.end()) return 1;
+    if (auto colon = domain.find(':'); colon != std::string::npos && domain.find_first_not_of("0123456789:") == std::string::npos) {
+      uint64_t low = 0, high = UINT64_MAX;
+      std::from_chars(domain.data(), domain.data() + colon, low);
+      std::from_chars(domain.data() + colon + 1, domain.data() + domain.size(), high);
+      return user.uid >= low && user.uid <= high ? 2 : -1;
+    }
+    return domain == "*" ? 3 : -1;
+  };
+  struct Best {
+    int rank = 99;
+    std::optional<uint64_t> bytes;
+    std::string where;
+  } soft, hard;
+  for (const auto& file : files) {
+    std::istringstream lines(sysroot.read(file).value_or(""));
+    std::string line;
+    for (size_t line_no = 1; std::getline(lines, line); ++line_no) {
+      std::istringstream words(line.substr(0, line.find('#')));
+      std::string domain, type, item, value;
+      if (!(words >> domain >> type >> item >> value) || item != "memlock") continue;
+      int r = rank(domain);
+      if (r < 0) continue;
+      std::optional<uint64_t> bytes;
+      if (value != "unlimited" && value != "infinity" && value != "-1") {
+        uint64_t kib = 0;
+        auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), kib);
+        if (ec != std::errc() || end != value.data() + value.size()) continue;  // pam_limits skips it too
+        bytes = kib << 10;
+      }
+      std::string where = fmt::format("{}:{}", file, line_no);
+      for (Best* best : {&soft, &hard}) {
+        bool applies = type == "-" || (best == &soft ? type == "soft" : type == "hard");
+        if (applies && r <= best->rank) *best = {r, bytes, where};
+      }
+    }
+  }
+  // MLOCK_LIMIT since Linux 5.16 (64 KiB before), inherited unchanged by login sessions.
+  constexpr uint64_t kKernelDefault = 8ull << 20;
+  MemlockSetting setting;
+  setting.bytes = soft.rank < 99 ? soft.bytes : kKernelDefault;
+  setting.hard = hard.rank < 99 ? hard.bytes : kKernelDefault;
+  setting.source = soft.rank < 99 ? soft.where
+                                  : fmt::format("the kernel's default: no memlock line in /etc/security/limits.conf "
+                                                "or limits.d/*.conf applies to {}",
+                                                user.name);
+  return setting;
 }
 
 uint64_t parse_size(std::string_view text) {

@@ -4,6 +4,12 @@
 // short of pass, the command or setting that fixes it. Only things that would
 // make a passthrough VM fail are "fail"; things that make it slower or that
 // `passvm reserve` fixes by itself are "warn".
+//
+// With a user (`check --user alice`), the process-dependent lines are about
+// that user instead of the caller: read-write access to /dev/kvm,
+// /dev/vfio/vfio and each device's /dev/vfio/GROUP judged from owner, group
+// and mode against the user's uid and groups, and the RLIMIT_MEMLOCK their
+// login sessions get from pam_limits (limits.conf and limits.d).
 #pragma once
 
 #include <cstdint>
@@ -12,6 +18,8 @@
 #include <string_view>
 #include <vector>
 
+#include "host/host_users.h"
+#include "host/pci_address.h"
 #include "host/sysroot.h"
 
 namespace passvm::host {
@@ -34,7 +42,21 @@ struct ProcessFacts {
   static ProcessFacts current(uint64_t guest_memory);
 };
 
-std::vector<CheckLine> run_preflight(const Sysroot& sysroot, const ProcessFacts& facts);
+struct CheckTarget {
+  std::optional<HostUser> user{};  // judge access and limits for this user rather than the caller
+  std::vector<PciAddress> devices{};  // empty: every reserved device (with a user: those reserved for them)
+};
+
+std::vector<CheckLine> run_preflight(const Sysroot& sysroot, const ProcessFacts& facts,
+                                     const CheckTarget& target = {});
+
+// The memlock soft limit pam_limits gives `user`'s sessions, and where it comes from.
+struct MemlockSetting {
+  std::optional<uint64_t> bytes;  // nullopt = unlimited
+  std::optional<uint64_t> hard;  // the hard limit, nullopt = unlimited
+  std::string source;  // "/etc/security/limits.d/vm.conf:3" or the kernel default
+};
+MemlockSetting user_memlock(const Sysroot& sysroot, const HostUser& user);
 
 // "512M", "2G", "1048576" (bytes), "64K"; throws HostError naming the format.
 uint64_t parse_size(std::string_view text);

@@ -131,6 +131,97 @@ TEST_F(Preflight, ReservedDeviceWithBrokenGroupFails) {
   EXPECT_EQ(line("device 0000:00:03.0").verdict, Verdict::Pass);
 }
 
+class UserPreflight : public Preflight {
+ protected:
+  void SetUp() override {
+    Preflight::SetUp();
+    // As on Debian: kvm is root:kvm 0660, the container 0666, a group node root 0600.
+    fake.sysroot().set_owner("/dev/kvm", {0, 108, 0660});
+    fake.sysroot().set_owner("/dev/vfio/vfio", {0, 0, 0666});
+    fake.sysroot().set_owner("/dev/vfio/2", {0, 0, 0600});
+    fake.set_override("0000:00:03.0", "vfio-pci");
+    fake.write("/run/passvm/reserved/0000:00:03.0", "driver=nvme\nuser=alice\n");
+  }
+  CheckLine line_for(const std::string& user, const std::string& name) {
+    target.user = lookup_user(fake.sysroot(), user);
+    return line(name);
+  }
+  CheckLine line(const std::string& name) {
+    for (auto& l : run_preflight(fake.sysroot(), facts, target)) {
+      if (l.name == name) return l;
+    }
+    ADD_FAILURE() << "no line " << name;
+    return {};
+  }
+  CheckTarget target;
+};
+
+TEST_F(UserPreflight, KvmByGroupMembership) {
+  EXPECT_EQ(line_for("alice", "/dev/kvm").verdict, Verdict::Pass);
+  auto l = line_for("bob", "/dev/kvm");
+  EXPECT_EQ(l.verdict, Verdict::Fail);
+  EXPECT_EQ(l.detail, "/dev/kvm is uid 0, group kvm, mode 0660: bob (uid 1001, not in group kvm) cannot open it "
+                      "read-write");
+  EXPECT_EQ(l.fix, "`usermod -aG kvm bob` (takes effect at their next login)");
+  fake.sysroot().set_owner("/dev/kvm", {0, 108, 0600});
+  EXPECT_NE(line_for("alice", "/dev/kvm").fix.find("chmod 0666 /dev/kvm"), std::string::npos);
+  EXPECT_EQ(line_for("root", "/dev/kvm").verdict, Verdict::Pass);
+}
+
+TEST_F(UserPreflight, ContainerAndGroupNode) {
+  EXPECT_EQ(line_for("alice", "/dev/vfio/vfio").verdict, Verdict::Pass);
+  auto l = line_for("alice", "device 0000:00:03.0");
+  EXPECT_EQ(l.verdict, Verdict::Fail);
+  EXPECT_EQ(l.fix, "`passvm reserve --user alice 0000:00:03.0`");
+  fake.sysroot().set_owner("/dev/vfio/2", {1000, 1000, 0600});
+  EXPECT_EQ(line_for("alice", "device 0000:00:03.0").verdict, Verdict::Pass);
+  fake.sysroot().set_owner("/dev/vfio/vfio", {0, 0, 0600});
+  EXPECT_NE(line_for("alice", "/dev/vfio/vfio").fix.find("chmod 0666 /dev/vfio/vfio"), std::string::npos);
+}
+
+TEST_F(UserPreflight, DevicesAreTheUsersOrTheOnesNamed) {
+  // 00:03.0 is reserved for alice, not bob: bob has none unless he names it.
+  auto l = line_for("bob", "devices");
+  EXPECT_EQ(l.verdict, Verdict::Warn);
+  EXPECT_EQ(l.fix, "`passvm reserve --user bob DDDD:BB:SS.F`");
+  target.devices = {PciAddress::parse("00:04.0")};
+  l = line_for("bob", "device 0000:00:04.0");
+  EXPECT_EQ(l.verdict, Verdict::Fail);
+  EXPECT_EQ(l.detail, "not reserved (driver: e1000e)");
+  EXPECT_EQ(l.fix, "`passvm reserve --user bob 0000:00:04.0`");
+}
+
+TEST_F(UserPreflight, MemlockKernelDefaultWhenNoLineApplies) {
+  fake.write("/etc/security/limits.conf", "# nothing\nbob - memlock unlimited\n@audio soft memlock 999\n");
+  auto l = line_for("alice", "memlock");
+  EXPECT_EQ(l.verdict, Verdict::Fail);
+  EXPECT_NE(l.detail.find("alice's RLIMIT_MEMLOCK 8 MiB (from the kernel's default"), std::string::npos) << l.detail;
+  EXPECT_EQ(l.fix, "the line `alice - memlock 540672` in /etc/security/limits.d/passvm.conf (next login), or start "
+                   "passvm as root with --user alice, which raises the limit before dropping privileges");
+  EXPECT_EQ(line_for("bob", "memlock").verdict, Verdict::Pass);
+}
+
+TEST_F(UserPreflight, MemlockPrecedenceUserOverGroupOverStar) {
+  fake.write("/etc/security/limits.conf", "*  soft memlock 1048576\n*  hard memlock 1048576\n");
+  MemlockSetting m = user_memlock(fake.sysroot(), lookup_user(fake.sysroot(), "alice"));
+  EXPECT_EQ(m.bytes, 1ull << 30);
+  EXPECT_EQ(m.source, "/etc/security/limits.conf:1");
+  fake.write("/etc/security/limits.d/50-kvm.conf", "@kvm soft memlock 65536 # too little\n");
+  m = user_memlock(fake.sysroot(), lookup_user(fake.sysroot(), "alice"));
+  EXPECT_EQ(m.bytes, 64ull << 20);
+  EXPECT_EQ(m.source, "/etc/security/limits.d/50-kvm.conf:1");
+  auto l = line_for("alice", "memlock");
+  EXPECT_EQ(l.verdict, Verdict::Fail);
+  EXPECT_EQ(l.fix.rfind("`ulimit -l 540672` before starting passvm (the hard limit allows it)", 0), 0u) << l.fix;
+  fake.write("/etc/security/limits.d/60-alice.conf", "alice soft memlock unlimited\n");
+  m = user_memlock(fake.sysroot(), lookup_user(fake.sysroot(), "alice"));
+  EXPECT_FALSE(m.bytes.has_value());
+  EXPECT_EQ(line_for("alice", "memlock").verdict, Verdict::Pass);
+  EXPECT_EQ(user_memlock(fake.sysroot(), lookup_user(fake.sysroot(), "bob")).bytes, 1ull << 30);
+  fake.write("/etc/security/limits.d/55-range.conf", "1000:1999 soft memlock 2097152\n:999 soft memlock 1\n");
+  EXPECT_EQ(user_memlock(fake.sysroot(), lookup_user(fake.sysroot(), "bob")).bytes, 2ull << 30);
+}
+
 TEST(ParseSize, SuffixesAndErrors) {
   EXPECT_EQ(parse_size("512M"), 512ull << 20);
   EXPECT_EQ(parse_size("2g"), 2ull << 30);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -30,6 +31,22 @@ void write_step(Plan& plan, std::string path, std::string value) {
 }
 
 
+std::string vfio_node(unsigned group) { return fmt::format("/dev/vfio/{}", group); }
+
+// VFIO creates group nodes root-only; that is what a node goes back to.
+constexpr uint32_t kNodeMode = 0600;
+
+Step set_owner_step(unsigned group, const std::string& user, FileOwner owner) {
+  Step step{Step::Kind::SetOwner, vfio_node(group), ""};
+  step.user = user;
+  step.owner = owner;
+  return step;
+}
+
+std::string owner_name(const std::optional<Reservation>& record) {
+  return record && !record->user.empty() ? record->user : "";
+}
+
 std::string unknown_device(const PciAddress& address) {
   return fmt::format("unknown device {}: no /sys/bus/pci/devices/{}; run `passvm list` to see the host's PCI devices",
                      address.str(), address.str());
@@ -44,29 +61,44 @@ std::string Step::describe() const {
     case Kind::LoadModule:
       return fmt::format("modprobe {}", value);
     case Kind::SaveState:
-      return fmt::format("remember previous driver '{}' in {}", value.empty() ? "(none)" : value, path);
+      return fmt::format("remember previous driver '{}'{} in {}", value.empty() ? "(none)" : value,
+                         user.empty() ? "" : " and owner " + user, path);
     case Kind::DropState:
       return fmt::format("rm -f {}", path);
+    case Kind::SetOwner:
+      return fmt::format("chown {} {} && chmod {:04o} {}", user.empty() ? "root:root" : user + ":", path,
+                         owner.mode, path);
   }
   return "?";
 }
 
 std::string state_path(const PciAddress& address) { return std::string(kStateDir) + "/" + address.str(); }
 
-std::optional<std::string> remembered_driver(const Sysroot& sysroot, const PciAddress& address) {
+std::optional<Reservation> read_reservation(const Sysroot& sysroot, const PciAddress& address) {
   auto text = sysroot.read(state_path(address));
   if (!text) return std::nullopt;
-  std::string_view s = *text;
-  auto pos = s.find("driver=");
-  if (pos == std::string_view::npos) return std::string();
-  s = s.substr(pos + 7);
-  return std::string(s.substr(0, s.find('\n')));
+  Reservation record;
+  std::istringstream lines(*text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.starts_with("driver=")) record.driver = line.substr(7);
+    if (line.starts_with("user=")) record.user = line.substr(5);
+  }
+  return record;
+}
+
+std::optional<std::string> remembered_driver(const Sysroot& sysroot, const PciAddress& address) {
+  auto record = read_reservation(sysroot, address);
+  if (!record) return std::nullopt;
+  return record->driver;
 }
 
 Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices,
                   const std::vector<PciAddress>& addresses, const ReserveOptions& options) {
   Plan plan;
   bool vfio_available = sysroot.exists(kDriversDir + std::string(kVfioDriver));
+  const std::string user = options.user ? options.user->name : "";
+  std::vector<unsigned> owned_groups;  // groups whose node goes to options.user, in order
   std::vector<PciAddress> queue = addresses;
   for (size_t i = 0; i < queue.size(); ++i) {
     const PciAddress address = queue[i];
@@ -101,11 +133,37 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
         plan.errors.push_back(text);
       }
     }
+    if (options.user && dev->iommu_group) {
+      for (const auto& member : group_status(devices, *dev).members) {
+        std::string other = owner_name(read_reservation(sysroot, member.address));
+        if (member.reserved() && !other.empty() && other != user && !contains(queue, member.address)) {
+          plan.errors.push_back(fmt::format("IOMMU group {} of {} is already given to {} through {}; release that "
+                                            "device first, or reserve it for {} too",
+                                            *dev->iommu_group, address.str(), other, member.address.str(), user));
+        }
+      }
+      if (std::find(owned_groups.begin(), owned_groups.end(), *dev->iommu_group) == owned_groups.end()) {
+        owned_groups.push_back(*dev->iommu_group);
+      }
+    } else if (options.user) {
+      plan.warnings.push_back(fmt::format("{} has no IOMMU group, so no /dev/vfio node to give to {}", address.str(),
+                                          user));
+    }
     plan.targets.push_back(address);
 
+    // Reserving without --user keeps the owner a device already has.
+    auto previous = read_reservation(sysroot, address);
+    std::string record_user = options.user ? user : owner_name(previous);
+    auto save_state = [&](const std::string& driver) {
+      Step step{Step::Kind::SaveState, state_path(address), driver};
+      step.user = record_user;
+      plan.steps.push_back(step);
+    };
+    bool new_owner = options.user && owner_name(previous) != user;
     const std::string dir = dev->sysfs_dir();
     if (dev->on_vfio()) {
       plan.notes.push_back(fmt::format("{} is already bound to vfio-pci", address.str()));
+      if (new_owner) save_state(previous ? previous->driver : "");
       if (dev->driver_override != kVfioDriver) write_step(plan, dir + "/driver_override", std::string(kVfioDriver));
     } else {
       if (!vfio_available) {
@@ -113,9 +171,10 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
         vfio_available = true;
       }
       // A device already marked (boot claim) but still driverless keeps the driver it had before, if any.
-      auto previous = remembered_driver(sysroot, address);
       if (!dev->driver.empty() || !previous) {
-        plan.steps.push_back({Step::Kind::SaveState, state_path(address), dev->driver});
+        save_state(dev->driver);
+      } else if (new_owner) {
+        save_state(previous->driver);
       }
       write_step(plan, dir + "/driver_override", std::string(kVfioDriver));
       if (!dev->driver.empty()) write_step(plan, dir + "/driver/unbind", address.str());
@@ -137,12 +196,35 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
       }
     }
   }
+  // Last: the node exists only once a member of the group is bound to vfio-pci.
+  for (unsigned group : owned_groups) {
+    plan.steps.push_back(set_owner_step(group, user, {options.user->uid, options.user->gid, kNodeMode}));
+  }
   return plan;
 }
 
 Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices,
                   const std::vector<PciAddress>& addresses) {
   Plan plan;
+  std::vector<unsigned> returned_groups;
+  // The node goes back to root unless a device staying reserved still holds it for the same user.
+  auto give_back = [&](const HostDevice& dev, const std::string& user) {
+    if (user.empty() || !dev.iommu_group || !sysroot.exists(vfio_node(*dev.iommu_group))) return;
+    unsigned group = *dev.iommu_group;
+    if (std::find(returned_groups.begin(), returned_groups.end(), group) != returned_groups.end()) return;
+    for (const auto& member : group_status(devices, dev).members) {
+      if (member.reserved() && !contains(addresses, member.address) &&
+          owner_name(read_reservation(sysroot, member.address)) == user) {
+        plan.notes.push_back(fmt::format("{} stays with {}: {} is still reserved for them", vfio_node(group), user,
+                                         member.address.str()));
+        return;
+      }
+    }
+    returned_groups.push_back(group);
+    Step step = set_owner_step(group, "", {0, 0, kNodeMode});
+    step.required = false;  // the node goes away with the group's last vfio-pci device anyway
+    plan.steps.push_back(step);
+  };
   for (const auto& address : addresses) {
     if (contains(plan.targets, address)) continue;
     auto dev = find_device(devices, address);
@@ -150,7 +232,8 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
       plan.errors.push_back(unknown_device(address));
       continue;
     }
-    auto previous = remembered_driver(sysroot, address);
+    auto record = read_reservation(sysroot, address);
+    auto previous = record ? std::optional<std::string>(record->driver) : std::nullopt;
     if (!dev->reserved()) {
       plan.notes.push_back(fmt::format("{} is not reserved (driver: {}); nothing to do", address.str(),
                                        dev->driver.empty() ? "none" : dev->driver));
@@ -158,6 +241,7 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
       continue;
     }
     plan.targets.push_back(address);
+    give_back(*dev, owner_name(record));
     const std::string dir = dev->sysfs_dir();
     write_step(plan, dir + "/driver_override", "\n");
     if (dev->on_vfio()) {
@@ -195,6 +279,21 @@ int run_command(const std::vector<std::string>& argv) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
 
+namespace {
+
+// The kernel binds synchronously, but udev may create /dev/vfio/N a moment later; on a fake
+// tree nothing changes by waiting. Returns the last answer of done().
+bool wait_for(const Sysroot& sysroot, const std::function<bool()>& done) {
+  bool ok = done();
+  for (int i = 0; i < 20 && !ok && sysroot.is_real_root(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ok = done();
+  }
+  return ok;
+}
+
+}  // namespace
+
 void execute(const Sysroot& sysroot, const Plan& plan, const CommandRunner& runner,
              std::vector<std::string>& warnings) {
   if (!plan.errors.empty()) throw HostError("refusing to execute a plan with errors: " + plan.errors.front());
@@ -217,7 +316,16 @@ void execute(const Sysroot& sysroot, const Plan& plan, const CommandRunner& runn
           break;
         }
         case Step::Kind::SaveState:
-          sysroot.write_file(step.path, fmt::format("driver={}\n", step.value));
+          sysroot.write_file(step.path, fmt::format("driver={}\n{}", step.value,
+                                                    step.user.empty() ? "" : "user=" + step.user + "\n"));
+          break;
+        case Step::Kind::SetOwner:
+          if (!wait_for(sysroot, [&] { return sysroot.exists(step.path); })) {
+            throw HostError(fmt::format("{} did not appear after binding, so it cannot be given to {}; is devtmpfs "
+                                        "mounted? See `passvm check`",
+                                        step.path, step.user.empty() ? "root" : step.user));
+          }
+          sysroot.set_owner(step.path, step.owner);
           break;
         case Step::Kind::DropState:
           sysroot.remove(step.path);
@@ -232,14 +340,13 @@ void execute(const Sysroot& sysroot, const Plan& plan, const CommandRunner& runn
 
 namespace {
 
-// The kernel binds synchronously, but udev may create /dev/vfio/N a moment later.
 template <typename Check>
 std::vector<std::string> settle(const Sysroot& sysroot, Check check) {
-  auto problems = check();
-  for (int i = 0; i < 20 && !problems.empty() && sysroot.is_real_root(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::vector<std::string> problems;
+  wait_for(sysroot, [&] {
     problems = check();
-  }
+    return problems.empty();
+  });
   return problems;
 }
 

@@ -12,6 +12,13 @@
 // driver_override, unbind the current driver, ask drivers_probe to bind again
 // (which now only vfio-pci may do). The driver the device had is remembered in
 // /run/passvm/reserved/<address> so release can hand it back.
+//
+// Reserving for a user (--user, or user= in the config) also gives that user
+// the group's /dev/vfio/GROUP (chown, mode 0600) once binding has created it,
+// and records the user beside the driver. All reserved members of one group
+// share one owner. Release gives the node back to root when no device of the
+// group stays reserved for that user; it does so before unbinding, while the
+// node still exists.
 #pragma once
 
 #include <functional>
@@ -20,6 +27,7 @@
 #include <vector>
 
 #include "host/pci_address.h"
+#include "host/host_users.h"
 #include "host/pci_inventory.h"
 #include "host/sysroot.h"
 
@@ -31,13 +39,16 @@ struct Step {
   enum class Kind {
     Write,  // write `value` to the sysfs file `path`
     LoadModule,  // modprobe `value` (a module name or a modalias)
-    SaveState,  // remember `value` as the device's previous driver in state file `path`
+    SaveState,  // remember `value` as the device's previous driver, and `user`, in state file `path`
     DropState,  // forget the state file `path`
+    SetOwner,  // give the VFIO group node `path` to `owner` (`user` names it; "" is root)
   };
   Kind kind;
   std::string path;
   std::string value;
   bool required = true;  // a failing optional step is a warning, not an error
+  std::string user{};
+  FileOwner owner{};
 
   // The shell equivalent, for --dry-run and error messages.
   std::string describe() const;
@@ -54,6 +65,7 @@ struct Plan {
 struct ReserveOptions {
   bool force = false;  // take devices the host needs, or without an IOMMU group
   bool with_group = false;  // also reserve IOMMU-group members still on host drivers
+  std::optional<HostUser> user{};  // give the devices' VFIO groups to this user
 };
 
 Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices,
@@ -62,6 +74,14 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
                   const std::vector<PciAddress>& addresses);
 
 std::string state_path(const PciAddress& address);
+
+// What /run/passvm/reserved/<address> says about a device we reserved.
+struct Reservation {
+  std::string driver;  // the driver it had before; "" when it had none
+  std::string user;  // who was given its VFIO group; "" when nobody (root)
+};
+// nullopt when never reserved by us.
+std::optional<Reservation> read_reservation(const Sysroot& sysroot, const PciAddress& address);
 // The driver the device had before reserve; "" when it had none; nullopt when never reserved by us.
 std::optional<std::string> remembered_driver(const Sysroot& sysroot, const PciAddress& address);
 

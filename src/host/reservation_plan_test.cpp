@@ -4,6 +4,7 @@
 
 #include "testing/fake_host.h"
 #include "host/host_error.h"
+#include "host/host_users.h"
 
 namespace passvm::host {
 namespace {
@@ -227,6 +228,104 @@ TEST_F(Planning, BootClaimedDeviceKeepsNoPreviousDriver) {
   auto plan = reserve({"00:03.0"});
   execute(fake.sysroot(), plan, no_commands, warnings);
   EXPECT_EQ(remembered_driver(fake.sysroot(), PciAddress::parse("00:03.0")), "");
+}
+
+class ForUser : public Planning {
+ protected:
+  ReserveOptions for_alice(bool with_group = false) {
+    return {.with_group = with_group, .user = lookup_user(fake.sysroot(), "alice")};
+  }
+  // Reserves for alice and plays the kernel: binds to vfio-pci and creates the group node.
+  void reserve_for_alice(std::vector<std::string> words, const std::string& node, bool with_group = false) {
+    fake.write(node, "");
+    auto plan = reserve(words, for_alice(with_group));
+    ASSERT_TRUE(plan.errors.empty()) << plan.errors.front();
+    execute(fake.sysroot(), plan, no_commands, warnings);
+    for (const auto& a : plan.targets) {
+      fake.bind(a.str(), "vfio-pci");
+      fake.set_override(a.str(), "vfio-pci");
+    }
+  }
+  std::optional<FileOwner> owner(const std::string& node) { return fake.sysroot().owner(node); }
+};
+
+TEST_F(ForUser, ReserveRecordsTheUserAndGivesThemTheGroupNodeLast) {
+  auto plan = reserve({"00:03.0"}, for_alice());
+  EXPECT_EQ(described(plan), (std::vector<std::string>{
+                                 "remember previous driver 'nvme' and owner alice in /run/passvm/reserved/0000:00:03.0",
+                                 "echo 'vfio-pci' > " + kNvmeDir + "/driver_override",
+                                 "echo '0000:00:03.0' > " + kNvmeDir + "/driver/unbind",
+                                 "echo '0000:00:03.0' > /sys/bus/pci/drivers_probe",
+                                 "chown alice: /dev/vfio/2 && chmod 0600 /dev/vfio/2",
+                             }));
+  fake.write("/dev/vfio/2", "");
+  execute(fake.sysroot(), plan, no_commands, warnings);
+  EXPECT_EQ(owner("/dev/vfio/2"), (FileOwner{1000, 1000, 0600}));
+  auto record = read_reservation(fake.sysroot(), PciAddress::parse("00:03.0"));
+  ASSERT_TRUE(record.has_value());
+  EXPECT_EQ(record->driver, "nvme");
+  EXPECT_EQ(record->user, "alice");
+}
+
+TEST_F(ForUser, MissingGroupNodeFailsTheChownClearly) {
+  try {
+    execute(fake.sysroot(), reserve({"00:03.0"}, for_alice()), no_commands, warnings);
+    FAIL() << "no error";
+  } catch (const HostError& e) {
+    EXPECT_NE(std::string(e.what()).find("/dev/vfio/2 did not appear after binding"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(ForUser, OneChownPerGroupWithTheWholeGroup) {
+  auto plan = reserve({"00:06.0"}, for_alice(true));
+  ASSERT_EQ(plan.targets.size(), 2u);
+  auto steps = described(plan);
+  EXPECT_EQ(std::count(steps.begin(), steps.end(), "chown alice: /dev/vfio/5 && chmod 0600 /dev/vfio/5"), 1);
+  EXPECT_EQ(steps.back(), "chown alice: /dev/vfio/5 && chmod 0600 /dev/vfio/5");
+}
+
+TEST_F(ForUser, GroupAlreadyGivenToSomeoneElseIsRefused) {
+  fake.bind("0000:00:06.0", "vfio-pci");
+  fake.set_override("0000:00:06.0", "vfio-pci");
+  fake.write("/run/passvm/reserved/0000:00:06.0", "driver=nouveau\nuser=bob\n");
+  auto plan = reserve({"00:06.1"}, for_alice());
+  ASSERT_EQ(plan.errors.size(), 1u);
+  EXPECT_NE(plan.errors[0].find("IOMMU group 5 of 0000:00:06.1 is already given to bob through 0000:00:06.0"),
+            std::string::npos)
+      << plan.errors[0];
+}
+
+TEST_F(ForUser, ReservingABoundDeviceAgainChangesOnlyTheOwner) {
+  reserve_for_alice({"00:03.0"}, "/dev/vfio/2");
+  // Without --user the owner stays.
+  EXPECT_TRUE(reserve({"00:03.0"}).steps.empty());
+  auto bob = ReserveOptions{.user = lookup_user(fake.sysroot(), "bob")};
+  EXPECT_EQ(described(reserve({"00:03.0"}, bob)),
+            (std::vector<std::string>{
+                "remember previous driver 'nvme' and owner bob in /run/passvm/reserved/0000:00:03.0",
+                "chown bob: /dev/vfio/2 && chmod 0600 /dev/vfio/2",
+            }));
+}
+
+TEST_F(ForUser, ReleaseGivesTheNodeBackToRootBeforeUnbinding) {
+  reserve_for_alice({"00:03.0"}, "/dev/vfio/2");
+  auto plan = release({"00:03.0"});
+  auto steps = described(plan);
+  ASSERT_FALSE(steps.empty());
+  EXPECT_EQ(steps[0], "chown root:root /dev/vfio/2 && chmod 0600 /dev/vfio/2");
+  EXPECT_FALSE(plan.steps[0].required);
+  execute(fake.sysroot(), plan, no_commands, warnings);
+  EXPECT_EQ(owner("/dev/vfio/2"), (FileOwner{0, 0, 0600}));
+}
+
+TEST_F(ForUser, ReleaseKeepsTheNodeWhileTheUserHoldsAnotherDeviceOfTheGroup) {
+  reserve_for_alice({"00:06.0"}, "/dev/vfio/5", true);
+  auto one = release({"00:06.0"});
+  for (const auto& step : described(one)) EXPECT_EQ(step.find("chown"), std::string::npos) << step;
+  ASSERT_FALSE(one.notes.empty());
+  EXPECT_NE(one.notes[0].find("/dev/vfio/5 stays with alice: 0000:00:06.1"), std::string::npos) << one.notes[0];
+  auto both = described(release({"00:06.0", "00:06.1"}));
+  EXPECT_EQ(std::count_if(both.begin(), both.end(), [](const auto& s) { return s.starts_with("chown root"); }), 1);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "host/sysroot.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -120,6 +121,42 @@ void Sysroot::write_file(std::string_view host_path, std::string_view content) c
 void Sysroot::remove(std::string_view host_path) const {
   std::error_code ec;
   fs::remove(path(host_path), ec);
+}
+
+namespace {
+
+// Where a fake tree keeps the ownership set_owner would have given a file.
+constexpr std::string_view kOwnerRecords = ".passvm-owner";
+
+}  // namespace
+
+std::optional<FileOwner> Sysroot::owner(std::string_view host_path) const {
+  if (!exists(host_path)) return std::nullopt;
+  if (!is_real_root()) {
+    if (auto record = read(std::string(kOwnerRecords) + "/" + path(host_path).lexically_relative(root_).string())) {
+      FileOwner owner;
+      std::istringstream in(*record);
+      if (in >> owner.uid >> owner.gid >> std::oct >> owner.mode) return owner;
+    }
+  }
+  struct stat st {};
+  if (::stat(path(host_path).c_str(), &st) != 0) return std::nullopt;
+  return FileOwner{st.st_uid, st.st_gid, st.st_mode & 07777};
+}
+
+void Sysroot::set_owner(std::string_view host_path, const FileOwner& owner) const {
+  fs::path file = path(host_path);
+  if (!exists(host_path)) throw HostError(fmt::format("cannot give {} to uid {}: it does not exist", file.string(), owner.uid));
+  if (!is_real_root()) {
+    write_file(std::string(kOwnerRecords) + "/" + file.lexically_relative(root_).string(),
+               fmt::format("{} {} {:o}\n", owner.uid, owner.gid, owner.mode));
+    return;
+  }
+  if (::chown(file.c_str(), owner.uid, owner.gid) != 0 || ::chmod(file.c_str(), owner.mode) != 0) {
+    int err = errno;
+    throw HostError(fmt::format("cannot give {} to uid {} gid {} mode {:04o}: {}{}", file.string(), owner.uid,
+                                owner.gid, owner.mode, std::strerror(err), err == EPERM ? " (run as root)" : ""));
+  }
 }
 
 }  // namespace passvm::host

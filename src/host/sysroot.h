@@ -4,8 +4,14 @@
 // directory and point a Sysroot at it, so the code that decides what to write
 // into /sys runs unchanged against them. Paths are always given as absolute
 // host paths ("/sys/bus/pci/devices"); the Sysroot prefixes its root.
+//
+// File ownership is the exception: under a root other than "/", set_owner
+// records the owner in ROOT/.passvm-owner/PATH instead of calling chown, and
+// owner() reads that record first. Tests then need no privileges, can check
+// what would have been chowned, and can give fake device nodes any owner.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -13,6 +19,13 @@
 #include <vector>
 
 namespace passvm::host {
+
+struct FileOwner {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint32_t mode = 0;  // permission bits only (0600)
+  bool operator==(const FileOwner&) const = default;
+};
 
 class Sysroot {
  public:
@@ -41,6 +54,11 @@ class Sysroot {
   // Writes a whole regular file, creating its parent directories.
   void write_file(std::string_view host_path, std::string_view content) const;
   void remove(std::string_view host_path) const;
+
+  // Owner, group and permission bits; nullopt when the file does not exist.
+  std::optional<FileOwner> owner(std::string_view host_path) const;
+  // chown and chmod an existing file; throws HostError naming the file on failure.
+  void set_owner(std::string_view host_path, const FileOwner& owner) const;
 
  private:
   std::filesystem::path root_;

@@ -6,6 +6,13 @@
 
 namespace passvm::testing {
 
+// Users for --user: alice (1000) is in kvm, bob (1001) is not.
+inline void add_users(FakeSysfs& fake) {
+  fake.write("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n"
+                            "bob:x:1001:1001::/home/bob:/bin/sh\n");
+  fake.write("/etc/group", "root:x:0:\nkvm:x:108:alice\nalice:x:1000:\nbob:x:1001:\n");
+}
+
 inline void populate_host(FakeSysfs& fake) {
   fake.add_device("0000:00:00.0", "8086", "29c0", "060000", "", 0);
   fake.add_device("0000:00:01.0", "1234", "1111", "030000", "bochs-drm", 1);
@@ -19,6 +26,7 @@ inline void populate_host(FakeSysfs& fake) {
   fake.add_block("0000:00:03.0", "nvme0n1");
   fake.add_block("0000:00:03.0", "nvme0n1p1", "nvme0n1");
   fake.add_block("0000:00:03.0", "nvme0n1p2", "nvme0n1");
+  add_users(fake);
 }
 
 }  // namespace passvm::testing
