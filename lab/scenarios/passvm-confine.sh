@@ -50,7 +50,7 @@ usermod -aG kvm $U
 echo "$U hard memlock unlimited" >/etc/security/limits.d/passvm-lab.conf
 echo "$U soft memlock unlimited" >>/etc/security/limits.d/passvm-lab.conf
 "$PASSVM" check --user $U --memory 512M $NVME >"$LAB_OUT/check2.txt" 2>&1; rc=$?
-bad=$(grep -i -E 'kvm|memlock|vfio' "$LAB_OUT/check2.txt" | grep -i -E 'fail|lacks|cannot|no access' | head -n 3 | tr '\n' ' ')
+bad=$(grep -E '^\[fail\]' "$LAB_OUT/check2.txt" | grep -i -E 'kvm|memlock|device|vfio' | head -n 3 | tr '\n' ' ')
 if [[ -z $bad ]]; then result conf.checkfixed pass rc="$rc"
 else result conf.checkfixed fail detail="still failing after the fixes: $bad" rc="$rc"; fi
 

@@ -1,21 +1,38 @@
-# Reads strace -f -Y output on stdin; writes "THREAD<TAB>CALL<TAB>IOCTL REQUEST<TAB>COUNT" lines to argv[1].
-import re, sys, collections
+# Reads strace -f -Y output on stdin; writes one line per (thread name, call, ioctl request, confined):
+#   THREAD<TAB>CALL<TAB>REQUEST<TAB>CONFINED<TAB>COUNT<TAB>FIRST CALL AS STRACE PRINTED IT
+# to argv[1]. CONFINED is "yes" for calls a seccomp filter applied to: the thread had loaded one
+# (its seccomp() call) or was started by a thread that had. Setup before that is "no".
+import collections
+import re
+import sys
+
 out = sys.argv[1]
 seen = collections.Counter()
-start = re.compile(r'^(\d+)<([^>]*)> (?:<\.\.\. (\w+) resumed>|(\w+)\((.*))')
+first = {}
+confined = set()
+line_re = re.compile(r'^(\d+)<([^>]*)> (?:<\.\.\. (\w+) resumed>(.*)|(\w+)\((.*))')
+result_re = re.compile(r'\)\s+=\s+(\d+)')
 for line in sys.stdin:
-    m = start.match(line)
+    m = line_re.match(line)
     if not m:
         continue
-    comm = m.group(2)
+    tid, comm = int(m.group(1)), m.group(2)
+    call = m.group(3) or m.group(5)
+    rest = m.group(4) if m.group(3) else m.group(6)
+    if call in ("clone", "clone3") and tid in confined:
+        r = result_re.search(rest)
+        if r:
+            confined.add(int(r.group(1)))  # the new thread inherits the filter
     if m.group(3):
-        continue  # the call was counted when it started
-    call = m.group(4)
-    key = (comm, call, '')
+        continue  # the end of a call counted when it started
+    key = (comm, call, '', "yes" if tid in confined else "no")
     if call == 'ioctl':
-        a = re.match(r'\d+, ([A-Za-z0-9_]+(?:\([^)]*\))?|0x[0-9a-f]+)', m.group(5))
-        key = (comm, call, a.group(1) if a else '?')
+        a = re.match(r'\d+, ([A-Za-z0-9_]+(?:\([^)]*\))?|0x[0-9a-f]+)', rest)
+        key = (comm, call, a.group(1) if a else '?', key[3])
     seen[key] += 1
+    first.setdefault(key, line.strip()[:300].replace('\t', ' '))
+    if call == "seccomp":
+        confined.add(tid)
 with open(out, 'w') as f:
-    for (comm, call, arg), n in sorted(seen.items()):
-        f.write(f"{comm}\t{call}\t{arg}\t{n}\n")
+    for key, n in sorted(seen.items()):
+        f.write("\t".join(key) + f"\t{n}\t{first[key]}\n")

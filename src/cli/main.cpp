@@ -3,7 +3,9 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <cstdio>
 #include <exception>
 #include <memory>
@@ -41,7 +43,6 @@ int main(int argc, char** argv) {
     return parsed.exit_status;
   }
   try {
-    // The Vmm first: it blocks the signals it watches, and every thread started later inherits that.
     namespace confine = passvm::confine;
     std::optional<confine::UserIds> user;
     std::optional<confine::DropTarget> drop;
@@ -54,18 +55,25 @@ int main(int argc, char** argv) {
       user = confine::resolve_user(parsed.user);
       drop = confine::DropTarget{user->uid, user->gid, static_cast<uint32_t>(user->groups.size())};
     }
-    // Without a VM yet (the API creates it) the guest's size is unknown: the limit VFIO pins against
-    // is lifted altogether before root is given up.
-    uint64_t memlock = parsed.config ? confine::memlock_for_guest(parsed.config->memory) : UINT64_MAX;
+    // With the API, later VMs may be larger than the first (or there is none yet): the limit VFIO pins
+    // guest RAM against is lifted altogether before root is given up.
+    uint64_t memlock = parsed.config && parsed.api_socket.empty() ? confine::memlock_for_guest(parsed.config->memory)
+                                                                   : UINT64_MAX;
     // Before any thread starts: every thread confines itself at its start with what this prepares.
     confine::configure(parsed.seccomp, drop);
+    // The Vmm next: it blocks the signals it watches, and every thread started later inherits that.
     passvm::Vmm vmm(!parsed.api_socket.empty());
     vmm.set_confinement([&user, memlock] {
       if (user) confine::drop_to(*user, memlock);
       confine::enter(confine::ThreadClass::Control);
     });
     std::unique_ptr<passvm::api::Server> server;
-    if (!parsed.api_socket.empty()) server = std::make_unique<passvm::api::Server>(vmm, parsed.api_socket);
+    if (!parsed.api_socket.empty()) {
+      server = std::make_unique<passvm::api::Server>(vmm, parsed.api_socket);
+      // The user passvm becomes can reach its own socket (root always can).
+      if (user && chown(parsed.api_socket.c_str(), user->uid, user->gid) != 0)
+        fmt::print(stderr, "passvm: cannot give {} to {}: {}\n", parsed.api_socket, user->name, strerror(errno));
+    }
     int status = vmm.run(parsed.config);
     server.reset();  // after run(): a vmm.shutdown request gets its reply before the socket goes
     return status;

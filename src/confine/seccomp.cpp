@@ -43,12 +43,15 @@ const char* const kBase[] = {
     "futex", "restart_syscall", "rt_sigreturn", "rt_sigprocmask", "sched_yield", "nanosleep", "clock_nanosleep",
     "clock_gettime", "gettimeofday", "getpid", "gettid", "madvise", "mmap", "munmap", "mprotect", "mremap", "brk",
     "write", "writev", "close", "exit", "exit_group", "getrandom",
+    "sigaltstack",  // a thread's signal stack goes when it exits (the sanitizers' and glibc's)
+#ifdef __SANITIZE_ADDRESS__
+    "pipe2",  // AddressSanitizer tests whether memory is readable by writing it to a pipe
+#endif
 };
 
 // Threads that start threads (glibc's pthread_create, and what the new thread does before its own
 // enter()) and confine those threads.
-const char* const kStartsThreads[] = {"clone", "set_robust_list", "rseq", "prctl", "seccomp", "sigaltstack",
-                                      "sched_getaffinity"};
+const char* const kStartsThreads[] = {"clone", "set_robust_list", "rseq", "prctl", "seccomp", "sched_getaffinity"};
 
 const char* const kVcpu[] = {
     "ioctl", "read", "pread64", "pwrite64",
@@ -89,6 +92,9 @@ IoctlList terminal_ioctls() { return {PV_IOCTL(TCGETS), PV_IOCTL(TCSETS), PV_IOC
 // synchronously when a BAR moves).
 IoctlList vcpu_ioctls() {
   return {PV_IOCTL(KVM_RUN),
+          PV_IOCTL(KVM_CHECK_EXTENSION),  // a ROM mapped read-only, coalesced MMIO for a BAR placed
+          PV_IOCTL(KVM_REGISTER_COALESCED_MMIO),
+          PV_IOCTL(KVM_UNREGISTER_COALESCED_MMIO),
           PV_IOCTL(KVM_GET_REGS),
           PV_IOCTL(KVM_SET_REGS),
           PV_IOCTL(KVM_GET_SREGS),
@@ -113,14 +119,13 @@ IoctlList vcpu_ioctls() {
 IoctlList all_kvm_vfio_ioctls() {
   IoctlList l = vcpu_ioctls();
   IoctlList more = {
-      PV_IOCTL(KVM_GET_API_VERSION), PV_IOCTL(KVM_CREATE_VM), PV_IOCTL(KVM_CHECK_EXTENSION),
+      PV_IOCTL(KVM_GET_API_VERSION), PV_IOCTL(KVM_CREATE_VM),
       PV_IOCTL(KVM_GET_VCPU_MMAP_SIZE), {"KVM_GET_SUPPORTED_CPUID", kvm_uapi::kGetSupportedCpuid},
       {"KVM_SET_CPUID2", kvm_uapi::kSetCpuid2}, {"KVM_SET_MSRS", kvm_uapi::kSetMsrs},
       {"KVM_GET_MSRS", kvm_uapi::kGetMsrs}, {"KVM_GET_XSAVE", kvm_uapi::kGetXsave},
       {"KVM_SET_XSAVE", kvm_uapi::kSetXsave}, PV_IOCTL(KVM_CREATE_VCPU), PV_IOCTL(KVM_CREATE_IRQCHIP),
       PV_IOCTL(KVM_CREATE_PIT2), PV_IOCTL(KVM_SET_TSS_ADDR), PV_IOCTL(KVM_SET_IDENTITY_MAP_ADDR),
-      PV_IOCTL(KVM_SET_FPU), PV_IOCTL(KVM_SET_LAPIC), PV_IOCTL(KVM_SET_GUEST_DEBUG),
-      PV_IOCTL(KVM_REGISTER_COALESCED_MMIO), PV_IOCTL(KVM_UNREGISTER_COALESCED_MMIO), PV_IOCTL(KVM_SET_MP_STATE),
+      PV_IOCTL(KVM_SET_FPU), PV_IOCTL(KVM_SET_LAPIC), PV_IOCTL(KVM_SET_GUEST_DEBUG), PV_IOCTL(KVM_SET_MP_STATE),
       PV_IOCTL(VFIO_GET_API_VERSION), PV_IOCTL(VFIO_CHECK_EXTENSION), PV_IOCTL(VFIO_SET_IOMMU),
       PV_IOCTL(VFIO_IOMMU_GET_INFO), PV_IOCTL(VFIO_GROUP_GET_STATUS), PV_IOCTL(VFIO_GROUP_SET_CONTAINER),
       PV_IOCTL(VFIO_GROUP_UNSET_CONTAINER), PV_IOCTL(VFIO_GROUP_GET_DEVICE_FD), PV_IOCTL(VFIO_DEVICE_GET_INFO),
@@ -307,7 +312,7 @@ std::vector<Ioctl> allowed_ioctls(ThreadClass c) {
     case ThreadClass::PeerDma:
       more = {{"VFIO_IOMMU_MAP_DMA", VFIO_IOMMU_MAP_DMA}, {"VFIO_IOMMU_UNMAP_DMA", VFIO_IOMMU_UNMAP_DMA}};
       break;
-    case ThreadClass::Console:
+    case ThreadClass::Console: more = {{"KVM_IRQ_LINE", KVM_IRQ_LINE}}; break;  // the UART's interrupt on input
     case ThreadClass::Signals: break;
     case ThreadClass::Api: more = {{"FIONBIO", FIONBIO}}; break;
   }
