@@ -15,6 +15,9 @@ CmosRtc::CmosRtc(std::function<std::time_t()> clock) : clock_(std::move(clock)) 
   ram_[kStatusA] = kStatusADivider;
   ram_[kStatusB] = kStatusB24Hour;
   ram_[kStatusD] = kStatusDValidRam;
+  // glibc reads /etc/localtime at its first time conversion, gmtime_r included. Here, during setup,
+  // rather than on the vCPU that first reads the clock, whose seccomp filter does not open files.
+  tzset();
 }
 
 void CmosRtc::read(uint64_t offset, std::span<uint8_t> data) {

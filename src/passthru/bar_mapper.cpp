@@ -176,19 +176,26 @@ void BarMapper::set_command(uint16_t command) {
   update();
 }
 
+void BarMapper::refuse(const std::string& what) {
+  // A guest that keeps misplacing a BAR must not flood the host's logs: the first few say why, the
+  // rest are counted (--stats: refused=N).
+  refused_++;
+  if (refused_ <= kRefusalsPrinted) fmt::print(stderr, "passvm: {}: {}\n", name_, what);
+  if (refused_ == kRefusalsPrinted)
+    fmt::print(stderr, "passvm: {}: further placements passvm cannot map are only counted (--stats: refused)\n", name_);
+}
+
 void BarMapper::update_rom() {
   if (!rom_) return;
   const uint64_t at = rom_->address();
   bool visible = (command_ & 2) && rom_->enabled();
   if (visible && windows_ && !windows_->mmio32.holds(at, rom_->size())) {
-    refused_++;
-    fmt::print(stderr, "passvm: {}: ROM at {:#x} (size {:#x}) lies outside the 32-bit PCI window; left unmapped\n",
-               name_, at, rom_->size());
+    refuse(fmt::format("ROM at {:#x} (size {:#x}) lies outside the 32-bit PCI window; left unmapped", at,
+                       rom_->size()));
     visible = false;
   }
   if (!rom_->map(platform_, visible)) {
-    refused_++;
-    fmt::print(stderr, "passvm: {}: ROM at {:#x} overlaps another device's registers; left unmapped\n", name_, at);
+    refuse(fmt::format("ROM at {:#x} overlaps another device's registers; left unmapped", at));
   }
 }
 
@@ -214,9 +221,8 @@ void BarMapper::update() {
     if (b.mapped_at) unmap(b);
     if (!want) continue;
     if (!acceptable(b, b.address)) {
-      refused_++;
-      fmt::print(stderr, "passvm: {}: BAR {} at {:#x} (size {:#x}) lies outside the PCI windows or over another "
-                         "BAR; left unmapped\n", name_, b.index, b.address, b.size);
+      refuse(fmt::format("BAR {} at {:#x} (size {:#x}) lies outside the PCI windows or over another BAR; left "
+                         "unmapped", b.index, b.address, b.size));
       continue;
     }
     map(b, b.address);
@@ -253,9 +259,7 @@ void BarMapper::map(Bar& b, uint64_t address) {
       } catch (const std::exception&) {
       }
     }
-    refused_++;
-    fmt::print(stderr, "passvm: {}: cannot map BAR {} at {:#x}: {}; left unmapped\n", name_, b.index, address,
-               e.what());
+    refuse(fmt::format("cannot map BAR {} at {:#x}: {}; left unmapped", b.index, address, e.what()));
   }
 }
 

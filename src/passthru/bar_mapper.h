@@ -139,6 +139,8 @@ class BarMapper {
   std::array<uint8_t, 0x24> regs_{};  // config 0x10-0x33 as the guest reads it
   uint16_t command_ = 0;
   uint64_t remaps_ = 0, refused_ = 0;
+  static constexpr uint64_t kRefusalsPrinted = 8;
+  void refuse(const std::string& what);
 };
 
 }  // namespace passvm::passthru

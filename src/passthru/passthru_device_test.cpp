@@ -275,6 +275,21 @@ TEST_F(PassthruTest, BarOverRamOrAnotherBarIsRefused) {
   EXPECT_GE(dev->refused_placements(), 2u);
 }
 
+TEST_F(PassthruTest, AGuestMisplacingABarOverAndOverIsCountedNotLoggedEachTime) {
+  place_bars();
+  wr(0x04, 0x2, 2);
+  ::testing::internal::CaptureStderr();
+  for (int i = 0; i < 100; i++) {
+    wr(0x20, 0x100000);  // into guest RAM: refused
+    wr(0x20, static_cast<uint32_t>(layout::kMmio32Start));
+  }
+  std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(dev->refused_placements(), 100u);
+  size_t lines = static_cast<size_t>(std::count(err.begin(), err.end(), '\n'));
+  EXPECT_LE(lines, 10u) << err;
+  EXPECT_NE(err.find("only counted"), std::string::npos) << err;
+}
+
 TEST_F(PassthruTest, TrappedAccessesForwardOrEmulate) {
   place_bars();
   wr(0x04, 0x3, 2);
