@@ -43,6 +43,7 @@ const char* const kBase[] = {
     "futex", "restart_syscall", "rt_sigreturn", "rt_sigprocmask", "sched_yield", "nanosleep", "clock_nanosleep",
     "clock_gettime", "gettimeofday", "getpid", "gettid", "madvise", "mmap", "munmap", "mprotect", "mremap", "brk",
     "write", "writev", "close", "exit", "exit_group", "getrandom",
+    "tgkill",  // abort(), and the control thread's kicks of the vCPUs: own process only (see compile())
     "sigaltstack",  // a thread's signal stack goes when it exits (the sanitizers' and glibc's)
 #ifdef __SANITIZE_ADDRESS__
     "pipe2",  // AddressSanitizer tests whether memory is readable by writing it to a pipe
@@ -56,8 +57,6 @@ const char* const kStartsThreads[] = {"clone", "set_robust_list", "rseq", "prctl
 const char* const kVcpu[] = {
     "ioctl", "read", "pread64", "pwrite64",
     "eventfd2", "epoll_ctl",  // MSI-X vectors get their eventfds when the guest unmasks them
-    "tgkill",                 // a vCPU that ends the machine kicks the others
-    "rt_sigaction",
 };
 const char* const kInterrupts[] = {"ioctl", "read", "epoll_wait", "epoll_pwait", "pread64", "pwrite64"};
 const char* const kPeerDma[] = {"ioctl"};
@@ -75,7 +74,7 @@ const char* const kControl[] = {
     "stat", "lstat", "readlink", "readlinkat", "getdents64", "access", "faccessat", "faccessat2", "dup", "dup2",
     "dup3", "fcntl", "mkdir", "mkdirat", "rename", "renameat", "renameat2", "unlink", "unlinkat", "ftruncate",
     "fallocate", "fsync", "fdatasync", "utimensat", "fchmod", "chmod", "eventfd2", "epoll_create1", "epoll_ctl",
-    "poll", "ppoll", "tgkill", "rt_sigaction", "getrlimit", "setrlimit", "prlimit64", "sysinfo", "uname",
+    "poll", "ppoll", "rt_sigaction", "getrlimit", "setrlimit", "prlimit64", "sysinfo", "uname",
     "getuid", "geteuid", "getgid", "getegid", "getcwd", "mlock", "munlock", "memfd_create", "shutdown",
     "sched_setaffinity", "membarrier", "wait4",
 };
@@ -208,6 +207,9 @@ std::vector<sock_filter> compile(ThreadClass c, SeccompMode mode, const std::opt
     if (n == "ioctl") {
       for (const Ioctl& io : allowed_ioctls(c))
         check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A1(SCMP_CMP_EQ, io.request)), io.name);
+    } else if (n == "tgkill") {
+      check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))),
+            "tgkill");
     } else if (n == "clone") {
       // Threads only: a thread shares the filter it is created under, a forked child would too, but a
       // VMM has no business forking.

@@ -100,6 +100,23 @@ TEST(SeccompTest, AnIoctlNumberNotInTheClassListIsForbidden) {
   EXPECT_NE(o.err.find("ioctl (16)"), std::string::npos) << o.err;
 }
 
+TEST(SeccompTest, SignalsGoOnlyToPassvmsOwnThreads) {
+  Outcome own = in_child([] {
+    configure(SeccompMode::Kill);
+    enter(ThreadClass::Vcpu);
+    return syscall(SYS_tgkill, getpid(), gettid(), 0) == 0 ? 0 : 1;
+  });
+  EXPECT_EQ(own.status, 0) << own.err;
+  pid_t parent = getpid();
+  Outcome other = in_child([parent] {
+    configure(SeccompMode::Kill);
+    enter(ThreadClass::Vcpu);
+    syscall(SYS_tgkill, parent, parent, 0);
+    return 0;
+  });
+  EXPECT_EQ(other.status, kExitSeccomp) << other.err;
+}
+
 TEST(SeccompTest, LogModeLetsTheCallThrough) {
   Outcome o = in_child([] {
     configure(SeccompMode::Log);
