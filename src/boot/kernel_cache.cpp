@@ -98,13 +98,24 @@ std::optional<VmlinuxLayout> KernelCache::load(const VmlinuxWriter::Write& write
   const uint64_t records_end = size - sizeof tail - table_bytes;
   std::vector<uint64_t> table(tail[1] * 4);
   if (!read_at(fd, table.data(), table_bytes, records_end)) return bad();
-  for (uint64_t i = 0; i < tail[1]; i++)
-    layout.segments.push_back({table[i * 4], table[i * 4 + 1], table[i * 4 + 2], table[i * 4 + 3]});
-  // Validate the whole record stream before writing anything: a damaged file must not half-load.
+  for (uint64_t i = 0; i < tail[1]; i++) {
+    ElfSegment s{table[i * 4], table[i * 4 + 1], table[i * 4 + 2], table[i * 4 + 3]};
+    // on_layout checks [paddr, paddr + mem_size): one that wraps, or file bytes beyond it, would slip past.
+    if (s.file_size > s.mem_size || s.paddr + s.mem_size < s.paddr) return bad();
+    layout.segments.push_back(s);
+  }
+  // Validate the whole record stream before writing anything: a damaged file must not half-load, and a
+  // record must land inside a segment's file bytes, the only guest memory on_layout approved.
+  auto in_a_segment = [&](uint64_t paddr, uint64_t len) {
+    return std::any_of(layout.segments.begin(), layout.segments.end(), [&](const ElfSegment& s) {
+      return paddr >= s.paddr && paddr - s.paddr <= s.file_size && len <= s.file_size - (paddr - s.paddr);
+    });
+  };
   uint64_t off = 0;
   while (off < records_end) {
     uint64_t hdr[2];
-    if (records_end - off < sizeof hdr || !read_at(fd, hdr, sizeof hdr, off) || hdr[1] > records_end - off - sizeof hdr)
+    if (records_end - off < sizeof hdr || !read_at(fd, hdr, sizeof hdr, off) ||
+        hdr[1] > records_end - off - sizeof hdr || !in_a_segment(hdr[0], hdr[1]))
       return bad();
     off += sizeof hdr + hdr[1];
   }

@@ -42,6 +42,14 @@ std::map<uint64_t, std::vector<uint8_t>> sample_pieces() {
   return {{0x1000000, a}, {0x2000000, b}};
 }
 
+// Whether the entry for bzimage loads, or writes anything trying.
+bool loads(const fs::path& dir, const std::vector<uint8_t>& bzimage) {
+  bool wrote = false;
+  KernelCache c(dir.string(), bzimage);
+  bool hit = c.load([&](uint64_t, std::span<const uint8_t>) { wrote = true; }, [](const VmlinuxLayout&) {}).has_value();
+  return hit || wrote;
+}
+
 TEST(KernelCache, MissThenRecordThenHitGivesTheSameBytes) {
   TempDir dir;
   std::vector<uint8_t> bzimage(1000, 9);
@@ -81,10 +89,7 @@ TEST(KernelCache, DamagedOrUnfinishedEntriesAreIgnoredAndRemoved) {
     path = c.path();
   }
   fs::resize_file(path, fs::file_size(path) - 3);  // trailer cut: not a complete entry
-  bool wrote = false;
-  KernelCache c(dir.path.string(), bzimage);
-  EXPECT_FALSE(c.load([&](uint64_t, std::span<const uint8_t>) { wrote = true; }, [](const VmlinuxLayout&) {}));
-  EXPECT_FALSE(wrote);
+  EXPECT_FALSE(loads(dir.path, bzimage));
   EXPECT_FALSE(fs::exists(path));
 
   // A recording that is abandoned (never committed) leaves nothing behind.
@@ -93,6 +98,33 @@ TEST(KernelCache, DamagedOrUnfinishedEntriesAreIgnoredAndRemoved) {
     r.record(0x1000000, std::vector<uint8_t>(10, 1));
   }
   EXPECT_TRUE(fs::is_empty(dir.path));
+}
+
+TEST(KernelCache, RecordOutsideTheSegmentsIsADamagedEntry) {
+  // on_layout approves the segments only: a record elsewhere (here below the first segment, where the
+  // zero page and page tables live) would write guest memory nobody checked.
+  TempDir dir;
+  std::vector<uint8_t> bzimage(1000, 9);
+  std::string path;
+  {
+    KernelCache c(dir.path.string(), bzimage);
+    c.record(0x7000, std::vector<uint8_t>(16, 0xee));
+    c.commit(sample_layout());
+    path = c.path();
+  }
+  EXPECT_FALSE(loads(dir.path, bzimage));
+  EXPECT_FALSE(fs::exists(path));
+
+  // A segment that wraps around the address space passes a bounds check of its start and end.
+  {
+    KernelCache w(dir.path.string(), bzimage);
+    VmlinuxLayout l;
+    l.entry = 0;
+    l.segments = {{0xfffffffffffff000, 0, 0, 0x2000}};
+    w.record(0xfffffffffffff000, {});
+    w.commit(l);
+  }
+  EXPECT_FALSE(loads(dir.path, bzimage));
 }
 
 TEST(KernelCache, RefusedLayoutWritesNothing) {

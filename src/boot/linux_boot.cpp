@@ -28,10 +28,11 @@ void store(std::vector<uint8_t>& page, size_t offset, T v) {
 uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 uint64_t align_down(uint64_t v, uint64_t a) { return v / a * a; }
 
-// The RAM entry holding [addr, addr+size), or nullptr.
+// The RAM entry holding [addr, addr+size), or nullptr. addr + size may not fit in 64 bits (a header's
+// load address near 2^64): it must not wrap into RAM.
 const E820Entry* ram_holding(const std::vector<E820Entry>& e820, uint64_t addr, uint64_t size) {
   for (const auto& e : e820)
-    if (e.type == E820Type::Ram && addr >= e.addr && addr + size <= e.addr + e.size) return &e;
+    if (e.type == E820Type::Ram && addr >= e.addr && size <= e.size && addr - e.addr <= e.size - size) return &e;
   return nullptr;
 }
 
@@ -121,6 +122,12 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
   // Protected-mode kernel: at pref_address if it has one, aligned as it asks when it can be moved.
   uint64_t addr = h.pref_address != 0 ? h.pref_address : kDefaultLoadAddr;
   if (h.relocatable_kernel && h.kernel_alignment != 0) addr = align_up(addr, h.kernel_alignment);
+  // Below 1 MiB are the zero page, the page tables and the command line; a pref_address near 2^64 aligns
+  // up to 0. Either way the kernel would be written over what boots it.
+  if (addr < layout::kHighMemStart)
+    throw std::runtime_error(fmt::format("{} asks to be loaded at {:#x} (pref_address {:#x}), below 1 MiB: the "
+                                         "bzImage's setup header is damaged",
+                                         kernel_name, addr, h.pref_address));
   const uint64_t footprint = std::max<uint64_t>(h.kernel_size, h.init_size);
   const E820Entry* low = ram_holding(e820, addr, footprint);
   if (!low)

@@ -90,6 +90,18 @@ TEST(LoadLinux, PlacesKernelInitrdCmdlineAndZeroPage) {
   EXPECT_EQ(b.entry.efer & (kEferLme | kEferLma), kEferLme | kEferLma);
 }
 
+TEST(LoadLinux, LoadAddressBelowOneMibOrWrappingIsRefused) {
+  GuestMemory mem(64 * MiB, false);
+  ImageSpec s;
+  s.pref_address = ~uint64_t{0};  // aligned up to 2 MiB, it wraps to 0
+  EXPECT_NE(load_error(mem, make_bzimage(s), {}, "").find("below 1 MiB"), std::string::npos);
+  s.relocatable = 0;
+  s.pref_address = 0x10000;
+  EXPECT_NE(load_error(mem, make_bzimage(s), {}, "").find("below 1 MiB"), std::string::npos);
+  s.pref_address = ~uint64_t{0} - 0xfff;  // the footprint wraps into RAM
+  EXPECT_NE(load_error(mem, make_bzimage(s), {}, "").find("does not have"), std::string::npos);
+}
+
 TEST(LoadLinux, RsdpOnlyForProtocol214AndUp) {
   GuestMemory mem(64 * MiB, false);
   ImageSpec s;

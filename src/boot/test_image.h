@@ -1,8 +1,14 @@
-// boot/test_image.h: synthetic bzImages for the unit tests.
+// boot/test_image.h: synthetic bzImages and vmlinux ELFs for the unit tests and the fuzz seeds.
 #pragma once
 
+#include <elf.h>
+#include <lzma.h>
+#include <zlib.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 namespace passvm::boot::testing {
@@ -47,6 +53,75 @@ inline std::vector<uint8_t> make_bzimage(const ImageSpec& s) {
   put<uint64_t>(img, 0x258, s.pref_address);
   put<uint32_t>(img, 0x260, s.init_size);
   for (size_t i = 0; i < s.kernel_bytes; i++) img[setup + i] = static_cast<uint8_t>(i * 7 + 1);
+  return img;
+}
+
+// A minimal x86-64 ELF executable: one PT_LOAD of `text` at paddr, memsz = text + bss, entry inside.
+inline std::vector<uint8_t> make_elf(uint64_t paddr, const std::vector<uint8_t>& text, uint64_t bss, uint64_t entry) {
+  Elf64_Ehdr eh{};
+  std::memcpy(eh.e_ident, ELFMAG, SELFMAG);
+  eh.e_ident[EI_CLASS] = ELFCLASS64;
+  eh.e_ident[EI_DATA] = ELFDATA2LSB;
+  eh.e_type = ET_EXEC;
+  eh.e_machine = EM_X86_64;
+  eh.e_entry = entry;
+  eh.e_phoff = sizeof(Elf64_Ehdr);
+  eh.e_phentsize = sizeof(Elf64_Phdr);
+  eh.e_phnum = 1;
+  Elf64_Phdr ph{};
+  ph.p_type = PT_LOAD;
+  ph.p_offset = sizeof(Elf64_Ehdr) + sizeof(Elf64_Phdr);
+  ph.p_paddr = paddr;
+  ph.p_vaddr = 0xffffffff80000000ull + paddr;
+  ph.p_filesz = text.size();
+  ph.p_memsz = text.size() + bss;
+  std::vector<uint8_t> elf;
+  auto append = [&elf](const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    elf.insert(elf.end(), b, b + n);
+  };
+  append(&eh, sizeof eh);
+  append(&ph, sizeof ph);
+  elf.insert(elf.end(), text.begin(), text.end());
+  return elf;
+}
+
+inline std::vector<uint8_t> xz(const std::vector<uint8_t>& in) {
+  std::vector<uint8_t> out(in.size() + 4096);
+  size_t pos = 0;
+  if (lzma_easy_buffer_encode(6, LZMA_CHECK_CRC32, nullptr, in.data(), in.size(), out.data(), &pos, out.size()) !=
+      LZMA_OK)
+    throw std::runtime_error("xz encoding failed");
+  out.resize(pos);
+  return out;
+}
+
+inline std::vector<uint8_t> gz(const std::vector<uint8_t>& in) {
+  z_stream s{};
+  if (deflateInit2(&s, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+    throw std::runtime_error("gzip encoder did not start");
+  std::vector<uint8_t> out(deflateBound(&s, in.size()));
+  s.next_in = const_cast<Bytef*>(in.data());
+  s.avail_in = static_cast<uInt>(in.size());
+  s.next_out = out.data();
+  s.avail_out = static_cast<uInt>(out.size());
+  int r = deflate(&s, Z_FINISH);
+  out.resize(s.total_out);
+  deflateEnd(&s);
+  if (r != Z_STREAM_END) throw std::runtime_error("gzip encoding failed");
+  return out;
+}
+
+// A bzImage whose protected-mode part is a payload (compressed ELF + 4-byte size), as the kernel build makes it.
+inline std::vector<uint8_t> bzimage_with_payload(std::vector<uint8_t> payload, uint32_t unpacked_size,
+                                                 ImageSpec spec = {}) {
+  for (int i = 0; i < 4; i++) payload.push_back(static_cast<uint8_t>(unpacked_size >> (8 * i)));
+  spec.kernel_bytes = 0x200 + payload.size();
+  auto img = make_bzimage(spec);
+  size_t pm = (static_cast<size_t>(spec.setup_sects == 0 ? 4 : spec.setup_sects) + 1) * 512;
+  std::copy(payload.begin(), payload.end(), img.begin() + static_cast<long>(pm + 0x200));
+  put<uint32_t>(img, 0x248, 0x200);
+  put<uint32_t>(img, 0x24c, static_cast<uint32_t>(payload.size()));
   return img;
 }
 

@@ -1,9 +1,6 @@
 #include "boot/vmlinux.h"
 
-#include <elf.h>
 #include <gtest/gtest.h>
-#include <lzma.h>
-#include <zlib.h>
 
 #include <cstring>
 #include <filesystem>
@@ -17,74 +14,10 @@
 namespace passvm::boot {
 namespace {
 
-// A minimal x86-64 ELF executable: one PT_LOAD of `text` at paddr, memsz = text + bss, entry inside.
-std::vector<uint8_t> make_elf(uint64_t paddr, const std::vector<uint8_t>& text, uint64_t bss, uint64_t entry) {
-  Elf64_Ehdr eh{};
-  std::memcpy(eh.e_ident, ELFMAG, SELFMAG);
-  eh.e_ident[EI_CLASS] = ELFCLASS64;
-  eh.e_ident[EI_DATA] = ELFDATA2LSB;
-  eh.e_type = ET_EXEC;
-  eh.e_machine = EM_X86_64;
-  eh.e_entry = entry;
-  eh.e_phoff = sizeof(Elf64_Ehdr);
-  eh.e_phentsize = sizeof(Elf64_Phdr);
-  eh.e_phnum = 1;
-  Elf64_Phdr ph{};
-  ph.p_type = PT_LOAD;
-  ph.p_offset = sizeof(Elf64_Ehdr) + sizeof(Elf64_Phdr);
-  ph.p_paddr = paddr;
-  ph.p_vaddr = 0xffffffff80000000ull + paddr;
-  ph.p_filesz = text.size();
-  ph.p_memsz = text.size() + bss;
-  std::vector<uint8_t> elf;
-  auto append = [&elf](const void* p, size_t n) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    elf.insert(elf.end(), b, b + n);
-  };
-  append(&eh, sizeof eh);
-  append(&ph, sizeof ph);
-  elf.insert(elf.end(), text.begin(), text.end());
-  return elf;
-}
-
-std::vector<uint8_t> xz(const std::vector<uint8_t>& in) {
-  std::vector<uint8_t> out(in.size() + 4096);
-  size_t pos = 0;
-  EXPECT_EQ(lzma_easy_buffer_encode(6, LZMA_CHECK_CRC32, nullptr, in.data(), in.size(), out.data(), &pos, out.size()),
-            LZMA_OK);
-  out.resize(pos);
-  return out;
-}
-
-std::vector<uint8_t> gz(const std::vector<uint8_t>& in) {
-  z_stream s{};
-  EXPECT_EQ(deflateInit2(&s, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
-  std::vector<uint8_t> out(deflateBound(&s, in.size()));
-  s.next_in = const_cast<Bytef*>(in.data());
-  s.avail_in = static_cast<uInt>(in.size());
-  s.next_out = out.data();
-  s.avail_out = static_cast<uInt>(out.size());
-  EXPECT_EQ(deflate(&s, Z_FINISH), Z_STREAM_END);
-  out.resize(s.total_out);
-  deflateEnd(&s);
-  return out;
-}
-
-// A bzImage whose protected-mode part is a payload (compressed ELF + 4-byte size), as the kernel build makes it.
-std::vector<uint8_t> bzimage_with_payload(std::vector<uint8_t> payload, uint32_t unpacked_size) {
-  for (int i = 0; i < 4; i++) payload.push_back(static_cast<uint8_t>(unpacked_size >> (8 * i)));
-  testing::ImageSpec spec;
-  spec.kernel_bytes = 0x200 + payload.size();
-  auto img = testing::make_bzimage(spec);
-  size_t pm = (spec.setup_sects + 1) * 512u;
-  std::copy(payload.begin(), payload.end(), img.begin() + static_cast<long>(pm + 0x200));
-  auto poke32 = [&img](size_t off, uint32_t v) {
-    for (int i = 0; i < 4; i++) img.at(off + static_cast<size_t>(i)) = static_cast<uint8_t>(v >> (8 * i));
-  };
-  poke32(0x248, 0x200);
-  poke32(0x24c, static_cast<uint32_t>(payload.size()));
-  return img;
-}
+using testing::bzimage_with_payload;
+using testing::gz;
+using testing::make_elf;
+using testing::xz;
 
 std::vector<uint8_t> pattern(size_t n) {
   std::vector<uint8_t> v(n);

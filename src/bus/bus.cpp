@@ -26,9 +26,12 @@ void Bus::add(uint64_t base, uint64_t size, BusDevice* dev) {
 }
 
 bool Bus::overlaps(uint64_t base, uint64_t size) {
+  // A query reaching past the top of the address space must not wrap to a small end and miss the ranges
+  // above base; no range holds the last address (add refuses ranges ending at 2^64), so clamping is exact.
+  const uint64_t end = base + size < base ? UINT64_MAX : base + size;
   std::shared_lock guard(lock_);
   auto next = ranges_.lower_bound(base);
-  if (next != ranges_.end() && next->first < base + size) return true;
+  if (next != ranges_.end() && next->first < end) return true;
   return next != ranges_.begin() && std::prev(next)->first + std::prev(next)->second.size > base;
 }
 

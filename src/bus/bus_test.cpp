@@ -62,6 +62,16 @@ TEST(Bus, OverlapsSaysWhetherARangeIsTaken) {
   EXPECT_FALSE(bus.overlaps(0xf00, 0x100));
 }
 
+TEST(Bus, OverlapsAQueryReachingTheTopOfTheAddressSpace) {
+  // base + size wraps to 0 (or just above): the ranges above base still overlap.
+  Bus bus("mmio");
+  Recorder d;
+  bus.add(0xfee00000, 0x1000, &d);
+  EXPECT_TRUE(bus.overlaps(0xe00f, ~uint64_t{0} - 0xe00f + 1));
+  EXPECT_TRUE(bus.overlaps(0xfe000000, ~uint64_t{0}));
+  EXPECT_FALSE(bus.overlaps(0xfee01000, ~uint64_t{0} - 0xfee01000 + 1));
+}
+
 TEST(Bus, RejectsOverlapBothSides) {
   Bus bus("mmio");
   Recorder a;

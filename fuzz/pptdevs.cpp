@@ -1,0 +1,31 @@
+// Fuzz target: /etc/passvm/pptdevs.conf (src/host/pptdevs_config), which passvm-host reads at boot as
+// root. Whatever the text, the parser must either return addresses or throw HostError; and the
+// addresses it returns, written back out, must parse to the same list.
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include "host/host_error.h"
+#include "host/pptdevs_config.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace passvm::host;
+  std::string_view text(reinterpret_cast<const char*>(data), size);
+  std::vector<PciAddress> devices;
+  try {
+    devices = parse_pptdevs(text, "pptdevs.conf");
+  } catch (const HostError&) {
+    return 0;
+  }
+  std::string again = "pptdevs=\"";
+  for (const PciAddress& a : devices) again += a.str() + " ";
+  again += "\"\n";
+  if (parse_pptdevs(again, "again") != devices) {
+    std::fprintf(stderr, "the parsed addresses do not parse back to themselves: %s\n", again.c_str());
+    std::abort();
+  }
+  return 0;
+}
