@@ -317,6 +317,10 @@ Server::Server(VmControl& control, const std::string& socket_path, Log log)
       p.log(line);
     });
   }
+  // httplib sizes its request threads from the number of CPUs when it starts listening, on the listener
+  // thread, whose filter does not let it read sysfs: sized here instead, by httplib's own rule.
+  const size_t workers = CPPHTTPLIB_THREAD_POOL_COUNT;
+  p.http.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
   p.http.set_address_family(AF_UNIX);
   // The socket file takes the mode of the socket's inode when it is bound (Linux's unix_bind), so
   // it is created 0600 without touching the process-wide umask; the chmod below is for kernels

@@ -243,6 +243,8 @@ TEST(SeccompTest, EveryCallRecordedInTheLabIsAllowedForItsClass) {
     auto syscalls = allowed_syscalls(c);
     auto ioctls = allowed_ioctls(c);
     for (const std::string& call : calls) {
+      if (call == "clone3" && (c == ThreadClass::Control || c == ThreadClass::Api))
+        continue;  // answered ENOSYS by the filter, so glibc uses clone (see compile())
       if (call.rfind("ioctl ", 0) == 0) {
         std::string req = call.substr(6);
         auto nr = request_number(req);

@@ -191,6 +191,7 @@ std::shared_future<void> Vmm::do_remove_device(const std::string& id) {
   Removal& r = removals_[slot];
   r.id = id;
   r.deadline = std::chrono::steady_clock::now() + kEjectWait;
+  r.nudge = std::chrono::steady_clock::now() + kEjectNudge;
   auto f = r.done.get_future().share();
   machine_->request_unplug(slot);
   return f;
@@ -223,6 +224,10 @@ void Vmm::service_machine() {
   auto now = std::chrono::steady_clock::now();
   for (auto it = removals_.begin(); it != removals_.end();) {
     if (now < it->second.deadline) {
+      if (now >= it->second.nudge) {
+        machine_->request_unplug(it->first);
+        it->second.nudge = now + kEjectNudge;
+      }
       ++it;
       continue;
     }

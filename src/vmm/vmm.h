@@ -42,6 +42,9 @@ class Machine;
 class Vmm final : public VmControl {
  public:
   static constexpr std::chrono::seconds kEjectWait{30};
+  // An eject request raised before the guest's hotplug driver listens (a device removed while the guest
+  // boots) reaches no one; the request stays in the slot's register, and is signalled again this often.
+  static constexpr std::chrono::seconds kEjectNudge{3};
 
   // api: the VM's life is driven by requests (see above). Create the Vmm before any other thread: it
   // blocks the signals it watches.
@@ -103,7 +106,7 @@ class Vmm final : public VmControl {
   std::unique_ptr<Machine> machine_;
   struct Removal {
     std::string id;
-    std::chrono::steady_clock::time_point deadline;
+    std::chrono::steady_clock::time_point deadline, nudge;
     std::promise<void> done;
   };
   std::map<int, Removal> removals_;  // by slot
