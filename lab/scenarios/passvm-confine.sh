@@ -38,14 +38,18 @@ fig=(rc="$rc" owner="$owner" mode="$mode" driver="$(bdf_driver $NVME)" said="$(e
 if [[ $rc == 0 && $owner == "$U" && $(bdf_driver $NVME) == vfio-pci ]]; then result conf.reserve pass "${fig[@]}"
 else result conf.reserve fail detail="expected 00:03.0 on vfio-pci with /dev/vfio/$group owned by $U" "${fig[@]}"; fi
 
-# check: pvuser is not in the kvm group and has the default 8 MiB memlock limit.
+# check: pvuser cannot open /dev/kvm (L1 leaves it root's, 0600: no udev rule gives it to the kvm group)
+# and has the default 8 MiB memlock limit.
 rm -f /etc/security/limits.d/passvm-lab.conf
+kvm_mode=$(stat -c '%U:%G %a' /dev/kvm)
 "$PASSVM" check --user $U --memory 512M $NVME >"$LAB_OUT/check1.txt" 2>&1; rc=$?
-said=$(grep -i -E 'kvm|memlock' "$LAB_OUT/check1.txt" | head -n 4 | tr '\n' ' ')
-if [[ $rc != 0 ]] && grep -qi 'usermod.*kvm' "$LAB_OUT/check1.txt" && grep -qi 'memlock' "$LAB_OUT/check1.txt"; then
-    result conf.check pass rc="$rc" said="$said"
-else result conf.check fail detail="expected a failing check naming the kvm group fix and the memlock limit" rc="$rc" said="$said"; fi
-# The fixes the messages name.
+said=$(grep -A1 -E '^\[fail\] (/dev/kvm|memlock)' "$LAB_OUT/check1.txt" | tr '\n' ' ' | head -c 600)
+if [[ $rc != 0 ]] && grep -A1 '^\[fail\] /dev/kvm' "$LAB_OUT/check1.txt" | grep -q 'fix:' \
+        && grep -A1 '^\[fail\] memlock' "$LAB_OUT/check1.txt" | grep -q 'fix:.*memlock'; then
+    result conf.check pass rc="$rc" kvm="$kvm_mode" said="$said"
+else result conf.check fail detail="expected failing /dev/kvm and memlock lines, each with its fix" rc="$rc" said="$said"; fi
+# The fixes the messages name: the udev rule's effect on /dev/kvm and the kvm group, a limits.d line.
+chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 usermod -aG kvm $U
 echo "$U hard memlock unlimited" >/etc/security/limits.d/passvm-lab.conf
 echo "$U soft memlock unlimited" >>/etc/security/limits.d/passvm-lab.conf
@@ -60,13 +64,19 @@ snap_threads() {
     local name=$1 con=$LAB_OUT/$1.console pid="" i t
     for ((i = 0; i < 3000; i++)); do
         grep -q 'L2MARK start nvme' "$con" 2>/dev/null && break
+        [[ -e $LAB_OUT/$1.summary.json ]] && return  # run_l2 ended: passvm never got that far
         sleep 0.2
     done
-    for p in $(pgrep -x "$(basename "$PASSVM" | cut -c1-15)"); do
+    local pids
+    pids=$(pgrep -x "$(basename "$PASSVM" | cut -c1-15)")
+    echo "pgrep: $pids" >"$LAB_OUT/$name.threads.log"
+    for p in $pids; do
         [[ -e /proc/$p/task ]] && pid=$p
     done
     [[ -n $pid ]] || return
+    ls -l "/proc/$pid/task" >>"$LAB_OUT/$name.threads.log" 2>&1
     for t in /proc/$pid/task/*; do
+        cat "$t/comm" "$t/status" >>"$LAB_OUT/$name.threads.log" 2>&1
         echo "$(cat "$t/comm") $(awk '/^Seccomp:/{s=$2} /^Uid:/{u=$2} /^CapEff:/{c=$2} END{print s, u, c}' "$t/status")"
     done >"$LAB_OUT/$name.threads"
 }
@@ -126,6 +136,7 @@ run_l2 conf.root --timeout 600 -- "${PV[@]}" --user $U "${BOOT[@]}" --append "$(
 wait
 threads_result conf.root.threads conf.root
 
+chown root:root /dev/kvm && chmod 0600 /dev/kvm  # as L1 had it
 out=$("$PASSVM" release $NVME 2>&1); rrc=$?
 sleep 1
 owner=$(stat -c %U "/dev/vfio/$group" 2>/dev/null || echo gone)

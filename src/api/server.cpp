@@ -289,6 +289,7 @@ Server::Server(VmControl& control, const std::string& socket_path, Log log)
   Impl& p = *impl_;
   prepare_path(p.path);
   auto handler = [&p](const httplib::Request& req, httplib::Response& res) {
+    confine::label_thread("pv-api");  // a request thread, started by the listener with its filter
     Reply r = dispatch(p.control, req);
     res.status = r.status;
     if (!r.body.empty()) res.set_content(r.body, "application/json");

@@ -119,6 +119,19 @@ TEST(CommandLine, AnApiSocketAloneRunsWithoutAVm) {
   EXPECT_FALSE(parse({"--help"}).run);
 }
 
+TEST(CommandLine, SeccompIsOnByDefaultAndNamesItsChoices) {
+  auto d = parse({"--kernel", "k"});
+  EXPECT_EQ(d.seccomp, confine::SeccompMode::Kill);
+  EXPECT_TRUE(d.user.empty());
+  auto l = parse({"--kernel", "k", "--seccomp", "log", "--user", "alice"});
+  EXPECT_EQ(l.seccomp, confine::SeccompMode::Log);
+  EXPECT_EQ(l.user, "alice");
+  auto bad = parse({"--kernel", "k", "--seccomp", "strict"});
+  EXPECT_FALSE(bad.run);
+  EXPECT_EQ(bad.exit_status, 1);
+  EXPECT_NE(bad.message.find("give on, log or off"), std::string::npos) << bad.message;
+}
+
 TEST(CommandLine, HelpAndVersionExitZero) {
   auto h = parse({"--help"});
   EXPECT_FALSE(h.config.has_value());

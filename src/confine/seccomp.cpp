@@ -5,6 +5,7 @@
 #include <linux/kvm.h>
 #include <linux/seccomp.h>
 #include <linux/vfio.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
 #include <seccomp.h>
@@ -13,6 +14,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/sysinfo.h>
 #include <sys/syscall.h>
 #include <termios.h>
 #include <unistd.h>
@@ -183,6 +185,12 @@ void on_sigsys(int, siginfo_t* info, void*) {
   syscall(SYS_exit_group, kExitSeccomp);
 }
 
+// libseccomp's SCMP_A0()... are C compound literals; these are the same comparisons in C++.
+scmp_arg_cmp arg_eq(unsigned arg, scmp_datum_t value) { return {arg, SCMP_CMP_EQ, value, 0}; }
+scmp_arg_cmp arg_masked_eq(unsigned arg, scmp_datum_t mask, scmp_datum_t value) {
+  return {arg, SCMP_CMP_MASKED_EQ, mask, value};
+}
+
 std::vector<sock_filter> compile(ThreadClass c, SeccompMode mode, const std::optional<DropTarget>& drop) {
   const uint32_t deny = mode == SeccompMode::Log ? SCMP_ACT_LOG : SCMP_ACT_TRAP;
   scmp_filter_ctx ctx = seccomp_init(deny);
@@ -206,14 +214,14 @@ std::vector<sock_filter> compile(ThreadClass c, SeccompMode mode, const std::opt
     if (nr == __NR_SCMP_ERROR) throw std::runtime_error(fmt::format("seccomp: unknown system call {}", n));
     if (n == "ioctl") {
       for (const Ioctl& io : allowed_ioctls(c))
-        check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A1(SCMP_CMP_EQ, io.request)), io.name);
+        check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, arg_eq(1, io.request)), io.name);
     } else if (n == "tgkill") {
-      check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(getpid()))),
+      check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, arg_eq(0, static_cast<scmp_datum_t>(getpid()))),
             "tgkill");
     } else if (n == "clone") {
       // Threads only: a thread shares the filter it is created under, a forked child would too, but a
       // VMM has no business forking.
-      check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD)),
+      check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, arg_masked_eq(0, CLONE_THREAD, CLONE_THREAD)),
             "clone");
     } else {
       check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0), n);
@@ -225,13 +233,13 @@ std::vector<sock_filter> compile(ThreadClass c, SeccompMode mode, const std::opt
     check(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0), "clone3");
   }
   if (drop) {
-    check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(setresuid), 3, SCMP_A0(SCMP_CMP_EQ, drop->uid),
-                           SCMP_A1(SCMP_CMP_EQ, drop->uid), SCMP_A2(SCMP_CMP_EQ, drop->uid)),
+    check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(setresuid), 3, arg_eq(0, drop->uid),
+                           arg_eq(1, drop->uid), arg_eq(2, drop->uid)),
           "setresuid");
-    check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(setresgid), 3, SCMP_A0(SCMP_CMP_EQ, drop->gid),
-                           SCMP_A1(SCMP_CMP_EQ, drop->gid), SCMP_A2(SCMP_CMP_EQ, drop->gid)),
+    check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(setresgid), 3, arg_eq(0, drop->gid),
+                           arg_eq(1, drop->gid), arg_eq(2, drop->gid)),
           "setresgid");
-    check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(setgroups), 1, SCMP_A0(SCMP_CMP_EQ, drop->groups)),
+    check(seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(setgroups), 1, arg_eq(0, drop->groups)),
           "setgroups");
   }
 
@@ -327,6 +335,11 @@ void configure(SeccompMode mode, std::optional<DropTarget> drop) {
   const char* hook = getenv("PASSVM_TEST_FORBIDDEN_SYSCALL");
   g_test_violation = hook && *hook;
   if (mode == SeccompMode::Off) return;
+  // glibc's malloc reads /sys/devices/system/cpu/online the first time a process wants more than
+  // eight arenas, in whichever thread that happens to be: in the lab, an API request thread, which
+  // the filter then killed. Setting the limit it would compute (eight arenas a CPU) means it never
+  // has to look.
+  mallopt(M_ARENA_MAX, 8 * std::max(1, get_nprocs()));
   for (int nr = 0; nr < kMaxSyscall; nr++)
     g_syscall_names[static_cast<size_t>(nr)] = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr);
   for (ThreadClass c : kThreadClasses) g_programs[index_of(c)] = compile(c, mode, drop);
@@ -342,9 +355,7 @@ void configure(SeccompMode mode, std::optional<DropTarget> drop) {
 SeccompMode mode() { return g_mode; }
 
 void enter(ThreadClass c, std::string_view name) {
-  std::string n(name.empty() ? class_name(c) : name);
-  n.resize(std::min<size_t>(n.size(), 15));
-  std::memcpy(t_thread_name, n.c_str(), n.size() + 1);
+  label_thread(name.empty() ? class_name(c) : name);
   if (c != ThreadClass::Control) pthread_setname_np(pthread_self(), t_thread_name);
   if (g_mode == SeccompMode::Off) return;
   const auto& prog = g_programs[index_of(c)];
@@ -357,6 +368,12 @@ void enter(ThreadClass c, std::string_view name) {
 
 void request_test_violation() {
   if (g_test_violation) g_violation_requested.store(true);
+}
+
+void label_thread(std::string_view name) {
+  size_t n = std::min<size_t>(name.size(), sizeof t_thread_name - 1);
+  std::memcpy(t_thread_name, name.data(), n);
+  t_thread_name[n] = 0;
 }
 
 bool take_test_violation() {

@@ -68,6 +68,10 @@ SeccompMode mode();
 // mode is Off, install its class's filter. Throws std::runtime_error if the kernel refuses it.
 void enter(ThreadClass c, std::string_view name = {});
 
+// The name a SIGSYS message gives the calling thread, for threads that inherit a filter without
+// entering a class themselves (httplib's request threads). No system call.
+void label_thread(std::string_view name);
+
 // The allow lists, for tests and for `passvm --seccomp-print`.
 struct Ioctl {
   const char* name;

@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <latch>
 #include <map>
 #include <optional>
 #include <set>
@@ -115,6 +116,28 @@ TEST(SeccompTest, SignalsGoOnlyToPassvmsOwnThreads) {
     return 0;
   });
   EXPECT_EQ(other.status, kExitSeccomp) << other.err;
+}
+
+// glibc's malloc looks up the CPU count in sysfs when a ninth arena is wanted; a confined thread may
+// not open files, so configure() must have spared it that.
+TEST(SeccompTest, ManyThreadsAllocatingUnderAFilterNeedNoFile) {
+  Outcome o = in_child([] {
+    configure(SeccompMode::Kill);
+    std::thread([] {}).join();  // glibc sets up its thread signals at the first thread, as passvm's setup does
+    enter(ThreadClass::Api);    // may start threads, may not open files
+    constexpr int kThreads = 24;
+    std::latch all_allocated(kThreads);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kThreads; i++)
+      threads.emplace_back([&] {
+        void* volatile p = malloc(512);  // a thread's first allocation takes an arena of its own
+        all_allocated.arrive_and_wait();
+        free(p);
+      });
+    for (auto& t : threads) t.join();
+    return 0;
+  });
+  EXPECT_EQ(o.status, 0) << o.err;
 }
 
 TEST(SeccompTest, LogModeLetsTheCallThrough) {
