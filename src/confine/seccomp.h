@@ -72,7 +72,7 @@ void enter(ThreadClass c, std::string_view name = {});
 // entering a class themselves (httplib's request threads). No system call.
 void label_thread(std::string_view name);
 
-// The allow lists, for tests and for `passvm --seccomp-print`.
+// The allow lists (tests check them against what the lab recorded).
 struct Ioctl {
   const char* name;
   unsigned long request;
