@@ -58,35 +58,71 @@ bool read_at(int fd, void* p, size_t n, uint64_t off) {
 
 }  // namespace
 
-std::string KernelCache::default_dir() {
-  if (const char* d = getenv("PASSVM_CACHE_DIR")) return std::string(d) == "off" ? "" : d;
-  if (const char* x = getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/passvm";
-  if (const char* h = getenv("HOME"); h && *h) return std::string(h) + "/.cache/passvm";
-  return "";
+CacheDirs KernelCache::default_dirs() {
+  if (const char* d = getenv("PASSVM_CACHE_DIR")) {
+    if (std::string(d) == "off") return {};
+    return {d, kSharedCacheDir};
+  }
+  if (const char* x = getenv("XDG_CACHE_HOME"); x && *x) return {std::string(x) + "/passvm", kSharedCacheDir};
+  if (const char* h = getenv("HOME"); h && *h) return {std::string(h) + "/.cache/passvm", kSharedCacheDir};
+  return {"", kSharedCacheDir};
 }
 
-KernelCache::KernelCache(std::string dir, std::span<const uint8_t> bzimage) : dir_(std::move(dir)) {
-  if (dir_.empty()) return;
-  path_ = fmt::format("{}/kernel-{:016x}-{}.unpacked", dir_, fnv1a(bzimage), bzimage.size());
+namespace {
+
+std::string entry_name(std::span<const uint8_t> bzimage) {
+  return fmt::format("kernel-{:016x}-{}.unpacked", fnv1a(bzimage), bzimage.size());
+}
+
+// A shared entry boots other users' guests: it counts only if neither it nor its directory can have been
+// written by anyone but root or the user running passvm.
+bool trusted(const struct stat& st) {
+  return (st.st_uid == 0 || st.st_uid == geteuid()) && (st.st_mode & (S_IWGRP | S_IWOTH)) == 0;
+}
+
+}  // namespace
+
+KernelCache::KernelCache(CacheDirs dirs, std::span<const uint8_t> bzimage) : dir_(std::move(dirs.own)) {
+  if (dir_.empty() && dirs.shared.empty()) return;
+  const std::string name = entry_name(bzimage);
+  if (!dir_.empty()) path_ = dir_ + "/" + name;
+  if (!dirs.shared.empty() && dirs.shared != dir_) {
+    struct stat st {};
+    if (stat(dirs.shared.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && trusted(st)) shared_path_ = dirs.shared + "/" + name;
+  }
 }
 
 KernelCache::~KernelCache() { abandon(); }
 
 std::optional<VmlinuxLayout> KernelCache::load(const VmlinuxWriter::Write& write,
                                                const VmlinuxWriter::OnLayout& on_layout) {
-  if (path_.empty()) return std::nullopt;
-  int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  for (const auto& [path, own] : {std::pair{path_, true}, std::pair{shared_path_, false}}) {
+    if (path.empty()) continue;
+    if (auto layout = load_file(path, own, write, on_layout)) {
+      loaded_from_ = path;
+      return layout;
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<VmlinuxLayout> KernelCache::load_file(const std::string& path, bool own,
+                                                    const VmlinuxWriter::Write& write,
+                                                    const VmlinuxWriter::OnLayout& on_layout) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return std::nullopt;
   struct Closer {
     int fd;
     ~Closer() { close(fd); }
   } closer{fd};
   auto bad = [&]() -> std::optional<VmlinuxLayout> {
-    unlink(path_.c_str());
+    if (own) unlink(path.c_str());  // a shared entry is its owner's to replace
     return std::nullopt;
   };
   struct stat st {};
-  if (fstat(fd, &st) != 0 || st.st_size < 24) return bad();
+  if (fstat(fd, &st) != 0) return bad();
+  if (!own && (!S_ISREG(st.st_mode) || !trusted(st))) return std::nullopt;
+  if (st.st_size < 24) return bad();
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   uint64_t tail[3];  // entry, n, magic
   if (!read_at(fd, tail, sizeof tail, size - sizeof tail) || tail[2] != kMagic || tail[1] == 0 || tail[1] > 64)
@@ -134,8 +170,36 @@ std::optional<VmlinuxLayout> KernelCache::load(const VmlinuxWriter::Write& write
     }
     off += hdr[1];
   }
-  utimensat(AT_FDCWD, path_.c_str(), nullptr, 0);  // recently used: pruned last
+  if (own) utimensat(AT_FDCWD, path.c_str(), nullptr, 0);  // recently used: pruned last
   return layout;
+}
+
+std::string KernelCache::add(const std::string& dir, std::span<const uint8_t> bzimage, const std::string& name) {
+  const SetupHeader h = parse_setup_header(bzimage, name);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec)
+    throw std::runtime_error(fmt::format("cannot create the cache directory {}: {}", dir, ec.message()));
+  if (access(dir.c_str(), W_OK) != 0)
+    throw std::runtime_error(fmt::format("cannot write to the cache directory {}: {} (run as its owner, or give "
+                                         "another with PASSVM_CACHE_DIR)", dir, strerror(errno)));
+  KernelCache cache(CacheDirs{dir}, bzimage);
+  // Already there and whole: nothing to do (loading it validates every record, and writes nothing).
+  if (cache.load_file(cache.path_, true, [](uint64_t, std::span<const uint8_t>) {}, [](const VmlinuxLayout&) {}))
+    return cache.path_;
+  // No guest RAM here: the segments go only to the cache file. Where they land is checked at each boot,
+  // against that guest's RAM.
+  VmlinuxWriter writer([&](uint64_t paddr, std::span<const uint8_t> bytes) { cache.record(paddr, bytes); },
+                       [](const VmlinuxLayout&) {});
+  std::string why;
+  if (!unpack_bzimage(bzimage, h, writer, &why))
+    throw std::runtime_error(fmt::format("{}: {}; passvm boots it with the guest's own decompressor, which needs no "
+                                         "cache", name, why));
+  cache.commit(writer.finish());
+  // Readable by every user whatever the umask: a shared cache is for them.
+  if (cache.failed_ || chmod(cache.path_.c_str(), 0644) != 0)
+    throw std::runtime_error(fmt::format("could not write {} (is {} full?)", cache.path_, dir));
+  return cache.path_;
 }
 
 void KernelCache::record(uint64_t paddr, std::span<const uint8_t> bytes) {

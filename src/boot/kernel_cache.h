@@ -6,10 +6,17 @@
 // bytes, so passvm keeps them in a cache file keyed by a hash of the bzImage
 // and streams them straight into guest RAM on the next boot.
 //
-// Where: $PASSVM_CACHE_DIR, else $XDG_CACHE_HOME/passvm, else ~/.cache/passvm;
-// PASSVM_CACHE_DIR=off disables it. The newest few kernels are kept. A file
-// that is damaged or half-written is ignored and replaced; the cache is never
-// needed for a boot to work.
+// Where: the user's own cache, $PASSVM_CACHE_DIR, else $XDG_CACHE_HOME/passvm,
+// else ~/.cache/passvm, read and written; and a shared one, /var/cache/passvm,
+// only read: a system service (or a package's kernel hook) fills it with
+// `passvm cache add --shared KERNEL` ahead of time, so that no user's first
+// boot of that kernel pays for unpacking. Its entries go straight into guests,
+// so they are used only when the directory and the file belong to root (or to
+// the user running passvm) and nobody else may write them.
+// PASSVM_CACHE_DIR=off disables both. The newest few kernels are kept in a
+// directory passvm writes to. A file that is damaged or half-written is
+// ignored (and replaced in the own cache); the cache is never needed for a
+// boot to work.
 #pragma once
 
 #include <cstdint>
@@ -24,13 +31,33 @@
 
 namespace passvm::boot {
 
+// Where entries are looked up (own, then shared) and recorded (own). "" leaves a directory out.
+struct CacheDirs {
+  std::string own;
+  std::string shared;
+  CacheDirs() = default;
+  CacheDirs(std::string own_dir, std::string shared_dir = "")  // NOLINT: a plain directory is the own cache
+      : own(std::move(own_dir)), shared(std::move(shared_dir)) {}
+  CacheDirs(const char* own_dir) : own(own_dir) {}  // NOLINT
+  bool empty() const { return own.empty() && shared.empty(); }
+};
+
+inline constexpr const char* kSharedCacheDir = "/var/cache/passvm";
+
 class KernelCache {
  public:
-  // The cache directory from the environment, or "" when disabled or there is no home.
-  static std::string default_dir();
+  // The directories from the environment (both "" with PASSVM_CACHE_DIR=off; own "" without a home).
+  static CacheDirs default_dirs();
+  // The own directory alone, as default_dirs() gives it.
+  static std::string default_dir() { return default_dirs().own; }
 
-  // dir "" disables the cache: lookups miss, recording does nothing.
-  KernelCache(std::string dir, std::span<const uint8_t> bzimage);
+  // Empty dirs disable the cache: lookups miss, recording does nothing.
+  KernelCache(CacheDirs dirs, std::span<const uint8_t> bzimage);
+
+  // Unpacks bzimage (named name in errors) into dir without booting it, and returns the entry's path; an
+  // entry already there is kept. Throws std::runtime_error naming the problem: not a bzImage, a payload
+  // passvm does not unpack, a directory it cannot write.
+  static std::string add(const std::string& dir, std::span<const uint8_t> bzimage, const std::string& name);
 
   // Streams a cached kernel's bytes to write(paddr, bytes) and returns its layout; nullopt on a miss
   // (or an unreadable or damaged entry, which is then removed). on_layout sees the layout before anything
@@ -43,13 +70,18 @@ class KernelCache {
   void commit(const VmlinuxLayout& layout);
   ~KernelCache();
 
+  // The entry's file in the own directory ("" without one).
   const std::string& path() const { return path_; }
+  // Where the last successful load() read from.
+  const std::string& loaded_from() const { return loaded_from_; }
 
  private:
+  std::optional<VmlinuxLayout> load_file(const std::string& path, bool own, const VmlinuxWriter::Write& write,
+                                         const VmlinuxWriter::OnLayout& on_layout);
   void abandon();
   void prune();
 
-  std::string dir_, path_, tmp_path_;
+  std::string dir_, path_, shared_path_, tmp_path_, loaded_from_;
   int tmp_fd_ = -1;
   bool failed_ = false;
 };

@@ -106,16 +106,21 @@ Initrd Initrd::file(const std::string& path) {
 
 LinuxBoot load_linux(const GuestMemory& mem, const std::string& kernel_path, const std::string& initrd_path,
                      const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
-                     bool unpack_on_host, const std::string& cache_dir) {
+                     bool unpack_on_host, const CacheDirs& cache_dirs, const std::atomic<bool>* cancel) {
   std::vector<uint8_t> kernel = read_boot_file(kernel_path, "kernel");
   Initrd initrd = initrd_path.empty() ? Initrd{} : Initrd::file(initrd_path);
-  return load_linux_image(mem, kernel, initrd, cmdline, e820, rsdp_addr, kernel_path, unpack_on_host, cache_dir);
+  return load_linux_image(mem, kernel, initrd, cmdline, e820, rsdp_addr, kernel_path, unpack_on_host, cache_dirs,
+                          cancel);
 }
 
 LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kernel, const Initrd& initrd,
                            const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
-                           const std::string& kernel_name, bool unpack_on_host, const std::string& cache_dir) {
+                           const std::string& kernel_name, bool unpack_on_host, const CacheDirs& cache_dirs,
+                           const std::atomic<bool>* cancel) {
   const SetupHeader h = parse_setup_header(kernel, kernel_name);
+  auto check_cancel = [cancel] {
+    if (cancel && cancel->load(std::memory_order_relaxed)) throw LoadCancelled();
+  };
   LinuxBoot b;
   b.protocol = h.version;
 
@@ -148,13 +153,20 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
                           "or boot with --guest-decompress",
                           kernel_name, seg.paddr, mib(seg.mem_size)));
     };
-    KernelCache cache(cache_dir, kernel);
+    KernelCache cache(cache_dirs, kernel);
     std::optional<VmlinuxLayout> placed =
-        cache.load([&mem](uint64_t paddr, std::span<const uint8_t> bytes) { mem.write(paddr, bytes); }, check);
+        cache.load(
+            [&](uint64_t paddr, std::span<const uint8_t> bytes) {
+              check_cancel();
+              mem.write(paddr, bytes);
+            },
+            check);
     b.from_cache = placed.has_value();
+    if (placed) b.cache_file = cache.loaded_from();
     if (!placed) {
       VmlinuxWriter writer(
           [&](uint64_t paddr, std::span<const uint8_t> bytes) {
+            check_cancel();
             mem.write(paddr, bytes);
             cache.record(paddr, bytes);
           },
@@ -190,6 +202,7 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
           "the initrd ({} MiB) does not fit between the kernel (ends at {:#x}) and {:#x}: give the guest more memory "
           "or use a smaller initrd",
           mib(initrd.size), b.kernel_end, limit));
+    check_cancel();
     initrd.copy_to(std::span(dest, initrd.size));
     b.initrd_addr = at;
     b.initrd_size = initrd.size;

@@ -20,7 +20,9 @@
 // The vCPU enters at kernel + 0x200 in long mode (Vcpu::setup_linux_boot).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <stdexcept>
 #include <functional>
 #include <span>
 #include <string>
@@ -28,6 +30,7 @@
 
 #include "boot/bzimage.h"
 #include "boot/e820.h"
+#include "boot/kernel_cache.h"
 #include "boot/long_mode.h"
 #include "memory/guest_memory.h"
 
@@ -46,6 +49,7 @@ struct LinuxBoot {
   bool unpacked_on_host = false;  // vmlinux.h: the payload was unpacked by passvm, entry is startup_64
   std::string unpack_note;        // why it was not, when it was asked to be
   bool from_cache = false;        // the unpacked kernel came from the cache (kernel_cache.h)
+  std::string cache_file;         // which cache file
 };
 
 // An initrd: its size, and how to put its bytes into guest RAM. From a file they are read straight into
@@ -64,17 +68,24 @@ struct Initrd {
 // "let the kernel find the RSDP in the 0xE0000 area". Throws std::runtime_error naming the problem
 // (missing file, not a bzImage, does not fit in guest RAM, command line too long) and what to change.
 // unpack_on_host: unpack the compressed kernel in passvm (vmlinux.h) rather than in the guest, when its
-// format allows; otherwise, or when false, the guest runs the bzImage's own decompressor. cache_dir: where
-// unpacked kernels are kept between boots (kernel_cache.h), "" for no cache.
+// format allows; otherwise, or when false, the guest runs the bzImage's own decompressor. cache: where
+// unpacked kernels are kept between boots (kernel_cache.h), empty for no cache. cancel: when another thread
+// sets it, the load stops between two pieces with LoadCancelled (it may run beside the rest of the setup).
 LinuxBoot load_linux(const GuestMemory& mem, const std::string& kernel_path, const std::string& initrd_path,
                      const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
-                     bool unpack_on_host = true, const std::string& cache_dir = "");
+                     bool unpack_on_host = true, const CacheDirs& cache = {},
+                     const std::atomic<bool>* cancel = nullptr);
 
 // The same from memory; kernel_name is used in error messages.
 LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kernel, const Initrd& initrd,
                            const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
                            const std::string& kernel_name = "the kernel", bool unpack_on_host = true,
-                           const std::string& cache_dir = "");
+                           const CacheDirs& cache = {}, const std::atomic<bool>* cancel = nullptr);
+
+// What load_linux throws once *cancel is set (the machine's setup failed or was interrupted meanwhile).
+struct LoadCancelled : std::runtime_error {
+  LoadCancelled() : std::runtime_error("loading the kernel was cancelled") {}
+};
 
 // Whole-file read with user-facing errors ("what" says which file it is: "kernel", "initrd").
 std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& what);

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+
 #include <cstring>
 #include <filesystem>
 #include <unistd.h>
@@ -148,6 +150,63 @@ TEST(Vmlinux, CorruptPayloadIsAnError) {
   std::string why;
   VmlinuxWriter w([](uint64_t, std::span<const uint8_t>) {}, [](const VmlinuxLayout&) {});
   EXPECT_THROW(unpack_bzimage(img, h, w, &why), std::runtime_error);
+}
+
+TEST(Vmlinux, CacheAddAheadOfTimeMakesTheFirstBootAHitFromTheSharedDirectory) {
+  namespace fs = std::filesystem;
+  char tmpl[] = "/tmp/passvm-vmlinux-shared-XXXXXX";
+  fs::path root = mkdtemp(tmpl);
+  const uint64_t paddr = 16 * layout::MiB;
+  auto text = pattern(400000);
+  auto img = bzimage_with_payload(xz(make_elf(paddr, text, 4096, paddr + 0x40)), 0);
+  const fs::path shared = root / "shared", own = root / "own";
+  std::string path = KernelCache::add(shared.string(), img, "t");
+  EXPECT_TRUE(fs::exists(path));
+  EXPECT_EQ(fs::status(path).permissions() & fs::perms::others_read, fs::perms::others_read);
+  EXPECT_EQ(KernelCache::add(shared.string(), img, "t"), path);  // a second add keeps the entry
+
+  // A user whose own cache is empty boots from the shared entry, and writes nothing of their own.
+  GuestMemory mem(64 * layout::MiB, false);
+  LinuxBoot b = load_linux_image(mem, img, {}, "", build_e820(mem), 0, "t", true, CacheDirs{own.string(), shared.string()});
+  EXPECT_TRUE(b.from_cache);
+  EXPECT_EQ(b.cache_file, path);
+  EXPECT_EQ(b.entry.rip, paddr + 0x40);
+  std::vector<uint8_t> back(text.size());
+  mem.read(paddr, back);
+  EXPECT_EQ(back, text);
+  EXPECT_FALSE(fs::exists(own));
+
+  // A shared directory others may write to could hold anything: it is not used.
+  fs::permissions(shared, fs::perms::others_write, fs::perm_options::add);
+  GuestMemory again(64 * layout::MiB, false);
+  LinuxBoot c = load_linux_image(again, img, {}, "", build_e820(again), 0, "t", true, CacheDirs{"", shared.string()});
+  EXPECT_FALSE(c.from_cache);
+  EXPECT_TRUE(c.unpacked_on_host);
+  fs::remove_all(root);
+}
+
+TEST(Vmlinux, CacheAddRefusesAKernelItCannotUnpackNamingWhy) {
+  char tmpl[] = "/tmp/passvm-vmlinux-add-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  auto zstd = bzimage_with_payload({0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3, 4}, 100);
+  try {
+    KernelCache::add(dir, zstd, "bzImage-zstd");
+    ADD_FAILURE() << "no error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("zstd"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(KernelCache::add(dir, std::vector<uint8_t>(4096, 0), "not-a-kernel"), std::runtime_error);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Vmlinux, ACancelledLoadStopsWithLoadCancelled) {
+  const uint64_t paddr = 16 * layout::MiB;
+  auto img = bzimage_with_payload(xz(make_elf(paddr, pattern(300000), 0, paddr)), 0);
+  GuestMemory mem(64 * layout::MiB, false);
+  std::atomic<bool> cancel{true};
+  EXPECT_THROW(load_linux_image(mem, img, {}, "", build_e820(mem), 0, "t", true, {}, &cancel), LoadCancelled);
+  cancel = false;
+  EXPECT_TRUE(load_linux_image(mem, img, {}, "", build_e820(mem), 0, "t", true, {}, &cancel).unpacked_on_host);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 
 #include "api/client.h"
 #include "api/server.h"
+#include "cli/cache_command.h"
 #include "cli/options.h"
 #include "confine/privileges.h"
 #include "confine/seccomp.h"
@@ -36,6 +37,7 @@ int run_subcommand(int argc, char** argv, int (*fn)(int, char**)) {
 int main(int argc, char** argv) {
   if (argc > 1 && passvm::host::is_host_command(argv[1])) return run_subcommand(argc, argv, passvm::host::host_main);
   if (argc > 1 && std::string(argv[1]) == "remote") return run_subcommand(argc, argv, passvm::api::remote_main);
+  if (argc > 1 && std::string(argv[1]) == "cache") return run_subcommand(argc, argv, passvm::cli::cache_main);
   auto parsed = passvm::cli::parse_command_line(std::vector<std::string>(argv + 1, argv + argc));
   if (!parsed.run) {
     std::fputs(parsed.message.c_str(), parsed.exit_status == 0 ? stdout : stderr);

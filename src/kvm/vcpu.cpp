@@ -335,10 +335,12 @@ bool Vcpu::handle_exit() {
   switch (run_->exit_reason) {
     case KVM_EXIT_IO:
       io_exits_.fetch_add(1, std::memory_order_relaxed);
+      sites_.add(false, run_->io.direction == KVM_EXIT_IO_OUT, run_->io.port);
       handle_io();
       return true;
     case KVM_EXIT_MMIO:
       mmio_exits_.fetch_add(1, std::memory_order_relaxed);
+      sites_.add(true, run_->mmio.is_write != 0, run_->mmio.phys_addr);
       handle_mmio();
       return true;
     default:

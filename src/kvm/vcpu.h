@@ -32,6 +32,7 @@
 #include "boot/linux_boot.h"
 #include "boot/long_mode.h"
 #include "bus/bus.h"
+#include "kvm/exit_sites.h"
 #include "kvm/vm.h"
 #include "memory/layout.h"
 #include "vmm/exit_control.h"
@@ -88,6 +89,8 @@ class Vcpu {
   uint32_t index() const { return index_; }
   int fd() const { return fd_; }
   VcpuExitStats stats() const;
+  // Port I/O and MMIO exits by address.
+  const ExitSites& exit_sites() const { return sites_; }
 
   // General, segment and control registers as text. Only while the vCPU is not in KVM_RUN (before
   // start(), after stop(), or from its own thread). The run loop appends it to the InternalError
@@ -127,6 +130,7 @@ class Vcpu {
   std::condition_variable pause_cv_;
   bool pause_requested_ = false, parked_ = false, loop_ended_ = false;
   std::atomic<uint64_t> io_exits_{0}, mmio_exits_{0}, other_exits_{0};
+  ExitSites sites_;
 };
 
 }  // namespace passvm

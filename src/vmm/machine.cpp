@@ -6,6 +6,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <future>
+#include <map>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -111,6 +114,20 @@ struct Machine::Parts {
   std::unique_ptr<Kvm> kvm;
   std::unique_ptr<Vm> vm;
   std::unique_ptr<GuestMemory> mem;
+  // The kernel goes into guest RAM on a thread of its own while devices open and RAM is pinned for DMA
+  // (unpacking a kernel's first boot takes as long as the rest of the setup). Declared after mem: on a
+  // failed setup it is told to stop and joined before guest RAM goes.
+  struct KernelLoad {
+    std::vector<uint8_t> image;
+    boot::Initrd initrd;
+    std::atomic<bool> stop{false};
+    std::future<boot::LinuxBoot> result;
+    double took_ms = 0;
+    ~KernelLoad() {
+      stop = true;
+      if (result.valid()) result.wait();
+    }
+  } kernel_load;
   uint32_t phys_bits = 0;
   layout::PciWindows windows;
   boot::LinuxBoot boot;
@@ -175,15 +192,21 @@ void Machine::Parts::build() {
     fmt::print(stderr, "passvm: {}: guest RAM in 4 KiB pages (slower nested paging and DMA): {}\n", c.name,
                mem->small_pages_reason());
 
-  // The kernel before any device is opened: a wrong kernel path should fail in milliseconds, not after
-  // seconds of device resets and pinning guest RAM. The ACPI tables follow once the PCI windows are final.
-  auto e820 = boot::build_e820(*mem);
-  boot = boot::load_linux(*mem, c.kernel, c.initrd, c.cmdline, e820, acpi::kRsdpAddress, c.unpack_on_host,
-                          boot::KernelCache::default_dir());
-  step(boot.from_cache         ? "unpacked kernel loaded from the cache, entering startup_64"
-       : boot.unpacked_on_host ? "kernel unpacked and loaded, entering startup_64"
-                               : fmt::format("kernel loaded; the guest decompresses it{}",
-                                             boot.unpack_note.empty() ? "" : " (" + boot.unpack_note + ")"));
+  // The kernel's files are opened and its header checked before any device is opened: a wrong path should
+  // fail in milliseconds, not after seconds of device resets and pinning guest RAM. Loading it (unpacking,
+  // or streaming it from the cache) then runs beside the rest of the setup, until the vCPUs need it.
+  kernel_load.image = boot::read_boot_file(c.kernel, "kernel");
+  boot::parse_setup_header(kernel_load.image, c.kernel);
+  if (!c.initrd.empty()) kernel_load.initrd = boot::Initrd::file(c.initrd);
+  kernel_load.result = std::async(std::launch::async, [this, e820 = boot::build_e820(*mem)] {
+    auto start = std::chrono::steady_clock::now();
+    boot::LinuxBoot b = boot::load_linux_image(*mem, kernel_load.image, kernel_load.initrd, cfg.cmdline, e820,
+                                               acpi::kRsdpAddress, cfg.kernel, cfg.unpack_on_host,
+                                               boot::KernelCache::default_dirs(), &kernel_load.stop);
+    kernel_load.took_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    return b;
+  });
+  step("kernel files opened; loading them into guest RAM meanwhile");
 
   auto irq = [this](uint32_t gsi) { return [this, gsi](bool level) { vm->set_irq_line(gsi, level); }; };
 
@@ -260,6 +283,15 @@ void Machine::Parts::build() {
     step.note(fmt::format("00:{:02x}.{} {} at {:#x} ({:#x} bytes, {})", a.slot, a.func,
                           a.index == pci::kRomBarIndex ? std::string("ROM") : fmt::format("BAR{}", a.index), a.address,
                           a.size, a.kind == pci::BarKind::Io ? "I/O" : a.kind == pci::BarKind::Mmio64 ? "64-bit" : "32-bit"));
+
+  boot = kernel_load.result.get();
+  step(fmt::format("{} ({:.1f} ms beside the rest of the setup)",
+                   boot.from_cache         ? "unpacked kernel loaded from the cache " + boot.cache_file
+                   : boot.unpacked_on_host ? std::string("kernel unpacked and loaded")
+                                           : fmt::format("kernel loaded; the guest decompresses it{}",
+                                                         boot.unpack_note.empty() ? "" : " (" + boot.unpack_note + ")"),
+                   kernel_load.took_ms));
+  kernel_load.image = {};
 
   for (uint32_t i = 0; i < c.cpus; i++)
     vcpus.push_back(std::make_unique<Vcpu>(*vm, i, c.cpus, pio, mmio, guest, windows));
@@ -523,12 +555,47 @@ Counters Machine::counters() const {
   return out;
 }
 
+// How many addresses --stats names.
+constexpr size_t kBusiestSites = 12;
+
 std::string Machine::stats_text() const {
   const Parts& p = *p_;
   std::string out = fmt::format("passvm: {} counters\n  guest RAM: {}\n", p.cfg.name, p.mem->page_usage().describe());
+  std::vector<std::vector<ExitSite>> sites;
+  uint64_t unplaced = 0;
   for (const auto& v : p.vcpus) {
     auto s = v->stats();
     out += fmt::format("  vcpu{}: io exits {}, mmio exits {}, other exits {}\n", v->index(), s.io, s.mmio, s.other);
+    sites.push_back(v->exit_sites().sites());
+    unplaced += v->exit_sites().overflow();
+  }
+  // Who answers there, so that a reader need not know the machine's map.
+  auto owner = [&p](const ExitSite& s) -> std::string {
+    auto in = [&s](uint64_t base, uint64_t size) { return s.addr >= base && s.addr - base < size; };
+    if (s.mmio) {
+      if (in(layout::kEcamStart, layout::kEcamSize)) return "(PCI config, ECAM)";
+      // BARs where they were placed at start (a guest may move them).
+      for (const auto& a : p.root->assignments())
+        if (a.kind != pci::BarKind::Io && in(a.address, a.size))
+          return fmt::format("(00:{:02x}.{} {})", a.slot, a.func,
+                             a.index == pci::kRomBarIndex ? std::string("ROM") : fmt::format("BAR{}", a.index));
+      return "";
+    }
+    static constexpr const char* kUartRegs[] = {"data", "IER", "IIR/FCR", "LCR", "MCR", "LSR", "MSR", "SCR"};
+    if (in(layout::kCom1Port, 8)) return fmt::format("(COM1 {})", kUartRegs[s.addr - layout::kCom1Port]);
+    if (in(layout::kPciConfigAddrPort, 8)) return "(PCI config)";
+    if (in(layout::kAcpiPmBase, devices::AcpiPm::kSize)) return "(ACPI PM)";
+    if (in(0x70, 2)) return "(RTC)";
+    if (in(0x60, 5)) return "(i8042)";
+    if (s.addr == 0x80) return "(POST)";
+    return "";
+  };
+  auto busiest = ExitSites::busiest(sites, kBusiestSites);
+  if (!busiest.empty()) {
+    out += "  exits by address (busiest first):";
+    for (const auto& s : busiest) out += fmt::format(" {}{} {},", s.text(), owner(s).empty() ? "" : " " + owner(s), s.count);
+    out.pop_back();
+    out += unplaced ? fmt::format("; {} more at other addresses\n", unplaced) : "\n";
   }
   out += fmt::format("  {}: {}\n", p.bridge.name(), p.bridge.stats());
   for (const auto& [k, d] : p.passthru) out += fmt::format("  {}: {}\n", d.dev->name(), d.dev->stats());
