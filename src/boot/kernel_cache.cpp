@@ -96,9 +96,14 @@ KernelCache::~KernelCache() { abandon(); }
 
 std::optional<VmlinuxLayout> KernelCache::load(const VmlinuxWriter::Write& write,
                                                const VmlinuxWriter::OnLayout& on_layout) {
+  return load(write, on_layout, nullptr);
+}
+
+std::optional<VmlinuxLayout> KernelCache::load(const VmlinuxWriter::Write& write,
+                                               const VmlinuxWriter::OnLayout& on_layout, const Destination& dest) {
   for (const auto& [path, own] : {std::pair{path_, true}, std::pair{shared_path_, false}}) {
     if (path.empty()) continue;
-    if (auto layout = load_file(path, own, write, on_layout)) {
+    if (auto layout = load_file(path, own, write, on_layout, dest)) {
       loaded_from_ = path;
       return layout;
     }
@@ -108,7 +113,8 @@ std::optional<VmlinuxLayout> KernelCache::load(const VmlinuxWriter::Write& write
 
 std::optional<VmlinuxLayout> KernelCache::load_file(const std::string& path, bool own,
                                                     const VmlinuxWriter::Write& write,
-                                                    const VmlinuxWriter::OnLayout& on_layout) {
+                                                    const VmlinuxWriter::OnLayout& on_layout,
+                                                    const Destination& dest) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return std::nullopt;
   struct Closer {
@@ -162,6 +168,11 @@ std::optional<VmlinuxLayout> KernelCache::load_file(const std::string& path, boo
     uint64_t hdr[2];
     read_at(fd, hdr, sizeof hdr, off);
     off += sizeof hdr;
+    if (uint8_t* to = dest && hdr[1] != 0 ? dest(hdr[0], hdr[1]) : nullptr) {
+      if (!read_at(fd, to, hdr[1], off)) return bad();
+      off += hdr[1];
+      continue;
+    }
     for (uint64_t done = 0; done < hdr[1];) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, hdr[1] - done));
       if (!read_at(fd, buf.data(), n, off + done)) return bad();
@@ -185,7 +196,8 @@ std::string KernelCache::add(const std::string& dir, std::span<const uint8_t> bz
                                          "another with PASSVM_CACHE_DIR)", dir, strerror(errno)));
   KernelCache cache(CacheDirs{dir}, bzimage);
   // Already there and whole: nothing to do (loading it validates every record, and writes nothing).
-  if (cache.load_file(cache.path_, true, [](uint64_t, std::span<const uint8_t>) {}, [](const VmlinuxLayout&) {}))
+  if (cache.load_file(cache.path_, true, [](uint64_t, std::span<const uint8_t>) {}, [](const VmlinuxLayout&) {},
+                      nullptr))
     return cache.path_;
   // No guest RAM here: the segments go only to the cache file. Where they land is checked at each boot,
   // against that guest's RAM.

@@ -63,6 +63,11 @@ class KernelCache {
   // (or an unreadable or damaged entry, which is then removed). on_layout sees the layout before anything
   // is written and may throw to refuse it.
   std::optional<VmlinuxLayout> load(const VmlinuxWriter::Write& write, const VmlinuxWriter::OnLayout& on_layout);
+  // The same, reading each record straight into dest(paddr, length) when that gives memory (guest RAM),
+  // which saves a copy of the whole kernel; a nullptr from dest falls back to write.
+  using Destination = std::function<uint8_t*(uint64_t paddr, uint64_t length)>;
+  std::optional<VmlinuxLayout> load(const VmlinuxWriter::Write& write, const VmlinuxWriter::OnLayout& on_layout,
+                                    const Destination& dest);
 
   // Recording while a kernel is unpacked: every placed piece, then commit() with the final layout.
   // Any I/O failure silently abandons the recording.
@@ -77,7 +82,7 @@ class KernelCache {
 
  private:
   std::optional<VmlinuxLayout> load_file(const std::string& path, bool own, const VmlinuxWriter::Write& write,
-                                         const VmlinuxWriter::OnLayout& on_layout);
+                                         const VmlinuxWriter::OnLayout& on_layout, const Destination& dest);
   void abandon();
   void prune();
 

@@ -160,7 +160,11 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
               check_cancel();
               mem.write(paddr, bytes);
             },
-            check);
+            check,
+            [&](uint64_t paddr, uint64_t length) {
+              check_cancel();
+              return mem.host_address(paddr, length);
+            });
     b.from_cache = placed.has_value();
     if (placed) b.cache_file = cache.loaded_from();
     if (!placed) {

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 #include <string_view>
 #include <vector>
 
@@ -44,6 +45,12 @@ struct PageUsage {
 
 // Sums the smaps entries that lie inside [start, end) (pure: for tests and page_usage()).
 PageUsage parse_smaps(std::string_view smaps, uint64_t start, uint64_t end);
+
+// The CPUs this process may run on (sched_getaffinity), in order.
+std::vector<int> allowed_cpus();
+
+// Zeroing pages runs at memory bandwidth well before this many threads on any one host.
+inline constexpr size_t kMaxPopulateThreads = 64;
 
 class GuestMemory {
  public:
@@ -69,10 +76,12 @@ class GuestMemory {
   // What the kernel actually gave, now.
   PageUsage page_usage() const;
 
-  // Allocates every page now, `threads` at a time (0: one per host CPU, at most 16), instead of at the
-  // guest's first touch. Pinning for DMA allocates them anyway, one page after the other in one thread;
+  // Allocates every page now, `threads` at a time (0: one per CPU passvm may run on, at most
+  // kMaxPopulateThreads, each pinned to its CPU so that pages land on that CPU's NUMA node), instead of at
+  // the guest's first touch. Pinning for DMA allocates them anyway, one page after the other in one thread;
   // this does it in parallel first, and a host short of memory fails here with a clear message rather
-  // than later. Returns the number of threads used; throws std::runtime_error on failure.
+  // than later. Safe while another thread writes guest RAM (no byte changes). Returns the number of
+  // threads used; throws std::runtime_error on failure.
   unsigned populate(unsigned threads = 0) const;
 
   // Host pointer to [gpa, gpa+len) or nullptr if the range is not wholly inside one region.

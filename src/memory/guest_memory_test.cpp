@@ -1,6 +1,7 @@
 #include "memory/guest_memory.h"
 
 #include <gtest/gtest.h>
+#include <sched.h>
 
 #include <array>
 #include <fstream>
@@ -48,6 +49,20 @@ TEST(GuestMemory, PopulateAllocatesEveryPageAndKeepsContents) {
   mem.read(100 * layout::MiB, back);
   EXPECT_EQ(back, (std::array<uint8_t, 4>{}));
   EXPECT_EQ(GuestMemory(16 * layout::MiB, false).populate(8), 1u) << "no more threads than units of work";
+}
+
+// By default one worker per CPU this process may use, and the caller's own CPU mask is left alone.
+TEST(GuestMemory, PopulateUsesAWorkerPerAllowedCpuAndLeavesTheCallersAffinity) {
+  cpu_set_t before, after;
+  ASSERT_EQ(sched_getaffinity(0, sizeof before, &before), 0);
+  const uint64_t size = 16 * 64 * layout::MiB;  // 16 units of work
+  GuestMemory mem(size, false);
+  const size_t cpus = allowed_cpus().size();
+  ASSERT_EQ(cpus, static_cast<size_t>(CPU_COUNT(&before)));
+  EXPECT_EQ(mem.populate(), std::min<size_t>(cpus, 16));
+  EXPECT_EQ(allocated_bytes(mem), size);
+  ASSERT_EQ(sched_getaffinity(0, sizeof after, &after), 0);
+  EXPECT_TRUE(CPU_EQUAL(&before, &after));
 }
 
 // Guest-physical 2 MiB frames map to 2 MiB-aligned host memory, so each can be one huge page.
