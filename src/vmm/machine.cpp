@@ -302,11 +302,27 @@ void Machine::Parts::build() {
 }
 
 void Machine::Parts::map_guest_ram() {
-  unsigned threads = mem->populate();
-  step(fmt::format("guest RAM allocated ({} threads): {}", threads, mem->page_usage().describe()));
-  check_interrupted();
-  dma = std::make_unique<vfio::GuestDmaMap>(container, *mem);
-  step(fmt::format("guest RAM mapped for DMA ({} MiB pinned)", cfg.memory >> 20));
+  // Workers allocate guest RAM while this thread pins it for DMA right behind them, piece by piece.
+  PopulateProgress progress;
+  auto start = std::chrono::steady_clock::now();
+  double populate_ms = 0;
+  auto populating = std::async(std::launch::async, [&] {
+    unsigned n = mem->populate(0, &progress);
+    populate_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    return n;
+  });
+  std::unique_ptr<vfio::GuestDmaMap> mapped;
+  try {
+    mapped = std::make_unique<vfio::GuestDmaMap>(container, *mem, &progress);
+  } catch (...) {
+    populating.get();  // a host short of memory is the error to report, rather than the pinning it stopped
+    throw;
+  }
+  unsigned threads = populating.get();
+  dma = std::move(mapped);
+  step.note(fmt::format("guest RAM allocated in {:.1f} ms ({} threads): {}", populate_ms, threads,
+                        mem->page_usage().describe()));
+  step(fmt::format("guest RAM mapped for DMA as it was allocated ({} MiB pinned)", cfg.memory >> 20));
   check_interrupted();
 }
 
