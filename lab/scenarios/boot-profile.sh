@@ -1,8 +1,11 @@
-# Where boot time goes: QEMU and passvm boot the same L2 with initcall_debug, without and with
-# the NVMe and the e1000e passed through; L2 prints its kernel log (printk times, one line per
-# initcall) on the console after init, and passvm its step times (-v) and exit counts (--stats).
-# Read the consoles in the kept logs (lab/run --keep-logs DIR boot-profile). Not in the suite.
-# lab-expect: qemu.vmm pv-first.vmm pv.vmm qemu-pt.vmm pv-pt.vmm
+# Where boot time goes: QEMU and passvm boot the same L2 (kernel cached for passvm), without and with
+# the NVMe and the e1000e passed through. For each run, L1's KVM counts the guest's port I/O and MMIO
+# exits by address (ftrace's kvm_pio and kvm_mmio events, the same measure for both VMMs: check
+# NAME.exits); passvm prints its step times (-v) and its own count (--stats) on its console. With
+# PROFILE_DMESG=1 (lab/run --env PROFILE_DMESG=1) L2 boots with initcall_debug and prints its kernel log
+# after init (printk times, one line per initcall). Read the consoles in the kept logs
+# (lab/run --keep-logs DIR boot-profile). Not in the suite.
+# lab-expect: qemu.vmm qemu.exits pv-first.vmm pv.vmm pv.exits qemu-pt.vmm qemu-pt.exits pv-pt.vmm pv-pt.exits
 # lab-timeout: 1500
 
 if [[ -z $PASSVM || ! -x $PASSVM ]]; then
@@ -12,15 +15,57 @@ fi
 QEMU=(qemu-system-x86_64 -enable-kvm -M q35 -cpu host -m 512 -smp 2 -nodefaults -nographic -no-reboot
       -serial stdio -monitor none -kernel "$L2_KERNEL" -initrd "$L2_INITRD")
 PV=("$PASSVM" -c 2 -m 512M -s 0,hostbridge -l com1,stdio --stats -v --kernel "$L2_KERNEL" --initrd "$L2_INITRD")
-BOOT="$(l2_append cpus,dmesg initcall_debug ${PROFILE_APPEND:-})"
+if [[ ${PROFILE_DMESG:-} == 1 ]]; then
+    BOOT="$(l2_append cpus,dmesg initcall_debug ${PROFILE_APPEND:-})"
+else
+    BOOT="$(l2_append cpus ${PROFILE_APPEND:-})"
+fi
 
-run_l2 qemu --timeout 480 -- "${QEMU[@]}" -append "$BOOT"
+TRACE=/sys/kernel/tracing
+mountpoint -q $TRACE || mount -t tracefs nodev $TRACE
+
+# traced NAME -- CMD...: run_l2 NAME with L1's kvm_pio/kvm_mmio events recorded, then result NAME.exits
+# with the total and the busiest addresses.
+traced() {
+    local name=$1; shift 2
+    echo 0 > $TRACE/tracing_on
+    echo > $TRACE/trace
+    echo 32768 > $TRACE/buffer_size_kb
+    echo 1 > $TRACE/events/kvm/kvm_pio/enable
+    echo 1 > $TRACE/events/kvm/kvm_mmio/enable
+    echo 1 > $TRACE/tracing_on
+    run_l2 "$name" --timeout 480 -- "$@"
+    echo 0 > $TRACE/tracing_on
+    echo 0 > $TRACE/events/kvm/kvm_pio/enable
+    echo 0 > $TRACE/events/kvm/kvm_mmio/enable
+    local lost
+    lost=$(awk '/^overrun:/ {s += $2} END {print s + 0}' $TRACE/per_cpu/cpu*/stats)
+    /usr/bin/python3 - "$name" "$lost" "$TRACE/trace" "$LAB_SCENARIO" <<'PY'
+import collections, json, re, sys
+name, lost, path, scenario = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+count = collections.Counter()
+for line in open(path, errors="replace"):
+    m = re.search(r"kvm_pio: pio_(read|write) at (0x[0-9a-f]+)", line)
+    if m:
+        count[f"port {m.group(2)} {m.group(1)}"] += 1
+        continue
+    m = re.search(r"kvm_mmio: mmio (read|write) len \d+ gpa (0x[0-9a-f]+)", line)
+    if m and m.group(1) in ("read", "write"):
+        count[f"mmio {m.group(2)} {m.group(1)}"] += 1
+top = ", ".join(f"{k} {v}" for k, v in count.most_common(8))
+print("LABRESULT " + json.dumps({"scenario": scenario, "check": f"{name}.exits", "pass": lost == 0,
+      "figures": {"exits": sum(count.values()), "busiest": top, "lost_events": lost},
+      "detail": "" if lost == 0 else f"{lost} trace events lost: the counts are low"}, separators=(",", ":")), flush=True)
+PY
+}
+
+traced qemu -- "${QEMU[@]}" -append "$BOOT"
 export PASSVM_CACHE_DIR=$(mktemp -d /tmp/passvm-profile-cache.XXXXXX)
 run_l2 pv-first --timeout 480 -- "${PV[@]}" --append "$BOOT" profile
-run_l2 pv --timeout 480 -- "${PV[@]}" --append "$BOOT" profile
+traced pv -- "${PV[@]}" --append "$BOOT" profile
 for bdf in 0000:00:03.0 0000:00:04.0; do
     bind_vfio $bdf || { result pt.setup fail detail="cannot bind $bdf to vfio-pci"; exit 1; }
 done
-run_l2 qemu-pt --timeout 480 -- "${QEMU[@]}" -append "$BOOT" -device vfio-pci,host=0000:00:03.0 -device vfio-pci,host=0000:00:04.0
-run_l2 pv-pt --timeout 480 -- "${PV[@]}" -s 3,passthru,0000:00:03.0 -s 4,passthru,0000:00:04.0 --append "$BOOT" profile
+traced qemu-pt -- "${QEMU[@]}" -append "$BOOT" -device vfio-pci,host=0000:00:03.0 -device vfio-pci,host=0000:00:04.0
+traced pv-pt -- "${PV[@]}" -s 3,passthru,0000:00:03.0 -s 4,passthru,0000:00:04.0 --append "$BOOT" profile
 rm -rf "$PASSVM_CACHE_DIR"
