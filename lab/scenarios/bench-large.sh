@@ -1,0 +1,37 @@
+# Benchmark: a large guest with a device passed through. QEMU and passvm boot an 8 GiB L2 with the
+# NVMe, in the order QEMU, passvm, passvm, QEMU, and run_l2 --start-figures times their start-up from
+# outside, the same way for both: guest RAM resident, guest RAM pinned for DMA, the guest's first
+# instruction, L2's init; plus peak memory beyond guest RAM, and passvm's own -v step times
+# (NAME.steps). bench/run --large prints the table. Not part of the test suite: figures are not
+# asserted. For a quick trial, lab/run --env BENCH_LARGE_MEM_MB=1024 gives L2 less RAM.
+# lab-l1: memory=12288 cpus=2
+# lab-expect: qemu-large.vmm pv-large.vmm pv-large.steps pv-large2.vmm pv-large2.steps qemu-large2.vmm
+# lab-timeout: 4800
+
+source "$LAB_DIR/scenarios/passvm-lib.sh"
+pv_need_binary pv-large.vmm
+MB=${BENCH_LARGE_MEM_MB:-8192}
+[[ $MB =~ ^[0-9]+$ && $MB -ge 256 ]] || {
+    result large.setup fail detail="BENCH_LARGE_MEM_MB='$MB': give L2's RAM in MiB, 256 or more"; exit 1; }
+APPEND="$(l2_append mem,nvme lab.mem_mb=$MB)"
+QEMU=(qemu-system-x86_64 -enable-kvm -M q35 -cpu host -m "$MB" -smp 2 -nodefaults -nographic -no-reboot
+      -serial stdio -monitor none -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$APPEND"
+      -device vfio-pci,host=0000:00:03.0)
+PV=("$PASSVM" -c 2 -m "${MB}M" -s 0,hostbridge -s 3,passthru,0000:00:03.0 -l com1,stdio -v --stats
+    --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --append "$APPEND" large)
+
+# passvm keeps the kernel it unpacks in a cache (src/boot/kernel_cache.h), as a host running VMs would
+# have it: a short boot without devices fills it, so that both passvm runs start the same way.
+export PASSVM_CACHE_DIR=$(mktemp -d /tmp/passvm-large-cache.XXXXXX)
+run_l2 pv-warm --timeout 600 -- "$PASSVM" -c 1 -m 256M -s 0,hostbridge -l com1,stdio \
+    --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --append "$(l2_append cpus)" warm
+
+bind_vfio 0000:00:03.0 || { result large.setup fail detail="cannot bind 0000:00:03.0 to vfio-pci"; exit 1; }
+# Each run is bounded by the scenario's limit: under TCG an 8 GiB guest takes minutes to start.
+run_l2 qemu-large --start-figures --timeout 1500 -- "${QEMU[@]}"
+run_l2 pv-large --start-figures --timeout 1500 -- "${PV[@]}"
+pv_steps pv-large.steps pv-large
+run_l2 pv-large2 --start-figures --timeout 1500 -- "${PV[@]}"
+pv_steps pv-large2.steps pv-large2
+run_l2 qemu-large2 --start-figures --timeout 1500 -- "${QEMU[@]}"
+rm -rf "$PASSVM_CACHE_DIR"
