@@ -213,12 +213,15 @@ class FirstEntryTrace:
             self.write("trace", "")
         except OSError as e:
             return None, f"reading {TRACEFS}/trace: {e}"
-        entries = [(float(t), int(tid)) for tid, t in
-                   re.findall(r"-(\d+)\s+\[\d+\][^:]*?\s(\d+\.\d+): kvm_entry:", text)]
+        entries = []  # (time, "thread name (tid)"); QEMU's vCPU threads have spaces in their names
+        for line in text.splitlines():
+            m = re.match(r"\s*(.*)-(\d+)\s+\[\d+\][^:]*?\s(\d+\.\d+): kvm_entry:", line)
+            if m:
+                entries.append((float(m.group(3)), f"{m.group(1)} ({m.group(2)})"))
         if not entries:
             return None, "no kvm:kvm_entry event of the VMM's threads in L1's trace"
-        t, tid = min(entries)
-        return round((t - start) * 1000, 1), tid
+        t, thread = min(entries)
+        return round((t - start) * 1000, 1), thread
 
 
 BDF_RE = re.compile(r"\b([0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])\b")
@@ -417,7 +420,7 @@ def run_vmm(name, cmd, timeout, grace, typed, console, pid_path, start_figures):
     if start_figures:
         entry_ms, about = trace.first_entry(start)
         start_fig = dict(starts.times, first_guest_entry_ms=entry_ms, peak_vmlck_kb=starts.peak_lck_kb)
-        start_fig["first_guest_entry_tid" if entry_ms is not None else "first_guest_entry_error"] = about
+        start_fig["first_guest_entry_thread" if entry_ms is not None else "first_guest_entry_error"] = about
     return {"rc": rc, "wall_ms": int((time.monotonic() - start) * 1000), "results": results, "tail": tail,
             "sampler": sampler, "l1_msix": irqs.peak, "start_figures": start_fig, **state}
 
