@@ -23,7 +23,7 @@ With --start-figures (for VMMs given lab.mem_mb=), NAME.vmm also says when, in m
 started, its start-up steps happened, observed from outside the same way for every VMM: guest RAM
 resident (VmRSS reaches 95% of guest RAM), pinned for DMA (VmLck, which VFIO type1 charges for the
 pages it pins, first above zero, then at 95%; sampled every 25 ms), and the guest's first instruction
-(L1's first kvm:kvm_entry event of the VMM's threads, with ftrace).
+(L1's first kvm:kvm_entry event in one of the VMM's threads, with ftrace; see FirstEntryTrace).
 Exit status 0 only if every check passed.
 """
 import json
@@ -141,11 +141,18 @@ class StartSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.start_at, self.guest_kb, self.stop = pid, start, guest_kb, threading.Event()
         self.times = {"ram_resident_ms": None, "ram_pin_start_ms": None, "ram_pinned_ms": None}
-        self.peak_lck_kb = 0
+        self.peak_lck_kb, self.tids = 0, {pid}
+
+    def threads(self):
+        try:
+            self.tids.update(int(t) for t in os.listdir(f"/proc/{self.pid}/task"))
+        except OSError:
+            pass
 
     def run(self):
         full = self.guest_kb * 95 // 100
         while not self.stop.is_set() and None in self.times.values():
+            self.threads()
             v = status_kb(self.pid, ("VmRSS", "VmLck"))
             ms = int((time.monotonic() - self.start_at) * 1000)
             self.peak_lck_kb = max(self.peak_lck_kb, v["VmLck"])
@@ -155,6 +162,7 @@ class StartSampler(threading.Thread):
                     self.times[key] = ms
             self.stop.wait(self.PERIOD)
         while not self.stop.is_set():  # the most ever pinned, for the record
+            self.threads()
             self.peak_lck_kb = max(self.peak_lck_kb, status_kb(self.pid, ("VmLck",))["VmLck"])
             self.stop.wait(0.5)
 
@@ -163,11 +171,14 @@ TRACEFS = "/sys/kernel/tracing"
 
 
 class FirstEntryTrace:
-    """The guest's first instruction: L1's first kvm:kvm_entry event in a thread of the VMM. ftrace
-    keeps events of the PIDs in set_event_pid (the VMM writes its own there before exec, and
-    options/event-fork adds its threads as they are made) with CLOCK_MONOTONIC timestamps (trace_clock
-    mono, time.monotonic()'s clock), and with options/overwrite off a full buffer drops the newest
-    events, so the first entry of each CPU stays."""
+    """The guest's first instruction: L1's first kvm:kvm_entry event in a thread of the VMM, with
+    CLOCK_MONOTONIC timestamps (trace_clock mono, time.monotonic()'s clock); with options/overwrite off
+    a full buffer drops the newest events, so the first entries stay. The event is enabled once per L1
+    boot, before any guest runs, and never disabled, and no PID filter is set: each of those patches
+    kernel text, and under L0's multi-threaded TCG a CPU that meets the breakpoint of a patch in
+    progress (sched_switch's, for set_event_pid) can spin on it with interrupts off while the patching
+    CPU waits for it, which hung L1. Between runs only the ring buffer is switched and cleared; the
+    VMM's threads are told apart by their IDs, which the caller collects while the VMM runs."""
 
     def __init__(self):
         self.error = None
@@ -175,14 +186,13 @@ class FirstEntryTrace:
             if not os.path.exists(f"{TRACEFS}/trace"):
                 subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], check=True, capture_output=True)
             self.write("tracing_on", "0")
-            self.write("set_event", "")
-            self.write("set_event_pid", "")
             self.write("trace_clock", "mono")
-            self.write("buffer_size_kb", "64")
+            self.write("buffer_size_kb", "1024")
             self.write("options/overwrite", "0")
-            self.write("options/event-fork", "1")
             self.write("trace", "")
-            self.write("events/kvm/kvm_entry/enable", "1")
+            with open(f"{TRACEFS}/events/kvm/kvm_entry/enable") as f:
+                if f.read().strip() != "1":
+                    self.write("events/kvm/kvm_entry/enable", "1")
             self.write("tracing_on", "1")
         except (OSError, subprocess.CalledProcessError) as e:
             self.error = f"ftrace in L1 unusable ({e}): is tracefs ({TRACEFS}) there and kvm loaded?"
@@ -192,34 +202,27 @@ class FirstEntryTrace:
         with open(f"{TRACEFS}/{name}", "w") as f:
             f.write(value + "\n")
 
-    def add_self(self):
-        """In the VMM's process before exec: trace it and its threads."""
-        if self.error is None:
-            fd = os.open(f"{TRACEFS}/set_event_pid", os.O_WRONLY | os.O_APPEND)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            os.close(fd)
-
-    def first_entry(self, start):
-        """ms after `start` of the first kvm_entry, and the thread it was in; ends the tracing."""
+    def first_entry(self, start, tids):
+        """ms after `start` of the first kvm_entry in one of the threads `tids`, and that thread."""
         if self.error is not None:
             return None, self.error
         try:
             self.write("tracing_on", "0")
             with open(f"{TRACEFS}/trace") as f:
                 text = f.read()
-            self.write("events/kvm/kvm_entry/enable", "0")
-            self.write("set_event_pid", "")
-            self.write("options/overwrite", "1")
             self.write("trace", "")
         except OSError as e:
             return None, f"reading {TRACEFS}/trace: {e}"
-        entries = []  # (time, "thread name (tid)"); QEMU's vCPU threads have spaces in their names
+        entries, others = [], set()  # (time, "thread name (tid)"); QEMU's threads may have spaces in names
         for line in text.splitlines():
             m = re.match(r"\s*(.*)-(\d+)\s+\[\d+\][^:]*?\s(\d+\.\d+): kvm_entry:", line)
-            if m:
+            if m and int(m.group(2)) in tids:
                 entries.append((float(m.group(3)), f"{m.group(1)} ({m.group(2)})"))
+            elif m:
+                others.add(f"{m.group(1)} ({m.group(2)})")
         if not entries:
-            return None, "no kvm:kvm_entry event of the VMM's threads in L1's trace"
+            return None, ("no kvm:kvm_entry event of the VMM's threads in L1's trace"
+                          + (f" (only of {', '.join(sorted(others))})" if others else ""))
         t, thread = min(entries)
         return round((t - start) * 1000, 1), thread
 
@@ -334,15 +337,10 @@ def run_vmm(name, cmd, timeout, grace, typed, console, pid_path, start_figures):
     """One run of the VMM: stream its console, collect L2's results, sample its memory."""
     trace = FirstEntryTrace() if start_figures else None
 
-    def child_setup():
-        die_with_parent()
-        if trace:
-            trace.add_self()
-
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if typed else subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=child_setup)
+                            preexec_fn=die_with_parent)
     with open(pid_path, "w") as f:
         f.write(f"{proc.pid}\n")
     starts = StartSampler(proc.pid, start, (guest_memory_mb(cmd) or 0) * 1024) if start_figures else None
@@ -418,7 +416,7 @@ def run_vmm(name, cmd, timeout, grace, typed, console, pid_path, start_figures):
         t.join()
     start_fig = {}
     if start_figures:
-        entry_ms, about = trace.first_entry(start)
+        entry_ms, about = trace.first_entry(start, starts.tids)
         start_fig = dict(starts.times, first_guest_entry_ms=entry_ms, peak_vmlck_kb=starts.peak_lck_kb)
         start_fig["first_guest_entry_thread" if entry_ms is not None else "first_guest_entry_error"] = about
     return {"rc": rc, "wall_ms": int((time.monotonic() - start) * 1000), "results": results, "tail": tail,
