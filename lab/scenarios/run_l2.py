@@ -141,12 +141,15 @@ class StartSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.start_at, self.guest_kb, self.stop = pid, start, guest_kb, threading.Event()
         self.times = {"ram_resident_ms": None, "ram_pin_start_ms": None, "ram_pinned_ms": None}
-        self.peak_lck_kb, self.tids = 0, {pid}
+        self.peak_lck_kb, self.tids = 0, {}  # thread ID: name
 
     def threads(self):
         try:
-            self.tids.update(int(t) for t in os.listdir(f"/proc/{self.pid}/task"))
-        except OSError:
+            for t in os.listdir(f"/proc/{self.pid}/task"):
+                if int(t) not in self.tids:
+                    with open(f"/proc/{self.pid}/task/{t}/comm") as f:
+                        self.tids[int(t)] = f.read().strip()
+        except (OSError, ValueError):
             pass
 
     def run(self):
@@ -173,12 +176,14 @@ TRACEFS = "/sys/kernel/tracing"
 class FirstEntryTrace:
     """The guest's first instruction: L1's first kvm:kvm_entry event in a thread of the VMM, with
     CLOCK_MONOTONIC timestamps (trace_clock mono, time.monotonic()'s clock); with options/overwrite off
-    a full buffer drops the newest events, so the first entries stay. The event is enabled once per L1
-    boot, before any guest runs, and never disabled, and no PID filter is set: each of those patches
-    kernel text, and under L0's multi-threaded TCG a CPU that meets the breakpoint of a patch in
-    progress (sched_switch's, for set_event_pid) can spin on it with interrupts off while the patching
-    CPU waits for it, which hung L1. Between runs only the ring buffer is switched and cleared; the
-    VMM's threads are told apart by their IDs, which the caller collects while the VMM runs."""
+    a full buffer drops the newest events, so the first entries stay. Enabling and disabling events and
+    PID filters patch kernel text, and under L0's multi-threaded TCG a CPU that meets a patch in
+    progress in the scheduler (the sched_switch probes of set_event_pid, and of options/record-cmd,
+    which enabling any event turns on) can spin on it while the patching CPU waits for it: L1 hung so,
+    twice. So nothing patches the scheduler: no PID filter, record-cmd off (thread names come from
+    /proc), and the event, whose own call sites run only while a guest does, is enabled once per L1
+    boot before any guest runs and never disabled. Between runs only the ring buffer is switched and
+    cleared; the VMM's threads are told apart by their IDs, which the caller collects as it runs."""
 
     def __init__(self):
         self.error = None
@@ -189,6 +194,7 @@ class FirstEntryTrace:
             self.write("trace_clock", "mono")
             self.write("buffer_size_kb", "1024")
             self.write("options/overwrite", "0")
+            self.write("options/record-cmd", "0")
             self.write("trace", "")
             with open(f"{TRACEFS}/events/kvm/kvm_entry/enable") as f:
                 if f.read().strip() != "1":
@@ -203,7 +209,7 @@ class FirstEntryTrace:
             f.write(value + "\n")
 
     def first_entry(self, start, tids):
-        """ms after `start` of the first kvm_entry in one of the threads `tids`, and that thread."""
+        """ms after `start` of the first kvm_entry in one of the threads `tids` (ID: name), and that thread."""
         if self.error is not None:
             return None, self.error
         try:
@@ -213,16 +219,16 @@ class FirstEntryTrace:
             self.write("trace", "")
         except OSError as e:
             return None, f"reading {TRACEFS}/trace: {e}"
-        entries, others = [], set()  # (time, "thread name (tid)"); QEMU's threads may have spaces in names
+        entries, others = [], set()  # (time, "thread name (tid)"); the name is <...> without record-cmd
         for line in text.splitlines():
             m = re.match(r"\s*(.*)-(\d+)\s+\[\d+\][^:]*?\s(\d+\.\d+): kvm_entry:", line)
             if m and int(m.group(2)) in tids:
-                entries.append((float(m.group(3)), f"{m.group(1)} ({m.group(2)})"))
+                entries.append((float(m.group(3)), f"{tids[int(m.group(2))]} ({m.group(2)})"))
             elif m:
-                others.add(f"{m.group(1)} ({m.group(2)})")
+                others.add(m.group(2))
         if not entries:
             return None, ("no kvm:kvm_entry event of the VMM's threads in L1's trace"
-                          + (f" (only of {', '.join(sorted(others))})" if others else ""))
+                          + (f" (only of threads {', '.join(sorted(others))})" if others else ""))
         t, thread = min(entries)
         return round((t - start) * 1000, 1), thread
 
