@@ -17,6 +17,9 @@ APPEND="$(l2_append mem,nvme lab.mem_mb=$MB)"
 QEMU=(qemu-system-x86_64 -enable-kvm -M q35 -cpu host -m "$MB" -smp 2 -nodefaults -nographic -no-reboot
       -serial stdio -monitor none -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$APPEND"
       -device vfio-pci,host=0000:00:03.0)
+# BENCH_LARGE_START_FIGURES=0: the same runs without run_l2's outside timing (no ftrace in L1).
+SF=(--start-figures)
+[[ ${BENCH_LARGE_START_FIGURES:-1} == 0 ]] && SF=()
 PV=("$PASSVM" -c 2 -m "${MB}M" -s 0,hostbridge -s 3,passthru,0000:00:03.0 -l com1,stdio -v --stats
     --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --append "$APPEND" large)
 
@@ -26,9 +29,9 @@ PV=("$PASSVM" -c 2 -m "${MB}M" -s 0,hostbridge -s 3,passthru,0000:00:03.0 -l com
 # start the same way.
 export PASSVM_CACHE_DIR=$(mktemp -d /tmp/passvm-large-cache.XXXXXX)
 WARM="$(l2_append cpus lab.mem_mb=256)"
-run_l2 qemu-warm --start-figures --timeout 600 -- qemu-system-x86_64 -enable-kvm -M q35 -cpu host -m 256 -smp 1 \
+run_l2 qemu-warm "${SF[@]}" --timeout 600 -- qemu-system-x86_64 -enable-kvm -M q35 -cpu host -m 256 -smp 1 \
     -nodefaults -nographic -no-reboot -serial stdio -monitor none -kernel "$L2_KERNEL" -initrd "$L2_INITRD" -append "$WARM"
-run_l2 pv-warm --start-figures --timeout 600 -- "$PASSVM" -c 1 -m 256M -s 0,hostbridge -l com1,stdio \
+run_l2 pv-warm "${SF[@]}" --timeout 600 -- "$PASSVM" -c 1 -m 256M -s 0,hostbridge -l com1,stdio \
     --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --append "$WARM" warm
 
 # L0 QEMU backs L1's RAM only when L1 first writes it: in a trial with a 1 GiB L2, the first VMM run
@@ -56,10 +59,10 @@ PY
 
 bind_vfio 0000:00:03.0 || { result large.setup fail detail="cannot bind 0000:00:03.0 to vfio-pci"; exit 1; }
 # Each run is bounded by the scenario's limit: under TCG an 8 GiB guest takes minutes to start.
-run_l2 qemu-large --start-figures --timeout 1500 -- "${QEMU[@]}"
-run_l2 pv-large --start-figures --timeout 1500 -- "${PV[@]}"
+run_l2 qemu-large "${SF[@]}" --timeout 1500 -- "${QEMU[@]}"
+run_l2 pv-large "${SF[@]}" --timeout 1500 -- "${PV[@]}"
 pv_steps pv-large.steps pv-large
-run_l2 pv-large2 --start-figures --timeout 1500 -- "${PV[@]}"
+run_l2 pv-large2 "${SF[@]}" --timeout 1500 -- "${PV[@]}"
 pv_steps pv-large2.steps pv-large2
-run_l2 qemu-large2 --start-figures --timeout 1500 -- "${QEMU[@]}"
+run_l2 qemu-large2 "${SF[@]}" --timeout 1500 -- "${QEMU[@]}"
 rm -rf "$PASSVM_CACHE_DIR"

@@ -179,8 +179,8 @@ class FirstEntryTrace:
     a full buffer drops the newest events, so the first entries stay. Enabling and disabling events and
     PID filters patch kernel text, and under L0's multi-threaded TCG a CPU that meets a patch in
     progress in the scheduler (the sched_switch probes of set_event_pid, and of options/record-cmd,
-    which enabling any event turns on) can spin on it while the patching CPU waits for it: L1 hung so,
-    twice. So nothing patches the scheduler: no PID filter, record-cmd off (thread names come from
+    which enabling any event turns on) can spin on it while the patching CPU waits for it, and L1
+    hangs. So nothing patches the scheduler: no PID filter, record-cmd off (thread names come from
     /proc), and the event, whose own call sites run only while a guest does, is enabled once per L1
     boot before any guest runs and never disabled. Between runs only the ring buffer is switched and
     cleared; the VMM's threads are told apart by their IDs, which the caller collects as it runs."""
