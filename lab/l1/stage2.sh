@@ -26,6 +26,8 @@ export LAB_SCENARIO_TIMEOUT=$(arg lab.stimeout)
 export LAB_OUT_ROOT=/run/lab-out
 export LAB_L1_IFACE_BDF=0000:00:05.0
 export LAB_L1_LINKLOCAL=fe80::5054:ff:fe12:3405
+# lab/run --env NAME=VALUE: variables for the scenarios.
+[[ -f $LAB_OUT_ROOT/env.sh ]] && source "$LAB_OUT_ROOT/env.sh"
 
 say() { echo "LABL1 $*"; }
 marker() { echo "LABSCENARIO {\"scenario\":\"$1\",\"event\":\"$2\"${3:+,$3}}"; }

@@ -134,3 +134,43 @@ print("LABRESULT " + json.dumps({"scenario": os.environ.get("LAB_SCENARIO", "?")
       "pass": not detail, "figures": fig, "detail": detail}, separators=(",", ":")), flush=True)
 PY
 }
+
+# pv_steps CHECK RUN: one result CHECK with passvm's own start-up step times (-v) from the console of
+# run_l2 RUN: for each step, when its line appeared (ms after passvm started, from the console's
+# timestamps) and how long passvm says the step took. It fails when a step's line is missing.
+pv_steps() {
+    /usr/bin/python3 - "$1" "$LAB_OUT/$2.console" <<'PY'
+import json, os, re, sys
+check, path = sys.argv[1:3]
+steps = {"kernel": r"(unpacked )?kernel (unpacked|loaded)", "ram_allocated": r"guest RAM allocated",
+         "ram_dma_mapped": r"guest RAM mapped for DMA", "setup": r"\d+ vCPUs; setup took"}
+fig, missing = {}, []
+try:
+    lines = open(path, errors="replace").read().splitlines()
+except OSError:
+    lines = []
+for key, pattern in steps.items():
+    for line in lines:
+        # Allocation runs beside the DMA mapping, so passvm gives its time in a note, not a step of its own.
+        m = re.match(r"\s*(\d+) passvm:\s+guest RAM allocated in ([\d.]+) ms \((\d+) threads\)", line)
+        if m and key == "ram_allocated":
+            fig["ram_allocated_at_ms"], fig["ram_allocated_step_ms"] = int(m.group(1)), float(m.group(2))
+            fig["ram_threads"] = int(m.group(3))
+            break
+        m = re.match(r"\s*(\d+) passvm:\s+([\d.]+) ms  (.*)", line)
+        if m and re.match(pattern, m.group(3)):
+            fig[f"{key}_at_ms"], fig[f"{key}_step_ms"] = int(m.group(1)), float(m.group(2))
+            t = re.search(r"allocated \((\d+) threads\)", m.group(3))
+            if t:
+                fig["ram_threads"] = int(t.group(1))
+            t = re.search(r"setup took ([\d.]+) ms", m.group(3))
+            if t:
+                fig["setup_total_ms"] = float(t.group(1))
+            break
+    else:
+        missing.append(key)
+detail = f"no -v line for {', '.join(missing)} in {path}" if missing else ""
+print("LABRESULT " + json.dumps({"scenario": os.environ.get("LAB_SCENARIO", "?"), "check": check,
+      "pass": not missing, "figures": fig, "detail": detail}, separators=(",", ":")), flush=True)
+PY
+}

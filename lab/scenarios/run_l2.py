@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run one VMM that boots the lab's L2 guest, and report what happened.
 
-Usage: run_l2.py NAME [--timeout S] [--grace S] [--type TEXT] [--devices-as-left] -- CMD...
+Usage: run_l2.py NAME [--timeout S] [--grace S] [--type TEXT] [--devices-as-left] [--start-figures] -- CMD...
 
 The VMM's console (L2's ttyS0) is streamed to our stdout with a "[NAME] " prefix (so
 it lands in L1's serial log) and saved to $LAB_OUT/NAME.console with timestamps.
@@ -19,6 +19,11 @@ from outside: the run is complete when the VMM then exits, and --grace does not 
 Before the VMM starts, every idle e1000e on vfio-pci is put in its reset state (see
 e1000e_handover); --devices-as-left leaves it as the previous VMM left it, to test a VMM's own
 defence.
+With --start-figures (for VMMs given lab.mem_mb=), NAME.vmm also says when, in ms after the VMM
+started, its start-up steps happened, observed from outside the same way for every VMM: guest RAM
+resident (VmRSS reaches 95% of guest RAM), pinned for DMA (VmLck, which VFIO type1 charges for the
+pages it pins, first above zero, then at 95%; sampled every 25 ms), and the guest's first instruction
+(L1's first kvm:kvm_entry event in one of the VMM's threads, with ftrace; see FirstEntryTrace).
 Exit status 0 only if every check passed.
 """
 import json
@@ -70,15 +75,22 @@ def proc_tree(root):
     return out
 
 
-def vm_hwm_kb(pid):
+def status_kb(pid, fields):
+    """Values in kB of /proc/PID/status lines (VmHWM, VmRSS, VmLck...); missing ones are 0."""
+    out = dict.fromkeys(fields, 0)
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
+                key = line.split(":", 1)[0]
+                if key in out:
+                    out[key] = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return out
+
+
+def vm_hwm_kb(pid):
+    return status_kb(pid, ("VmHWM",))["VmHWM"]
 
 
 def private_rss_kb(pid):
@@ -116,6 +128,109 @@ class RssSampler(threading.Thread):
                 self.peak_kb = max(self.peak_kb, vm_hwm_kb(p))
             self.private_kb = max(self.private_kb, sum(private_rss_kb(p) for p in tree))
             self.stop.wait(0.2)
+
+
+class StartSampler(threading.Thread):
+    """When the VMM's guest RAM became resident and pinned: the first sample (every 25 ms) in which its
+    VmRSS reached 95% of guest RAM, and in which its VmLck (mm->locked_vm, which VFIO type1 raises by the
+    pages it pins) was above zero and reached 95%. Times in ms after `start` (time.monotonic() when the VMM was started)."""
+
+    PERIOD = 0.025
+
+    def __init__(self, pid, start, guest_kb):
+        super().__init__(daemon=True)
+        self.pid, self.start_at, self.guest_kb, self.stop = pid, start, guest_kb, threading.Event()
+        self.times = {"ram_resident_ms": None, "ram_pin_start_ms": None, "ram_pinned_ms": None}
+        self.peak_lck_kb, self.tids = 0, {}  # thread ID: name
+
+    def threads(self):
+        try:
+            for t in os.listdir(f"/proc/{self.pid}/task"):
+                if int(t) not in self.tids:
+                    with open(f"/proc/{self.pid}/task/{t}/comm") as f:
+                        self.tids[int(t)] = f.read().strip()
+        except (OSError, ValueError):
+            pass
+
+    def run(self):
+        full = self.guest_kb * 95 // 100
+        while not self.stop.is_set() and None in self.times.values():
+            self.threads()
+            v = status_kb(self.pid, ("VmRSS", "VmLck"))
+            ms = int((time.monotonic() - self.start_at) * 1000)
+            self.peak_lck_kb = max(self.peak_lck_kb, v["VmLck"])
+            for key, reached in (("ram_resident_ms", v["VmRSS"] >= full), ("ram_pin_start_ms", v["VmLck"] > 0),
+                                 ("ram_pinned_ms", v["VmLck"] >= full)):
+                if reached and self.times[key] is None:
+                    self.times[key] = ms
+            self.stop.wait(self.PERIOD)
+        while not self.stop.is_set():  # the most ever pinned, for the record
+            self.threads()
+            self.peak_lck_kb = max(self.peak_lck_kb, status_kb(self.pid, ("VmLck",))["VmLck"])
+            self.stop.wait(0.5)
+
+
+TRACEFS = "/sys/kernel/tracing"
+
+
+class FirstEntryTrace:
+    """The guest's first instruction: L1's first kvm:kvm_entry event in a thread of the VMM, with
+    CLOCK_MONOTONIC timestamps (trace_clock mono, time.monotonic()'s clock); with options/overwrite off
+    a full buffer drops the newest events, so the first entries stay. Enabling and disabling events and
+    PID filters patch kernel text, and under L0's multi-threaded TCG a CPU that meets a patch in
+    progress in the scheduler (the sched_switch probes of set_event_pid, and of options/record-cmd,
+    which enabling any event turns on) can spin on it while the patching CPU waits for it, and L1
+    hangs. So nothing patches the scheduler: no PID filter, record-cmd off (thread names come from
+    /proc), and the event, whose own call sites run only while a guest does, is enabled once per L1
+    boot before any guest runs and never disabled. Between runs only the ring buffer is switched and
+    cleared; the VMM's threads are told apart by their IDs, which the caller collects as it runs."""
+
+    def __init__(self):
+        self.error = None
+        try:
+            if not os.path.exists(f"{TRACEFS}/trace"):
+                subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], check=True, capture_output=True)
+            self.write("tracing_on", "0")
+            self.write("trace_clock", "mono")
+            self.write("buffer_size_kb", "1024")
+            self.write("options/overwrite", "0")
+            self.write("options/record-cmd", "0")
+            self.write("trace", "")
+            with open(f"{TRACEFS}/events/kvm/kvm_entry/enable") as f:
+                if f.read().strip() != "1":
+                    self.write("events/kvm/kvm_entry/enable", "1")
+            self.write("tracing_on", "1")
+        except (OSError, subprocess.CalledProcessError) as e:
+            self.error = f"ftrace in L1 unusable ({e}): is tracefs ({TRACEFS}) there and kvm loaded?"
+
+    @staticmethod
+    def write(name, value):
+        with open(f"{TRACEFS}/{name}", "w") as f:
+            f.write(value + "\n")
+
+    def first_entry(self, start, tids):
+        """ms after `start` of the first kvm_entry in one of the threads `tids` (ID: name), and that thread."""
+        if self.error is not None:
+            return None, self.error
+        try:
+            self.write("tracing_on", "0")
+            with open(f"{TRACEFS}/trace") as f:
+                text = f.read()
+            self.write("trace", "")
+        except OSError as e:
+            return None, f"reading {TRACEFS}/trace: {e}"
+        entries, others = [], set()  # (time, "thread name (tid)"); the name is <...> without record-cmd
+        for line in text.splitlines():
+            m = re.match(r"\s*(.*)-(\d+)\s+\[\d+\][^:]*?\s(\d+\.\d+): kvm_entry:", line)
+            if m and int(m.group(2)) in tids:
+                entries.append((float(m.group(3)), f"{tids[int(m.group(2))]} ({m.group(2)})"))
+            elif m:
+                others.add(m.group(2))
+        if not entries:
+            return None, ("no kvm:kvm_entry event of the VMM's threads in L1's trace"
+                          + (f" (only of threads {', '.join(sorted(others))})" if others else ""))
+        t, thread = min(entries)
+        return round((t - start) * 1000, 1), thread
 
 
 BDF_RE = re.compile(r"\b([0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])\b")
@@ -191,11 +306,14 @@ def parse_args(argv):
         sys.exit("usage: run_l2 NAME [--timeout S] [--grace S] -- CMD...  (missing NAME or '--')")
     split = argv.index("--")
     opts, cmd = argv[:split], argv[split + 1:]
-    name, timeout, grace, typed, as_left = opts[0], DEFAULT_TIMEOUT, DEFAULT_GRACE, None, False
+    name, timeout, grace, typed, as_left, start_figures = opts[0], DEFAULT_TIMEOUT, DEFAULT_GRACE, None, False, False
     i = 1
     while i < len(opts):
         if opts[i] == "--devices-as-left":
             as_left = True
+            i += 1
+        elif opts[i] == "--start-figures":
+            start_figures = True
             i += 1
         elif opts[i] == "--type" and i + 1 < len(opts):
             typed = opts[i + 1] + "\n"
@@ -211,20 +329,29 @@ def parse_args(argv):
                 grace = value
             i += 2
         else:
-            sys.exit(f"run_l2: unknown option '{opts[i]}' (known: --timeout S, --grace S, --type TEXT, --devices-as-left)")
+            sys.exit(f"run_l2: unknown option '{opts[i]}' (known: --timeout S, --grace S, --type TEXT, --devices-as-left, "
+                     f"--start-figures)")
     if not cmd:
         sys.exit("run_l2: no VMM command after '--'")
-    return name, timeout, grace, typed, as_left, cmd
+    if start_figures and not guest_memory_mb(cmd):
+        sys.exit("run_l2: --start-figures compares the VMM's memory with guest RAM: give L2 lab.mem_mb=MiB "
+                 "(l2_append CHECKS lab.mem_mb=N)")
+    return name, timeout, grace, typed, as_left, start_figures, cmd
 
 
-def run_vmm(name, cmd, timeout, grace, typed, console, pid_path):
+def run_vmm(name, cmd, timeout, grace, typed, console, pid_path, start_figures):
     """One run of the VMM: stream its console, collect L2's results, sample its memory."""
+    trace = FirstEntryTrace() if start_figures else None
+
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if typed else subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=die_with_parent)
     with open(pid_path, "w") as f:
         f.write(f"{proc.pid}\n")
+    starts = StartSampler(proc.pid, start, (guest_memory_mb(cmd) or 0) * 1024) if start_figures else None
+    if starts:
+        starts.start()
     sampler = RssSampler(proc.pid)
     sampler.start()
     irqs = L1IrqSampler()
@@ -290,11 +417,16 @@ def run_vmm(name, cmd, timeout, grace, typed, console, pid_path):
     if state["done_at"] is not None and state["killed"] is None:
         # L2 powers off right after its last result: this is the VMM's own stop and teardown.
         state["exit_after_done_ms"] = int((exited_at - state["done_at"]) * 1000)
-    for t in (sampler, irqs):
+    for t in (sampler, irqs) + ((starts,) if starts else ()):
         t.stop.set()
         t.join()
+    start_fig = {}
+    if start_figures:
+        entry_ms, about = trace.first_entry(start, starts.tids)
+        start_fig = dict(starts.times, first_guest_entry_ms=entry_ms, peak_vmlck_kb=starts.peak_lck_kb)
+        start_fig["first_guest_entry_thread" if entry_ms is not None else "first_guest_entry_error"] = about
     return {"rc": rc, "wall_ms": int((time.monotonic() - start) * 1000), "results": results, "tail": tail,
-            "sampler": sampler, "l1_msix": irqs.peak, **state}
+            "sampler": sampler, "l1_msix": irqs.peak, "start_figures": start_fig, **state}
 
 
 E1000E_QUEUES = (0x2800, 0x2900, 0x3800, 0x3900)  # receive queues 0 and 1, transmit queues 0 and 1
@@ -353,7 +485,7 @@ def e1000e_handover(quiesce):
 
 
 def main():
-    name, timeout, grace, typed, as_left, cmd = parse_args(sys.argv[1:])
+    name, timeout, grace, typed, as_left, start_figures, cmd = parse_args(sys.argv[1:])
     for line in e1000e_handover(quiesce=not as_left):
         print(f"[{name}] e1000e at hand-over: {line}", flush=True)
     scenario = os.environ.get("LAB_SCENARIO", "?")
@@ -367,7 +499,8 @@ def main():
         for attempt in (1, 2):
             print(f"[{name}] $ {' '.join(cmd)}", flush=True)
             try:
-                run = run_vmm(name, cmd, timeout, grace, typed, console, os.path.join(out_dir, f"{name}.pid"))
+                run = run_vmm(name, cmd, timeout, grace, typed, console, os.path.join(out_dir, f"{name}.pid"),
+                              start_figures)
             except OSError as e:
                 emit(scenario, f"{name}.vmm", False, {}, f"cannot start the VMM '{cmd[0]}': {e.strerror}")
                 return 1
@@ -424,6 +557,7 @@ def main():
         if table:
             msix[bdf] = {"id": ids, "table": table, "host_vectors": run["l1_msix"].get(bdf, 0)}
     figures["l1_msix"] = msix
+    figures.update(run["start_figures"])
     guest_mb = guest_memory_mb(cmd)
     if guest_mb:
         # VFIO pins all of guest RAM, so with a device passed through this is the VMM's own memory.
