@@ -204,6 +204,9 @@ void Machine::Parts::build() {
                                                acpi::kRsdpAddress, cfg.kernel, cfg.unpack_on_host,
                                                boot::KernelCache::default_dirs(), &kernel_load.stop);
     kernel_load.took_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    // The bzImage's bytes are in guest RAM now: free them before guest RAM is all resident, which is when
+    // passvm's memory peaks.
+    std::vector<uint8_t>().swap(kernel_load.image);
     return b;
   });
   step("kernel files opened; loading them into guest RAM meanwhile");
@@ -291,7 +294,6 @@ void Machine::Parts::build() {
                                            : fmt::format("kernel loaded; the guest decompresses it{}",
                                                          boot.unpack_note.empty() ? "" : " (" + boot.unpack_note + ")"),
                    kernel_load.took_ms));
-  kernel_load.image = {};
 
   for (uint32_t i = 0; i < c.cpus; i++)
     vcpus.push_back(std::make_unique<Vcpu>(*vm, i, c.cpus, pio, mmio, guest, windows));
