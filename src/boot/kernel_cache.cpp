@@ -82,6 +82,10 @@ bool trusted(const struct stat& st) {
 
 }  // namespace
 
+bool KernelCache::is_entry(const std::string& file_name) {
+  return file_name.starts_with("kernel-") && file_name.ends_with(".unpacked");
+}
+
 KernelCache::KernelCache(CacheDirs dirs, std::span<const uint8_t> bzimage) : dir_(std::move(dirs.own)) {
   if (dir_.empty() && dirs.shared.empty()) return;
   const std::string name = entry_name(bzimage);
@@ -260,8 +264,7 @@ void KernelCache::prune() {
   std::error_code ec;
   std::vector<std::pair<fs::file_time_type, fs::path>> entries;
   for (const auto& e : fs::directory_iterator(dir_, ec)) {
-    auto name = e.path().filename().string();
-    if (name.rfind("kernel-", 0) == 0 && e.path().extension() == ".unpacked")
+    if (is_entry(e.path().filename().string()))
       entries.emplace_back(e.last_write_time(ec), e.path());
   }
   if (entries.size() <= kMaxCached) return;

@@ -75,6 +75,9 @@ class KernelCache {
   void commit(const VmlinuxLayout& layout);
   ~KernelCache();
 
+  // Whether a file in a cache directory is an entry (as entry names are made; temporary files are not).
+  static bool is_entry(const std::string& file_name);
+
   // The entry's file in the own directory ("" without one).
   const std::string& path() const { return path_; }
   // Where the last successful load() read from.

@@ -38,7 +38,7 @@ void list_dir(const std::string& title, const std::string& dir) {
   std::error_code ec;
   std::vector<fs::directory_entry> entries;
   for (const auto& e : fs::directory_iterator(dir, ec))
-    if (e.path().extension() == ".unpacked") entries.push_back(e);
+    if (boot::KernelCache::is_entry(e.path().filename().string())) entries.push_back(e);
   fmt::print("{} ({}): {}\n", title, dir, entries.empty() ? "empty" : fmt::format("{} kernels", entries.size()));
   for (const auto& e : entries)
     fmt::print("  {}  {} MiB\n", e.path().filename().string(), (e.file_size(ec) + (1 << 20) - 1) >> 20);
@@ -92,7 +92,7 @@ int cache_main(int argc, char** argv) {
     std::error_code ec;
     if (all) {
       for (const auto& e : fs::directory_iterator(dir, ec))
-        if (e.path().extension() == ".unpacked") fs::remove(e.path(), ec);
+        if (boot::KernelCache::is_entry(e.path().filename().string())) fs::remove(e.path(), ec);
       return 0;
     }
     for (const auto& k : kernels) {
