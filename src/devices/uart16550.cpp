@@ -23,6 +23,7 @@ constexpr uint8_t kMcrDtr = 0x01, kMcrRts = 0x02, kMcrOut1 = 0x04, kMcrOut2 = 0x
 constexpr uint8_t kLsrDr = 0x01, kLsrOe = 0x02, kLsrThre = 0x20, kLsrTemt = 0x40;
 constexpr uint8_t kMsrCts = 0x10, kMsrDsr = 0x20, kMsrRi = 0x40, kMsrDcd = 0x80;
 constexpr uint8_t kTriggerLevels[4] = {1, 4, 8, 14};
+constexpr size_t kOutputBuffer = 4096;
 
 }  // namespace
 
@@ -31,18 +32,28 @@ Uart16550::Uart16550(int out_fd, std::function<void(bool)> irq) : out_fd_(out_fd
   if (space_fd_ < 0) throw std::runtime_error(std::string("serial port: eventfd: ") + std::strerror(errno));
 }
 
-Uart16550::~Uart16550() { close(space_fd_); }
+Uart16550::~Uart16550() {
+  flush_output();
+  close(space_fd_);
+}
 
 void Uart16550::read(uint64_t offset, std::span<uint8_t> data) {
   std::lock_guard g(lock_);
+  if (data.size() != 1 || offset != kLsr) flush_output();
   for (size_t i = 0; i < data.size(); i++) data[i] = read_register((offset + i) % kRegisterCount);
   update_irq();
 }
 
 void Uart16550::write(uint64_t offset, std::span<const uint8_t> data) {
   std::lock_guard g(lock_);
+  if (data.size() != 1 || offset != kData || (lcr_ & kLcrDlab)) flush_output();
   for (size_t i = 0; i < data.size(); i++) write_register((offset + i) % kRegisterCount, data[i]);
   update_irq();
+}
+
+void Uart16550::flush() {
+  std::lock_guard g(lock_);
+  flush_output();
 }
 
 void Uart16550::set_tx_batching(std::function<void(bool)> fn) {
@@ -150,10 +161,20 @@ void Uart16550::transmit(uint8_t byte) {
     return;
   }
   if (out_fd_ < 0) return;
-  for (;;) {
-    ssize_t r = ::write(out_fd_, &byte, 1);
-    if (r == 1 || (r < 0 && errno != EINTR)) return;  // output errors drop the byte: the guest must not stall
+  out_.push_back(static_cast<char>(byte));
+  if (byte == '\n' || out_.size() >= kOutputBuffer) flush_output();
+}
+
+void Uart16550::flush_output() {
+  size_t done = 0;
+  while (done < out_.size()) {
+    ssize_t r = ::write(out_fd_, out_.data() + done, out_.size() - done);
+    if (r > 0)
+      done += static_cast<size_t>(r);
+    else if (r == 0 || errno != EINTR)
+      break;  // output errors drop the bytes: the guest must not stall
   }
+  out_.clear();
 }
 
 void Uart16550::signal_space() {

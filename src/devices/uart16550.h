@@ -10,7 +10,13 @@
 //
 // Uart16550 is a 16550A: 16-byte receive FIFO, interrupt identification with
 // the datasheet's priorities, divisor latch, scratch register, loopback.
-// Transmission is instant (the guest never waits for the baud rate). The IRQ
+// Transmission is instant (the guest never waits for the baud rate). Output is
+// buffered and written in lines rather than with a write(2), and often a
+// wake-up of the reader, per character. The buffer is
+// written at a newline, when it is full, at any register access other than the
+// per-character pair (data write, LSR read; Linux's console write ends by
+// restoring IER, its tty output by switching the THRE interrupt), and at
+// flush(), which the VMM calls periodically and at stop. The IRQ
 // callback gets the line level, "an enabled interrupt is pending", and is
 // called only when it changes; it must not call back into the UART.
 #pragma once
@@ -20,6 +26,7 @@
 #include <functional>
 #include <mutex>
 #include <span>
+#include <string>
 
 #include "bus/bus.h"
 
@@ -50,12 +57,16 @@ class Uart16550 : public BusDevice {
   // Host input: puts as many bytes as fit into the receive FIFO and returns how many. When some
   // did not fit, rx_space_fd() (an eventfd) becomes readable once the guest has read a byte.
   size_t receive(std::span<const uint8_t> bytes);
+
+  // Writes the buffered output now.
+  void flush();
   int rx_space_fd() const { return space_fd_; }
 
  private:
   uint8_t read_register(uint64_t reg);
   void write_register(uint64_t reg, uint8_t value);
   void transmit(uint8_t byte);
+  void flush_output();
   void push_rx(uint8_t byte);
   void signal_space();
   uint8_t interrupt_id() const;
@@ -69,6 +80,7 @@ class Uart16550 : public BusDevice {
 
   std::mutex lock_;
   std::deque<uint8_t> rx_;
+  std::string out_;  // guest output not yet written to out_fd_
   uint8_t ier_ = 0, lcr_ = 0, mcr_ = 0, scr_ = 0;
   uint8_t dll_ = 0x0c, dlm_ = 0;  // 9600 baud, what firmware would leave
   uint8_t line_errors_ = 0;       // LSR overrun bit, cleared by reading LSR

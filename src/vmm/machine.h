@@ -59,7 +59,8 @@ class Machine {
   void stop();
   void pause();
   void resume();
-  // Delivers writes KVM coalesced: a guest that writes and then only halts would keep them queued.
+  // Delivers writes KVM coalesced and writes the console's buffered output: a guest that writes and then
+  // only halts would keep them queued.
   void drain();
 
   // Why the guest ended the machine, once it did.
