@@ -219,6 +219,26 @@ std::string KernelCache::add(const std::string& dir, std::span<const uint8_t> bz
 }
 
 void KernelCache::record(uint64_t paddr, std::span<const uint8_t> bytes) {
+  // Whole guest pages of zeros are left out. About half of a distribution kernel's image is such pages
+  // (.bss, .brk and alignment padding), and guest RAM is zero already: the entry is smaller and its load
+  // reads only the rest.
+  if (path_.empty() || failed_) return;
+  constexpr uint64_t kPage = 4096;
+  auto zero_page = [](const uint8_t* p) { return p[0] == 0 && std::memcmp(p, p + 1, kPage - 1) == 0; };
+  size_t run = 0;  // start of the bytes not yet recorded
+  size_t at = 0;
+  while (at < bytes.size()) {
+    size_t page_end = static_cast<size_t>(std::min<uint64_t>(bytes.size(), (paddr + at) / kPage * kPage + kPage - paddr));
+    if ((paddr + at) % kPage == 0 && page_end - at == kPage && zero_page(bytes.data() + at)) {
+      if (at > run) record_bytes(paddr + run, bytes.subspan(run, at - run));
+      run = page_end;
+    }
+    at = page_end;
+  }
+  if (bytes.size() > run) record_bytes(paddr + run, bytes.subspan(run));
+}
+
+void KernelCache::record_bytes(uint64_t paddr, std::span<const uint8_t> bytes) {
   if (path_.empty() || failed_) return;
   if (tmp_fd_ < 0) {
     std::error_code ec;

@@ -61,7 +61,8 @@ class KernelCache {
 
   // Streams a cached kernel's bytes to write(paddr, bytes) and returns its layout; nullopt on a miss
   // (or an unreadable or damaged entry, which is then removed). on_layout sees the layout before anything
-  // is written and may throw to refuse it.
+  // is written and may throw to refuse it. Whole pages of zeros are neither stored nor written: the
+  // destination must hold zeros where the kernel goes, as fresh guest RAM does.
   std::optional<VmlinuxLayout> load(const VmlinuxWriter::Write& write, const VmlinuxWriter::OnLayout& on_layout);
   // The same, reading each record straight into dest(paddr, length) when that gives memory (guest RAM),
   // which saves a copy of the whole kernel; a nullptr from dest falls back to write.
@@ -87,6 +88,7 @@ class KernelCache {
   std::optional<VmlinuxLayout> load_file(const std::string& path, bool own, const VmlinuxWriter::Write& write,
                                          const VmlinuxWriter::OnLayout& on_layout, const Destination& dest);
   void abandon();
+  void record_bytes(uint64_t paddr, std::span<const uint8_t> bytes);
   void prune();
 
   std::string dir_, path_, shared_path_, tmp_path_, loaded_from_;

@@ -79,6 +79,47 @@ TEST(KernelCache, MissThenRecordThenHitGivesTheSameBytes) {
   EXPECT_FALSE(c2.load(write, accept).has_value());
 }
 
+TEST(KernelCache, WholeZeroPagesAreNeitherStoredNorWritten) {
+  TempDir dir;
+  std::vector<uint8_t> bzimage(1000, 5);
+  constexpr uint64_t base = 0x3000000, page = 4096;
+  // Pages 1 and 3 are zeros; page 4 is zeros but for one byte; the pieces split pages 2 and 3 (as the
+  // unpacker's output chunks fall anywhere), so page 3 is whole only across two pieces.
+  std::vector<uint8_t> image(5 * page + 100);
+  for (size_t i = 0; i < image.size(); i++) image[i] = static_cast<uint8_t>(i % 251 + 1);
+  std::fill_n(image.begin() + page, page, 0);
+  std::fill_n(image.begin() + 3 * page, 2 * page, 0);
+  image[4 * page + 7] = 1;
+  const size_t split = 3 * page + 1000;
+  VmlinuxLayout layout;
+  layout.entry = base;
+  layout.segments = {{base, 0x1000, image.size(), image.size()}};
+  {
+    KernelCache c(dir.path.string(), bzimage);
+    c.record(base, std::span(image).first(split));
+    c.record(base + split, std::span(image).subspan(split));
+    c.commit(layout);
+  }
+  ASSERT_EQ(std::distance(fs::directory_iterator(dir.path), fs::directory_iterator{}), 1);
+  const auto entry_size = fs::file_size(fs::directory_iterator(dir.path)->path());
+  EXPECT_LT(entry_size, image.size() - page + 256) << "page 1 is not stored (256: headers and trailer)";
+  EXPECT_GT(entry_size, image.size() - 2 * page) << "page 3, split between pieces, is stored";
+
+  std::vector<uint8_t> ram(image.size(), 0);  // fresh guest RAM
+  std::vector<std::pair<uint64_t, uint64_t>> written;
+  KernelCache c(dir.path.string(), bzimage);
+  auto got = c.load([](uint64_t, std::span<const uint8_t>) { ADD_FAILURE() << "dest gives memory"; },
+                    [](const VmlinuxLayout&) {},
+                    [&](uint64_t paddr, uint64_t length) {
+                      written.emplace_back(paddr - base, length);
+                      return ram.data() + (paddr - base);
+                    });
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(ram, image);
+  for (auto [off, len] : written)
+    EXPECT_TRUE(off + len <= page || off >= 2 * page) << "page 1 written at " << off << "+" << len;
+}
+
 TEST(KernelCache, DamagedOrUnfinishedEntriesAreIgnoredAndRemoved) {
   TempDir dir;
   std::vector<uint8_t> bzimage(1000, 9);
