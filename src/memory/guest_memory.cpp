@@ -220,7 +220,7 @@ bool PopulateProgress::wait_for(uint64_t offset) {
   return covered();
 }
 
-unsigned GuestMemory::populate(unsigned threads, PopulateProgress* progress) const {
+unsigned GuestMemory::populate(unsigned threads, PopulateProgress* progress, const std::atomic<bool>* cancel) const {
   constexpr uint64_t kChunk = 64 * layout::MiB;  // unit of work: a multiple of any page size used here
   // One worker per CPU passvm may run on, each pinned to its CPU: a page is allocated on the NUMA node of
   // the CPU that first touches it, so every node the CPUs span zeroes its own share of guest RAM, at its
@@ -246,7 +246,7 @@ unsigned GuestMemory::populate(unsigned threads, PopulateProgress* progress) con
       CPU_SET(cpus[index % cpus.size()], &one);
       pthread_setaffinity_np(pthread_self(), sizeof one, &one);  // placement is an optimisation: errors are fine
     }
-    for (uint64_t c; error.load() == 0 && (c = next.fetch_add(1)) < chunks;) {
+    for (uint64_t c; error.load() == 0 && !(cancel && cancel->load()) && (c = next.fetch_add(1)) < chunks;) {
       uint8_t* at = base_ + c * kChunk;
       const uint64_t len = std::min(kChunk, size_ - c * kChunk);
       if (madvise(at, len, MADV_POPULATE_WRITE) == 0) {
@@ -268,6 +268,7 @@ unsigned GuestMemory::populate(unsigned threads, PopulateProgress* progress) con
   std::vector<std::thread> pool;
   for (unsigned i = 0; i < threads; i++) pool.emplace_back(work, i);
   for (auto& t : pool) t.join();
+  if (cancel && cancel->load()) throw std::runtime_error("the allocation of guest RAM was stopped");
   if (error != 0)
     throw std::runtime_error(fmt::format("cannot allocate the guest's {} MiB of RAM: {}{}", size_ >> 20,
                                          strerror(error), error == ENOMEM || error == EFAULT

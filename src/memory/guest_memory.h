@@ -18,6 +18,7 @@
 // it must be gone first (the machine declares them after it).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -106,8 +107,11 @@ class GuestMemory {
   // this does it in parallel first, and a host short of memory fails here with a clear message rather
   // than later. Safe while another thread writes guest RAM (no byte changes). Returns the number of
   // threads used; throws std::runtime_error on failure.
-  // progress, if given, hears of every chunk done (in any order) and of the end.
-  unsigned populate(unsigned threads = 0, PopulateProgress* progress = nullptr) const;
+  // progress, if given, hears of every chunk done (in any order) and of the end. cancel, if given, stops
+  // the workers at their next chunk (64 MiB) once it is true: the RAM is then partly allocated, which
+  // progress reports as a failure.
+  unsigned populate(unsigned threads = 0, PopulateProgress* progress = nullptr,
+                    const std::atomic<bool>* cancel = nullptr) const;
 
   // Host pointer to [gpa, gpa+len) or nullptr if the range is not wholly inside one region.
   uint8_t* host_address(uint64_t gpa, uint64_t len) const;

@@ -128,6 +128,19 @@ struct Machine::Parts {
       if (result.valid()) result.wait();
     }
   } kernel_load;
+  // Guest RAM allocated while the devices open, when devices given at boot need all of it pinned: pinning
+  // then follows the allocation instead of waiting for the devices and then for the allocation.
+  struct RamAhead {
+    PopulateProgress progress;
+    std::atomic<bool> stop{false};
+    std::future<unsigned> threads;
+    double took_ms = 0;
+    ~RamAhead() {
+      stop = true;
+      if (threads.valid()) threads.wait();
+    }
+  };
+  std::unique_ptr<RamAhead> ram_ahead;
   uint32_t phys_bits = 0;
   layout::PciWindows windows;
   boot::LinuxBoot boot;
@@ -160,6 +173,7 @@ struct Machine::Parts {
     return {.windows = windows, .rom_file = s.rom, .verbose = cfg.verbose, .peer_dma = s.p2p ? &container : nullptr};
   }
   void build();
+  void populate_ram();
   void map_guest_ram();
   void release_all();
 };
@@ -258,6 +272,8 @@ void Machine::Parts::build() {
   // Every group first: a device that can only be reset with its bus needs the groups of all it resets.
   for (const auto& s : c.slots)
     if (s.emulation == "passthru") container.attach(vfio::parse_bdf(s.config));
+  if (std::any_of(c.slots.begin(), c.slots.end(), [](const SlotConfig& s) { return s.emulation == "passthru"; }))
+    populate_ram();
   for (const auto& s : c.slots) {
     if (s.emulation != "passthru") continue;
     auto dev = passthru::open_passthru(s.config, container, *vm, pio, mmio, device_options(s));
@@ -303,26 +319,30 @@ void Machine::Parts::build() {
   step(fmt::format("{} vCPUs; setup took {:.1f} ms in all", c.cpus, step.total_ms()));
 }
 
-void Machine::Parts::map_guest_ram() {
-  // Workers allocate guest RAM while this thread pins it for DMA right behind them, piece by piece.
-  PopulateProgress progress;
-  auto start = std::chrono::steady_clock::now();
-  double populate_ms = 0;
-  auto populating = std::async(std::launch::async, [&] {
-    unsigned n = mem->populate(0, &progress);
-    populate_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+void Machine::Parts::populate_ram() {
+  ram_ahead = std::make_unique<RamAhead>();
+  ram_ahead->threads = std::async(std::launch::async, [this, r = ram_ahead.get()] {
+    auto start = std::chrono::steady_clock::now();
+    unsigned n = mem->populate(0, &r->progress, &r->stop);
+    r->took_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     return n;
   });
+}
+
+void Machine::Parts::map_guest_ram() {
+  // Workers allocate guest RAM (from before the devices opened, or from now) while this thread pins it for
+  // DMA right behind them, piece by piece.
+  if (!ram_ahead || !ram_ahead->threads.valid()) populate_ram();
   std::unique_ptr<vfio::GuestDmaMap> mapped;
   try {
-    mapped = std::make_unique<vfio::GuestDmaMap>(container, *mem, &progress);
+    mapped = std::make_unique<vfio::GuestDmaMap>(container, *mem, &ram_ahead->progress);
   } catch (...) {
-    populating.get();  // a host short of memory is the error to report, rather than the pinning it stopped
+    ram_ahead->threads.get();  // a host short of memory is the error to report, rather than the pinning it stopped
     throw;
   }
-  unsigned threads = populating.get();
+  unsigned threads = ram_ahead->threads.get();
   dma = std::move(mapped);
-  step.note(fmt::format("guest RAM allocated in {:.1f} ms ({} threads): {}", populate_ms, threads,
+  step.note(fmt::format("guest RAM allocated in {:.1f} ms ({} threads): {}", ram_ahead->took_ms, threads,
                         mem->page_usage().describe()));
   step(fmt::format("guest RAM mapped for DMA as it was allocated ({} MiB pinned)", cfg.memory >> 20));
   check_interrupted();
@@ -395,6 +415,7 @@ void Machine::stop() {
   for (auto& v : p.vcpus) v->stop();
   p.step("vCPUs stopped");
   p.vm->drain_coalesced(p.pio, p.mmio);
+  if (p.com1) p.com1->flush();
   if (p.console) p.console->stop();
   g_console = nullptr;
 }
@@ -411,7 +432,10 @@ void Machine::resume() {
   p_->paused = false;
 }
 
-void Machine::drain() { p_->vm->drain_coalesced(p_->pio, p_->mmio); }
+void Machine::drain() {
+  p_->vm->drain_coalesced(p_->pio, p_->mmio);
+  if (p_->com1) p_->com1->flush();
+}
 
 ExitControl& Machine::guest_exit() { return p_->guest; }
 
