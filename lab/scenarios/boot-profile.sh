@@ -1,11 +1,13 @@
 # Where boot time goes: QEMU and passvm boot the same L2 (kernel cached for passvm), without and with
 # the NVMe and the e1000e passed through. For each run, L1's KVM counts the guest's port I/O and MMIO
 # exits by address (ftrace's kvm_pio and kvm_mmio events, the same measure for both VMMs: check
-# NAME.exits); passvm prints its step times (-v) and its own count (--stats) on its console. With
+# NAME.exits), and where the time between an exit and the next entry goes: L1's share, split between
+# exits KVM handles itself and exits it hands to the VMM's user space, and the guest's share (kvm_exit,
+# kvm_entry and kvm_userspace_exit events: check NAME.exit-cost); passvm prints its step times (-v) and its own count (--stats) on its console. With
 # PROFILE_DMESG=1 (lab/run --env PROFILE_DMESG=1) L2 boots with initcall_debug and prints its kernel log
 # after init (printk times, one line per initcall). Read the consoles in the kept logs
 # (lab/run --keep-logs DIR boot-profile). Not in the suite.
-# lab-expect: qemu.vmm qemu.exits pv-first.vmm pv.vmm pv.exits qemu-pt.vmm qemu-pt.exits pv-pt.vmm pv-pt.exits
+# lab-expect: qemu.vmm qemu.exits qemu.exit-cost pv-first.vmm pv.vmm pv.exits pv.exit-cost qemu-pt.vmm qemu-pt.exits pv-pt.vmm pv-pt.exits
 # lab-timeout: 1500
 
 if [[ -z $PASSVM || ! -x $PASSVM ]]; then
@@ -31,13 +33,12 @@ traced() {
     echo 0 > $TRACE/tracing_on
     echo > $TRACE/trace
     echo 32768 > $TRACE/buffer_size_kb
-    echo 1 > $TRACE/events/kvm/kvm_pio/enable
-    echo 1 > $TRACE/events/kvm/kvm_mmio/enable
+    local ev
+    for ev in kvm_pio kvm_mmio kvm_exit kvm_entry kvm_userspace_exit; do echo 1 > $TRACE/events/kvm/$ev/enable; done
     echo 1 > $TRACE/tracing_on
     run_l2 "$name" --timeout 480 -- "$@"
     echo 0 > $TRACE/tracing_on
-    echo 0 > $TRACE/events/kvm/kvm_pio/enable
-    echo 0 > $TRACE/events/kvm/kvm_mmio/enable
+    for ev in kvm_pio kvm_mmio kvm_exit kvm_entry kvm_userspace_exit; do echo 0 > $TRACE/events/kvm/$ev/enable; done
     local lost
     lost=$(awk '/^overrun:/ {s += $2} END {print s + 0}' $TRACE/per_cpu/cpu*/stats)
     /usr/bin/python3 - "$name" "$lost" "$TRACE/trace" "$LAB_SCENARIO" <<'PY'
@@ -56,6 +57,42 @@ top = ", ".join(f"{k} {v}" for k, v in count.most_common(8))
 print("LABRESULT " + json.dumps({"scenario": scenario, "check": f"{name}.exits", "pass": lost == 0,
       "figures": {"exits": sum(count.values()), "busiest": top, "lost_events": lost},
       "detail": "" if lost == 0 else f"{lost} trace events lost: the counts are low"}, separators=(",", ":")), flush=True)
+# Per thread: kvm_exit, [kvm_userspace_exit], kvm_entry. The time from an exit to the next entry is L1's
+# (KVM, and the VMM when it was handed the exit); from an entry to the next exit, the guest's.
+EVENT = re.compile(r"^\s*.+?-(\d+)\s+\[\d+\]\s+\S+\s+([\d.]+): (kvm_exit|kvm_entry|kvm_userspace_exit):(.*)")
+state = {}
+l1 = {"user": [0, 0.0], "kernel": [0, 0.0]}
+guest = 0.0
+by_reason = collections.Counter()
+for line in open(path, errors="replace"):
+    m = EVENT.match(line)
+    if not m:
+        continue
+    tid, ts, ev, rest = m.group(1), float(m.group(2)), m.group(3), m.group(4)
+    st = state.setdefault(tid, {"exit": None, "entry": None, "user": False, "reason": ""})
+    if ev == "kvm_exit":
+        if st["entry"] is not None:
+            guest += ts - st["entry"]
+        r = re.search(r"reason (\S+)", rest)
+        st.update(exit=ts, entry=None, user=False, reason=r.group(1) if r else "?")
+    elif ev == "kvm_userspace_exit":
+        st["user"] = True
+    elif st["exit"] is not None:
+        kind = "user" if st["user"] else "kernel"
+        l1[kind][0] += 1
+        l1[kind][1] += ts - st["exit"]
+        by_reason[f"{st['reason']} ({'to the VMM' if st['user'] else 'in KVM'})"] += ts - st["exit"]
+        st.update(exit=None, entry=ts)
+    else:
+        st["entry"] = ts
+fig = {"guest_s": round(guest, 2)}
+for kind, (n, t) in l1.items():
+    fig[f"{kind}_exits"] = n
+    fig[f"{kind}_s"] = round(t, 2)
+    fig[f"{kind}_us_each"] = round(t / n * 1e6) if n else 0
+fig["l1_busiest"] = ", ".join(f"{k} {v:.2f} s" for k, v in by_reason.most_common(5))
+print("LABRESULT " + json.dumps({"scenario": scenario, "check": f"{name}.exit-cost", "pass": lost == 0 and bool(l1["user"][0] + l1["kernel"][0]),
+      "figures": fig, "detail": "" if lost == 0 else f"{lost} trace events lost: the times are low"}, separators=(",", ":")), flush=True)
 PY
 }
 
