@@ -1,0 +1,57 @@
+# A/B of two passvm binaries on the same L2 boot: $PASSVM (A) and $PASSVM_B (B, given with
+# lab/run --env PASSVM_B=PATH), booted alternately A B B A A B ... (AB_ROUNDS pairs, default 3) with the
+# kernel cached, so that a drift of the machine's speed weighs on both alike. AB_APPEND adds to L2's
+# command line (quiet, say); AB_ARGS adds to both passvm command lines. B may also differ by its options
+# alone (PASSVM_B may be $PASSVM): AB_B_LPC replaces com1,stdio in its -l, AB_B_CONSOLE console=ttyS0 on
+# its L2 command line. Prints each boot's time to L2 init and the medians with their ratio B/A. For a
+# change whose gain is smaller than the noise between two lab runs. Not in the suite.
+# lab-expect: ab-warm.vmm ab-compare
+# lab-timeout: 2400
+
+if [[ -z $PASSVM || ! -x $PASSVM || -z ${PASSVM_B:-} || ! -x $PASSVM_B ]]; then
+    result ab-compare fail detail="give both binaries: lab/run --passvm A --env PASSVM_B=B boot-ab"
+    exit 1
+fi
+ROUNDS=${AB_ROUNDS:-3}
+BOOT="$(l2_append cpus ${AB_APPEND:-})"
+BOOT_B="$(L2_CONSOLE=${AB_B_CONSOLE:-console=ttyS0} l2_append cpus ${AB_APPEND:-})"
+# shellcheck disable=SC2206
+EXTRA=(${AB_ARGS:-})
+pv() {
+    local bin=$1 name=$2 lpc=$3 append=$4
+    run_l2 "$name" --timeout 480 -- "$bin" -c 2 -m 512M -s 0,hostbridge -l "$lpc" --stats -v \
+        --kernel "$L2_KERNEL" --initrd "$L2_INITRD" "${EXTRA[@]}" --append "$append" ab
+}
+export PASSVM_CACHE_DIR=$(mktemp -d /tmp/passvm-ab-cache.XXXXXX)
+pv "$PASSVM" ab-warm com1,stdio "$BOOT"  # fills the kernel cache; not counted
+names=()
+for ((i = 1; i <= ROUNDS; i++)); do
+    if ((i % 2)); then order=(a b); else order=(b a); fi
+    for w in "${order[@]}"; do
+        if [[ $w == a ]]; then
+            pv "$PASSVM" "ab-a$i" com1,stdio "$BOOT"
+        else
+            pv "$PASSVM_B" "ab-b$i" "${AB_B_LPC:-com1,stdio}" "$BOOT_B"
+        fi
+        names+=("ab-$w$i")
+    done
+done
+rm -rf "$PASSVM_CACHE_DIR"
+/usr/bin/python3 - "$LAB_OUT" "$LAB_SCENARIO" "${names[@]}" <<'PY'
+import json, statistics, sys
+out, scenario, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+t = {"a": [], "b": []}
+bad = []
+for n in names:
+    try:
+        s = json.load(open(f"{out}/{n}.summary.json"))
+        t[n[3]].append(s["vmm"]["vmm_start_to_l2_init_ms"] / 1000)
+    except (OSError, ValueError, KeyError, TypeError):
+        bad.append(n)
+fig = {k: " ".join(f"{x:.2f}" for x in v) for k, v in t.items()}
+if t["a"] and t["b"]:
+    ma, mb = statistics.median(t["a"]), statistics.median(t["b"])
+    fig.update(median_a_s=round(ma, 2), median_b_s=round(mb, 2), ratio_b_a=round(mb / ma, 3))
+print("LABRESULT " + json.dumps({"scenario": scenario, "check": "ab-compare", "pass": not bad, "figures": fig,
+      "detail": f"no figure from {', '.join(bad)}" if bad else ""}, separators=(",", ":")), flush=True)
+PY
