@@ -87,7 +87,7 @@ int cache_main(int argc, char** argv) {
     }
     if (all == !kernels.empty()) {
       fmt::print(stderr, "passvm cache remove: give either KERNEL files or --all\n");
-      return 1;
+      return 2;
     }
     std::error_code ec;
     if (all) {
