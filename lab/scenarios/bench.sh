@@ -1,7 +1,7 @@
 # Benchmark: QEMU and passvm boot the same L2, first with no device (boot cost alone),
 # then with the NVMe and the e1000e passed through (passthrough data path). bench/run
 # prints the figures side by side. Not part of the test suite: figures are not asserted.
-# lab-expect: qemu-boot.vmm pv-boot-first.vmm pv-boot.vmm pv-boot-guest-unpack.vmm qemu-quiet.vmm pv-quiet.vmm pv-mmio.vmm qemu-pt.vmm pv-pt.vmm pv-pt-mmio.vmm pv-pt-mmio2.vmm pv-pt2.vmm qemu-pt2.vmm compare-boot compare-pt
+# lab-expect: qemu-boot.vmm pv-boot-first.vmm pv-boot.vmm pv-boot-guest-unpack.vmm qemu-quiet.vmm pv-quiet.vmm qemu-pt.vmm pv-pt.vmm pv-pt2.vmm qemu-pt2.vmm compare-boot compare-pt
 # lab-timeout: 2000
 
 if [[ -z $PASSVM || ! -x $PASSVM ]]; then
@@ -27,11 +27,6 @@ run_l2 pv-boot-guest-unpack --timeout 480 -- "${PV[@]}" --guest-decompress --app
 # VMM under both; with quiet, the boot's cost is the guest's own.
 run_l2 qemu-quiet --timeout 480 -- "${QEMU[@]}" -append "$BOOT quiet"
 run_l2 pv-quiet --timeout 480 -- "${PV[@]}" --append "$BOOT quiet" bench
-# COM1 in MMIO: the guest's console polls LSR in a page mapped read-only, so only the data write exits
-# (and KVM queues it). The guest names that UART on its command line.
-MMIO_CONSOLE=console=uart8250,mmio,0xfe000000
-PV_MMIO=("${PV[@]/#com1,stdio/com1,stdio,mmio}")
-run_l2 pv-mmio --timeout 480 -- "${PV_MMIO[@]}" --append "$(L2_CONSOLE=$MMIO_CONSOLE l2_append cpus,mem lab.cpus=2 lab.mem_mb=512)" bench
 
 for bdf in 0000:00:03.0 0000:00:04.0; do
     bind_vfio $bdf || { result pt.setup fail detail="cannot bind $bdf to vfio-pci"; exit 1; }
@@ -41,10 +36,7 @@ done
 QPT=(-append "$PT" -device vfio-pci,host=0000:00:03.0 -device vfio-pci,host=0000:00:04.0)
 PVPT=(-s 3,passthru,0000:00:03.0 -s 4,passthru,0000:00:04.0 --append "$PT" bench)
 run_l2 qemu-pt --timeout 480 -- "${QEMU[@]}" "${QPT[@]}"
-PVPT_MMIO=(-s 3,passthru,0000:00:03.0 -s 4,passthru,0000:00:04.0 --append "$(L2_CONSOLE=$MMIO_CONSOLE l2_append nvme,nvmebig,nvmerand,ping,irqs lab.mem_mb=512)" bench)
 run_l2 pv-pt --timeout 480 -- "${PV[@]}" "${PVPT[@]}"
-run_l2 pv-pt-mmio --timeout 480 -- "${PV_MMIO[@]}" "${PVPT_MMIO[@]}"
-run_l2 pv-pt-mmio2 --timeout 480 -- "${PV_MMIO[@]}" "${PVPT_MMIO[@]}"
 run_l2 pv-pt2 --timeout 480 -- "${PV[@]}" "${PVPT[@]}"
 run_l2 qemu-pt2 --timeout 480 -- "${QEMU[@]}" "${QPT[@]}"
 l2_compare compare-pt qemu-pt pv-pt

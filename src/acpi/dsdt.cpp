@@ -77,15 +77,9 @@ Bytes pci_host_bridge(const layout::PciWindows& w, uint32_t hotplug_slots) {
   return device("PCI0", terms);
 }
 
-// A 16550 at port 0x3f8, or in MMIO (Linux's 8250_pnp then registers it with iotype UPIO_MEM, and
-// console=uart8250,mmio,ADDR names it).
-Bytes com1(uint64_t mmio) {
+Bytes com1() {
   ResourceTemplate crs;
-  if (mmio != 0)
-    crs.memory32_fixed(static_cast<uint32_t>(mmio), static_cast<uint32_t>(layout::kCom1MmioSize));
-  else
-    crs.io(layout::kCom1Port, 8);
-  crs.irq(static_cast<uint8_t>(layout::kCom1Irq));
+  crs.io(layout::kCom1Port, 8).irq(static_cast<uint8_t>(layout::kCom1Irq));
   return device("COM1", {
                             name("_HID", eisa_id("PNP0501")),
                             name("_UID", integer(1)),
@@ -96,12 +90,12 @@ Bytes com1(uint64_t mmio) {
 
 }  // namespace
 
-std::vector<uint8_t> build_dsdt(const layout::PciWindows& windows, uint32_t hotplug_slots, uint64_t com1_mmio) {
+std::vector<uint8_t> build_dsdt(const layout::PciWindows& windows, uint32_t hotplug_slots) {
   Bytes body;
   auto add = [&](const Bytes& b) { body.insert(body.end(), b.begin(), b.end()); };
   // SLP_TYPa, SLP_TYPb, reserved, reserved: what AcpiPm compares on SLP_EN.
   add(name("\\_S5", package({integer(devices::kS5SleepType), integer(devices::kS5SleepType), integer(0), integer(0)})));
-  add(scope("\\_SB", {pci_host_bridge(windows, hotplug_slots), com1(com1_mmio)}));
+  add(scope("\\_SB", {pci_host_bridge(windows, hotplug_slots), com1()}));
   if (hotplug_slots != 0)
     add(scope("\\_GPE", {method(fmt::format("_E{:02X}", devices::kGpePciHotplug), 0, false,
                                   {call("\\_SB.PCI0.PCNT")})}));

@@ -253,23 +253,6 @@ TEST(AcpiTablesIasl, HotplugSlotsDecompileToWhatAcpiphpNeeds) {
   EXPECT_EQ(plain.dsl.find("_GPE"), std::string::npos);
 }
 
-TEST(AcpiTablesIasl, Com1InMmioHasAMemoryResourceAndNoPort) {
-  if (find_iasl().empty()) GTEST_SKIP() << "iasl not installed (apt-get install acpica-tools)";
-  auto com1 = [](const std::string& dsl) {
-    size_t at = dsl.find("Device (COM1)");
-    return at == std::string::npos ? std::string() : dsl.substr(at, dsl.find("Device", at + 6) - at);
-  };
-  Disassembly port = disassemble(build_dsdt(), "dsdt");
-  Disassembly mmio = disassemble(build_dsdt({}, 0, 0xfe000000), "dsdt");
-  ASSERT_EQ(mmio.status, 0) << mmio.log;
-  EXPECT_NE(com1(port.dsl).find("0x03F8"), std::string::npos) << com1(port.dsl);
-  EXPECT_EQ(com1(port.dsl).find("Memory32Fixed"), std::string::npos) << com1(port.dsl);
-  EXPECT_NE(com1(mmio.dsl).find("Memory32Fixed (ReadWrite,"), std::string::npos) << com1(mmio.dsl);
-  EXPECT_NE(com1(mmio.dsl).find("0xFE000000,         // Address Base"), std::string::npos) << com1(mmio.dsl);
-  EXPECT_EQ(com1(mmio.dsl).find("0x03F8"), std::string::npos) << com1(mmio.dsl);
-  EXPECT_NE(com1(mmio.dsl).find("IRQNoFlags"), std::string::npos) << com1(mmio.dsl);
-}
-
 TEST(AcpiTablesIasl, DataTablesDecompileCleanly) {
   if (find_iasl().empty()) GTEST_SKIP() << "iasl not installed (apt-get install acpica-tools)";
   Image img(2);

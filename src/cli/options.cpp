@@ -8,8 +8,6 @@
 #include <limits>
 #include <stdexcept>
 
-#include "memory/layout.h"
-
 namespace passvm::cli {
 
 std::optional<uint64_t> parse_size(const std::string& text) {
@@ -134,10 +132,7 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
                  "(CONFIG = host device, B/S/F or DDDD:BB:SS.F)")
       ->take_all()
       ->allow_extra_args(false);
-  app.add_option("-l,--lpc", lpc,
-                 "LPC device: com1,stdio (the guest's ttyS0 on this terminal), or com1,stdio,mmio (the same UART in "
-                 "MMIO at 0xfe000000, whose status reads cost no exit: boot the guest with "
-                 "console=uart8250,mmio,0xfe000000)")
+  app.add_option("-l,--lpc", lpc, "LPC device: com1,stdio (the guest's ttyS0 on this terminal)")
       ->allow_extra_args(false);
   app.add_flag("-S,--hugepages", cfg.hugepages, "Back guest RAM with the host's reserved hugetlbfs pages (1 GiB ones when the size allows and the pool has them, else 2 MiB); without it, transparent huge pages");
   app.add_option("--kernel,-k", cfg.kernel, "Linux bzImage to boot (required unless --api-socket)");
@@ -236,14 +231,10 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
   }
 
   for (const auto& dev : lpc) {
-    if (dev == "com1,stdio" || dev == "com1,stdio,mmio") {
+    if (dev == "com1,stdio") {
       cfg.com1 = "stdio";
-      cfg.com1_mmio = dev.ends_with(",mmio");
     } else {
-      return fail(fmt::format("-l {}: passvm provides com1,stdio (the guest's ttyS0 on this terminal) and "
-                              "com1,stdio,mmio (the same UART in MMIO at {:#x}: boot the guest with "
-                              "console=uart8250,mmio,{:#x})",
-                              dev, layout::kCom1MmioAddr, layout::kCom1MmioAddr));
+      return fail(fmt::format("-l {}: passvm provides com1,stdio (the guest's ttyS0 on this terminal)", dev));
     }
   }
   cfg.unpack_on_host = !guest_decompress;

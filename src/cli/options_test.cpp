@@ -89,19 +89,6 @@ TEST(CommandLine, FullBhyveStyleLine) {
   EXPECT_EQ(c.name, "guest1");
 }
 
-TEST(CommandLine, Com1InMmio) {
-  auto port = parse({"--kernel", "k", "-l", "com1,stdio"});
-  ASSERT_TRUE(port.config.has_value()) << port.message;
-  EXPECT_FALSE(port.config->com1_mmio);
-  auto mmio = parse({"--kernel", "k", "-l", "com1,stdio,mmio"});
-  ASSERT_TRUE(mmio.config.has_value()) << mmio.message;
-  EXPECT_EQ(mmio.config->com1, "stdio");
-  EXPECT_TRUE(mmio.config->com1_mmio);
-  auto bad = parse({"--kernel", "k", "-l", "com1,stdio,mmio32"});
-  EXPECT_FALSE(bad.config.has_value());
-  EXPECT_NE(bad.message.find("console=uart8250,mmio,0xfe000000"), std::string::npos) << bad.message;
-}
-
 TEST(CommandLine, DefaultsAndLongOptions) {
   auto r = parse({"--kernel", "k", "--cpus", "4", "--memory", "1G"});
   ASSERT_TRUE(r.config.has_value()) << r.message;

@@ -322,13 +322,7 @@ std::vector<Ioctl> allowed_ioctls(ThreadClass c) {
     case ThreadClass::PeerDma:
       more = {{"VFIO_IOMMU_MAP_DMA", VFIO_IOMMU_MAP_DMA}, {"VFIO_IOMMU_UNMAP_DMA", VFIO_IOMMU_UNMAP_DMA}};
       break;
-    case ThreadClass::Console:
-      // The UART's interrupt on input; with COM1 in MMIO, input also unmaps its register page so that the
-      // guest's reads exit again (a read-only slot: KVM_CHECK_EXTENSION is asked first).
-      more = {{"KVM_IRQ_LINE", KVM_IRQ_LINE},
-              {"KVM_SET_USER_MEMORY_REGION", KVM_SET_USER_MEMORY_REGION},
-              {"KVM_CHECK_EXTENSION", KVM_CHECK_EXTENSION}};
-      break;
+    case ThreadClass::Console: more = {{"KVM_IRQ_LINE", KVM_IRQ_LINE}}; break;  // the UART's interrupt on input
     case ThreadClass::Signals: break;
     case ThreadClass::Api: more = {{"FIONBIO", FIONBIO}}; break;
   }

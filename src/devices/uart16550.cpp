@@ -42,7 +42,6 @@ void Uart16550::read(uint64_t offset, std::span<uint8_t> data) {
   if (data.size() != 1 || offset != kLsr) flush_output();
   for (size_t i = 0; i < data.size(); i++) data[i] = read_register((offset + i) % kRegisterCount);
   update_irq();
-  update_mirror();
 }
 
 void Uart16550::write(uint64_t offset, std::span<const uint8_t> data) {
@@ -50,7 +49,6 @@ void Uart16550::write(uint64_t offset, std::span<const uint8_t> data) {
   if (data.size() != 1 || offset != kData || (lcr_ & kLcrDlab)) flush_output();
   for (size_t i = 0; i < data.size(); i++) write_register((offset + i) % kRegisterCount, data[i]);
   update_irq();
-  update_mirror();
 }
 
 void Uart16550::flush() {
@@ -71,70 +69,40 @@ size_t Uart16550::receive(std::span<const uint8_t> bytes) {
   while (n < bytes.size() && rx_.size() < cap) rx_.push_back(bytes[n++]);
   want_space_ = n < bytes.size();
   update_irq();
-  update_mirror();
   return n;
 }
 
-void Uart16550::set_read_mirror(uint8_t* regs, std::function<void(bool)> fn) {
-  std::lock_guard g(lock_);
-  mirror_ = regs;
-  mirror_fn_ = std::move(fn);
-  mirror_readable_ = false;
-  if (mirror_fn_) mirror_fn_(false);
-  update_mirror();
-}
-
-bool Uart16550::reads_are_pure() const {
-  return rx_.empty() && line_errors_ == 0 && msr_delta_ == 0 && !(ier_ & kIerThre) && !(lcr_ & kLcrDlab) &&
-         !(mcr_ & kMcrLoop);
-}
-
-void Uart16550::update_mirror() {
-  if (!mirror_) return;
-  bool readable = reads_are_pure();
-  // Exits first, then new contents, then reads from memory: a vCPU never reads a stale register.
-  if (!readable && mirror_readable_) {
-    mirror_readable_ = false;
-    if (mirror_fn_) mirror_fn_(false);
-  }
-  for (uint64_t r = 0; r < kRegisterCount; r++) __atomic_store_n(&mirror_[r], peek(r), __ATOMIC_RELEASE);
-  if (readable && !mirror_readable_) {
-    mirror_readable_ = true;
-    if (mirror_fn_) mirror_fn_(true);
-  }
-}
-
-uint8_t Uart16550::peek(uint64_t reg) const {
+uint8_t Uart16550::read_register(uint64_t reg) {
   bool dlab = lcr_ & kLcrDlab;
   switch (reg) {
-    case kData: return dlab ? dll_ : rx_.empty() ? 0 : rx_.front();
+    case kData: {
+      if (dlab) return dll_;
+      if (rx_.empty()) return 0;
+      uint8_t b = rx_.front();
+      rx_.pop_front();
+      signal_space();
+      return b;
+    }
     case kIer: return dlab ? dlm_ : ier_;
-    case kIir: return static_cast<uint8_t>(interrupt_id() | (fifo_enabled_ ? kIirFifo : 0));
+    case kIir: {
+      uint8_t id = interrupt_id();
+      if (id == kIirThre) thre_pending_ = false;  // reading IIR acknowledges THRE when it is the source
+      return static_cast<uint8_t>(id | (fifo_enabled_ ? kIirFifo : 0));
+    }
     case kLcr: return lcr_;
     case kMcr: return mcr_;
-    case kLsr: return static_cast<uint8_t>(kLsrThre | kLsrTemt | line_errors_ | (rx_.empty() ? 0 : kLsrDr));
-    case kMsr: return static_cast<uint8_t>(modem_status_lines() | msr_delta_);
+    case kLsr: {
+      uint8_t lsr = static_cast<uint8_t>(kLsrThre | kLsrTemt | line_errors_ | (rx_.empty() ? 0 : kLsrDr));
+      line_errors_ = 0;
+      return lsr;
+    }
+    case kMsr: {
+      uint8_t msr = static_cast<uint8_t>(modem_status_lines() | msr_delta_);
+      msr_delta_ = 0;
+      return msr;
+    }
     default: return scr_;
   }
-}
-
-uint8_t Uart16550::read_register(uint64_t reg) {
-  const uint8_t value = peek(reg);
-  switch (reg) {
-    case kData:
-      if (!(lcr_ & kLcrDlab) && !rx_.empty()) {
-        rx_.pop_front();
-        signal_space();
-      }
-      break;
-    case kIir:
-      if (interrupt_id() == kIirThre) thre_pending_ = false;  // reading IIR acknowledges THRE when it is the source
-      break;
-    case kLsr: line_errors_ = 0; break;
-    case kMsr: msr_delta_ = 0; break;
-    default: break;
-  }
-  return value;
 }
 
 void Uart16550::write_register(uint64_t reg, uint8_t value) {

@@ -54,16 +54,6 @@ class Uart16550 : public BusDevice {
   // character instead of two. Calls fn with the current state at once.
   void set_tx_batching(std::function<void(bool allowed)> fn);
 
-  // Register mirror, for a UART placed in MMIO: regs (its 8 bytes, in a page passvm maps read-only into
-  // the guest) always holds what each register reads as, and fn(true) says that guest reads may be served
-  // from it without an exit, fn(false) that they must exit again because a read would change the UART:
-  // input or a line error waiting, a modem status change, the THRE interrupt on (reading IIR acknowledges
-  // it), the divisor latch or loopback selected. So Linux's console output, which polls LSR before each
-  // character with interrupts off, costs one exit per character (the data write, coalesced) instead of
-  // two, neither of which reaches passvm. Calls fn with the current state at once; fn runs under the
-  // UART's lock, from whichever thread changed the state (a vCPU, or the console's input thread).
-  void set_read_mirror(uint8_t* regs, std::function<void(bool readable)> fn);
-
   // Host input: puts as many bytes as fit into the receive FIFO and returns how many. When some
   // did not fit, rx_space_fd() (an eventfd) becomes readable once the guest has read a byte.
   size_t receive(std::span<const uint8_t> bytes);
@@ -74,9 +64,6 @@ class Uart16550 : public BusDevice {
 
  private:
   uint8_t read_register(uint64_t reg);
-  uint8_t peek(uint64_t reg) const;  // what a read returns, without its side effects
-  bool reads_are_pure() const;
-  void update_mirror();
   void write_register(uint64_t reg, uint8_t value);
   void transmit(uint8_t byte);
   void flush_output();
@@ -89,9 +76,6 @@ class Uart16550 : public BusDevice {
   const int out_fd_;
   const std::function<void(bool)> irq_;
   std::function<void(bool)> tx_batching_;
-  uint8_t* mirror_ = nullptr;
-  std::function<void(bool)> mirror_fn_;
-  bool mirror_readable_ = false;
   int space_fd_ = -1;
 
   std::mutex lock_;

@@ -48,31 +48,6 @@ TEST_F(Fixture, TransmitGoesToTheOutputFd) {
   EXPECT_TRUE(irq_changes.empty()) << "no interrupt enabled, no line change";
 }
 
-TEST_F(Fixture, OutputIsWrittenByLineOrWhenTheGuestTouchesAnotherRegister) {
-  // Linux's console: per character an LSR read and a data write; per line IER saved and restored.
-  for (char c : std::string("boot")) {
-    EXPECT_EQ(in(LSR) & 0x20, 0x20);
-    out(THR, static_cast<uint8_t>(c));
-  }
-  EXPECT_EQ(output(), "") << "a partial line waits for more";
-  out(IER, 0x00);
-  EXPECT_EQ(output(), "boot") << "any other register access writes it";
-  for (char c : std::string("a line\nrest")) out(THR, static_cast<uint8_t>(c));
-  EXPECT_EQ(output(), "a line\n");
-  uart->flush();
-  EXPECT_EQ(output(), "rest") << "the VMM's periodic flush";
-  out(THR, 'x');
-  uart.reset();
-  EXPECT_EQ(output(), "x") << "nothing is lost at teardown";
-}
-
-TEST_F(Fixture, LongOutputWithoutNewlineIsWrittenInBoundedPieces) {
-  for (int i = 0; i < 5000; i++) out(THR, 'z');
-  std::string got = output();
-  EXPECT_FALSE(got.empty()) << "the buffer is bounded";
-  EXPECT_LT(got.size(), 5000u);
-}
-
 TEST_F(Fixture, TransmitBatchingIsAllowedOnlyWhileTheThreInterruptIsOff) {
   std::vector<bool> calls;
   uart->set_tx_batching([&](bool allowed) { calls.push_back(allowed); });
@@ -84,49 +59,6 @@ TEST_F(Fixture, TransmitBatchingIsAllowedOnlyWhileTheThreInterruptIsOff) {
   out(LCR, 0x03);
   out(IER, 0x01);  // THRE interrupt off again
   EXPECT_EQ(calls, (std::vector<bool>{true, false, true}));
-}
-
-// Reads are served from the mirror only while no read could change the UART; its bytes always say what a
-// read would return.
-TEST_F(Fixture, ReadMirrorIsReadableOnlyWhileReadsChangeNothing) {
-  uint8_t regs[8] = {};
-  std::vector<bool> calls;
-  uart->set_read_mirror(regs, [&](bool readable) { calls.push_back(readable); });
-  EXPECT_EQ(calls, (std::vector<bool>{false, true}));
-  EXPECT_EQ(regs[LSR], 0x60);
-  EXPECT_EQ(regs[IIR], 0x01);
-  EXPECT_EQ(regs[MSR], 0xb0);
-
-  out(SCR, 0x5a);  // a write that changes what a read returns, but no read's effect
-  EXPECT_EQ(regs[SCR], 0x5a);
-  EXPECT_EQ(calls.size(), 2u);
-
-  uint8_t a = 'a';
-  ASSERT_EQ(uart->receive({&a, 1}), 1u);  // input: reading RBR pops it, so reads must exit
-  EXPECT_EQ(calls.back(), false);
-  EXPECT_EQ(regs[LSR], 0x61);
-  EXPECT_EQ(in(THR), 'a');
-  EXPECT_EQ(calls.back(), true);
-  EXPECT_EQ(regs[LSR], 0x60);
-
-  out(IER, 0x02);  // THRE interrupt on: reading IIR acknowledges it
-  EXPECT_EQ(calls.back(), false);
-  EXPECT_EQ(regs[IIR], 0x02);
-  out(IER, 0x00);
-  EXPECT_EQ(calls.back(), true);
-
-  out(LCR, 0x80);  // divisor latch: offset 0 is DLL, whose writes may be queued
-  EXPECT_EQ(calls.back(), false);
-  EXPECT_EQ(regs[THR], 0x0c);
-  out(LCR, 0x03);
-  out(MCR, 0x10);  // loopback: a queued data write would change LSR
-  EXPECT_EQ(calls.back(), false);
-  out(MCR, 0x00);  // MSR's change bits are now set: reading MSR clears them
-  EXPECT_EQ(calls.back(), false);
-  EXPECT_NE(regs[MSR] & 0x0f, 0);
-  in(MSR);
-  EXPECT_EQ(calls.back(), true);
-  for (size_t i = 1; i < calls.size(); i++) EXPECT_NE(calls[i], calls[i - 1]) << "called only on a change";
 }
 
 TEST_F(Fixture, ScratchAndDivisorLatch) {

@@ -104,19 +104,14 @@ void Vm::attach_coalesced_ring(int vcpu_fd) {
   ring_entries_ = static_cast<uint32_t>((ring_bytes_ - kRingHeader) / sizeof(kvm_coalesced_mmio));
 }
 
-bool Vm::coalesce_pio(uint16_t port, uint32_t len, bool on) { return coalesce(port, len, true, on); }
-
-bool Vm::coalesce_mmio(uint64_t addr, uint32_t len, bool on) { return coalesce(addr, len, false, on); }
-
-bool Vm::coalesce(uint64_t addr, uint32_t len, bool pio, bool on) {
+bool Vm::coalesce_pio(uint16_t port, uint32_t len, bool on) {
   if (!ring_) return false;
   kvm_coalesced_mmio_zone zone{};
-  zone.addr = addr;
+  zone.addr = port;
   zone.size = len;
-  zone.pio = pio ? 1 : 0;
+  zone.pio = 1;
   if (ioctl(fd_, on ? KVM_REGISTER_COALESCED_MMIO : KVM_UNREGISTER_COALESCED_MMIO, &zone) < 0)
-    fail(fmt::format("{} coalesced {} writes {:#x}/{}", on ? "registering" : "unregistering", pio ? "port" : "MMIO",
-                     addr, len).c_str(),
+    fail(fmt::format("{} coalesced port writes {:#x}/{}", on ? "registering" : "unregistering", port, len).c_str(),
          errno);
   return true;
 }

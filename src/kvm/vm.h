@@ -97,8 +97,6 @@ class Vm {
   // coalesce_pio returns false when this KVM cannot coalesce port writes, and writes then just exit.
   void attach_coalesced_ring(int vcpu_fd);
   bool coalesce_pio(uint16_t port, uint32_t len, bool on);
-  // The same for MMIO writes to [addr, addr + len), including writes to a read-only memory slot.
-  bool coalesce_mmio(uint64_t addr, uint32_t len, bool on);
   void drain_coalesced(Bus& pio, Bus& mmio);
 
   // A copy of the routing table as last committed to KVM (for tests and diagnostics).
@@ -108,7 +106,6 @@ class Vm {
 
  private:
   void commit_routes();  // with routes_lock_ held
-  bool coalesce(uint64_t addr, uint32_t len, bool pio, bool on);
   kvm_irq_routing_entry* find_msi_route(uint32_t gsi);  // with routes_lock_ held
 
   Kvm& kvm_;

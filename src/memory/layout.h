@@ -46,10 +46,6 @@ inline constexpr uint64_t kEcamStart = 0xe0000000;     // PCI ECAM (MMCONFIG), b
 inline constexpr uint64_t kEcamBuses = 1;
 inline constexpr uint64_t kEcamSize = kEcamBuses * 1 * MiB;
 inline constexpr uint64_t kIoapicAddr = 0xfec00000;
-// COM1 in MMIO (-l com1,stdio,mmio): its 8 registers at the start of a page of their own, which is mapped
-// read-only into the guest while reads have no side effect.
-inline constexpr uint64_t kCom1MmioAddr = 0xfe000000;
-inline constexpr uint64_t kCom1MmioSize = 0x1000;
 inline constexpr uint64_t kLapicAddr = 0xfee00000;
 inline constexpr uint64_t kHighRamStart = 4 * GiB;
 

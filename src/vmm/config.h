@@ -30,7 +30,6 @@ struct MachineConfig {
   bool hugepages = false;
   std::vector<SlotConfig> slots;
   std::string com1;  // "stdio" or empty (no console)
-  bool com1_mmio = false;  // COM1 at layout::kCom1MmioAddr instead of port 0x3f8
   std::string kernel;
   std::string initrd;
   std::string cmdline;

@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 #include <signal.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -10,7 +9,6 @@
 #include <chrono>
 #include <future>
 #include <map>
-#include <optional>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -114,14 +112,6 @@ struct Machine::Parts {
   StepLog step;  // outlives every other part, so it can time the VM's closing
   ExitControl guest;
   std::unique_ptr<Kvm> kvm;
-  // COM1's register page when it is in MMIO (declared before vm: the VM's memory slot goes first).
-  struct RegisterPage {
-    uint8_t* bytes = nullptr;
-    std::optional<uint32_t> slot;  // mapped read-only into the guest while reads change nothing
-    ~RegisterPage() {
-      if (bytes) munmap(bytes, layout::kCom1MmioSize);
-    }
-  } com1_page;
   std::unique_ptr<Vm> vm;
   std::unique_ptr<GuestMemory> mem;
   // The kernel goes into guest RAM on a thread of its own while devices open and RAM is pinned for DMA
@@ -240,19 +230,7 @@ void Machine::Parts::build() {
   // Legacy platform devices.
   if (c.com1 == "stdio") {
     com1 = std::make_unique<devices::Uart16550>(STDOUT_FILENO, irq(layout::kCom1Irq));
-    if (c.com1_mmio) {
-      if (kvm->check_extension(KVM_CAP_READONLY_MEM) <= 0)
-        throw std::runtime_error("-l com1,stdio,mmio needs read-only memory slots (KVM_CAP_READONLY_MEM), which "
-                                 "this host's KVM lacks: use -l com1,stdio");
-      void* page = mmap(nullptr, layout::kCom1MmioSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (page == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "COM1's register page");
-      com1_page.bytes = static_cast<uint8_t*>(page);
-      mmio.add(layout::kCom1MmioAddr, devices::Uart16550::kRegisterCount, com1.get());
-      step.note(fmt::format("COM1 in MMIO at {:#x}: the guest's console is console=uart8250,mmio,{:#x}",
-                            layout::kCom1MmioAddr, layout::kCom1MmioAddr));
-    } else {
-      pio.add(layout::kCom1Port, devices::Uart16550::kRegisterCount, com1.get());
-    }
+    pio.add(layout::kCom1Port, devices::Uart16550::kRegisterCount, com1.get());
   }
   pm = std::make_unique<devices::AcpiPm>([this] { guest.request(ExitReason::PowerOff); }, irq(layout::kAcpiSciIrq));
   pio.add(layout::kAcpiPmBase, devices::AcpiPm::kSize, pm.get());
@@ -317,7 +295,7 @@ void Machine::Parts::build() {
   if (windows.mmio64.size == 0)
     throw std::runtime_error(fmt::format("-m {}M leaves no room for 64-bit PCI BARs below the IOMMU's limit of {:#x}: "
                                          "give a smaller -m", c.memory >> 20, windows.mmio64.start));
-  acpi::build_tables(acpi::AcpiConfig{c.cpus, windows, hotplug_slots, c.com1_mmio ? layout::kCom1MmioAddr : 0}, *mem);
+  acpi::build_tables(acpi::AcpiConfig{c.cpus, windows, hotplug_slots}, *mem);
   if (!passthru.empty()) map_guest_ram();
   root->assign_resources(windows);
   for (const auto& a : root->assignments())
@@ -337,19 +315,7 @@ void Machine::Parts::build() {
     vcpus.push_back(std::make_unique<Vcpu>(*vm, i, c.cpus, pio, mmio, guest, windows));
   vcpus[0]->setup_linux_boot(boot);
   // The ring for coalesced writes exists once a vCPU does; from here COM1's output may be batched.
-  if (com1 && com1_page.bytes) {
-    com1->set_tx_batching([this](bool on) { vm->coalesce_mmio(layout::kCom1MmioAddr, 1, on); });
-    com1->set_read_mirror(com1_page.bytes, [this](bool readable) {
-      if (readable && !com1_page.slot) {
-        com1_page.slot = vm->map_memory(layout::kCom1MmioAddr, layout::kCom1MmioSize, com1_page.bytes, true);
-      } else if (!readable && com1_page.slot) {
-        vm->unmap_memory(*com1_page.slot);
-        com1_page.slot.reset();
-      }
-    });
-  } else if (com1) {
-    com1->set_tx_batching([this](bool on) { vm->coalesce_pio(layout::kCom1Port, 1, on); });
-  }
+  if (com1) com1->set_tx_batching([this](bool on) { vm->coalesce_pio(layout::kCom1Port, 1, on); });
   step(fmt::format("{} vCPUs; setup took {:.1f} ms in all", c.cpus, step.total_ms()));
 }
 
@@ -646,13 +612,10 @@ std::string Machine::stats_text() const {
     unplaced += v->exit_sites().overflow();
   }
   // Who answers there, so that a reader need not know the machine's map.
-  static constexpr const char* kUartRegs[] = {"data", "IER", "IIR/FCR", "LCR", "MCR", "LSR", "MSR", "SCR"};
   auto owner = [&p](const ExitSite& s) -> std::string {
     auto in = [&s](uint64_t base, uint64_t size) { return s.addr >= base && s.addr - base < size; };
     if (s.mmio) {
       if (in(layout::kEcamStart, layout::kEcamSize)) return "(PCI config, ECAM)";
-      if (p.cfg.com1_mmio && in(layout::kCom1MmioAddr, 8))
-        return fmt::format("(COM1 {})", kUartRegs[s.addr - layout::kCom1MmioAddr]);
       // BARs where they were placed at start (a guest may move them).
       for (const auto& a : p.root->assignments())
         if (a.kind != pci::BarKind::Io && in(a.address, a.size))
@@ -660,6 +623,7 @@ std::string Machine::stats_text() const {
                              a.index == pci::kRomBarIndex ? std::string("ROM") : fmt::format("BAR{}", a.index));
       return "";
     }
+    static constexpr const char* kUartRegs[] = {"data", "IER", "IIR/FCR", "LCR", "MCR", "LSR", "MSR", "SCR"};
     if (in(layout::kCom1Port, 8)) return fmt::format("(COM1 {})", kUartRegs[s.addr - layout::kCom1Port]);
     if (in(layout::kPciConfigAddrPort, 8)) return "(PCI config)";
     if (in(layout::kAcpiPmBase, devices::AcpiPm::kSize)) return "(ACPI PM)";
