@@ -288,11 +288,29 @@ Server::Server(VmControl& control, const std::string& socket_path, Log log)
     : impl_(std::make_unique<Impl>(control, socket_path, std::move(log))) {
   Impl& p = *impl_;
   prepare_path(p.path);
-  auto handler = [&p](const httplib::Request& req, httplib::Response& res) {
+  // A request's log line is written before its reply is sent (httplib's logger runs after), so that a
+  // client's next request cannot be logged ahead of the one it waited for. httplib's logger still logs
+  // what httplib answered by itself (a malformed request); the request thread runs both, one after the
+  // other, so a thread-local flag tells it which requests are logged already.
+  static thread_local bool logged = false;
+  auto log_request = [&p](const httplib::Request& req, const httplib::Response& res) {
+    logged = true;
+    if (!p.log) return;
+    std::string line = fmt::format("{} {} {}", req.method, req.path, res.status);
+    if (res.status >= 400) {
+      try {
+        line += ": " + json::parse(res.body).at(0).get<std::string>();
+      } catch (...) {
+      }
+    }
+    p.log(line);
+  };
+  auto handler = [&p, log_request](const httplib::Request& req, httplib::Response& res) {
     confine::label_thread("pv-api");  // a request thread, started by the listener with its filter
     Reply r = dispatch(p.control, req);
     res.status = r.status;
     if (!r.body.empty()) res.set_content(r.body, "application/json");
+    log_request(req, res);
   };
   // Every method that can carry a route goes to dispatch(), which decides 400/404 the way
   // cloud-hypervisor does; httplib would answer 404 for a known path and an unexpected method.
@@ -302,22 +320,15 @@ Server::Server(VmControl& control, const std::string& socket_path, Log log)
   p.http.Patch(".*", handler);
   p.http.Delete(".*", handler);
   p.http.Options(".*", handler);
-  p.http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+  p.http.set_exception_handler([log_request](const httplib::Request& req, httplib::Response& res, std::exception_ptr) {
     res.status = 500;
     res.set_content(R"(["internal error"])", "application/json");
+    log_request(req, res);
   });
-  if (p.log) {
-    p.http.set_logger([&p](const httplib::Request& req, const httplib::Response& res) {
-      std::string line = fmt::format("{} {} {}", req.method, req.path, res.status);
-      if (res.status >= 400) {
-        try {
-          line += ": " + json::parse(res.body).at(0).get<std::string>();
-        } catch (...) {
-        }
-      }
-      p.log(line);
-    });
-  }
+  p.http.set_logger([log_request](const httplib::Request& req, const httplib::Response& res) {
+    if (!logged) log_request(req, res);
+    logged = false;
+  });
   // httplib sizes its request threads from the number of CPUs when it starts listening, on the listener
   // thread, whose filter does not let it read sysfs: sized here instead, by httplib's own rule.
   const size_t workers = CPPHTTPLIB_THREAD_POOL_COUNT;

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "api/api_test_util.h"
 
@@ -247,6 +249,34 @@ TEST(ApiLog, OneLinePerRequestWithTheError) {
   server.stop();  // the log line follows the reply; stop() waits for both
   std::vector<std::string> expected{"GET /api/v1/vmm.ping 200", "PUT /api/v1/vm.boot 404: the VM is not created"};
   EXPECT_EQ(lines, expected);
+}
+
+// A request httplib answers by itself (it never reaches the API) is logged too, once.
+TEST(ApiLog, MalformedRequestIsLoggedOnce) {
+  TempDir dir;
+  FakeControl control;
+  std::mutex lock;
+  std::vector<std::string> lines;
+  api::Server server(control, dir / "s", [&](std::string_view line) {
+    std::lock_guard g(lock);
+    lines.emplace_back(line);
+  });
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, (dir / "s").c_str(), sizeof addr.sun_path - 1);
+  ASSERT_EQ(connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr), 0);
+  const char junk[] = "BREW /api/v1/vmm.ping HTTP/1.1\r\n\r\n";  // no such method
+  ASSERT_EQ(write(fd, junk, sizeof junk - 1), static_cast<ssize_t>(sizeof junk - 1));
+  char reply[256] = {};
+  ASSERT_GT(read(fd, reply, sizeof reply - 1), 0);
+  close(fd);
+  EXPECT_EQ(std::string(reply).substr(0, 12), "HTTP/1.1 400") << reply;
+  EXPECT_EQ(http(dir / "s", "GET", "vmm.ping").status, 200);
+  server.stop();
+  ASSERT_EQ(lines.size(), 2u) << fmt::format("{}", fmt::join(lines, " | "));
+  EXPECT_NE(lines[0].find("400"), std::string::npos) << lines[0];
+  EXPECT_EQ(lines[1], "GET /api/v1/vmm.ping 200");
 }
 
 TEST(ApiSocket, PrivateWhateverTheUmask) {
