@@ -235,32 +235,32 @@ TEST_F(ApiServer, SocketFileIsPrivateAndGoesAwayOnStop) {
   EXPECT_EQ(call("GET", "vmm.ping").status, 0);
 }
 
-TEST(ApiLog, OneLinePerRequestWithTheError) {
+// A server whose log lines are collected.
+struct LoggedServer {
   TempDir dir;
   FakeControl control;
   std::mutex lock;
   std::vector<std::string> lines;
-  api::Server server(control, dir / "s", [&](std::string_view line) {
-    std::lock_guard g(lock);
-    lines.emplace_back(line);
-  });
+  api::Server server{control, dir / "s", [this](std::string_view line) {
+                       std::lock_guard g(lock);
+                       lines.emplace_back(line);
+                     }};
+};
+
+TEST(ApiLog, OneLinePerRequestWithTheError) {
+  LoggedServer s;
+  auto& [dir, control, lock, lines, server] = s;
   EXPECT_EQ(http(dir / "s", "GET", "vmm.ping").status, 200);
   EXPECT_EQ(http(dir / "s", "PUT", "vm.boot").status, 404);
-  server.stop();  // the log line follows the reply; stop() waits for both
+  server.stop();  // the log line precedes the reply; stop() waits for the request threads
   std::vector<std::string> expected{"GET /api/v1/vmm.ping 200", "PUT /api/v1/vm.boot 404: the VM is not created"};
   EXPECT_EQ(lines, expected);
 }
 
 // A request httplib answers by itself (it never reaches the API) is logged too, once.
 TEST(ApiLog, MalformedRequestIsLoggedOnce) {
-  TempDir dir;
-  FakeControl control;
-  std::mutex lock;
-  std::vector<std::string> lines;
-  api::Server server(control, dir / "s", [&](std::string_view line) {
-    std::lock_guard g(lock);
-    lines.emplace_back(line);
-  });
+  LoggedServer s;
+  auto& [dir, control, lock, lines, server] = s;
   int fd = socket(AF_UNIX, SOCK_STREAM, 0);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
