@@ -1,7 +1,7 @@
 # Benchmark: QEMU and passvm boot the same L2, first with no device (boot cost alone),
 # then with the NVMe and the e1000e passed through (passthrough data path). bench/run
 # prints the figures side by side. Not part of the test suite: figures are not asserted.
-# lab-expect: qemu-boot.vmm pv-boot-first.vmm pv-boot.vmm pv-boot-guest-unpack.vmm qemu-quiet.vmm pv-quiet.vmm qemu-pt.vmm pv-pt.vmm pv-pt2.vmm qemu-pt2.vmm compare-boot compare-pt
+# lab-expect: qemu-boot.vmm pv-boot-first.vmm pv-boot.vmm pv-boot-guest-unpack.vmm pv-boot2.vmm qemu-boot2.vmm qemu-quiet.vmm pv-quiet.vmm pv-quiet2.vmm qemu-quiet2.vmm qemu-pt.vmm pv-pt.vmm pv-pt2.vmm qemu-pt2.vmm compare-boot compare-pt
 # lab-timeout: 2000
 
 if [[ -z $PASSVM || ! -x $PASSVM ]]; then
@@ -23,10 +23,16 @@ run_l2 pv-boot --timeout 480 -- "${PV[@]}" --append "$BOOT" bench
 l2_compare compare-boot qemu-boot pv-boot
 # The same with the bzImage unpacked by its own decompressor inside the guest, as QEMU does.
 run_l2 pv-boot-guest-unpack --timeout 480 -- "${PV[@]}" --guest-decompress --append "$BOOT" bench
+# A second pair for the cached boot, in the order QEMU, passvm ... passvm, QEMU: one pair's ratio moves
+# with the machine's speed at the time.
+run_l2 pv-boot2 --timeout 480 -- "${PV[@]}" --append "$BOOT" bench
+run_l2 qemu-boot2 --timeout 480 -- "${QEMU[@]}" -append "$BOOT"
 # A quiet console: every character the guest prints costs a UART status read, which is an exit to the
 # VMM under both; with quiet, the boot's cost is the guest's own.
 run_l2 qemu-quiet --timeout 480 -- "${QEMU[@]}" -append "$BOOT quiet"
 run_l2 pv-quiet --timeout 480 -- "${PV[@]}" --append "$BOOT quiet" bench
+run_l2 pv-quiet2 --timeout 480 -- "${PV[@]}" --append "$BOOT quiet" bench
+run_l2 qemu-quiet2 --timeout 480 -- "${QEMU[@]}" -append "$BOOT quiet"
 
 for bdf in 0000:00:03.0 0000:00:04.0; do
     bind_vfio $bdf || { result pt.setup fail detail="cannot bind $bdf to vfio-pci"; exit 1; }
