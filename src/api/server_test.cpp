@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -274,8 +275,11 @@ TEST(ApiLog, MalformedRequestIsLoggedOnce) {
   EXPECT_EQ(std::string(reply).substr(0, 12), "HTTP/1.1 400") << reply;
   EXPECT_EQ(http(dir / "s", "GET", "vmm.ping").status, 200);
   server.stop();
+  // httplib logs its own replies after sending them, so the next request's line may come first.
   ASSERT_EQ(lines.size(), 2u) << fmt::format("{}", fmt::join(lines, " | "));
-  EXPECT_NE(lines[0].find("400"), std::string::npos) << lines[0];
+  std::sort(lines.begin(), lines.end());
+  EXPECT_EQ(lines[0].substr(0, 5), "BREW ") << lines[0];
+  EXPECT_NE(lines[0].find(" 400"), std::string::npos) << lines[0];
   EXPECT_EQ(lines[1], "GET /api/v1/vmm.ping 200");
 }
 
