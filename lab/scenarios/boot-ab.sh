@@ -1,10 +1,9 @@
 # A/B of two passvm binaries on the same L2 boot: $PASSVM (A) and $PASSVM_B (B, given with
 # lab/run --env PASSVM_B=PATH), booted alternately A B B A A B ... (AB_ROUNDS pairs, default 3) with the
 # kernel cached, so that a drift of the machine's speed weighs on both alike. AB_APPEND adds to L2's
-# command line (quiet, say); AB_ARGS adds to both passvm command lines. B may also differ by its options
-# alone (PASSVM_B may be $PASSVM): AB_B_LPC replaces com1,stdio in its -l, AB_B_CONSOLE console=ttyS0 on
-# its L2 command line. Prints each boot's time to L2 init and the medians with their ratio B/A. For a
-# change whose gain is smaller than the noise between two lab runs. Not in the suite.
+# command line (quiet, say); AB_ARGS adds to both passvm command lines. Prints each boot's time to L2
+# init and the medians with their ratio B/A. For a change whose gain is smaller than the noise between
+# two lab runs. Not in the suite.
 # lab-expect: ab-warm.vmm ab-compare
 # lab-timeout: 2400
 
@@ -14,25 +13,20 @@ if [[ -z $PASSVM || ! -x $PASSVM || -z ${PASSVM_B:-} || ! -x $PASSVM_B ]]; then
 fi
 ROUNDS=${AB_ROUNDS:-3}
 BOOT="$(l2_append cpus ${AB_APPEND:-})"
-BOOT_B="$(L2_CONSOLE=${AB_B_CONSOLE:-console=ttyS0} l2_append cpus ${AB_APPEND:-})"
 # shellcheck disable=SC2206
 EXTRA=(${AB_ARGS:-})
 pv() {
-    local bin=$1 name=$2 lpc=$3 append=$4
-    run_l2 "$name" --timeout 480 -- "$bin" -c 2 -m 512M -s 0,hostbridge -l "$lpc" --stats -v \
-        --kernel "$L2_KERNEL" --initrd "$L2_INITRD" "${EXTRA[@]}" --append "$append" ab
+    local bin=$1 name=$2
+    run_l2 "$name" --timeout 480 -- "$bin" -c 2 -m 512M -s 0,hostbridge -l com1,stdio --stats -v \
+        --kernel "$L2_KERNEL" --initrd "$L2_INITRD" "${EXTRA[@]}" --append "$BOOT" ab
 }
 export PASSVM_CACHE_DIR=$(mktemp -d /tmp/passvm-ab-cache.XXXXXX)
-pv "$PASSVM" ab-warm com1,stdio "$BOOT"  # fills the kernel cache; not counted
+pv "$PASSVM" ab-warm  # fills the kernel cache; not counted
 names=()
 for ((i = 1; i <= ROUNDS; i++)); do
     if ((i % 2)); then order=(a b); else order=(b a); fi
     for w in "${order[@]}"; do
-        if [[ $w == a ]]; then
-            pv "$PASSVM" "ab-a$i" com1,stdio "$BOOT"
-        else
-            pv "$PASSVM_B" "ab-b$i" "${AB_B_LPC:-com1,stdio}" "$BOOT_B"
-        fi
+        if [[ $w == a ]]; then pv "$PASSVM" "ab-a$i"; else pv "$PASSVM_B" "ab-b$i"; fi
         names+=("ab-$w$i")
     done
 done
