@@ -57,10 +57,10 @@ class Uart16550 : public BusDevice {
   // Host input: puts as many bytes as fit into the receive FIFO and returns how many. When some
   // did not fit, rx_space_fd() (an eventfd) becomes readable once the guest has read a byte.
   size_t receive(std::span<const uint8_t> bytes);
+  int rx_space_fd() const { return space_fd_; }
 
   // Writes the buffered output now.
   void flush();
-  int rx_space_fd() const { return space_fd_; }
 
  private:
   uint8_t read_register(uint64_t reg);

@@ -108,8 +108,8 @@ class GuestMemory {
   // than later. Safe while another thread writes guest RAM (no byte changes). Returns the number of
   // threads used; throws std::runtime_error on failure.
   // progress, if given, hears of every chunk done (in any order) and of the end. cancel, if given, stops
-  // the workers at their next chunk (64 MiB) once it is true: the RAM is then partly allocated, which
-  // progress reports as a failure.
+  // the workers at their next chunk (64 MiB) once it is true: populate then throws, and progress reports
+  // the RAM not all allocated.
   unsigned populate(unsigned threads = 0, PopulateProgress* progress = nullptr,
                     const std::atomic<bool>* cancel = nullptr) const;
 
