@@ -414,8 +414,7 @@ void Machine::stop() {
   for (auto& v : p.vcpus) v->kick();
   for (auto& v : p.vcpus) v->stop();
   p.step("vCPUs stopped");
-  p.vm->drain_coalesced(p.pio, p.mmio);
-  if (p.com1) p.com1->flush();
+  drain();
   if (p.console) p.console->stop();
   g_console = nullptr;
 }
