@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <cerrno>
@@ -41,6 +42,10 @@ uint64_t mib(uint64_t bytes) { return (bytes + layout::MiB - 1) / layout::MiB; }
 }  // namespace
 
 namespace {
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
 
 // Opens a boot file with user-facing errors; returns the descriptor and its size.
 int open_boot_file(const std::string& path, const std::string& what, uint64_t* size) {
@@ -153,7 +158,10 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
                           "or boot with --guest-decompress",
                           kernel_name, seg.paddr, mib(seg.mem_size)));
     };
+    auto t0 = std::chrono::steady_clock::now();
     KernelCache cache(cache_dirs, kernel);
+    b.key_ms = ms_since(t0);
+    t0 = std::chrono::steady_clock::now();
     std::optional<VmlinuxLayout> placed =
         cache.load(
             [&](uint64_t paddr, std::span<const uint8_t> bytes) {
@@ -191,6 +199,7 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
       entry = placed->entry;
       b.unpacked_on_host = true;
     }
+    b.kernel_ms = ms_since(t0);
   }
   if (!b.unpacked_on_host) {
     mem.write(addr, kernel.subspan(h.kernel_offset));
@@ -207,7 +216,9 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
           "or use a smaller initrd",
           mib(initrd.size), b.kernel_end, limit));
     check_cancel();
+    auto t0 = std::chrono::steady_clock::now();
     initrd.copy_to(std::span(dest, initrd.size));
+    b.initrd_ms = ms_since(t0);
     b.initrd_addr = at;
     b.initrd_size = initrd.size;
   }

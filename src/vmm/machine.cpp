@@ -310,6 +310,9 @@ void Machine::Parts::build() {
                                            : fmt::format("kernel loaded; the guest decompresses it{}",
                                                          boot.unpack_note.empty() ? "" : " (" + boot.unpack_note + ")"),
                    kernel_load.took_ms));
+  if (boot.unpacked_on_host)
+    step.note(fmt::format("bzImage key {:.1f} ms, kernel {:.1f} ms, initrd ({} MiB) {:.1f} ms", boot.key_ms,
+                          boot.kernel_ms, boot.initrd_size >> 20, boot.initrd_ms));
 
   for (uint32_t i = 0; i < c.cpus; i++)
     vcpus.push_back(std::make_unique<Vcpu>(*vm, i, c.cpus, pio, mmio, guest, windows));
