@@ -37,28 +37,10 @@ run_l2 qemu-warm "${SF[@]}" --timeout 600 -- qemu-system-x86_64 -enable-kvm -M q
 run_l2 pv-warm "${SF[@]}" --timeout 600 -- "$PASSVM" -c 1 -m 256M -s 0,hostbridge -l com1,stdio \
     --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --append "$WARM" warm
 
-# L0 QEMU backs L1's RAM only when L1 first writes it: in a trial with a 1 GiB L2, the first VMM run
-# took 6 s more per GiB to allocate guest RAM than the later ones. All of L1's free memory is written
-# once here (two processes, MAP_POPULATE, then freed), so that every timed run finds L1's RAM alike.
-/usr/bin/python3 - <<'PY'
-import json, mmap, os, time
-avail = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemAvailable:")) << 10
-half = max(0, avail - (768 << 20)) // 2 & ~0xfffff
-t0, kids = time.monotonic(), []
-for _ in range(2):
-    pid = os.fork()
-    if pid == 0:
-        try:
-            mmap.mmap(-1, half, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE).close()
-            os._exit(0)
-        except BaseException:
-            os._exit(1)
-    kids.append(pid)
-ok = all(os.waitpid(p, 0)[1] == 0 for p in kids)
-fig = {"mib": 2 * half >> 20, "seconds": round(time.monotonic() - t0, 1)}
-print("LABRESULT " + json.dumps({"scenario": os.environ.get("LAB_SCENARIO", "?"), "check": "l1.prefault", "pass": ok,
-      "figures": fig, "detail": "" if ok else "a process writing L1's free memory failed (out of memory?)"}), flush=True)
-PY
+# L1's free memory is written once before the timed runs (lab/l1/prefault.py says why), and again
+# before each of them (RUN_L2_WASH), so that every run finds L1's RAM alike.
+/usr/bin/python3 "$LAB_DIR/l1/prefault.py" --result l1.prefault
+export RUN_L2_WASH=1
 
 bind_vfio 0000:00:03.0 || { result large.setup fail detail="cannot bind 0000:00:03.0 to vfio-pci"; exit 1; }
 # Each run is bounded by the scenario's limit: under TCG an 8 GiB guest takes minutes to start.

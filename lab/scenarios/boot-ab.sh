@@ -12,6 +12,8 @@ if [[ -z $PASSVM || ! -x $PASSVM || -z ${PASSVM_B:-} || ! -x $PASSVM_B ]]; then
     exit 1
 fi
 ROUNDS=${AB_ROUNDS:-3}
+# Every run finds L1's free memory written just before it, whatever ran before (lib.sh's run_l2, RUN_L2_WASH).
+export RUN_L2_WASH=1
 BOOT="$(l2_append cpus ${AB_APPEND:-})"
 # shellcheck disable=SC2206
 EXTRA=(${AB_ARGS:-})

@@ -24,6 +24,8 @@ else
 fi
 
 TRACE=/sys/kernel/tracing
+# Every run finds L1's free memory written just before it, whatever ran before (lib.sh's run_l2, RUN_L2_WASH).
+export RUN_L2_WASH=1
 mountpoint -q $TRACE || mount -t tracefs nodev $TRACE
 
 # traced NAME -- CMD...: run_l2 NAME with L1's kvm_pio/kvm_mmio events recorded, then result NAME.exits

@@ -71,7 +71,15 @@ lab_reset_bindings() {
 # run_l2 NAME [--timeout S] -- CMD...: run a VMM that boots the L2 guest, with a time
 # limit; collects L2RESULT lines and reports them as checks NAME.<check>, plus NAME.vmm
 # with wall time, VMM-start-to-L2-init time and peak RSS. Returns 0 if everything passed.
+# With RUN_L2_WASH=1 (the benchmarks set it), L1's free memory is written just before the VMM starts
+# (lab/l1/prefault.py says why): memory the previous L2 ran from is several times slower to write for
+# the next process that gets it (a cached kernel load: 300-360 ms against 40-50 ms), which made a run's
+# figures depend on the run before it. It runs here, not in run_l2.py, so that its memory is not
+# counted in the VMM's peak.
 run_l2() {
+    if [[ ${RUN_L2_WASH:-} == 1 ]]; then
+        echo "[$1] L1's free memory written before the run: $(/usr/bin/python3 "$LAB_DIR/l1/prefault.py" 2>&1)"
+    fi
     /usr/bin/python3 "$LAB_DIR/scenarios/run_l2.py" "$@"
 }
 
