@@ -2,6 +2,8 @@
 
 #include "kvm/uapi.h"
 
+#include <cpuid.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -102,6 +104,35 @@ void patch_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t apic_id, uint3
         break;
     }
   }
+}
+
+void set_brand_string(std::vector<kvm_cpuid_entry2>& entries, const std::array<uint32_t, 12>& brand) {
+  const kvm_cpuid_entry2* ext = find_cpuid(entries, 0x80000000);
+  if (!ext || ext->eax < 0x80000004) return;
+  bool named = false;
+  for (uint32_t fn = 0x80000002; fn <= 0x80000004; fn++)
+    if (const kvm_cpuid_entry2* e = find_cpuid(entries, fn); e && (e->eax | e->ebx | e->ecx | e->edx) != 0) named = true;
+  if (named) return;
+  for (uint32_t i = 0; i < 3; i++) {
+    const uint32_t fn = 0x80000002 + i;
+    kvm_cpuid_entry2* e = find_cpuid(entries, fn);
+    if (!e) {
+      entries.push_back(kvm_cpuid_entry2{});
+      e = &entries.back();
+      e->function = fn;
+    }
+    e->eax = brand[i * 4];
+    e->ebx = brand[i * 4 + 1];
+    e->ecx = brand[i * 4 + 2];
+    e->edx = brand[i * 4 + 3];
+  }
+}
+
+std::array<uint32_t, 12> host_brand_string() {
+  std::array<uint32_t, 12> out{};
+  if (__get_cpuid_max(0x80000000, nullptr) < 0x80000004) return out;
+  for (uint32_t i = 0; i < 3; i++) __cpuid(0x80000002 + i, out[i * 4], out[i * 4 + 1], out[i * 4 + 2], out[i * 4 + 3]);
+  return out;
 }
 
 }  // namespace passvm

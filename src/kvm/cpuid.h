@@ -7,6 +7,7 @@
 // wrong topology (or sees fewer CPUs than the ACPI MADT lists).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -21,6 +22,14 @@ std::vector<uint8_t> cpuid_buffer(const std::vector<kvm_cpuid_entry2>& entries);
 // Rewrites the entries for vCPU apic_id of a machine of count vCPUs, all cores of one socket with one
 // thread each; sets the hypervisor bit. Leaves absent from entries stay absent.
 void patch_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t apic_id, uint32_t count);
+
+// The processor's name (leaves 0x80000002-0x80000004, 48 bytes as twelve registers), which
+// KVM_GET_SUPPORTED_CPUID leaves zero: the guest would name its CPU after the family alone ("AMD
+// Hammer"). Fills those leaves, adding any that are missing, when entries reach them (0x80000000's EAX is
+// 0x80000004 or more) and they are zero; a name KVM gave is kept.
+void set_brand_string(std::vector<kvm_cpuid_entry2>& entries, const std::array<uint32_t, 12>& brand);
+// This host CPU's name, as the CPUID instruction gives it; all zero where the CPU has none.
+std::array<uint32_t, 12> host_brand_string();
 
 // The entry for (function, index), or nullptr.
 kvm_cpuid_entry2* find_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t function, uint32_t index = 0);

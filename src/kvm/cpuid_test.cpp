@@ -2,6 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <string>
+
 namespace passvm {
 namespace {
 
@@ -79,6 +84,62 @@ TEST(Cpuid, BufferRoundTrip) {
   EXPECT_EQ(back[4].function, 0xbu);
   EXPECT_EQ(back[4].index, 1u);
   EXPECT_EQ(back[4].ebx, 16u);
+}
+
+
+std::array<uint32_t, 12> brand_of(const std::string& name) {
+  std::array<uint32_t, 12> regs{};
+  std::memcpy(regs.data(), name.data(), std::min<size_t>(name.size(), 48));
+  return regs;
+}
+
+std::string name_in(std::vector<kvm_cpuid_entry2>& e) {
+  std::array<uint32_t, 12> regs{};
+  for (uint32_t i = 0; i < 3; i++) {
+    auto* l = find_cpuid(e, 0x80000002 + i);
+    if (!l) return "(missing)";
+    regs[i * 4] = l->eax, regs[i * 4 + 1] = l->ebx, regs[i * 4 + 2] = l->ecx, regs[i * 4 + 3] = l->edx;
+  }
+  return std::string(reinterpret_cast<const char*>(regs.data()), strnlen(reinterpret_cast<const char*>(regs.data()), 48));
+}
+
+TEST(Cpuid, BrandStringFillsTheZeroLeavesKvmGives) {
+  auto e = host_like();
+  e.push_back(entry(0x80000000, 0, 0x80000008, 0, 0, 0));
+  for (uint32_t fn = 0x80000002; fn <= 0x80000004; fn++) e.push_back(entry(fn, 0, 0, 0, 0, 0));
+  set_brand_string(e, brand_of("AMD EPYC 7B13 64-Core Processor"));
+  EXPECT_EQ(name_in(e), "AMD EPYC 7B13 64-Core Processor");
+}
+
+TEST(Cpuid, BrandStringAddsMissingLeavesOnlyWhereTheGuestLooks) {
+  auto e = host_like();
+  e.push_back(entry(0x80000000, 0, 0x80000008, 0, 0, 0));
+  set_brand_string(e, brand_of("Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz"));
+  EXPECT_EQ(name_in(e), "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz");
+
+  auto low = host_like();
+  low.push_back(entry(0x80000000, 0, 0x80000001, 0, 0, 0));  // the guest never reads 0x80000002
+  set_brand_string(low, brand_of("anything"));
+  EXPECT_EQ(find_cpuid(low, 0x80000002), nullptr);
+  auto none = host_like();  // no extended range at all
+  set_brand_string(none, brand_of("anything"));
+  EXPECT_EQ(none.size(), host_like().size());
+}
+
+TEST(Cpuid, BrandStringKeepsANameKvmGave) {
+  auto e = host_like();
+  e.push_back(entry(0x80000000, 0, 0x80000008, 0, 0, 0));
+  auto kvm = brand_of("Given by KVM");
+  for (uint32_t i = 0; i < 3; i++) e.push_back(entry(0x80000002 + i, 0, kvm[i * 4], kvm[i * 4 + 1], kvm[i * 4 + 2], kvm[i * 4 + 3]));
+  set_brand_string(e, brand_of("From the host"));
+  EXPECT_EQ(name_in(e), "Given by KVM");
+}
+
+TEST(Cpuid, HostBrandStringIsText) {
+  auto regs = host_brand_string();
+  const char* s = reinterpret_cast<const char*>(regs.data());
+  size_t n = strnlen(s, 48);
+  for (size_t i = 0; i < n; i++) EXPECT_TRUE(s[i] >= 0x20 && s[i] < 0x7f) << "byte " << i;
 }
 
 }  // namespace
