@@ -86,7 +86,6 @@ TEST(Cpuid, BufferRoundTrip) {
   EXPECT_EQ(back[4].ebx, 16u);
 }
 
-
 std::array<uint32_t, 12> brand_of(const std::string& name) {
   std::array<uint32_t, 12> regs{};
   std::memcpy(regs.data(), name.data(), std::min<size_t>(name.size(), 48));
