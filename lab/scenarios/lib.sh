@@ -73,7 +73,7 @@ lab_reset_bindings() {
 # with wall time, VMM-start-to-L2-init time and peak RSS. Returns 0 if everything passed.
 # With RUN_L2_WASH=1 (the benchmarks set it), L1's free memory is written just before the VMM starts
 # (lab/l1/prefault.py says why): memory the previous L2 ran from is several times slower to write for
-# the next process that gets it (a cached kernel load: 300-360 ms against 40-50 ms), which made a run's
+# the next process that gets it (a cached kernel load: about 300-400 ms against 40-55 ms), which made a run's
 # figures depend on the run before it. It runs here, not in run_l2.py, so that its memory is not
 # counted in the VMM's peak.
 run_l2() {

@@ -50,7 +50,9 @@ struct LinuxBoot {
   std::string unpack_note;        // why it was not, when it was asked to be
   bool from_cache = false;        // the unpacked kernel came from the cache (kernel_cache.h)
   std::string cache_file;         // which cache file
-  double key_ms = 0, kernel_ms = 0, initrd_ms = 0;  // hashing the bzImage, placing the kernel, the initrd
+  // Where the load's time went: hashing the bzImage (the cache key); placing the kernel in guest RAM (read
+  // from the cache, or unpacked, which includes writing its cache entry); reading the initrd.
+  double key_ms = 0, kernel_ms = 0, initrd_ms = 0;
 };
 
 // An initrd: its size, and how to put its bytes into guest RAM. From a file they are read straight into

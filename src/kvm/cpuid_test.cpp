@@ -135,9 +135,12 @@ TEST(Cpuid, BrandStringKeepsANameKvmGave) {
 }
 
 TEST(Cpuid, HostBrandStringIsText) {
+  // Not compared with /proc/cpuinfo: under some hypervisors Linux's "model name" differs from what CPUID
+  // says now (this machine: "AMD EPYC" there, "Oxide Virtual Turin-like Processor" from CPUID).
   auto regs = host_brand_string();
   const char* s = reinterpret_cast<const char*>(regs.data());
   size_t n = strnlen(s, 48);
+  if (n == 0) GTEST_SKIP() << "this CPU has no processor name in CPUID";
   for (size_t i = 0; i < n; i++) EXPECT_TRUE(s[i] >= 0x20 && s[i] < 0x7f) << "byte " << i;
 }
 

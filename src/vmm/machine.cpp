@@ -311,8 +311,11 @@ void Machine::Parts::build() {
                                                          boot.unpack_note.empty() ? "" : " (" + boot.unpack_note + ")"),
                    kernel_load.took_ms));
   if (boot.unpacked_on_host)
-    step.note(fmt::format("bzImage key {:.1f} ms, kernel {:.1f} ms, initrd ({} MiB) {:.1f} ms", boot.key_ms,
-                          boot.kernel_ms, boot.initrd_size >> 20, boot.initrd_ms));
+    step.note(fmt::format("bzImage key {:.1f} ms, kernel {:.1f} ms{}", boot.key_ms, boot.kernel_ms,
+                          boot.initrd_size == 0 ? std::string()
+                                                : fmt::format(", initrd ({:.1f} MiB) {:.1f} ms",
+                                                              static_cast<double>(boot.initrd_size) / (1 << 20),
+                                                              boot.initrd_ms)));
 
   for (uint32_t i = 0; i < c.cpus; i++)
     vcpus.push_back(std::make_unique<Vcpu>(*vm, i, c.cpus, pio, mmio, guest, windows));
