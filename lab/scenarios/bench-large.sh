@@ -4,9 +4,9 @@
 # instruction, L2's init; plus peak memory beyond guest RAM, and passvm's own -v step times
 # (NAME.steps). bench/run --large prints the table. Not part of the test suite: figures are not
 # asserted. For a quick trial, lab/run --env BENCH_LARGE_MEM_MB=1024 gives L2 less RAM.
-# One CPU, as every lab L1: with two, L1 under L0's multi-threaded TCG panicked in 7 of 15 boots
-# ("corrupted stack end detected inside scheduler"), too often for a benchmark the demo runs. Change
-# cpus= here to see passvm's allocation spread over several workers.
+# One CPU unless asked for more: under Debian's QEMU 7.2 as L0, an L1 with two panicked in 7 of 15
+# boots ("corrupted stack end detected inside scheduler"). bench/run --large runs it with two, under
+# the newer L0 QEMU that lab/l0-qemu/build makes, so that passvm's allocation spreads over two workers.
 # lab-l1: memory=12288 cpus=1
 # lab-expect: qemu-warm.vmm pv-warm.vmm l1.prefault qemu-large.vmm pv-large.vmm pv-large.steps pv-large2.vmm pv-large2.steps qemu-large2.vmm
 # lab-timeout: 4800
