@@ -60,27 +60,45 @@ else result conf.checkfixed fail detail="still failing after the fixes: $bad" rc
 
 # snap_threads RUN: once L2 of run_l2 RUN is past its nvme check (the device in use, MSI-X on) and ticking
 # for a few seconds, every thread of the running passvm: comm, Seccomp, uid and effective capabilities,
-# one line each, in $LAB_OUT/RUN.threads. (L1 has one CPU busy with L2: this loop may lag by seconds, so
-# it must not aim at the end of the run.)
+# one line each, in $LAB_OUT/RUN.threads, and each status whole in RUN.threads.log. Each status is read
+# once, with shell builtins: L1's one CPU is busy with L2, where a process started per thread (cat, awk)
+# made one snapshot take 11 s, past the guest's poweroff, and a vCPU thread exited between two reads of
+# its status. A thread gone before its status is read is logged and left out (a snapshot that late then
+# misses the thread classes threads_result asks for).
 snap_threads() {
-    local name=$1 con=$LAB_OUT/$1.console pid="" i t
+    local name=$1 con=$LAB_OUT/$1.console pid="" i t line tname s u c text
+    local log=$LAB_OUT/$1.threads.log
     for ((i = 0; i < 3000; i++)); do
         grep -q 'L2MARK start ticker' "$con" 2>/dev/null && break
         [[ -e $LAB_OUT/$1.summary.json ]] && return  # run_l2 ended: passvm never got that far
         sleep 0.2
     done
-    local pids
+    local pids start=$EPOCHREALTIME
     pids=$(pgrep -x "$(basename "$PASSVM" | cut -c1-15)")
-    echo "pgrep: $pids" >"$LAB_OUT/$name.threads.log"
+    echo "pgrep: $pids" >"$log"
     for p in $pids; do
         [[ -e /proc/$p/task ]] && pid=$p
     done
     [[ -n $pid ]] || return
-    ls -l "/proc/$pid/task" >>"$LAB_OUT/$name.threads.log" 2>&1
-    for t in /proc/$pid/task/*; do
-        cat "$t/comm" "$t/status" >>"$LAB_OUT/$name.threads.log" 2>&1
-        echo "$(cat "$t/comm") $(awk '/^Seccomp:/{s=$2} /^Uid:/{u=$2} /^CapEff:/{c=$2} END{print s, u, c}' "$t/status")"
+    for t in /proc/"$pid"/task/*; do
+        tname="" s="" u="" c="" text=""
+        while IFS= read -r line; do
+            text+="$line"$'\n'
+            case $line in
+                Name:*) tname=${line#Name:$'\t'} ;;
+                Seccomp:*) s=${line#Seccomp:$'\t'} ;;
+                Uid:*) u=${line#Uid:$'\t'} u=${u%%$'\t'*} ;;
+                CapEff:*) c=${line#CapEff:$'\t'} ;;
+            esac
+        done 2>/dev/null <"$t/status" || true  # the thread may be gone
+        if [[ -z $tname ]]; then
+            echo "task ${t##*/}: gone before its status was read" >>"$log"
+            continue
+        fi
+        printf 'task %s\n%s' "${t##*/}" "$text" >>"$log"
+        echo "$tname $s $u $c"
     done >"$LAB_OUT/$name.threads"
+    echo "snapshot of $pid's threads: $(( (${EPOCHREALTIME/./} - ${start/./}) / 1000 )) ms" >>"$log"
 }
 
 # threads_result CHECK NAME: every thread confined (Seccomp 2), running as pvuser, without capabilities,
