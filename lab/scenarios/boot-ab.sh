@@ -1,9 +1,11 @@
 # A/B of two passvm binaries on the same L2 boot: $PASSVM (A) and $PASSVM_B (B, given with
 # lab/run --env PASSVM_B=PATH), booted alternately A B B A A B ... (AB_ROUNDS pairs, default 3) with the
 # kernel cached, so that a drift of the machine's speed weighs on both alike. AB_APPEND adds to L2's
-# command line (quiet, say); AB_ARGS adds to both passvm command lines. Prints each boot's time to L2
-# init and the medians with their ratio B/A. For a change whose gain is smaller than the noise between
-# two lab runs. Not in the suite.
+# command line (quiet, say); AB_ARGS adds to both passvm command lines. AB_FIRST=1 makes every boot a
+# kernel's first (an empty kernel cache each time: unpacked, and its cache entry written). Prints each
+# boot's time to L2 init and the time passvm took to place the kernel in guest RAM (-v's "kernel N ms"),
+# with medians and their ratio B/A. For a change whose gain is smaller than the noise between two lab
+# runs. Not in the suite.
 # lab-expect: ab-warm.vmm ab-compare
 # lab-timeout: 2400
 
@@ -19,6 +21,7 @@ BOOT="$(l2_append cpus ${AB_APPEND:-})"
 EXTRA=(${AB_ARGS:-})
 pv() {
     local bin=$1 name=$2
+    if [[ ${AB_FIRST:-} == 1 ]]; then rm -rf "${PASSVM_CACHE_DIR:?}"/*; fi
     run_l2 "$name" --timeout 480 -- "$bin" -c 2 -m 512M -s 0,hostbridge -l com1,stdio --stats -v \
         --kernel "$L2_KERNEL" --initrd "$L2_INITRD" "${EXTRA[@]}" --append "$BOOT" ab
 }
@@ -34,20 +37,28 @@ for ((i = 1; i <= ROUNDS; i++)); do
 done
 rm -rf "$PASSVM_CACHE_DIR"
 /usr/bin/python3 - "$LAB_OUT" "$LAB_SCENARIO" "${names[@]}" <<'PY'
-import json, statistics, sys
+import json, re, statistics, sys
 out, scenario, names = sys.argv[1], sys.argv[2], sys.argv[3:]
 t = {"a": [], "b": []}
+kernel = {"a": [], "b": []}
 bad = []
 for n in names:
     try:
         s = json.load(open(f"{out}/{n}.summary.json"))
         t[n[3]].append(s["vmm"]["vmm_start_to_l2_init_ms"] / 1000)
+        m = re.search(r"bzImage key [\d.]+ ms, kernel ([\d.]+) ms", open(f"{out}/{n}.console", errors="replace").read())
+        if m:
+            kernel[n[3]].append(float(m.group(1)))
     except (OSError, ValueError, KeyError, TypeError):
         bad.append(n)
 fig = {k: " ".join(f"{x:.2f}" for x in v) for k, v in t.items()}
+fig.update({f"kernel_ms_{k}": " ".join(f"{x:.0f}" for x in v) for k, v in kernel.items()})
 if t["a"] and t["b"]:
     ma, mb = statistics.median(t["a"]), statistics.median(t["b"])
     fig.update(median_a_s=round(ma, 2), median_b_s=round(mb, 2), ratio_b_a=round(mb / ma, 3))
+if kernel["a"] and kernel["b"]:
+    ka, kb = statistics.median(kernel["a"]), statistics.median(kernel["b"])
+    fig.update(kernel_median_a_ms=round(ka), kernel_median_b_ms=round(kb), kernel_ratio_b_a=round(kb / ka, 3))
 print("LABRESULT " + json.dumps({"scenario": scenario, "check": "ab-compare", "pass": not bad, "figures": fig,
       "detail": f"no figure from {', '.join(bad)}" if bad else ""}, separators=(",", ":")), flush=True)
 PY

@@ -66,7 +66,7 @@ class KernelCache {
   std::optional<VmlinuxLayout> load(const VmlinuxWriter::Write& write, const VmlinuxWriter::OnLayout& on_layout);
   // The same, reading each record straight into dest(paddr, length) when that gives memory (guest RAM),
   // which saves a copy of the whole kernel; a nullptr from dest falls back to write.
-  using Destination = std::function<uint8_t*(uint64_t paddr, uint64_t length)>;
+  using Destination = VmlinuxWriter::Destination;
   std::optional<VmlinuxLayout> load(const VmlinuxWriter::Write& write, const VmlinuxWriter::OnLayout& on_layout,
                                     const Destination& dest);
 

@@ -183,6 +183,13 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
             cache.record(paddr, bytes);
           },
           check);
+      // Decoded straight into guest RAM; the cache records it from there.
+      writer.place_in(
+          [&](uint64_t paddr, uint64_t length) {
+            check_cancel();
+            return mem.host_address(paddr, length);
+          },
+          [&](uint64_t paddr, std::span<const uint8_t> bytes) { cache.record(paddr, bytes); });
       if (unpack_bzimage(kernel, h, writer, &b.unpack_note)) {
         placed = writer.finish();
         cache.commit(*placed);

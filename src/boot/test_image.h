@@ -56,8 +56,8 @@ inline std::vector<uint8_t> make_bzimage(const ImageSpec& s) {
   return img;
 }
 
-// A minimal x86-64 ELF executable: one PT_LOAD of `text` at paddr, memsz = text + bss, entry inside.
-inline std::vector<uint8_t> make_elf(uint64_t paddr, const std::vector<uint8_t>& text, uint64_t bss, uint64_t entry) {
+// An x86-64 executable's ELF header, its program headers right after it.
+inline Elf64_Ehdr elf_header(uint64_t entry, size_t phnum) {
   Elf64_Ehdr eh{};
   std::memcpy(eh.e_ident, ELFMAG, SELFMAG);
   eh.e_ident[EI_CLASS] = ELFCLASS64;
@@ -67,7 +67,13 @@ inline std::vector<uint8_t> make_elf(uint64_t paddr, const std::vector<uint8_t>&
   eh.e_entry = entry;
   eh.e_phoff = sizeof(Elf64_Ehdr);
   eh.e_phentsize = sizeof(Elf64_Phdr);
-  eh.e_phnum = 1;
+  eh.e_phnum = static_cast<uint16_t>(phnum);
+  return eh;
+}
+
+// A minimal x86-64 ELF executable: one PT_LOAD of `text` at paddr, memsz = text + bss, entry inside.
+inline std::vector<uint8_t> make_elf(uint64_t paddr, const std::vector<uint8_t>& text, uint64_t bss, uint64_t entry) {
+  Elf64_Ehdr eh = elf_header(entry, 1);
   Elf64_Phdr ph{};
   ph.p_type = PT_LOAD;
   ph.p_offset = sizeof(Elf64_Ehdr) + sizeof(Elf64_Phdr);
@@ -83,6 +89,33 @@ inline std::vector<uint8_t> make_elf(uint64_t paddr, const std::vector<uint8_t>&
   append(&eh, sizeof eh);
   append(&ph, sizeof ph);
   elf.insert(elf.end(), text.begin(), text.end());
+  return elf;
+}
+
+// An ELF executable shaped like a real vmlinux: several PT_LOADs at file offsets of their own, with
+// filler bytes (0xa5) in the gaps between them, which belong to no segment.
+struct ElfPiece {
+  uint64_t paddr;
+  uint64_t file_offset;  // past the headers, increasing
+  std::vector<uint8_t> bytes;
+};
+inline std::vector<uint8_t> make_elf_segments(const std::vector<ElfPiece>& pieces, uint64_t entry) {
+  Elf64_Ehdr eh = elf_header(entry, pieces.size());
+  std::vector<uint8_t> elf(sizeof eh + pieces.size() * sizeof(Elf64_Phdr), 0);
+  std::memcpy(elf.data(), &eh, sizeof eh);
+  for (size_t i = 0; i < pieces.size(); i++) {
+    Elf64_Phdr ph{};
+    ph.p_type = PT_LOAD;
+    ph.p_offset = pieces[i].file_offset;
+    ph.p_paddr = pieces[i].paddr;
+    ph.p_vaddr = 0xffffffff80000000ull + pieces[i].paddr;
+    ph.p_filesz = ph.p_memsz = pieces[i].bytes.size();
+    std::memcpy(elf.data() + sizeof eh + i * sizeof ph, &ph, sizeof ph);
+    if (elf.size() > pieces[i].file_offset) throw std::logic_error("ElfPiece file offsets must increase");
+    elf.resize(pieces[i].file_offset, 0xa5);
+    elf.insert(elf.end(), pieces[i].bytes.begin(), pieces[i].bytes.end());
+  }
+  elf.resize(elf.size() + 4096, 0xa5);  // trailing bytes of no segment, as a vmlinux has
   return elf;
 }
 

@@ -22,16 +22,16 @@ constexpr size_t kChunk = 1 << 20;
 void unxz(std::span<const uint8_t> in, VmlinuxWriter& out) {
   lzma_stream s = LZMA_STREAM_INIT;
   if (lzma_stream_decoder(&s, UINT64_MAX, 0) != LZMA_OK) throw std::runtime_error("cannot start the xz decoder");
-  std::vector<uint8_t> buf(kChunk);
   s.next_in = in.data();
   s.avail_in = in.size();
   lzma_ret r = LZMA_OK;
   try {
     while (r == LZMA_OK) {
-      s.next_out = buf.data();
-      s.avail_out = buf.size();
+      std::span<uint8_t> w = out.window();
+      s.next_out = w.data();
+      s.avail_out = w.size();
       r = lzma_code(&s, LZMA_FINISH);
-      out.feed(std::span<const uint8_t>(buf).first(buf.size() - s.avail_out));
+      out.produced(w.size() - s.avail_out);
     }
   } catch (...) {
     lzma_end(&s);
@@ -45,16 +45,16 @@ void unxz(std::span<const uint8_t> in, VmlinuxWriter& out) {
 void gunzip(std::span<const uint8_t> in, VmlinuxWriter& out) {
   z_stream s{};
   if (inflateInit2(&s, 16 + MAX_WBITS) != Z_OK) throw std::runtime_error("cannot start the gzip decoder");
-  std::vector<uint8_t> buf(kChunk);
   s.next_in = const_cast<Bytef*>(in.data());
   s.avail_in = static_cast<uInt>(in.size());
   int r = Z_OK;
   try {
     while (r == Z_OK) {
-      s.next_out = buf.data();
-      s.avail_out = static_cast<uInt>(buf.size());
+      std::span<uint8_t> w = out.window();
+      s.next_out = w.data();
+      s.avail_out = static_cast<uInt>(w.size());
       r = inflate(&s, Z_NO_FLUSH);
-      out.feed(std::span<const uint8_t>(buf).first(buf.size() - s.avail_out));
+      out.produced(w.size() - s.avail_out);
       if (r == Z_BUF_ERROR && s.avail_in != 0) r = Z_OK;
     }
   } catch (...) {
@@ -107,6 +107,52 @@ VmlinuxLayout parse_vmlinux_headers(std::span<const uint8_t> b, const std::strin
   if (!entry_loaded) throw bad(fmt::format("entry point {:#x} is not in a loaded segment", eh.e_entry));
   v.entry = eh.e_entry;
   return v;
+}
+
+void VmlinuxWriter::place_in(Destination dest, Write placed) {
+  dest_ = std::move(dest);
+  placed_ = std::move(placed);
+}
+
+std::span<uint8_t> VmlinuxWriter::window() {
+  window_ = nullptr;
+  if (scratch_.empty()) scratch_.resize(kChunk);
+  std::span<uint8_t> scratch(scratch_);
+  // Until the headers are parsed, exactly as many bytes as they may need.
+  if (!parsed_) return scratch.first(kHeadBytes - head_.size());
+  uint64_t next_start = UINT64_MAX;  // windows stop where a segment starts
+  const ElfSegment* inside = nullptr;
+  unsigned holders = 0;
+  for (const auto& seg : layout_.segments) {
+    if (received_ >= seg.file_offset && received_ < seg.file_offset + seg.file_size) {
+      inside = &seg;
+      holders++;
+    } else if (seg.file_offset > received_) {
+      next_start = std::min(next_start, seg.file_offset - received_);
+    }
+  }
+  // In place only where one segment holds these bytes (overlapping segments get copies, as fed bytes do).
+  if (dest_ && inside && holders == 1) {
+    const uint64_t len = std::min({kWindow, inside->file_offset + inside->file_size - received_, next_start});
+    const uint64_t paddr = inside->paddr + (received_ - inside->file_offset);
+    if (uint8_t* p = dest_(paddr, len)) {
+      window_ = p;
+      window_paddr_ = paddr;
+      return {p, len};
+    }
+  }
+  return scratch.first(std::min<uint64_t>(scratch.size(), next_start));
+}
+
+void VmlinuxWriter::produced(size_t n) {
+  if (!window_) {
+    feed(std::span<const uint8_t>(scratch_).first(n));
+    return;
+  }
+  // The segment bounds checked at parsing keep received_ under kMaxUnpacked here.
+  if (n != 0 && placed_) placed_(window_paddr_, std::span<const uint8_t>(window_, n));
+  received_ += n;
+  window_ = nullptr;
 }
 
 void VmlinuxWriter::feed(std::span<const uint8_t> bytes) {

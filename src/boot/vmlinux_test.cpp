@@ -78,6 +78,87 @@ TEST(Vmlinux, WriterPlacesSegmentBytesAcrossChunkBoundaries) {
   EXPECT_EQ(guest, text);
 }
 
+// A vmlinux-like image: a segment that starts inside the header window, one longer than a window,
+// one the destination cannot hold (so its bytes must come through write), with gaps between them.
+std::vector<testing::ElfPiece> three_segments() {
+  auto a = pattern(100000), b = pattern(VmlinuxWriter::kWindow + 300001), c = pattern(70000);
+  std::reverse(b.begin(), b.end());
+  return {{16 * layout::MiB, 0x1000, a}, {17 * layout::MiB, 0x30000, b}, {24 * layout::MiB, 0x900000, c}};
+}
+
+TEST(Vmlinux, WindowsPutSegmentBytesInPlaceAndNothingElse) {
+  auto pieces = three_segments();
+  auto elf = testing::make_elf_segments(pieces, 16 * layout::MiB + 0x40);
+  const uint64_t base = 16 * layout::MiB;
+  std::vector<uint8_t> guest(10 * layout::MiB, 0x5c);  // paddr 16-26 MiB; 0x5c where no segment goes
+  uint64_t placed_bytes = 0, written_bytes = 0;
+  VmlinuxWriter w(
+      [&](uint64_t paddr, std::span<const uint8_t> bytes) {
+        written_bytes += bytes.size();
+        ASSERT_GE(paddr, base);
+        ASSERT_LE(paddr - base + bytes.size(), guest.size());
+        std::copy(bytes.begin(), bytes.end(), guest.begin() + static_cast<long>(paddr - base));
+      },
+      [](const VmlinuxLayout&) {});
+  std::vector<std::pair<uint64_t, uint64_t>> asked;
+  w.place_in(
+      [&](uint64_t paddr, uint64_t length) -> uint8_t* {
+        asked.emplace_back(paddr, length);
+        if (paddr >= 24 * layout::MiB) return nullptr;  // the third segment is not in one piece
+        return guest.data() + (paddr - base);
+      },
+      [&](uint64_t paddr, std::span<const uint8_t> bytes) {
+        placed_bytes += bytes.size();
+        // What placed hears of is exactly what the decoder wrote there.
+        ASSERT_EQ(bytes.data(), guest.data() + (paddr - base));
+      });
+  // A decoder that writes less than it is offered, in uneven amounts.
+  size_t at = 0, step = 1;
+  while (at < elf.size()) {
+    std::span<uint8_t> win = w.window();
+    ASSERT_FALSE(win.empty());
+    size_t n = std::min({win.size(), elf.size() - at, step});
+    std::memcpy(win.data(), elf.data() + at, n);
+    w.produced(n);
+    at += n;
+    step = step * 3 + 1001;
+    if (step > 3 * layout::MiB) step = 1;
+  }
+  VmlinuxLayout l = w.finish();
+  ASSERT_EQ(l.segments.size(), 3u);
+  std::vector<uint8_t> expect(guest.size(), 0x5c);
+  for (const auto& p : pieces) std::copy(p.bytes.begin(), p.bytes.end(), expect.begin() + (p.paddr - base));
+  EXPECT_TRUE(guest == expect) << "a segment byte is wrong, or something landed outside the segments";
+  // The first segment's bytes in the header window were copied; the rest of it and all of the second went
+  // in place; the third, which the destination could not hold, was copied.
+  const uint64_t in_head = 0x10000 - 0x1000;
+  EXPECT_EQ(placed_bytes, pieces[0].bytes.size() - in_head + pieces[1].bytes.size());
+  EXPECT_EQ(written_bytes, in_head + pieces[2].bytes.size());
+  for (auto [paddr, length] : asked) EXPECT_LE(length, VmlinuxWriter::kWindow);
+}
+
+TEST(Vmlinux, UnpacksASegmentedKernelStraightIntoGuestRam) {
+  auto pieces = three_segments();
+  auto elf = testing::make_elf_segments(pieces, 16 * layout::MiB + 0x40);
+  for (bool use_xz : {true, false}) {
+    auto img = bzimage_with_payload(use_xz ? xz(elf) : gz(elf), static_cast<uint32_t>(elf.size()));
+    GuestMemory mem(64 * layout::MiB, false);
+    std::vector<uint8_t> junk(26 * layout::MiB - 16 * layout::MiB, 0xee);
+    mem.write(16 * layout::MiB, junk);
+    LinuxBoot b = load_linux_image(mem, img, {}, "", build_e820(mem), 0, "t", true);
+    ASSERT_TRUE(b.unpacked_on_host) << b.unpack_note;
+    std::vector<uint8_t> back(junk.size());
+    mem.read(16 * layout::MiB, back);
+    for (const auto& p : pieces) {
+      auto at = back.begin() + static_cast<long>(p.paddr - 16 * layout::MiB);
+      EXPECT_TRUE(std::equal(p.bytes.begin(), p.bytes.end(), at)) << std::hex << p.paddr;
+      std::fill(at, at + static_cast<long>(p.bytes.size()), 0xee);
+    }
+    // Between the segments, guest RAM is as it was: the gaps' filler went nowhere.
+    EXPECT_TRUE(std::all_of(back.begin(), back.end(), [](uint8_t v) { return v == 0xee; }));
+  }
+}
+
 TEST(Vmlinux, OnLayoutCanRefuseBeforeAnythingIsWritten) {
   auto elf = make_elf(16 * layout::MiB, pattern(100000), 0, 16 * layout::MiB);
   bool written = false;
