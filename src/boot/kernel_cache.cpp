@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,7 +11,10 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 namespace passvm::boot {
 
@@ -20,16 +25,8 @@ namespace {
 // so a file without it (a crash while recording) is recognisably incomplete.
 constexpr uint64_t kMagic = 0x31584e4c4d565050ull;  // "PPVMLNX1"
 constexpr size_t kMaxCached = 4;
+constexpr size_t kMaxIndexed = 16;  // file index entries kept (one per kernel file booted)
 constexpr uint64_t kChunk = 1 << 20;
-
-uint64_t fnv1a(std::span<const uint8_t> data) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (uint8_t b : data) {
-    h ^= b;
-    h *= 0x100000001b3ull;
-  }
-  return h;
-}
 
 bool write_all(int fd, const void* p, size_t n) {
   const auto* b = static_cast<const uint8_t*>(p);
@@ -70,8 +67,12 @@ CacheDirs KernelCache::default_dirs() {
 
 namespace {
 
-std::string entry_name(std::span<const uint8_t> bzimage) {
-  return fmt::format("kernel-{:016x}-{}.unpacked", fnv1a(bzimage), bzimage.size());
+// File times come from a coarse clock: a file rewritten within the same tick as its last change keeps its
+// ctime. Only a file unchanged for a while is indexed, so that any later write gives it another ctime.
+bool settled(const FileIdentity& file) {
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  return int64_t{now.tv_sec} * 1000000000 + now.tv_nsec - file.ctime_ns >= int64_t{2} * 1000000000;
 }
 
 // A shared entry boots other users' guests: it counts only if neither it nor its directory can have been
@@ -82,13 +83,34 @@ bool trusted(const struct stat& st) {
 
 }  // namespace
 
+std::string KernelCache::entry_name(std::span<const uint8_t> bzimage) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (EVP_Digest(bzimage.data(), bzimage.size(), md, &n, EVP_sha256(), nullptr) != 1 || n < 16)
+    throw std::runtime_error("SHA-256 is not available from OpenSSL's libcrypto");
+  // 128 bits: finding two kernels with one name takes about 2^64 hashes.
+  return fmt::format("kernel-{:02x}-{}.unpacked", fmt::join(std::span<const unsigned char>(md, 16), ""),
+                     bzimage.size());
+}
+
+bool KernelCache::is_index(const std::string& file_name) {
+  return file_name.starts_with("id-") && !file_name.ends_with(".tmp");
+}
+
 bool KernelCache::is_entry(const std::string& file_name) {
   return file_name.starts_with("kernel-") && file_name.ends_with(".unpacked");
 }
 
-KernelCache::KernelCache(CacheDirs dirs, std::span<const uint8_t> bzimage) : dir_(std::move(dirs.own)) {
+KernelCache::KernelCache(CacheDirs dirs, std::span<const uint8_t> bzimage, const FileIdentity* file)
+    : dir_(std::move(dirs.own)) {
   if (dir_.empty() && dirs.shared.empty()) return;
-  const std::string name = entry_name(bzimage);
+  std::string name;
+  if (file && !dir_.empty()) name = indexed_name(*file);
+  hash_from_index_ = !name.empty();
+  if (name.empty()) {
+    name = entry_name(bzimage);
+    if (file && !dir_.empty() && settled(*file)) write_index(*file, name);
+  }
   if (!dir_.empty()) path_ = dir_ + "/" + name;
   if (!dirs.shared.empty() && dirs.shared != dir_) {
     struct stat st {};
@@ -97,6 +119,35 @@ KernelCache::KernelCache(CacheDirs dirs, std::span<const uint8_t> bzimage) : dir
 }
 
 KernelCache::~KernelCache() { abandon(); }
+
+std::string KernelCache::index_path(const FileIdentity& file) const {
+  return fmt::format("{}/id-{:x}-{:x}", dir_, file.dev, file.ino);
+}
+
+std::string KernelCache::indexed_name(const FileIdentity& file) const {
+  std::ifstream in(index_path(file));
+  FileIdentity seen{file.dev, file.ino};
+  std::string name;
+  if (!(in >> seen.size >> seen.mtime_ns >> seen.ctime_ns >> name) || !(seen == file)) return "";
+  if (!is_entry(name) || !name.ends_with(fmt::format("-{}.unpacked", file.size)) || name.find('/') != name.npos)
+    return "";
+  return name;
+}
+
+void KernelCache::write_index(const FileIdentity& file, const std::string& name) const {
+  std::error_code ec;
+  std::filesystem::create_directories(dir_, ec);
+  const std::string path = index_path(file), tmp = fmt::format("{}.{}.tmp", path, getpid());
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << fmt::format("{} {} {} {}\n", file.size, file.mtime_ns, file.ctime_ns, name);
+    if (!out.flush()) {
+      unlink(tmp.c_str());
+      return;  // the index only saves time: without it the next boot hashes again
+    }
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) unlink(tmp.c_str());
+}
 
 std::optional<VmlinuxLayout> KernelCache::load(const VmlinuxWriter::Write& write,
                                                const VmlinuxWriter::OnLayout& on_layout) {
@@ -282,14 +333,17 @@ void KernelCache::abandon() {
 void KernelCache::prune() {
   namespace fs = std::filesystem;
   std::error_code ec;
-  std::vector<std::pair<fs::file_time_type, fs::path>> entries;
+  std::vector<std::pair<fs::file_time_type, fs::path>> entries, indexes;
   for (const auto& e : fs::directory_iterator(dir_, ec)) {
-    if (is_entry(e.path().filename().string()))
-      entries.emplace_back(e.last_write_time(ec), e.path());
+    const std::string name = e.path().filename().string();
+    if (is_entry(name)) entries.emplace_back(e.last_write_time(ec), e.path());
+    if (is_index(name)) indexes.emplace_back(e.last_write_time(ec), e.path());
   }
-  if (entries.size() <= kMaxCached) return;
-  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  for (size_t i = kMaxCached; i < entries.size(); i++) fs::remove(entries[i].second, ec);
+  for (auto [list, keep] : {std::pair{&entries, kMaxCached}, std::pair{&indexes, kMaxIndexed}}) {
+    if (list->size() <= keep) continue;
+    std::sort(list->begin(), list->end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    for (size_t i = keep; i < list->size(); i++) fs::remove((*list)[i].second, ec);
+  }
 }
 
 }  // namespace passvm::boot

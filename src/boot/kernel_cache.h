@@ -3,8 +3,14 @@
 // Unpacking a distribution kernel's xz payload costs a second of CPU on a
 // fast host (and far more in a nested or emulated one): that is most of
 // passvm's start-up time. The unpacked segments only depend on the bzImage's
-// bytes, so passvm keeps them in a cache file keyed by a hash of the bzImage
-// and streams them straight into guest RAM on the next boot.
+// bytes, so passvm keeps them in a cache file named by the bzImage's SHA-256
+// and streams them straight into guest RAM on the next boot. The hash must
+// resist collisions: a guest kernel is often untrusted, and one crafted to
+// share a weaker hash with a trusted kernel would take its place in that
+// kernel's later boots. Hashing costs a little on every boot, so the own
+// cache also remembers which hash a kernel file had (by device, inode, size,
+// mtime and ctime: a file whose ctime is unchanged has not been written), and
+// a later boot of the same unchanged file skips hashing.
 //
 // Where: the user's own cache, $PASSVM_CACHE_DIR, else $XDG_CACHE_HOME/passvm,
 // else ~/.cache/passvm, read and written; and a shared one, /var/cache/passvm,
@@ -44,6 +50,13 @@ struct CacheDirs {
 
 inline constexpr const char* kSharedCacheDir = "/var/cache/passvm";
 
+// The file a bzImage was read from, as fstat(2) saw it both before and after the read.
+struct FileIdentity {
+  uint64_t dev = 0, ino = 0, size = 0;
+  int64_t mtime_ns = 0, ctime_ns = 0;
+  bool operator==(const FileIdentity&) const = default;
+};
+
 class KernelCache {
  public:
   // The directories from the environment (both "" with PASSVM_CACHE_DIR=off; own "" without a home).
@@ -51,8 +64,14 @@ class KernelCache {
   // The own directory alone, as default_dirs() gives it.
   static std::string default_dir() { return default_dirs().own; }
 
-  // Empty dirs disable the cache: lookups miss, recording does nothing.
-  KernelCache(CacheDirs dirs, std::span<const uint8_t> bzimage);
+  // Empty dirs disable the cache: lookups miss, recording does nothing. file, when known, is where
+  // bzimage was read from: its hash is then looked up in (or added to) the own cache's file index.
+  KernelCache(CacheDirs dirs, std::span<const uint8_t> bzimage, const FileIdentity* file = nullptr);
+
+  // The entry name for a bzImage's bytes (SHA-256, as 32 hex digits, and the size).
+  static std::string entry_name(std::span<const uint8_t> bzimage);
+  // Whether the last construction found the bzImage's hash in the file index instead of hashing.
+  bool hash_from_index() const { return hash_from_index_; }
 
   // Unpacks bzimage (named name in errors) into dir without booting it, and returns the entry's path; an
   // entry already there is kept. Throws std::runtime_error naming the problem: not a bzImage, a payload
@@ -78,6 +97,8 @@ class KernelCache {
 
   // Whether a file in a cache directory is an entry (as entry names are made; temporary files are not).
   static bool is_entry(const std::string& file_name);
+  // Whether it is a note of a kernel file's hash (the file index).
+  static bool is_index(const std::string& file_name);
 
   // The entry's file in the own directory ("" without one).
   const std::string& path() const { return path_; }
@@ -90,10 +111,14 @@ class KernelCache {
   void abandon();
   void record_bytes(uint64_t paddr, std::span<const uint8_t> bytes);
   void prune();
+  std::string index_path(const FileIdentity& file) const;
+  std::string indexed_name(const FileIdentity& file) const;  // "" when the index has nothing valid
+  void write_index(const FileIdentity& file, const std::string& name) const;
 
   std::string dir_, path_, shared_path_, tmp_path_, loaded_from_;
   int tmp_fd_ = -1;
   bool failed_ = false;
+  bool hash_from_index_ = false;
 };
 
 }  // namespace passvm::boot

@@ -1,5 +1,8 @@
 #include "boot/kernel_cache.h"
 
+#include <sys/stat.h>
+#include <ctime>
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -7,6 +10,8 @@
 #include <fstream>
 #include <map>
 #include <stdexcept>
+
+#include "boot/linux_boot.h"
 
 namespace passvm::boot {
 namespace {
@@ -201,6 +206,80 @@ TEST(KernelCache, KeepsOnlyTheNewestFew) {
   size_t n = 0;
   for (const auto& e : fs::directory_iterator(dir.path)) n += e.path().extension() == ".unpacked";
   EXPECT_EQ(n, 4u);
+}
+
+TEST(KernelCache, EntriesAreNamedByTheBzImagesSha256) {
+  // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad (FIPS 180-2).
+  const std::vector<uint8_t> abc{'a', 'b', 'c'};
+  EXPECT_EQ(KernelCache::entry_name(abc), "kernel-ba7816bf8f01cfea414140de5dae2223-3.unpacked");
+  TempDir dir;
+  EXPECT_EQ(KernelCache(CacheDirs{dir.path.string()}, abc).path(),
+            (dir.path / "kernel-ba7816bf8f01cfea414140de5dae2223-3.unpacked").string());
+}
+
+FileIdentity old_file(uint64_t ino, uint64_t size) {
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  const int64_t t = (int64_t{now.tv_sec} - 3600) * 1000000000;
+  return {7, ino, size, t, t};
+}
+
+TEST(KernelCache, AnUnchangedFileIsNotHashedAgain) {
+  TempDir dir;
+  const std::vector<uint8_t> one{1, 2, 3, 4}, other{9, 9, 9, 9};
+  FileIdentity file = old_file(42, one.size());
+  KernelCache first(CacheDirs{dir.path.string()}, one, &file);
+  EXPECT_FALSE(first.hash_from_index());
+  EXPECT_EQ(first.path(), (dir.path / KernelCache::entry_name(one)).string());
+  EXPECT_TRUE(fs::exists(dir.path / "id-7-2a"));
+  // The same file, unchanged: the index answers, so these bytes are not even looked at.
+  KernelCache again(CacheDirs{dir.path.string()}, other, &file);
+  EXPECT_TRUE(again.hash_from_index());
+  EXPECT_EQ(again.path(), first.path());
+  // Any change to the file (its ctime, its mtime, its size) or another file: hashed again.
+  FileIdentity rewritten = file, touched = file, other_file = file, other_device = file;
+  rewritten.ctime_ns += 1;
+  touched.mtime_ns += 1;
+  other_file.ino += 1;
+  other_device.dev += 1;
+  for (const FileIdentity& changed : {rewritten, touched, other_file, other_device}) {
+    KernelCache c(CacheDirs{dir.path.string()}, other, &changed);
+    EXPECT_FALSE(c.hash_from_index());
+    EXPECT_EQ(c.path(), (dir.path / KernelCache::entry_name(other)).string());
+  }
+  // A damaged index is no answer either.
+  std::ofstream(dir.path / "id-7-2a") << "4 1 1 ../../etc/passwd\n";
+  FileIdentity again_file = old_file(42, one.size());
+  again_file.mtime_ns = again_file.ctime_ns = 1;
+  EXPECT_FALSE(KernelCache(CacheDirs{dir.path.string()}, other, &again_file).hash_from_index());
+}
+
+TEST(KernelCache, AFileChangedMomentsAgoIsNotIndexed) {
+  // Its ctime comes from a coarse clock: a second write within the same tick would not move it.
+  TempDir dir;
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  const int64_t t = int64_t{now.tv_sec} * 1000000000 + now.tv_nsec;
+  FileIdentity fresh{7, 43, 4, t, t};
+  const std::vector<uint8_t> bytes{1, 2, 3, 4};
+  KernelCache(CacheDirs{dir.path.string()}, bytes, &fresh);
+  EXPECT_FALSE(fs::exists(dir.path / "id-7-2b"));
+  EXPECT_FALSE(KernelCache(CacheDirs{dir.path.string()}, bytes, &fresh).hash_from_index());
+}
+
+TEST(KernelCache, ReadBootFileGivesTheFilesIdentity) {
+  TempDir dir;
+  const fs::path f = dir.path / "vmlinuz";
+  std::ofstream(f) << "not really a kernel";
+  std::optional<FileIdentity> id;
+  auto bytes = read_boot_file(f.string(), "kernel", &id);
+  ASSERT_TRUE(id.has_value());
+  struct stat st {};
+  ASSERT_EQ(stat(f.c_str(), &st), 0);
+  EXPECT_EQ(id->dev, st.st_dev);
+  EXPECT_EQ(id->ino, st.st_ino);
+  EXPECT_EQ(id->size, bytes.size());
+  EXPECT_EQ(id->ctime_ns, int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec);
 }
 
 }  // namespace

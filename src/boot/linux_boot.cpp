@@ -82,9 +82,17 @@ void read_whole(int fd, std::span<uint8_t> out, const std::string& path, const s
 
 }  // namespace
 
-std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& what) {
+std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& what,
+                                    std::optional<FileIdentity>* identity) {
   uint64_t size = 0;
   int fd = open_boot_file(path, what, &size);
+  auto seen = [fd]() -> std::optional<FileIdentity> {
+    struct stat st {};
+    if (fstat(fd, &st) != 0) return std::nullopt;
+    auto ns = [](const timespec& t) { return int64_t{t.tv_sec} * 1000000000 + t.tv_nsec; };
+    return FileIdentity{st.st_dev, st.st_ino, static_cast<uint64_t>(st.st_size), ns(st.st_mtim), ns(st.st_ctim)};
+  };
+  const std::optional<FileIdentity> before = identity ? seen() : std::nullopt;
   std::vector<uint8_t> data(static_cast<size_t>(size));
   try {
     read_whole(fd, data, path, what);
@@ -92,6 +100,8 @@ std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& 
     close(fd);
     throw;
   }
+  // Written meanwhile (its ctime moved), the bytes read may be neither version: no identity for them.
+  if (identity && before && before->size == size && seen() == before) *identity = before;
   close(fd);
   return data;
 }
@@ -112,16 +122,17 @@ Initrd Initrd::file(const std::string& path) {
 LinuxBoot load_linux(const GuestMemory& mem, const std::string& kernel_path, const std::string& initrd_path,
                      const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
                      bool unpack_on_host, const CacheDirs& cache_dirs, const std::atomic<bool>* cancel) {
-  std::vector<uint8_t> kernel = read_boot_file(kernel_path, "kernel");
+  std::optional<FileIdentity> id;
+  std::vector<uint8_t> kernel = read_boot_file(kernel_path, "kernel", &id);
   Initrd initrd = initrd_path.empty() ? Initrd{} : Initrd::file(initrd_path);
   return load_linux_image(mem, kernel, initrd, cmdline, e820, rsdp_addr, kernel_path, unpack_on_host, cache_dirs,
-                          cancel);
+                          cancel, id ? &*id : nullptr);
 }
 
 LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kernel, const Initrd& initrd,
                            const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
                            const std::string& kernel_name, bool unpack_on_host, const CacheDirs& cache_dirs,
-                           const std::atomic<bool>* cancel) {
+                           const std::atomic<bool>* cancel, const FileIdentity* kernel_file) {
   const SetupHeader h = parse_setup_header(kernel, kernel_name);
   auto check_cancel = [cancel] {
     if (cancel && cancel->load(std::memory_order_relaxed)) throw LoadCancelled();
@@ -159,7 +170,7 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
                           kernel_name, seg.paddr, mib(seg.mem_size)));
     };
     auto t0 = std::chrono::steady_clock::now();
-    KernelCache cache(cache_dirs, kernel);
+    KernelCache cache(cache_dirs, kernel, kernel_file);
     b.key_ms = ms_since(t0);
     t0 = std::chrono::steady_clock::now();
     std::optional<VmlinuxLayout> placed =

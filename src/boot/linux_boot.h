@@ -25,6 +25,7 @@
 #include <stdexcept>
 #include <functional>
 #include <span>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -83,15 +84,18 @@ LinuxBoot load_linux(const GuestMemory& mem, const std::string& kernel_path, con
 LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kernel, const Initrd& initrd,
                            const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
                            const std::string& kernel_name = "the kernel", bool unpack_on_host = true,
-                           const CacheDirs& cache = {}, const std::atomic<bool>* cancel = nullptr);
+                           const CacheDirs& cache = {}, const std::atomic<bool>* cancel = nullptr,
+                           const FileIdentity* kernel_file = nullptr);
 
 // What load_linux throws once *cancel is set (the machine's setup failed or was interrupted meanwhile).
 struct LoadCancelled : std::runtime_error {
   LoadCancelled() : std::runtime_error("loading the kernel was cancelled") {}
 };
 
-// Whole-file read with user-facing errors ("what" says which file it is: "kernel", "initrd").
-std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& what);
+// Whole-file read with user-facing errors ("what" says which file it is: "kernel", "initrd"). identity,
+// if given, is set to the file's when fstat saw the same file before and after the read, else left as is.
+std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& what,
+                                    std::optional<FileIdentity>* identity = nullptr);
 
 // Zero page offsets passvm fills in (struct boot_params, arch/x86/include/uapi/asm/bootparam.h).
 namespace zp {

@@ -92,7 +92,9 @@ int cache_main(int argc, char** argv) {
     std::error_code ec;
     if (all) {
       for (const auto& e : fs::directory_iterator(dir, ec))
-        if (boot::KernelCache::is_entry(e.path().filename().string())) fs::remove(e.path(), ec);
+        if (boot::KernelCache::is_entry(e.path().filename().string()) ||
+            boot::KernelCache::is_index(e.path().filename().string()))
+          fs::remove(e.path(), ec);
       return 0;
     }
     for (const auto& k : kernels) {

@@ -43,12 +43,14 @@ TEST_F(CacheCommand, UsageErrorsExitWith2) {
   EXPECT_EQ(run({"frobnicate"}), 2);
 }
 
-TEST_F(CacheCommand, RemoveAllTakesEntriesOnly) {
+TEST_F(CacheCommand, RemoveAllTakesEntriesAndTheFileIndexOnly) {
   touch("kernel-0123456789abcdef-42.unpacked");
+  touch("id-803-1f2c");
   touch("kernel-0123456789abcdef-42.unpacked.77.tmp");  // another passvm's recording in progress
   touch("notes.txt");
   EXPECT_EQ(run({"remove", "--all"}), 0);
   EXPECT_FALSE(fs::exists(dir / "kernel-0123456789abcdef-42.unpacked"));
+  EXPECT_FALSE(fs::exists(dir / "id-803-1f2c"));
   EXPECT_TRUE(fs::exists(dir / "kernel-0123456789abcdef-42.unpacked.77.tmp"));
   EXPECT_TRUE(fs::exists(dir / "notes.txt"));
 }
