@@ -14,7 +14,6 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 namespace passvm::boot {
 
@@ -67,12 +66,14 @@ CacheDirs KernelCache::default_dirs() {
 
 namespace {
 
-// File times come from a coarse clock: a file rewritten within the same tick as its last change keeps its
-// ctime. Only a file unchanged for a while is indexed, so that any later write gives it another ctime.
+// File times are coarse (a clock tick; two seconds for mtime on FAT, where ctime is the creation time): a
+// file rewritten within the same tick as its last change keeps its times. Only a file whose times are all
+// some seconds old is noted, so that any later write gives it other ones.
 bool settled(const FileIdentity& file) {
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
-  return int64_t{now.tv_sec} * 1000000000 + now.tv_nsec - file.ctime_ns >= int64_t{2} * 1000000000;
+  const int64_t limit = int64_t{now.tv_sec} * 1000000000 + now.tv_nsec - int64_t{3} * 1000000000;
+  return file.ctime_ns <= limit && file.mtime_ns <= limit;
 }
 
 // A shared entry boots other users' guests: it counts only if neither it nor its directory can have been
