@@ -4,7 +4,8 @@
 # command line (quiet, say); AB_ARGS adds to both passvm command lines. AB_FIRST=1 makes every boot a
 # kernel's first (an empty kernel cache each time: unpacked, and its cache entry written). Prints each
 # boot's time to L2 init and the time passvm took to find the kernel's cache entry and to place the kernel
-# in guest RAM (-v's "bzImage key N ms, kernel N ms"),
+# in guest RAM (-v's "bzImage key N ms, kernel N ms") and from its start to its vCPUs ready (process start and
+# setup: the time of -v's "setup took" line),
 # with medians and their ratio B/A. For a change whose gain is smaller than the noise between two lab
 # runs. Not in the suite.
 # lab-expect: ab-warm.vmm ab-warm-b.vmm ab-compare
@@ -44,12 +45,17 @@ out, scenario, names = sys.argv[1], sys.argv[2], sys.argv[3:]
 t = {"a": [], "b": []}
 kernel = {"a": [], "b": []}
 key = {"a": [], "b": []}
+ready = {"a": [], "b": []}  # ms from the VMM's start to its vCPUs ready (process start and setup)
 bad = []
 for n in names:
     try:
         s = json.load(open(f"{out}/{n}.summary.json"))
         t[n[3]].append(s["vmm"]["vmm_start_to_l2_init_ms"] / 1000)
-        m = re.search(r"bzImage key ([\d.]+) ms, kernel ([\d.]+) ms", open(f"{out}/{n}.console", errors="replace").read())
+        console = open(f"{out}/{n}.console", errors="replace").read()
+        r = re.search(r"^ *(\d+) passvm: .*setup took", console, re.M)
+        if r:
+            ready[n[3]].append(int(r.group(1)))
+        m = re.search(r"bzImage key ([\d.]+) ms, kernel ([\d.]+) ms", console)
         if m:
             key[n[3]].append(float(m.group(1)))
             kernel[n[3]].append(float(m.group(2)))
@@ -61,6 +67,10 @@ fig.update({f"key_ms_{k}": " ".join(f"{x:.1f}" for x in v) for k, v in key.items
 if t["a"] and t["b"]:
     ma, mb = statistics.median(t["a"]), statistics.median(t["b"])
     fig.update(median_a_s=round(ma, 2), median_b_s=round(mb, 2), ratio_b_a=round(mb / ma, 3))
+if ready["a"] and ready["b"]:
+    ra, rb = statistics.median(ready["a"]), statistics.median(ready["b"])
+    fig.update(ready_ms_a=" ".join(map(str, ready["a"])), ready_ms_b=" ".join(map(str, ready["b"])),
+               ready_median_a_ms=round(ra), ready_median_b_ms=round(rb))
 if kernel["a"] and kernel["b"]:
     ka, kb = statistics.median(kernel["a"]), statistics.median(kernel["b"])
     fig.update(kernel_median_a_ms=round(ka), kernel_median_b_ms=round(kb), kernel_ratio_b_a=round(kb / ka, 3))

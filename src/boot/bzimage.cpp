@@ -21,9 +21,13 @@ std::string guess_format(std::span<const uint8_t> image) {
 }  // namespace
 
 SetupHeader parse_setup_header(std::span<const uint8_t> image, const std::string& what) {
+  return parse_setup_header(image, image.size(), what);
+}
+
+SetupHeader parse_setup_header(std::span<const uint8_t> image, uint64_t file_size, const std::string& what) {
   constexpr size_t kMinSize = 0x268;  // through init_size and handover_offset (protocol 2.11)
   if (image.size() < kMinSize)
-    throw std::runtime_error(fmt::format("{} is not a Linux bzImage: only {} bytes{}", what, image.size(),
+    throw std::runtime_error(fmt::format("{} is not a Linux bzImage: only {} bytes{}", what, file_size,
                                          guess_format(image)));
   if (load<uint32_t>(image, 0x202) != kHdrSMagic)
     throw std::runtime_error(
@@ -53,10 +57,10 @@ SetupHeader parse_setup_header(std::span<const uint8_t> image, const std::string
     throw std::runtime_error(fmt::format("{}: setup header length {:#x} is corrupt", what, h.header_end));
   const size_t sects = h.setup_sects == 0 ? 4 : h.setup_sects;  // 0 means 4, for historical reasons
   h.kernel_offset = (sects + 1) * 512;
-  if (h.kernel_offset >= image.size())
+  if (h.kernel_offset >= file_size)
     throw std::runtime_error(fmt::format("{} is truncated: the setup part ({} bytes) is all there is", what,
                                          h.kernel_offset));
-  h.kernel_size = image.size() - h.kernel_offset;
+  h.kernel_size = static_cast<size_t>(file_size - h.kernel_offset);
   if (h.kernel_alignment != 0 && (h.kernel_alignment & (h.kernel_alignment - 1)) != 0)
     throw std::runtime_error(
         fmt::format("{}: kernel_alignment {:#x} is not a power of two", what, h.kernel_alignment));

@@ -44,5 +44,7 @@ struct SetupHeader {
 // Parses and validates the header. `what` names the file in error messages. Throws std::runtime_error
 // saying what is wrong and what to pass instead (a vmlinux ELF, a compressed file, an old kernel...).
 SetupHeader parse_setup_header(std::span<const uint8_t> image, const std::string& what);
+// The same from the file's first bytes (at least through the setup header) and its size.
+SetupHeader parse_setup_header(std::span<const uint8_t> head, uint64_t file_size, const std::string& what);
 
 }  // namespace passvm::boot

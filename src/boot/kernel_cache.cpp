@@ -103,13 +103,19 @@ bool KernelCache::is_entry(const std::string& file_name) {
 }
 
 KernelCache::KernelCache(CacheDirs dirs, std::span<const uint8_t> bzimage, const FileIdentity* file)
-    : dir_(std::move(dirs.own)) {
+    : KernelCache(std::move(dirs), KernelImage::bytes(bzimage, file)) {}
+
+KernelCache::KernelCache(CacheDirs dirs, KernelImage&& bzimage) : KernelCache(std::move(dirs), bzimage) {}
+
+KernelCache::KernelCache(CacheDirs dirs, KernelImage& bzimage) : dir_(std::move(dirs.own)) {
   if (dir_.empty() && dirs.shared.empty()) return;
   std::string name;
-  if (file && !dir_.empty()) name = indexed_name(*file);
+  if (bzimage.identity() && !dir_.empty()) name = indexed_name(*bzimage.identity());
   hash_from_index_ = !name.empty();
   if (name.empty()) {
-    name = entry_name(bzimage);
+    name = entry_name(bzimage.whole());
+    // After whole(): a file seen changing while it was read has thrown.
+    const FileIdentity* file = bzimage.identity();
     if (file && !dir_.empty() && settled(*file)) write_index(*file, name);
   }
   if (!dir_.empty()) path_ = dir_ + "/" + name;

@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "boot/boot_file.h"
 #include "boot/vmlinux.h"
 
 namespace passvm::boot {
@@ -50,13 +51,6 @@ struct CacheDirs {
 
 inline constexpr const char* kSharedCacheDir = "/var/cache/passvm";
 
-// The file a bzImage was read from, as fstat(2) saw it both before and after the read.
-struct FileIdentity {
-  uint64_t dev = 0, ino = 0, size = 0;
-  int64_t mtime_ns = 0, ctime_ns = 0;
-  bool operator==(const FileIdentity&) const = default;
-};
-
 class KernelCache {
  public:
   // The directories from the environment (both "" with PASSVM_CACHE_DIR=off; own "" without a home).
@@ -64,8 +58,11 @@ class KernelCache {
   // The own directory alone, as default_dirs() gives it.
   static std::string default_dir() { return default_dirs().own; }
 
-  // Empty dirs disable the cache: lookups miss, recording does nothing. file, when known, is where
-  // bzimage was read from: its hash is then looked up in (or added to) the own cache's file index.
+  // Empty dirs disable the cache: lookups miss, recording does nothing. When the bzImage's file is known
+  // (its identity), its hash is looked up in the own cache's file index, and the bytes are read and hashed
+  // only when the index has no answer (which is then added to it).
+  explicit KernelCache(CacheDirs dirs, KernelImage& bzimage);
+  // The same for bytes in memory; file, when given, is the file they are as if read from.
   KernelCache(CacheDirs dirs, std::span<const uint8_t> bzimage, const FileIdentity* file = nullptr);
 
   // The entry name for a bzImage's bytes (SHA-256, as 32 hex digits, and the size).
@@ -106,6 +103,7 @@ class KernelCache {
   const std::string& loaded_from() const { return loaded_from_; }
 
  private:
+  KernelCache(CacheDirs dirs, KernelImage&& bzimage);
   std::optional<VmlinuxLayout> load_file(const std::string& path, bool own, const VmlinuxWriter::Write& write,
                                          const VmlinuxWriter::OnLayout& on_layout, const Destination& dest);
   void abandon();

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -270,19 +271,60 @@ TEST(KernelCache, AFileChangedMomentsAgoIsNotIndexed) {
   }
 }
 
-TEST(KernelCache, ReadBootFileGivesTheFilesIdentity) {
+// Bytes this process has read through read(2) and pread(2) so far.
+uint64_t bytes_read() {
+  std::ifstream io("/proc/self/io");
+  std::string key;
+  uint64_t value = 0;
+  while (io >> key >> value)
+    if (key == "rchar:") return value;
+  return 0;
+}
+
+TEST(KernelImage, OpenReadsTheHeadAndGivesTheFilesIdentityTheRestOnlyWhenAsked) {
   TempDir dir;
   const fs::path f = dir.path / "vmlinuz";
-  std::ofstream(f) << "not really a kernel";
-  std::optional<FileIdentity> id;
-  auto bytes = read_boot_file(f.string(), "kernel", &id);
-  ASSERT_TRUE(id.has_value());
+  std::vector<uint8_t> bytes(3 * KernelImage::kHeadSize + 5);
+  for (size_t i = 0; i < bytes.size(); i++) bytes[i] = static_cast<uint8_t>(i * 7);
+  std::ofstream(f, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
+                                           static_cast<std::streamsize>(bytes.size()));
+  const uint64_t before = bytes_read();
+  KernelImage k = KernelImage::open(f.string());
+  EXPECT_LT(bytes_read() - before, 2 * KernelImage::kHeadSize);
+  EXPECT_EQ(k.size(), bytes.size());
+  EXPECT_TRUE(std::ranges::equal(k.head(), std::span(bytes).first(KernelImage::kHeadSize)));
+  const FileIdentity* seen = k.identity();
+  ASSERT_NE(seen, nullptr);
+  const FileIdentity id = seen ? *seen : FileIdentity{};
   struct stat st {};
   ASSERT_EQ(stat(f.c_str(), &st), 0);
-  EXPECT_EQ(id->dev, st.st_dev);
-  EXPECT_EQ(id->ino, st.st_ino);
-  EXPECT_EQ(id->size, bytes.size());
-  EXPECT_EQ(id->ctime_ns, int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec);
+  EXPECT_EQ(id.dev, st.st_dev);
+  EXPECT_EQ(id.ino, st.st_ino);
+  EXPECT_EQ(id.size, bytes.size());
+  EXPECT_EQ(id.ctime_ns, int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec);
+  EXPECT_TRUE(std::ranges::equal(k.whole(), bytes));
+  EXPECT_GE(bytes_read() - before, bytes.size());
+}
+
+TEST(KernelImage, AFileRewrittenAfterItWasOpenedGivesNoBytes) {
+  TempDir dir;
+  const fs::path f = dir.path / "vmlinuz";
+  std::ofstream(f) << std::string(2 * KernelImage::kHeadSize, 'a');
+  KernelImage k = KernelImage::open(f.string());
+  const FileIdentity* opened = k.identity();
+  ASSERT_NE(opened, nullptr);
+  const int64_t opened_ctime = opened ? opened->ctime_ns : 0;
+  // The same size and head, another tail: only the file's identity (its ctime) tells.
+  timespec later{};
+  do clock_gettime(CLOCK_REALTIME_COARSE, &later);
+  while (later.tv_sec * 1000000000 + later.tv_nsec <= opened_ctime);
+  std::ofstream(f, std::ios::in | std::ios::out).seekp(KernelImage::kHeadSize + 1) << 'b';
+  try {
+    k.whole();
+    ADD_FAILURE() << "a rewritten kernel file gave bytes";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("changed while passvm read it"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

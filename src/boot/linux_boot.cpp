@@ -39,72 +39,11 @@ const E820Entry* ram_holding(const std::vector<E820Entry>& e820, uint64_t addr, 
 
 uint64_t mib(uint64_t bytes) { return (bytes + layout::MiB - 1) / layout::MiB; }
 
-}  // namespace
-
-namespace {
-
 double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Opens a boot file with user-facing errors; returns the descriptor and its size.
-int open_boot_file(const std::string& path, const std::string& what, uint64_t* size) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int err = errno;
-    if (err == ENOENT) throw std::runtime_error(fmt::format("{} file {} not found: check the path", what, path));
-    if (err == EACCES)
-      throw std::runtime_error(fmt::format("{} file {} is not readable: check its permissions", what, path));
-    throw std::runtime_error(fmt::format("cannot open {} file {}: {}", what, path, strerror(err)));
-  }
-  struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    close(fd);
-    throw std::runtime_error(fmt::format("{} file {} is not a regular file", what, path));
-  }
-  *size = static_cast<uint64_t>(st.st_size);
-  return fd;
-}
-
-// Reads exactly out.size() bytes from the start of the file.
-void read_whole(int fd, std::span<uint8_t> out, const std::string& path, const std::string& what) {
-  size_t done = 0;
-  while (done < out.size()) {
-    ssize_t n = pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw std::runtime_error(fmt::format("cannot read {} file {}: {}", what, path, strerror(errno)));
-    if (n == 0)
-      throw std::runtime_error(fmt::format("{} file {} shrank while it was read: is something rewriting it?",
-                                           what, path));
-    done += static_cast<size_t>(n);
-  }
-}
-
 }  // namespace
-
-std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& what,
-                                    std::optional<FileIdentity>* identity) {
-  uint64_t size = 0;
-  int fd = open_boot_file(path, what, &size);
-  auto seen = [fd]() -> std::optional<FileIdentity> {
-    struct stat st {};
-    if (fstat(fd, &st) != 0) return std::nullopt;
-    auto ns = [](const timespec& t) { return int64_t{t.tv_sec} * 1000000000 + t.tv_nsec; };
-    return FileIdentity{st.st_dev, st.st_ino, static_cast<uint64_t>(st.st_size), ns(st.st_mtim), ns(st.st_ctim)};
-  };
-  const std::optional<FileIdentity> before = identity ? seen() : std::nullopt;
-  std::vector<uint8_t> data(static_cast<size_t>(size));
-  try {
-    read_whole(fd, data, path, what);
-  } catch (...) {
-    close(fd);
-    throw;
-  }
-  // Written meanwhile (its ctime moved), the bytes read may be neither version: no identity for them.
-  if (identity && before && before->size == size && seen() == before) *identity = before;
-  close(fd);
-  return data;
-}
 
 Initrd Initrd::bytes(std::span<const uint8_t> data) {
   return {data.size(), [data](std::span<uint8_t> dest) { std::copy(data.begin(), data.end(), dest.begin()); }};
@@ -116,24 +55,32 @@ Initrd Initrd::file(const std::string& path) {
     close(*f);
     delete f;
   });
-  return {size, [fd, path](std::span<uint8_t> dest) { read_whole(*fd, dest, path, "initrd"); }};
+  return {size, [fd, path](std::span<uint8_t> dest) { read_boot_bytes(*fd, dest, path, "initrd"); }};
 }
 
 LinuxBoot load_linux(const GuestMemory& mem, const std::string& kernel_path, const std::string& initrd_path,
                      const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
                      bool unpack_on_host, const CacheDirs& cache_dirs, const std::atomic<bool>* cancel) {
-  std::optional<FileIdentity> id;
-  std::vector<uint8_t> kernel = read_boot_file(kernel_path, "kernel", &id);
+  KernelImage kernel = KernelImage::open(kernel_path);
   Initrd initrd = initrd_path.empty() ? Initrd{} : Initrd::file(initrd_path);
   return load_linux_image(mem, kernel, initrd, cmdline, e820, rsdp_addr, kernel_path, unpack_on_host, cache_dirs,
-                          cancel, id ? &*id : nullptr);
+                          cancel);
 }
 
 LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kernel, const Initrd& initrd,
                            const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
                            const std::string& kernel_name, bool unpack_on_host, const CacheDirs& cache_dirs,
                            const std::atomic<bool>* cancel, const FileIdentity* kernel_file) {
-  const SetupHeader h = parse_setup_header(kernel, kernel_name);
+  KernelImage image = KernelImage::bytes(kernel, kernel_file);
+  return load_linux_image(mem, image, initrd, cmdline, e820, rsdp_addr, kernel_name, unpack_on_host, cache_dirs,
+                          cancel);
+}
+
+LinuxBoot load_linux_image(const GuestMemory& mem, KernelImage& kernel, const Initrd& initrd,
+                           const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
+                           const std::string& kernel_name, bool unpack_on_host, const CacheDirs& cache_dirs,
+                           const std::atomic<bool>* cancel) {
+  const SetupHeader h = parse_setup_header(kernel.head(), kernel.size(), kernel_name);
   auto check_cancel = [cancel] {
     if (cancel && cancel->load(std::memory_order_relaxed)) throw LoadCancelled();
   };
@@ -170,7 +117,7 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
                           kernel_name, seg.paddr, mib(seg.mem_size)));
     };
     auto t0 = std::chrono::steady_clock::now();
-    KernelCache cache(cache_dirs, kernel, kernel_file);
+    KernelCache cache(cache_dirs, kernel);
     b.key_ms = ms_since(t0);
     t0 = std::chrono::steady_clock::now();
     std::optional<VmlinuxLayout> placed =
@@ -201,7 +148,7 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
             return mem.host_address(paddr, length);
           },
           [&](uint64_t paddr, std::span<const uint8_t> bytes) { cache.record(paddr, bytes); });
-      if (unpack_bzimage(kernel, h, writer, &b.unpack_note)) {
+      if (unpack_bzimage(kernel.whole(), h, writer, &b.unpack_note)) {
         placed = writer.finish();
         cache.commit(*placed);
       }
@@ -220,7 +167,7 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
     b.kernel_ms = ms_since(t0);
   }
   if (!b.unpacked_on_host) {
-    mem.write(addr, kernel.subspan(h.kernel_offset));
+    mem.write(addr, kernel.whole().subspan(h.kernel_offset));
   }
 
   // Initrd: as high as possible in the RAM that holds the kernel, below initrd_addr_max, above the kernel.
@@ -258,7 +205,7 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
     throw std::runtime_error(fmt::format("the e820 map has {} entries, the zero page holds {}", e820.size(),
                                          zp::kE820Max));
   std::vector<uint8_t> page(4096, 0);
-  std::memcpy(page.data() + kSetupHeaderOffset, kernel.data() + kSetupHeaderOffset,
+  std::memcpy(page.data() + kSetupHeaderOffset, kernel.head().data() + kSetupHeaderOffset,
               h.header_end - kSetupHeaderOffset);
   store<uint8_t>(page, zp::kTypeOfLoader, 0xff);  // undefined boot loader: no id assigned
   store<uint8_t>(page, zp::kLoadflags, static_cast<uint8_t>(h.loadflags | kLoadedHigh));

@@ -51,8 +51,9 @@ struct LinuxBoot {
   std::string unpack_note;        // why it was not, when it was asked to be
   bool from_cache = false;        // the unpacked kernel came from the cache (kernel_cache.h)
   std::string cache_file;         // which cache file
-  // Where the load's time went: hashing the bzImage (the cache key); placing the kernel in guest RAM (read
-  // from the cache, or unpacked, which includes writing its cache entry); reading the initrd.
+  // Where the load's time went: finding the cache key (in the file index, or by reading and hashing the
+  // bzImage); placing the kernel in guest RAM (read from the cache, or unpacked, which includes writing its
+  // cache entry); reading the initrd.
   double key_ms = 0, kernel_ms = 0, initrd_ms = 0;
 };
 
@@ -80,7 +81,13 @@ LinuxBoot load_linux(const GuestMemory& mem, const std::string& kernel_path, con
                      bool unpack_on_host = true, const CacheDirs& cache = {},
                      const std::atomic<bool>* cancel = nullptr);
 
-// The same from memory; kernel_name is used in error messages.
+// The same from an opened kernel (boot_file.h), whose bytes past the setup header are read only if the
+// cache does not have it unpacked; kernel_name is used in error messages.
+LinuxBoot load_linux_image(const GuestMemory& mem, KernelImage& kernel, const Initrd& initrd,
+                           const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
+                           const std::string& kernel_name = "the kernel", bool unpack_on_host = true,
+                           const CacheDirs& cache = {}, const std::atomic<bool>* cancel = nullptr);
+// The same from memory; kernel_file, when given, is the file the bytes are as if read from.
 LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kernel, const Initrd& initrd,
                            const std::string& cmdline, const std::vector<E820Entry>& e820, uint64_t rsdp_addr,
                            const std::string& kernel_name = "the kernel", bool unpack_on_host = true,
@@ -91,11 +98,6 @@ LinuxBoot load_linux_image(const GuestMemory& mem, std::span<const uint8_t> kern
 struct LoadCancelled : std::runtime_error {
   LoadCancelled() : std::runtime_error("loading the kernel was cancelled") {}
 };
-
-// Whole-file read with user-facing errors ("what" says which file it is: "kernel", "initrd"). identity,
-// if given, is set to the file's when fstat saw the same file before and after the read, else left as is.
-std::vector<uint8_t> read_boot_file(const std::string& path, const std::string& what,
-                                    std::optional<FileIdentity>* identity = nullptr);
 
 // Zero page offsets passvm fills in (struct boot_params, arch/x86/include/uapi/asm/bootparam.h).
 namespace zp {

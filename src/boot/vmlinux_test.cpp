@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <ctime>
 
 #include <cstring>
 #include <filesystem>
@@ -206,6 +208,37 @@ TEST(Vmlinux, SecondBootComesFromTheCacheWithTheSameGuestImage) {
   first.read(paddr, x);
   second.read(paddr, y);
   EXPECT_EQ(x, y);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Vmlinux, AKernelFileTheCacheKnowsNeedsOnlyItsHeader) {
+  char tmpl[] = "/tmp/passvm-vmlinux-cache-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  const uint64_t paddr = 16 * layout::MiB;
+  std::vector<uint8_t> text(64 * 1024);  // what xz cannot shrink, so the payload reaches past the first page
+  uint32_t x = 1;
+  for (auto& b : text) b = static_cast<uint8_t>((x = x * 1103515245 + 12345) >> 24);
+  auto img = bzimage_with_payload(xz(make_elf(paddr, text, 8192, paddr + 0x40)), 0);
+  ASSERT_GT(img.size(), 4 * KernelImage::kHeadSize);
+  const int64_t hour_ago = (int64_t{time(nullptr)} - 3600) * 1000000000;
+  const FileIdentity file{7, 42, img.size(), hour_ago, hour_ago};
+  GuestMemory first(64 * layout::MiB, false), second(64 * layout::MiB, false);
+  LinuxBoot a = load_linux_image(first, img, {}, "", build_e820(first), 0, "t", true, dir, nullptr, &file);
+  // The same file again, but every byte past its first page unreadable garbage: were the payload used
+  // (unpacked, or hashed), this boot would fail or miss.
+  auto garbled = img;
+  std::fill(garbled.begin() + KernelImage::kHeadSize, garbled.end(), uint8_t{0xa5});
+  LinuxBoot b = load_linux_image(second, garbled, {}, "", build_e820(second), 0, "t", true, dir, nullptr, &file);
+  EXPECT_FALSE(a.from_cache);
+  EXPECT_TRUE(b.from_cache);
+  std::vector<uint8_t> got_first(text.size()), got_second(text.size());
+  first.read(paddr, got_first);
+  second.read(paddr, got_second);
+  EXPECT_EQ(got_first, text);
+  EXPECT_EQ(got_second, text);
+  // Without the file's identity the bytes are what there is to go by: garbage, which does not unpack.
+  GuestMemory third(64 * layout::MiB, false);
+  EXPECT_THROW(load_linux_image(third, garbled, {}, "", build_e820(third), 0, "t", true, dir), std::runtime_error);
   std::filesystem::remove_all(dir);
 }
 

@@ -118,8 +118,7 @@ struct Machine::Parts {
   // (unpacking a kernel's first boot takes as long as the rest of the setup). Declared after mem: on a
   // failed setup it is told to stop and joined before guest RAM goes.
   struct KernelLoad {
-    std::vector<uint8_t> image;
-    std::optional<boot::FileIdentity> file;  // where image came from (for the kernel cache's file index)
+    std::optional<boot::KernelImage> image;
     boot::Initrd initrd;
     std::atomic<bool> stop{false};
     std::future<boot::LinuxBoot> result;
@@ -210,19 +209,18 @@ void Machine::Parts::build() {
   // The kernel's files are opened and its header checked before any device is opened: a wrong path should
   // fail in milliseconds, not after seconds of device resets and pinning guest RAM. Loading it (unpacking,
   // or streaming it from the cache) then runs beside the rest of the setup, until the vCPUs need it.
-  kernel_load.image = boot::read_boot_file(c.kernel, "kernel", &kernel_load.file);
-  boot::parse_setup_header(kernel_load.image, c.kernel);
+  kernel_load.image = boot::KernelImage::open(c.kernel);
+  boot::parse_setup_header(kernel_load.image->head(), kernel_load.image->size(), c.kernel);
   if (!c.initrd.empty()) kernel_load.initrd = boot::Initrd::file(c.initrd);
   kernel_load.result = std::async(std::launch::async, [this, e820 = boot::build_e820(*mem)] {
     auto start = std::chrono::steady_clock::now();
-    boot::LinuxBoot b = boot::load_linux_image(*mem, kernel_load.image, kernel_load.initrd, cfg.cmdline, e820,
+    boot::LinuxBoot b = boot::load_linux_image(*mem, *kernel_load.image, kernel_load.initrd, cfg.cmdline, e820,
                                                acpi::kRsdpAddress, cfg.kernel, cfg.unpack_on_host,
-                                               boot::KernelCache::default_dirs(), &kernel_load.stop,
-                                               kernel_load.file ? &*kernel_load.file : nullptr);
+                                               boot::KernelCache::default_dirs(), &kernel_load.stop);
     kernel_load.took_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     // The bzImage's bytes are in guest RAM now: free them before guest RAM is all resident, which is when
     // passvm's memory peaks.
-    std::vector<uint8_t>().swap(kernel_load.image);
+    kernel_load.image->release();
     return b;
   });
   step("kernel files opened; loading them into guest RAM meanwhile");
