@@ -1,8 +1,9 @@
 # passvm boots the L2 guest with no device passed through: 2 vCPUs and 512 MiB reach
 # init, the PCI bus lists the host bridge, a line typed on passvm's stdin runs in L2's
 # shell, and the guest's poweroff makes passvm exit 0. L2 names its CPU as L1 does (pv.cpumodel):
-# KVM leaves the processor's name out of the CPUID it offers, and passvm fills it in.
-# lab-expect: pv.vmm pv.boot pv.cpus pv.mem pv.lspci pv.console pv.cpumodel
+# KVM leaves the processor's name out of the CPUID it offers, and passvm fills it in. The RTC is
+# the DSDT's PNP0B00 device, as on a PC, and Linux binds rtc_cmos to it (pv.rtc).
+# lab-expect: pv.vmm pv.boot pv.cpus pv.mem pv.lspci pv.console pv.cpumodel pv.rtc
 # lab-timeout: 400
 
 if [[ -z $PASSVM || ! -x $PASSVM ]]; then
@@ -20,4 +21,10 @@ if [[ -n $host && $guest == "$host" ]]; then
     result pv.cpumodel pass model="$guest"
 else
     result pv.cpumodel fail l1="$host" l2="$guest" detail="L2 names its CPU '$guest', L1 '$host'"
+fi
+console="$LAB_OUT/pv.console"
+if grep -Eq 'rtc_cmos 00:[0-9a-f]+: registered as rtc0' "$console" && ! grep -q 'no PNP device found' "$console"; then
+    result pv.rtc pass
+else
+    result pv.rtc fail detail="rtc_cmos did not bind to the DSDT's RTC: $(grep -m 3 -e rtc_cmos -e 'PNP device' "$console" | tr -s ' \n' ' ')"
 fi

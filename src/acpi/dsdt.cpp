@@ -5,6 +5,7 @@
 #include "acpi/table_writer.h"
 #include "acpi/tables.h"
 #include "devices/acpi_pm.h"
+#include "devices/cmos_rtc.h"
 #include "memory/layout.h"
 
 namespace passvm::acpi {
@@ -88,6 +89,17 @@ Bytes com1() {
                         });
 }
 
+// The CMOS RTC, as on any PC: a guest that finds no PNP0B00 device registers the clock on its own, from
+// what it assumes a PC has, and other systems may not look for it at all.
+Bytes rtc() {
+  ResourceTemplate crs;
+  crs.io(layout::kRtcPort, devices::CmosRtc::kSize).irq(static_cast<uint8_t>(layout::kRtcIrq));
+  return device("RTC", {
+                           name("_HID", eisa_id("PNP0B00")),
+                           name("_CRS", crs.build()),
+                       });
+}
+
 }  // namespace
 
 std::vector<uint8_t> build_dsdt(const layout::PciWindows& windows, uint32_t hotplug_slots) {
@@ -95,7 +107,7 @@ std::vector<uint8_t> build_dsdt(const layout::PciWindows& windows, uint32_t hotp
   auto add = [&](const Bytes& b) { body.insert(body.end(), b.begin(), b.end()); };
   // SLP_TYPa, SLP_TYPb, reserved, reserved: what AcpiPm compares on SLP_EN.
   add(name("\\_S5", package({integer(devices::kS5SleepType), integer(devices::kS5SleepType), integer(0), integer(0)})));
-  add(scope("\\_SB", {pci_host_bridge(windows, hotplug_slots), com1()}));
+  add(scope("\\_SB", {pci_host_bridge(windows, hotplug_slots), com1(), rtc()}));
   if (hotplug_slots != 0)
     add(scope("\\_GPE", {method(fmt::format("_E{:02X}", devices::kGpePciHotplug), 0, false,
                                   {call("\\_SB.PCI0.PCNT")})}));

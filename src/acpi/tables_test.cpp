@@ -232,6 +232,13 @@ TEST(AcpiTablesIasl, DsdtDecompilesCleanly) {
   for (const char* want : {"_S5", "PCI0", "_PRT", "PNP0A08", "PNP0A03", "PNP0501", "PNP0C02", "WordBusNumber",
                            "QWordMemory", "DWordMemory", "IRQNoFlags", "Memory32Fixed", "Method (_STA"})
     EXPECT_NE(d.dsl.find(want), std::string::npos) << want << "\n" << d.dsl;
+  // The RTC at its ports and its IRQ.
+  const size_t rtc = d.dsl.find("Device (RTC)");
+  ASSERT_NE(rtc, std::string::npos) << d.dsl;
+  const std::string body = d.dsl.substr(rtc, d.dsl.find("Device", rtc + 6) - rtc);
+  for (const char* want : {"PNP0B00", "0x0070,             // Range Minimum", "0x0070,             // Range Maximum",
+                           "0x02,               // Length", "IRQNoFlags ()", "{8}"})
+    EXPECT_NE(body.find(want), std::string::npos) << want << "\n" << body;
 }
 
 TEST(AcpiTablesIasl, HotplugSlotsDecompileToWhatAcpiphpNeeds) {

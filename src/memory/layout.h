@@ -57,6 +57,8 @@ inline constexpr uint64_t kMmio64Size = 64 * GiB;
 // Port I/O.
 inline constexpr uint16_t kCom1Port = 0x3f8;
 inline constexpr uint16_t kCom1Irq = 4;
+inline constexpr uint16_t kRtcPort = 0x70;  // CMOS RTC: index 0x70, data 0x71
+inline constexpr uint16_t kRtcIrq = 8;
 inline constexpr uint16_t kPciConfigAddrPort = 0xcf8;   // 0xcf8-0xcff: configuration mechanism #1
 inline constexpr uint16_t kResetPort = 0xcf9;           // within the 0xcf8 dword: handled by the PCI root
 inline constexpr uint16_t kAcpiPmBase = 0x600;          // PM1a event (4), PM1a control (2) blocks

@@ -234,7 +234,7 @@ void Machine::Parts::build() {
   }
   pm = std::make_unique<devices::AcpiPm>([this] { guest.request(ExitReason::PowerOff); }, irq(layout::kAcpiSciIrq));
   pio.add(layout::kAcpiPmBase, devices::AcpiPm::kSize, pm.get());
-  pio.add(0x70, 2, &rtc);
+  pio.add(layout::kRtcPort, devices::CmosRtc::kSize, &rtc);
   i8042 = std::make_unique<devices::I8042>(
       [this] { guest.request(ExitReason::Reset, "the guest reset the machine (i8042)"); });
   pio.add(0x60, devices::I8042::kSize, i8042.get());
