@@ -18,8 +18,8 @@ namespace {
 std::optional<FileIdentity> identity_of(int fd) {
   struct stat st {};
   if (fstat(fd, &st) != 0) return std::nullopt;
-  auto ns = [](const timespec& t) { return int64_t{t.tv_sec} * 1000000000 + t.tv_nsec; };
-  return FileIdentity{st.st_dev, st.st_ino, static_cast<uint64_t>(st.st_size), ns(st.st_mtim), ns(st.st_ctim)};
+  return FileIdentity{st.st_dev, st.st_ino, static_cast<uint64_t>(st.st_size), time_ns(st.st_mtim),
+                      time_ns(st.st_ctim)};
 }
 
 std::runtime_error changed(const std::string& path) {
@@ -90,7 +90,6 @@ KernelImage KernelImage::bytes(std::span<const uint8_t> data, const FileIdentity
   KernelImage k;
   k.given_ = data;
   k.size_ = data.size();
-  k.read_ = true;
   if (identity) k.identity_ = *identity;
   return k;
 }

@@ -14,12 +14,16 @@
 #pragma once
 
 #include <cstdint>
+#include <ctime>
 #include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 namespace passvm::boot {
+
+// A file time (or clock reading) in ns, as FileIdentity keeps them.
+inline int64_t time_ns(const timespec& t) { return int64_t{t.tv_sec} * 1000000000 + t.tv_nsec; }
 
 // The file a bzImage was read from, as fstat(2) saw it.
 struct FileIdentity {

@@ -72,7 +72,7 @@ namespace {
 bool settled(const FileIdentity& file) {
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
-  const int64_t limit = int64_t{now.tv_sec} * 1000000000 + now.tv_nsec - int64_t{3} * 1000000000;
+  const int64_t limit = time_ns(now) - int64_t{3} * 1000000000;
   return file.ctime_ns <= limit && file.mtime_ns <= limit;
 }
 

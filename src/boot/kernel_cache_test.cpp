@@ -260,7 +260,7 @@ TEST(KernelCache, AFileChangedMomentsAgoIsNotIndexed) {
   TempDir dir;
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
-  const int64_t t = int64_t{now.tv_sec} * 1000000000 + now.tv_nsec;
+  const int64_t t = time_ns(now);
   const int64_t hour_ago = t - int64_t{3600} * 1000000000;
   const std::vector<uint8_t> bytes{1, 2, 3, 4};
   // Changed just now (ctime), or written just now on a file system whose ctime is the creation time.
@@ -301,7 +301,7 @@ TEST(KernelImage, OpenReadsTheHeadAndGivesTheFilesIdentityTheRestOnlyWhenAsked) 
   EXPECT_EQ(id.dev, st.st_dev);
   EXPECT_EQ(id.ino, st.st_ino);
   EXPECT_EQ(id.size, bytes.size());
-  EXPECT_EQ(id.ctime_ns, int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec);
+  EXPECT_EQ(id.ctime_ns, time_ns(st.st_ctim));
   EXPECT_TRUE(std::ranges::equal(k.whole(), bytes));
   EXPECT_GE(bytes_read() - before, bytes.size());
 }
@@ -317,7 +317,7 @@ TEST(KernelImage, AFileRewrittenAfterItWasOpenedGivesNoBytes) {
   // The same size and head, another tail: only the file's identity (its ctime) tells.
   timespec later{};
   do clock_gettime(CLOCK_REALTIME_COARSE, &later);
-  while (later.tv_sec * 1000000000 + later.tv_nsec <= opened_ctime);
+  while (time_ns(later) <= opened_ctime);
   std::ofstream(f, std::ios::in | std::ios::out).seekp(KernelImage::kHeadSize + 1) << 'b';
   try {
     k.whole();
