@@ -1,15 +1,12 @@
 #include "boot/linux_boot.h"
 
-#include <fcntl.h>
 #include <fmt/format.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <memory>
 #include <optional>
-#include <cerrno>
 #include <cstring>
 #include <stdexcept>
 

@@ -632,7 +632,7 @@ std::string Machine::stats_text() const {
     if (in(layout::kCom1Port, 8)) return fmt::format("(COM1 {})", kUartRegs[s.addr - layout::kCom1Port]);
     if (in(layout::kPciConfigAddrPort, 8)) return "(PCI config)";
     if (in(layout::kAcpiPmBase, devices::AcpiPm::kSize)) return "(ACPI PM)";
-    if (in(0x70, 2)) return "(RTC)";
+    if (in(layout::kRtcPort, devices::CmosRtc::kSize)) return "(RTC)";
     if (in(0x60, 5)) return "(i8042)";
     if (s.addr == 0x80) return "(POST)";
     return "";
