@@ -8,7 +8,7 @@
 # boots ("corrupted stack end detected inside scheduler"). bench/run --large runs it with two, under
 # the newer L0 QEMU that lab/l0-qemu/build makes, so that passvm's allocation spreads over two workers.
 # lab-l1: memory=12288 cpus=1
-# lab-expect: qemu-warm.vmm pv-warm.vmm l1.prefault qemu-large.vmm pv-large.vmm pv-large.steps pv-large2.vmm pv-large2.steps qemu-large2.vmm
+# lab-expect: qemu-warm.vmm pv-warm.vmm l1.prefault qemu-large.vmm l1.alloc pv-large.vmm pv-large.steps l1.alloc2 pv-large2.vmm pv-large2.steps qemu-large2.vmm
 # lab-timeout: 4800
 
 source "$LAB_DIR/scenarios/passvm-lib.sh"
@@ -42,11 +42,21 @@ run_l2 pv-warm "${SF[@]}" --timeout 600 -- "$PASSVM" -c 1 -m 256M -s 0,hostbridg
 /usr/bin/python3 "$LAB_DIR/l1/prefault.py" --result l1.prefault
 export RUN_L2_WASH=1
 
+# The floor for passvm's allocation of guest RAM: L1 itself allocating as much, with as many threads as
+# passvm's workers and the same way (lab/l1/populate.py), on memory washed as it is for the VMMs. Run
+# right before each passvm run, so that each of passvm's figures has its floor from the same minutes.
+l1_alloc() {
+    /usr/bin/python3 "$LAB_DIR/l1/prefault.py" > /dev/null
+    /usr/bin/python3 "$LAB_DIR/l1/populate.py" --mib "$MB" --result "$1"
+}
+
 bind_vfio 0000:00:03.0 || { result large.setup fail detail="cannot bind 0000:00:03.0 to vfio-pci"; exit 1; }
 # Each run is bounded by the scenario's limit: under TCG an 8 GiB guest takes minutes to start.
 run_l2 qemu-large "${SF[@]}" --timeout 1500 -- "${QEMU[@]}"
+l1_alloc l1.alloc
 run_l2 pv-large "${SF[@]}" --timeout 1500 -- "${PV[@]}"
 pv_steps pv-large.steps pv-large
+l1_alloc l1.alloc2
 run_l2 pv-large2 "${SF[@]}" --timeout 1500 -- "${PV[@]}"
 pv_steps pv-large2.steps pv-large2
 run_l2 qemu-large2 "${SF[@]}" --timeout 1500 -- "${QEMU[@]}"
