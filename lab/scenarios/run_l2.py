@@ -263,6 +263,79 @@ class L1IrqSampler(threading.Thread):
             self.stop.wait(0.3)
 
 
+DEBUGFS = "/sys/kernel/debug"
+
+
+def kvm_stats(pids):
+    """L1 KVM's counters for the VMs of these processes (debugfs: one directory per VM, named PID-FD,
+    whose files sum the VM's vCPUs' counters): {name: value}, summed over the VMs."""
+    out = {}
+    try:
+        dirs = [d for d in os.listdir(f"{DEBUGFS}/kvm") if d.split("-")[0] in {str(p) for p in pids}]
+    except OSError:
+        return out
+    for d in dirs:
+        for name in os.listdir(f"{DEBUGFS}/kvm/{d}"):
+            try:
+                with open(f"{DEBUGFS}/kvm/{d}/{name}") as f:
+                    out[name] = out.get(name, 0) + int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass  # a vCPU directory, or a file that is not a counter
+    return out
+
+
+def threads_now(pids):
+    """{tid: (process and thread name, state, CPU ticks, wchan, kernel stack)} for every thread of pids."""
+    out = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            base = f"/proc/{pid}/task/{tid}"
+            try:
+                with open(f"{base}/stat") as f:
+                    stat = f.read()
+                comm = stat[stat.index("(") + 1:stat.rindex(")")]
+                fields = stat[stat.rindex(")") + 2:].split()
+                with open(f"{base}/wchan") as f:
+                    wchan = f.read().strip()
+                try:
+                    with open(f"{base}/stack") as f:
+                        stack = [l.split()[-1] for l in f.read().splitlines()[:8]]
+                except OSError:
+                    stack = []
+                out[tid] = (comm, fields[0], int(fields[11]) + int(fields[12]), wchan, stack)
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def stuck_report(pid, seconds=2.0):
+    """What a VMM that is about to be killed for a timeout was doing: each thread's state, the CPU it
+    used over `seconds`, where it waits in L1's kernel (a vCPU halted in kvm_vcpu_halt, or running the
+    guest in the vendor's vcpu_run), and what L1's KVM counted meanwhile for its VMs (exits by kind,
+    interrupts injected, halts and wake-ups). No tracing: enabling events patches kernel text, which can
+    hang L1 under TCG (FirstEntryTrace). Returns the text, for NAME.stuck next to the console."""
+    if not os.path.isdir(f"{DEBUGFS}/kvm"):
+        subprocess.run(["mount", "-t", "debugfs", "nodev", DEBUGFS], capture_output=True)
+    pids = proc_tree(pid)
+    hz = os.sysconf("SC_CLK_TCK")
+    stats0, threads0 = kvm_stats(pids), threads_now(pids)
+    time.sleep(seconds)
+    stats1, threads1 = kvm_stats(pids), threads_now(pids)
+    lines = [f"over {seconds:g} s before the kill:"]
+    for tid, (comm, state, ticks, wchan, stack) in sorted(threads1.items(), key=lambda t: int(t[0])):
+        used = (ticks - threads0.get(tid, (0, 0, ticks))[2]) / hz / seconds
+        lines.append(f"  thread {tid} {comm}: state {state}, {used:.0%} of a CPU, waits in {wchan or '-'}"
+                     f"{'; stack ' + ' < '.join(stack) if stack else ''}")
+    moved = {k: stats1[k] - stats0.get(k, 0) for k in sorted(stats1) if stats1[k] != stats0.get(k, 0)}
+    lines.append("  L1 KVM counters that moved: " + (", ".join(f"{k} +{v}" for k, v in moved.items()) if moved else
+                                                     "none" if stats1 else f"none readable (no {DEBUGFS}/kvm/{pid}-*)"))
+    return "\n".join(lines)
+
+
 def msix_table_size(bdf):
     """Entries in the MSI-X table of an L1 device (its config space, capability 0x11), or None."""
     try:
@@ -357,7 +430,8 @@ def run_vmm(name, cmd, timeout, grace, typed, console, pid_path, start_figures):
     irqs = L1IrqSampler()
     irqs.start()
 
-    state = {"init_ms": None, "done_at": None, "held_at": None, "killed": None, "exit_after_done_ms": None}
+    state = {"init_ms": None, "done_at": None, "held_at": None, "killed": None, "exit_after_done_ms": None,
+             "stuck": None}
     results, tail = {}, deque(maxlen=15)
 
     def kill(reason):
@@ -372,6 +446,10 @@ def run_vmm(name, cmd, timeout, grace, typed, console, pid_path, start_figures):
         while proc.poll() is None:
             now = time.monotonic()
             if now - start > timeout:
+                try:
+                    state["stuck"] = stuck_report(proc.pid)
+                except Exception as e:  # the report is evidence, not the verdict: the kill goes on
+                    state["stuck"] = f"no report: {e!r}"
                 kill(f"timed out after {timeout:.0f} s")
             elif state["done_at"] is not None and now - state["done_at"] > grace:
                 kill(f"L2 finished but the VMM did not exit within {grace:.0f} s")
@@ -526,6 +604,12 @@ def main():
         emit(scenario, f"{name}.{check}", passed, r.get("figures", {}), str(r.get("detail", "")))
 
     last = " | ".join(l for l in tail if l.strip())[-900:]
+    if state["stuck"]:
+        # Kept beside the console (lab/run keeps LAB_OUT with --keep-logs, and for failed runs).
+        with open(os.path.join(out_dir, f"{name}.stuck"), "w") as f:
+            f.write(state["stuck"] + "\n")
+        print(f"[{name}] run_l2: the VMM timed out; what it was doing:\n{state['stuck']}", flush=True)
+        last = f"{last} (what the VMM was doing: {name}.stuck)"
     if state["init_ms"] is None:
         why = state["killed"] or f"the VMM exited with status {rc}"
         reason = f"L2 never reached init ({why}); last console lines: {last}"
