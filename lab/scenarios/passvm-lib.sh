@@ -163,6 +163,9 @@ for key, pattern in steps.items():
             t = re.search(r"allocated \((\d+) threads\)", m.group(3))
             if t:
                 fig["ram_threads"] = int(t.group(1))
+            t = re.search(r"pinned in ([\d.]+) ms", m.group(3))
+            if t:
+                fig["ram_pin_ms"] = float(t.group(1))
             t = re.search(r"setup took ([\d.]+) ms", m.group(3))
             if t:
                 fig["setup_total_ms"] = float(t.group(1))

@@ -192,35 +192,7 @@ std::vector<int> allowed_cpus() {
   return out;
 }
 
-void PopulateProgress::start(uint64_t chunks, uint64_t chunk_size) {
-  std::lock_guard g(lock_);
-  done_.assign(chunks, false);
-  chunk_size_ = chunk_size;
-  started_ = true;
-}
-
-void PopulateProgress::chunk_done(uint64_t index) {
-  std::lock_guard g(lock_);
-  if (index >= done_.size()) return;
-  done_[index] = true;
-  while (prefix_ < done_.size() && done_[prefix_]) prefix_++;
-  changed_.notify_all();
-}
-
-void PopulateProgress::end() {
-  std::lock_guard g(lock_);
-  ended_ = true;
-  changed_.notify_all();
-}
-
-bool PopulateProgress::wait_for(uint64_t offset) {
-  std::unique_lock g(lock_);
-  auto covered = [&] { return started_ && (offset <= prefix_ * chunk_size_ || prefix_ == done_.size()); };
-  changed_.wait(g, [&] { return covered() || ended_; });
-  return covered();
-}
-
-unsigned GuestMemory::populate(unsigned threads, PopulateProgress* progress, const std::atomic<bool>* cancel) const {
+unsigned GuestMemory::populate(unsigned threads, const std::atomic<bool>* cancel) const {
   constexpr uint64_t kChunk = 64 * layout::MiB;  // unit of work: a multiple of any page size used here
   // One worker per CPU passvm may run on, each pinned to its CPU: a page is allocated on the NUMA node of
   // the CPU that first touches it, so every node the CPUs span zeroes its own share of guest RAM, at its
@@ -232,13 +204,6 @@ unsigned GuestMemory::populate(unsigned threads, PopulateProgress* progress, con
   const long page = sysconf(_SC_PAGESIZE);
   std::atomic<uint64_t> next{0};
   std::atomic<int> error{0};
-  if (progress) progress->start(chunks, kChunk);
-  struct Ended {
-    PopulateProgress* p;
-    ~Ended() {
-      if (p) p->end();
-    }
-  } ended{progress};
   auto work = [&](unsigned index) {
     if (threads > 1 && !cpus.empty()) {
       cpu_set_t one;
@@ -249,10 +214,7 @@ unsigned GuestMemory::populate(unsigned threads, PopulateProgress* progress, con
     for (uint64_t c; error.load() == 0 && !(cancel && cancel->load()) && (c = next.fetch_add(1)) < chunks;) {
       uint8_t* at = base_ + c * kChunk;
       const uint64_t len = std::min(kChunk, size_ - c * kChunk);
-      if (madvise(at, len, MADV_POPULATE_WRITE) == 0) {
-        if (progress) progress->chunk_done(c);
-        continue;
-      }
+      if (madvise(at, len, MADV_POPULATE_WRITE) == 0) continue;
       if (errno != EINVAL) {
         error = errno;
         return;
@@ -261,7 +223,6 @@ unsigned GuestMemory::populate(unsigned threads, PopulateProgress* progress, con
       // even while the kernel is being loaded into the same RAM by another thread.
       for (uint64_t off = 0; off < len; off += static_cast<uint64_t>(page))
         __atomic_fetch_or(at + off, uint8_t{0}, __ATOMIC_RELAXED);
-      if (progress) progress->chunk_done(c);
     }
   };
   // The calling thread keeps its own affinity: the workers alone are pinned.

@@ -19,9 +19,7 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -48,28 +46,6 @@ struct PageUsage {
 
 // Sums the smaps entries that lie inside [start, end) (pure: for tests and page_usage()).
 PageUsage parse_smaps(std::string_view smaps, uint64_t start, uint64_t end);
-
-// How far GuestMemory::populate has come, for a thread that wants to use RAM as soon as it is allocated
-// (pinning it for DMA piece by piece behind the workers). Thread-safe.
-class PopulateProgress {
- public:
-  // Blocks until every byte of the host allocation below offset is allocated, or populating ended
-  // (finished or failed); returns whether those bytes are allocated.
-  bool wait_for(uint64_t offset);
-
-  // Called by populate.
-  void start(uint64_t chunks, uint64_t chunk_size);
-  void chunk_done(uint64_t index);
-  void end();
-
- private:
-  std::mutex lock_;
-  std::condition_variable changed_;
-  std::vector<bool> done_;
-  uint64_t chunk_size_ = 1;
-  uint64_t prefix_ = 0;  // chunks [0, prefix_) are all done
-  bool started_ = false, ended_ = false;
-};
 
 // The CPUs this process may run on (sched_getaffinity), in order.
 std::vector<int> allowed_cpus();
@@ -107,11 +83,8 @@ class GuestMemory {
   // this does it in parallel first, and a host short of memory fails here with a clear message rather
   // than later. Safe while another thread writes guest RAM (no byte changes). Returns the number of
   // threads used; throws std::runtime_error on failure.
-  // progress, if given, hears of every chunk done (in any order) and of the end. cancel, if given, stops
-  // the workers at their next chunk (64 MiB) once it is true: populate then throws, and progress reports
-  // the RAM not all allocated.
-  unsigned populate(unsigned threads = 0, PopulateProgress* progress = nullptr,
-                    const std::atomic<bool>* cancel = nullptr) const;
+  // cancel, if given, stops the workers at their next chunk (64 MiB) once it is true: populate then throws.
+  unsigned populate(unsigned threads = 0, const std::atomic<bool>* cancel = nullptr) const;
 
   // Host pointer to [gpa, gpa+len) or nullptr if the range is not wholly inside one region.
   uint8_t* host_address(uint64_t gpa, uint64_t len) const;

@@ -1,9 +1,6 @@
 #include "vfio/guest_dma.h"
 
-#include <atomic>
 #include <cerrno>
-#include <chrono>
-#include <thread>
 #include <vector>
 #include <map>
 
@@ -61,52 +58,6 @@ TEST(GuestDmaMap, PinFailureNamesGuestSizeAndUndoes) {
     EXPECT_EQ(e.error_number(), ENOMEM);
   }
   EXPECT_TRUE(m.maps.empty());
-}
-
-// Behind populate: each piece is pinned once the memory below its end is allocated, never before.
-TEST(GuestDmaMap, WithProgressMapsEachPieceOnceItIsAllocated) {
-  constexpr uint64_t kChunk = 16 * layout::MiB;
-  GuestMemory mem(8 * kChunk, false);
-  ASSERT_EQ(mem.regions().size(), 1u);
-  struct OrderMapper : DmaMapper {
-    std::atomic<uint64_t>* allocated;
-    std::vector<std::pair<uint64_t, uint64_t>> maps;  // (end of the piece, bytes allocated when it was mapped)
-    void map_dma(const DmaRegion& r) override { maps.push_back({r.iova + r.size, allocated->load()}); }
-    void unmap_dma(uint64_t, uint64_t) override {}
-  } m;
-  std::atomic<uint64_t> allocated{0};
-  m.allocated = &allocated;
-  PopulateProgress progress;
-  progress.start(8, kChunk);
-  std::thread populator([&] {
-    for (uint64_t c : {1, 0, 3, 2, 5, 4, 7, 6}) {  // out of order, as workers finish
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      if (c % 2 == 0) allocated = (c + 2) * kChunk;  // the prefix is whole once the lower of a pair is done
-      progress.chunk_done(c);
-    }
-    progress.end();
-  });
-  GuestDmaMap dma(m, mem, &progress, 2 * kChunk);
-  populator.join();
-  ASSERT_EQ(m.maps.size(), 4u);
-  for (const auto& [end, done] : m.maps) EXPECT_GE(done, end) << "piece ending at " << end << " mapped too early";
-  EXPECT_EQ(dma.bytes_mapped(), mem.size());
-}
-
-TEST(GuestDmaMap, PopulateThatFailedStopsThePinningWithoutPinningItself) {
-  GuestMemory mem(64 << 20, false);
-  RecordingMapper m;
-  PopulateProgress progress;
-  progress.start(4, 16 << 20);
-  progress.chunk_done(0);
-  progress.end();  // the workers gave up after one chunk
-  try {
-    GuestDmaMap dma(m, mem, &progress, 16 << 20);
-    FAIL() << "expected an error";
-  } catch (const VfioError& e) {
-    EXPECT_NE(std::string(e.what()).find("could not all be allocated"), std::string::npos) << e.what();
-  }
-  EXPECT_TRUE(m.maps.empty()) << "what was mapped is undone";
 }
 
 }  // namespace
