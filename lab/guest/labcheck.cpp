@@ -10,6 +10,9 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/rtc.h>
+#include <sys/ioctl.h>
+#include <sys/select.h>
 #include <sys/mman.h>
 #include <termios.h>
 #include <unistd.h>
@@ -21,6 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -1068,6 +1072,67 @@ int check_p2p(const std::string& expect) {
     return r.print();
 }
 
+// rtcirq: the RTC's interrupt reaches the guest. First the update interrupt (Linux's RTC core emulates
+// it with the chip's alarm; util-linux hwclock waits for it and gives up after 10 s), then an alarm
+// two seconds ahead. Figures: how long each took to arrive, the RTC against the guest's clock, and the
+// interrupts counted for rtc0.
+int check_rtcirq() {
+    Result r("rtcirq");
+    int fd = open("/dev/rtc0", O_RDONLY);
+    if (fd < 0) return r.fail(std::string("cannot open /dev/rtc0: ") + std::strerror(errno));
+    // The RTC's time in seconds since the epoch, or -1.
+    auto rtc_now = [&]() -> std::time_t {
+        rtc_time tm{};
+        if (ioctl(fd, RTC_RD_TIME, &tm) != 0) return -1;
+        std::tm t{};
+        t.tm_sec = tm.tm_sec, t.tm_min = tm.tm_min, t.tm_hour = tm.tm_hour;
+        t.tm_mday = tm.tm_mday, t.tm_mon = tm.tm_mon, t.tm_year = tm.tm_year;
+        return timegm(&t);
+    };
+    std::time_t now = rtc_now();
+    if (now < 0) return r.fail(std::string("RTC_RD_TIME: ") + std::strerror(errno));
+    r.num("rtc_minus_clock_s", static_cast<double>(now - time(nullptr)));
+    // Milliseconds until the RTC interrupts (read() then returns), or -1 after limit_s.
+    auto wait_irq = [&](int limit_s) -> double {
+        auto t0 = std::chrono::steady_clock::now();
+        fd_set set;
+        FD_ZERO(&set);
+        FD_SET(fd, &set);
+        timeval tv{limit_s, 0};
+        if (select(fd + 1, &set, nullptr, nullptr, &tv) != 1) return -1;
+        unsigned long data = 0;
+        if (read(fd, &data, sizeof data) != static_cast<ssize_t>(sizeof data)) return -1;
+        return ms_since(t0);
+    };
+    if (ioctl(fd, RTC_UIE_ON, 0) != 0) return r.fail(std::string("RTC_UIE_ON: ") + std::strerror(errno));
+    double uie = wait_irq(3);
+    ioctl(fd, RTC_UIE_OFF, 0);
+    r.num("update_ms", uie);
+    std::time_t at = rtc_now() + 2;
+    std::tm a{};
+    gmtime_r(&at, &a);
+    rtc_time alarm{};
+    alarm.tm_sec = a.tm_sec, alarm.tm_min = a.tm_min, alarm.tm_hour = a.tm_hour;
+    if (ioctl(fd, RTC_ALM_SET, &alarm) != 0) return r.fail(std::string("RTC_ALM_SET: ") + std::strerror(errno));
+    if (ioctl(fd, RTC_AIE_ON, 0) != 0) return r.fail(std::string("RTC_AIE_ON: ") + std::strerror(errno));
+    double alm = wait_irq(5);
+    ioctl(fd, RTC_AIE_OFF, 0);
+    close(fd);
+    r.num("alarm_ms", alm);
+    std::ifstream irqs("/proc/interrupts");
+    for (std::string line; std::getline(irqs, line);) {
+        if (line.find("rtc0") == std::string::npos) continue;
+        std::istringstream in(line.substr(line.find(':') + 1));
+        double n = 0, total = 0;
+        while (in >> n) total += n;
+        r.num("irqs", total);
+    }
+    if (uie < 0) return r.fail("no update interrupt within 3 s of RTC_UIE_ON: the RTC's interrupt does not reach the guest");
+    if (alm < 0) return r.fail("no alarm interrupt within 5 s of an alarm set 2 s ahead");
+    r.pass = true;
+    return r.print();
+}
+
 int main(int argc, char** argv) {
     std::string check = argc > 1 ? argv[1] : "";
     std::string expected = argc > 2 ? argv[2] : "";
@@ -1099,11 +1164,12 @@ int main(int argc, char** argv) {
     if (check == "iobar") return check_iobar();
     if (check == "irqs") return check_irqs();
     if (check == "config") return check_config();
+    if (check == "rtcirq") return check_rtcirq();
     if (check == "ticker") return check_ticker(expected);
     // Hot-plug steps: labcheck hotadd NAME vvvv:dddd WAIT_S BDF_FILE | nvmeat NAME BDF | hotgone NAME BDF WAIT_S
     if (check == "hotadd" && argc > 5) return check_hotadd(argv[2], argv[3], std::atoi(argv[4]), argv[5]);
     if (check == "nvmeat" && argc > 3) return check_nvme_at(argv[2], argv[3]);
     if (check == "hotgone" && argc > 4) return check_hotgone(argv[2], argv[3], std::atoi(argv[4]));
     Result r(check.empty() ? "labcheck" : check);
-    return r.fail("unknown check '" + check + "' (known: lspci rom nvme nvme1 nvmebig nvmerand edu edublock iobar irqs config bigbar p2p ticker hotadd nvmeat hotgone)");
+    return r.fail("unknown check '" + check + "' (known: lspci rom nvme nvme1 nvmebig nvmerand edu edublock iobar irqs config bigbar p2p rtcirq ticker hotadd nvmeat hotgone)");
 }

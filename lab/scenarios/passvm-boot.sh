@@ -2,8 +2,9 @@
 # init, the PCI bus lists the host bridge, a line typed on passvm's stdin runs in L2's
 # shell, and the guest's poweroff makes passvm exit 0. L2 names its CPU as L1 does (pv.cpumodel):
 # KVM leaves the processor's name out of the CPUID it offers, and passvm fills it in. The RTC is
-# the DSDT's PNP0B00 device, as on a PC, and Linux binds rtc_cmos to it (pv.rtc).
-# lab-expect: pv.vmm pv.boot pv.cpus pv.mem pv.lspci pv.console pv.cpumodel pv.rtc
+# the DSDT's PNP0B00 device, as on a PC, and Linux binds rtc_cmos to it (pv.rtc); its interrupt
+# reaches the guest, for the update interrupt hwclock waits for and for an alarm (pv.rtcirq).
+# lab-expect: pv.vmm pv.boot pv.cpus pv.mem pv.lspci pv.console pv.cpumodel pv.rtc pv.rtcirq
 # lab-timeout: 400
 
 if [[ -z $PASSVM || ! -x $PASSVM ]]; then
@@ -13,7 +14,7 @@ fi
 run_l2 pv --timeout 360 --type 'echo L2CON$((40+2))' -- \
     "$PASSVM" -c 2 -m 512M -s 0,hostbridge -l com1,stdio --stats \
     --kernel "$L2_KERNEL" --initrd "$L2_INITRD" \
-    --append "$(l2_append cpus,mem,lspci,console lab.cpus=2 lab.mem_mb=512 lab.expect_pci=1b36:0008)" labvm
+    --append "$(l2_append cpus,mem,lspci,rtcirq,console lab.cpus=2 lab.mem_mb=512 lab.expect_pci=1b36:0008)" labvm
 host=$(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo | head -n 1 | tr -d '"\\')
 guest=$(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["checks"]["cpus"]["model"])' \
         "$LAB_OUT/pv.summary.json" 2>/dev/null)

@@ -3,21 +3,58 @@
 namespace passvm::devices {
 
 namespace {
-constexpr uint8_t kSeconds = 0x00, kMinutes = 0x02, kHours = 0x04, kWeekday = 0x06, kDay = 0x07, kMonth = 0x08,
+constexpr uint8_t kSeconds = 0x00, kSecondsAlarm = 0x01, kMinutes = 0x02, kMinutesAlarm = 0x03, kHours = 0x04,
+                  kHoursAlarm = 0x05, kWeekday = 0x06, kDay = 0x07, kMonth = 0x08,
                   kYear = 0x09, kStatusA = 0x0a, kStatusB = 0x0b, kStatusC = 0x0c, kStatusD = 0x0d;
 constexpr uint8_t kStatusADivider = 0x26;  // 32.768 kHz time base, 1024 Hz periodic rate; UIP (bit 7) clear
 constexpr uint8_t kStatusB24Hour = 0x02, kStatusBBinary = 0x04;
+// Status B's interrupt enables and status C's flags share bit positions; IRQF is set while any enabled
+// flag is.
+constexpr uint8_t kUpdate = 0x10, kAlarm = 0x20, kPeriodic = 0x40, kIrqf = 0x80;
+constexpr uint8_t kAlarmDontCare = 0xc0;  // an alarm byte of 0xc0-0xff matches every value
 constexpr uint8_t kStatusBWritable = 0xff & ~0x08;  // bit 3 (square wave) is not implemented
 constexpr uint8_t kStatusDValidRam = 0x80;
 }  // namespace
 
-CmosRtc::CmosRtc(std::function<std::time_t()> clock) : clock_(std::move(clock)) {
+CmosRtc::CmosRtc(Clock clock, Irq irq) : clock_(std::move(clock)), irq_(std::move(irq)) {
   ram_[kStatusA] = kStatusADivider;
   ram_[kStatusB] = kStatusB24Hour;
   ram_[kStatusD] = kStatusDValidRam;
   // glibc reads /etc/localtime at its first time conversion, gmtime_r included. Here, during setup,
   // rather than on the vCPU that first reads the clock, whose seccomp filter does not open files.
   tzset();
+  last_tick_ = clock_();
+}
+
+void CmosRtc::tick() {
+  std::lock_guard g(lock_);
+  std::time_t now = clock_();
+  if (now == last_tick_) return;
+  last_tick_ = now;
+  // An update cycle ended. Seconds skipped by a late tick (a stopped VM) are one update: the guest
+  // learns the time from the registers, not by counting interrupts.
+  ram_[kStatusC] |= kUpdate;
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  if (alarm_matches(tm)) ram_[kStatusC] |= kAlarm;
+  update_irq();
+}
+
+void CmosRtc::update_irq() {
+  bool pending = (ram_[kStatusC] & ram_[kStatusB] & (kUpdate | kAlarm | kPeriodic)) != 0;
+  ram_[kStatusC] = static_cast<uint8_t>((ram_[kStatusC] & ~kIrqf) | (pending ? kIrqf : 0));
+  // The chip's IRQ output stays asserted until status C is read; the ISA interrupt is edge-triggered,
+  // so each new assertion is one interrupt.
+  if (pending != line_ && irq_) irq_(pending);
+  line_ = pending;
+}
+
+bool CmosRtc::alarm_matches(const std::tm& tm) const {
+  for (auto [alarm, now] : {std::pair{kSecondsAlarm, kSeconds}, {kMinutesAlarm, kMinutes}, {kHoursAlarm, kHours}}) {
+    uint8_t a = ram_[alarm];
+    if ((a & kAlarmDontCare) != kAlarmDontCare && a != time_register(now, tm)) return false;
+  }
+  return true;
 }
 
 void CmosRtc::read(uint64_t offset, std::span<uint8_t> data) {
@@ -40,18 +77,26 @@ uint8_t CmosRtc::encode(int value) const {
   return static_cast<uint8_t>((value / 10) << 4 | value % 10);
 }
 
+uint8_t CmosRtc::time_register(uint8_t index, const std::tm& tm) const {
+  switch (index) {
+    case kSeconds: return encode(tm.tm_sec > 59 ? 59 : tm.tm_sec);
+    case kMinutes: return encode(tm.tm_min);
+    default: {
+      if (ram_[kStatusB] & kStatusB24Hour) return encode(tm.tm_hour);
+      int h12 = tm.tm_hour % 12 == 0 ? 12 : tm.tm_hour % 12;
+      return static_cast<uint8_t>(encode(h12) | (tm.tm_hour >= 12 ? 0x80 : 0));
+    }
+  }
+}
+
 uint8_t CmosRtc::read_data() {
   std::time_t now = clock_();
   std::tm tm{};
   gmtime_r(&now, &tm);
   switch (index_) {
-    case kSeconds: return encode(tm.tm_sec > 59 ? 59 : tm.tm_sec);
-    case kMinutes: return encode(tm.tm_min);
-    case kHours: {
-      if (ram_[kStatusB] & kStatusB24Hour) return encode(tm.tm_hour);
-      int h12 = tm.tm_hour % 12 == 0 ? 12 : tm.tm_hour % 12;
-      return static_cast<uint8_t>(encode(h12) | (tm.tm_hour >= 12 ? 0x80 : 0));
-    }
+    case kSeconds:
+    case kMinutes:
+    case kHours: return time_register(index_, tm);
     case kWeekday: return encode(tm.tm_wday + 1);
     case kDay: return encode(tm.tm_mday);
     case kMonth: return encode(tm.tm_mon + 1);
@@ -59,8 +104,9 @@ uint8_t CmosRtc::read_data() {
     case kCmosCenturyRegister: return encode((tm.tm_year + 1900) / 100);
     case kStatusA: return kStatusADivider;
     case kStatusC: {
-      uint8_t v = ram_[kStatusC];  // interrupt flags, cleared by reading; none are ever raised
+      uint8_t v = ram_[kStatusC];  // interrupt flags, cleared by reading, and the line with them
       ram_[kStatusC] = 0;
+      update_irq();
       return v;
     }
     case kStatusD: return kStatusDValidRam;
@@ -81,7 +127,10 @@ void CmosRtc::write_data(uint8_t value) {
     case kStatusA:
     case kStatusC:
     case kStatusD: break;
-    case kStatusB: ram_[kStatusB] = value & kStatusBWritable; break;
+    case kStatusB:
+      ram_[kStatusB] = value & kStatusBWritable;
+      update_irq();  // enabling an interrupt whose flag is already set asserts the line at once
+      break;
     default: ram_[index_] = value; break;
   }
 }

@@ -6,6 +6,18 @@
 // status register B (BCD and 24-hour by default). Writes to the time
 // registers are accepted and ignored: the host owns the time. Other CMOS
 // bytes are plain memory.
+//
+// Interrupts: the update-ended and alarm interrupts (status B's UIE and AIE) raise
+// the RTC's IRQ when the host clock's second changes, and status C's read lowers
+// it, as on the chip. Linux needs them: its RTC core emulates the update
+// interrupt (what util-linux `hwclock` waits for) with the alarm, and `rtcwake`
+// and wake alarms use it. Nothing in the device keeps time itself: tick() looks
+// at the clock, and the VMM's control loop calls it at least every 50 ms, so an
+// interrupt comes at most that late after its second. The periodic interrupt
+// (PIE) is not raised: Linux runs its periodic RTC events on a host timer.
+//
+// Lifetime: the irq callback must outlive the device; it is called with the
+// device's lock held, from the vCPU reading status C or from tick()'s thread.
 #pragma once
 
 #include <array>
@@ -25,8 +37,16 @@ class CmosRtc : public BusDevice {
  public:
   static constexpr uint64_t kSize = 2;  // index port 0x70, data port 0x71
 
-  // clock returns the current time; tests pass a fixed one.
-  explicit CmosRtc(std::function<std::time_t()> clock = [] { return std::time(nullptr); });
+  using Clock = std::function<std::time_t()>;
+  using Irq = std::function<void(bool level)>;
+  static std::time_t host_clock() { return std::time(nullptr); }
+
+  // clock returns the current time; tests pass one they move. irq drives the RTC's interrupt line
+  // (none: interrupts are flagged in status C but go nowhere).
+  explicit CmosRtc(Clock clock = host_clock, Irq irq = {});
+
+  // Raises the update-ended and alarm interrupts due since the last call. Cheap when neither is enabled.
+  void tick();
 
   void read(uint64_t offset, std::span<uint8_t> data) override;
   void write(uint64_t offset, std::span<const uint8_t> data) override;
@@ -35,10 +55,18 @@ class CmosRtc : public BusDevice {
   uint8_t read_data();
   void write_data(uint8_t value);
   uint8_t encode(int value) const;
+  // The time register `index` (seconds, minutes or hours) as the guest reads it at `tm`.
+  uint8_t time_register(uint8_t index, const std::tm& tm) const;
+  bool alarm_matches(const std::tm& tm) const;
+  // Sets status C's IRQF from its flags and the enables in status B, and the line with it.
+  void update_irq();
 
-  std::function<std::time_t()> clock_;
+  Clock clock_;
+  Irq irq_;
   std::mutex lock_;
   uint8_t index_ = 0;
+  std::time_t last_tick_ = 0;  // the second tick() last looked at
+  bool line_ = false;
   std::array<uint8_t, 128> ram_{};
 };
 

@@ -2,12 +2,16 @@
 
 #include <gtest/gtest.h>
 
+#include <vector>
+
 namespace passvm::devices {
 namespace {
 
 struct Rtc {
+  explicit Rtc(std::time_t t) : now(t) {}
   std::time_t now;
-  CmosRtc rtc{[this] { return now; }};
+  std::vector<bool> line;  // every change of the interrupt line, in order
+  CmosRtc rtc{[this] { return now; }, [this](bool level) { line.push_back(level); }};
   uint8_t get(uint8_t index) {
     rtc.write(0, {&index, 1});
     uint8_t v = 0;
@@ -64,6 +68,91 @@ TEST(CmosRtc, TimeWritesIgnoredRamWritesKept) {
   EXPECT_EQ(r.get(0x40), 0x5a);
   r.set(0x80 | 0x41, 0x77);  // NMI-mask bit in the index is not part of the address
   EXPECT_EQ(r.get(0x41), 0x77);
+}
+
+constexpr uint8_t kA = 0x0a, kB = 0x0b, kC = 0x0c;
+
+TEST(CmosRtc, UpdateInterruptFollowsTheSecondAndEndsWithStatusCRead) {
+  Rtc r{kWhen};
+  r.set(kB, 0x12);  // UIE, 24-hour BCD
+  r.rtc.tick();
+  EXPECT_TRUE(r.line.empty()) << "no second has ended yet";
+  r.now++;
+  r.rtc.tick();
+  ASSERT_EQ(r.line, std::vector<bool>{true});
+  r.now++;
+  r.rtc.tick();
+  EXPECT_EQ(r.line.size(), 1u) << "the line stays asserted until status C is read: no second edge";
+  EXPECT_EQ(r.get(kC), 0x90) << "IRQF and UF";
+  EXPECT_EQ(r.line, (std::vector<bool>{true, false}));
+  EXPECT_EQ(r.get(kC), 0x00) << "reading status C cleared it";
+  r.now++;
+  r.rtc.tick();
+  EXPECT_EQ(r.line, (std::vector<bool>{true, false, true})) << "the next second is a new interrupt";
+}
+
+TEST(CmosRtc, FlagsWithoutTheirEnableRaiseNothing) {
+  Rtc r{kWhen};
+  r.now++;
+  r.rtc.tick();
+  EXPECT_TRUE(r.line.empty());
+  EXPECT_EQ(r.get(kC), 0x10) << "UF is set every second, IRQF only for an enabled flag";
+}
+
+TEST(CmosRtc, AlarmRaisesAtItsTimeInTheGuestsFormat) {
+  Rtc r{kWhen};  // 21:07:09
+  r.set(0x01, 0x11);
+  r.set(0x03, 0x07);
+  r.set(0x05, 0x21);
+  r.get(kC);
+  r.set(kB, 0x22);  // AIE, 24-hour BCD
+  r.now = kWhen + 1;
+  r.rtc.tick();
+  EXPECT_TRUE(r.line.empty()) << "21:07:10 is not the alarm";
+  EXPECT_EQ(r.get(kC), 0x10);
+  r.now = kWhen + 2;
+  r.rtc.tick();
+  ASSERT_EQ(r.line, std::vector<bool>{true});
+  EXPECT_EQ(r.get(kC), 0xb0) << "IRQF, AF and UF";
+
+  // Binary, 12-hour: 9 PM is 0x89.
+  Rtc b{kWhen};
+  b.set(kB, 0x24);  // AIE, binary, 12-hour
+  b.set(0x01, 10);
+  b.set(0x03, 7);
+  b.set(0x05, 0x80 | 9);
+  b.now = kWhen + 1;
+  b.rtc.tick();
+  EXPECT_EQ(b.line, std::vector<bool>{true});
+}
+
+TEST(CmosRtc, AlarmBytesFromC0MatchEveryValue) {
+  Rtc r{kWhen};
+  r.set(0x01, 0x30);  // second 30 of every minute of every hour
+  r.set(0x03, 0xc0);
+  r.set(0x05, 0xff);
+  r.set(kB, 0x22);
+  for (int i = 1; i <= 21; i++) {
+    r.now = kWhen + i;  // up to 21:07:30
+    r.rtc.tick();
+  }
+  EXPECT_EQ(r.line, std::vector<bool>{true});
+  r.get(kC);
+  r.now = kWhen + 81;  // 21:08:30
+  r.rtc.tick();
+  EXPECT_EQ(r.line, (std::vector<bool>{true, false, true}));
+}
+
+TEST(CmosRtc, EnablingAPendingFlagAssertsTheLineAndDisablingItDeasserts) {
+  Rtc r{kWhen};
+  r.now++;
+  r.rtc.tick();  // UF pending, UIE off
+  r.set(kB, 0x12);
+  EXPECT_EQ(r.line, std::vector<bool>{true});
+  r.set(kB, 0x02);
+  EXPECT_EQ(r.line, (std::vector<bool>{true, false}));
+  EXPECT_EQ(r.get(kC), 0x10) << "IRQF follows the enables: clear once UIE is off";
+  EXPECT_EQ(r.get(kA) & 0x80, 0);
 }
 
 }  // namespace

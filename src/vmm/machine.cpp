@@ -146,7 +146,8 @@ struct Machine::Parts {
   Bus pio{"port I/O"}, mmio{"MMIO"};
   std::unique_ptr<devices::Uart16550> com1;
   std::unique_ptr<devices::AcpiPm> pm;
-  devices::CmosRtc rtc;
+  devices::CmosRtc rtc{devices::CmosRtc::host_clock,
+                       [this](bool level) { vm->set_irq_line(layout::kRtcIrq, level); }};
   std::unique_ptr<devices::I8042> i8042;
   devices::PostPort post;
   std::unique_ptr<pci::PciRoot> root;
@@ -438,6 +439,8 @@ void Machine::drain() {
   p_->vm->drain_coalesced(p_->pio, p_->mmio);
   if (p_->com1) p_->com1->flush();
 }
+
+void Machine::tick() { p_->rtc.tick(); }
 
 ExitControl& Machine::guest_exit() { return p_->guest; }
 

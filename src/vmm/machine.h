@@ -62,6 +62,9 @@ class Machine {
   // Delivers writes KVM coalesced and writes the console's buffered output: a guest that writes and then
   // only halts would keep them queued.
   void drain();
+  // Raises the interrupts of devices that follow the clock (the RTC's update and alarm). The control
+  // loop calls it at least every 50 ms.
+  void tick();
 
   // Why the guest ended the machine, once it did.
   ExitControl& guest_exit();

@@ -211,6 +211,7 @@ void Vmm::service_machine() {
   bool stats = stats_requested_.exchange(false);
   if (!machine_) return;
   machine_->drain();
+  machine_->tick();
   for (int slot : machine_->take_ejected()) {
     std::string error;
     try {
