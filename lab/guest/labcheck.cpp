@@ -1126,6 +1126,7 @@ int check_rtcirq() {
         double n = 0, total = 0;
         while (in >> n) total += n;
         r.num("irqs", total);
+        break;
     }
     if (uie < 0) return r.fail("no update interrupt within 3 s of RTC_UIE_ON: the RTC's interrupt does not reach the guest");
     if (alm < 0) return r.fail("no alarm interrupt within 5 s of an alarm set 2 s ahead");

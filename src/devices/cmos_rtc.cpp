@@ -1,5 +1,7 @@
 #include "devices/cmos_rtc.h"
 
+#include <algorithm>
+
 namespace passvm::devices {
 
 namespace {
@@ -7,7 +9,8 @@ constexpr uint8_t kSeconds = 0x00, kSecondsAlarm = 0x01, kMinutes = 0x02, kMinut
                   kHoursAlarm = 0x05, kWeekday = 0x06, kDay = 0x07, kMonth = 0x08,
                   kYear = 0x09, kStatusA = 0x0a, kStatusB = 0x0b, kStatusC = 0x0c, kStatusD = 0x0d;
 constexpr uint8_t kStatusADivider = 0x26;  // 32.768 kHz time base, 1024 Hz periodic rate; UIP (bit 7) clear
-constexpr uint8_t kStatusB24Hour = 0x02, kStatusBBinary = 0x04;
+constexpr uint8_t kStatusB24Hour = 0x02, kStatusBBinary = 0x04, kStatusBSet = 0x80;
+constexpr std::time_t kSecondsPerDay = 24 * 60 * 60;
 // Status B's interrupt enables and status C's flags share bit positions; IRQF is set while any enabled
 // flag is.
 constexpr uint8_t kUpdate = 0x10, kAlarm = 0x20, kPeriodic = 0x40, kIrqf = 0x80;
@@ -30,13 +33,20 @@ void CmosRtc::tick() {
   std::lock_guard g(lock_);
   std::time_t now = clock_();
   if (now == last_tick_) return;
+  // The seconds since the last tick; after a clock stepped back, only this one. A day holds every time
+  // an alarm can name.
+  std::time_t from = now > last_tick_ ? std::max(last_tick_ + 1, now - kSecondsPerDay + 1) : now;
   last_tick_ = now;
-  // An update cycle ended. Seconds skipped by a late tick (a stopped VM) are one update: the guest
-  // learns the time from the registers, not by counting interrupts.
+  if (ram_[kStatusB] & kStatusBSet) return;  // the guest is setting the time: updates are stopped
+  // An update cycle ended. Seconds skipped by a late tick (the control loop busy with a hot-unplug) are
+  // one update, as the guest learns the time from the registers, not by counting interrupts; but an
+  // alarm in them still fires, as Linux sets one-shot alarms and would otherwise wait a day.
   ram_[kStatusC] |= kUpdate;
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  if (alarm_matches(tm)) ram_[kStatusC] |= kAlarm;
+  for (std::time_t t = from; t <= now && !(ram_[kStatusC] & kAlarm); t++) {
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    if (alarm_matches(tm)) ram_[kStatusC] |= kAlarm;
+  }
   update_irq();
 }
 
@@ -128,6 +138,9 @@ void CmosRtc::write_data(uint8_t value) {
     case kStatusC:
     case kStatusD: break;
     case kStatusB:
+      // SET stops the update cycle and clears UIE (the datasheet's rule; Linux sets it around writing
+      // the time).
+      if (value & kStatusBSet) value &= static_cast<uint8_t>(~kUpdate);
       ram_[kStatusB] = value & kStatusBWritable;
       update_irq();  // enabling an interrupt whose flag is already set asserts the line at once
       break;

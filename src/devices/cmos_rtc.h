@@ -12,9 +12,10 @@
 // it, as on the chip. Linux needs them: its RTC core emulates the update
 // interrupt (what util-linux `hwclock` waits for) with the alarm, and `rtcwake`
 // and wake alarms use it. Nothing in the device keeps time itself: tick() looks
-// at the clock, and the VMM's control loop calls it at least every 50 ms, so an
-// interrupt comes at most that late after its second. The periodic interrupt
-// (PIE) is not raised: Linux runs its periodic RTC events on a host timer.
+// at the clock, and the VMM's control loop calls it every 50 ms when idle, so an
+// interrupt comes about that late after its second; an alarm whose second a late
+// tick passed over still fires. The periodic interrupt (PIE) is not raised: Linux
+// runs its periodic RTC events on a host timer.
 //
 // Lifetime: the irq callback must outlive the device; it is called with the
 // device's lock held, from the vCPU reading status C or from tick()'s thread.

@@ -126,6 +126,52 @@ TEST(CmosRtc, AlarmRaisesAtItsTimeInTheGuestsFormat) {
   EXPECT_EQ(b.line, std::vector<bool>{true});
 }
 
+TEST(CmosRtc, AnAlarmInSecondsALateTickPassedOverStillFires) {
+  Rtc r{kWhen};  // 21:07:09
+  r.set(0x01, 0x11);
+  r.set(0x03, 0x07);
+  r.set(0x05, 0x21);
+  r.set(kB, 0x22);  // AIE
+  r.now = kWhen + 4;  // 21:07:13: the tick at :11 never came
+  r.rtc.tick();
+  EXPECT_EQ(r.line, std::vector<bool>{true});
+  EXPECT_EQ(r.get(kC), 0xb0);
+  r.now = kWhen + 3 * 86400;  // days later: the alarm time passed, once
+  r.rtc.tick();
+  EXPECT_EQ(r.get(kC), 0xb0);
+  r.set(0x05, 0x22);  // 22:07:11, an hour after the time the clock now shows
+  r.now += 60;
+  r.rtc.tick();
+  EXPECT_EQ(r.get(kC), 0x10) << "only UF: the hour differs";
+}
+
+TEST(CmosRtc, SetStopsUpdatesAndClearsTheUpdateInterrupt) {
+  Rtc r{kWhen};
+  r.set(kB, 0x12);  // UIE
+  r.set(kB, 0x92);  // SET, as Linux does around writing the time
+  EXPECT_EQ(r.get(kB) & 0x10, 0) << "SET clears UIE";
+  r.now++;
+  r.rtc.tick();
+  EXPECT_EQ(r.get(kC), 0x00) << "no update cycle while SET";
+  r.set(kB, 0x22);  // SET off, AIE on
+  r.now++;
+  r.rtc.tick();
+  EXPECT_EQ(r.get(kC), 0x10);
+  EXPECT_TRUE(r.line.empty());
+}
+
+TEST(CmosRtc, ClearingAieLowersTheLine) {
+  Rtc r{kWhen};
+  r.set(0x01, 0xc0);
+  r.set(0x03, 0xc0);
+  r.set(0x05, 0xc0);  // every second
+  r.set(kB, 0x22);
+  r.now++;
+  r.rtc.tick();
+  r.set(kB, 0x02);
+  EXPECT_EQ(r.line, (std::vector<bool>{true, false}));
+}
+
 TEST(CmosRtc, AlarmBytesFromC0MatchEveryValue) {
   Rtc r{kWhen};
   r.set(0x01, 0x30);  // second 30 of every minute of every hour

@@ -63,7 +63,7 @@ class Machine {
   // only halts would keep them queued.
   void drain();
   // Raises the interrupts of devices that follow the clock (the RTC's update and alarm). The control
-  // loop calls it at least every 50 ms.
+  // loop calls it every 50 ms when idle.
   void tick();
 
   // Why the guest ended the machine, once it did.
