@@ -64,7 +64,7 @@ for line in lines:
     if i < 0:
         continue
     try:
-        r = json.loads(line[i + 9:])
+        r, _ = json.JSONDecoder().raw_decode(line[i + 9:])  # kernel output may follow it on its line
     except ValueError:
         continue
     if r.get("check") != check:

@@ -474,10 +474,12 @@ def run_vmm(name, cmd, timeout, grace, typed, console, pid_path, start_figures):
         if idx < 0:
             continue
         try:
-            r = json.loads(line[idx + len("L2RESULT "):])
+            # raw_decode: a kernel message may follow the result on its line (the console driver writes
+            # between the tty's characters, here before the line's end); the JSON before it is whole.
+            r, _ = json.JSONDecoder().raw_decode(line[idx + len("L2RESULT "):])
             check = str(r["check"])
         except (ValueError, KeyError, TypeError):
-            continue  # a console line split by kernel output: the check will show as missing
+            continue  # a console line split inside the result by kernel output: the check will show as missing
         if check == "boot" and state["init_ms"] is None:
             state["init_ms"] = ms
         if check == "done":
