@@ -623,7 +623,9 @@ def main():
             reset_early = run["init_ms"] is None and run["killed"] is None and run["rc"] in (0, 2, 3)
             if attempt == 2 or not reset_early:
                 break
-            last = " | ".join(l for l in list(run["tail"])[-4:] if l.strip())[-400:]
+            # All the tail, not its last lines: passvm's teardown lines come after its message saying
+            # how the guest stopped (a triple fault names the vCPU's last RIP) and the guest's last words.
+            last = " | ".join(l for l in run["tail"] if l.strip())[-1800:]
             retried = f"exit status {run['rc']} before L2's init; last console lines: {last}"
             print(f"[{name}] run_l2: L2 reset before init (VMM exit status {run['rc']}); running it once more",
                   flush=True)
