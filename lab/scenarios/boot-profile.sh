@@ -29,7 +29,7 @@ TRACE=/sys/kernel/tracing
 EVENTS="kvm/kvm_pio kvm/kvm_mmio kvm/kvm_exit kvm/kvm_entry kvm/kvm_userspace_exit"
 # Enabling sched_switch patches the scheduler's text; with several CPUs under L0's TCG one can meet the
 # patch half done and hang L1 (run_l2.py's FirstEntryTrace), so only an L1 of one CPU traces it.
-[[ $(nproc) == 1 ]] && EVENTS="$EVENTS sched/sched_switch"
+[[ $(nproc) == 1 ]] && EVENTS="$EVENTS sched/sched_switch timer/hrtimer_start timer/hrtimer_expire_entry"
 # Every run finds L1's free memory written just before it, whatever ran before (lib.sh's run_l2, RUN_L2_WASH).
 export RUN_L2_WASH=1
 mountpoint -q $TRACE || mount -t tracefs nodev $TRACE
@@ -40,7 +40,7 @@ traced() {
     local name=$1; shift 2
     echo 0 > $TRACE/tracing_on
     echo > $TRACE/trace
-    echo 32768 > $TRACE/buffer_size_kb
+    echo 65536 > $TRACE/buffer_size_kb
     local ev
     for ev in $EVENTS; do echo 1 > $TRACE/events/$ev/enable; done
     echo 1 > $TRACE/tracing_on
@@ -128,6 +128,30 @@ if switches and starts and init_ms:
     span = end - begin
     cpu = {f"{k}_s": round(share[k], 2) for k in ("vmm", "lab_python", "idle", "other")}
     cpu.update({f"{k}_pct": round(100 * share[k] / span) for k in ("vmm", "lab_python", "idle", "other")})
+    # L1 idle means both of L2's vCPUs wait: for a timer of L2's (its deadline, emulated by an hrtimer of
+    # L1's KVM) or an interrupt. An hrtimer that fires long after it was due while L1 sat idle is L1's
+    # timer interrupt arriving late from L0, not a wait of the guest's: the spells and the lateness say which.
+    spells, idle_from = [], None
+    for t, prev, nxt in switches:
+        if nxt.startswith("swapper") and begin <= t < end:
+            idle_from = t
+        elif prev.startswith("swapper") and idle_from is not None:
+            spells.append(t - idle_from)
+            idle_from = None
+    due, late = {}, []
+    for line in open(path, errors="replace"):
+        m = re.search(r"\s([\d.]+): hrtimer_start: hrtimer=(\w+) .*expires=(\d+)", line)
+        if m:
+            due[m.group(2)] = int(m.group(3))
+            continue
+        m = re.search(r"\s([\d.]+): hrtimer_expire_entry: hrtimer=(\w+) .*now=(\d+)", line)
+        if m and begin <= float(m.group(1)) < end and m.group(2) in due:
+            late.append((int(m.group(3)) - due.pop(m.group(2))) / 1e6)
+    cpu.update(idle_spells_over_10ms=sum(s > 0.01 for s in spells),
+               idle_in_them_s=round(sum(s for s in spells if s > 0.01), 2),
+               longest_idle_ms=round(max(spells, default=0) * 1000),
+               timers_fired=len(late), timers_late_over_5ms=sum(x > 5 for x in late),
+               latest_timer_ms=round(max(late, default=0), 1))
     print("LABRESULT " + json.dumps({"scenario": scenario, "check": f"{name}.cpu", "pass": lost == 0,
           "figures": dict(window_s=round(span, 2), **cpu), "detail": ""}, separators=(",", ":")), flush=True)
 elif switches:
