@@ -116,18 +116,29 @@ VMM = re.compile(r"(" + re.escape(exe) + r"|qemu|pv-|vcpu)")  # passvm names its
 starts = [t for t, prev, nxt in switches if VMM.match(nxt)]
 if switches and starts and init_ms:
     begin, end = starts[0], starts[0] + init_ms / 1000
-    share, last = collections.Counter(), None
-    for t, prev, nxt in switches:
-        if last is not None and t > begin:
-            who = "vmm" if VMM.match(prev) else "lab_python" if prev.startswith("python") else \
-                  "idle" if prev.startswith("swapper") else "other"
-            share[who] += min(t, end) - max(last, begin)
-        if t >= end:
-            break
-        last = t
-    span = end - begin
+
+    def shares(begin, end):
+        share, last = collections.Counter(), None
+        for t, prev, nxt in switches:
+            if last is not None and t > begin:
+                who = "vmm" if VMM.match(prev) else "lab_python" if prev.startswith("python") else \
+                      "idle" if prev.startswith("swapper") else "other"
+                share[who] += max(0.0, min(t, end) - max(last, begin))
+            if t >= end:
+                break
+            last = t
+        return share
+
+    share, span = shares(begin, end), end - begin
     cpu = {f"{k}_s": round(share[k], 2) for k in ("vmm", "lab_python", "idle", "other")}
     cpu.update({f"{k}_pct": round(100 * share[k] / span) for k in ("vmm", "lab_python", "idle", "other")})
+    # The VMM's own start, up to the guest's first instruction (its first kvm_entry): who had the CPU then.
+    entry = next((float(m.group(2)) for m in map(EVENT.match, open(path, errors="replace"))
+                  if m and m.group(3) == "kvm_entry" and float(m.group(2)) >= begin), None)
+    if entry is not None:
+        early = shares(begin, entry)
+        cpu["to_first_entry_s"] = round(entry - begin, 3)
+        cpu.update({f"to_first_entry_{k}_s": round(early[k], 3) for k in ("vmm", "lab_python", "idle", "other")})
     # L1 idle means both of L2's vCPUs wait: for a timer of L2's (its deadline, emulated by an hrtimer of
     # L1's KVM) or an interrupt. An hrtimer that fires long after it was due while L1 sat idle is L1's
     # timer interrupt arriving late from L0, not a wait of the guest's: the spells and the lateness say which.
