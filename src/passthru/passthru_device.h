@@ -153,5 +153,8 @@ class PassthruDevice final : public pci::PciDevice, private BarMapper::AccessHan
 // machine's Vm and buses. Throws vfio::VfioError (or std::runtime_error) with a one-line message for the user.
 std::unique_ptr<PassthruDevice> open_passthru(const std::string& bdf, vfio::Container& container, Vm& vm, Bus& pio,
                                               Bus& mmio, PassthruOptions options = {});
+// The same for a device already opened from the container (the machine opens several side by side).
+std::unique_ptr<PassthruDevice> open_passthru(std::unique_ptr<vfio::Device> device, Vm& vm, Bus& pio, Bus& mmio,
+                                              PassthruOptions options = {});
 
 }  // namespace passvm::passthru

@@ -7,7 +7,11 @@ namespace passvm::passthru {
 
 std::unique_ptr<PassthruDevice> open_passthru(const std::string& bdf, vfio::Container& container, Vm& vm, Bus& pio,
                                               Bus& mmio, PassthruOptions options) {
-  auto device = container.open_device(vfio::parse_bdf(bdf));
+  return open_passthru(container.open_device(vfio::parse_bdf(bdf)), vm, pio, mmio, options);
+}
+
+std::unique_ptr<PassthruDevice> open_passthru(std::unique_ptr<vfio::Device> device, Vm& vm, Bus& pio, Bus& mmio,
+                                              PassthruOptions options) {
   return std::make_unique<PassthruDevice>(std::move(device), std::make_unique<KvmPlatform>(vm, pio, mmio), options);
 }
 

@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <cerrno>
 #include <cstring>
+#include <exception>
+#include <future>
 #include <vector>
 
 #include <fcntl.h>
@@ -43,6 +45,8 @@ class LinuxDevice final : public Device {
     for (uint32_t i = 0; i < num_regions_; i++) regions_.push_back(query_region(i));
   }
   ~LinuxDevice() override { close(fd_); }
+  int device_fd() const { return fd_; }
+  const Bdf& bdf() const { return bdf_; }
 
   std::string name() const override { return bdf_.str(); }
   uint32_t num_regions() const override { return num_regions_; }
@@ -340,7 +344,7 @@ void Container::attach(const Bdf& bdf) {
   group_fd(bdf, group);
 }
 
-Container::HotReset Container::hot_reset(int device_fd, const Bdf& bdf) {
+Container::HotReset Container::hot_reset(int device_fd, const Bdf& bdf, const std::set<std::string>& not_in_use) {
   if (hot_reset_done_.count(bdf.str())) return {"bus (reset with another device of this VM)", ""};
   std::vector<uint8_t> buf(sizeof(vfio_pci_hot_reset_info) + 8 * sizeof(vfio_pci_dependent_device));
   auto info = [&] { return reinterpret_cast<vfio_pci_hot_reset_info*>(buf.data()); };
@@ -361,7 +365,7 @@ Container::HotReset Container::hot_reset(int device_fd, const Bdf& bdf) {
     const vfio_pci_dependent_device& d = info()->devices[i];
     Bdf other{d.segment, d.bus, static_cast<uint8_t>(d.devfn >> 3), static_cast<uint8_t>(d.devfn & 7)};
     // At boot nothing is open yet; a device hot-plugged later must not reset one the guest is using.
-    if (!(other == bdf) && device_group_.count(other.str()))
+    if (!(other == bdf) && device_group_.count(other.str()) && !not_in_use.count(other.str()))
       return {"", fmt::format("and a bus reset would also reset {}, which this VM has open and in use", other.str())};
     auto it = groups_.find(static_cast<int>(d.group_id));
     if (it == groups_.end())
@@ -386,11 +390,17 @@ Container::HotReset Container::hot_reset(int device_fd, const Bdf& bdf) {
   return {fmt::format("bus, a hot reset of {}", names), ""};
 }
 
-std::unique_ptr<Device> Container::open_device(const Bdf& bdf) {
+std::unique_ptr<Device> Container::open_one(const Bdf& bdf) {
   int group = check_host_device(bdf, sysfs_root_);
-  std::lock_guard g(lock_);
-  open_container();
-  int gfd = group_fd(bdf, group);
+  int gfd = -1;
+  {
+    std::lock_guard g(lock_);
+    open_container();
+    gfd = group_fd(bdf, group);
+  }
+  // Without the lock: vfio-pci resets the device as it opens it (an FLR waits 100 ms), and devices of
+  // other groups open meanwhile. The group's fd stays: groups are let go only by detach(), which is
+  // never called for a device while it is being opened.
   std::string name = bdf.str();
   int fd = ioctl(gfd, VFIO_GROUP_GET_DEVICE_FD, name.c_str());
   if (fd < 0) {
@@ -400,12 +410,49 @@ std::unique_ptr<Device> Container::open_device(const Bdf& bdf) {
                     e);
   }
   auto dev = std::make_unique<LinuxDevice>(bdf, fd, sysfs_root_);
+  std::lock_guard g(lock_);
   device_group_[name] = group;
-  if (!dev->resets_itself()) {
-    HotReset r = hot_reset(fd, bdf);
-    dev->set_fallback_reset(r.method, r.why_not);
-  }
   return dev;
+}
+
+std::unique_ptr<Device> Container::open_device(const Bdf& bdf) { return std::move(open_devices({bdf}).front()); }
+
+std::vector<std::unique_ptr<Device>> Container::open_devices(const std::vector<Bdf>& bdfs) {
+  std::vector<std::unique_ptr<Device>> opened;  // each a LinuxDevice, made by open_one
+  if (bdfs.size() == 1) {
+    opened.push_back(open_one(bdfs.front()));
+  } else {
+    // Every open is waited for before the first error is thrown, so that no thread outlives this call;
+    // the devices that did open are then closed and forgotten.
+    std::vector<std::future<std::unique_ptr<Device>>> opening;
+    for (const Bdf& b : bdfs) opening.push_back(std::async(std::launch::async, [this, b] { return open_one(b); }));
+    std::exception_ptr failed;
+    for (auto& f : opening) {
+      try {
+        opened.push_back(f.get());
+      } catch (...) {
+        if (!failed) failed = std::current_exception();
+      }
+    }
+    if (failed) {
+      std::lock_guard g(lock_);
+      for (const auto& d : opened) device_group_.erase(static_cast<LinuxDevice&>(*d).bdf().str());
+      std::rethrow_exception(failed);
+    }
+  }
+  // Then, one after the other, a bus or slot reset for each device vfio-pci could not reset alone. The
+  // others opened here are not in use yet, so the reset may take them along.
+  std::lock_guard g(lock_);
+  std::set<std::string> batch;
+  for (const Bdf& b : bdfs) batch.insert(b.str());
+  for (auto& d : opened) {
+    auto& dev = static_cast<LinuxDevice&>(*d);
+    if (!dev.resets_itself()) {
+      HotReset r = hot_reset(dev.device_fd(), dev.bdf(), batch);
+      dev.set_fallback_reset(r.method, r.why_not);
+    }
+  }
+  return opened;
 }
 
 void Container::detach(const Bdf& bdf) {

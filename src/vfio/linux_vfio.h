@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "vfio/bdf.h"
 #include "vfio/device.h"
@@ -34,6 +35,9 @@ class Container : public DmaMapper {
   // (no function reset) gets a bus or slot reset when every device that resets with it is in a group
   // attached here; reset_method() says what ran. Throws VfioError.
   std::unique_ptr<Device> open_device(const Bdf& bdf);
+  // The same for several devices, in their order, opened side by side (vfio-pci resets each as it opens
+  // it); a bus reset one of them needs may take the others along, as none is in use yet.
+  std::vector<std::unique_ptr<Device>> open_devices(const std::vector<Bdf>& bdfs);
   // After the device opened from here is closed (a hot-unplug): its IOMMU group is let go once no
   // device of it is open here, so the host can have the device back. When that was the last group,
   // the kernel drops the IOMMU context and every DMA mapping with it: unmap guest RAM before; the next
@@ -51,7 +55,9 @@ class Container : public DmaMapper {
   struct HotReset {
     std::string method, why_not;
   };
-  HotReset hot_reset(int device_fd, const Bdf& bdf);  // with lock_ held
+  // With lock_ held. Refused when the reset would take along a device open here, unless it is in not_in_use.
+  HotReset hot_reset(int device_fd, const Bdf& bdf, const std::set<std::string>& not_in_use);
+  std::unique_ptr<Device> open_one(const Bdf& bdf);  // without its fallback reset
 
   std::string sysfs_root_, dev_root_;
   std::mutex lock_;

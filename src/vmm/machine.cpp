@@ -276,9 +276,17 @@ void Machine::Parts::build() {
     if (s.emulation == "passthru") container.attach(vfio::parse_bdf(s.config));
   if (std::any_of(c.slots.begin(), c.slots.end(), [](const SlotConfig& s) { return s.emulation == "passthru"; }))
     populate_ram();
+  // vfio-pci resets each device as it is opened (an FLR waits 100 ms): the container opens them side by
+  // side; they are then built and put on the bus one after the other, in slot order.
+  std::vector<vfio::Bdf> bdfs;
+  for (const auto& s : c.slots)
+    if (s.emulation == "passthru") bdfs.push_back(vfio::parse_bdf(s.config));
+  auto opened = bdfs.empty() ? std::vector<std::unique_ptr<vfio::Device>>{} : container.open_devices(bdfs);
+  if (opened.size() > 1) step(fmt::format("{} passthrough devices opened side by side", opened.size()));
+  auto next_opened = opened.begin();
   for (const auto& s : c.slots) {
     if (s.emulation != "passthru") continue;
-    auto dev = passthru::open_passthru(s.config, container, *vm, pio, mmio, device_options(s));
+    auto dev = passthru::open_passthru(std::move(*next_opened++), *vm, pio, mmio, device_options(s));
     root->add(static_cast<int>(s.slot), static_cast<int>(s.func), dev.get());
     step(fmt::format("passthru {} in slot {}:{}", dev->name(), s.slot, s.func));
     passthru[key(static_cast<int>(s.slot), static_cast<int>(s.func))] = {s, std::move(dev)};
