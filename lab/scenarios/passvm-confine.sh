@@ -5,7 +5,7 @@
 #   guest) and, once the lab has fixed that the way the messages say, passes those lines.
 # - user: passvm run by pvuser itself (no capability at all) boots L2, whose nvme check passes; while the
 #   guest runs every passvm thread has Seccomp: 2, pvuser's uid and CapEff 0.
-# - kill: with the test hook armed, SIGUSR2 during L2's nvme I/O makes a vCPU call socket(): passvm exits
+# - kill: with the test hook armed, SIGUSR2 once L2's nvme I/O started makes a vCPU call socket(): passvm exits
 #   with status 6 naming the call and the vCPU thread, and leaves no VFIO file open.
 # - root: passvm started by root with --user pvuser gets the NVMe the killed one left, boots L2 and its
 #   nvme check passes; its threads as for user. Then release gives the NVMe back to L1's nvme driver.
@@ -125,16 +125,19 @@ run_l2 conf.user --timeout 600 -- \
 wait
 threads_result conf.user.threads conf.user
 
-# The test hook: SIGUSR2 while L2's nvme check runs makes a vCPU call socket().
+# The test hook: SIGUSR2 once L2's nvme check has started makes a vCPU call socket(). L2 ticks after the
+# check, so that the signal finds it running even when the check is done first: the check can take well
+# under the time it takes to see it start (12-01, a CI run: 61 ms of I/O, and L2 had powered off before
+# the signal came, a clean exit with status 0).
 con=$LAB_OUT/kill.console
-PASSVM_TEST_FORBIDDEN_SYSCALL=1 "${PV[@]}" "${BOOT[@]}" --append "$(l2_append nvme)" labvm </dev/null >"$con" 2>&1 &
+PASSVM_TEST_FORBIDDEN_SYSCALL=1 "${PV[@]}" "${BOOT[@]}" --append "$(l2_append nvme,ticker lab.tick_s=60)" labvm \
+    </dev/null >"$con" 2>&1 &
 pid=$!
-for ((i = 0; i < 3000; i++)); do
+for ((i = 0; i < 6000; i++)); do
     grep -q 'L2MARK start nvme' "$con" && break
     kill -0 $pid 2>/dev/null || break
-    sleep 0.2
+    sleep 0.1
 done
-sleep 0.5
 kill -USR2 $pid
 for ((i = 0; i < 300; i++)); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
 kill -0 $pid 2>/dev/null && { kill -KILL $pid; sleep 1; }
