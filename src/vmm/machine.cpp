@@ -182,7 +182,7 @@ void Machine::Parts::build() {
   const MachineConfig& c = cfg;
   signal(SIGPIPE, SIG_IGN);  // a closed console must not kill the VM: output errors are handled where written
   raise_open_file_limit();
-  if (double age = StepLog::process_age_ms(); age >= 0)
+  if (double age = c.verbose ? StepLog::process_age_ms() : -1; age >= 0)
     step.note(fmt::format("process started {:.0f} ms ago (libraries loaded, options parsed, confinement prepared)", age));
 
   uint64_t host_ram = host_memory_bytes();
