@@ -46,7 +46,6 @@ class LinuxDevice final : public Device {
   }
   ~LinuxDevice() override { close(fd_); }
   int device_fd() const { return fd_; }
-  const Bdf& bdf() const { return bdf_; }
 
   std::string name() const override { return bdf_.str(); }
   uint32_t num_regions() const override { return num_regions_; }
@@ -436,7 +435,7 @@ std::vector<std::unique_ptr<Device>> Container::open_devices(const std::vector<B
     }
     if (failed) {
       std::lock_guard g(lock_);
-      for (const auto& d : opened) device_group_.erase(static_cast<LinuxDevice&>(*d).bdf().str());
+      for (const auto& d : opened) device_group_.erase(d->name());
       std::rethrow_exception(failed);
     }
   }
@@ -445,10 +444,10 @@ std::vector<std::unique_ptr<Device>> Container::open_devices(const std::vector<B
   std::lock_guard g(lock_);
   std::set<std::string> batch;
   for (const Bdf& b : bdfs) batch.insert(b.str());
-  for (auto& d : opened) {
-    auto& dev = static_cast<LinuxDevice&>(*d);
+  for (size_t i = 0; i < opened.size(); i++) {
+    auto& dev = static_cast<LinuxDevice&>(*opened[i]);
     if (!dev.resets_itself()) {
-      HotReset r = hot_reset(dev.device_fd(), dev.bdf(), batch);
+      HotReset r = hot_reset(dev.device_fd(), bdfs[i], batch);
       dev.set_fallback_reset(r.method, r.why_not);
     }
   }
