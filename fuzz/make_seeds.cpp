@@ -135,6 +135,31 @@ void bus_seeds() {
   put("bus", "ranges", in);
 }
 
+// ---- virtio console ----
+
+void virtio_seeds() {
+  // Operations of fuzz/virtio_console.cpp: kind 2 a descriptor (size bit 0 the queue, bit 1 a buffer
+  // address; value: len | flags << 16; offset: index | next << 8), 3 publish (size bit 3: notify), 4 input.
+  std::vector<uint8_t> tx;
+  fuzz::append(tx, Op{2, 1 | 2, 0x0100, 6 | 1 << 16, 0});  // two-descriptor chain 0 -> 1
+  fuzz::append(tx, Op{2, 1 | 2, 0x0001, 8, 0x100});
+  fuzz::append(tx, Op{3, 1 | 8, 0, 0, 0});                 // publish head 0 on the transmit queue, notify
+  fuzz::append(tx, Op{0, 0, 0x64 / 4, 1, 0});               // acknowledge the interrupt
+  fuzz::append(tx, Op{2, 1 | 2, 0x0202, 4, 0x200});
+  fuzz::append(tx, Op{3, 1 | 8, 2, 0, 0});
+  put("virtio_console", "transmit", tx);
+  std::vector<uint8_t> rx;
+  fuzz::append(rx, Op{4, 0, 0, 5, 0});                      // input before any buffer: waits
+  fuzz::append(rx, Op{2, 0 | 2, 0x0000, 4 | 2 << 16, 0});   // a writable buffer of 4 bytes
+  fuzz::append(rx, Op{2, 0 | 2, 0x0001, 4 | 2 << 16, 0x10});
+  fuzz::append(rx, Op{3, 0 | 8, 0, 0, 0});
+  fuzz::append(rx, Op{3, 0 | 8, 1, 0, 0});
+  fuzz::append(rx, Op{4, 0, 0, 7, 0});
+  fuzz::append(rx, Op{5, 2, 0, 0, 0});                      // reset and set up again
+  fuzz::append(rx, Op{4, 0, 0, 3, 0});
+  put("virtio_console", "receive", rx);
+}
+
 // ---- kernel loader ----
 
 void loader_seeds() {
@@ -220,6 +245,7 @@ int main(int argc, char** argv) {
   out_dir = argv[1];
   passthru_seeds();
   bus_seeds();
+  virtio_seeds();
   loader_seeds();
   text_seeds(PASSVM_SOURCE_DIR);
   return 0;

@@ -100,14 +100,29 @@ Bytes rtc() {
                        });
 }
 
+// The virtio console's registers and interrupt. "LNRO0005" is the ACPI ID of a virtio-mmio device, which
+// Linux's virtio_mmio driver matches; the device type comes from its registers.
+Bytes virtio_console() {
+  ResourceTemplate crs;
+  crs.memory32_fixed(static_cast<uint32_t>(layout::kVirtioConsoleAddr), static_cast<uint32_t>(layout::kVirtioConsoleSize))
+      .irq(static_cast<uint8_t>(layout::kVirtioConsoleIrq));
+  return device("VCON", {
+                            name("_HID", string("LNRO0005")),
+                            name("_UID", integer(0)),
+                            name("_CRS", crs.build()),
+                        });
+}
+
 }  // namespace
 
-std::vector<uint8_t> build_dsdt(const layout::PciWindows& windows, uint32_t hotplug_slots) {
+std::vector<uint8_t> build_dsdt(const layout::PciWindows& windows, uint32_t hotplug_slots, bool with_virtio_console) {
   Bytes body;
   auto add = [&](const Bytes& b) { body.insert(body.end(), b.begin(), b.end()); };
   // SLP_TYPa, SLP_TYPb, reserved, reserved: what AcpiPm compares on SLP_EN.
   add(name("\\_S5", package({integer(devices::kS5SleepType), integer(devices::kS5SleepType), integer(0), integer(0)})));
-  add(scope("\\_SB", {pci_host_bridge(windows, hotplug_slots), com1(), rtc()}));
+  std::vector<Bytes> devices{pci_host_bridge(windows, hotplug_slots), com1(), rtc()};
+  if (with_virtio_console) devices.push_back(virtio_console());
+  add(scope("\\_SB", devices));
   if (hotplug_slots != 0)
     add(scope("\\_GPE", {method(fmt::format("_E{:02X}", devices::kGpePciHotplug), 0, false,
                                   {call("\\_SB.PCI0.PCNT")})}));

@@ -25,6 +25,8 @@ struct AcpiConfig {
   // Slots (bit n = slot n of bus 0) the guest may see devices arrive in and leave: each gets a DSDT device
   // with _EJ0, and \_GPE._E01 scans them through the registers at layout::kPciHotplugPort.
   uint32_t hotplug_slots = 0;
+  // A virtio console at layout::kVirtioConsoleAddr, found by Linux's virtio_mmio driver (_HID LNRO0005).
+  bool virtio_console = false;
 };
 
 inline constexpr uint32_t kMaxVcpus = 255;
@@ -33,7 +35,8 @@ inline constexpr uint32_t kMaxVcpus = 255;
 inline constexpr uint64_t kRsdpAddress = layout::kAcpiStart;  // xAPIC IDs in the MADT; 255 is the broadcast ID
 
 // The DSDT alone, for tests and for dumping (`iasl -d`).
-std::vector<uint8_t> build_dsdt(const layout::PciWindows& windows = {}, uint32_t hotplug_slots = 0);
+std::vector<uint8_t> build_dsdt(const layout::PciWindows& windows = {}, uint32_t hotplug_slots = 0,
+                                bool virtio_console = false);
 
 // Writes all tables into `window`, which the guest sees at guest-physical `window_gpa`, and returns
 // the guest-physical address of the RSDP. Throws std::invalid_argument for a bad vCPU count and

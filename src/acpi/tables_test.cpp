@@ -260,6 +260,20 @@ TEST(AcpiTablesIasl, HotplugSlotsDecompileToWhatAcpiphpNeeds) {
   EXPECT_EQ(plain.dsl.find("_GPE"), std::string::npos);
 }
 
+TEST(AcpiTablesIasl, VirtioConsoleIsAVirtioMmioDeviceWithItsRegistersAndIrq) {
+  if (find_iasl().empty()) GTEST_SKIP() << "iasl not installed (apt-get install acpica-tools)";
+  Disassembly d = disassemble(build_dsdt({}, 0, true), "dsdt");
+  ASSERT_EQ(d.status, 0) << d.log;
+  EXPECT_EQ(d.log.find("Error"), std::string::npos) << d.log;
+  const size_t at = d.dsl.find("Device (VCON)");
+  ASSERT_NE(at, std::string::npos) << d.dsl;
+  const std::string body = d.dsl.substr(at);
+  for (const char* want : {"Name (_HID, \"LNRO0005\")", "Memory32Fixed (ReadWrite,", "0xFEB00000,         // Address Base",
+                           "0x00000200,         // Address Length", "IRQNoFlags ()", "{5}"})
+    EXPECT_NE(body.find(want), std::string::npos) << want << "\n" << body;
+  EXPECT_EQ(disassemble(build_dsdt(), "dsdt").dsl.find("LNRO0005"), std::string::npos);
+}
+
 TEST(AcpiTablesIasl, DataTablesDecompileCleanly) {
   if (find_iasl().empty()) GTEST_SKIP() << "iasl not installed (apt-get install acpica-tools)";
   Image img(2);

@@ -153,6 +153,7 @@ struct CreateOptions {
   std::string memory = "512M";  // cloud-hypervisor's default
   bool hugepages = false;
   std::string serial = "tty";
+  std::string console = "off";
   std::vector<std::string> devices;
 };
 
@@ -171,7 +172,7 @@ std::string create_body(const CreateOptions& o) {
                {"memory", {{"size", *size}, {"hugepages", o.hugepages}}},
                {"payload", payload},
                {"serial", {{"mode", o.serial == "tty" ? "Tty" : "Off"}}},
-               {"console", {{"mode", "Off"}}}};
+               {"console", {{"mode", o.console == "tty" ? "Tty" : "Off"}}}};
   for (const auto& d : o.devices) {
     try {
       body["devices"].push_back({{"path", sysfs_path(host_bdf(d, "--device"))}});
@@ -234,6 +235,10 @@ int remote_main(int argc, char** argv) {
           ->capture_default_str(),
       create->add_flag("--hugepages", c.hugepages, "Back guest RAM with hugetlbfs pages"),
       create->add_option("--serial", c.serial, "tty: COM1 on passvm's terminal; off: none")
+          ->check(CLI::IsMember({"tty", "off"}))
+          ->capture_default_str(),
+      create->add_option("--console", c.console, "tty: the virtio console (the guest's hvc0) on passvm's terminal; "
+                                                 "off: none")
           ->check(CLI::IsMember({"tty", "off"}))
           ->capture_default_str(),
       create->add_option("--device", c.devices, "A host device to pass through (repeatable)"),

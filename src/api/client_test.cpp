@@ -64,6 +64,13 @@ TEST_F(ApiRemote, CreateDefaultsAndSerialOff) {
   EXPECT_EQ(control.config().memory, 768ull << 20);  // a bare number is MiB, as with passvm -m
   EXPECT_EQ(control.config().cpus, 1u);
   EXPECT_EQ(control.config().com1, "");
+  EXPECT_EQ(control.config().virtio_console, "");
+}
+
+TEST_F(ApiRemote, CreateWithTheVirtioConsole) {
+  ASSERT_EQ(run({"create", "--kernel", "/k", "--console", "tty", "--cmdline", "console=hvc0"}), 0) << err;
+  EXPECT_EQ(control.config().virtio_console, "stdio");
+  EXPECT_EQ(control.config().com1, "stdio");  // --serial's default
 }
 
 TEST_F(ApiRemote, CreateFromAConfigFileSentAsIs) {

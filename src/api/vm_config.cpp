@@ -252,13 +252,18 @@ void parse_consoles(const json& body, MachineConfig& cfg) {
                                       "nothing (Off, Null)",
                                       serial));
   }
-  // An absent console is accepted although cloud-hypervisor's default is a virtio-console on its
-  // terminal: only an explicit request is refused.
+  // The virtio console (the guest's hvc0). cloud-hypervisor's default is one on its terminal; passvm adds it
+  // only when asked, so that a config without it keeps the guest's device list as it was.
   std::string console = console_mode(body, "console");
-  if (!console.empty() && console != "Off" && console != "Null")
-    refuse("console.mode", fmt::format("{}: passvm has no virtio-console; use serial {{\"mode\": \"Tty\"}} for the "
-                                       "guest's ttyS0 and console {{\"mode\": \"Off\"}}",
+  if (console == "Tty") {
+    cfg.virtio_console = "stdio";
+  } else if (console.empty() || console == "Off" || console == "Null") {
+    cfg.virtio_console.clear();
+  } else {
+    refuse("console.mode", fmt::format("{}: passvm connects the virtio console (the guest's hvc0) to its own terminal "
+                                       "(Tty) or leaves it out (Off, Null)",
                                        console));
+  }
   std::string debug = console_mode(body, "debug_console");
   if (!debug.empty() && debug != "Off" && debug != "Null")
     refuse("debug_console.mode", fmt::format("{}: passvm has no debug console port; set it to Off", debug));
@@ -414,7 +419,7 @@ json vm_config_json(const MachineConfig& cfg) {
       {"payload", payload},
       // passvm's UART is always there; without com1 its output goes nowhere, cloud-hypervisor's Null.
       {"serial", {{"mode", cfg.com1 == "stdio" ? "Tty" : "Null"}}},
-      {"console", {{"mode", "Off"}}},
+      {"console", {{"mode", cfg.virtio_console == "stdio" ? "Tty" : "Off"}}},
   };
   json devices = json::array();
   bool p2p = true;

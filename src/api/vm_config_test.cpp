@@ -119,7 +119,7 @@ TEST(ApiVmConfig, EachUnsupportedFieldIsRefusedByName) {
       {{{"serial", {{"mode", "Pty"}}}}, "serial.mode: Pty: passvm connects COM1"},
       {{{"serial", {{"mode", "File"}, {"file", "/log"}}}}, "serial.mode: File"},
       {{{"serial", {{"mode", "tty"}}}}, "serial.mode: unknown mode 'tty'"},
-      {{{"console", {{"mode", "Tty"}}}}, "console.mode: Tty: passvm has no virtio-console"},
+      {{{"console", {{"mode", "Pty"}}}}, "console.mode: Pty: passvm connects the virtio console"},
       {{{"debug_console", {{"mode", "Tty"}}}}, "debug_console.mode: "},
       {{{"rng", {{"src", "/dev/random"}}}}, "rng: passvm has no virtio-rng"},
       {{{"rng", {{"src", "/dev/urandom"}, {"iommu", true}}}}, "rng: "},
@@ -294,9 +294,12 @@ TEST(ApiVmConfig, InfoConfigRoundTrips) {
   EXPECT_EQ(back.slots[0].id, "_vfio0");
 
   c.com1.clear();
+  c.virtio_console = "stdio";
   c.slots[1].p2p = false;
   j = vm_config_json(c);
   EXPECT_EQ(j["serial"]["mode"], "Null");
+  EXPECT_EQ(j["console"]["mode"], "Tty");
+  EXPECT_EQ(parse_vm_config(j).virtio_console, "stdio");
   EXPECT_EQ(j["platform"]["vfio_p2p_dma"], false);
   EXPECT_FALSE(parse_vm_config(j).slots[0].p2p);
 }

@@ -132,7 +132,8 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
                  "(CONFIG = host device, B/S/F or DDDD:BB:SS.F)")
       ->take_all()
       ->allow_extra_args(false);
-  app.add_option("-l,--lpc", lpc, "LPC device: com1,stdio (the guest's ttyS0 on this terminal)")
+  app.add_option("-l,--lpc", lpc,
+                 "Console: com1,stdio (the guest's ttyS0 on this terminal) or virtio-console,stdio (its hvc0)")
       ->allow_extra_args(false);
   app.add_flag("-S,--hugepages", cfg.hugepages, "Back guest RAM with the host's reserved hugetlbfs pages (1 GiB ones when the size allows and the pool has them, else 2 MiB); without it, transparent huge pages");
   app.add_option("--kernel,-k", cfg.kernel, "Linux bzImage to boot (required unless --api-socket)");
@@ -233,8 +234,11 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
   for (const auto& dev : lpc) {
     if (dev == "com1,stdio") {
       cfg.com1 = "stdio";
+    } else if (dev == "virtio-console,stdio") {
+      cfg.virtio_console = "stdio";
     } else {
-      return fail(fmt::format("-l {}: passvm provides com1,stdio (the guest's ttyS0 on this terminal)", dev));
+      return fail(fmt::format("-l {}: passvm provides com1,stdio (the guest's ttyS0 on this terminal) and "
+                              "virtio-console,stdio (its hvc0)", dev));
     }
   }
   cfg.unpack_on_host = !guest_decompress;

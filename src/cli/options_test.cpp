@@ -89,12 +89,20 @@ TEST(CommandLine, FullBhyveStyleLine) {
   EXPECT_EQ(c.name, "guest1");
 }
 
+TEST(CommandLine, VirtioConsoleBesideCom1) {
+  auto r = parse({"-l", "com1,stdio", "-l", "virtio-console,stdio", "--kernel", "k", "--append", "console=hvc0"});
+  ASSERT_TRUE(r.config.has_value()) << r.message;
+  EXPECT_EQ(r.config->com1, "stdio");
+  EXPECT_EQ(r.config->virtio_console, "stdio");
+}
+
 TEST(CommandLine, DefaultsAndLongOptions) {
   auto r = parse({"--kernel", "k", "--cpus", "4", "--memory", "1G"});
   ASSERT_TRUE(r.config.has_value()) << r.message;
   EXPECT_EQ(r.config->cpus, 4u);
   EXPECT_EQ(r.config->memory, 1ull << 30);
   EXPECT_TRUE(r.config->com1.empty());
+  EXPECT_TRUE(r.config->virtio_console.empty());
   EXPECT_FALSE(r.config->hugepages);
   EXPECT_TRUE(r.config->unpack_on_host);
   EXPECT_FALSE(r.config->verbose);
@@ -160,6 +168,7 @@ TEST(CommandLine, BadInputIsOneClearErrorAndNonZero) {
       {{"--kernel", "k", "-s", "0,passthru,1/0/0"}, "host bridge"},
       {{"--kernel", "k", "-s", "2,hostbridge"}, "slot 0"},
       {{"--kernel", "k", "-l", "com2,stdio"}, "com1,stdio"},
+      {{"--kernel", "k", "-l", "virtio-console,file"}, "virtio-console,stdio (its hvc0)"},
       {{"--kernel", "k", "-S", "-m", "3M"}, "-m 3M"},
       {{"--kernel", "k", "-S", "-m", "17M"}, "multiple of 2M"},
   };

@@ -15,8 +15,8 @@
 
 namespace passvm::devices {
 
-ConsoleInput::ConsoleInput(int in_fd, Uart16550& uart, std::function<void()> on_quit)
-    : in_fd_(in_fd), uart_(uart), on_quit_(std::move(on_quit)) {
+ConsoleInput::ConsoleInput(int in_fd, ConsoleSink& sink, std::function<void()> on_quit)
+    : in_fd_(in_fd), sink_(sink), on_quit_(std::move(on_quit)) {
   stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (stop_fd_ < 0) throw std::runtime_error(std::string("console input: eventfd: ") + std::strerror(errno));
   if (in_fd_ >= 0 && isatty(in_fd_) && tcgetattr(in_fd_, &saved_) == 0) {
@@ -73,7 +73,7 @@ void ConsoleInput::run() {
     std::array<pollfd, 3> fds{{
         {stop_fd_, POLLIN, 0},
         {pending.empty() && input_open ? in_fd_ : -1, POLLIN, 0},  // a negative fd is skipped by poll
-        {pending.empty() ? -1 : uart_.rx_space_fd(), POLLIN, 0},
+        {pending.empty() ? -1 : sink_.rx_space_fd(), POLLIN, 0},
     }};
     if (poll(fds.data(), fds.size(), -1) < 0) {
       if (errno == EINTR) continue;
@@ -82,7 +82,7 @@ void ConsoleInput::run() {
     if (fds[0].revents) return;
     if (fds[2].revents & POLLIN) {
       uint64_t count;
-      [[maybe_unused]] ssize_t r = ::read(uart_.rx_space_fd(), &count, sizeof count);
+      [[maybe_unused]] ssize_t r = ::read(sink_.rx_space_fd(), &count, sizeof count);
     }
     if (fds[1].revents) {
       ssize_t n = ::read(in_fd_, buf.data(), buf.size());
@@ -99,7 +99,7 @@ void ConsoleInput::run() {
       }
     }
     if (!pending.empty()) {
-      size_t taken = uart_.receive(pending);
+      size_t taken = sink_.receive(pending);
       pending.erase(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(taken));
     }
   }

@@ -1,7 +1,8 @@
 // devices: ConsoleInput, the host terminal feeding the guest's serial port.
 //
-// A reader thread moves bytes from an input fd (stdin) into the UART's receive
-// FIFO, waiting for FIFO room instead of dropping input, so a paste into a
+// A reader thread moves bytes from an input fd (stdin) into the guest's console
+// (the UART's receive FIFO, or the virtio console's receive queue), waiting for
+// room instead of dropping input, so a paste into a
 // guest shell arrives whole. When the fd is a terminal it is put in raw mode
 // (no echo, no line editing, Ctrl-C goes to the guest) and the escape
 // Ctrl-A x asks passvm to quit; Ctrl-A Ctrl-A sends one Ctrl-A. The terminal
@@ -15,8 +16,9 @@
 #include <atomic>
 #include <functional>
 #include <thread>
+#include <vector>
 
-#include "devices/uart16550.h"
+#include "devices/console_sink.h"
 
 namespace passvm::devices {
 
@@ -26,7 +28,7 @@ class ConsoleInput {
   static constexpr uint8_t kQuitKey = 'x';
 
   // Starts the reader thread. on_quit runs on that thread when the user types Ctrl-A x.
-  ConsoleInput(int in_fd, Uart16550& uart, std::function<void()> on_quit = {});
+  ConsoleInput(int in_fd, ConsoleSink& sink, std::function<void()> on_quit = {});
   ~ConsoleInput();
   ConsoleInput(const ConsoleInput&) = delete;
   ConsoleInput& operator=(const ConsoleInput&) = delete;
@@ -41,7 +43,7 @@ class ConsoleInput {
   bool filter(const uint8_t* in, size_t n, std::vector<uint8_t>& out);
 
   const int in_fd_;
-  Uart16550& uart_;
+  ConsoleSink& sink_;
   std::function<void()> on_quit_;
   int stop_fd_ = -1;
   bool terminal_ = false;

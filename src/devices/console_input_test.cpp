@@ -1,4 +1,5 @@
 #include "devices/console_input.h"
+#include "devices/uart16550.h"
 
 #include <fcntl.h>
 #include <pty.h>

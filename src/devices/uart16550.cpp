@@ -166,14 +166,7 @@ void Uart16550::transmit(uint8_t byte) {
 }
 
 void Uart16550::flush_output() {
-  size_t done = 0;
-  while (done < out_.size()) {
-    ssize_t r = ::write(out_fd_, out_.data() + done, out_.size() - done);
-    if (r > 0)
-      done += static_cast<size_t>(r);
-    else if (r == 0 || errno != EINTR)
-      break;  // output errors drop the bytes: the guest must not stall
-  }
+  write_guest_output(out_fd_, out_);
   out_.clear();
 }
 

@@ -29,10 +29,11 @@
 #include <string>
 
 #include "bus/bus.h"
+#include "devices/console_sink.h"
 
 namespace passvm::devices {
 
-class Uart16550 : public BusDevice {
+class Uart16550 : public BusDevice, public ConsoleSink {
  public:
   static constexpr size_t kFifoSize = 16;
   static constexpr uint64_t kRegisterCount = 8;  // register it on the port bus for 8 bytes
@@ -56,8 +57,8 @@ class Uart16550 : public BusDevice {
 
   // Host input: puts as many bytes as fit into the receive FIFO and returns how many. When some
   // did not fit, rx_space_fd() (an eventfd) becomes readable once the guest has read a byte.
-  size_t receive(std::span<const uint8_t> bytes);
-  int rx_space_fd() const { return space_fd_; }
+  size_t receive(std::span<const uint8_t> bytes) override;
+  int rx_space_fd() const override { return space_fd_; }
 
   // Writes the buffered output now.
   void flush();

@@ -30,6 +30,7 @@ struct MachineConfig {
   bool hugepages = false;
   std::vector<SlotConfig> slots;
   std::string com1;  // "stdio" or empty (no console)
+  std::string virtio_console;  // "stdio" (the guest's hvc0 on this terminal, input included) or empty
   std::string kernel;
   std::string initrd;
   std::string cmdline;

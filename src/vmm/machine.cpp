@@ -30,6 +30,8 @@
 #include "devices/console_input.h"
 #include "devices/i8042.h"
 #include "devices/uart16550.h"
+#include "virtio/console.h"
+#include "virtio/mmio_transport.h"
 #include "kvm/vcpu.h"
 #include "kvm/vm.h"
 #include "memory/guest_memory.h"
@@ -145,6 +147,8 @@ struct Machine::Parts {
   boot::LinuxBoot boot;
   Bus pio{"port I/O"}, mmio{"MMIO"};
   std::unique_ptr<devices::Uart16550> com1;
+  std::unique_ptr<virtio::Console> hvc;
+  std::unique_ptr<virtio::MmioTransport> hvc_transport;
   std::unique_ptr<devices::AcpiPm> pm;
   devices::CmosRtc rtc{devices::CmosRtc::host_clock,
                        [this](bool level) { vm->set_irq_line(layout::kRtcIrq, level); }};
@@ -234,6 +238,13 @@ void Machine::Parts::build() {
     com1 = std::make_unique<devices::Uart16550>(STDOUT_FILENO, irq(layout::kCom1Irq));
     pio.add(layout::kCom1Port, devices::Uart16550::kRegisterCount, com1.get());
   }
+  if (c.virtio_console == "stdio") {
+    static_assert(layout::kVirtioConsoleSize == virtio::MmioTransport::kSize);
+    hvc = std::make_unique<virtio::Console>(STDOUT_FILENO);
+    hvc_transport = std::make_unique<virtio::MmioTransport>(*mem, *hvc, irq(layout::kVirtioConsoleIrq));
+    hvc->attach(*hvc_transport);
+    mmio.add(layout::kVirtioConsoleAddr, layout::kVirtioConsoleSize, hvc_transport.get());
+  }
   pm = std::make_unique<devices::AcpiPm>([this] { guest.request(ExitReason::PowerOff); }, irq(layout::kAcpiSciIrq));
   pio.add(layout::kAcpiPmBase, devices::AcpiPm::kSize, pm.get());
   pio.add(layout::kRtcPort, devices::CmosRtc::kSize, &rtc);
@@ -305,7 +316,7 @@ void Machine::Parts::build() {
   if (windows.mmio64.size == 0)
     throw std::runtime_error(fmt::format("-m {}M leaves no room for 64-bit PCI BARs below the IOMMU's limit of {:#x}: "
                                          "give a smaller -m", c.memory >> 20, windows.mmio64.start));
-  acpi::build_tables(acpi::AcpiConfig{c.cpus, windows, hotplug_slots}, *mem);
+  acpi::build_tables(acpi::AcpiConfig{c.cpus, windows, hotplug_slots, hvc != nullptr}, *mem);
   if (!passthru.empty()) map_guest_ram();
   root->assign_resources(windows);
   for (const auto& a : root->assignments())
@@ -410,8 +421,10 @@ void Machine::start() {
   Parts& p = *p_;
   if (p.started) return;
   p.started = true;  // first: vCPUs that did start must be stopped even if a later one cannot be
-  if (p.com1) {
-    p.console = std::make_unique<devices::ConsoleInput>(STDIN_FILENO, *p.com1, [this] {
+  // Input goes to the virtio console when there is one: a user who asked for it reads hvc0.
+  devices::ConsoleSink* input = p.hvc ? static_cast<devices::ConsoleSink*>(p.hvc.get()) : p.com1.get();
+  if (input) {
+    p.console = std::make_unique<devices::ConsoleInput>(STDIN_FILENO, *input, [this] {
       if (p_->opts.on_console_quit) p_->opts.on_console_quit();
     });
     g_console = p.console.get();
@@ -631,6 +644,8 @@ std::string Machine::stats_text() const {
     auto in = [&s](uint64_t base, uint64_t size) { return s.addr >= base && s.addr - base < size; };
     if (s.mmio) {
       if (in(layout::kEcamStart, layout::kEcamSize)) return "(PCI config, ECAM)";
+      if (in(layout::kVirtioConsoleAddr, layout::kVirtioConsoleSize))
+        return s.addr == layout::kVirtioConsoleAddr + 0x50 ? "(virtio console notify)" : "(virtio console)";
       // BARs where they were placed at start (a guest may move them).
       for (const auto& a : p.root->assignments())
         if (a.kind != pci::BarKind::Io && in(a.address, a.size))

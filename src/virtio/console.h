@@ -1,0 +1,62 @@
+// virtio: Console, a virtio console with one port (the guest's hvc0).
+//
+// Why it exists: through the 8250 UART every character a guest's kernel prints costs an exit (its
+// driver reads the line status register before each one), about 18,500 exits in a boot that prints.
+// Linux's virtio console hands its output over in buffers of up to 16 characters, one notification
+// each, and a shell's output in whole writes.
+//
+// Queue 0 receives (host input into buffers the driver posted), queue 1 transmits (the driver's
+// buffers written to out_fd, in one write(2) per notification). No multiport, no emergency write,
+// no console size. Input arriving before the driver has posted buffers waits in ConsoleInput, which
+// rx_space_fd() wakes when the driver posts some.
+//
+// Lifetime: attach() a transport before the guest runs; the transport (and its lock, under which
+// every call here runs) outlives nothing here but the bus registration.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "devices/console_sink.h"
+#include "virtio/mmio_transport.h"
+
+namespace passvm::virtio {
+
+class Console : public Device, public devices::ConsoleSink {
+ public:
+  static constexpr uint32_t kType = 3;
+  static constexpr uint16_t kReceiveQueue = 0, kTransmitQueue = 1;
+
+  // Guest output goes to out_fd (-1 drops it).
+  explicit Console(int out_fd);
+  ~Console() override;
+  Console(const Console&) = delete;
+  Console& operator=(const Console&) = delete;
+
+  void attach(MmioTransport& transport) { transport_ = &transport; }
+
+  // Device
+  uint32_t type() const override { return kType; }
+  uint64_t features() const override { return 0; }
+  uint16_t queue_count() const override { return 2; }
+  void read_config(uint64_t offset, std::span<uint8_t> data) override;
+  bool notified(uint16_t index, Queue& queue) override;
+  void reset() override;
+
+  // ConsoleSink: host input into the receive queue's buffers.
+  size_t receive(std::span<const uint8_t> bytes) override;
+  int rx_space_fd() const override { return space_fd_; }
+
+ private:
+  bool transmit(Queue& queue);
+  void signal_space();
+
+  const int out_fd_;
+  int space_fd_ = -1;
+  MmioTransport* transport_ = nullptr;
+  bool want_space_ = false;  // input was refused for want of buffers (under the transport's lock)
+  std::string out_;
+};
+
+}  // namespace passvm::virtio
