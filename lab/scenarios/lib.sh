@@ -118,13 +118,14 @@ print("LABRESULT " + json.dumps({"scenario": __import__("os").environ.get("LAB_S
 PY
 }
 
-# l2_append CHECKS [EXTRA...]: the L2 kernel command line for a list of checks.
+# l2_append CHECKS [EXTRA...]: the L2 kernel command line for a list of checks; its console is ttyS0, or
+# $L2_CONSOLE (hvc0: the virtio console).
 # pci=noearly: L1's qemu64 CPU is an AMD family 0xf, which makes Linux look for an AGP/GART
 # aperture by reading the config space of every slot on 256 buses through 0xcf8/0xcfc before
 # the PCI subsystem exists: 16000 exits, about 3 s of every L2 boot under either VMM here.
 l2_append() {
     local checks=$1; shift
-    echo "console=ttyS0 panic=-1 nokaslr pci=noearly lab.checks=$checks lab.peer=$LAB_L1_LINKLOCAL $*"
+    echo "console=${L2_CONSOLE:-ttyS0} panic=-1 nokaslr pci=noearly lab.checks=$checks lab.peer=$LAB_L1_LINKLOCAL $*"
 }
 
 # msix_host_check CHECK RUN: the VMM of run_l2 RUN gave each passed-through device only the MSI-X vectors

@@ -4,7 +4,12 @@
 # KVM leaves the processor's name out of the CPUID it offers, and passvm fills it in. The RTC is
 # the DSDT's PNP0B00 device, as on a PC, and Linux binds rtc_cmos to it (pv.rtc); its interrupt
 # reaches the guest, for the update interrupt hwclock waits for and for an alarm (pv.rtcirq).
+# Then the same guest with console=hvc0 on passvm's virtio console (-l virtio-console,stdio): init's
+# output reaches passvm's stdout and a typed line reaches L2's shell through it (pvhvc.*), and the
+# guest's printing no longer reads the UART's status register per character (pvhvc.exits: passvm's
+# --stats, against the ttyS0 boot's).
 # lab-expect: pv.vmm pv.boot pv.cpus pv.mem pv.lspci pv.console pv.cpumodel pv.rtc pv.rtcirq
+# lab-expect: pvhvc.vmm pvhvc.boot pvhvc.cpus pvhvc.console pvhvc.exits
 # lab-timeout: 400
 
 if [[ -z $PASSVM || ! -x $PASSVM ]]; then
@@ -28,4 +33,19 @@ if grep -Eq 'rtc_cmos 00:[0-9a-f]+: registered as rtc0' "$console" && ! grep -q 
     result pv.rtc pass
 else
     result pv.rtc fail detail="rtc_cmos did not bind to the DSDT's RTC: $(grep -m 3 -e rtc_cmos -e 'PNP device' "$console" | tr -s ' \n' ' ')"
+fi
+
+L2_CONSOLE=hvc0 run_l2 pvhvc --timeout 360 --type 'echo L2CON$((40+2))' -- \
+    "$PASSVM" -c 2 -m 512M -s 0,hostbridge -l com1,stdio -l virtio-console,stdio --stats \
+    --kernel "$L2_KERNEL" --initrd "$L2_INITRD" \
+    --append "$(L2_CONSOLE=hvc0 l2_append cpus,console lab.cpus=2)" labvm
+# "exits by address (busiest first): port 0x3fd read (COM1 LSR) 18211, mmio 0xfeb00050 write (virtio
+# console notify) 1210, ...": a site not listed took fewer exits than the listed ones.
+count() { sed -n "s/.*exits by address.*[ :]\([^,]*($2)\) \([0-9]*\).*/\2/p" "$LAB_OUT/$1.console" | head -n 1; }
+lsr_tty=$(count pv 'COM1 LSR'); lsr_hvc=$(count pvhvc 'COM1 LSR'); notify=$(count pvhvc 'virtio console notify')
+if [[ -n $lsr_tty && -n $notify && $notify -gt 0 && ${lsr_hvc:-0} -lt $((lsr_tty / 10)) ]]; then
+    result pvhvc.exits pass lsr_reads_ttyS0="$lsr_tty" lsr_reads_hvc0="${lsr_hvc:-0}" notifies_hvc0="$notify"
+else
+    result pvhvc.exits fail lsr_reads_ttyS0="$lsr_tty" lsr_reads_hvc0="$lsr_hvc" notifies_hvc0="$notify" \
+        detail="expected virtio notifications and a tenth of the ttyS0 boot's UART status reads at most: $(grep -m 1 'exits by address' "$LAB_OUT/pvhvc.console")"
 fi
