@@ -6,7 +6,8 @@
 // each, and a shell's output in whole writes.
 //
 // Queue 0 receives (host input into buffers the driver posted), queue 1 transmits (the driver's
-// buffers written to out_fd, in one write(2) per notification). No multiport, no emergency write,
+// buffers written to out_fd straight from guest RAM, one write(2) per buffer: Linux posts one per
+// notification). No multiport, no emergency write,
 // no console size. Input arriving before the driver has posted buffers waits in ConsoleInput, which
 // rx_space_fd() wakes when the driver posts some.
 //
@@ -16,7 +17,6 @@
 
 #include <cstdint>
 #include <span>
-#include <string>
 
 #include "devices/console_sink.h"
 #include "virtio/mmio_transport.h"
@@ -56,7 +56,6 @@ class Console : public Device, public devices::ConsoleSink {
   int space_fd_ = -1;
   MmioTransport* transport_ = nullptr;
   bool want_space_ = false;  // input was refused for want of buffers (under the transport's lock)
-  std::string out_;
 };
 
 }  // namespace passvm::virtio

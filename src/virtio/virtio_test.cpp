@@ -239,6 +239,37 @@ TEST(VirtioConsole, QueueDisabledByTheDriverServesNothing) {
   EXPECT_EQ(d.transport.error(), "");
 }
 
+TEST(VirtioConsole, ChainAsLargeAsGuestRamIsWrittenNotCopied) {
+  Driver d(false);
+  int null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(null_fd, 0);
+  Console console(null_fd);
+  MmioTransport transport(d.mem, console, {});
+  console.attach(transport);
+  // A transport of its own over the harness's guest RAM, whose helpers write the rings.
+  auto set = [&](uint64_t off, uint32_t v) { transport.write(off, {reinterpret_cast<const uint8_t*>(&v), 4}); };
+  set(kStatus, kAck | kDriver);
+  set(0x24, 1);
+  set(0x20, 1);
+  set(kStatus, kAck | kDriver | kFeaturesOk);
+  set(kQueueSel, 1);
+  set(kQueueNum, kSize);
+  set(0x80, static_cast<uint32_t>(Driver::desc(1)));
+  set(0x90, static_cast<uint32_t>(Driver::avail(1)));
+  set(0xa0, static_cast<uint32_t>(Driver::used(1)));
+  set(kQueueReady, 1);
+  set(kStatus, kAck | kDriver | kFeaturesOk | kDriverOk);
+  // One chain of eight descriptors over guest RAM again and again, 72 MiB in all; the first is all of it.
+  for (uint16_t i = 0; i < kSize; i++)
+    d.write_desc(1, i, 0, 2 * layout::MiB * (i % 8), i + 1 < kSize ? kNext : 0, static_cast<uint16_t>(i + 1));
+  d.write_desc(1, 0, 0, 16 * layout::MiB, kNext, 1);
+  d.publish(1, 0);
+  set(kNotify, 1);
+  EXPECT_EQ(d.used_idx(1), 1);
+  EXPECT_EQ(transport.error(), "");
+  close(null_fd);
+}
+
 TEST(VirtioConsole, DescriptorLoopEnds) {
   Driver d;
   d.start();
