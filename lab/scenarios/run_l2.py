@@ -483,6 +483,13 @@ def run_vmm(name, cmd, timeout, grace, typed, console, pid_path, start_figures):
         while proc.poll() is None:
             now = time.monotonic()
             if now - start > timeout:
+                if os.path.basename(cmd[0]) == "passvm":
+                    # passvm prints its counters and its devices' state (the UART's registers and interrupt
+                    # line among them) on SIGUSR2: on the console, before the kill.
+                    try:
+                        os.kill(proc.pid, signal.SIGUSR2)
+                    except ProcessLookupError:
+                        pass
                 try:
                     state["stuck"] = stuck_report(proc.pid)
                 except Exception as e:  # the report is evidence, not the verdict: the kill goes on

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -54,6 +55,17 @@ void Uart16550::write(uint64_t offset, std::span<const uint8_t> data) {
 void Uart16550::flush() {
   std::lock_guard g(lock_);
   flush_output();
+}
+
+std::string Uart16550::state() {
+  std::lock_guard g(lock_);
+  uint8_t iir = static_cast<uint8_t>(interrupt_id() | (fifo_enabled_ ? kIirFifo : 0));
+  uint8_t lsr = static_cast<uint8_t>(kLsrThre | kLsrTemt | line_errors_ | (rx_.empty() ? 0 : kLsrDr));
+  char text[160];
+  std::snprintf(text, sizeof text, "IER 0x%02x IIR 0x%02x LCR 0x%02x MCR 0x%02x LSR 0x%02x, THRE %s, line %s, %zu bytes received",
+                ier_, iir, lcr_, mcr_, lsr, thre_pending_ ? "pending" : "not pending", irq_level_ ? "high" : "low",
+                rx_.size());
+  return text;
 }
 
 void Uart16550::set_tx_batching(std::function<void(bool)> fn) {

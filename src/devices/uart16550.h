@@ -63,6 +63,11 @@ class Uart16550 : public BusDevice, public ConsoleSink {
   // Writes the buffered output now.
   void flush();
 
+  // The registers as the guest would read them, without a read's side effects, and the interrupt line:
+  // "IER 0x0f IIR 0xc2 LCR 0x03 MCR 0x0b LSR 0x60, THRE pending, line high, 0 bytes received". For
+  // --stats and SIGUSR2: a guest whose console stalls shows here whether it waits for an interrupt.
+  std::string state();
+
  private:
   uint8_t read_register(uint64_t reg);
   void write_register(uint64_t reg, uint8_t value);

@@ -48,6 +48,20 @@ TEST_F(Fixture, TransmitGoesToTheOutputFd) {
   EXPECT_TRUE(irq_changes.empty()) << "no interrupt enabled, no line change";
 }
 
+TEST_F(Fixture, StateShowsAWaitingThreInterruptWithoutAcknowledgingIt) {
+  EXPECT_EQ(uart->state(), "IER 0x00 IIR 0x01 LCR 0x00 MCR 0x00 LSR 0x60, THRE not pending, line low, 0 bytes received");
+  out(IER, 0x02);  // THRE interrupt on: pending at once
+  const std::string want = "IER 0x02 IIR 0x02 LCR 0x00 MCR 0x00 LSR 0x60, THRE pending, line high, 0 bytes received";
+  EXPECT_EQ(uart->state(), want);
+  EXPECT_EQ(uart->state(), want) << "reading the state must not acknowledge THRE as an IIR read does";
+  EXPECT_EQ(in(IIR) & 0x0f, 0x02);
+  EXPECT_EQ(uart->state(), "IER 0x02 IIR 0x01 LCR 0x00 MCR 0x00 LSR 0x60, THRE not pending, line low, 0 bytes received");
+  const uint8_t typed[] = {'a', 'b'};
+  uart->receive(typed);
+  EXPECT_NE(uart->state().find("LSR 0x61"), std::string::npos) << uart->state();
+  EXPECT_NE(uart->state().find("1 bytes received"), std::string::npos) << "no FIFO: one byte held";
+}
+
 TEST_F(Fixture, TransmitBatchingIsAllowedOnlyWhileTheThreInterruptIsOff) {
   std::vector<bool> calls;
   uart->set_tx_batching([&](bool allowed) { calls.push_back(allowed); });

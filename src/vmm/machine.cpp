@@ -669,6 +669,7 @@ std::string Machine::stats_text() const {
     out.pop_back();
     out += unplaced ? fmt::format("; {} more at other addresses\n", unplaced) : "\n";
   }
+  if (p.com1) out += fmt::format("  COM1: {}\n", p.com1->state());
   out += fmt::format("  {}: {}\n", p.bridge.name(), p.bridge.stats());
   for (const auto& [k, d] : p.passthru) out += fmt::format("  {}: {}\n", d.dev->name(), d.dev->stats());
   return out;
