@@ -326,6 +326,15 @@ def threads_now(pids):
     return out
 
 
+def vfio_interrupts():
+    """L1's /proc/interrupts lines of vfio's vectors, spaces squeezed."""
+    try:
+        with open("/proc/interrupts") as f:
+            return [" ".join(l.split()) for l in f if "vfio" in l]
+    except OSError:
+        return []
+
+
 def stuck_report(pid, seconds=2.0):
     """What a VMM that is about to be killed for a timeout was doing: each thread's state, the CPU it
     used over `seconds`, where it waits in L1's kernel (a vCPU halted in kvm_vcpu_halt, or running the
@@ -344,6 +353,10 @@ def stuck_report(pid, seconds=2.0):
         used = (ticks - threads0.get(tid, (0, 0, ticks))[2]) / hz / seconds
         lines.append(f"  thread {tid} {comm}: state {state}, {used:.0%} of a CPU, waits in {wchan or '-'}"
                      f"{'; stack ' + ' < '.join(stack) if stack else ''}")
+    # Each passed-through device's interrupts as L1 took them (vfio's lines of /proc/interrupts): whether a
+    # device still raised any while the guest waited.
+    for line in vfio_interrupts():
+        lines.append(f"  L1 /proc/interrupts: {line}")
     moved = {k: stats1[k] - stats0.get(k, 0) for k in sorted(stats1) if stats1[k] != stats0.get(k, 0)}
     lines.append("  L1 KVM counters that moved: " + (", ".join(f"{k} +{v}" for k, v in moved.items()) if moved else
                                                      "none" if stats1 else f"none readable (no {DEBUGFS}/kvm/{pid}-*)"))
