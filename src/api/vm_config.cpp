@@ -240,30 +240,24 @@ void parse_payload(const json& body, MachineConfig& cfg) {
   if (cfg.kernel.empty()) refuse("payload.kernel", "missing; passvm boots a Linux kernel (bzImage) directly");
 }
 
+// A console passvm connects to its own terminal or to nothing: "stdio" for Tty, "" when absent, Off or Null;
+// any other mode is refused with `what` (how passvm connects it).
+std::string tty_or_nothing(const json& body, std::string_view key, std::string_view what) {
+  std::string mode = console_mode(body, key);
+  if (mode == "Tty") return "stdio";
+  if (mode.empty() || mode == "Off" || mode == "Null") return "";
+  refuse(path_of(key, "mode"), fmt::format("{}: {}", mode, what));
+}
+
 void parse_consoles(const json& body, MachineConfig& cfg) {
   // cloud-hypervisor's default serial mode is Null: the UART exists and its output goes nowhere.
-  std::string serial = console_mode(body, "serial");
-  if (serial == "Tty") {
-    cfg.com1 = "stdio";
-  } else if (serial.empty() || serial == "Off" || serial == "Null") {
-    cfg.com1.clear();
-  } else {
-    refuse("serial.mode", fmt::format("{}: passvm connects COM1 (the guest's ttyS0) to its own terminal (Tty) or to "
-                                      "nothing (Off, Null)",
-                                      serial));
-  }
+  cfg.com1 = tty_or_nothing(body, "serial",
+                            "passvm connects COM1 (the guest's ttyS0) to its own terminal (Tty) or to nothing (Off, Null)");
   // The virtio console (the guest's hvc0). cloud-hypervisor's default is one on its terminal; passvm adds it
   // only when asked, so that a config without it keeps the guest's device list as it was.
-  std::string console = console_mode(body, "console");
-  if (console == "Tty") {
-    cfg.virtio_console = "stdio";
-  } else if (console.empty() || console == "Off" || console == "Null") {
-    cfg.virtio_console.clear();
-  } else {
-    refuse("console.mode", fmt::format("{}: passvm connects the virtio console (the guest's hvc0) to its own terminal "
-                                       "(Tty) or leaves it out (Off, Null)",
-                                       console));
-  }
+  cfg.virtio_console = tty_or_nothing(body, "console",
+                                      "passvm connects the virtio console (the guest's hvc0) to its own terminal (Tty) "
+                                      "or leaves it out (Off, Null)");
   std::string debug = console_mode(body, "debug_console");
   if (!debug.empty() && debug != "Off" && debug != "Null")
     refuse("debug_console.mode", fmt::format("{}: passvm has no debug console port; set it to Off", debug));
