@@ -20,6 +20,26 @@ class ConsoleSink {
   ~ConsoleSink() = default;
 };
 
+// A sink's rx_space_fd(): an eventfd that wakes the input once after the sink refused some and the guest
+// has made room since. Not locked: its owner calls it under the lock that guards its receive side.
+class RoomSignal {
+ public:
+  explicit RoomSignal(std::string_view owner);  // owner names the device in an error
+  ~RoomSignal();
+  RoomSignal(const RoomSignal&) = delete;
+  RoomSignal& operator=(const RoomSignal&) = delete;
+
+  int fd() const { return fd_; }
+  // The sink took `taken` of `offered` bytes: the input waits for room when it took fewer.
+  void offered(size_t offered, size_t taken) { waiting_ = taken < offered; }
+  // The guest made room: wakes the input, once, if it waits.
+  void room();
+
+ private:
+  int fd_ = -1;
+  bool waiting_ = false;
+};
+
 // Writes all of `bytes` to fd (-1: nowhere). An error drops the rest: the guest must not stall on its console.
 void write_guest_output(int fd, std::string_view bytes);
 

@@ -1,6 +1,5 @@
 #include "devices/uart16550.h"
 
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -28,15 +27,9 @@ constexpr size_t kOutputBuffer = 4096;
 
 }  // namespace
 
-Uart16550::Uart16550(int out_fd, std::function<void(bool)> irq) : out_fd_(out_fd), irq_(std::move(irq)) {
-  space_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (space_fd_ < 0) throw std::runtime_error(std::string("serial port: eventfd: ") + std::strerror(errno));
-}
+Uart16550::Uart16550(int out_fd, std::function<void(bool)> irq) : out_fd_(out_fd), irq_(std::move(irq)) {}
 
-Uart16550::~Uart16550() {
-  flush_output();
-  close(space_fd_);
-}
+Uart16550::~Uart16550() { flush_output(); }
 
 void Uart16550::read(uint64_t offset, std::span<uint8_t> data) {
   std::lock_guard g(lock_);
@@ -79,7 +72,7 @@ size_t Uart16550::receive(std::span<const uint8_t> bytes) {
   size_t cap = fifo_enabled_ ? kFifoSize : 1;
   size_t n = 0;
   while (n < bytes.size() && rx_.size() < cap) rx_.push_back(bytes[n++]);
-  want_space_ = n < bytes.size();
+  room_.offered(bytes.size(), n);
   update_irq();
   return n;
 }
@@ -92,7 +85,7 @@ uint8_t Uart16550::read_register(uint64_t reg) {
       if (rx_.empty()) return 0;
       uint8_t b = rx_.front();
       rx_.pop_front();
-      signal_space();
+      room_.room();
       return b;
     }
     case kIer: return dlab ? dlm_ : ier_;
@@ -143,7 +136,7 @@ void Uart16550::write_register(uint64_t reg, uint8_t value) {
       bool enable = value & kFcrEnable;
       if (enable != fifo_enabled_ || (value & kFcrClearRx)) {
         rx_.clear();
-        signal_space();
+        room_.room();
       }
       fifo_enabled_ = enable;
       rx_trigger_ = kTriggerLevels[value >> 6];
@@ -180,13 +173,6 @@ void Uart16550::transmit(uint8_t byte) {
 void Uart16550::flush_output() {
   write_guest_output(out_fd_, out_);
   out_.clear();
-}
-
-void Uart16550::signal_space() {
-  if (!want_space_) return;
-  want_space_ = false;
-  uint64_t one = 1;
-  [[maybe_unused]] ssize_t r = ::write(space_fd_, &one, sizeof one);
 }
 
 void Uart16550::push_rx(uint8_t byte) {

@@ -58,7 +58,7 @@ class Uart16550 : public BusDevice, public ConsoleSink {
   // Host input: puts as many bytes as fit into the receive FIFO and returns how many. When some
   // did not fit, rx_space_fd() (an eventfd) becomes readable once the guest has read a byte.
   size_t receive(std::span<const uint8_t> bytes) override;
-  int rx_space_fd() const override { return space_fd_; }
+  int rx_space_fd() const override { return room_.fd(); }
 
   // Writes the buffered output now.
   void flush();
@@ -74,7 +74,6 @@ class Uart16550 : public BusDevice, public ConsoleSink {
   void transmit(uint8_t byte);
   void flush_output();
   void push_rx(uint8_t byte);
-  void signal_space();
   uint8_t interrupt_id() const;
   uint8_t modem_status_lines() const;
   void update_irq();
@@ -82,7 +81,6 @@ class Uart16550 : public BusDevice, public ConsoleSink {
   const int out_fd_;
   const std::function<void(bool)> irq_;
   std::function<void(bool)> tx_batching_;
-  int space_fd_ = -1;
 
   std::mutex lock_;
   std::deque<uint8_t> rx_;
@@ -94,7 +92,7 @@ class Uart16550 : public BusDevice, public ConsoleSink {
   bool fifo_enabled_ = false;
   uint8_t rx_trigger_ = 1;
   bool thre_pending_ = false;
-  bool want_space_ = false;
+  RoomSignal room_{"serial port"};
   bool irq_level_ = false;
 };
 

@@ -1,6 +1,5 @@
 #include "virtio/console.h"
 
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,12 +9,7 @@
 
 namespace passvm::virtio {
 
-Console::Console(int out_fd) : out_fd_(out_fd) {
-  space_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (space_fd_ < 0) throw std::runtime_error(std::string("virtio console: eventfd: ") + std::strerror(errno));
-}
-
-Console::~Console() { close(space_fd_); }
+Console::Console(int out_fd) : out_fd_(out_fd) {}
 
 void Console::read_config(uint64_t, std::span<uint8_t> data) {
   // cols, rows, max_nr_ports, emerg_wr: meaningful only with features this device does not offer.
@@ -24,12 +18,12 @@ void Console::read_config(uint64_t, std::span<uint8_t> data) {
 
 void Console::reset() {
   // Input refused before the reset may be offered again once the driver posts new buffers.
-  if (want_space_) signal_space();
+  room_.room();
 }
 
 bool Console::notified(uint16_t index, Queue& queue) {
   if (index == kTransmitQueue) return transmit(queue);
-  if (index == kReceiveQueue && want_space_) signal_space();  // the driver posted buffers for input
+  if (index == kReceiveQueue) room_.room();  // the driver posted buffers for input
   return false;
 }
 
@@ -65,16 +59,10 @@ size_t Console::receive(std::span<const uint8_t> bytes) {
       used = true;
     }
     // The rest waits in ConsoleInput until the driver posts buffers (or, not running yet, sets up the queue).
-    want_space_ = taken < bytes.size();
+    room_.offered(bytes.size(), taken);
     return used;
   });
   return taken;
-}
-
-void Console::signal_space() {
-  want_space_ = false;
-  uint64_t one = 1;
-  [[maybe_unused]] ssize_t r = ::write(space_fd_, &one, sizeof one);
 }
 
 }  // namespace passvm::virtio

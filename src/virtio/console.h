@@ -30,7 +30,6 @@ class Console : public Device, public devices::ConsoleSink {
 
   // Guest output goes to out_fd (-1 drops it).
   explicit Console(int out_fd);
-  ~Console() override;
   Console(const Console&) = delete;
   Console& operator=(const Console&) = delete;
 
@@ -46,16 +45,14 @@ class Console : public Device, public devices::ConsoleSink {
 
   // ConsoleSink: host input into the receive queue's buffers.
   size_t receive(std::span<const uint8_t> bytes) override;
-  int rx_space_fd() const override { return space_fd_; }
+  int rx_space_fd() const override { return room_.fd(); }
 
  private:
   bool transmit(Queue& queue);
-  void signal_space();
 
   const int out_fd_;
-  int space_fd_ = -1;
   MmioTransport* transport_ = nullptr;
-  bool want_space_ = false;  // input was refused for want of buffers (under the transport's lock)
+  devices::RoomSignal room_{"virtio console"};  // under the transport's lock
 };
 
 }  // namespace passvm::virtio

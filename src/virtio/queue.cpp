@@ -30,8 +30,6 @@ void Queue::fail(std::string why) {
   if (error_.empty()) error_ = std::move(why);
 }
 
-uint8_t* Queue::ring(uint64_t gpa, uint64_t len) { return mem_->host_address(gpa, len); }
-
 bool Queue::enable() {
   if (size_ == 0 || size_ > kMaxSize || (size_ & (size_ - 1)) != 0) {
     fail(fmt::format("queue size {} is not a power of two up to {}", size_, kMaxSize));
@@ -41,9 +39,9 @@ bool Queue::enable() {
     fail(fmt::format("rings at {:#x}, {:#x}, {:#x} are not aligned to 16, 2 and 4 bytes", desc_, avail_, used_));
     return false;
   }
-  desc_hva_ = ring(desc_, 16ull * size_);
-  avail_hva_ = ring(avail_, 6 + 2ull * size_);
-  used_hva_ = ring(used_, 6 + 8ull * size_);
+  desc_hva_ = mem_->host_address(desc_, 16ull * size_);
+  avail_hva_ = mem_->host_address(avail_, 6 + 2ull * size_);
+  used_hva_ = mem_->host_address(used_, 6 + 8ull * size_);
   if (!desc_hva_ || !avail_hva_ || !used_hva_) {
     fail(fmt::format("rings at {:#x}, {:#x}, {:#x} ({} entries) are not in guest RAM", desc_, avail_, used_, size_));
     return false;

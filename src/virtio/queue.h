@@ -69,7 +69,6 @@ class Queue {
 
  private:
   void fail(std::string why);
-  uint8_t* ring(uint64_t gpa, uint64_t len);
 
   const GuestMemory* mem_;
   uint16_t size_ = kMaxSize;
