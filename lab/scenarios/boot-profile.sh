@@ -5,11 +5,14 @@
 # exits KVM handles itself and exits it hands to the VMM's user space, and the guest's share (kvm_exit,
 # kvm_entry and kvm_userspace_exit events: check NAME.exit-cost), and, in an L1 of one CPU, who had that CPU
 # between the VMM's start and L2's init (sched_switch: check NAME.cpu, the VMM, the lab's own Python, idle,
-# the rest); passvm prints its step times (-v) and its own count (--stats) on its console. With
+# the rest); passvm prints its step times (-v) and its own count (--stats) on its console. NAME.guest
+# (guest_profile.py): the time from the VMM's start to the guest's first instruction and from there to
+# its kernel's clock starting, and where L2's vCPUs were up to init, sampled by L1's interrupts: the
+# share spent waiting for the other vCPU (locks, IPIs), which L1's one CPU runs by turns. With
 # PROFILE_DMESG=1 (lab/run --env PROFILE_DMESG=1) L2 boots with initcall_debug and prints its kernel log
 # after init (printk times, one line per initcall). Read the consoles in the kept logs
 # (lab/run --keep-logs DIR boot-profile). Not in the suite.
-# lab-expect: qemu.vmm qemu.exits qemu.exit-cost pv-first.vmm pv.vmm pv.exits pv.exit-cost qemu-pt.vmm qemu-pt.exits pv-pt.vmm pv-pt.exits
+# lab-expect: qemu.vmm qemu.exits qemu.exit-cost qemu.guest pv-first.vmm pv.vmm pv.exits pv.exit-cost pv.guest qemu-pt.vmm qemu-pt.exits qemu-pt.guest pv-pt.vmm pv-pt.exits pv-pt.guest
 # lab-timeout: 1500
 
 if [[ -z $PASSVM || ! -x $PASSVM ]]; then
@@ -26,7 +29,7 @@ else
 fi
 
 TRACE=/sys/kernel/tracing
-EVENTS="kvm/kvm_pio kvm/kvm_mmio kvm/kvm_exit kvm/kvm_entry kvm/kvm_userspace_exit"
+EVENTS="kvm/kvm_pio kvm/kvm_mmio kvm/kvm_exit kvm/kvm_entry kvm/kvm_userspace_exit kvm/kvm_msr"
 # Enabling sched_switch patches the scheduler's text; with several CPUs under L0's TCG one can meet the
 # patch half done and hang L1 (run_l2.py's FirstEntryTrace), so only an L1 of one CPU traces it.
 [[ $(nproc) == 1 ]] && EVENTS="$EVENTS sched/sched_switch timer/hrtimer_start timer/hrtimer_expire_entry"
@@ -44,7 +47,7 @@ traced() {
     local ev
     for ev in $EVENTS; do echo 1 > $TRACE/events/$ev/enable; done
     echo 1 > $TRACE/tracing_on
-    run_l2 "$name" --timeout 480 -- "$@"
+    RUN_L2_TRACE_MARK=1 run_l2 "$name" --timeout 480 -- "$@"
     echo 0 > $TRACE/tracing_on
     for ev in $EVENTS; do echo 0 > $TRACE/events/$ev/enable; done
     local lost
@@ -169,6 +172,11 @@ elif switches:
     print("LABRESULT " + json.dumps({"scenario": scenario, "check": f"{name}.cpu", "pass": False, "figures": {},
           "detail": "no VMM thread in the scheduler trace, or no time to init"}, separators=(",", ":")), flush=True)
 PY
+    # L1's symbols name L2's only when both run the same kernel without KASLR (l2_append says nokaslr).
+    local syms=()
+    [[ $L2_KERNEL == *"$(uname -r)"* ]] && grep -qw nokaslr /proc/cmdline && syms=(/proc/kallsyms)
+    /usr/bin/python3 "$LAB_DIR/scenarios/guest_profile.py" "$name" "$TRACE/trace" "$LAB_SCENARIO" \
+        "$LAB_OUT/$name.summary.json" "${syms[@]}"
 }
 
 traced qemu -- "${QEMU[@]}" -append "$BOOT"

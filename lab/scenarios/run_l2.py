@@ -466,6 +466,12 @@ def run_vmm(name, cmd, timeout, grace, typed, console, pid_path, start_figures):
     """One run of the VMM: stream its console, collect L2's results, sample its memory."""
     trace = FirstEntryTrace() if start_figures else None
 
+    if os.environ.get("RUN_L2_TRACE_MARK") == "1":  # boot-profile: where in L1's trace the VMM started
+        try:
+            with open(f"{TRACEFS}/trace_marker", "w") as f:
+                f.write(f"lab: {name} starts\n")
+        except OSError as e:
+            print(f"[{name}] no trace marker: {e}", flush=True)
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if typed else subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True,
