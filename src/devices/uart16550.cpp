@@ -1,11 +1,6 @@
 #include "devices/uart16550.h"
 
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
-#include <stdexcept>
 #include <string>
 
 namespace passvm::devices {

@@ -1,11 +1,7 @@
 #include "virtio/console.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
-#include <stdexcept>
 
 namespace passvm::virtio {
 
