@@ -110,6 +110,7 @@ def replay(states):
         w = watch[0]
     finally:
         lab.l0_monitor = real
+    replay.stuck = w.stuck
     return w.wakes, sent
 
 clear = hung.replace("IRR\t 236 ", "IRR\t (none)")
@@ -124,8 +125,18 @@ wakes, sent = replay([hung, rearmed, hung, rearmed, hung])
 check("waiting at each read but armed again in between (a busy timer, not a lost one): no key press",
       sent == [] and wakes == [])
 wakes, sent = replay([hung] * 6)
-check(f"stuck for good: a key press after every two reads and the read after it, none taken ({len(sent)} presses)",
-      len(sent) == 2 and all(w["delivered"] is False for w in wakes))
+check(f"stuck for good: a key press after every two reads and the read after it, none taken ({len(sent)} presses), "
+      f"one episode recorded ({wakes})",
+      len(sent) == 2 and len(wakes) == 1 and wakes[0]["delivered"] is False and wakes[0]["presses"] == 2)
+check(f"presses that do not help for less than L1_STUCK_S: not yet a hung L1 ({replay.stuck})", replay.stuck is None)
+lab.L1_STUCK_S = 0
+replay([hung] * 6)
+check(f"presses that do not help for L1_STUCK_S: a hung L1, said so ({replay.stuck})",
+      replay.stuck is not None and "L1 CPU 0" in replay.stuck and "2 key presses" in replay.stuck)
+lab.L1_STUCK_S = 30
+wakes, sent = replay([hung] * 6 + [clear, hung, hung])
+check(f"an episode ends when the timer is seen taken: a new one after it ({[w.get('presses') for w in wakes]})",
+      len(sent) == 3 and [w.get("presses") for w in wakes] == [2, 1])
 
 # Wakes outlive a passing run's temporary files: appended, one JSON line each, to the cache's logs.
 lab.record_wakes(f"{tmp}/cache", [], ["s"], "QEMU 7.2")
