@@ -27,6 +27,7 @@ expect 2 "--l0-qemu /nonexistent/qemu: not an executable.*lab/l0-qemu/build" \
     "$LAB/run" --l0-qemu /nonexistent/qemu qemu-reference
 expect 2 "--env '1X=y': give NAME=VALUE" "$LAB/run" --env 1X=y qemu-reference
 expect 2 "--l1-cpus 0: give 1 or more" "$LAB/run" --l1-cpus 0 qemu-reference
-expect 2 "are for --large: add --large" "$ROOT/bench/run" --mem-mb 1024
+expect 2 "--mem-mb is for --large: add --large" "$ROOT/bench/run" --mem-mb 1024
+expect 2 "--l1-cpus 0: give 1 or more" "$ROOT/bench/run" --l1-cpus 0
 expect 1 "no arguments expected" "$LAB/l0-qemu/build" --now
 exit $failed
