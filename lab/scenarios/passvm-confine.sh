@@ -7,9 +7,12 @@
 #   guest runs every passvm thread has Seccomp: 2, pvuser's uid and CapEff 0.
 # - kill: with the test hook armed, SIGUSR2 once L2's nvme I/O started makes a vCPU call socket(): passvm exits
 #   with status 6 naming the call and the vCPU thread, and leaves no VFIO file open.
+# - nopin: pvuser with a locked-memory limit below the guest's RAM: guest RAM is pinned beside the guest's
+#   start, so the guest runs when the pin fails; passvm stops it, says why (RLIMIT_MEMLOCK) with status 1,
+#   and leaves the NVMe free on vfio-pci, as after any failed setup.
 # - root: passvm started by root with --user pvuser gets the NVMe the killed one left, boots L2 and its
 #   nvme check passes; its threads as for user. Then release gives the NVMe back to L1's nvme driver.
-# lab-expect: conf.reserve conf.check conf.checkfixed conf.user.vmm conf.user.nvme conf.user.ticker conf.user.threads conf.kill conf.root.vmm conf.root.nvme conf.root.ticker conf.root.threads conf.release
+# lab-expect: conf.reserve conf.check conf.checkfixed conf.user.vmm conf.user.nvme conf.user.ticker conf.user.threads conf.kill conf.nopin conf.root.vmm conf.root.nvme conf.root.ticker conf.root.threads conf.release
 # lab-timeout: 1500
 
 source "$LAB_DIR/scenarios/passvm-lib.sh"
@@ -149,6 +152,19 @@ if [[ $rc != 6 ]]; then result conf.kill fail detail="exit status $rc, expected 
 elif ! [[ $said == *"thread 'vcpu"*"socket (41)"* ]]; then result conf.kill fail detail="no message naming the vCPU thread and socket (41)" "${fig[@]}"
 elif [[ $held != 0 || $(bdf_driver $NVME) != vfio-pci ]]; then result conf.kill fail detail="the device was not left free on vfio-pci" "${fig[@]}"
 else result conf.kill pass "${fig[@]}"; fi
+
+con=$LAB_OUT/nopin.console
+prlimit --memlock=67108864:67108864 \
+    setpriv --reuid=$U --regid=$U --init-groups --inh-caps=-all --bounding-set=-all \
+    env HOME="$D/home" timeout 600 "${PV[@]}" -v "${BOOT[@]}" --append "$(l2_append nvme)" labvm </dev/null >"$con" 2>&1
+rc=$?
+said=$(grep -m1 'RLIMIT_MEMLOCK' "$con" | cut -c1-300)
+held=$(ls -l /proc/*/fd 2>/dev/null | grep -c "/dev/vfio/$group")
+fig=(rc="$rc" said="$said" driver="$(bdf_driver $NVME)" vfio_fds_left="$held")
+if [[ $rc != 1 ]]; then result conf.nopin fail detail="exit status $rc, expected 1" "${fig[@]}"
+elif [[ -z $said ]]; then result conf.nopin fail detail="no message naming RLIMIT_MEMLOCK" "${fig[@]}"
+elif [[ $held != 0 || $(bdf_driver $NVME) != vfio-pci ]]; then result conf.nopin fail detail="the device was not left free on vfio-pci" "${fig[@]}"
+else result conf.nopin pass "${fig[@]}"; fi
 
 # Started by root, dropping to pvuser once everything is open; the NVMe is the one the killed passvm
 # left behind, so this run also shows it was left usable.

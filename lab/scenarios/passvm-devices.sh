@@ -7,7 +7,7 @@
 #   (iobar: passvm forwards the I/O BAR through VFIO), config space sane (config), ping.
 # - expansion ROMs (rom, passvm only): L2 reads the e1000e's ROM through sysfs and gets what L1
 #   reads from the device; edu, which has none, gets one from a rom= file and L2 reads that file.
-# lab-expect: qdev.vmm qdev.edu qdev.edublock qdev.iobar qdev.config qdev.ping qdev.irqs qdev.dmar pvdev.vmm pvdev.rom pvdev.edu pvdev.edublock pvdev.iobar pvdev.config pvdev.ping pvdev.irqs pvdev.dmar pvdev.l1 devices.compare
+# lab-expect: qdev.vmm qdev.edu qdev.edublock qdev.iobar qdev.config qdev.ping qdev.irqs qdev.dmar pvdev.vmm pvdev.rom pvdev.edu pvdev.edublock pvdev.iobar pvdev.config pvdev.ping pvdev.irqs pvdev.dmar pvdev.dmawait pvdev.l1 devices.compare
 # lab-timeout: 1020
 # lab-dma-faults: deliberate
 
@@ -58,13 +58,28 @@ print(f"{len(img)}/{h:016x}")
 PY
 )
 before=$(edu_faults)
-run_l2 pvdev --timeout 480 -- \
+nic_before=$(dmesg | grep -c 'DMAR:.*device \[00:04.0\]')
+# The guest starts while its RAM is mapped for DMA, and a bus master enable waits for the mapping
+# (src/passthru/dma_ready.h). PASSVM_TEST_HOLD_DMA_MAP makes passvm map only once an enable waits: the
+# e1000e and the edu device then master the bus after that wait, and their DMA (ping, edublock) and
+# the absence of IOMMU faults (pvdev.dmar) say whether the wait held them.
+PASSVM_TEST_HOLD_DMA_MAP=1 run_l2 pvdev --timeout 480 -- \
     "$PASSVM" -c 2 -m 512M -s 0,hostbridge -s 4,passthru,0000:00:04.0 -s 6,passthru,0000:00:06.0,rom="$EDU_ROM_FILE" \
     -l com1,stdio --stats --kernel "$L2_KERNEL" --initrd "$L2_INITRD" \
     --append "$(l2_append rom,lspci,edu,edublock,iobar,config,ping,irqs lab.expect_pci=1234:11e8,8086:10d3 \
               lab.roms=8086:10d3=$E1000E_ROM,1234:11e8=$EDU_ROM)" labvm
 rc=$?
 dmar_result pvdev.dmar "$before"
+waited=$(grep -oE 'bus master enable waited [0-9.]+ ms' "$LAB_OUT/pvdev.console" | head -n 1 | grep -oE '[0-9.]+')
+nic_faults=$(( $(dmesg | grep -c 'DMAR:.*device \[00:04.0\]') - nic_before ))
+if [[ -z $waited ]]; then
+    result pvdev.dmawait fail detail="no device's --stats says its bus master enable waited for the DMA mapping"
+elif ((nic_faults > 0)); then
+    result pvdev.dmawait fail detail="the e1000e's DMA faulted in the IOMMU $nic_faults times: it reached guest RAM before it was mapped" \
+        waited_ms="$waited"
+else
+    result pvdev.dmawait pass waited_ms="$waited" nic_faults=0
+fi
 
 # L1 must be unharmed: no oops, both devices still on vfio-pci, its own e1000e still up.
 bad=$(dmesg | grep -E 'BUG:|Oops|general protection|Kernel panic' | head -n 2 | tr '\n' ' ')

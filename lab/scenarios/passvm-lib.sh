@@ -157,6 +157,11 @@ for key, pattern in steps.items():
             fig["ram_allocated_at_ms"], fig["ram_allocated_step_ms"] = int(m.group(1)), float(m.group(2))
             fig["ram_threads"] = int(m.group(3))
             break
+        # The mapping runs beside the guest's start (passthru/dma_ready.h): a note, with its time in it.
+        m = re.match(r"\s*(\d+) passvm:\s+guest RAM mapped for DMA \(\d+ MiB pinned in ([\d.]+) ms", line)
+        if m and key == "ram_dma_mapped":
+            fig["ram_dma_mapped_at_ms"], fig["ram_pin_ms"] = int(m.group(1)), float(m.group(2))
+            break
         m = re.match(r"\s*(\d+) passvm:\s+([\d.]+) ms  (.*)", line)
         if m and re.match(pattern, m.group(3)):
             fig[f"{key}_at_ms"], fig[f"{key}_step_ms"] = int(m.group(1)), float(m.group(2))

@@ -486,7 +486,7 @@ def run_vmm(name, cmd, timeout, grace, typed, console, pid_path, start_figures):
     irqs = L1IrqSampler()
     irqs.start()
 
-    state = {"init_ms": None, "done_at": None, "held_at": None, "killed": None, "exit_after_done_ms": None,
+    state = {"init_ms": None, "nvme_ms": None, "done_at": None, "held_at": None, "killed": None, "exit_after_done_ms": None,
              "stuck": None}
     results, tail = {}, deque(maxlen=15)
 
@@ -545,6 +545,8 @@ def run_vmm(name, cmd, timeout, grace, typed, console, pid_path, start_figures):
             continue  # a console line split inside the result by kernel output: the check will show as missing
         if check == "boot" and state["init_ms"] is None:
             state["init_ms"] = ms
+        if check == "nvme" and state["nvme_ms"] is None:
+            state["nvme_ms"] = ms  # the passed-through NVMe did its first I/O in the guest
         if check == "done":
             state["done_at"] = time.monotonic()
             continue
@@ -695,6 +697,7 @@ def main():
 
     boot = results.get("boot", {}).get("figures", {})
     figures = {"wall_ms": wall_ms, "vmm_start_to_l2_init_ms": state["init_ms"],
+               "vmm_start_to_l2_nvme_ms": state["nvme_ms"],
                "l2_uptime_at_init_s": boot.get("uptime_s"),
                "peak_rss_kb": peak_kb, "peak_private_rss_kb": sampler.private_kb, "exit_code": rc,
                "exited_by_itself": state["killed"] is None, "exit_after_done_ms": state["exit_after_done_ms"],

@@ -62,6 +62,9 @@ const char* const kVcpu[] = {
 };
 const char* const kInterrupts[] = {"ioctl", "read", "epoll_wait", "epoll_pwait", "pread64", "pwrite64"};
 const char* const kPeerDma[] = {"ioctl"};
+// madvise (kBase) to allocate, VFIO's map and unmap to pin; a pin refused for the locked-memory limit is
+// reported with that limit (vfio::Container::map_dma reads it).
+const char* const kGuestRam[] = {"ioctl", "getrlimit", "prlimit64"};
 const char* const kConsole[] = {"ioctl", "read", "poll", "ppoll"};
 const char* const kSignals[] = {"read", "poll", "ppoll"};
 const char* const kApi[] = {
@@ -266,6 +269,7 @@ const char* class_name(ThreadClass c) {
     case ThreadClass::Vcpu: return "vcpu";
     case ThreadClass::Interrupts: return "interrupts";
     case ThreadClass::PeerDma: return "peer-dma";
+    case ThreadClass::GuestRam: return "guest-ram";
     case ThreadClass::Console: return "console";
     case ThreadClass::Signals: return "signals";
     case ThreadClass::Api: return "api";
@@ -291,12 +295,14 @@ std::vector<std::string> allowed_syscalls(ThreadClass c) {
       add(l, kVcpu);
       add(l, kInterrupts);
       add(l, kPeerDma);
+      add(l, kGuestRam);
       add(l, kConsole);
       add(l, kSignals);
       break;
     case ThreadClass::Vcpu: add(l, kVcpu); break;
     case ThreadClass::Interrupts: add(l, kInterrupts); break;
     case ThreadClass::PeerDma: add(l, kPeerDma); break;
+    case ThreadClass::GuestRam: add(l, kGuestRam); break;
     case ThreadClass::Console: add(l, kConsole); break;
     case ThreadClass::Signals: add(l, kSignals); break;
     case ThreadClass::Api: add(l, kApi); break;
@@ -320,6 +326,7 @@ std::vector<Ioctl> allowed_ioctls(ThreadClass c) {
               {"KVM_SIGNAL_MSI", KVM_SIGNAL_MSI}};
       break;
     case ThreadClass::PeerDma:
+    case ThreadClass::GuestRam:
       more = {{"VFIO_IOMMU_MAP_DMA", VFIO_IOMMU_MAP_DMA}, {"VFIO_IOMMU_UNMAP_DMA", VFIO_IOMMU_UNMAP_DMA}};
       break;
     case ThreadClass::Console: more = {{"KVM_IRQ_LINE", KVM_IRQ_LINE}}; break;  // the UART's interrupt on input

@@ -36,13 +36,14 @@ enum class ThreadClass {
   Vcpu,        // runs KVM_RUN and the device models the guest's exits reach
   Interrupts,  // a passthrough device's interrupt watcher (INTx resampling, masked MSI/MSI-X vectors)
   PeerDma,     // maps a device's BARs into the IOMMU in the background
+  GuestRam,    // allocates guest RAM and pins it for DMA while the guest starts (and its workers)
   Console,     // the guest's serial input from the terminal
   Signals,     // SIGINT/SIGTERM/SIGHUP/SIGUSR2
   Api,         // the API server's listener and request threads
 };
 inline constexpr ThreadClass kThreadClasses[] = {ThreadClass::Control, ThreadClass::Vcpu,    ThreadClass::Interrupts,
-                                                  ThreadClass::PeerDma, ThreadClass::Console, ThreadClass::Signals,
-                                                  ThreadClass::Api};
+                                                  ThreadClass::PeerDma, ThreadClass::GuestRam, ThreadClass::Console,
+                                                  ThreadClass::Signals, ThreadClass::Api};
 
 // Exit status of a process killed by its own filter.
 inline constexpr int kExitSeccomp = 6;

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
+#include <exception>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -192,7 +193,8 @@ std::vector<int> allowed_cpus() {
   return out;
 }
 
-unsigned GuestMemory::populate(unsigned threads, const std::atomic<bool>* cancel) const {
+unsigned GuestMemory::populate(unsigned threads, const std::atomic<bool>* cancel,
+                               const std::function<void()>& on_start) const {
   constexpr uint64_t kChunk = 64 * layout::MiB;  // unit of work: a multiple of any page size used here
   // One worker per CPU passvm may run on, each pinned to its CPU: a page is allocated on the NUMA node of
   // the CPU that first touches it, so every node the CPUs span zeroes its own share of guest RAM, at its
@@ -211,6 +213,14 @@ unsigned GuestMemory::populate(unsigned threads, const std::atomic<bool>* cancel
       CPU_SET(cpus[index % cpus.size()], &one);
       pthread_setaffinity_np(pthread_self(), sizeof one, &one);  // placement is an optimisation: errors are fine
     }
+    if (on_start) {
+      try {
+        on_start();
+      } catch (const std::exception&) {
+        error = EPERM;  // a thread that cannot confine itself does no work
+        return;
+      }
+    }
     for (uint64_t c; error.load() == 0 && !(cancel && cancel->load()) && (c = next.fetch_add(1)) < chunks;) {
       uint8_t* at = base_ + c * kChunk;
       const uint64_t len = std::min(kChunk, size_ - c * kChunk);
@@ -228,7 +238,15 @@ unsigned GuestMemory::populate(unsigned threads, const std::atomic<bool>* cancel
   // The calling thread keeps its own affinity: the workers alone are pinned.
   std::vector<std::thread> pool;
   for (unsigned i = 0; i < threads; i++) pool.emplace_back(work, i);
+  std::exception_ptr start_failed;
+  try {
+    if (on_start) on_start();
+  } catch (...) {
+    start_failed = std::current_exception();
+    error = EPERM;
+  }
   for (auto& t : pool) t.join();
+  if (start_failed) std::rethrow_exception(start_failed);
   if (cancel && cancel->load()) throw std::runtime_error("the allocation of guest RAM was stopped");
   if (error != 0)
     throw std::runtime_error(fmt::format("cannot allocate the guest's {} MiB of RAM: {}{}", size_ >> 20,

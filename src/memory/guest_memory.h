@@ -20,6 +20,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -84,7 +85,10 @@ class GuestMemory {
   // than later. Safe while another thread writes guest RAM (no byte changes). Returns the number of
   // threads used; throws std::runtime_error on failure.
   // cancel, if given, stops the workers at their next chunk (64 MiB) once it is true: populate then throws.
-  unsigned populate(unsigned threads = 0, const std::atomic<bool>* cancel = nullptr) const;
+  // on_start, if given, runs in each worker as it starts (after its CPU placement) and in the calling
+  // thread once all are started: where the threads confine themselves, since the guest may run meanwhile.
+  unsigned populate(unsigned threads = 0, const std::atomic<bool>* cancel = nullptr,
+                    const std::function<void()>& on_start = {}) const;
 
   // Host pointer to [gpa, gpa+len) or nullptr if the range is not wholly inside one region.
   uint8_t* host_address(uint64_t gpa, uint64_t len) const;

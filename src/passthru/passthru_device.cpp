@@ -1,6 +1,7 @@
 #include "passthru/passthru_device.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 
@@ -16,6 +17,7 @@ namespace {
 
 constexpr uint32_t kIntLine = 0x3c, kHeaderType = 0x0e, kCommand = 0x04;
 constexpr uint16_t kDecodeAndMaster = 0x7;  // command register: I/O space, memory space, bus master
+constexpr uint32_t kBusMaster = 0x4;
 
 uint32_t le(const std::vector<uint8_t>& v, uint32_t off, int size) { return pci::load_le(v.data() + off, size); }
 
@@ -238,6 +240,10 @@ uint32_t PassthruDevice::config_read(uint32_t offset, int size) {
 void PassthruDevice::config_write(uint32_t offset, int size, uint32_t value) {
   counters_.config_writes++;
   if ((size != 1 && size != 2 && size != 4) || offset % static_cast<uint32_t>(size) || offset >= 4096) return;
+  // Before the lock: the wait for guest RAM's DMA mapping blocks only this vCPU.
+  if (options_.dma_ready && offset <= kCommand && offset + static_cast<uint32_t>(size) > kCommand &&
+      ((value >> (8 * (kCommand - offset))) & kBusMaster))
+    value = hold_bus_master(offset, value);
   std::lock_guard g(lock_);
   uint8_t buf[4];
   pci::store_le(buf, size, value);
@@ -273,6 +279,20 @@ void PassthruDevice::config_write(uint32_t offset, int size, uint32_t value) {
     shadow_[o] = static_cast<uint8_t>((shadow_[o] & 0x3f) | (buf[o - offset] & 0xc0));
     msix_control_written();
   }
+}
+
+uint32_t PassthruDevice::hold_bus_master(uint32_t offset, uint32_t value) {
+  if (options_.dma_ready->is_open()) return value;
+  auto start = std::chrono::steady_clock::now();
+  bool mapped = options_.dma_ready->wait();
+  auto waited = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  counters_.bus_master_wait_us += static_cast<uint64_t>(waited * 1000);
+  if (options_.verbose || !mapped)
+    fmt::print(stderr, "passvm: {}: the guest's bus master enable waited {:.1f} ms for guest RAM's DMA mapping{}\n",
+               name_, waited, mapped ? "" : fmt::format(", which did not happen ({}): bus mastering stays off",
+                                                        options_.dma_ready->why()));
+  if (!mapped) value &= ~(uint32_t{kBusMaster} << (8 * (kCommand - offset)));
+  return value;
 }
 
 void PassthruDevice::msi_written() {
@@ -440,11 +460,15 @@ std::string PassthruDevice::stats() const {
       mmio += fmt::format(" bar{}={}+{}", i, c.mmio[static_cast<size_t>(i)].load(),
                           c.msix[static_cast<size_t>(i)].load());
   std::string msix = msix_ ? fmt::format(", msi-x host vectors={}/{}", irqs_->msix_host_vectors(), msix_->size()) : "";
+  std::string waited = c.bus_master_wait_us.load() == 0
+                           ? std::string()
+                           : fmt::format(", bus master enable waited {:.1f} ms for the DMA mapping",
+                                         static_cast<double>(c.bus_master_wait_us.load()) / 1000);
   return fmt::format("config reads={} writes={}, trapped mmio (other+msix){}, pio={}, vectors routed={}{}, "
-                     "masked-path interrupts={}, intx={}, bar maps={}, refused={}",
+                     "masked-path interrupts={}, intx={}, bar maps={}, refused={}{}",
                      c.config_reads.load(), c.config_writes.load(), mmio.empty() ? " none" : mmio, c.pio.load(),
                      irqs_->vectors_routed(), msix, irqs_->masked_interrupts(), irqs_->intx_wired() ? "wired" : "off",
-                     bars_->remaps(), bars_->refused());
+                     bars_->remaps(), bars_->refused(), waited);
 }
 
 }  // namespace passvm::passthru

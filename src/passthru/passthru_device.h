@@ -32,6 +32,7 @@
 #include "passthru/bar_layout.h"
 #include "passthru/bar_mapper.h"
 #include "passthru/capabilities.h"
+#include "passthru/dma_ready.h"
 #include "passthru/interrupts.h"
 #include "passthru/msi_capability.h"
 #include "passthru/msix_table.h"
@@ -54,6 +55,9 @@ struct PassthruOptions {
   // Peer-to-peer DMA: the MMIO BARs are mapped into this IOMMU at their guest addresses, so other devices
   // can DMA into them. nullptr: not mapped; such DMA is then blocked by the IOMMU.
   vfio::DmaMapper* peer_dma = nullptr;
+  // Guest RAM is still being mapped for DMA: a guest's write turning bus mastering on waits for it
+  // (dma_ready.h). nullptr: guest RAM is mapped already.
+  DmaReady* dma_ready = nullptr;
 };
 
 class PassthruDevice final : public pci::PciDevice, private BarMapper::AccessHandler {
@@ -97,6 +101,8 @@ class PassthruDevice final : public pci::PciDevice, private BarMapper::AccessHan
   // `msix` the accesses to the MSI-X table and PBA, which are emulated and expected.
   struct Counters {
     std::atomic<uint64_t> config_reads{0}, config_writes{0}, pio{0};
+    // How long the guest's bus master enable waited for guest RAM's DMA mapping (dma_ready.h).
+    std::atomic<uint64_t> bus_master_wait_us{0};
     std::array<std::atomic<uint64_t>, 6> mmio{}, msix{};
   };
   const Counters& counters() const { return counters_; }
@@ -117,6 +123,7 @@ class PassthruDevice final : public pci::PciDevice, private BarMapper::AccessHan
   void device_config_read(uint32_t offset, std::span<uint8_t> out);
   void device_config_write(uint32_t offset, std::span<const uint8_t> in);
   uint8_t virtual_byte(uint32_t offset);  // with lock_ held
+  uint32_t hold_bus_master(uint32_t offset, uint32_t value);
   void msi_written();
   void msix_control_written();
   enum class Part { Device, Table, Pba };

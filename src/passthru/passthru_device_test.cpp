@@ -5,6 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <future>
+
 #include "memory/layout.h"
 #include "testing/fake_vfio.h"
 
@@ -608,6 +611,65 @@ TEST_F(PassthruTest, StatsNameTheCounters) {
   EXPECT_EQ(st.find("0000:00:03.0"), std::string::npos) << "the caller prefixes the name: " << st;
   EXPECT_NE(st.find("config reads=1"), std::string::npos) << st;
   EXPECT_NE(st.find("bar0=0+0"), std::string::npos) << st;
+}
+
+// The guest starts while guest RAM is pinned (dma_ready.h): its bus master enable reaches the device only
+// once the mapping is complete, and never if the mapping fails. Memory decoding does not wait.
+class BusMasterWaitTest : public ::testing::Test {
+ protected:
+  FakeVfioState s = make_state();
+  FakePlatform platform;
+  DmaReady ready;
+  std::unique_ptr<PassthruDevice> dev = std::make_unique<PassthruDevice>(
+      std::make_unique<FakeVfioDevice>(s), std::make_unique<testing::ForwardingPlatform>(platform),
+      PassthruOptions{.watcher_thread = false, .dma_ready = &ready});
+  uint16_t device_command() { return static_cast<uint16_t>(pci::load_le(&s.config[0x04], 2)); }
+};
+
+TEST_F(BusMasterWaitTest, BusMasterEnableWaitsForTheMapping) {
+  dev->config_write(0x04, 2, 0x2);  // decoding alone: at once
+  EXPECT_EQ(device_command(), 0x2);
+  // A dword write of command and status, as some drivers do.
+  auto enable = std::async(std::launch::async, [&] { dev->config_write(0x04, 4, 0x6); });
+  EXPECT_EQ(enable.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout);
+  EXPECT_EQ(device_command() & 0x4, 0) << "the device mastered the bus before guest RAM was mapped";
+  ready.open();
+  enable.get();
+  EXPECT_EQ(device_command(), 0x6);
+  EXPECT_EQ(dev->config_read(0x04, 2), 0x6u);
+  EXPECT_GE(dev->counters().bus_master_wait_us.load(), 150000u);
+  // Open: later writes do not wait.
+  dev->config_write(0x04, 1, 0x2);
+  dev->config_write(0x04, 1, 0x6);
+  EXPECT_EQ(device_command(), 0x6);
+}
+
+TEST_F(BusMasterWaitTest, TheMapperCanTellThatAnEnableWaits) {
+  EXPECT_FALSE(ready.wait_for_a_waiter(std::chrono::milliseconds(50))) << "nobody waits yet";
+  auto enable = std::async(std::launch::async, [&] { dev->config_write(0x04, 2, 0x6); });
+  EXPECT_TRUE(ready.wait_for_a_waiter(std::chrono::seconds(10)));
+  EXPECT_EQ(device_command() & 0x4, 0);
+  ready.open();
+  enable.get();
+  EXPECT_EQ(device_command() & 0x4, 0x4);
+}
+
+TEST_F(BusMasterWaitTest, AFailedMappingLeavesBusMasteringOff) {
+  auto enable = std::async(std::launch::async, [&] { dev->config_write(0x04, 1, 0x6); });
+  EXPECT_EQ(enable.wait_for(std::chrono::milliseconds(100)), std::future_status::timeout);
+  ready.fail("the machine stops");
+  enable.get();
+  EXPECT_EQ(device_command(), 0x2) << "memory decoding on, bus mastering off";
+  EXPECT_EQ(dev->config_read(0x04, 2) & 0x4, 0u);
+  dev->config_write(0x04, 2, 0x6);  // no wait once failed, and still off
+  EXPECT_EQ(device_command() & 0x4, 0);
+}
+
+TEST_F(BusMasterWaitTest, WritesBesideTheCommandRegisterDoNotWait) {
+  dev->config_write(0x00, 4, 0xffffffff);  // vendor/device id dword: read-only, bit 2 of byte 0 set
+  dev->config_write(0x06, 2, 0x0004);      // status
+  dev->config_write(0x05, 1, 0x04);        // command's high byte: bit 10 (INTx disable), not bit 2
+  EXPECT_EQ(device_command() & 0x4, 0);
 }
 
 }  // namespace

@@ -1,24 +1,41 @@
 #include "vfio/guest_dma.h"
 
+#include <algorithm>
 #include <cerrno>
 
 #include <fmt/format.h>
 
 namespace passvm::vfio {
 
-GuestDmaMap::GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory) : mapper_(mapper) {
+GuestDmaMap::GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory, const std::atomic<bool>* cancel)
+    : mapper_(mapper) {
+  // Pieces aligned to 1 GiB of guest-physical address keep the IOMMU's large pages whole, and let a stop
+  // wait for one piece, not for all of a large guest's RAM.
+  constexpr uint64_t kPiece = uint64_t{1} << 30;
+  auto undo = [&] {
+    for (auto a : mapped_) mapper_.unmap_dma(a.offset, a.size);
+    mapped_.clear();
+  };
   for (const MemoryRegion& r : memory.regions()) {
-    try {
-      mapper_.map_dma({.iova = r.gpa, .size = r.size, .host = r.hva, .fd = memory.fd(), .fd_offset = r.offset});
-    } catch (const VfioError& e) {
-      for (auto a : mapped_) mapper_.unmap_dma(a.offset, a.size);
-      mapped_.clear();
-      if (e.error_number() == ENOMEM || e.error_number() == EPERM)
-        throw VfioError(fmt::format("{} (the guest has {} MiB of RAM to pin)", e.what(), memory.size() >> 20),
-                        e.error_number());
-      throw;
+    for (uint64_t at = 0; at < r.size;) {
+      if (cancel && cancel->load()) {
+        undo();
+        throw VfioError("mapping guest RAM for DMA was stopped", ECANCELED);
+      }
+      const uint64_t gpa = r.gpa + at;
+      const uint64_t len = std::min(r.size - at, ((gpa / kPiece) + 1) * kPiece - gpa);
+      try {
+        mapper_.map_dma({.iova = gpa, .size = len, .host = r.hva + at, .fd = memory.fd(), .fd_offset = r.offset + at});
+      } catch (const VfioError& e) {
+        undo();
+        if (e.error_number() == ENOMEM || e.error_number() == EPERM)
+          throw VfioError(fmt::format("{} (the guest has {} MiB of RAM to pin)", e.what(), memory.size() >> 20),
+                          e.error_number());
+        throw;
+      }
+      mapped_.push_back({gpa, len});
+      at += len;
     }
-    mapped_.push_back({r.gpa, r.size});
   }
 }
 

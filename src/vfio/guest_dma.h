@@ -1,12 +1,14 @@
 // vfio: guest RAM as the devices' DMA address space.
 //
 // Devices see guest-physical addresses (iova = gpa), so all guest RAM is mapped
-// into the container once, before the guest runs, whatever the number of
-// passthrough devices: the IOMMU then translates their DMA with no help from
-// passvm. Mapping pins the memory, which RLIMIT_MEMLOCK limits: that failure is
-// reported against the guest's size. GuestDmaMap unmaps in its destructor.
+// into the container once, whatever the number of passthrough devices: the IOMMU
+// then translates their DMA with no help from passvm. The machine maps it while the
+// guest starts, before any device may master the bus (passthru/dma_ready.h). Mapping
+// pins the memory, which RLIMIT_MEMLOCK limits: that failure is reported against the
+// guest's size. GuestDmaMap unmaps in its destructor.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -17,10 +19,11 @@ namespace passvm::vfio {
 
 class GuestDmaMap {
  public:
-  // Maps every region of guest memory; on failure unmaps what was mapped and throws vfio::VfioError.
-  // Pinning allocates any page not allocated yet, one after the other in the calling thread: allocate
-  // RAM first (GuestMemory::populate, in parallel), and not beside this (Machine::map_guest_ram says why).
-  GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory);
+  // Maps every region of guest memory, in pieces of at most 1 GiB, checking `cancel` (when given) between
+  // them; on failure or cancel unmaps what was mapped and throws vfio::VfioError (ECANCELED when
+  // cancelled). Pinning allocates any page not allocated yet, one after the other in the calling thread:
+  // allocate RAM first (GuestMemory::populate, in parallel), and not beside this (Machine says why).
+  GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory, const std::atomic<bool>* cancel = nullptr);
   ~GuestDmaMap();
   GuestDmaMap(const GuestDmaMap&) = delete;
   GuestDmaMap& operator=(const GuestDmaMap&) = delete;

@@ -31,19 +31,38 @@ TEST(GuestDmaMap, MapsEveryRegionAtItsGuestAddressAndUnmaps) {
   EXPECT_TRUE(m.maps.empty());
 }
 
-// Each guest RAM region is one mapping, as large as it can be, with guest-physical and host addresses
-// 2 MiB aligned alike: the kernel then pins whole huge pages and the IOMMU can use 2 MiB entries.
-TEST(GuestDmaMap, MapsEachRegionWholeAndHugePageAligned) {
+// Each guest RAM region is mapped in pieces of 1 GiB of guest-physical address (so that a stop waits for one
+// piece), with guest-physical and host addresses 2 MiB aligned alike: the kernel then pins whole huge
+// pages and the IOMMU can use 2 MiB entries.
+TEST(GuestDmaMap, MapsEachRegionInGibPiecesHugePageAligned) {
   GuestMemory mem(3 * layout::GiB + 64 * layout::MiB, false);  // low RAM up to the hole, the rest from 4 GiB
   RecordingMapper m;
   GuestDmaMap dma(m, mem);
-  ASSERT_EQ(m.maps.size(), 2u);
-  EXPECT_EQ(m.maps.at(0).first, 3 * layout::GiB);
+  ASSERT_EQ(m.maps.size(), 4u);
+  for (uint64_t gib = 0; gib < 3; gib++) {
+    ASSERT_TRUE(m.maps.count(gib * layout::GiB));
+    EXPECT_EQ(m.maps.at(gib * layout::GiB).first, layout::GiB);
+  }
   EXPECT_EQ(m.maps.at(4 * layout::GiB).first, 64 * layout::MiB);
+  EXPECT_EQ(dma.bytes_mapped(), mem.size());
   for (auto& [iova, map] : m.maps) {
     EXPECT_EQ(iova % (2 * layout::MiB), 0u);
     EXPECT_EQ(reinterpret_cast<uintptr_t>(map.second) % (2 * layout::MiB), 0u) << "region at " << iova;
+    EXPECT_EQ(static_cast<uint8_t*>(map.second), mem.host_address(iova, map.first)) << "piece at " << iova;
   }
+}
+
+TEST(GuestDmaMap, ACancelStopsBetweenPiecesAndUndoes) {
+  GuestMemory mem(2 * layout::GiB, false);
+  RecordingMapper m;
+  std::atomic<bool> cancel{true};
+  try {
+    GuestDmaMap dma(m, mem, &cancel);
+    FAIL() << "expected the cancel to stop the mapping";
+  } catch (const VfioError& e) {
+    EXPECT_EQ(e.error_number(), ECANCELED);
+  }
+  EXPECT_TRUE(m.maps.empty());
 }
 
 TEST(GuestDmaMap, PinFailureNamesGuestSizeAndUndoes) {

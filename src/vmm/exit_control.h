@@ -18,6 +18,7 @@ enum class ExitReason {
   TripleFault = 2,    // guest shut down by triple fault
   InternalError = 3,  // KVM or passvm failed while the guest ran
   Signal = 4,         // SIGINT/SIGTERM
+  SetupFailed = 5,    // setup that goes on while the guest starts failed (guest RAM's DMA mapping)
 };
 
 inline int exit_status(ExitReason r) {
@@ -27,6 +28,7 @@ inline int exit_status(ExitReason r) {
     case ExitReason::TripleFault: return 3;
     case ExitReason::InternalError: return 4;
     case ExitReason::Signal: return 5;
+    case ExitReason::SetupFailed: return 1;
   }
   return 4;
 }

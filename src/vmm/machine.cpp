@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -22,6 +23,7 @@
 
 #include "acpi/tables.h"
 #include "boot/e820.h"
+#include "confine/seccomp.h"
 #include "boot/kernel_cache.h"
 #include "boot/linux_boot.h"
 #include "bus/bus.h"
@@ -36,6 +38,7 @@
 #include "kvm/vm.h"
 #include "memory/guest_memory.h"
 #include "memory/layout.h"
+#include "passthru/dma_ready.h"
 #include "passthru/passthru_device.h"
 #include "pci/host_bridge.h"
 #include "pci/hotplug.h"
@@ -108,6 +111,7 @@ struct Machine::Parts {
   Parts(const MachineConfig& c, Options o) : cfg(c), opts(std::move(o)), step(c.verbose) {
     if (opts.on_guest_exit) guest.on_request(opts.on_guest_exit);
   }
+  ~Parts() { finish_ram_mapping(true); }  // before any part it uses goes
 
   MachineConfig cfg;
   Options opts;
@@ -162,6 +166,12 @@ struct Machine::Parts {
   // Declared before the devices so that it is destroyed after them: devices stop and reset while guest RAM
   // is still mapped, then the mapping goes.
   std::unique_ptr<vfio::GuestDmaMap> dma;
+  // Guest RAM is pinned and mapped for DMA while the guest starts (passthru/dma_ready.h): the devices
+  // given at boot hold the guest's bus master enable on dma_ready until ram_mapper has set dma. Both
+  // outlive the devices; ram_mapper is joined before dma and the container go.
+  passthru::DmaReady dma_ready;
+  std::atomic<bool> ram_mapper_stop{false};
+  std::thread ram_mapper;
   std::map<int, Passthru> passthru;  // by key(slot, func)
   std::vector<std::unique_ptr<Vcpu>> vcpus;
   std::unique_ptr<devices::ConsoleInput> console;
@@ -179,6 +189,10 @@ struct Machine::Parts {
   void build();
   void populate_ram();
   void map_guest_ram();
+  void map_guest_ram_meanwhile();
+  // Waits for the mapper started by map_guest_ram_meanwhile; with stop, makes it give up first (and frees
+  // any vCPU whose bus master enable waits for it). dma is set afterwards if the mapping succeeded.
+  void finish_ram_mapping(bool stop);
   void release_all();
 };
 
@@ -297,7 +311,9 @@ void Machine::Parts::build() {
   auto next_opened = opened.begin();
   for (const auto& s : c.slots) {
     if (s.emulation != "passthru") continue;
-    auto dev = passthru::open_passthru(std::move(*next_opened++), *vm, pio, mmio, device_options(s));
+    passthru::PassthruOptions o = device_options(s);
+    o.dma_ready = &dma_ready;
+    auto dev = passthru::open_passthru(std::move(*next_opened++), *vm, pio, mmio, o);
     root->add(static_cast<int>(s.slot), static_cast<int>(s.func), dev.get());
     step(fmt::format("passthru {} in slot {}:{}", dev->name(), s.slot, s.func));
     passthru[key(static_cast<int>(s.slot), static_cast<int>(s.func))] = {s, std::move(dev)};
@@ -317,7 +333,7 @@ void Machine::Parts::build() {
     throw std::runtime_error(fmt::format("-m {}M leaves no room for 64-bit PCI BARs below the IOMMU's limit of {:#x}: "
                                          "give a smaller -m", c.memory >> 20, windows.mmio64.start));
   acpi::build_tables(acpi::AcpiConfig{c.cpus, windows, hotplug_slots, hvc != nullptr}, *mem);
-  if (!passthru.empty()) map_guest_ram();
+  if (!passthru.empty()) map_guest_ram_meanwhile();
   root->assign_resources(windows);
   for (const auto& a : root->assignments())
     step.note(fmt::format("00:{:02x}.{} {} at {:#x} ({:#x} bytes, {})", a.slot, a.func,
@@ -350,7 +366,8 @@ void Machine::Parts::populate_ram() {
   ram_ahead = std::make_unique<RamAhead>();
   ram_ahead->threads = std::async(std::launch::async, [this, r = ram_ahead.get()] {
     auto start = std::chrono::steady_clock::now();
-    unsigned n = mem->populate(0, &r->stop);
+    // The guest may run before the allocation ends (map_guest_ram_meanwhile): its threads confine themselves.
+    unsigned n = mem->populate(0, &r->stop, [] { confine::enter(confine::ThreadClass::GuestRam, "pv-ram"); });
     r->took_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     return n;
   });
@@ -373,7 +390,46 @@ void Machine::Parts::map_guest_ram() {
   check_interrupted();
 }
 
+void Machine::Parts::map_guest_ram_meanwhile() {
+  if (!ram_ahead || !ram_ahead->threads.valid()) populate_ram();
+  // The lab's check that a bus master enable really waits (passvm-devices): the mapping starts only once
+  // one does.
+  const char* hold = std::getenv("PASSVM_TEST_HOLD_DMA_MAP");
+  ram_mapper = std::thread([this, hold = hold && *hold && std::strcmp(hold, "0") != 0] {
+    try {
+      confine::enter(confine::ThreadClass::GuestRam, "pv-ram-dma");
+      unsigned threads = ram_ahead->threads.get();
+      step.note(fmt::format("guest RAM allocated in {:.1f} ms ({} threads)", ram_ahead->took_ms, threads));
+      if (hold && dma_ready.wait_for_a_waiter(std::chrono::minutes(5)))
+        step.note("PASSVM_TEST_HOLD_DMA_MAP: a bus master enable waits; mapping guest RAM now");
+      auto start = std::chrono::steady_clock::now();
+      auto mapped = std::make_unique<vfio::GuestDmaMap>(container, *mem, &ram_mapper_stop);
+      step.note(fmt::format("guest RAM mapped for DMA ({} MiB pinned in {:.1f} ms, beside the guest)",
+                            cfg.memory >> 20,
+                            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count()));
+      dma = std::move(mapped);
+      dma_ready.open();
+    } catch (const std::exception& e) {
+      dma_ready.fail(e.what());
+      // A host short of memory (or of RLIMIT_MEMLOCK) stops the VM as a failed setup would have.
+      if (!ram_mapper_stop.load())
+        guest.request(ExitReason::SetupFailed, fmt::format("guest RAM cannot be mapped for DMA: {}", e.what()));
+    }
+  });
+}
+
+void Machine::Parts::finish_ram_mapping(bool stop) {
+  if (!ram_mapper.joinable()) return;
+  if (stop) {
+    ram_mapper_stop = true;
+    if (ram_ahead) ram_ahead->stop = true;
+    dma_ready.fail("the machine stops");
+  }
+  ram_mapper.join();
+}
+
 void Machine::Parts::release_all() {
+  finish_ram_mapping(true);
   if (passthru.empty()) return;
   // Releasing a device makes vfio-pci reset it (an FLR alone waits 100 ms): release them side by side.
   // Each device's teardown touches only its own state and the VM's locked tables.
@@ -438,6 +494,7 @@ void Machine::stop() {
   if (!p.started || p.stopped) return;
   p.stopped = true;
   p.step("the guest ran");
+  p.finish_ram_mapping(true);  // a vCPU may wait for it in a bus master enable
   for (auto& v : p.vcpus) v->kick();
   for (auto& v : p.vcpus) v->stop();
   p.step("vCPUs stopped");
@@ -531,6 +588,7 @@ DeviceInfo Machine::add_device(SlotConfig s) {
     p.container.detach(bdf);
   };
   try {
+    p.finish_ram_mapping(false);  // guest RAM of devices given at boot may still be being mapped
     p.container.attach(bdf);
     dev = passthru::open_passthru(bdf.str(), p.container, *p.vm, p.pio, p.mmio, p.device_options(s));
     if (!p.dma) p.map_guest_ram();
@@ -574,6 +632,7 @@ void Machine::remove_device(int slot) {
   for (const auto& [k, d] : p.passthru)
     if (static_cast<int>(d.config.slot) == slot) keys.push_back(k);
   if (keys.empty()) return;
+  p.finish_ram_mapping(false);  // the last device going takes guest RAM's mapping with it
   auto t0 = std::chrono::steady_clock::now();
   p.step.mark();
   // No vCPU may be inside the device's config space or BAR traps while it goes.

@@ -49,6 +49,7 @@ void report_exit(const std::string& name, ExitReason reason, const std::string& 
     case ExitReason::TripleFault: fmt::print(stderr, "passvm: {}: the guest triple-faulted: {}\n", name, detail); break;
     case ExitReason::InternalError: fmt::print(stderr, "passvm: {}: internal error: {}\n", name, detail); break;
     case ExitReason::Signal: fmt::print(stderr, "passvm: {}: stopped by {}\n", name, detail); break;
+    case ExitReason::SetupFailed: fmt::print(stderr, "passvm: {}: {}\n", name, detail); break;
   }
 }
 

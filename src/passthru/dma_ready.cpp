@@ -1,0 +1,51 @@
+#include "passthru/dma_ready.h"
+
+namespace passvm::passthru {
+
+void DmaReady::open() {
+  {
+    std::lock_guard g(lock_);
+    if (state_ != State::Pending) return;
+    state_ = State::Open;
+  }
+  changed_.notify_all();
+}
+
+void DmaReady::fail(std::string why) {
+  {
+    std::lock_guard g(lock_);
+    if (state_ != State::Pending) return;
+    state_ = State::Failed;
+    why_ = std::move(why);
+  }
+  changed_.notify_all();
+}
+
+bool DmaReady::wait() {
+  std::unique_lock g(lock_);
+  if (state_ == State::Pending) {
+    waiters_++;
+    changed_.notify_all();
+    changed_.wait(g, [this] { return state_ != State::Pending; });
+    waiters_--;
+  }
+  return state_ == State::Open;
+}
+
+bool DmaReady::wait_for_a_waiter(std::chrono::milliseconds limit) {
+  std::unique_lock g(lock_);
+  changed_.wait_for(g, limit, [this] { return waiters_ > 0 || state_ != State::Pending; });
+  return waiters_ > 0 && state_ == State::Pending;
+}
+
+bool DmaReady::is_open() const {
+  std::lock_guard g(lock_);
+  return state_ == State::Open;
+}
+
+std::string DmaReady::why() const {
+  std::lock_guard g(lock_);
+  return why_;
+}
+
+}  // namespace passvm::passthru
