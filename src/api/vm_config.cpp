@@ -218,7 +218,7 @@ void parse_memory(const json& body, MachineConfig& cfg) {
                          "2 MiB pages); omit thp or set it true");
   // shared and mergeable are ignored: shared mappings only matter to vhost-user backends, which passvm
   // refuses above, and KSM cannot merge RAM that is pinned for DMA. prefault and reserve are ignored
-  // too: with a device passed through every page is allocated and pinned before the guest runs.
+  // too: with a device passed through every page is allocated and pinned as the guest starts.
   // hotplug_method only matters with hotplug_size.
   cfg.memory = *size;
 }

@@ -15,7 +15,9 @@
 //
 // Thread safety: config accesses, trapped BAR accesses and the interrupt watcher may
 // run on different threads at once; one lock (lock_) serializes the device's virtual
-// state. Accesses forwarded to the device's own registers take no lock.
+// state. Accesses forwarded to the device's own registers take no lock. A config write
+// that enables bus mastering may block its vCPU, before taking the lock, until guest
+// RAM is mapped for DMA (dma_ready.h).
 #pragma once
 
 #include <array>

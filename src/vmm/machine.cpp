@@ -23,10 +23,10 @@
 
 #include "acpi/tables.h"
 #include "boot/e820.h"
-#include "confine/seccomp.h"
 #include "boot/kernel_cache.h"
 #include "boot/linux_boot.h"
 #include "bus/bus.h"
+#include "confine/seccomp.h"
 #include "devices/acpi_pm.h"
 #include "devices/cmos_rtc.h"
 #include "devices/console_input.h"

@@ -2,9 +2,12 @@
 //
 // The constructor builds a VM from a MachineConfig in the order the hardware
 // would come up (KVM, RAM, the kernel, buses, platform devices, the PCI bus
-// with its passthrough devices, DMA mappings, firmware tables, vCPUs); start()
-// runs the vCPUs. What the guest does that ends the machine (power-off, reset,
-// triple fault, an internal error) is reported to guest_exit(); the owner
+// with its passthrough devices, firmware tables, vCPUs); start() runs the
+// vCPUs. Guest RAM's DMA mapping for passthrough devices goes on beside the
+// guest's start, on a thread of its own; a guest's bus master enable waits for
+// it (passthru/dma_ready.h). What the guest does that ends the machine
+// (power-off, reset, triple fault, an internal error, a failed DMA mapping) is
+// reported to guest_exit(); the owner
 // (vmm.h) decides what follows. The destructor stops the vCPUs and tears
 // everything down in reverse: devices reset and released side by side, then
 // guest RAM unmapped from the IOMMU, then the VM closed. Teardown is RAII, so
@@ -15,7 +18,8 @@
 // devices into a running guest through ACPI PCI hotplug (pci/hotplug.h).
 //
 // Threads: the owner's thread calls everything here; vCPU threads only run
-// the guest (and report ejects and exits through thread-safe flags).
+// the guest (and report ejects and exits through thread-safe flags); the
+// mapping thread only maps guest RAM and reports its failure as an exit.
 #pragma once
 
 #include <chrono>
