@@ -90,9 +90,7 @@ void PeerDma::run() {
     const auto t0 = std::chrono::steady_clock::now();
     std::string error;
     for (uint64_t at = 0; at < job.size && !cancel_ && error.empty();) {
-      // The largest piece that keeps to a kPiece boundary of the iova: the IOMMU can then use its
-      // largest pages inside each piece.
-      uint64_t piece = std::min(job.size - at, kPiece - (job.iova + at) % kPiece);
+      uint64_t piece = vfio::dma_piece(job.iova + at, job.size - at);
       g.unlock();
       try {
         iommu_.map_dma({.iova = job.iova + at, .size = piece, .host = static_cast<uint8_t*>(job.host) + at});

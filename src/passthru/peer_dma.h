@@ -51,7 +51,6 @@ class PeerDma {
     uint64_t iova, size;
     void* host;
   };
-  static constexpr uint64_t kPiece = uint64_t{1} << 30;
   void run();
   void unmap_pieces(uint64_t iova);  // with m_ held
 

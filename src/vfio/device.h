@@ -109,6 +109,14 @@ struct DmaRegion {
   uint64_t fd_offset = 0;
 };
 
+// Large mappings go to the IOMMU in pieces that keep to 1 GiB boundaries of the iova: the IOMMU can use
+// its largest pages inside each piece, and a stop or an unmap waits for one piece, not the whole.
+inline constexpr uint64_t kDmaPiece = uint64_t{1} << 30;
+// The size of the piece that starts at `iova`, with `left` bytes still to map.
+inline uint64_t dma_piece(uint64_t iova, uint64_t left) {
+  return left < kDmaPiece - iova % kDmaPiece ? left : kDmaPiece - iova % kDmaPiece;
+}
+
 // The IOMMU side: guest-physical addresses the device may reach (iova) and the host memory behind them.
 class DmaMapper {
  public:

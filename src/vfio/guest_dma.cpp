@@ -1,6 +1,5 @@
 #include "vfio/guest_dma.h"
 
-#include <algorithm>
 #include <cerrno>
 
 #include <fmt/format.h>
@@ -9,9 +8,7 @@ namespace passvm::vfio {
 
 GuestDmaMap::GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory, const std::atomic<bool>* cancel)
     : mapper_(mapper) {
-  // Pieces aligned to 1 GiB of guest-physical address keep the IOMMU's large pages whole, and let a stop
-  // wait for one piece, not for all of a large guest's RAM.
-  constexpr uint64_t kPiece = uint64_t{1} << 30;
+  // In pieces (dma_piece): a stop waits for one piece, not for all of a large guest's RAM.
   auto undo = [&] {
     for (auto a : mapped_) mapper_.unmap_dma(a.offset, a.size);
     mapped_.clear();
@@ -23,7 +20,7 @@ GuestDmaMap::GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory, const std
         throw VfioError("mapping guest RAM for DMA was stopped", ECANCELED);
       }
       const uint64_t gpa = r.gpa + at;
-      const uint64_t len = std::min(r.size - at, ((gpa / kPiece) + 1) * kPiece - gpa);
+      const uint64_t len = dma_piece(gpa, r.size - at);
       try {
         mapper_.map_dma({.iova = gpa, .size = len, .host = r.hva + at, .fd = memory.fd(), .fd_offset = r.offset + at});
       } catch (const VfioError& e) {
