@@ -16,10 +16,15 @@
 #include <nlohmann/json.hpp>
 
 #include "api/fake_control.h"
+#include "api/http.h"
 #include "api/server.h"
 #include "api/unix_socket.h"
 
 namespace passvm::testing {
+
+// The tests run outside the passvm binary's directory, where the server and the client look for the
+// HTTP module: it is loaded from the build tree before any test.
+inline const bool http_module_loaded = (api::http::use_module_file(PASSVM_HTTP_MODULE_FILE), true);
 
 // A fresh directory under /tmp (short, so socket paths stay within sun_path), removed afterwards.
 class TempDir {

@@ -19,9 +19,9 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
-#include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "api/http.h"
 #include "api/unix_socket.h"
 #include "api/vm_config.h"
 #include "cli/options.h"
@@ -38,12 +38,9 @@ struct Failure : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-struct Response {
-  int status = 0;
-  std::string body;
-};
+using Response = http::Response;
 
-// Why connecting fails, for the message: httplib only says that it did.
+// Why connecting fails, for the message: the transport only says that it did.
 std::string connect_errno(const std::string& path) {
   int fd = connect_unix(path);
   if (fd < 0) return strerror(errno);
@@ -70,27 +67,16 @@ std::string error_message(const Response& r) {
 
 Response request(const std::string& socket_path, const std::string& method, const std::string& endpoint,
                  const std::string& body = {}) {
-  httplib::ClientImpl http(socket_path, 80);
-  http.set_address_family(AF_UNIX);
-  http.set_connection_timeout(5);
   // boot pins all guest RAM, remove-device waits for the guest to eject: both can take a while.
-  http.set_read_timeout(120);
-  httplib::Request req;
-  req.method = method;
-  req.path = "/api/v1/" + endpoint;
-  req.set_header("Accept", "application/json");
-  if (!body.empty()) {
-    req.body = body;
-    req.set_header("Content-Type", "application/json");
-  }
-  httplib::Result res = http.send(req);
-  if (!res) {
-    if (res.error() == httplib::Error::Connection)
+  http::SendResult res =
+      http::module("the API client").send(socket_path, {method, "/api/v1/" + endpoint, body}, 5, 120);
+  if (!res.sent) {
+    if (res.connect_failed)
       throw Failure(fmt::format("cannot connect to {}: {} (is passvm running with --api-socket {}?)", socket_path,
                                 connect_errno(socket_path), socket_path));
-    throw Failure(fmt::format("{} {}: {}", method, endpoint, httplib::to_string(res.error())));
+    throw Failure(fmt::format("{} {}: {}", method, endpoint, res.error));
   }
-  Response r{res->status, res->body};
+  Response r = res.response;
   if (r.status >= 300) throw Failure(error_message(r));
   return r;
 }

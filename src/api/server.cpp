@@ -7,7 +7,7 @@
 //   - an action failing is 500, except "the VM is not created" for boot, reboot, info, add-device and
 //     remove-device (404), an unknown device id (404) and a duplicate device id or path (409);
 //   - the error body is a JSON list of messages, outermost first.
-// httplib's own handling never decides a status here: every method and path reaches dispatch(), which
+// The transport (http.h) never decides a status here: every method and path reaches dispatch(), which
 // catches everything, so no request can take the server down.
 #include "api/server.h"
 
@@ -16,21 +16,18 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
-#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <mutex>
 #include <stdexcept>
-#include <thread>
 
 #include <fmt/format.h>
-#include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "api/http.h"
 #include "api/unix_socket.h"
 #include "api/vm_config.h"
 #include "confine/seccomp.h"
@@ -49,10 +46,7 @@ using Kind = ControlError::Kind;
 constexpr std::string_view kRoot = "/api/v1/";
 constexpr size_t kMaxBody = 4 << 20;  // cloud-hypervisor's HTTP_PAYLOAD_MAX_SIZE
 
-struct Reply {
-  int status = 204;
-  std::string body;  // JSON, or empty
-};
+using Reply = http::Response;
 
 Reply error_reply(int status, const std::string& message) { return {status, json_text(json::array({message}))}; }
 
@@ -65,7 +59,7 @@ struct Endpoint {
   Reply (*handle)(VmControl&, const json& body);
 };
 
-Reply no_content() { return {}; }
+Reply no_content() { return {204, {}}; }
 Reply ok(const json& body) { return {200, json_text(body)}; }
 
 // The body-less actions: 204 when done.
@@ -190,7 +184,7 @@ int status_for(const ControlError& e, const Endpoint& ep, VmControl& control) {
   return 500;
 }
 
-Reply dispatch(VmControl& control, const httplib::Request& req) {
+http::Response dispatch(VmControl& control, const http::Request& req) {
   std::string_view path = req.path;
   if (path.substr(0, kRoot.size()) != kRoot)
     return error_reply(404, fmt::format("no such endpoint: {}; passvm's API is under {}", path, kRoot));
@@ -273,13 +267,10 @@ struct Server::Impl {
   VmControl& control;
   std::string path;
   Log log;
-  httplib::Server http;
-  std::thread thread;
-  std::atomic<bool> listen_returned{false};
+  std::unique_ptr<http::Listener> listener;
   std::mutex stop_lock;
   bool stopped = false;
   ino_t inode = 0;  // of our socket file, so stop() never removes a successor's
-  int listen_fd = -1;
 
   Impl(VmControl& c, std::string p, Log l) : control(c), path(std::move(p)), log(std::move(l)) {}
 };
@@ -287,14 +278,11 @@ struct Server::Impl {
 Server::Server(VmControl& control, const std::string& socket_path, Log log)
     : impl_(std::make_unique<Impl>(control, socket_path, std::move(log))) {
   Impl& p = *impl_;
+  const http::Module& transport = http::module("--api-socket");
   prepare_path(p.path);
-  // A request's log line is written before its reply is sent (httplib's logger runs after), so that a
-  // client's next request cannot be logged ahead of the one it waited for. httplib's logger still logs
-  // what httplib answered by itself (a malformed request); the request thread runs both, one after the
-  // other, so a thread-local flag tells it which requests are logged already.
-  static thread_local bool logged = false;
-  auto log_request = [&p](const httplib::Request& req, const httplib::Response& res) {
-    logged = true;
+  http::ServerSetup setup;
+  setup.handle = [&p](const http::Request& req) { return dispatch(p.control, req); };
+  setup.log = [&p](const http::Request& req, const http::Response& res) {
     if (!p.log) return;
     std::string line = fmt::format("{} {} {}", req.method, req.path, res.status);
     if (res.status >= 400) {
@@ -305,72 +293,24 @@ Server::Server(VmControl& control, const std::string& socket_path, Log log)
     }
     p.log(line);
   };
-  auto handler = [&p, log_request](const httplib::Request& req, httplib::Response& res) {
-    confine::label_thread("pv-api");  // a request thread, started by the listener with its filter
-    Reply r = dispatch(p.control, req);
-    res.status = r.status;
-    if (!r.body.empty()) res.set_content(r.body, "application/json");
-    log_request(req, res);
-  };
-  // Every method that can carry a route goes to dispatch(), which decides 400/404 the way
-  // cloud-hypervisor does; httplib would answer 404 for a known path and an unexpected method.
-  p.http.Get(".*", handler);
-  p.http.Put(".*", handler);
-  p.http.Post(".*", handler);
-  p.http.Patch(".*", handler);
-  p.http.Delete(".*", handler);
-  p.http.Options(".*", handler);
-  p.http.set_exception_handler([log_request](const httplib::Request& req, httplib::Response& res, std::exception_ptr) {
-    res.status = 500;
-    res.set_content(R"(["internal error"])", "application/json");
-    log_request(req, res);
-  });
-  p.http.set_logger([log_request](const httplib::Request& req, const httplib::Response& res) {
-    if (!logged) log_request(req, res);
-    logged = false;
-  });
-  // httplib sizes its request threads from the number of CPUs when it starts listening, on the listener
-  // thread, whose filter does not let it read sysfs: sized here instead, by httplib's own rule.
-  const size_t workers = CPPHTTPLIB_THREAD_POOL_COUNT;
-  p.http.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
-  p.http.set_address_family(AF_UNIX);
-  // The socket file takes the mode of the socket's inode when it is bound (Linux's unix_bind), so
-  // it is created 0600 without touching the process-wide umask; the chmod below is for kernels
-  // that differ.
-  p.http.set_socket_options([&p](socket_t fd) {
-    fchmod(fd, 0600);
-    p.listen_fd = fd;
-  });
-  // One request per connection ("Connection: close"): stop() then never waits on an idle keep-alive
-  // connection, and no client races the server closing one.
-  p.http.set_keep_alive_max_count(1);
-  p.http.set_keep_alive_timeout(2);
-  p.http.set_read_timeout(5);
-  p.http.set_write_timeout(5);
-  p.http.set_payload_max_length(kMaxBody);
-  errno = 0;
-  if (!p.http.bind_to_port(p.path, 80)) {
-    int err = errno;
-    cannot_listen(p.path, fmt::format("cannot listen: {}; check that the directory is writable",
-                                      err ? strerror(err) : "bind failed"));
+  // The request threads are started by the listener with its filter.
+  setup.on_listener_thread = [] { confine::enter(confine::ThreadClass::Api, "pv-api"); };
+  setup.on_request = [] { confine::label_thread("pv-api"); };
+  setup.max_body = kMaxBody;
+  try {
+    p.listener = transport.listen(p.path, std::move(setup));
+  } catch (const std::runtime_error& e) {
+    cannot_listen(p.path, e.what());
   }
-  // httplib listens with a backlog of 5, and a client connecting to a unix socket whose backlog is full
-  // fails at once (EAGAIN) rather than waiting: a burst of requests would see refusals.
-  listen(p.listen_fd, SOMAXCONN);
+  // The socket was bound with mode 0600; the chmod is for kernels that differ.
   struct stat st {};
   if (chmod(p.path.c_str(), 0600) != 0 || lstat(p.path.c_str(), &st) != 0) {
     int err = errno;
-    close(p.listen_fd);  // httplib only closes it from a running server's stop()
+    p.listener->stop();
     unlink(p.path.c_str());
     cannot_listen(p.path, fmt::format("cannot make the socket private (mode 0600): {}", strerror(err)));
   }
   p.inode = st.st_ino;
-  p.thread = std::thread([&p] {
-    // httplib starts its request threads from here: they inherit this thread's filter.
-    confine::enter(confine::ThreadClass::Api, "pv-api");
-    p.http.listen_after_bind();
-    p.listen_returned = true;
-  });
 }
 
 Server::~Server() { stop(); }
@@ -380,10 +320,7 @@ void Server::stop() {
   std::lock_guard guard(p.stop_lock);
   if (p.stopped) return;
   p.stopped = true;
-  // httplib's stop() does nothing until listen_after_bind() has marked the server running.
-  while (!p.http.is_running() && !p.listen_returned) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  p.http.stop();
-  p.thread.join();
+  p.listener->stop();
   struct stat st {};
   if (lstat(p.path.c_str(), &st) == 0 && st.st_ino == p.inode) unlink(p.path.c_str());
 }

@@ -3,7 +3,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <openssl/evp.h>
+#include <nettle/sha2.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -85,10 +85,11 @@ bool trusted(const struct stat& st) {
 }  // namespace
 
 std::string KernelCache::entry_name(std::span<const uint8_t> bzimage) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  if (EVP_Digest(bzimage.data(), bzimage.size(), md, &n, EVP_sha256(), nullptr) != 1 || n < 16)
-    throw std::runtime_error("SHA-256 is not available from OpenSSL's libcrypto");
+  sha256_ctx ctx;
+  sha256_init(&ctx);
+  sha256_update(&ctx, bzimage.size(), bzimage.data());
+  unsigned char md[SHA256_DIGEST_SIZE];
+  sha256_digest(&ctx, sizeof md, md);
   // 128 bits: finding two kernels with one name takes about 2^64 hashes.
   return fmt::format("kernel-{:02x}-{}.unpacked", fmt::join(std::span<const unsigned char>(md, 16), ""),
                      bzimage.size());
