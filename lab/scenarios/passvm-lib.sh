@@ -152,13 +152,14 @@ except OSError:
 for key, pattern in steps.items():
     for line in lines:
         # Allocation runs beside the DMA mapping, so passvm gives its time in a note, not a step of its own.
-        m = re.match(r"\s*(\d+) passvm:\s+guest RAM allocated in ([\d.]+) ms \((\d+) threads\)", line)
+        # Both notes come while the guest runs: one can follow a console line's first part on its line.
+        m = re.match(r"\s*(\d+) (?:.*?)passvm:\s+guest RAM allocated in ([\d.]+) ms \((\d+) threads\)", line)
         if m and key == "ram_allocated":
             fig["ram_allocated_at_ms"], fig["ram_allocated_step_ms"] = int(m.group(1)), float(m.group(2))
             fig["ram_threads"] = int(m.group(3))
             break
         # The mapping runs beside the guest's start (passthru/dma_ready.h): a note, with its time in it.
-        m = re.match(r"\s*(\d+) passvm:\s+guest RAM mapped for DMA \(\d+ MiB pinned in ([\d.]+) ms", line)
+        m = re.match(r"\s*(\d+) (?:.*?)passvm:\s+guest RAM mapped for DMA \(\d+ MiB pinned in ([\d.]+) ms", line)
         if m and key == "ram_dma_mapped":
             fig["ram_dma_mapped_at_ms"], fig["ram_pin_ms"] = int(m.group(1)), float(m.group(2))
             break
