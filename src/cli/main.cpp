@@ -19,6 +19,7 @@
 #include "cli/options.h"
 #include "confine/privileges.h"
 #include "confine/seccomp.h"
+#include "devices/console_sink.h"
 #include "host/host_cli.h"
 #include "vmm/vmm.h"
 
@@ -44,6 +45,9 @@ int main(int argc, char** argv) {
     if (!parsed.message.empty() && parsed.message.back() != '\n') std::fputc('\n', parsed.exit_status == 0 ? stdout : stderr);
     return parsed.exit_status;
   }
+  // The guest's console writes to stdout and passvm's messages go to stderr, often one terminal: a message
+  // then starts on a line of its own, not after the guest's half-written one.
+  if (FILE* messages = passvm::devices::messages_on_their_own_lines(STDOUT_FILENO, STDERR_FILENO)) stderr = messages;
   try {
     namespace confine = passvm::confine;
     std::optional<confine::UserIds> user;
