@@ -130,7 +130,8 @@ void set_brand_string(std::vector<kvm_cpuid_entry2>& entries, const std::array<u
 
 std::array<uint32_t, 12> host_brand_string() {
   std::array<uint32_t, 12> out{};
-  if (__get_cpuid_max(0x80000000, nullptr) < 0x80000004) return out;
+  const unsigned max_extended_leaf = __get_cpuid_max(0x80000000, nullptr);  // int under clang, unsigned under GCC
+  if (max_extended_leaf < 0x80000004) return out;
   for (uint32_t i = 0; i < 3; i++) __cpuid(0x80000002 + i, out[i * 4], out[i * 4 + 1], out[i * 4 + 2], out[i * 4 + 3]);
   return out;
 }
