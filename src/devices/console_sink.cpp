@@ -19,16 +19,16 @@ namespace {
 std::atomic<int> shared_guest_fd{-1};
 std::atomic<bool> guest_mid_line{false};
 
-bool write_all(int fd, const char* data, size_t size) {
+// An error drops the rest: neither the guest nor a message may stall on the console.
+void write_all(int fd, const char* data, size_t size) {
   size_t done = 0;
   while (done < size) {
     ssize_t r = ::write(fd, data + done, size - done);
     if (r > 0)
       done += static_cast<size_t>(r);
     else if (r == 0 || errno != EINTR)
-      return false;
+      return;
   }
-  return true;
 }
 
 ssize_t write_message(void* cookie, const char* data, size_t size) {
