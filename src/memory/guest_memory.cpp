@@ -126,6 +126,7 @@ GuestMemory::GuestMemory(uint64_t size, bool hugetlb, uint32_t phys_bits) : size
     }
     p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd_, 0);
     mapped_size_ = size;
+    page_ = page;
     backing_ = fmt::format("{} hugetlbfs pages", layout::size_text(page));
   } else {
     if (size % 4096 != 0)
@@ -151,6 +152,7 @@ GuestMemory::GuestMemory(uint64_t size, bool hugetlb, uint32_t phys_bits) : size
                                           "hugepages and use -S",
                                           strerror(errno));
       backing_ = small_pages_reason_.empty() ? "transparent huge pages" : "4 KiB pages";
+      if (small_pages_reason_.empty()) page_ = kHuge;
     }
   }
   if (p == MAP_FAILED) {
@@ -195,13 +197,13 @@ std::vector<int> allowed_cpus() {
 
 unsigned GuestMemory::populate(unsigned threads, const std::atomic<bool>* cancel,
                                const std::function<void()>& on_start) const {
-  constexpr uint64_t kChunk = 64 * layout::MiB;  // unit of work: a multiple of any page size used here
+  const uint64_t chunk = populate_chunk();
   // One worker per CPU passvm may run on, each pinned to its CPU: a page is allocated on the NUMA node of
   // the CPU that first touches it, so every node the CPUs span zeroes its own share of guest RAM, at its
   // own memory bandwidth (and a passvm confined to one node's CPUs keeps guest RAM on that node).
   std::vector<int> cpus = allowed_cpus();
   if (threads == 0) threads = static_cast<unsigned>(std::min<size_t>(cpus.size(), kMaxPopulateThreads));
-  const uint64_t chunks = (size_ + kChunk - 1) / kChunk;
+  const uint64_t chunks = (size_ + chunk - 1) / chunk;
   threads = static_cast<unsigned>(std::max<uint64_t>(1, std::min<uint64_t>(threads, chunks)));
   const long page = sysconf(_SC_PAGESIZE);
   std::atomic<uint64_t> next{0};
@@ -222,8 +224,8 @@ unsigned GuestMemory::populate(unsigned threads, const std::atomic<bool>* cancel
       }
     }
     for (uint64_t c; error.load() == 0 && !(cancel && cancel->load()) && (c = next.fetch_add(1)) < chunks;) {
-      uint8_t* at = base_ + c * kChunk;
-      const uint64_t len = std::min(kChunk, size_ - c * kChunk);
+      uint8_t* at = base_ + c * chunk;
+      const uint64_t len = std::min(chunk, size_ - c * chunk);
       if (madvise(at, len, MADV_POPULATE_WRITE) == 0) continue;
       if (errno != EINVAL) {
         error = errno;
@@ -256,6 +258,8 @@ unsigned GuestMemory::populate(unsigned threads, const std::atomic<bool>* cancel
                                              : ""));
   return threads;
 }
+
+uint64_t GuestMemory::populate_chunk() const { return std::max<uint64_t>(8 * layout::MiB, page_); }
 
 uint8_t* GuestMemory::host_address(uint64_t gpa, uint64_t len) const {
   for (const auto& r : regions_) {

@@ -48,18 +48,19 @@ TEST(GuestMemory, PopulateAllocatesEveryPageAndKeepsContents) {
   EXPECT_EQ(back, mark);
   mem.read(100 * layout::MiB, back);
   EXPECT_EQ(back, (std::array<uint8_t, 4>{}));
-  EXPECT_EQ(GuestMemory(16 * layout::MiB, false).populate(8), 1u) << "no more threads than units of work";
+  GuestMemory small(16 * layout::MiB, false);
+  EXPECT_EQ(small.populate(8), 16 * layout::MiB / small.populate_chunk()) << "no more threads than units of work";
 }
 
 // By default one worker per CPU this process may use, and the caller's own CPU mask is left alone.
 TEST(GuestMemory, PopulateUsesAWorkerPerAllowedCpuAndLeavesTheCallersAffinity) {
   cpu_set_t before, after;
   ASSERT_EQ(sched_getaffinity(0, sizeof before, &before), 0);
-  const uint64_t size = 16 * 64 * layout::MiB;  // 16 units of work
+  const uint64_t size = 128 * layout::MiB;
   GuestMemory mem(size, false);
   const size_t cpus = allowed_cpus().size();
   ASSERT_EQ(cpus, static_cast<size_t>(CPU_COUNT(&before)));
-  EXPECT_EQ(mem.populate(), std::min<size_t>(cpus, 16));
+  EXPECT_EQ(mem.populate(), std::min<size_t>(cpus, size / mem.populate_chunk()));
   EXPECT_EQ(allocated_bytes(mem), size);
   ASSERT_EQ(sched_getaffinity(0, sizeof after, &after), 0);
   EXPECT_TRUE(CPU_EQUAL(&before, &after));
