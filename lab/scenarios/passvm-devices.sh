@@ -7,7 +7,7 @@
 #   (iobar: passvm forwards the I/O BAR through VFIO), config space sane (config), ping.
 # - expansion ROMs (rom, passvm only): L2 reads the e1000e's ROM through sysfs and gets what L1
 #   reads from the device; edu, which has none, gets one from a rom= file and L2 reads that file.
-# lab-expect: qdev.vmm qdev.edu qdev.edublock qdev.iobar qdev.config qdev.ping qdev.irqs qdev.dmar pvdev.vmm pvdev.rom pvdev.edu pvdev.edublock pvdev.iobar pvdev.config pvdev.ping pvdev.irqs pvdev.dmar pvdev.dmawait pvdev.l1 devices.compare
+# lab-expect: qdev.vmm qdev.edu qdev.edublock qdev.iobar qdev.config qdev.ping qdev.irqs qdev.dmar pvdev.vmm pvdev.rom pvdev.edu pvdev.edublock pvdev.iobar pvdev.config pvdev.ping pvdev.irqs pvdev.dmar pvdev.dmawait pvdev.ram pvdev.l1 devices.compare
 # lab-timeout: 1020
 # lab-dma-faults: deliberate
 
@@ -79,6 +79,14 @@ elif ((nic_faults > 0)); then
         waited_ms="$waited"
 else
     result pvdev.dmawait pass waited_ms="$waited" nic_faults=0
+fi
+
+# Guest RAM was all allocated and pinned, and --stats at exit reads it back from smaps (still pinned then).
+ram=$(grep -oE 'guest RAM: [^[:cntrl:]]*' "$LAB_OUT/pvdev.console" | tail -n 1)
+if [[ $ram == "guest RAM: 512 MiB resident"* ]]; then
+    result pvdev.ram pass detail="$ram"
+else
+    result pvdev.ram fail detail="--stats at exit says '${ram:-nothing}' where all 512 MiB are pinned"
 fi
 
 # L1 must be unharmed: no oops, both devices still on vfio-pci, its own e1000e still up.

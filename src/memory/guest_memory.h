@@ -94,7 +94,7 @@ class GuestMemory {
   // The unit of the workers' work: 8 MiB, or the page size when pages are larger (1 GiB hugetlbfs pages).
   // Small because a worker holds the process's memory map lock for reading through each chunk, and every
   // mmap, munmap or thread start elsewhere in passvm (mapping a device's BARs, making the vCPUs) waits for
-  // the chunks in progress: with 64 MiB chunks an 8 GiB guest's setup took 1.4 s in the lab, with 8 MiB
+  // the chunks in progress: with 64 MiB chunks an 8 GiB guest's setup took 1.1-1.5 s in the lab, with 8 MiB
   // 0.3-0.5 s, and the allocation was no slower.
   uint64_t populate_chunk() const;
 
