@@ -2,7 +2,9 @@
 # lab/run --env PASSVM_B=PATH), booted alternately A B B A A B ... (AB_ROUNDS pairs, default 3) with the
 # kernel cached, so that a drift of the machine's speed weighs on both alike. AB_APPEND adds to L2's
 # command line (quiet, say); AB_ARGS adds to both passvm command lines. AB_FIRST=1 makes every boot a
-# kernel's first (an empty kernel cache each time: unpacked, and its cache entry written). Prints each
+# kernel's first (an empty kernel cache each time: unpacked, and its cache entry written). AB_PT=1 passes
+# the NVMe through in every boot (bound to vfio-pci first) and has L2 check it (its nvme, nvmebig and
+# nvmerand checks), printing their figures too. Prints each
 # boot's time to L2 init and the time passvm took to find the kernel's cache entry and to place the kernel
 # in guest RAM (-v's "bzImage key N ms, kernel N ms") and from its start to its vCPUs ready (process start and
 # setup: the time of -v's "setup took" line),
@@ -18,9 +20,15 @@ fi
 ROUNDS=${AB_ROUNDS:-3}
 # Every run finds L1's free memory written just before it, whatever ran before (lib.sh's run_l2, RUN_L2_WASH).
 export RUN_L2_WASH=1
-BOOT="$(l2_append cpus ${AB_APPEND:-})"
 # shellcheck disable=SC2206
 EXTRA=(${AB_ARGS:-})
+if [[ ${AB_PT:-} == 1 ]]; then
+    bind_vfio 0000:00:03.0 || { result ab-compare fail detail="cannot bind the NVMe to vfio-pci"; exit 1; }
+    BOOT="$(l2_append cpus,nvme,nvmebig,nvmerand ${AB_APPEND:-})"
+    EXTRA+=(-s 3,passthru,0000:00:03.0)
+else
+    BOOT="$(l2_append cpus ${AB_APPEND:-})"
+fi
 pv() {
     local bin=$1 name=$2
     if [[ ${AB_FIRST:-} == 1 ]]; then rm -rf "${PASSVM_CACHE_DIR:?}"/*; fi
@@ -46,11 +54,17 @@ t = {"a": [], "b": []}
 kernel = {"a": [], "b": []}
 key = {"a": [], "b": []}
 ready = {"a": [], "b": []}  # ms from the VMM's start to its vCPUs ready (process start and setup)
+nvme = {"a": [], "b": []}  # with AB_PT: ms for 64 MiB written and read in 1 MiB requests
+iops = {"a": [], "b": []}  # with AB_PT: 4 KiB random reads per second
 bad = []
 for n in names:
     try:
         s = json.load(open(f"{out}/{n}.summary.json"))
         t[n[3]].append(s["vmm"]["vmm_start_to_l2_init_ms"] / 1000)
+        if "nvmebig" in s["checks"]:
+            nvme[n[3]].append(s["checks"]["nvmebig"]["total_ms"])
+        if "nvmerand" in s["checks"]:
+            iops[n[3]].append(s["checks"]["nvmerand"]["iops"])
         console = open(f"{out}/{n}.console", errors="replace").read()
         r = re.search(r"^ *(\d+) passvm: .*setup took", console, re.M)
         if r:
@@ -71,6 +85,12 @@ if ready["a"] and ready["b"]:
     ra, rb = statistics.median(ready["a"]), statistics.median(ready["b"])
     fig.update(ready_ms_a=" ".join(map(str, ready["a"])), ready_ms_b=" ".join(map(str, ready["b"])),
                ready_median_a_ms=round(ra), ready_median_b_ms=round(rb))
+for label, got in (("nvme64_ms", nvme), ("iops", iops)):
+    if got["a"] and got["b"]:
+        fig.update({f"{label}_a": " ".join(f"{x:.0f}" for x in got["a"]),
+                    f"{label}_b": " ".join(f"{x:.0f}" for x in got["b"]),
+                    f"{label}_median_a": round(statistics.median(got["a"])),
+                    f"{label}_median_b": round(statistics.median(got["b"]))})
 if kernel["a"] and kernel["b"]:
     ka, kb = statistics.median(kernel["a"]), statistics.median(kernel["b"])
     fig.update(kernel_median_a_ms=round(ka), kernel_median_b_ms=round(kb), kernel_ratio_b_a=round(kb / ka, 3))
