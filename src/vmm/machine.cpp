@@ -687,9 +687,22 @@ Counters Machine::counters() const {
 // How many addresses --stats names.
 constexpr size_t kBusiestSites = 12;
 
-std::string Machine::stats_text() const {
+std::string Machine::stats_text() const { return ram_stats_text() + device_stats_text(); }
+
+std::string Machine::final_stats_text() {
+  stop();
+  std::string devices = device_stats_text();  // the devices' counters go with them
+  p_->release_all();
+  return ram_stats_text() + devices;
+}
+
+std::string Machine::ram_stats_text() const {
+  return fmt::format("passvm: {} counters\n  guest RAM: {}\n", p_->cfg.name, p_->mem->page_usage().describe());
+}
+
+std::string Machine::device_stats_text() const {
   const Parts& p = *p_;
-  std::string out = fmt::format("passvm: {} counters\n  guest RAM: {}\n", p.cfg.name, p.mem->page_usage().describe());
+  std::string out;
   std::vector<std::vector<ExitSite>> sites;
   uint64_t unplaced = 0;
   for (const auto& v : p.vcpus) {

@@ -247,7 +247,7 @@ void Vmm::handle_guest_exit() {
   ExitReason reason = machine_->guest_exit().reason();
   std::string detail = machine_->guest_exit().detail();
   machine_->stop();  // the guest's last output first, and final counters
-  if (config_.stats) fputs(machine_->stats_text().c_str(), stderr);
+  if (config_.stats) fputs(machine_->final_stats_text().c_str(), stderr);
   report_exit(config_.name, reason, detail);
   if (!api_) {
     exit_status_ = exit_status(reason);
@@ -320,7 +320,7 @@ int Vmm::run(const std::optional<MachineConfig>& initial) {
   if (process_.requested() && !guest_ended_) {
     ExitReason reason = process_.reason();
     if (machine_) machine_->stop();
-    if (machine_ && config_.stats) fputs(machine_->stats_text().c_str(), stderr);
+    if (machine_ && config_.stats) fputs(machine_->final_stats_text().c_str(), stderr);
     report_exit(config_.name, reason, process_.detail());
     exit_status_ = exit_status(reason);
   }
