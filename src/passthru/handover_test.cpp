@@ -93,8 +93,8 @@ TEST(Handover, PassthroughStopsTheNicAtOpenAndAgainBeforeRelease) {
 }
 
 // The order of a release: DMA off first (bus mastering), then interrupts, then the NIC's rings cleared
-// with decoding briefly on, and only then the device goes back to vfio-pci (which resets it). Guest RAM
-// stays mapped in the IOMMU until all of this is done (the machine unmaps it after the devices).
+// with decoding briefly on, and only then the device goes back to vfio-pci (which resets it). The machine
+// unmaps guest RAM from the IOMMU once bus mastering is off on every device, beside the rest.
 TEST(Handover, ReleaseStopsDmaBeforeTheRingsAndTheRingsBeforeClosing) {
   FakeVfioState s = running_nic();
   FakePlatform platform;

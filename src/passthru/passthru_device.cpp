@@ -146,8 +146,8 @@ void PassthruDevice::disconnect() {
 
 void PassthruDevice::disconnect_locked() {
   if (bars_) bars_->stop_peer_dma();
-  // Stop the device first: no new DMA into guest RAM (still mapped in the IOMMU until the machine unmaps
-  // it after every device is down) and no decoding while its BARs go away.
+  // Stop the device first: no new DMA into guest RAM (the machine unmaps it from the IOMMU once every
+  // device got this far) and no decoding while its BARs go away.
   if (dev_ && (command_ & kDecodeAndMaster)) {
     try {
       uint8_t cmd[2];

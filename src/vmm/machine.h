@@ -9,8 +9,9 @@
 // (power-off, reset, triple fault, an internal error, a failed DMA mapping) is
 // reported to guest_exit(); the owner
 // (vmm.h) decides what follows. The destructor stops the vCPUs and tears
-// everything down in reverse: devices reset and released side by side, then
-// guest RAM unmapped from the IOMMU, then the VM closed. Teardown is RAII, so
+// everything down in reverse: every device stops mastering the bus, then the
+// devices are reset and released side by side while guest RAM is unmapped from
+// the IOMMU, then the VM closed. Teardown is RAII, so
 // an exception at any setup step leaves through the same destructors.
 //
 // With hotplug on, the DSDT offers every slot the command line did not give
