@@ -95,8 +95,8 @@ class GuestMemory {
   // Small because a worker holds the process's memory map lock for reading through each chunk, and every
   // mmap, munmap or thread start elsewhere in passvm (mapping a device's BARs, making the vCPUs) waits for
   // the chunks in progress: with 64 MiB chunks an 8 GiB guest's setup took 1.1-1.5 s in the lab, with 8 MiB
-  // 0.3-0.5 s, and on two CPUs the allocation was no slower. On one CPU it no longer holds back the setup
-  // and the guest, and takes longer (README, Benchmarks: runs 71-72 and the A/B runs after them).
+  // 0.3-0.5 s, and on two CPUs the allocation was no slower. On one CPU the A/B runs disagree on the
+  // passthrough boot, the setup is shorter in every pair (README, Benchmarks: runs 71-75).
   uint64_t populate_chunk() const;
 
   // Host pointer to [gpa, gpa+len) or nullptr if the range is not wholly inside one region.
