@@ -154,6 +154,22 @@ uint64_t Vcpu::last_rip() const {
   return ioctl(fd_, KVM_GET_REGS, &regs) == 0 ? regs.rip : 0;
 }
 
+std::string describe_cpu_state(const kvm_regs& regs, const kvm_sregs& sregs) {
+  if (regs.rip == 0xfff0 && sregs.cs.base == 0xffff0000 && !(sregs.cr0 & 1))
+    return "the vCPU is in its reset state: the host's KVM reset it at the shutdown (KVM on AMD does), so where "
+           "the guest faulted is not known";
+  return fmt::format("rip {:#x}, rsp {:#x}, cr0 {:#x}, cr2 {:#x}, cr3 {:#x}, cr4 {:#x}, efer {:#x}", regs.rip, regs.rsp,
+                     sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4, sregs.efer);
+}
+
+std::string Vcpu::cpu_state() const {
+  kvm_regs regs{};
+  kvm_sregs sregs{};
+  if (ioctl(fd_, KVM_GET_REGS, &regs) != 0 || ioctl(fd_, KVM_GET_SREGS, &sregs) != 0)
+    return fmt::format("its registers cannot be read: {}", strerror(errno));
+  return describe_cpu_state(regs, sregs);
+}
+
 void Vcpu::init_msrs() {
   // What firmware leaves behind, and what Linux relies on:
   // - fast strings in IA32_MISC_ENABLE (Linux picks its memcpy by it);
@@ -353,11 +369,9 @@ bool Vcpu::handle_exit() {
     case KVM_EXIT_HLT:  // only without an in-kernel LAPIC; nothing to do but run again
     case KVM_EXIT_IRQ_WINDOW_OPEN:
       return true;
-    case KVM_EXIT_SHUTDOWN: {
-      uint64_t rip = last_rip();
-      ctl_.request(ExitReason::TripleFault, fmt::format("vCPU {}: triple fault (last rip {:#x})", index_, rip));
+    case KVM_EXIT_SHUTDOWN:
+      ctl_.request(ExitReason::TripleFault, fmt::format("vCPU {}: triple fault ({})", index_, cpu_state()));
       return false;
-    }
     case KVM_EXIT_SYSTEM_EVENT:
       switch (run_->system_event.type) {
         case KVM_SYSTEM_EVENT_SHUTDOWN:

@@ -46,6 +46,12 @@ struct VcpuExitStats {
   uint64_t other = 0;  // everything else, signals (EINTR) included
 };
 
+// A vCPU's registers for an exit report: where it was (rip, rsp), its mode and paging (cr0, cr3, cr4,
+// efer) and the last page fault's address (cr2). A vCPU in its reset state (rip 0xfff0 with cs at
+// 0xffff0000: how KVM on AMD leaves a vCPU after a triple fault, as it resets it at the shutdown) says
+// so instead, since those registers then say nothing of where the guest was.
+std::string describe_cpu_state(const kvm_regs& regs, const kvm_sregs& sregs);
+
 class Vcpu {
  public:
   // Creates vCPU `index` of `count` (APIC id = index) with per-vCPU CPUID, an initialised FPU, and the
@@ -106,7 +112,8 @@ class Vcpu {
   void handle_io();
   void handle_mmio();
   bool fail(std::string detail);
-  uint64_t last_rip() const;  // for exit reports; 0 if the registers cannot be read  // reports InternalError, returns false
+  uint64_t last_rip() const;  // for exit reports; 0 if the registers cannot be read
+  std::string cpu_state() const;  // describe_cpu_state of this vCPU, for exit reports
   void init_cpuid(uint32_t count);
   void init_fpu();
   void init_lapic();

@@ -2,6 +2,7 @@
 // boot::setup_long_mode and Vcpu::setup_long_mode, talking to the Buses.
 #include "kvm/vcpu.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -169,6 +170,42 @@ TEST_F(VcpuTest, TripleFaultStopsTheMachine) {
   v->stop();
   EXPECT_EQ(ctl_.reason(), ExitReason::TripleFault) << ctl_.detail();
   EXPECT_NE(ctl_.detail().find("triple fault"), std::string::npos) << ctl_.detail();
+  // Where it faulted (Intel keeps the state), or why that is unknown (KVM on AMD resets the vCPU).
+  EXPECT_TRUE(ctl_.detail().find(fmt::format("rip {:#x}", kCodeAddr)) != std::string::npos ||
+              ctl_.detail().find("reset state") != std::string::npos)
+      << ctl_.detail();
+}
+
+TEST(CpuState, NamesWhereTheGuestWas) {
+  kvm_regs regs{};
+  kvm_sregs sregs{};
+  regs.rip = 0xffffffff81a0c3d2;
+  regs.rsp = 0xffffc90000013e58;
+  sregs.cr0 = 0x80050033;
+  sregs.cr2 = 0xffff888200000000;
+  sregs.cr3 = 0x260c000;
+  sregs.cr4 = 0x3506f0;
+  sregs.efer = 0xd01;
+  std::string text = describe_cpu_state(regs, sregs);
+  EXPECT_NE(text.find("rip 0xffffffff81a0c3d2"), std::string::npos) << text;
+  EXPECT_NE(text.find("rsp 0xffffc90000013e58"), std::string::npos) << text;
+  EXPECT_NE(text.find("cr2 0xffff888200000000"), std::string::npos) << text;
+  EXPECT_NE(text.find("cr3 0x260c000"), std::string::npos) << text;
+  EXPECT_EQ(text.find("reset state"), std::string::npos) << text;
+}
+
+TEST(CpuState, SaysWhenTheVcpuWasResetAtTheShutdown) {
+  kvm_regs regs{};
+  kvm_sregs sregs{};
+  regs.rip = 0xfff0;
+  sregs.cs.base = 0xffff0000;
+  sregs.cr0 = 0x60000010;  // what KVM's reset leaves: real mode
+  std::string text = describe_cpu_state(regs, sregs);
+  EXPECT_NE(text.find("reset state"), std::string::npos) << text;
+  EXPECT_EQ(text.find("rip"), std::string::npos) << "the reset vector is not where the guest was: " << text;
+  // The same rip in protected mode is a real place, not a reset.
+  sregs.cr0 = 0x80050033;
+  EXPECT_NE(describe_cpu_state(regs, sregs).find("rip 0xfff0"), std::string::npos);
 }
 
 TEST_F(VcpuTest, StopKicksASpinningGuest) {
