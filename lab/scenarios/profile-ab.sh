@@ -3,9 +3,10 @@
 # as boot-profile traces passvm's (profile-lib.sh: NAME.exits, NAME.exit-cost, NAME.cpu, NAME.guest).
 # AB_PT=1 passes the NVMe through and has L2 check it, as boot-ab does. For a difference boot-ab shows
 # and cannot explain: the traced boots say whether the guest took more exits, spun more for its other
-# vCPU, or waited for L1's CPU, and who had it. The tracing slows every boot: compare boots within a run.
+# vCPU, or waited for L1's CPU, and who had it (NAME.cpu: in an L1 of one CPU only). The tracing slows
+# every boot: compare boots within a run.
 # Not in the suite.
-# lab-expect: ab-a1.vmm ab-a1.cpu ab-a1.guest ab-b1.vmm ab-b1.cpu ab-b1.guest
+# lab-expect: ab-a1.vmm ab-a1.guest ab-b1.vmm ab-b1.guest
 # lab-timeout: 2400
 
 if [[ -z $PASSVM || ! -x $PASSVM || -z ${PASSVM_B:-} || ! -x $PASSVM_B ]]; then

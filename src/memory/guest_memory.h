@@ -96,7 +96,7 @@ class GuestMemory {
   // mmap, munmap or thread start elsewhere in passvm (mapping a device's BARs, making the vCPUs) waits for
   // the chunks in progress: with 64 MiB chunks an 8 GiB guest's setup took 1.1-1.5 s in the lab, with 8 MiB
   // 0.3-0.5 s, and on two CPUs the allocation was no slower. On one CPU the A/B runs disagree on the
-  // passthrough boot, the setup is shorter in every pair (README, Benchmarks: runs 71-75).
+  // passthrough boot; the setup was shorter in 8 of 11 pairs (README, Benchmarks: runs 71-75).
   uint64_t populate_chunk() const;
 
   // Host pointer to [gpa, gpa+len) or nullptr if the range is not wholly inside one region.
