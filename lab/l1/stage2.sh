@@ -76,6 +76,20 @@ fi
 # Kernel text symbols (L1 and L2 boot the same kernel with nokaslr): when L1 hangs, lab/run names
 # the function its vCPU is stuck in with these.
 grep ' [tTwW] ' /proc/kallsyms >"$LAB_OUT_ROOT/kallsyms" &
+# Where an L2 vCPU triple-faulted: L1's KVM sees the fault as one exit (SVM's shutdown intercept, VMX's
+# triple fault exit) whose RIP is where the guest was, and KVM on AMD then resets the vCPU, so nothing
+# else keeps it. A trace instance of its own holds just those exits for run_l2.py, which reads it after
+# each VMM run. Enabled here, once, before any guest runs: enabling an event patches kernel text, which
+# can hang L1 under TCG if a CPU meets the patch (run_l2.py, FirstEntryTrace). The filter costs each
+# exit a few instructions in L1, under either VMM.
+(
+    t=/sys/kernel/tracing
+    [[ -d $t/events ]] || mount -t tracefs nodev $t
+    mkdir -p $t/instances/lab-shutdown && cd $t/instances/lab-shutdown &&
+        echo mono >trace_clock &&
+        echo '(isa == 2 && exit_reason == 127) || (isa == 1 && exit_reason == 2)' >events/kvm/kvm_exit/filter &&
+        echo 1 >events/kvm/kvm_exit/enable
+) 2>&1 || say "warning: no trace of L2's triple faults (tracefs instance lab-shutdown)"
 dmesg -n 1  # keep kernel messages from splitting result lines on the console
 say "ready uptime=$(cut -d' ' -f1 /proc/uptime)"
 

@@ -8,6 +8,11 @@
 # output reaches passvm's stdout and a typed line reaches L2's shell through it (pvhvc.*), and the
 # guest's printing no longer reads the UART's status register per character (pvhvc.exits: passvm's
 # --stats, against the ttyS0 boot's).
+# Last, a guest that triple-faults on purpose: its kernel finds no init and no root and panics, and
+# reboot=t makes its restart a triple fault (an empty IDT, then int3). passvm stops with exit status 3
+# and says how the guest stopped (pvreset.vmm), and the lab names where (pvreset.located: L1's trace of
+# the shutdown exit, run_l2.py's ShutdownTrace), as it would for a guest that resets early by accident.
+# lab-expect: pvreset.vmm pvreset.located
 # lab-expect: pv.vmm pv.boot pv.cpus pv.mem pv.lspci pv.console pv.cpumodel pv.rtc pv.rtcirq
 # lab-expect: pvhvc.vmm pvhvc.boot pvhvc.cpus pvhvc.console pvhvc.exits
 # lab-timeout: 400
@@ -49,3 +54,30 @@ else
     result pvhvc.exits fail lsr_reads_ttyS0="$lsr_tty" lsr_reads_hvc0="$lsr_hvc" notifies_hvc0="$notify" \
         detail="expected virtio notifications and a tenth of the ttyS0 boot's UART status reads at most: $(grep -m 1 'exits by address' "$LAB_OUT/pvhvc.console")"
 fi
+
+run_l2 pvreset --timeout 240 --expect-reset -- \
+    "$PASSVM" -c 1 -m 256M -l com1,stdio \
+    --kernel "$L2_KERNEL" --initrd "$L2_INITRD" \
+    --append "console=ttyS0 panic=-1 nokaslr pci=noearly reboot=t rdinit=/nonexistent" labvm
+/usr/bin/python3 - "$LAB_OUT/pvreset.summary.json" "$LAB_OUT/pvreset.console" <<'PY'
+import json, os, sys
+fig, detail = {}, ""
+try:
+    vmm = json.load(open(sys.argv[1]))["vmm"]
+    console = open(sys.argv[2], errors="replace").read()
+except (OSError, ValueError) as e:
+    vmm, console, detail = {}, "", f"no record of the run: {e}"
+faults = vmm.get("l2_triple_faults") or []
+said = next((l.strip().split(None, 1)[-1] for l in console.splitlines() if "triple-faulted" in l), "")
+fig = {"exit_code": vmm.get("exit_code"), "faults": faults, "passvm_said": said}
+where = faults[0]["symbol"] if faults else ""
+if not detail and vmm.get("exit_code") != 3:
+    detail = f"passvm exited with status {vmm.get('exit_code')}, not 3 (a triple fault)"
+elif not detail and not said:
+    detail = "passvm did not say that the guest triple-faulted"
+elif not detail and not where.startswith("native_machine_emergency_restart+"):
+    detail = (f"L1's trace should place the fault in native_machine_emergency_restart (reboot=t's int3), "
+              f"found {faults or 'no shutdown exit'}")
+print("LABRESULT " + json.dumps({"scenario": os.environ.get("LAB_SCENARIO", "?"), "check": "pvreset.located",
+      "pass": not detail, "figures": fig, "detail": detail}, separators=(",", ":")), flush=True)
+PY

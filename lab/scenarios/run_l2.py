@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Run one VMM that boots the lab's L2 guest, and report what happened.
 
-Usage: run_l2.py NAME [--timeout S] [--grace S] [--type TEXT] [--devices-as-left] [--start-figures] -- CMD...
+Usage: run_l2.py NAME [--timeout S] [--grace S] [--type TEXT] [--devices-as-left] [--start-figures]
+                  [--expect-reset] -- CMD...
 
 The VMM's console (L2's ttyS0) is streamed to our stdout with a "[NAME] " prefix (so
 it lands in L1's serial log) and saved to $LAB_OUT/NAME.console with timestamps.
@@ -24,8 +25,13 @@ started, its start-up steps happened, observed from outside the same way for eve
 resident (VmRSS reaches 95% of guest RAM), pinned for DMA (VmLck, which VFIO type1 charges for the
 pages it pins, first above zero, then at 95%; sampled every 25 ms), and the guest's first instruction
 (L1's first kvm:kvm_entry event in one of the VMM's threads, with ftrace; see FirstEntryTrace).
+A guest vCPU's triple fault is located with L1's trace (ShutdownTrace): the run's output and
+NAME.vmm's figures (l2_triple_faults) give its RIP and the kernel function there. With --expect-reset
+the guest is meant to reset before init: NAME.vmm passes when it did and the VMM then exited by itself
+with a reset's status, and the run is not retried.
 Exit status 0 only if every check passed.
 """
+import bisect
 import ctypes
 import json
 import os
@@ -247,6 +253,62 @@ class FirstEntryTrace:
         return round((t - start) * 1000, 1), thread
 
 
+class ShutdownTrace:
+    """Where L2's vCPUs triple-faulted: the exits L1's KVM took for it (SVM's shutdown intercept, VMX's
+    triple fault), kept by the tracefs instance stage2.sh sets up before any guest runs, with the guest's
+    RIP at the fault, named with L1's kallsyms (L1 and L2 boot the same kernel with nokaslr). Only read
+    and cleared here: nothing is enabled between runs (FirstEntryTrace says why)."""
+    DIR = f"{TRACEFS}/instances/lab-shutdown"
+    LINE = re.compile(r"\s(\d+\.\d+): kvm_exit:\s+vcpu (\d+) reason (\S+) rip 0x([0-9a-f]+)")
+
+    def __init__(self):
+        self.symbols = None
+
+    def symbolize(self, addr):
+        if self.symbols is None:
+            syms = []
+            try:
+                with open("/proc/kallsyms") as f:
+                    for line in f:
+                        parts = line.split()
+                        if len(parts) >= 3 and parts[1] in "tTwW":
+                            syms.append((int(parts[0], 16), parts[2]))
+            except (OSError, ValueError):
+                pass
+            syms.sort()
+            self.symbols = ([a for a, _ in syms], [n for _, n in syms])
+        addrs, names = self.symbols
+        i = bisect.bisect_right(addrs, addr) - 1
+        return f"{names[i]}+{addr - addrs[i]:#x}" if i >= 0 and addr - addrs[i] < 0x10000 else ""
+
+    def collect(self, since):
+        """The faults after `since` (time.monotonic()), as dicts; the instance is emptied. None when the
+        instance is not there (its setup in stage2.sh failed: L1's serial log says why)."""
+        try:
+            with open(f"{self.DIR}/trace") as f:
+                text = f.read()
+            with open(f"{self.DIR}/trace", "w") as f:
+                f.write("\n")
+        except OSError:
+            return None
+        out = []
+        for line in text.splitlines():
+            m = self.LINE.search(line)
+            if m and float(m.group(1)) >= since:
+                rip = int(m.group(4), 16)
+                out.append({"vcpu": int(m.group(2)), "exit": m.group(3), "rip": f"{rip:#x}",
+                            "symbol": self.symbolize(rip)})
+        return out
+
+    @staticmethod
+    def describe(faults):
+        return "; ".join(f"L1's KVM saw vCPU {f['vcpu']} triple-fault ({f['exit']} exit) at rip {f['rip']}"
+                         f"{' (' + f['symbol'] + ')' if f['symbol'] else ''}" for f in faults)
+
+
+SHUTDOWNS = ShutdownTrace()
+
+
 BDF_RE = re.compile(r"\b([0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])\b")
 VFIO_MSIX_RE = re.compile(r"vfio-msix\[\d+\]\(([0-9a-f:.]+)\)")
 
@@ -407,9 +469,13 @@ def parse_args(argv):
     split = argv.index("--")
     opts, cmd = argv[:split], argv[split + 1:]
     name, timeout, grace, typed, as_left, start_figures = opts[0], DEFAULT_TIMEOUT, DEFAULT_GRACE, None, False, False
+    expect_reset = False
     i = 1
     while i < len(opts):
-        if opts[i] == "--devices-as-left":
+        if opts[i] == "--expect-reset":
+            expect_reset = True
+            i += 1
+        elif opts[i] == "--devices-as-left":
             as_left = True
             i += 1
         elif opts[i] == "--start-figures":
@@ -430,13 +496,13 @@ def parse_args(argv):
             i += 2
         else:
             sys.exit(f"run_l2: unknown option '{opts[i]}' (known: --timeout S, --grace S, --type TEXT, --devices-as-left, "
-                     f"--start-figures)")
+                     f"--start-figures, --expect-reset)")
     if not cmd:
         sys.exit("run_l2: no VMM command after '--'")
     if start_figures and not guest_memory_mb(cmd):
         sys.exit("run_l2: --start-figures compares the VMM's memory with guest RAM: give L2 lab.mem_mb=MiB "
                  "(l2_append CHECKS lab.mem_mb=N)")
-    return name, timeout, grace, typed, as_left, start_figures, cmd
+    return name, timeout, grace, typed, as_left, start_figures, expect_reset, cmd
 
 
 def console_lines(pipe):
@@ -565,13 +631,16 @@ def run_vmm(name, cmd, timeout, grace, typed, console, pid_path, start_figures):
     for t in (sampler, irqs) + ((starts,) if starts else ()):
         t.stop.set()
         t.join()
+    faults = SHUTDOWNS.collect(start)
+    if faults:
+        print(f"[{name}] run_l2: {ShutdownTrace.describe(faults)}", flush=True)
     start_fig = {}
     if start_figures:
         entry_ms, about = trace.first_entry(start, starts.tids)
         start_fig = dict(starts.times, first_guest_entry_ms=entry_ms, peak_vmlck_kb=starts.peak_lck_kb)
         start_fig["first_guest_entry_thread" if entry_ms is not None else "first_guest_entry_error"] = about
     return {"rc": rc, "wall_ms": int((time.monotonic() - start) * 1000), "results": results, "tail": tail,
-            "sampler": sampler, "l1_msix": irqs.peak, "start_figures": start_fig, **state}
+            "sampler": sampler, "l1_msix": irqs.peak, "start_figures": start_fig, "faults": faults, **state}
 
 
 E1000E_QUEUES = (0x2800, 0x2900, 0x3800, 0x3900)  # receive queues 0 and 1, transmit queues 0 and 1
@@ -630,7 +699,7 @@ def e1000e_handover(quiesce):
 
 
 def main():
-    name, timeout, grace, typed, as_left, start_figures, cmd = parse_args(sys.argv[1:])
+    name, timeout, grace, typed, as_left, start_figures, expect_reset, cmd = parse_args(sys.argv[1:])
     for line in e1000e_handover(quiesce=not as_left):
         print(f"[{name}] e1000e at hand-over: {line}", flush=True)
     scenario = os.environ.get("LAB_SCENARIO", "?")
@@ -654,12 +723,13 @@ def main():
             # of a guest reset: 0 for QEMU's -no-reboot, 2 or 3 for passvm) gets one more try, and the
             # figures say so; anything else, and a second early reset, stands.
             reset_early = run["init_ms"] is None and run["killed"] is None and run["rc"] in (0, 2, 3)
-            if attempt == 2 or not reset_early:
+            if attempt == 2 or not reset_early or expect_reset:
                 break
             # All the tail, not its last lines: passvm's teardown lines come after its message saying
             # how the guest stopped (a triple fault names the vCPU's last RIP) and the guest's last words.
             last = " | ".join(l for l in run["tail"] if l.strip())[-1800:]
-            retried = f"exit status {run['rc']} before L2's init; last console lines: {last}"
+            where = f"; {ShutdownTrace.describe(run['faults'])}" if run["faults"] else ""
+            retried = f"exit status {run['rc']} before L2's init{where}; last console lines: {last}"
             print(f"[{name}] run_l2: L2 reset before init (VMM exit status {run['rc']}); running it once more",
                   flush=True)
     rc, wall_ms, results, tail, state, sampler = run["rc"], run["wall_ms"], run["results"], run["tail"], run, run["sampler"]
@@ -679,7 +749,15 @@ def main():
             f.write(state["stuck"] + "\n")
         print(f"[{name}] run_l2: the VMM timed out; what it was doing:\n{state['stuck']}", flush=True)
         last = f"{last} (what the VMM was doing: {name}.stuck)"
-    if state["init_ms"] is None:
+    if run["faults"]:
+        last = f"{ShutdownTrace.describe(run['faults'])}; {last}"
+    if expect_reset:
+        # A guest made to reset: the VMM must stop by itself with a reset's status, before init.
+        reason = ("" if state["init_ms"] is None and state["killed"] is None and rc in (0, 2, 3) else
+                  f"expected the guest to reset before init and the VMM to exit by itself with a reset's status; "
+                  f"{state['killed'] or f'it exited with status {rc}'}"
+                  f"{' after L2 reached init' if state['init_ms'] is not None else ''}; last console lines: {last}")
+    elif state["init_ms"] is None:
         why = state["killed"] or f"the VMM exited with status {rc}"
         reason = f"L2 never reached init ({why}); last console lines: {last}"
     elif state["done_at"] is None and state["held_at"] is None:
@@ -704,6 +782,8 @@ def main():
                "console": console_path}
     if retried:
         figures["first_run_reset_early"] = retried
+    if run["faults"]:
+        figures["l2_triple_faults"] = run["faults"]
     # Per device passed through: its vendor:device, MSI-X table size, and the most MSI-X vectors L1 gave it.
     msix = {}
     for bdf in sorted({b for arg in cmd for b in BDF_RE.findall(arg)}):
