@@ -22,13 +22,7 @@ ROUNDS=${AB_ROUNDS:-3}
 export RUN_L2_WASH=1
 # shellcheck disable=SC2206
 EXTRA=(${AB_ARGS:-})
-if [[ ${AB_PT:-} == 1 ]]; then
-    bind_vfio 0000:00:03.0 || { result ab-compare fail detail="cannot bind the NVMe to vfio-pci"; exit 1; }
-    BOOT="$(l2_append cpus,nvme,nvmebig,nvmerand ${AB_APPEND:-})"
-    EXTRA+=(-s 3,passthru,0000:00:03.0)
-else
-    BOOT="$(l2_append cpus ${AB_APPEND:-})"
-fi
+ab_boot ab-compare || exit 1
 pv() {
     local bin=$1 name=$2
     if [[ ${AB_FIRST:-} == 1 ]]; then rm -rf "${PASSVM_CACHE_DIR:?}"/*; fi

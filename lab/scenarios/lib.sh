@@ -128,6 +128,19 @@ l2_append() {
     echo "console=${L2_CONSOLE:-ttyS0} panic=-1 nokaslr pci=noearly lab.checks=$checks lab.peer=$LAB_L1_LINKLOCAL $*"
 }
 
+# ab_boot CHECK: BOOT (L2's command line) and EXTRA (passvm's arguments) for boot-ab and profile-ab's
+# boots, EXTRA extended: with AB_PT=1 the NVMe is bound to vfio-pci and passed through, and L2 checks it;
+# AB_APPEND adds to the command line. A failed binding is result CHECK, failed.
+ab_boot() {
+    if [[ ${AB_PT:-} == 1 ]]; then
+        bind_vfio 0000:00:03.0 || { result "$1" fail detail="cannot bind the NVMe to vfio-pci"; return 1; }
+        BOOT="$(l2_append cpus,nvme,nvmebig,nvmerand ${AB_APPEND:-})"
+        EXTRA+=(-s 3,passthru,0000:00:03.0)
+    else
+        BOOT="$(l2_append cpus ${AB_APPEND:-})"
+    fi
+}
+
 # msix_host_check CHECK RUN: the VMM of run_l2 RUN gave each passed-through device only the MSI-X vectors
 # L2's drivers use: L1's /proc/interrupts (peak over the run) against L2's requested vectors for the
 # device with the same vendor:device, next to the table size the device offers.

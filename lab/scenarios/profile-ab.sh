@@ -16,13 +16,7 @@ fi
 source "$LAB_DIR/scenarios/profile-lib.sh"
 ROUNDS=${AB_ROUNDS:-2}
 EXTRA=()
-if [[ ${AB_PT:-} == 1 ]]; then
-    bind_vfio 0000:00:03.0 || { result ab-a1.vmm fail detail="cannot bind the NVMe to vfio-pci"; exit 1; }
-    BOOT="$(l2_append cpus,nvme,nvmebig,nvmerand ${AB_APPEND:-})"
-    EXTRA+=(-s 3,passthru,0000:00:03.0)
-else
-    BOOT="$(l2_append cpus ${AB_APPEND:-})"
-fi
+ab_boot ab-a1.vmm || exit 1
 pv() {  # pv BINARY NAME [traced]
     local run=(run_l2 "$2" --timeout 480 --)
     [[ ${3:-} == traced ]] && run=(traced "$2" --)

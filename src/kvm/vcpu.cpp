@@ -335,14 +335,18 @@ void Vcpu::run_loop() {
   }
 }
 
-bool Vcpu::fail(std::string detail) {
+std::string Vcpu::with_dump(std::string detail) const {
   if (dump_regs_requested()) {
     try {
       detail += "\n" + dump_registers();
     } catch (const std::exception&) {
     }
   }
-  ctl_.request(ExitReason::InternalError, std::move(detail));
+  return detail;
+}
+
+bool Vcpu::fail(std::string detail) {
+  ctl_.request(ExitReason::InternalError, with_dump(std::move(detail)));
   return false;
 }
 
@@ -370,7 +374,8 @@ bool Vcpu::handle_exit() {
     case KVM_EXIT_IRQ_WINDOW_OPEN:
       return true;
     case KVM_EXIT_SHUTDOWN:
-      ctl_.request(ExitReason::TripleFault, fmt::format("vCPU {}: triple fault ({})", index_, cpu_state()));
+      ctl_.request(ExitReason::TripleFault,
+                   with_dump(fmt::format("vCPU {}: triple fault ({})", index_, cpu_state())));
       return false;
     case KVM_EXIT_SYSTEM_EVENT:
       switch (run_->system_event.type) {

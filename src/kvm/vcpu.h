@@ -99,8 +99,8 @@ class Vcpu {
   const ExitSites& exit_sites() const { return sites_; }
 
   // General, segment and control registers as text. Only while the vCPU is not in KVM_RUN (before
-  // start(), after stop(), or from its own thread). The run loop appends it to the InternalError
-  // detail when the environment variable PASSVM_DUMP_REGS is set (to anything but "0").
+  // start(), after stop(), or from its own thread). The run loop appends it to an internal error's or
+  // a triple fault's detail when the environment variable PASSVM_DUMP_REGS is set (to anything but "0").
   std::string dump_registers() const;
 
   static int kick_signal();
@@ -112,6 +112,7 @@ class Vcpu {
   void handle_io();
   void handle_mmio();
   bool fail(std::string detail);
+  std::string with_dump(std::string detail) const;  // detail, then dump_registers() under PASSVM_DUMP_REGS
   uint64_t last_rip() const;  // for exit reports; 0 if the registers cannot be read
   std::string cpu_state() const;  // describe_cpu_state of this vCPU, for exit reports
   void init_cpuid(uint32_t count);
