@@ -1,8 +1,10 @@
 #include "bus/bus.h"
+#include "bus/give_way.h"
 
 #include <gtest/gtest.h>
 
 #include <array>
+#include <future>
 #include <stdexcept>
 #include <vector>
 
@@ -92,6 +94,26 @@ TEST(Bus, RemoveThenAddAgainMovesRange) {
   EXPECT_FALSE(bus.read(0x1000, byte));
   bus.add(0x2000, 0x100, &a);
   EXPECT_TRUE(bus.read(0x2000, byte));
+}
+
+TEST(GiveWay, IsPerThreadAndNests) {
+  EXPECT_EQ(GiveWay::current(), nullptr);
+  GiveWay a, b;
+  {
+    GiveWay::Installed ia(a);
+    EXPECT_EQ(GiveWay::current(), &a);
+    {
+      GiveWay::Installed ib(b);
+      EXPECT_EQ(GiveWay::current(), &b);
+      EXPECT_EQ(std::async(std::launch::async, [] { return GiveWay::current(); }).get(), nullptr);
+    }
+    EXPECT_EQ(GiveWay::current(), &a);
+  }
+  EXPECT_EQ(GiveWay::current(), nullptr);
+  a.ask();
+  EXPECT_TRUE(a.token().stop_requested());
+  a.renew();
+  EXPECT_FALSE(a.asked());
 }
 
 }  // namespace

@@ -262,6 +262,7 @@ void Vcpu::pause() {
   std::unique_lock g(pause_lock_);
   if (!thread_.joinable() || thread_.get_id() == std::this_thread::get_id()) return;
   pause_requested_ = true;
+  give_way_.ask();  // a device's wait in this vCPU ends, and the access is made again after the pause
   __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_SEQ_CST);
   pthread_kill(thread_.native_handle(), kick_signal());
   pause_cv_.wait(g, [&] { return parked_ || loop_ended_; });
@@ -275,11 +276,15 @@ void Vcpu::resume() {
 
 void Vcpu::park_if_asked() {
   std::unique_lock g(pause_lock_);
-  if (!pause_requested_) return;
+  if (!pause_requested_) {
+    if (give_way_.asked()) give_way_.renew();  // that pause ended before this thread parked for it
+    return;
+  }
   parked_ = true;
   pause_cv_.notify_all();
   pause_cv_.wait(g, [&] { return !pause_requested_ || stopping_.load(); });
   parked_ = false;
+  give_way_.renew();
   // The kick that parked us set immediate_exit; a kick to stop sets it again after stopping_.
   if (!stopping_.load()) __atomic_store_n(&run_->immediate_exit, 0, __ATOMIC_SEQ_CST);
 }
@@ -301,6 +306,7 @@ VcpuExitStats Vcpu::stats() const {
 
 void Vcpu::run_loop() {
   confine::enter(confine::ThreadClass::Vcpu, fmt::format("vcpu{}", index_));
+  GiveWay::Installed give_way(give_way_);
   // The machine may have blocked signals in the thread that created this one; the kick must get through.
   sigset_t set;
   sigemptyset(&set);
@@ -335,6 +341,20 @@ void Vcpu::run_loop() {
   }
 }
 
+template <typename Access>
+bool Vcpu::dispatch(Access&& access) {
+  // The exit stays as KVM left it until the next KVM_RUN, so the same access can be made again.
+  for (;;) {
+    try {
+      access();
+      return true;
+    } catch (const AccessDeferred&) {
+      park_if_asked();
+      if (stopping_.load()) return false;
+    }
+  }
+}
+
 std::string Vcpu::with_dump(std::string detail) const {
   if (dump_regs_requested()) {
     try {
@@ -357,13 +377,12 @@ bool Vcpu::handle_exit() {
     case KVM_EXIT_IO:
       io_exits_.fetch_add(1, std::memory_order_relaxed);
       sites_.add(false, run_->io.direction == KVM_EXIT_IO_OUT, run_->io.port);
-      handle_io();
-      return true;
+      io_done_ = 0;
+      return dispatch([this] { handle_io(); });
     case KVM_EXIT_MMIO:
       mmio_exits_.fetch_add(1, std::memory_order_relaxed);
       sites_.add(true, run_->mmio.is_write != 0, run_->mmio.phys_addr);
-      handle_mmio();
-      return true;
+      return dispatch([this] { handle_mmio(); });
     default:
       break;
   }
@@ -416,8 +435,8 @@ void Vcpu::handle_io() {
     throw std::runtime_error(fmt::format("malformed I/O exit: port {:#x} size {} count {} offset {:#x}", io.port,
                                          io.size, io.count, io.data_offset));
   uint8_t* data = reinterpret_cast<uint8_t*>(run_) + io.data_offset;
-  for (uint32_t i = 0; i < io.count; i++) {
-    std::span<uint8_t> elem(data + i * io.size, io.size);
+  for (; io_done_ < io.count; io_done_++) {
+    std::span<uint8_t> elem(data + io_done_ * io.size, io.size);
     if (io.direction == KVM_EXIT_IO_OUT)
       pio_.write(io.port, elem);
     else

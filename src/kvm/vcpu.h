@@ -16,7 +16,9 @@
 // installed once without SA_RESTART; do not use it for anything else) and
 // kvm_run->immediate_exit (which covers a kick that lands just before
 // KVM_RUN), then joins it. pause() uses the same kick but parks the thread
-// on a condition variable instead of ending it.
+// on a condition variable instead of ending it; a device handler this thread
+// is waiting in gives way first (bus/give_way.h), and its access is made
+// again after resume().
 #pragma once
 
 #include <atomic>
@@ -32,6 +34,7 @@
 #include "boot/linux_boot.h"
 #include "boot/long_mode.h"
 #include "bus/bus.h"
+#include "bus/give_way.h"
 #include "kvm/exit_sites.h"
 #include "kvm/vm.h"
 #include "memory/layout.h"
@@ -132,11 +135,19 @@ class Vcpu {
   uint64_t phys_mask_ = 0;  // all guest physical address bits, for MTRR masks
   std::thread thread_;
   std::atomic<bool> stopping_{false};
-  // Pause: the owner sets pause_requested_ and kicks; the loop parks (parked_) until it is cleared.
+  // Pause: the owner sets pause_requested_, asks give_way_ and kicks; the loop parks (parked_) until it
+  // is cleared. give_way_ ends a device's wait in this thread (bus/give_way.h); ask() and renew() are
+  // under pause_lock_.
   void park_if_asked();
+  // Runs a trapped access; an access a device deferred (AccessDeferred) runs again after the pause
+  // that deferred it. False when the vCPU stops meanwhile.
+  template <typename Access>
+  bool dispatch(Access&& access);
   std::mutex pause_lock_;
   std::condition_variable pause_cv_;
   bool pause_requested_ = false, parked_ = false, loop_ended_ = false;
+  GiveWay give_way_;
+  uint32_t io_done_ = 0;  // elements of the current string I/O exit already handled (a deferral resumes there)
   std::atomic<uint64_t> io_exits_{0}, mmio_exits_{0}, other_exits_{0};
   ExitSites sites_;
 };

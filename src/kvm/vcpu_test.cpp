@@ -8,8 +8,11 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -250,6 +253,67 @@ TEST_F(VcpuTest, PauseStopsTheGuestAndResumeContinuesIt) {
   v->stop();  // a parked vCPU stops too
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
   EXPECT_FALSE(ctl_.requested()) << ctl_.detail();
+}
+
+// A port whose write waits until opened, giving way to a pause of its vCPU as a passthrough device's bus
+// master enable does while guest RAM is mapped for DMA (bus/give_way.h).
+struct Gate : BusDevice {
+  std::mutex lock;
+  std::condition_variable_any changed;
+  bool open = false, waiting = false;
+  int deferred = 0;
+  std::vector<uint8_t> written;
+  void read(uint64_t, std::span<uint8_t> data) override { std::fill(data.begin(), data.end(), 0); }
+  void write(uint64_t, std::span<const uint8_t> data) override {
+    std::unique_lock g(lock);
+    const GiveWay* give_way = GiveWay::current();
+    waiting = true;
+    changed.notify_all();
+    bool opened = changed.wait(g, give_way ? give_way->token() : std::stop_token{}, [&] { return open; });
+    waiting = false;
+    if (!opened) {
+      deferred++;
+      throw AccessDeferred{};
+    }
+    written.insert(written.end(), data.begin(), data.end());
+  }
+  bool wait_until_waiting(std::chrono::seconds limit) {
+    std::unique_lock g(lock);
+    return changed.wait_for(g, limit, [&] { return waiting; });
+  }
+  void let_through() {
+    {
+      std::lock_guard g(lock);
+      open = true;
+    }
+    changed.notify_all();
+  }
+};
+
+TEST_F(VcpuTest, APauseEndsADeviceWaitAndTheAccessIsMadeAgainAfterIt) {
+  Gate gate;
+  pio_.add(0x88, 1, &gate);
+  auto v = make_vcpu(0, 1, std::vector<uint8_t>{0xb0, 0x07, 0xe6, 0x88} + kDone);  // mov al, 7; out 0x88, al
+  enter_long_mode(*v);
+  v->start();
+  ASSERT_TRUE(gate.wait_until_waiting(std::chrono::seconds(60))) << "the guest's write never came";
+  auto paused = std::async(std::launch::async, [&] { v->pause(); });
+  const bool prompt = paused.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  if (!prompt) gate.let_through();  // so that the test ends
+  ASSERT_TRUE(prompt) << "the pause waited for the device";
+  {
+    std::lock_guard g(gate.lock);
+    EXPECT_EQ(gate.deferred, 1);
+    EXPECT_TRUE(gate.written.empty()) << "the deferred write went through";
+  }
+  v->resume();
+  const bool again = gate.wait_until_waiting(std::chrono::seconds(30));
+  gate.let_through();
+  EXPECT_TRUE(again) << "the write was not made again after the pause";
+  ASSERT_TRUE(wait_for_exit()) << "the guest did not go on";
+  v->stop();
+  EXPECT_EQ(ctl_.reason(), ExitReason::PowerOff) << ctl_.detail();
+  EXPECT_EQ(gate.written, std::vector<uint8_t>{7}) << "the write arrived once";
 }
 
 TEST_F(VcpuTest, ApWaitsForSipiAndStops) {

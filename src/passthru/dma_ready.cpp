@@ -21,15 +21,16 @@ void DmaReady::fail(std::string why) {
   changed_.notify_all();
 }
 
-bool DmaReady::wait() {
+DmaReady::Outcome DmaReady::wait(std::stop_token give_way) {
   std::unique_lock g(lock_);
   if (state_ == State::Pending) {
     waiters_++;
     changed_.notify_all();
-    changed_.wait(g, [this] { return state_ != State::Pending; });
+    bool decided = changed_.wait(g, give_way, [this] { return state_ != State::Pending; });
     waiters_--;
+    if (!decided) return Outcome::GaveWay;
   }
-  return state_ == State::Open;
+  return state_ == State::Open ? Outcome::Open : Outcome::Failed;
 }
 
 bool DmaReady::wait_for_a_waiter(std::chrono::milliseconds limit) {

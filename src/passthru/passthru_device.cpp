@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "bus/give_way.h"
 #include "passthru/handover.h"
 #include "passthru/rom.h"
 
@@ -238,12 +239,14 @@ uint32_t PassthruDevice::config_read(uint32_t offset, int size) {
 }
 
 void PassthruDevice::config_write(uint32_t offset, int size, uint32_t value) {
-  counters_.config_writes++;
-  if ((size != 1 && size != 2 && size != 4) || offset % static_cast<uint32_t>(size) || offset >= 4096) return;
-  // Before the lock: the wait for guest RAM's DMA mapping blocks only this vCPU.
-  if (options_.dma_ready && offset <= kCommand && offset + static_cast<uint32_t>(size) > kCommand &&
+  const bool valid = (size == 1 || size == 2 || size == 4) && offset % static_cast<uint32_t>(size) == 0 && offset < 4096;
+  // Before the lock and before anything changes: the wait for guest RAM's DMA mapping blocks only this
+  // vCPU, and may end in AccessDeferred (a pause), after which the vCPU makes this write again.
+  if (valid && options_.dma_ready && offset <= kCommand && offset + static_cast<uint32_t>(size) > kCommand &&
       ((value >> (8 * (kCommand - offset))) & kBusMaster))
     value = hold_bus_master(offset, value);
+  counters_.config_writes++;
+  if (!valid) return;
   std::lock_guard g(lock_);
   uint8_t buf[4];
   pci::store_le(buf, size, value);
@@ -284,9 +287,12 @@ void PassthruDevice::config_write(uint32_t offset, int size, uint32_t value) {
 uint32_t PassthruDevice::hold_bus_master(uint32_t offset, uint32_t value) {
   if (options_.dma_ready->is_open()) return value;
   auto start = std::chrono::steady_clock::now();
-  bool mapped = options_.dma_ready->wait();
+  const GiveWay* give_way = GiveWay::current();
+  const DmaReady::Outcome outcome = options_.dma_ready->wait(give_way ? give_way->token() : std::stop_token{});
   auto waited = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   counters_.bus_master_wait_us += static_cast<uint64_t>(waited * 1000);
+  if (outcome == DmaReady::Outcome::GaveWay) throw AccessDeferred{};  // to a pause of this vCPU
+  const bool mapped = outcome == DmaReady::Outcome::Open;
   if (options_.verbose || !mapped)
     fmt::print(stderr, "passvm: {}: the guest's bus master enable waited {:.1f} ms for guest RAM's DMA mapping{}\n",
                name_, waited, mapped ? "" : fmt::format(", which did not happen ({}): bus mastering stays off",

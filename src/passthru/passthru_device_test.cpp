@@ -5,9 +5,12 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <future>
+#include <thread>
 
+#include "bus/give_way.h"
 #include "memory/layout.h"
 #include "testing/fake_vfio.h"
 
@@ -663,6 +666,36 @@ TEST_F(BusMasterWaitTest, AFailedMappingLeavesBusMasteringOff) {
   EXPECT_EQ(dev->config_read(0x04, 2) & 0x4, 0u);
   dev->config_write(0x04, 2, 0x6);  // no wait once failed, and still off
   EXPECT_EQ(device_command() & 0x4, 0);
+}
+
+// A pause of the vCPU ends the wait (bus/give_way.h): the write changes nothing and is deferred, and the
+// vCPU makes it again after the pause.
+TEST_F(BusMasterWaitTest, APauseEndsTheWaitAndTheWriteIsMadeAgain) {
+  dev->config_write(0x04, 2, 0x2);
+  GiveWay give_way;
+  std::atomic<int> deferred{0};
+  auto vcpu = std::async(std::launch::async, [&] {
+    GiveWay::Installed installed(give_way);
+    for (;;) {
+      try {
+        dev->config_write(0x04, 2, 0x6);
+        return;
+      } catch (const AccessDeferred&) {
+        deferred++;
+        give_way.renew();  // the vCPU parks, is resumed, renews its token and retries (kvm/vcpu.cpp)
+      }
+    }
+  });
+  EXPECT_TRUE(ready.wait_for_a_waiter(std::chrono::seconds(10)));
+  give_way.ask();
+  for (int i = 0; i < 1000 && deferred.load() == 0; i++) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(deferred.load(), 1) << "the wait did not give way to the pause";
+  EXPECT_EQ(device_command(), 0x2) << "a deferred write changed the device";
+  EXPECT_EQ(vcpu.wait_for(std::chrono::milliseconds(50)), std::future_status::timeout) << "the retry waits again";
+  ready.open();
+  vcpu.get();
+  EXPECT_EQ(device_command(), 0x6);
+  EXPECT_EQ(dev->counters().config_writes.load(), 2u) << "a deferred write is counted once";
 }
 
 TEST_F(BusMasterWaitTest, WritesBesideTheCommandRegisterDoNotWait) {
