@@ -26,7 +26,7 @@ class GiveWay {
   // The calling thread's, or nullptr.
   static GiveWay* current();
 
-  // Makes this the calling thread's GiveWay until the returned guard ends.
+  // Makes g the calling thread's GiveWay for as long as this guard lives (the previous one after).
   class Installed {
    public:
     explicit Installed(GiveWay& g);
