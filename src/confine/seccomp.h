@@ -3,13 +3,14 @@
 // Every passvm thread belongs to one class (ThreadClass) and, at its start, calls enter() for it:
 // the thread gets its class's name (what `ps -L`, /proc/PID/task/*/comm and the kernel's audit log
 // show) and its class's seccomp filter, an allow list of system calls, with ioctl allowed only for
-// the KVM, VFIO and terminal request numbers that class uses. The lists are in seccomp.cpp, kept
+// the KVM, VFIO and terminal request numbers that class uses. The lists are in seccomp_lists.cpp, kept
 // against the calls each class made in a traced lab run (src/confine/recorded/, see the README).
 //
 // Lifetime rules:
-// - configure() once, on the main thread, before any other thread starts: it compiles every
-//   class's filter (libseccomp, once) and installs the SIGSYS handler. enter() then only loads a
-//   precompiled program, so a thread confines itself with two system calls and no allocation.
+// - configure() once, on the main thread, before any other thread starts: it prepares every
+//   class's filter (compiled at build time, seccomp_programs.h; the run-time values put in) and
+//   installs the SIGSYS handler. enter() then only loads a prepared program, so a thread confines
+//   itself with two system calls and no allocation.
 // - A filter is never removed, and filters stack: a thread started by a confined thread keeps its
 //   creator's filter as well as its own (the kernel applies both). The main thread confines itself
 //   last (enter(ThreadClass::Control) once the VM runs, or the API listens), so the threads it
@@ -60,8 +61,8 @@ struct DropTarget {
   uint32_t groups = 0;  // how many supplementary groups
 };
 
-// Once, before other threads start (see above). Throws std::runtime_error when libseccomp cannot
-// build a filter; in Off mode it builds nothing.
+// Once, before other threads start (see above). Throws std::logic_error when a built-in program
+// does not match the code (seccomp_programs.h); in Off mode it prepares nothing.
 void configure(SeccompMode mode, std::optional<DropTarget> drop = std::nullopt);
 SeccompMode mode();
 

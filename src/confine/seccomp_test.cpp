@@ -1,4 +1,6 @@
 #include "confine/seccomp.h"
+#include "confine/seccomp_compile.h"
+#include "confine/seccomp_programs.h"
 
 #include <gtest/gtest.h>
 #include <linux/kvm.h>
@@ -321,6 +323,137 @@ TEST(SeccompTest, EveryClassCompilesAndNoClassMayExecOrOpenSockets) {
     return 0;
   });
   EXPECT_EQ(o.status, 0) << o.err;
+}
+
+std::string text(const std::vector<sock_filter>& prog) {
+  std::ostringstream o;
+  for (const sock_filter& i : prog) o << std::hex << i.code << ' ' << int(i.jt) << ' ' << int(i.jf) << ' ' << i.k << '\n';
+  return o.str();
+}
+
+// A classic BPF interpreter for what libseccomp emits (loads of seccomp_data words, jumps, AND, returns):
+// a program's verdict for one system call. An instruction it does not know fails the test.
+struct Call {
+  uint32_t nr;
+  uint64_t args[6];
+};
+uint32_t run(const std::vector<sock_filter>& prog, const Call& call) {
+  uint32_t data[16] = {static_cast<uint32_t>(call.nr), 0xc000003e /* AUDIT_ARCH_X86_64 */, 0, 0};
+  for (int i = 0; i < 6; i++) {
+    data[4 + 2 * i] = static_cast<uint32_t>(call.args[i]);
+    data[5 + 2 * i] = static_cast<uint32_t>(call.args[i] >> 32);
+  }
+  uint32_t a = 0;
+  for (size_t pc = 0; pc < prog.size(); pc++) {
+    const sock_filter& i = prog[pc];
+    switch (i.code) {
+      case BPF_LD | BPF_W | BPF_ABS:
+        if (i.k % 4 != 0 || i.k / 4 >= std::size(data)) throw std::runtime_error("load outside seccomp_data");
+        a = data[i.k / 4];
+        break;
+      case BPF_ALU | BPF_AND | BPF_K: a &= i.k; break;
+      case BPF_JMP | BPF_JA: pc += i.k; break;
+      case BPF_JMP | BPF_JEQ | BPF_K: pc += a == i.k ? i.jt : i.jf; break;
+      case BPF_JMP | BPF_JGT | BPF_K: pc += a > i.k ? i.jt : i.jf; break;
+      case BPF_JMP | BPF_JGE | BPF_K: pc += a >= i.k ? i.jt : i.jf; break;
+      case BPF_JMP | BPF_JSET | BPF_K: pc += (a & i.k) != 0 ? i.jt : i.jf; break;
+      case BPF_RET | BPF_K: return i.k;
+      default: throw std::runtime_error("instruction " + std::to_string(i.code) + " not interpreted");
+    }
+  }
+  throw std::runtime_error("fell off the end of the program");
+}
+
+// The calls whose verdicts are compared: every system call number with harmless arguments, and for those
+// whose arguments a rule compares (ioctl, tgkill, clone, the drop's calls), arguments that are each value
+// any rule compares with, the values given, and their neighbours: all alike, and one argument off at a time.
+std::vector<Call> probe_calls(const FilterValues& v) {
+  std::set<uint64_t> values = {0, 1, 2, 3, 0x10000, 0x7fffffff, 0xffffffff, 1ull << 32, kPlaceholders.pid,
+                               kPlaceholders.uid, kPlaceholders.gid, kPlaceholders.groups, v.pid};
+  if (v.drop) values.insert({v.drop->uid, v.drop->gid, v.drop->groups});
+  for (ThreadClass c : kThreadClasses)
+    for (const Ioctl& i : allowed_ioctls(c)) values.insert(i.request);
+  std::set<uint64_t> near;
+  for (uint64_t x : values) near.insert({x, x + 1, x - 1, x | (1ull << 32)});
+  std::vector<Call> calls;
+  for (uint32_t nr = 0; nr < 460; nr++) calls.push_back({nr, {0, 0, 0, 0, 0, 0}});
+  const uint32_t with_args[] = {__NR_ioctl, __NR_tgkill, __NR_clone, __NR_setresuid, __NR_setresgid, __NR_setgroups};
+  for (uint32_t nr : with_args) {
+    for (uint64_t x : near) {
+      calls.push_back({nr, {x, x, x, 0, 0, 0}});
+      calls.push_back({nr, {0, x, 0, 0, 0, 0}});
+      if (v.drop) {
+        uint64_t id = nr == __NR_setresgid ? v.drop->gid : v.drop->uid;
+        for (int off = 0; off < 3; off++) {
+          Call c{nr, {id, id, id, 0, 0, 0}};
+          c.args[off] = x;
+          calls.push_back(c);
+        }
+      }
+    }
+  }
+  return calls;
+}
+
+// passvm loads programs compiled at build time, with the run-time values written over placeholders. Each must
+// decide every call as the program libseccomp compiles for the same values does, whatever they are: ids of
+// root, of nobody, of a user (whose uid and gid alike make libseccomp share code between the two rules), and
+// values equal to another placeholder (which must not be replaced twice). Where the values differ from each
+// other the programs are the same instruction for instruction.
+TEST(SeccompProgramsTest, BuiltinFiltersDecideAsLibseccompsForTheSameValues) {
+  const std::optional<DropTarget> drops[] = {std::nullopt, DropTarget{1000, 1000, 2}, DropTarget{0, 0, 0},
+                                             DropTarget{65534, 65534, 0}, DropTarget{1001, 1002, 5},
+                                             DropTarget{kPlaceholders.gid, kPlaceholders.groups, kPlaceholders.pid}};
+  const uint32_t pids[] = {static_cast<uint32_t>(getpid()), 1, 4194304, 1000, 77, kPlaceholders.uid};
+  int identical = 0;
+  size_t calls_compared = 0;
+  for (ThreadClass c : kThreadClasses) {
+    for (SeccompMode mode : {SeccompMode::Kill, SeccompMode::Log}) {
+      for (size_t i = 0; i < std::size(drops); i++) {
+        FilterValues v{pids[i], drops[i]};
+        std::string what = std::string(class_name(c)) + (mode == SeccompMode::Log ? " log" : " kill") + " pid " +
+                           std::to_string(v.pid) + (v.drop ? " uid " + std::to_string(v.drop->uid) : " no drop");
+        auto built = builtin_filter(c, mode, v);
+        auto compiled = compile_filter(c, mode, v);
+        for (const Call& call : probe_calls(v)) {
+          ASSERT_EQ(run(built, call), run(compiled, call))
+              << what << ": system call " << call.nr << " args " << call.args[0] << ", " << call.args[1] << ", "
+              << call.args[2];
+          calls_compared++;
+        }
+        if (text(built) == text(compiled)) identical++;
+        else
+          EXPECT_TRUE(v.drop && (v.drop->uid == v.drop->gid || v.drop->groups == v.pid)) << what << " differs";
+      }
+    }
+  }
+  // The three drops with uid equal to gid differ (shared code); the other three cases are identical.
+  EXPECT_EQ(identical, 8 * 2 * 3);
+  EXPECT_GT(calls_compared, 8u * 2 * 6 * 460);
+}
+
+TEST(SeccompProgramsTest, ThePlaceholdersAreGoneAndTheValuesIn) {
+  FilterValues v{4242, DropTarget{1001, 1002, 77777}};
+  auto prog = builtin_filter(ThreadClass::Control, SeccompMode::Kill, v);
+  auto count = [&](uint32_t k) {
+    return std::count_if(prog.begin(), prog.end(), [k](const sock_filter& i) { return i.k == k; });
+  };
+  for (uint32_t p : {kPlaceholders.pid, kPlaceholders.uid, kPlaceholders.gid, kPlaceholders.groups})
+    EXPECT_EQ(count(p), 0) << std::hex << p;
+  EXPECT_EQ(count(4242), 1);
+  EXPECT_EQ(count(1001), 3);
+  EXPECT_EQ(count(1002), 3);
+  EXPECT_EQ(count(77777), 1);
+  EXPECT_THROW(builtin_filter(ThreadClass::Vcpu, SeccompMode::Off, v), std::logic_error);
+}
+
+TEST(SeccompProgramsTest, SyscallNamesAreLibseccomps) {
+  for (int nr = -1; nr <= kSyscallNameCount; nr++) {
+    std::string want = nr >= 0 && nr < kSyscallNameCount ? libseccomp_syscall_name(nr) : "";
+    const char* got = builtin_syscall_name(nr);
+    EXPECT_EQ(got ? std::string(got) : std::string(), want) << nr;
+  }
+  EXPECT_STREQ(builtin_syscall_name(__NR_socket), "socket");
 }
 
 }  // namespace
