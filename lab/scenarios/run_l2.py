@@ -31,7 +31,6 @@ the guest is meant to reset before init: NAME.vmm passes when it did and the VMM
 with a reset's status, and the run is not retried.
 Exit status 0 only if every check passed.
 """
-import bisect
 import ctypes
 import json
 import os
@@ -43,6 +42,8 @@ import sys
 import threading
 import time
 from collections import deque
+
+import kallsyms  # this directory's kallsyms.py
 
 DEFAULT_TIMEOUT = 480
 DEFAULT_GRACE = 10
@@ -266,20 +267,8 @@ class ShutdownTrace:
 
     def symbolize(self, addr):
         if self.symbols is None:
-            syms = []
-            try:
-                with open("/proc/kallsyms") as f:
-                    for line in f:
-                        parts = line.split()
-                        if len(parts) >= 3 and parts[1] in "tTwW":
-                            syms.append((int(parts[0], 16), parts[2]))
-            except (OSError, ValueError):
-                pass
-            syms.sort()
-            self.symbols = ([a for a, _ in syms], [n for _, n in syms])
-        addrs, names = self.symbols
-        i = bisect.bisect_right(addrs, addr) - 1
-        return f"{names[i]}+{addr - addrs[i]:#x}" if i >= 0 and addr - addrs[i] < 0x10000 else ""
+            self.symbols = kallsyms.symbolizer("/proc/kallsyms")
+        return self.symbols(addr)
 
     def collect(self, since):
         """The faults after `since` (time.monotonic()), as dicts; the instance is emptied. None when the
