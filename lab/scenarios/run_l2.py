@@ -543,7 +543,8 @@ def run_vmm(name, cmd, timeout, grace, typed, console, pid_path, start_figures):
 
     state = {"init_ms": None, "nvme_ms": None, "done_at": None, "held_at": None, "killed": None, "exit_after_done_ms": None,
              "stuck": None}
-    results, tail = {}, deque(maxlen=15)
+    # Long enough to hold the guest's last words above passvm's exit report (--stats: some 25 lines).
+    results, tail = {}, deque(maxlen=60)
 
     def kill(reason):
         if state["killed"] is None:
@@ -687,6 +688,19 @@ def e1000e_handover(quiesce):
     return out
 
 
+def last_words(tail):
+    """What the guest printed last and what the VMM said of its end, apart: passvm's exit report
+    (its step times and --stats' counters, after its message saying how the guest stopped) would
+    otherwise push the guest's last lines (a panic's, say: the lab's L2 boots with panic=-1, so a
+    panic resets it at once) out of any few last lines."""
+    lines = [l.rstrip() for l in tail if l.strip()]
+    vmm = [l for l in lines if l.startswith("passvm:")]
+    said = [l for l in vmm if not re.match(r"passvm:\s+[0-9.]+ ms\s", l) and not l.startswith("passvm:   ")]
+    guest = [l for l in lines if not l.startswith("passvm:") and not l.startswith("  ")]
+    return (f"guest's last console lines: {' | '.join(guest[-12:])[-1500:] or '(none)'}"
+            + (f"; passvm said: {' | '.join(said[-3:])[-600:]}" if said else ""))
+
+
 def main():
     name, timeout, grace, typed, as_left, start_figures, expect_reset, cmd = parse_args(sys.argv[1:])
     for line in e1000e_handover(quiesce=not as_left):
@@ -714,11 +728,8 @@ def main():
             reset_early = run["init_ms"] is None and run["killed"] is None and run["rc"] in (0, 2, 3)
             if attempt == 2 or not reset_early or expect_reset:
                 break
-            # All the tail, not its last lines: passvm's teardown lines come after its message saying
-            # how the guest stopped (a triple fault names the vCPU's last RIP) and the guest's last words.
-            last = " | ".join(l for l in run["tail"] if l.strip())[-1800:]
             where = f"; {ShutdownTrace.describe(run['faults'])}" if run["faults"] else ""
-            retried = f"exit status {run['rc']} before L2's init{where}; last console lines: {last}"
+            retried = f"exit status {run['rc']} before L2's init{where}; {last_words(run['tail'])}"
             print(f"[{name}] run_l2: L2 reset before init (VMM exit status {run['rc']}); running it once more",
                   flush=True)
     rc, wall_ms, results, tail, state, sampler = run["rc"], run["wall_ms"], run["results"], run["tail"], run, run["sampler"]
