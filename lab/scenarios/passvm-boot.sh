@@ -13,9 +13,13 @@
 # and says how the guest stopped (pvreset.vmm), and the lab names where (pvreset.located: L1's trace of
 # the shutdown exit, run_l2.py's ShutdownTrace), as it would for a guest that resets early by accident.
 # lab-expect: pvreset.vmm pvreset.located
+# And a guest on hvc0 that panics before its virtio console driver runs (the same missing init, panic=-1):
+# it prints nothing passvm can show, and passvm must say why and how to see its messages
+# (pvhvcstop.hint); the ttyS0 guest above printed its panic, so passvm adds no such hint there.
+# lab-expect: pvhvcstop.vmm pvhvcstop.hint
 # lab-expect: pv.vmm pv.boot pv.cpus pv.mem pv.lspci pv.console pv.cpumodel pv.rtc pv.rtcirq
 # lab-expect: pvhvc.vmm pvhvc.boot pvhvc.cpus pvhvc.console pvhvc.exits
-# lab-timeout: 400
+# lab-timeout: 480
 
 if [[ -z $PASSVM || ! -x $PASSVM ]]; then
     result pv.vmm fail detail="no passvm binary: run lab/run --passvm BUILD/src/cli/passvm"
@@ -79,5 +83,31 @@ elif not detail and not where.startswith("native_machine_emergency_restart+"):
     detail = (f"L1's trace should place the fault in native_machine_emergency_restart (reboot=t's int3), "
               f"found {faults or 'no shutdown exit'}")
 print("LABRESULT " + json.dumps({"scenario": os.environ.get("LAB_SCENARIO", "?"), "check": "pvreset.located",
+      "pass": not detail, "figures": fig, "detail": detail}, separators=(",", ":")), flush=True)
+PY
+
+run_l2 pvhvcstop --timeout 240 --expect-reset -- \
+    "$PASSVM" -c 1 -m 256M -l virtio-console,stdio \
+    --kernel "$L2_KERNEL" --initrd "$L2_INITRD" \
+    --append "console=hvc0 panic=-1 nokaslr pci=noearly rdinit=/nonexistent" labvm
+/usr/bin/python3 - "$LAB_OUT/pvhvcstop.summary.json" "$LAB_OUT/pvhvcstop.console" "$LAB_OUT/pvreset.console" <<'PY'
+import json, os, sys
+detail = ""
+try:
+    vmm = json.load(open(sys.argv[1]))["vmm"]
+    console = open(sys.argv[2], errors="replace").read()
+    ttys0 = open(sys.argv[3], errors="replace").read()
+except (OSError, ValueError) as e:
+    vmm, console, ttys0, detail = {}, "", "", f"no record of the runs: {e}"
+marker = "the guest printed nothing before it stopped"
+said = next((l.strip().split(None, 1)[-1] for l in console.splitlines() if marker in l), "")
+fig = {"exit_code": vmm.get("exit_code"), "passvm_said": said}
+if not detail and vmm.get("exit_code") != 2:
+    detail = f"passvm exited with status {vmm.get('exit_code')}, not 2 (the guest's reset after its panic)"
+elif not detail and not ("virtio console driver" in said and "console=ttyS0" in said):
+    detail = f"passvm did not say why the hvc0 guest showed nothing and how to see its messages: {said!r}"
+elif not detail and marker in ttys0:
+    detail = "passvm said the ttyS0 guest printed nothing, but it printed its panic"
+print("LABRESULT " + json.dumps({"scenario": os.environ.get("LAB_SCENARIO", "?"), "check": "pvhvcstop.hint",
       "pass": not detail, "figures": fig, "detail": detail}, separators=(",", ":")), flush=True)
 PY

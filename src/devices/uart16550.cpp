@@ -160,6 +160,7 @@ void Uart16550::transmit(uint8_t byte) {
     push_rx(byte);
     return;
   }
+  transmitted_.fetch_add(1, std::memory_order_relaxed);
   if (out_fd_ < 0) return;
   out_.push_back(static_cast<char>(byte));
   if (byte == '\n' || out_.size() >= kOutputBuffer) flush_output();

@@ -21,6 +21,7 @@
 // called only when it changes; it must not call back into the UART.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -63,6 +64,9 @@ class Uart16550 : public BusDevice, public ConsoleSink {
   // Writes the buffered output now.
   void flush();
 
+  // Bytes the guest has sent out (loopback aside) since the UART was made: whether it printed at all.
+  uint64_t transmitted() const { return transmitted_.load(std::memory_order_relaxed); }
+
   // The registers as the guest would read them, without a read's side effects, and the interrupt line:
   // "IER 0x0f IIR 0xc2 LCR 0x03 MCR 0x0b LSR 0x60, THRE pending, line high, 0 bytes received". For
   // --stats and SIGUSR2: a guest whose console stalls shows here whether it waits for an interrupt.
@@ -85,6 +89,7 @@ class Uart16550 : public BusDevice, public ConsoleSink {
   std::mutex lock_;
   std::deque<uint8_t> rx_;
   std::string out_;  // guest output not yet written to out_fd_
+  std::atomic<uint64_t> transmitted_{0};
   uint8_t ier_ = 0, lcr_ = 0, mcr_ = 0, scr_ = 0;
   uint8_t dll_ = 0x0c, dlm_ = 0;  // 9600 baud, what firmware would leave
   uint8_t line_errors_ = 0;       // LSR overrun bit, cleared by reading LSR

@@ -48,6 +48,24 @@ TEST_F(Fixture, TransmitGoesToTheOutputFd) {
   EXPECT_TRUE(irq_changes.empty()) << "no interrupt enabled, no line change";
 }
 
+TEST_F(Fixture, TransmittedCountsWhatTheGuestSentOutOnly) {
+  EXPECT_EQ(uart->transmitted(), 0u);
+  out(LCR, 0x80);  // DLAB: offset 0 is the divisor's low byte, not the data register
+  out(THR, 0x01);
+  out(LCR, 0x03);
+  EXPECT_EQ(uart->transmitted(), 0u) << "a divisor write is no output";
+  out(MCR, 0x10);
+  out(THR, 'L');
+  EXPECT_EQ(uart->transmitted(), 0u) << "loopback stays inside the UART";
+  out(MCR, 0x00);
+  EXPECT_EQ(in(THR), 'L');
+  out(THR, 'o');
+  out(THR, 'k');
+  EXPECT_EQ(uart->transmitted(), 2u);
+  uart->flush();
+  EXPECT_EQ(output(), "ok");
+}
+
 TEST_F(Fixture, StateShowsAWaitingThreInterruptWithoutAcknowledgingIt) {
   EXPECT_EQ(uart->state(), "IER 0x00 IIR 0x01 LCR 0x00 MCR 0x00 LSR 0x60, THRE not pending, line low, 0 bytes received");
   out(IER, 0x02);  // THRE interrupt on: pending at once

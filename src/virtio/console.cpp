@@ -27,8 +27,10 @@ bool Console::transmit(Queue& queue) {
   bool used = false;
   while (auto chain = queue.pop()) {
     // Straight from guest RAM: a chain may be as large as guest RAM, and nothing of it is copied.
-    for (const Buffer& b : chain->readable)
+    for (const Buffer& b : chain->readable) {
       devices::write_guest_output(out_fd_, {reinterpret_cast<const char*>(b.data), b.size});
+      transmitted_.fetch_add(b.size, std::memory_order_relaxed);
+    }
     queue.push_used(chain->head, 0);
     used = true;
   }

@@ -15,6 +15,7 @@
 // every call here runs) outlives nothing here but the bus registration.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <span>
 
@@ -47,12 +48,16 @@ class Console : public Device, public devices::ConsoleSink {
   size_t receive(std::span<const uint8_t> bytes) override;
   int rx_space_fd() const override { return room_.fd(); }
 
+  // Bytes the guest has written to its console since it was made: whether it printed at all.
+  uint64_t transmitted() const { return transmitted_.load(std::memory_order_relaxed); }
+
  private:
   bool transmit(Queue& queue);
 
   const int out_fd_;
   MmioTransport* transport_ = nullptr;
   devices::RoomSignal room_{"virtio console"};  // under the transport's lock
+  std::atomic<uint64_t> transmitted_{0};
 };
 
 }  // namespace passvm::virtio

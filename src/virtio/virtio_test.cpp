@@ -154,8 +154,10 @@ TEST(VirtioConsole, TransmitsChainsAndRaisesTheInterrupt) {
   d.start();
   EXPECT_EQ(d.reg(kStatus), kAck | kDriver | kFeaturesOk | kDriverOk);
   d.transmit("hello, ", 0);
+  EXPECT_EQ(d.console.transmitted(), 7u);
   d.transmit("virtio world\r\n", 1, 3);
   EXPECT_EQ(d.output(), "hello, virtio world\r\n");
+  EXPECT_EQ(d.console.transmitted(), 21u);
   ASSERT_EQ(d.used_idx(1), 2);
   EXPECT_EQ(d.used_elem(1, 0), std::make_pair(0u, 0u));
   EXPECT_EQ(d.used_elem(1, 1), std::make_pair(1u, 0u));

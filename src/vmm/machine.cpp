@@ -1,4 +1,5 @@
 #include "vmm/machine.h"
+#include "vmm/console_hint.h"
 
 #include <fmt/format.h>
 #include <signal.h>
@@ -694,6 +695,13 @@ Counters Machine::counters() const {
 
 // How many addresses --stats names.
 constexpr size_t kBusiestSites = 12;
+
+std::string Machine::silent_stop_hint() const {
+  const uint64_t printed = (p_->com1 ? p_->com1->transmitted() : 0) + (p_->hvc ? p_->hvc->transmitted() : 0);
+  if (printed > 0) return {};
+  return passvm::silent_stop_hint({.com1 = p_->com1 != nullptr, .virtio_console = p_->hvc != nullptr},
+                                  p_->cfg.cmdline);
+}
 
 std::string Machine::stats_text() const { return ram_stats_text() + device_stats_text(); }
 

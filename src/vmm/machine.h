@@ -101,6 +101,11 @@ class Machine {
   // (0.2-0.5 s of an 8 GiB guest's exit in the lab) but an unpinned one at once.
   std::string final_stats_text();
 
+  // For a guest that stopped by itself (reset, triple fault) before printing a byte on any console
+  // passvm shows: why its messages are missing and how to see them (vmm/console_hint.h). Empty when it
+  // printed, or when there is nothing to suggest. Call after stop(), which delivers its last output.
+  std::string silent_stop_hint() const;
+
  private:
   std::string ram_stats_text() const;
   std::string device_stats_text() const;  // the rest: exits, COM1, the bridge, passthrough devices

@@ -249,6 +249,9 @@ void Vmm::handle_guest_exit() {
   machine_->stop();  // the guest's last output first, and final counters
   if (config_.stats) fputs(machine_->final_stats_text().c_str(), stderr);
   report_exit(config_.name, reason, detail);
+  if (reason == ExitReason::Reset || reason == ExitReason::TripleFault)
+    if (std::string hint = machine_->silent_stop_hint(); !hint.empty())
+      fmt::print(stderr, "passvm: {}: the guest printed nothing before it stopped: {}\n", config_.name, hint);
   if (!api_) {
     exit_status_ = exit_status(reason);
     guest_ended_ = true;  // the first reason wins: a signal during the teardown changes nothing
