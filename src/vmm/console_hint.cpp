@@ -8,12 +8,13 @@ namespace {
 
 // The kernel's own parameters: whitespace-separated, up to a "--" that starts init's.
 std::vector<std::string_view> kernel_params(std::string_view cmdline) {
+  auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n'; };
   std::vector<std::string_view> out;
   size_t i = 0;
   while (i < cmdline.size()) {
-    while (i < cmdline.size() && (cmdline[i] == ' ' || cmdline[i] == '\t' || cmdline[i] == '\n')) i++;
+    while (i < cmdline.size() && space(cmdline[i])) i++;
     size_t start = i;
-    while (i < cmdline.size() && cmdline[i] != ' ' && cmdline[i] != '\t' && cmdline[i] != '\n') i++;
+    while (i < cmdline.size() && !space(cmdline[i])) i++;
     if (i == start) break;
     std::string_view p = cmdline.substr(start, i - start);
     if (p == "--") break;
@@ -22,9 +23,9 @@ std::vector<std::string_view> kernel_params(std::string_view cmdline) {
   return out;
 }
 
-bool has_value_prefix(const std::vector<std::string_view>& params, std::string_view key, std::string_view prefix) {
+bool any_starts_with(const std::vector<std::string_view>& params, std::string_view prefix) {
   for (std::string_view p : params)
-    if (p.starts_with(key) && p.substr(key.size()).starts_with(prefix)) return true;
+    if (p.starts_with(prefix)) return true;
   return false;
 }
 
@@ -32,10 +33,10 @@ bool has_value_prefix(const std::vector<std::string_view>& params, std::string_v
 
 std::string silent_stop_hint(ConsoleSetup consoles, std::string_view cmdline) {
   const auto params = kernel_params(cmdline);
-  const bool on_hvc = has_value_prefix(params, "console=", "hvc");
+  const bool on_hvc = any_starts_with(params, "console=hvc");
   // COM1 is ttyS0; console=uart8250,io,0x3f8 (or uart,...) names it by address.
-  const bool on_com1 = has_value_prefix(params, "console=", "ttyS0") || has_value_prefix(params, "console=", "uart");
-  const bool early = has_value_prefix(params, "earlyprintk=", "") || has_value_prefix(params, "earlycon", "");
+  const bool on_com1 = any_starts_with(params, "console=ttyS0") || any_starts_with(params, "console=uart");
+  const bool early = any_starts_with(params, "earlyprintk=") || any_starts_with(params, "earlycon");
 
   if (on_hvc && consoles.virtio_console && !on_com1) {
     return std::string("its console is hvc0, which shows the kernel's messages only once the guest's virtio console "
