@@ -17,9 +17,13 @@
 # it prints nothing passvm can show, and passvm must say why and how to see its messages
 # (pvhvcstop.hint); the ttyS0 guest above printed its panic, so passvm adds no such hint there.
 # lab-expect: pvhvcstop.vmm pvhvcstop.hint
+# And a guest that panics after init with panic=0, so that it would spin there for ever: its pvpanic driver
+# bound to passvm's device (pvpanic.panic), passvm stops by itself with exit status 7 (pvpanic.vmm) and
+# says the guest panicked, after the guest's own panic message (pvpanic.said).
+# lab-expect: pvpanic.vmm pvpanic.panic pvpanic.said
 # lab-expect: pv.vmm pv.boot pv.cpus pv.mem pv.lspci pv.console pv.cpumodel pv.rtc pv.rtcirq
 # lab-expect: pvhvc.vmm pvhvc.boot pvhvc.cpus pvhvc.console pvhvc.exits
-# lab-timeout: 480
+# lab-timeout: 600
 
 if [[ -z $PASSVM || ! -x $PASSVM ]]; then
     result pv.vmm fail detail="no passvm binary: run lab/run --passvm BUILD/src/cli/passvm"
@@ -109,5 +113,26 @@ elif not detail and not ("virtio console driver" in said and "console=ttyS0" in 
 elif not detail and marker in ttys0:
     detail = "passvm said the ttyS0 guest printed nothing, but it printed its panic"
 print("LABRESULT " + json.dumps({"scenario": os.environ.get("LAB_SCENARIO", "?"), "check": "pvhvcstop.hint",
+      "pass": not detail, "figures": fig, "detail": detail}, separators=(",", ":")), flush=True)
+PY
+
+run_l2 pvpanic --timeout 240 --expect-exit 7 -- \
+    "$PASSVM" -c 1 -m 256M -l com1,stdio \
+    --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --append "$(l2_append panic) panic=0" labvm
+/usr/bin/python3 - "$LAB_OUT/pvpanic.console" <<'PY'
+import json, os, sys
+try:
+    lines = open(sys.argv[1], errors="replace").read().splitlines()
+except OSError:
+    lines = []  # then neither line is found, and the detail says so
+guest = next((i for i, l in enumerate(lines) if "Kernel panic - not syncing: sysrq triggered crash" in l), None)
+said = next((i for i, l in enumerate(lines) if "the guest kernel panicked: it said so through its pvpanic device" in l),
+            None)
+fig = {"passvm_said": lines[said].strip().split(None, 1)[-1] if said is not None else ""}
+detail = ("" if guest is not None and said is not None and guest < said else
+          "the guest's panic message is not on the console" if guest is None else
+          "passvm did not say that the guest panicked" if said is None else
+          "passvm said the guest panicked before the guest's own panic message")
+print("LABRESULT " + json.dumps({"scenario": os.environ.get("LAB_SCENARIO", "?"), "check": "pvpanic.said",
       "pass": not detail, "figures": fig, "detail": detail}, separators=(",", ":")), flush=True)
 PY

@@ -2,7 +2,7 @@
 """Run one VMM that boots the lab's L2 guest, and report what happened.
 
 Usage: run_l2.py NAME [--timeout S] [--grace S] [--type TEXT] [--devices-as-left] [--start-figures]
-                  [--expect-reset] -- CMD...
+                  [--expect-reset | --expect-exit STATUS] -- CMD...
 
 The VMM's console (L2's ttyS0) is streamed to our stdout with a "[NAME] " prefix (so
 it lands in L1's serial log) and saved to $LAB_OUT/NAME.console with timestamps.
@@ -28,7 +28,9 @@ pages it pins, first above zero, then at 95%; sampled every 25 ms), and the gues
 A guest vCPU's triple fault is located with L1's trace (ShutdownTrace): the run's output and
 NAME.vmm's figures (l2_triple_faults) give its RIP and the kernel function there. With --expect-reset
 the guest is meant to reset before init: NAME.vmm passes when it did and the VMM then exited by itself
-with a reset's status, and the run is not retried.
+with a reset's status, and the run is not retried. With --expect-exit STATUS the guest is meant to stop
+after init without finishing its checks (the L2 check "panic"): NAME.vmm passes when the VMM then exited
+by itself with STATUS.
 Exit status 0 only if every check passed.
 """
 import ctypes
@@ -458,12 +460,17 @@ def parse_args(argv):
     split = argv.index("--")
     opts, cmd = argv[:split], argv[split + 1:]
     name, timeout, grace, typed, as_left, start_figures = opts[0], DEFAULT_TIMEOUT, DEFAULT_GRACE, None, False, False
-    expect_reset = False
+    expect_reset, expect_exit = False, None
     i = 1
     while i < len(opts):
         if opts[i] == "--expect-reset":
             expect_reset = True
             i += 1
+        elif opts[i] == "--expect-exit" and i + 1 < len(opts):
+            if not opts[i + 1].isdigit():
+                sys.exit(f"run_l2: --expect-exit needs the VMM's exit status, got '{opts[i + 1]}'")
+            expect_exit = int(opts[i + 1])
+            i += 2
         elif opts[i] == "--devices-as-left":
             as_left = True
             i += 1
@@ -485,13 +492,15 @@ def parse_args(argv):
             i += 2
         else:
             sys.exit(f"run_l2: unknown option '{opts[i]}' (known: --timeout S, --grace S, --type TEXT, --devices-as-left, "
-                     f"--start-figures, --expect-reset)")
+                     f"--start-figures, --expect-reset, --expect-exit STATUS)")
     if not cmd:
         sys.exit("run_l2: no VMM command after '--'")
     if start_figures and not guest_memory_mb(cmd):
         sys.exit("run_l2: --start-figures compares the VMM's memory with guest RAM: give L2 lab.mem_mb=MiB "
                  "(l2_append CHECKS lab.mem_mb=N)")
-    return name, timeout, grace, typed, as_left, start_figures, expect_reset, cmd
+    if expect_reset and expect_exit is not None:
+        sys.exit("run_l2: give --expect-reset or --expect-exit, not both")
+    return name, timeout, grace, typed, as_left, start_figures, expect_reset, expect_exit, cmd
 
 
 def console_lines(pipe):
@@ -702,7 +711,7 @@ def last_words(tail):
 
 
 def main():
-    name, timeout, grace, typed, as_left, start_figures, expect_reset, cmd = parse_args(sys.argv[1:])
+    name, timeout, grace, typed, as_left, start_figures, expect_reset, expect_exit, cmd = parse_args(sys.argv[1:])
     for line in e1000e_handover(quiesce=not as_left):
         print(f"[{name}] e1000e at hand-over: {line}", flush=True)
     scenario = os.environ.get("LAB_SCENARIO", "?")
@@ -751,7 +760,16 @@ def main():
         last = f"{last} (what the VMM was doing: {name}.stuck)"
     if run["faults"]:
         last = f"{ShutdownTrace.describe(run['faults'])}; {last}"
-    if expect_reset:
+    if expect_exit is not None:
+        # A guest made to stop after init (a panic): the VMM must stop by itself, with the status asked for.
+        reason = ("" if state["init_ms"] is not None and state["done_at"] is None and state["killed"] is None
+                  and rc == expect_exit else
+                  f"expected the guest to stop after init without finishing and the VMM to exit by itself with "
+                  f"status {expect_exit}; {state['killed'] or f'it exited with status {rc}'}"
+                  f"{'' if state['init_ms'] is not None else ' before L2 reached init'}"
+                  f"{' after L2 finished its checks' if state['done_at'] is not None else ''}; "
+                  f"last console lines: {last}")
+    elif expect_reset:
         # A guest made to reset: the VMM must stop by itself with a reset's status, before init.
         reason = ("" if state["init_ms"] is None and state["killed"] is None and rc in (0, 2, 3) else
                   f"expected the guest to reset before init and the VMM to exit by itself with a reset's status; "

@@ -6,6 +6,7 @@
 #include "acpi/tables.h"
 #include "devices/acpi_pm.h"
 #include "devices/cmos_rtc.h"
+#include "devices/pvpanic.h"
 #include "memory/layout.h"
 
 namespace passvm::acpi {
@@ -113,17 +114,29 @@ Bytes virtio_console() {
                         });
 }
 
+// QEMU's pvpanic, whose protocol Linux's pvpanic-mmio driver speaks over the port or MMIO range in _CRS.
+Bytes pvpanic() {
+  ResourceTemplate crs;
+  crs.io(layout::kPvpanicPort, static_cast<uint8_t>(devices::Pvpanic::kSize));
+  return device("PEVT", {
+                            name("_HID", string("QEMU0001")),
+                            name("_CRS", crs.build()),
+                            name("_STA", integer(0x0f)),
+                        });
+}
+
 }  // namespace
 
-std::vector<uint8_t> build_dsdt(const layout::PciWindows& windows, uint32_t hotplug_slots, bool with_virtio_console) {
+std::vector<uint8_t> build_dsdt(const AcpiConfig& config) {
   Bytes body;
   auto add = [&](const Bytes& b) { body.insert(body.end(), b.begin(), b.end()); };
   // SLP_TYPa, SLP_TYPb, reserved, reserved: what AcpiPm compares on SLP_EN.
   add(name("\\_S5", package({integer(devices::kS5SleepType), integer(devices::kS5SleepType), integer(0), integer(0)})));
-  std::vector<Bytes> devices{pci_host_bridge(windows, hotplug_slots), com1(), rtc()};
-  if (with_virtio_console) devices.push_back(virtio_console());
+  std::vector<Bytes> devices{pci_host_bridge(config.windows, config.hotplug_slots), com1(), rtc()};
+  if (config.virtio_console) devices.push_back(virtio_console());
+  if (config.pvpanic) devices.push_back(pvpanic());
   add(scope("\\_SB", devices));
-  if (hotplug_slots != 0)
+  if (config.hotplug_slots != 0)
     add(scope("\\_GPE", {method(fmt::format("_E{:02X}", devices::kGpePciHotplug), 0, false,
                                   {call("\\_SB.PCI0.PCNT")})}));
   // Revision 2: integers are 64 bits wide, needed for the 64-bit window.

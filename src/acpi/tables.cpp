@@ -184,7 +184,7 @@ uint64_t build_tables(const AcpiConfig& config, std::span<uint8_t> window, uint6
   constexpr size_t kRsdpSize = 36;
   p.place(std::vector<uint8_t>(kRsdpSize, 0), 16);  // reserve: written last, once the XSDT address is known
   uint64_t facs = p.place(build_facs(), 64);
-  uint64_t dsdt = p.place(build_dsdt(config.windows, config.hotplug_slots, config.virtio_console), 16);
+  uint64_t dsdt = p.place(build_dsdt(config), 16);
   uint64_t fadt = p.place(build_fadt(facs, dsdt), 16);
   uint64_t madt = p.place(build_madt(config.vcpus), 16);
   uint64_t mcfg = p.place(build_mcfg(), 16);

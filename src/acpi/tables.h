@@ -27,6 +27,8 @@ struct AcpiConfig {
   uint32_t hotplug_slots = 0;
   // A virtio console at layout::kVirtioConsoleAddr, found by Linux's virtio_mmio driver (_HID LNRO0005).
   bool virtio_console = false;
+  // The pvpanic port (layout::kPvpanicPort), found by Linux's pvpanic-mmio driver (_HID QEMU0001).
+  bool pvpanic = false;
 };
 
 inline constexpr uint32_t kMaxVcpus = 255;
@@ -35,8 +37,7 @@ inline constexpr uint32_t kMaxVcpus = 255;
 inline constexpr uint64_t kRsdpAddress = layout::kAcpiStart;  // xAPIC IDs in the MADT; 255 is the broadcast ID
 
 // The DSDT alone, for tests and for dumping (`iasl -d`).
-std::vector<uint8_t> build_dsdt(const layout::PciWindows& windows = {}, uint32_t hotplug_slots = 0,
-                                bool virtio_console = false);
+std::vector<uint8_t> build_dsdt(const AcpiConfig& config = {});
 
 // Writes all tables into `window`, which the guest sees at guest-physical `window_gpa`, and returns
 // the guest-physical address of the RSDP. Throws std::invalid_argument for a bad vCPU count and

@@ -243,7 +243,7 @@ TEST(AcpiTablesIasl, DsdtDecompilesCleanly) {
 
 TEST(AcpiTablesIasl, HotplugSlotsDecompileToWhatAcpiphpNeeds) {
   if (find_iasl().empty()) GTEST_SKIP() << "iasl not installed (apt-get install acpica-tools)";
-  Disassembly d = disassemble(build_dsdt({}, (1u << 3) | (1u << 31)), "dsdt");
+  Disassembly d = disassemble(build_dsdt({.hotplug_slots = (1u << 3) | (1u << 31)}), "dsdt");
   ASSERT_EQ(d.status, 0) << d.log;
   EXPECT_EQ(d.log.find("Error"), std::string::npos) << d.log;
   for (const char* want : {"OperationRegion (PCST, SystemIO, 0xAE00, 0x0C)",
@@ -262,7 +262,7 @@ TEST(AcpiTablesIasl, HotplugSlotsDecompileToWhatAcpiphpNeeds) {
 
 TEST(AcpiTablesIasl, VirtioConsoleIsAVirtioMmioDeviceWithItsRegistersAndIrq) {
   if (find_iasl().empty()) GTEST_SKIP() << "iasl not installed (apt-get install acpica-tools)";
-  Disassembly d = disassemble(build_dsdt({}, 0, true), "dsdt");
+  Disassembly d = disassemble(build_dsdt({.virtio_console = true}), "dsdt");
   ASSERT_EQ(d.status, 0) << d.log;
   EXPECT_EQ(d.log.find("Error"), std::string::npos) << d.log;
   const size_t at = d.dsl.find("Device (VCON)");
@@ -272,6 +272,21 @@ TEST(AcpiTablesIasl, VirtioConsoleIsAVirtioMmioDeviceWithItsRegistersAndIrq) {
                            "0x00000200,         // Address Length", "IRQNoFlags ()", "{5}"})
     EXPECT_NE(body.find(want), std::string::npos) << want << "\n" << body;
   EXPECT_EQ(disassemble(build_dsdt(), "dsdt").dsl.find("LNRO0005"), std::string::npos);
+}
+
+TEST(AcpiTablesIasl, PvpanicIsQemu0001AtItsPort) {
+  if (find_iasl().empty()) GTEST_SKIP() << "iasl not installed (apt-get install acpica-tools)";
+  Disassembly d = disassemble(build_dsdt({.pvpanic = true}), "dsdt");
+  ASSERT_EQ(d.status, 0) << d.log;
+  EXPECT_EQ(d.log.find("Error"), std::string::npos) << d.log;
+  const size_t at = d.dsl.find("Device (PEVT)");
+  ASSERT_NE(at, std::string::npos) << d.dsl;
+  const std::string body = d.dsl.substr(at);
+  for (const char* want : {"Name (_HID, \"QEMU0001\")", "0x0505,             // Range Minimum",
+                           "0x0505,             // Range Maximum", "0x01,               // Length",
+                           "Name (_STA, 0x0F)"})
+    EXPECT_NE(body.find(want), std::string::npos) << want << "\n" << body;
+  EXPECT_EQ(disassemble(build_dsdt(), "dsdt").dsl.find("QEMU0001"), std::string::npos);
 }
 
 TEST(AcpiTablesIasl, DataTablesDecompileCleanly) {

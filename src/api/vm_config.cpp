@@ -113,7 +113,6 @@ const std::array kTopLevel{
     Refusal{"iommu", "passvm gives the guest no virtual IOMMU (all guest RAM is mapped for the devices' DMA); set "
                      "iommu to false"},
     Refusal{"watchdog", "passvm has no watchdog device; set watchdog to false"},
-    Refusal{"pvpanic", "passvm has no pvpanic device; set pvpanic to false"},
     Refusal{"rate_limit_groups", "rate limit groups apply to virtio disks, which passvm does not have; omit them"},
     Refusal{"landlock_enable", "passvm does not confine itself with Landlock; set landlock_enable to false"},
     Refusal{"landlock_rules", "passvm does not confine itself with Landlock; omit landlock_rules"},
@@ -382,6 +381,8 @@ MachineConfig parse_vm_config(const json& body) {
   parse_payload(body, cfg);
   parse_consoles(body, cfg);
   parse_rng(body);
+  // cloud-hypervisor's default is no pvpanic device; with one, a guest's panic stops the VM (Shutdown).
+  cfg.pvpanic = bool_member(body, "pvpanic", "pvpanic").value_or(false);
   parse_pci_segments(body);
   parse_devices(body, p2p, cfg);
   return cfg;
@@ -414,6 +415,7 @@ json vm_config_json(const MachineConfig& cfg) {
       // passvm's UART is always there; without com1 its output goes nowhere, cloud-hypervisor's Null.
       {"serial", {{"mode", cfg.com1 == "stdio" ? "Tty" : "Null"}}},
       {"console", {{"mode", cfg.virtio_console == "stdio" ? "Tty" : "Off"}}},
+      {"pvpanic", cfg.pvpanic},
   };
   json devices = json::array();
   bool p2p = true;

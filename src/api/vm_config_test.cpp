@@ -81,6 +81,12 @@ TEST(ApiVmConfig, MinimalConfigTakesCloudHypervisorDefaults) {
   EXPECT_EQ(c.com1, "");  // serial defaults to Null
   EXPECT_TRUE(c.slots.empty());
   EXPECT_TRUE(c.initrd.empty());
+  EXPECT_FALSE(c.pvpanic) << "cloud-hypervisor adds no pvpanic device unless asked";
+  json with = minimal();
+  with["pvpanic"] = true;
+  EXPECT_TRUE(parse_vm_config(with).pvpanic);
+  with["pvpanic"] = "yes";
+  EXPECT_THROW(parse_vm_config(with), ControlError);
 }
 
 TEST(ApiVmConfig, EachUnsupportedFieldIsRefusedByName) {
@@ -99,7 +105,6 @@ TEST(ApiVmConfig, EachUnsupportedFieldIsRefusedByName) {
       {{{"tpm", {{"socket", "/t"}}}}, "tpm: "},
       {{{"iommu", true}}, "iommu: "},
       {{{"watchdog", true}}, "watchdog: "},
-      {{{"pvpanic", true}}, "pvpanic: "},
       {{{"landlock_enable", true}}, "landlock_enable: "},
       {{{"memory", {{"size", 1 << 30}, {"hotplug_size", 1 << 30}}}},
        "memory.hotplug_size: passvm has no memory hotplug"},
@@ -289,6 +294,7 @@ TEST(ApiVmConfig, InfoConfigRoundTrips) {
   EXPECT_EQ(back.initrd, c.initrd);
   EXPECT_EQ(back.cmdline, c.cmdline);
   EXPECT_EQ(back.com1, c.com1);
+  EXPECT_EQ(back.pvpanic, c.pvpanic);
   ASSERT_EQ(back.slots.size(), 1u);
   EXPECT_EQ(back.slots[0].config, "0000:00:04.0");
   EXPECT_EQ(back.slots[0].id, "_vfio0");

@@ -152,6 +152,9 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
                  "capabilities (RLIMIT_MEMLOCK is raised first so guest RAM can be pinned for DMA)");
   app.add_option("--initrd,-i", cfg.initrd, "Initramfs to load");
   app.add_option("--append,-a", cfg.cmdline, "Kernel command line");
+  app.add_flag("!--no-pvpanic", cfg.pvpanic,
+               "Leave out the pvpanic device (QEMU's, at port 0x505), through which a guest kernel's panic stops the "
+               "VM with exit status 7");
   app.add_flag("--stats", cfg.stats, "Print device and vCPU counters at exit (also on SIGUSR2)");
   app.add_flag("-v,--verbose", cfg.verbose, "Say what is being set up, with timings, on stderr");
   bool guest_decompress = false;
@@ -193,7 +196,7 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
     if (api_socket.empty())
       return fail("--kernel is required: give the guest kernel with --kernel BZIMAGE, or serve the API with "
                   "--api-socket PATH and create the VM through it (see passvm --help)");
-    for (const char* opt : {"--slot", "--lpc", "--initrd", "--append", "--memory", "--cpus", "--hugepages"})
+    for (const char* opt : {"--slot", "--lpc", "--initrd", "--append", "--memory", "--cpus", "--hugepages", "--no-pvpanic"})
       if (app.count(opt) > 0)
         return fail(fmt::format("{} describes a VM, but no --kernel was given: give --kernel too, or leave the VM to "
                                 "vm.create on the API socket", opt));

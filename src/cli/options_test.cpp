@@ -106,10 +106,12 @@ TEST(CommandLine, DefaultsAndLongOptions) {
   EXPECT_FALSE(r.config->hugepages);
   EXPECT_TRUE(r.config->unpack_on_host);
   EXPECT_FALSE(r.config->verbose);
-  auto g = parse({"--kernel", "k", "--guest-decompress", "-v"});
+  EXPECT_TRUE(r.config->pvpanic);
+  auto g = parse({"--kernel", "k", "--guest-decompress", "-v", "--no-pvpanic"});
   ASSERT_TRUE(g.config.has_value()) << g.message;
   EXPECT_FALSE(g.config->unpack_on_host);
   EXPECT_TRUE(g.config->verbose);
+  EXPECT_FALSE(g.config->pvpanic);
 }
 
 TEST(CommandLine, AnApiSocketAloneRunsWithoutAVm) {

@@ -68,6 +68,7 @@ inline constexpr uint16_t kAcpiPmBase = 0x600;          // PM1a event (4), PM1a 
 inline constexpr uint16_t kAcpiPm1aEvt = kAcpiPmBase;
 inline constexpr uint16_t kAcpiPm1aCnt = kAcpiPmBase + 4;
 inline constexpr uint16_t kAcpiGpe0 = kAcpiPmBase + 8;    // GPE0 status (2), enable (2)
+inline constexpr uint16_t kPvpanicPort = 0x505;          // pvpanic (QEMU's port: the guest's driver finds it in the DSDT)
 inline constexpr uint16_t kPciHotplugPort = 0xae00;       // PCI hotplug: slots up, slots down, eject (3 dwords)
 inline constexpr uint16_t kAcpiSciIrq = 9;
 inline constexpr uint16_t kIoBarStart = 0xc000;         // I/O BARs

@@ -19,6 +19,7 @@ enum class ExitReason {
   InternalError = 3,  // KVM or passvm failed while the guest ran
   Signal = 4,         // SIGINT/SIGTERM
   SetupFailed = 5,    // setup that goes on while the guest starts failed (guest RAM's DMA mapping)
+  GuestPanic = 6,     // the guest kernel said through pvpanic that it panicked
 };
 
 inline int exit_status(ExitReason r) {
@@ -29,6 +30,7 @@ inline int exit_status(ExitReason r) {
     case ExitReason::InternalError: return 4;
     case ExitReason::Signal: return 5;
     case ExitReason::SetupFailed: return 1;
+    case ExitReason::GuestPanic: return 7;  // 6 is a forbidden system call (confine/)
   }
   return 4;
 }

@@ -32,6 +32,7 @@
 #include "devices/cmos_rtc.h"
 #include "devices/console_input.h"
 #include "devices/i8042.h"
+#include "devices/pvpanic.h"
 #include "devices/uart16550.h"
 #include "virtio/console.h"
 #include "virtio/mmio_transport.h"
@@ -158,6 +159,7 @@ struct Machine::Parts {
   devices::CmosRtc rtc{devices::CmosRtc::host_clock,
                        [this](bool level) { vm->set_irq_line(layout::kRtcIrq, level); }};
   std::unique_ptr<devices::I8042> i8042;
+  std::unique_ptr<devices::Pvpanic> pvpanic;
   devices::PostPort post;
   std::unique_ptr<pci::PciRoot> root;
   pci::HostBridge bridge;
@@ -267,6 +269,22 @@ void Machine::Parts::build() {
       [this] { guest.request(ExitReason::Reset, "the guest reset the machine (i8042)"); });
   pio.add(0x60, devices::I8042::kSize, i8042.get());
   pio.add(0x80, 1, &post);
+  if (c.pvpanic) {
+    // A panicked guest that stopped there (panic=0) would spin a vCPU forever, and one that reboots
+    // (panic=N) would only be seen to reset: either way the host learns of the panic, as from QEMU.
+    pvpanic = std::make_unique<devices::Pvpanic>(
+        [this] {
+          guest.request(ExitReason::GuestPanic,
+                        fmt::format("it said so through its pvpanic device (port {:#x}); its last console lines "
+                                    "are above",
+                                    layout::kPvpanicPort));
+        },
+        [name = c.name] {
+          fmt::print(stderr, "passvm: {}: the guest kernel panicked and runs its crash kernel (kdump); the VM "
+                     "goes on\n", name);
+        });
+    pio.add(layout::kPvpanicPort, devices::Pvpanic::kSize, pvpanic.get());
+  }
 
   // The PCI bus.
   root = std::make_unique<pci::PciRoot>(
@@ -333,7 +351,7 @@ void Machine::Parts::build() {
   if (windows.mmio64.size == 0)
     throw std::runtime_error(fmt::format("-m {}M leaves no room for 64-bit PCI BARs below the IOMMU's limit of {:#x}: "
                                          "give a smaller -m", c.memory >> 20, windows.mmio64.start));
-  acpi::build_tables(acpi::AcpiConfig{c.cpus, windows, hotplug_slots, hvc != nullptr}, *mem);
+  acpi::build_tables(acpi::AcpiConfig{c.cpus, windows, hotplug_slots, hvc != nullptr, pvpanic != nullptr}, *mem);
   if (!passthru.empty()) map_guest_ram_meanwhile();
   root->assign_resources(windows);
   for (const auto& a : root->assignments())
@@ -751,6 +769,7 @@ std::string Machine::device_stats_text() const {
     if (in(layout::kAcpiPmBase, devices::AcpiPm::kSize)) return "(ACPI PM)";
     if (in(layout::kRtcPort, devices::CmosRtc::kSize)) return "(RTC)";
     if (in(0x60, 5)) return "(i8042)";
+    if (s.addr == layout::kPvpanicPort) return "(pvpanic)";
     if (s.addr == 0x80) return "(POST)";
     return "";
   };

@@ -50,6 +50,7 @@ void report_exit(const std::string& name, ExitReason reason, const std::string& 
     case ExitReason::InternalError: fmt::print(stderr, "passvm: {}: internal error: {}\n", name, detail); break;
     case ExitReason::Signal: fmt::print(stderr, "passvm: {}: stopped by {}\n", name, detail); break;
     case ExitReason::SetupFailed: fmt::print(stderr, "passvm: {}: {}\n", name, detail); break;
+    case ExitReason::GuestPanic: fmt::print(stderr, "passvm: {}: the guest kernel panicked: {}\n", name, detail); break;
   }
 }
 
