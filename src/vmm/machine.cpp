@@ -275,9 +275,7 @@ void Machine::Parts::build() {
     pvpanic = std::make_unique<devices::Pvpanic>(
         [this] {
           guest.request(ExitReason::GuestPanic,
-                        fmt::format("it said so through its pvpanic device (port {:#x}); its last console lines "
-                                    "are above",
-                                    layout::kPvpanicPort));
+                        fmt::format("it said so through its pvpanic device (port {:#x})", layout::kPvpanicPort));
         },
         [name = c.name] {
           fmt::print(stderr, "passvm: {}: the guest kernel panicked and runs its crash kernel (kdump); the VM "

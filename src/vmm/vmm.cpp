@@ -250,7 +250,7 @@ void Vmm::handle_guest_exit() {
   machine_->stop();  // the guest's last output first, and final counters
   if (config_.stats) fputs(machine_->final_stats_text().c_str(), stderr);
   report_exit(config_.name, reason, detail);
-  if (reason == ExitReason::Reset || reason == ExitReason::TripleFault)
+  if (reason == ExitReason::Reset || reason == ExitReason::TripleFault || reason == ExitReason::GuestPanic)
     if (std::string hint = machine_->silent_stop_hint(); !hint.empty())
       fmt::print(stderr, "passvm: {}: the guest printed nothing before it stopped: {}\n", config_.name, hint);
   if (!api_) {
