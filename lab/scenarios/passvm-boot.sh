@@ -19,8 +19,10 @@
 # lab-expect: pvhvcstop.vmm pvhvcstop.hint
 # And a guest that panics after init with panic=0, so that it would spin there for ever: its pvpanic driver
 # bound to passvm's device (pvpanic.panic), passvm stops by itself with exit status 7 (pvpanic.vmm) and
-# says the guest panicked, after the guest's own panic message (pvpanic.said).
-# lab-expect: pvpanic.vmm pvpanic.panic pvpanic.said
+# says the guest panicked, after the guest's own panic message (pvpanic.said); then the same with the
+# lab's usual panic=-1, where the guest reboots at once: still exit status 7, and passvm says both
+# (pvpanicreset.said).
+# lab-expect: pvpanic.vmm pvpanic.panic pvpanic.said pvpanicreset.vmm pvpanicreset.panic pvpanicreset.said
 # lab-expect: pv.vmm pv.boot pv.cpus pv.mem pv.lspci pv.console pv.cpumodel pv.rtc pv.rtcirq
 # lab-expect: pvhvc.vmm pvhvc.boot pvhvc.cpus pvhvc.console pvhvc.exits
 # lab-timeout: 600
@@ -116,23 +118,33 @@ print("LABRESULT " + json.dumps({"scenario": os.environ.get("LAB_SCENARIO", "?")
       "pass": not detail, "figures": fig, "detail": detail}, separators=(",", ":")), flush=True)
 PY
 
-run_l2 pvpanic --timeout 240 --expect-exit 7 -- \
-    "$PASSVM" -c 1 -m 256M -l com1,stdio \
-    --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --append "$(l2_append panic) panic=0" labvm
-/usr/bin/python3 - "$LAB_OUT/pvpanic.console" <<'PY'
+# pvpanic_said RUN [WORDS]: passvm's panic line (with WORDS in it) after the guest's own panic message.
+pvpanic_said() {
+    /usr/bin/python3 - "$1" "$LAB_OUT/$1.console" "${2:-}" <<'PY'
 import json, os, sys
+name, path, words = sys.argv[1:4]
 try:
-    lines = open(sys.argv[1], errors="replace").read().splitlines()
+    lines = open(path, errors="replace").read().splitlines()
 except OSError:
     lines = []  # then neither line is found, and the detail says so
 guest = next((i for i, l in enumerate(lines) if "Kernel panic - not syncing: sysrq triggered crash" in l), None)
 said = next((i for i, l in enumerate(lines) if "the guest kernel panicked: it said so through its pvpanic device" in l),
             None)
-fig = {"passvm_said": lines[said].strip().split(None, 1)[-1] if said is not None else ""}
-detail = ("" if guest is not None and said is not None and guest < said else
-          "the guest's panic message is not on the console" if guest is None else
+text = lines[said].strip().split(None, 1)[-1] if said is not None else ""
+detail = ("the guest's panic message is not on the console" if guest is None else
           "passvm did not say that the guest panicked" if said is None else
-          "passvm said the guest panicked before the guest's own panic message")
-print("LABRESULT " + json.dumps({"scenario": os.environ.get("LAB_SCENARIO", "?"), "check": "pvpanic.said",
-      "pass": not detail, "figures": fig, "detail": detail}, separators=(",", ":")), flush=True)
+          "passvm said the guest panicked before the guest's own panic message" if said < guest else
+          f"passvm's line does not say {words!r}: {text!r}" if words not in text else "")
+print("LABRESULT " + json.dumps({"scenario": os.environ.get("LAB_SCENARIO", "?"), "check": f"{name}.said",
+      "pass": not detail, "figures": {"passvm_said": text}, "detail": detail}, separators=(",", ":")), flush=True)
 PY
+}
+run_l2 pvpanic --timeout 240 --expect-exit 7 -- \
+    "$PASSVM" -c 1 -m 256M -l com1,stdio \
+    --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --append "$(l2_append panic) panic=0" labvm
+pvpanic_said pvpanic
+# The usual panic=-1: the guest reboots at once, within passvm's grace for its last output.
+run_l2 pvpanicreset --timeout 240 --expect-exit 7 -- \
+    "$PASSVM" -c 1 -m 256M -l com1,stdio \
+    --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --append "$(l2_append panic)" labvm
+pvpanic_said pvpanicreset "then the guest reset the machine"

@@ -289,6 +289,16 @@ TEST(AcpiTablesIasl, PvpanicIsQemu0001AtItsPort) {
   EXPECT_EQ(disassemble(build_dsdt(), "dsdt").dsl.find("QEMU0001"), std::string::npos);
 }
 
+TEST(AcpiTablesIasl, EveryOptionalDeviceAtOnceDecompilesCleanly) {
+  if (find_iasl().empty()) GTEST_SKIP() << "iasl not installed (apt-get install acpica-tools)";
+  // The DSDT passvm's command line builds by default has the pvpanic device; the API's has hotplug slots.
+  Disassembly d = disassemble(build_dsdt({.hotplug_slots = ~1u, .virtio_console = true, .pvpanic = true}), "dsdt");
+  ASSERT_EQ(d.status, 0) << d.log;
+  EXPECT_EQ(d.log.find("Error"), std::string::npos) << d.log;
+  for (const char* want : {"Device (PEVT)", "Device (VCON)", "Device (S1F)", "Device (COM1)", "Device (RTC)"})
+    EXPECT_NE(d.dsl.find(want), std::string::npos) << want;
+}
+
 TEST(AcpiTablesIasl, DataTablesDecompileCleanly) {
   if (find_iasl().empty()) GTEST_SKIP() << "iasl not installed (apt-get install acpica-tools)";
   Image img(2);

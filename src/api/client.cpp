@@ -140,6 +140,7 @@ struct CreateOptions {
   bool hugepages = false;
   std::string serial = "tty";
   std::string console = "off";
+  bool pvpanic = false;
   std::vector<std::string> devices;
 };
 
@@ -158,7 +159,8 @@ std::string create_body(const CreateOptions& o) {
                {"memory", {{"size", *size}, {"hugepages", o.hugepages}}},
                {"payload", payload},
                {"serial", {{"mode", o.serial == "tty" ? "Tty" : "Off"}}},
-               {"console", {{"mode", o.console == "tty" ? "Tty" : "Off"}}}};
+               {"console", {{"mode", o.console == "tty" ? "Tty" : "Off"}}},
+               {"pvpanic", o.pvpanic}};
   for (const auto& d : o.devices) {
     try {
       body["devices"].push_back({{"path", sysfs_path(host_bdf(d, "--device"))}});
@@ -227,6 +229,8 @@ int remote_main(int argc, char** argv) {
                                                  "off: none")
           ->check(CLI::IsMember({"tty", "off"}))
           ->capture_default_str(),
+      create->add_flag("--pvpanic", c.pvpanic, "Give the guest the pvpanic device: its panics are reported on passvm's "
+                                               "stderr"),
       create->add_option("--device", c.devices, "A host device to pass through (repeatable)"),
   };
   for (auto* o : built) config->excludes(o);

@@ -65,6 +65,12 @@ TEST_F(ApiRemote, CreateDefaultsAndSerialOff) {
   EXPECT_EQ(control.config().cpus, 1u);
   EXPECT_EQ(control.config().com1, "");
   EXPECT_EQ(control.config().virtio_console, "");
+  EXPECT_FALSE(control.config().pvpanic);
+}
+
+TEST_F(ApiRemote, CreateWithPvpanic) {
+  ASSERT_EQ(run({"create", "--kernel", "/k", "--pvpanic"}), 0) << err;
+  EXPECT_TRUE(control.config().pvpanic);
 }
 
 TEST_F(ApiRemote, CreateWithTheVirtioConsole) {

@@ -5,7 +5,8 @@
 // events this device understands; the guest writes one of them from its panic notifier:
 //   kPanicked     the guest panicked and leaves what happens next to the host: on_panicked runs
 //   kCrashLoaded  the guest panicked and boots its own crash kernel (kdump): on_crash_loaded runs, and
-//                 the guest must keep running
+//                 the guest must keep running (Linux says so only with crash_kexec_post_notifiers;
+//                 otherwise it jumps to its crash kernel before the notifiers, without a word)
 // Bits it does not understand are ignored, as the protocol asks. Each event is reported once per
 // device: a guest that writes again (a panic inside its panic path, a loop) makes no more reports.
 // Callbacks run on the vCPU thread that wrote, with no lock of this device held.

@@ -1,5 +1,7 @@
 #include "devices/pvpanic.h"
 
+#include "bus/bus.h"
+
 #include <gtest/gtest.h>
 
 #include <array>
@@ -22,9 +24,23 @@ TEST(Pvpanic, ReadSaysWhichEventsItUnderstands) {
   Guest g;
   // Linux keeps only the events both sides know: capability = PANICKED | CRASH_LOADED, masked by this read.
   EXPECT_EQ(g.in(), Pvpanic::kPanicked | Pvpanic::kCrashLoaded);
-  std::array<uint8_t, 4> wide{0xff, 0xff, 0xff, 0xff};
-  g.dev.read(0, wide);
-  EXPECT_EQ(wide, (std::array<uint8_t, 4>{3, 0, 0, 0})) << "a wider read has the events in its first byte";
+}
+
+TEST(Pvpanic, OnThePortBusOnlyByteAccessesReachIt) {
+  Guest g;
+  Bus pio("port I/O");
+  pio.add(0x505, Pvpanic::kSize, &g.dev);
+  uint8_t b = 0;
+  ASSERT_TRUE(pio.read(0x505, {&b, 1}));
+  EXPECT_EQ(b, 3);
+  std::array<uint8_t, 2> wide{};
+  EXPECT_FALSE(pio.read(0x505, wide)) << "a word access is wider than the one-byte port";
+  const std::array<uint8_t, 2> word{Pvpanic::kPanicked, 0};
+  EXPECT_FALSE(pio.write(0x505, word));
+  EXPECT_EQ(g.panicked, 0);
+  const uint8_t panicked = Pvpanic::kPanicked;
+  ASSERT_TRUE(pio.write(0x505, {&panicked, 1}));
+  EXPECT_EQ(g.panicked, 1);
 }
 
 TEST(Pvpanic, PanicIsReportedOnce) {

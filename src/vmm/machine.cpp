@@ -160,6 +160,7 @@ struct Machine::Parts {
                        [this](bool level) { vm->set_irq_line(layout::kRtcIrq, level); }};
   std::unique_ptr<devices::I8042> i8042;
   std::unique_ptr<devices::Pvpanic> pvpanic;
+  std::atomic<int64_t> panicked_at_ns{0};  // steady clock, when the guest said it panicked; 0 before
   devices::PostPort post;
   std::unique_ptr<pci::PciRoot> root;
   pci::HostBridge bridge;
@@ -274,8 +275,10 @@ void Machine::Parts::build() {
     // (panic=N) would only be seen to reset: either way the host learns of the panic, as from QEMU.
     pvpanic = std::make_unique<devices::Pvpanic>(
         [this] {
-          guest.request(ExitReason::GuestPanic,
-                        fmt::format("it said so through its pvpanic device (port {:#x})", layout::kPvpanicPort));
+          panicked_at_ns = std::chrono::steady_clock::now().time_since_epoch().count();
+          if (!opts.stop_on_panic)
+            fmt::print(stderr, "passvm: {}: the guest kernel panicked: {}; the VM goes on\n", cfg.name,
+                       Machine::panic_detail());
         },
         [name = c.name] {
           fmt::print(stderr, "passvm: {}: the guest kernel panicked and runs its crash kernel (kdump); the VM "
@@ -349,7 +352,12 @@ void Machine::Parts::build() {
   if (windows.mmio64.size == 0)
     throw std::runtime_error(fmt::format("-m {}M leaves no room for 64-bit PCI BARs below the IOMMU's limit of {:#x}: "
                                          "give a smaller -m", c.memory >> 20, windows.mmio64.start));
-  acpi::build_tables(acpi::AcpiConfig{c.cpus, windows, hotplug_slots, hvc != nullptr, pvpanic != nullptr}, *mem);
+  acpi::build_tables(acpi::AcpiConfig{.vcpus = c.cpus,
+                                      .windows = windows,
+                                      .hotplug_slots = hotplug_slots,
+                                      .virtio_console = hvc != nullptr,
+                                      .pvpanic = pvpanic != nullptr},
+                     *mem);
   if (!passthru.empty()) map_guest_ram_meanwhile();
   root->assign_resources(windows);
   for (const auto& a : root->assignments())
@@ -545,7 +553,19 @@ void Machine::drain() {
   if (p_->com1) p_->com1->flush();
 }
 
-void Machine::tick() { p_->rtc.tick(); }
+void Machine::tick() {
+  p_->rtc.tick();
+  const int64_t at = p_->panicked_at_ns.load();
+  if (at != 0 && p_->opts.stop_on_panic &&
+      std::chrono::steady_clock::now().time_since_epoch() - std::chrono::nanoseconds(at) >= kPanicGrace)
+    p_->guest.request(ExitReason::GuestPanic, panic_detail());
+}
+
+bool Machine::guest_panicked() const { return p_->panicked_at_ns.load() != 0; }
+
+std::string Machine::panic_detail() {
+  return fmt::format("it said so through its pvpanic device (port {:#x})", layout::kPvpanicPort);
+}
 
 ExitControl& Machine::guest_exit() { return p_->guest; }
 

@@ -49,7 +49,13 @@ class Machine {
     std::function<void()> on_console_quit;
     // The guest asked to end the machine (guest_exit() has the reason); from a vCPU's or device's thread.
     std::function<void()> on_guest_exit;
+    // A guest's panic (pvpanic) ends the machine, kPanicGrace after the guest said so; otherwise it is
+    // only reported and the guest runs on (cloud-hypervisor's way, for the API).
+    bool stop_on_panic = true;
   };
+  // What a panicking guest still prints after its pvpanic write (Linux flushes its console and prints
+  // the panic's last line after the notifiers) is let out before the machine stops.
+  static constexpr std::chrono::milliseconds kPanicGrace{300};
   struct SetupInterrupted {};
 
   // Throws std::runtime_error (user-facing message) or SetupInterrupted; nothing is left behind.
@@ -73,6 +79,11 @@ class Machine {
 
   // Why the guest ended the machine, once it did.
   ExitControl& guest_exit();
+  // The guest said through its pvpanic device that it panicked; guest_exit() has GuestPanic once
+  // kPanicGrace has passed (tick() sees to it), unless the guest ended the machine first (a reboot
+  // right after its panic, panic=-1), and panic_detail() says how it said so.
+  bool guest_panicked() const;
+  static std::string panic_detail();
 
   // The config with every device now in the VM (slots and ids filled in).
   const MachineConfig& config() const;

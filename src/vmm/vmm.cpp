@@ -144,7 +144,8 @@ void Vmm::do_boot() {
   Machine::Options opts{.hotplug = api_,
                         .interrupted = [this] { return process_.requested(); },
                         .on_console_quit = [this] { process_.request(ExitReason::Signal, "Ctrl-A x on the console"); },
-                        .on_guest_exit = [this] { wake(); }};
+                        .on_guest_exit = [this] { wake(); },
+                        .stop_on_panic = !api_};
   try {
     machine_ = std::make_unique<Machine>(config_, opts);
     if (process_.requested()) throw Machine::SetupInterrupted{};  // the last chance before the guest runs
@@ -247,6 +248,13 @@ void Vmm::service_machine() {
 void Vmm::handle_guest_exit() {
   ExitReason reason = machine_->guest_exit().reason();
   std::string detail = machine_->guest_exit().detail();
+  // A guest that reboots right after its panic (panic=-1) ends the machine before the panic's grace
+  // has passed: the panic is what the user needs to hear of.
+  bool guest_stopped = reason == ExitReason::Reset || reason == ExitReason::TripleFault || reason == ExitReason::PowerOff;
+  if (!api_ && guest_stopped && machine_->guest_panicked()) {
+    detail = fmt::format("{}; then {}", Machine::panic_detail(), detail.empty() ? "it powered off" : detail);
+    reason = ExitReason::GuestPanic;
+  }
   machine_->stop();  // the guest's last output first, and final counters
   if (config_.stats) fputs(machine_->final_stats_text().c_str(), stderr);
   report_exit(config_.name, reason, detail);

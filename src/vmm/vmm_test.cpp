@@ -2,6 +2,8 @@
 // failure is itself a path under test (the VM must stay as it was).
 #include "vmm/vmm.h"
 
+#include "confine/seccomp.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -150,6 +152,24 @@ TEST_F(VmmTest, ShutdownEndsTheLoopWithStatusZero) {
   loop_.join();
   EXPECT_EQ(status_, 0);
   EXPECT_EQ(kind_of([&] { vmm_.info(); }), Kind::WrongState) << "requests after the end are refused";
+}
+
+}  // namespace
+}  // namespace passvm
+
+namespace passvm {
+namespace {
+
+TEST(ExitStatus, EachReasonHasTheStatusTheReadmeGives) {
+  // README.md, "Exit status"; 6 is confine/'s, for a forbidden system call (the process exits there).
+  EXPECT_EQ(exit_status(ExitReason::PowerOff), 0);
+  EXPECT_EQ(exit_status(ExitReason::SetupFailed), 1);
+  EXPECT_EQ(exit_status(ExitReason::Reset), 2);
+  EXPECT_EQ(exit_status(ExitReason::TripleFault), 3);
+  EXPECT_EQ(exit_status(ExitReason::InternalError), 4);
+  EXPECT_EQ(exit_status(ExitReason::Signal), 5);
+  EXPECT_EQ(exit_status(ExitReason::GuestPanic), 7);
+  EXPECT_NE(exit_status(ExitReason::GuestPanic), confine::kExitSeccomp);
 }
 
 }  // namespace
