@@ -32,7 +32,7 @@ class Pvpanic : public BusDevice {
   void read(uint64_t offset, std::span<uint8_t> data) override;
   void write(uint64_t offset, std::span<const uint8_t> data) override;
 
-  // The events the guest has sent so far (kPanicked, kCrashLoaded), for the exit report and tests.
+  // The events the guest has sent so far (kPanicked, kCrashLoaded).
   uint8_t events() const { return seen_.load(); }
 
  private:

@@ -73,8 +73,9 @@ class Machine {
   // Delivers writes KVM coalesced and writes the console's buffered output: a guest that writes and then
   // only halts would keep them queued.
   void drain();
-  // Raises the interrupts of devices that follow the clock (the RTC's update and alarm). The control
-  // loop calls it every 50 ms when idle.
+  // Raises the interrupts of devices that follow the clock (the RTC's update and alarm), and ends the
+  // machine once a panicked guest's grace is over (guest_panicked()). The control loop calls it every
+  // 50 ms when idle.
   void tick();
 
   // Why the guest ended the machine, once it did.
