@@ -381,7 +381,8 @@ MachineConfig parse_vm_config(const json& body) {
   parse_payload(body, cfg);
   parse_consoles(body, cfg);
   parse_rng(body);
-  // cloud-hypervisor's default is no pvpanic device; with one, a guest's panic stops the VM (Shutdown).
+  // cloud-hypervisor's default is no pvpanic device; with one, a guest's panic is reported and it runs on
+  // (Machine::Options::stop_on_panic is off for the API).
   cfg.pvpanic = bool_member(body, "pvpanic", "pvpanic").value_or(false);
   parse_pci_segments(body);
   parse_devices(body, p2p, cfg);

@@ -37,7 +37,7 @@ struct MachineConfig {
   bool stats = false;           // print device and vCPU counters at exit
   bool verbose = false;         // say what is being set up, with timings
   bool unpack_on_host = true;
-  bool pvpanic = true;          // the pvpanic device: a guest's panic stops the VM (exit status 7)
+  bool pvpanic = true;          // the pvpanic device: a guest's panic is reported (the command line stops on it)
 };
 
 }  // namespace passvm
