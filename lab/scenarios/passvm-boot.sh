@@ -17,6 +17,11 @@
 # it prints nothing passvm can show, and passvm must say why and how to see its messages
 # (pvhvcstop.hint); the ttyS0 guest above printed its panic, so passvm adds no such hint there.
 # lab-expect: pvhvcstop.vmm pvhvcstop.hint
+# The kernel installers' hook (packaging/kernel/passvm-kernel-cache, as Debian's postinst.d calls it)
+# unpacks L2's kernel into the shared cache, /var/cache/passvm, as root's and readable by all (hook.add);
+# the triple-faulting guest above then boots with an empty cache of its own and its kernel comes from the
+# shared one (hook.used).
+# lab-expect: hook.add hook.used
 # And a guest that panics after init with panic=0, so that it would spin there for ever: its pvpanic driver
 # bound to passvm's device (pvpanic.panic), passvm stops by itself with exit status 7 (pvpanic.vmm) and
 # says the guest panicked, after the guest's own panic message (pvpanic.said); then the same with the
@@ -65,8 +70,26 @@ else
         detail="expected virtio notifications and a tenth of the ttyS0 boot's UART status reads at most: $(grep -m 1 'exits by address' "$LAB_OUT/pvhvc.console")"
 fi
 
-run_l2 pvreset --timeout 240 --expect-reset -- \
-    "$PASSVM" -c 1 -m 256M -l com1,stdio \
+hook=$(dirname "$PASSVM")/passvm-kernel-cache
+[[ -x $hook ]] || hook=$LAB_DIR/../build/src/cli/passvm-kernel-cache
+version=$(basename "$L2_KERNEL"); version=${version#vmlinuz-}
+if [[ ! -x $hook ]]; then
+    result hook.add fail detail="no passvm-kernel-cache next to $PASSVM or in $LAB_DIR/../build/src/cli: build the tree"
+else
+    PASSVM=$PASSVM "$hook" "$version" "$L2_KERNEL" >"$LAB_OUT/hook.out" 2>"$LAB_OUT/hook.err"
+    rc=$?
+    entry=$(ls /var/cache/passvm/kernel-*.unpacked 2>/dev/null | head -n 1)
+    owner=$([[ -n $entry ]] && stat -c '%U %a' "$entry")
+    if [[ $rc -eq 0 && ! -s $LAB_OUT/hook.out && -n $entry && $owner == "root 644" ]]; then
+        result hook.add pass entry="$entry" said="$(head -n 1 "$LAB_OUT/hook.err")"
+    else
+        result hook.add fail rc=$rc entry="$entry" owner="$owner" \
+            detail="the hook should exit 0, print nothing on stdout and leave a root-owned 0644 entry: stdout '$(head -c 200 "$LAB_OUT/hook.out")', stderr '$(head -c 300 "$LAB_OUT/hook.err")'"
+    fi
+fi
+own_cache=$(mktemp -d /tmp/passvm-own-cache.XXXXXX)
+PASSVM_CACHE_DIR=$own_cache run_l2 pvreset --timeout 240 --expect-reset -- \
+    "$PASSVM" -v -c 1 -m 256M -l com1,stdio \
     --kernel "$L2_KERNEL" --initrd "$L2_INITRD" \
     --append "console=ttyS0 panic=-1 nokaslr pci=noearly reboot=t rdinit=/nonexistent" labvm
 /usr/bin/python3 - "$LAB_OUT/pvreset.summary.json" "$LAB_OUT/pvreset.console" <<'PY'
@@ -91,6 +114,14 @@ elif not detail and not where.startswith("native_machine_emergency_restart+"):
 print("LABRESULT " + json.dumps({"scenario": os.environ.get("LAB_SCENARIO", "?"), "check": "pvreset.located",
       "pass": not detail, "figures": fig, "detail": detail}, separators=(",", ":")), flush=True)
 PY
+
+from=$(grep -m 1 -o 'unpacked kernel loaded from the cache [^ ]*' "$LAB_OUT/pvreset.console")
+if [[ $from == *" /var/cache/passvm/kernel-"* ]]; then
+    result hook.used pass said="$from"
+else
+    result hook.used fail detail="with an empty own cache the kernel should come from /var/cache/passvm; passvm said: '${from:-$(grep -m 2 -e 'kernel unpacked' -e 'kernel loaded' "$LAB_OUT/pvreset.console" | tr -s ' \n' ' ')}'"
+fi
+rm -rf "$own_cache"
 
 run_l2 pvhvcstop --timeout 240 --expect-reset -- \
     "$PASSVM" -c 1 -m 256M -l virtio-console,stdio \
