@@ -48,6 +48,24 @@ grep -q "/boot/vmlinuz-0.0.0-passvm-none" "$dir/err" || fail "default image path
 FAKE_FAIL=1 run "passvm cannot unpack it" 0 "cache add --shared $img" 9.9.9-test "$img"
 grep -q "stays out of passvm's kernel cache.*not a bzImage" "$dir/err" || fail "failure not reported: $(cat "$dir/err")"
 run "no arguments" 2 ""
+
+# --installed: the kernels already there when passvm is installed, newest first, four at most (what the
+# cache keeps), versioned images only (vmlinuz and vmlinuz.old are links to them).
+boot=$dir/boot
+mkdir "$boot"
+for i in 1 2 3 4 5; do
+    : >"$boot/vmlinuz-6.$i.0-test"
+    touch -d "2026-01-0$i 00:00" "$boot/vmlinuz-6.$i.0-test"
+done
+ln -s vmlinuz-6.5.0-test "$boot/vmlinuz"
+ln -s vmlinuz-6.4.0-test "$boot/vmlinuz-6.9.0-link"
+want=$(printf 'cache add --shared %s\n' "$boot/vmlinuz-6.5.0-test" "$boot/vmlinuz-6.4.0-test" \
+    "$boot/vmlinuz-6.3.0-test" "$boot/vmlinuz-6.2.0-test")
+run "--installed: the newest four" 0 "$want" --installed "$boot"
+[[ $(grep -c "kernel-x.unpacked" "$dir/err") == 4 ]] || fail "--installed: not one line per kernel: $(cat "$dir/err")"
+FAKE_FAIL=1 run "--installed: one that cannot be unpacked" 0 "$want" --installed "$boot"
+run "--installed: no kernels" 0 "" --installed "$dir/none"
+grep -q "no kernel images $dir/none/vmlinuz-\*" "$dir/err" || fail "--installed, none: not said: $(cat "$dir/err")"
 # passvm uninstalled, its hook left in /etc: nothing to do, nothing said.
 if out=$(PASSVM=$dir/none "$hook" 9.9.9-test "$img" 2>&1) && [[ -z $out ]]; then
     echo "ok: no passvm: silent, exit 0"
