@@ -21,9 +21,10 @@ HP_ERR=/tmp/hp-vmm.err
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
-# The L2 command line: ticker, then nvme twice, then the e1000e twice (lab.hotN=vvvv:dddd:INNER).
+# The L2 command line: ticker, then nvme twice, then the e1000e twice (lab.hotN=vvvv:dddd:INNER), then
+# the checks of HP_MORE_CHECKS (comma-separated).
 hp_append() {
-    l2_append ticker,hot1,hot2,hot3,hot4 lab.tick_s=30 lab.hotwait=$HP_HOTWAIT \
+    l2_append ticker,hot1,hot2,hot3,hot4${HP_MORE_CHECKS:+,$HP_MORE_CHECKS} lab.tick_s=30 lab.hotwait=$HP_HOTWAIT \
         lab.hot1=1b36:0010:nvme lab.hot2=1b36:0010:nvme lab.hot3=8086:10d3:ping lab.hot4=8086:10d3:ping "$@"
 }
 

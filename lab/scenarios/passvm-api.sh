@@ -8,6 +8,8 @@
 # - hot-plug: the NVMe 00:03.0 added, L2 writes and verifies 16 MiB, removed (ACPI eject), back to L1's
 #   nvme driver which reads what L2 wrote, then to vfio-pci and added again; the same with the e1000e
 #   00:04.0 and ping. The guest BDF passvm names must be where L2 finds the device.
+# - the power button: L2 waits for a press once its hot-plug checks are done; `passvm remote
+#   power-button` presses it and passvm says the guest had enabled the event; L2 counts the press.
 # - L2 powers off: the VM is Shutdown and passvm still answers; shutdown-vmm makes it exit with 0; both
 #   devices are back on vfio-pci, held by nobody, and usable by L1's drivers.
 # - Kata Containers: the requests its cloud-hypervisor driver sends (src/api/testdata/kata-clh/), replayed
@@ -16,6 +18,7 @@
 # lab-expect: api.ping api.state.running api.counters api.pause api.state.paused api.err.pause_twice api.resume
 # lab-expect: api.err.nodriver api.err.hostdriver api.err.unknown_id
 # lab-expect: api.add1 api.remove1 api.host1 api.add2 api.err.add_twice api.remove2 api.add3 api.remove3 api.host3 api.add4 api.remove4
+# lab-expect: api.powerbutton pva.powerbutton api.err.powerbutton_off
 # lab-expect: api.state.shutdown api.shutdown api.exit api.final
 # lab-expect: pva.vmm pva.boot pva.ticker pva.hot1.add pva.hot1.nvme pva.hot1.gone pva.hot1 pva.hot2.add pva.hot2.nvme pva.hot2.gone pva.hot2
 # lab-expect: pva.hot3.add pva.hot3.ping pva.hot3.gone pva.hot3 pva.hot4.add pva.hot4.ping pva.hot4.gone pva.hot4
@@ -25,7 +28,7 @@
 source "$LAB_DIR/scenarios/passvm-lib.sh"
 source "$LAB_DIR/scenarios/hotplug-lib.sh"
 pv_need_binary api.ping
-HP_RUN=pva HP_PREFIX=api
+HP_RUN=pva HP_PREFIX=api HP_MORE_CHECKS=powerbutton
 HP_WANT_SLOT=1  # passvm numbers its hot-plug slots: L2 must list the device's in /sys/bus/pci/slots
 SOCK=/tmp/pva-api.sock
 REPO=$(cd "$LAB_DIR/.." && pwd)
@@ -139,12 +142,28 @@ run_main() {
     hp_cycle 1 $HP_NVME nvme host && hp_cycle 2 $HP_NVME nvme - \
         && hp_cycle 3 $HP_NIC ping host && hp_cycle 4 $HP_NIC ping - || return 1
 
+    # The power button, pressed once L2 waits for it; passvm says whether the guest listens.
+    if ! hp_wait 'L2MARK powerbutton ready|"check":"powerbutton"' 120; then
+        result api.powerbutton fail detail="L2 did not get to its power button check: $(hp_last_lines)"
+    elif ! out=$(pvr power-button 2>"$HP_ERR"); then
+        result api.powerbutton fail detail="power-button exited $?: $(hp_err)"
+    elif ! hp_wait_result powerbutton 60; then
+        result api.powerbutton fail detail="L2 reported nothing within 60 s of the press: $(hp_last_lines)"
+    elif [[ $(hp_l2 powerbutton pass) != true ]]; then
+        result api.powerbutton fail detail="L2: $(hp_l2 powerbutton detail)"
+    elif ! grep -q "power button pressed: the guest may shut down now" "$HP_CONSOLE"; then
+        result api.powerbutton fail detail="L2 saw the press, but passvm did not say the guest had enabled the event: $(grep -m 1 'power button' "$HP_CONSOLE")"
+    else
+        result api.powerbutton pass presses="$(hp_l2 powerbutton presses)" waited_s="$(hp_l2 powerbutton waited_s)"
+    fi
+
     # L2 powers off after its last check: the VM is Shutdown, passvm keeps running until told.
     hp_wait '"check":"done"' 60 || { result api.state.shutdown fail detail="L2 did not finish: $(hp_last_lines)"; return 1; }
     local i s=""
     for ((i = 0; i < 50; i++)); do s=$(vm_state); [[ $s == Shutdown ]] && break; sleep 0.2; done
     if [[ $s == Shutdown ]] && hp_running; then result api.state.shutdown pass state="$s"
     else result api.state.shutdown fail detail="after L2's power-off: state '$s', passvm running: $(hp_running && echo yes || echo no)"; fi
+    refused api.err.powerbutton_off "pressing the power button of a VM that is shut down" power-button
     out=$(pvr shutdown-vmm 2>"$HP_ERR"); rc=$?
     if [[ $rc == 0 ]]; then result api.shutdown pass
     else result api.shutdown fail detail="shutdown-vmm exited $rc: $(hp_err)"; fi

@@ -198,6 +198,7 @@ int remote_main(int argc, char** argv) {
       {"resume", "PUT", "vm.resume", "Restart the vCPUs of a paused VM"},
       {"reboot", "PUT", "vm.reboot", "Tear the machine down and boot it again"},
       {"shutdown", "PUT", "vm.shutdown", "Tear the machine down (devices reset and released); the config stays"},
+      {"power-button", "PUT", "vm.power-button", "Press the guest's ACPI power button: it may shut down cleanly"},
       {"delete", "PUT", "vm.delete", "Shut down if needed and forget the VM"},
       {"counters", "GET", "vm.counters", "Print the device and vCPU counters"},
       {"shutdown-vmm", "PUT", "vmm.shutdown", "Shut the VM down and end the passvm process"},

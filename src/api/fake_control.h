@@ -90,6 +90,11 @@ class FakeControl : public VmControl {
     devices_.clear();
     state_ = VmState::Shutdown;
   }
+  void power_button() override {
+    auto guard = enter("power_button");
+    if (state_ != VmState::Running && state_ != VmState::Paused)
+      throw ControlError(Kind::WrongState, "the VM is not booted");
+  }
   void remove() override {
     auto guard = enter("remove");
     config_ = {};

@@ -85,6 +85,23 @@ TEST_F(ApiServer, InfoReportsDevicesWhereTheGuestSeesThem) {
             json::parse(R"({"id": "nvme0", "resources": [], "children": [], "pci_bdf": "0000:00:03.0"})"));
 }
 
+TEST_F(ApiServer, PowerButtonReachesABootedVmOnly) {
+  // cloud-hypervisor answers 500 (VmNotRunning) when there is no VM to press the button of.
+  EXPECT_EQ(call("PUT", "vm.power-button").status, 500);
+  ASSERT_EQ(call("PUT", "vm.create", R"({"payload": {"kernel": "/k"}})").status, 204);
+  HttpReply created = call("PUT", "vm.power-button");
+  EXPECT_EQ(created.status, 500);
+  EXPECT_EQ(created.message(), "the VM is not booted");
+  ASSERT_EQ(call("PUT", "vm.boot").status, 204);
+  HttpReply pressed = call("PUT", "vm.power-button");
+  EXPECT_EQ(pressed.status, 204) << pressed.body;
+  EXPECT_TRUE(pressed.body.empty());
+  EXPECT_EQ(control.calls().back(), "power_button");
+  EXPECT_EQ(control.state(), VmState::Running) << "the guest decides what a press does";
+  EXPECT_EQ(call("PUT", "vm.power-button", R"({"force": true})").status, 400) << "it takes no body";
+  EXPECT_EQ(call("GET", "vm.power-button").status, 400);
+}
+
 TEST_F(ApiServer, InfoSurvivesPathsThatAreNotUtf8) {
   MachineConfig c;  // as the command line may give it: JSON cannot carry the byte as it is
   c.kernel = "/boot/vmlinuz-\xff";

@@ -50,10 +50,11 @@ void AcpiPm::write(uint64_t offset, std::span<const uint8_t> data) {
   if (poweroff && on_poweroff_) on_poweroff_();
 }
 
-void AcpiPm::press_power_button() {
+bool AcpiPm::press_power_button() {
   std::lock_guard g(lock_);
   status_ |= kPm1StsPwrbtn;
   update_sci();
+  return (enable_ & kPm1StsPwrbtn) != 0;
 }
 
 void AcpiPm::raise_gpe(unsigned gpe) {

@@ -42,8 +42,10 @@ class AcpiPm : public BusDevice {
   void read(uint64_t offset, std::span<uint8_t> data) override;
   void write(uint64_t offset, std::span<const uint8_t> data) override;
 
-  // Sets PWRBTN_STS: the guest sees a power button press (SCI if it enabled PWRBTN_EN).
-  void press_power_button();
+  // Sets PWRBTN_STS: the guest sees a power button press (SCI if it enabled PWRBTN_EN). Returns whether
+  // it had enabled it: an OS without a power button driver (Linux without its `button` module) leaves
+  // PWRBTN_EN clear and sees nothing until it enables it.
+  bool press_power_button();
   // Sets GPE0 status bit `gpe` (< 16): an SCI once the guest enabled it.
   void raise_gpe(unsigned gpe);
 

@@ -49,7 +49,7 @@ TEST(AcpiPm, ByteWritesToControlHighByteWork) {
 
 TEST(AcpiPm, PowerButtonRaisesSciWhenEnabledAndStatusIsWriteOneToClear) {
   Pm p;
-  p.pm.press_power_button();
+  EXPECT_FALSE(p.pm.press_power_button()) << "the guest has not enabled the event";
   EXPECT_TRUE(p.sci.empty()) << "not enabled yet";
   EXPECT_EQ(p.in16(kSts) & kPm1StsPwrbtn, kPm1StsPwrbtn);
   p.out16(kEn, kPm1StsPwrbtn);
@@ -60,6 +60,8 @@ TEST(AcpiPm, PowerButtonRaisesSciWhenEnabledAndStatusIsWriteOneToClear) {
   p.out16(kSts, kPm1StsPwrbtn);
   EXPECT_EQ(p.in16(kSts) & kPm1StsPwrbtn, 0);
   EXPECT_EQ(p.sci, (std::vector<bool>{true, false}));
+  EXPECT_TRUE(p.pm.press_power_button()) << "enabled now";
+  EXPECT_EQ(p.sci, (std::vector<bool>{true, false, true}));
 }
 
 }  // namespace

@@ -86,6 +86,9 @@ class VmControl {
   virtual void reboot() = 0;
   // Running or Paused -> Shutdown: the machine is torn down (devices reset and released); the config stays.
   virtual void shutdown() = 0;
+  // Running or Paused: presses the guest's ACPI power button, a request to shut down that the guest may
+  // honour (it powers off: Shutdown) or ignore. The state does not change here.
+  virtual void power_button() = 0;
   // Any state -> NotCreated: shuts down first if needed and forgets the config.
   virtual void remove() = 0;
   virtual VmInfo info() = 0;

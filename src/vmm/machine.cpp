@@ -662,6 +662,8 @@ DeviceInfo Machine::add_device(SlotConfig s) {
   return {s.id, guest_bdf(s.slot, 0), bdf.str()};
 }
 
+bool Machine::press_power_button() { return p_->pm->press_power_button(); }
+
 void Machine::request_unplug(int slot) {
   if (p_->hotplug) p_->hotplug->unplug_request(slot);
 }

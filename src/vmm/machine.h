@@ -94,6 +94,9 @@ class Machine {
   // Opens `slot` (its slot kAnySlot: the lowest free hotplug slot) and presents it to the guest.
   // Throws ControlError.
   DeviceInfo add_device(SlotConfig slot);
+  // Presses the ACPI power button: a guest that listens shuts down cleanly (and powers off, which ends
+  // the machine as usual). Returns whether it had enabled the power button event.
+  bool press_power_button();
   // Asks the guest to eject the device in `slot`.
   void request_unplug(int slot);
   // Slots the guest ejected since the last call.

@@ -373,6 +373,19 @@ void Vmm::shutdown() {
     do_shutdown();
   });
 }
+void Vmm::power_button() {
+  on_loop<void>([&] {
+    require({VmState::Running, VmState::Paused}, "press the power button of");
+    if (machine_->press_power_button())
+      fmt::print(stderr, "passvm: {}: power button pressed: the guest may shut down now\n", config_.name);
+    else
+      fmt::print(stderr,
+                 "passvm: {}: power button pressed, but the guest has not enabled its power button event (Linux "
+                 "without its `button` driver): it sees the press only once it does; vm.shutdown stops the VM at "
+                 "once\n",
+                 config_.name);
+  });
+}
 void Vmm::remove() {
   on_loop<void>([&] {
     do_shutdown();

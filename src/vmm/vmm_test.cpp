@@ -87,8 +87,10 @@ TEST_F(VmmTest, EachStateRefusesWhatItCannotDo) {
   EXPECT_EQ(kind_of([&] { vmm_.shutdown(); }), Kind::WrongState);
   EXPECT_EQ(kind_of([&] { vmm_.add_device("0000:03:00.0", ""); }), Kind::WrongState);
   EXPECT_EQ(kind_of([&] { vmm_.counters(); }), Kind::WrongState);
+  EXPECT_EQ(kind_of([&] { vmm_.power_button(); }), Kind::WrongState);
   vmm_.create(config());
   EXPECT_EQ(kind_of([&] { vmm_.create(config()); }), Kind::WrongState);
+  EXPECT_EQ(kind_of([&] { vmm_.power_button(); }), Kind::WrongState) << "no machine to press it on";
   EXPECT_EQ(kind_of([&] { vmm_.resume(); }), Kind::WrongState);
   EXPECT_EQ(kind_of([&] { vmm_.reboot(); }), Kind::WrongState);
   try {
