@@ -43,9 +43,11 @@ const char* const kVcpu[] = {
     "eventfd2", "epoll_ctl",  // MSI-X vectors get their eventfds when the guest unmasks them
 };
 const char* const kInterrupts[] = {"ioctl", "read", "epoll_wait", "epoll_pwait", "pread64", "pwrite64"};
-const char* const kPeerDma[] = {"ioctl"};
+// VFIO's map and unmap; a map refused for memory (ENOMEM, EPERM) is reported with the locked-memory limit
+// (vfio::Container::map_dma reads it), for a BAR as for guest RAM.
+const char* const kPeerDma[] = {"ioctl", "getrlimit", "prlimit64"};
 // madvise (kBase) to allocate, VFIO's map and unmap to pin; a pin refused for the locked-memory limit is
-// reported with that limit (vfio::Container::map_dma reads it).
+// reported with that limit (as above).
 const char* const kGuestRam[] = {"ioctl", "getrlimit", "prlimit64"};
 const char* const kConsole[] = {"ioctl", "read", "poll", "ppoll"};
 const char* const kSignals[] = {"read", "poll", "ppoll"};

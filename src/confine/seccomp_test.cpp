@@ -3,6 +3,7 @@
 #include "confine/seccomp_programs.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <linux/kvm.h>
 #include <linux/vfio.h>
 #include <grp.h>
@@ -101,6 +102,18 @@ TEST(SeccompTest, AnIoctlNumberNotInTheClassListIsForbidden) {
   });
   EXPECT_EQ(o.status, kExitSeccomp) << o.err;
   EXPECT_NE(o.err.find("ioctl (16)"), std::string::npos) << o.err;
+}
+
+TEST(SeccompTest, APeerDmaMapRefusedForMemoryCanBeReported) {
+  // vfio::Container::map_dma words an ENOMEM or EPERM with the locked-memory limit, on whichever thread
+  // mapped: the peer-DMA worker's refused BAR must be a warning, not a killed process.
+  Outcome o = in_child([] {
+    configure(SeccompMode::Kill);
+    enter(ThreadClass::PeerDma);
+    rlimit rl{};
+    return getrlimit(RLIMIT_MEMLOCK, &rl) == 0 ? 0 : 1;
+  });
+  EXPECT_EQ(o.status, 0) << o.err;
 }
 
 TEST(SeccompTest, SignalsGoOnlyToPassvmsOwnThreads) {
