@@ -381,6 +381,31 @@ TEST_F(PassthruTest, MsixVectorsRouteMaskAndPend) {
   EXPECT_TRUE(p->irqfds.empty());
 }
 
+// KVM's routing table is finite (4096 per VM): a guest that unmasks more vectors than it holds must not
+// stop the machine, and the vector it could not route keeps its interrupts pending until it can be.
+TEST_F(PassthruTest, AVectorKvmCannotRouteStaysParked) {
+  place_bars();
+  wr(0x04, 0x2, 2);
+  enable_msix();
+  p->refuse_routes = true;
+  EXPECT_NO_THROW(program_vector(1, 0xfee00000, 0x41, false));
+  auto fds = last_fds(VFIO_PCI_MSIX_IRQ_INDEX);
+  ASSERT_EQ(fds.size(), 2u);
+  EXPECT_FALSE(irqfd_on(fds[1]));
+  EXPECT_TRUE(p->routes.empty());
+  uint64_t one = 1;
+  ASSERT_EQ(write(fds[1], &one, sizeof one), 8);
+  EXPECT_EQ(bar_rd(0, kPba), 0x2u) << "the interrupt is pending, not lost";
+  // Room again (another vector was freed): the next unmask routes it and delivers what was pending.
+  p->refuse_routes = false;
+  bar_wr(0, kTable + 16 + 12, 1);
+  bar_wr(0, kTable + 16 + 12, 0);
+  EXPECT_TRUE(irqfd_on(fds[1]));
+  ASSERT_EQ(p->signalled.size(), 1u);
+  EXPECT_EQ(p->signalled[0], (std::pair<uint64_t, uint32_t>{0xfee00000, 0x41}));
+  EXPECT_EQ(bar_rd(0, kPba), 0u);
+}
+
 // A guest that enables many vectors but unmasks few costs the host only those few.
 TEST_F(PassthruTest, MsixHostVectorsFollowWhatTheGuestUnmasks) {
   s.set16(kMsix + 2, 63);  // 64 entries: table 1 KiB, PBA 8 bytes, both in BAR0's last page

@@ -85,22 +85,33 @@ void Vectors::set(uint32_t i, uint64_t address, uint32_t data, bool masked) {
   if (v.has_route && v.wired && v.address == address && v.data == data) return;
   if (!v.wired && watch_fd_ >= 0) epoll_ctl(watch_fd_, EPOLL_CTL_DEL, v.fd, nullptr);
   bool deliver = !v.wired && pending(i);
-  if (!v.has_route) {
-    v.gsi = platform_.alloc_msi_route(address, data);
-    v.has_route = true;
-    routes_made++;
-  } else if (v.address != address || v.data != data) {
-    platform_.update_msi_route(v.gsi, address, data);
-  }
-  v.address = address;
-  v.data = data;
-  if (!v.wired) {
-    platform_.add_irqfd(v.fd, v.gsi, -1);
-    v.wired = true;
-  }
-  if (deliver) {
-    v.pending = false;
-    platform_.signal_msi(address, data);
+  try {
+    if (!v.has_route) {
+      v.gsi = platform_.alloc_msi_route(address, data);
+      v.has_route = true;
+      routes_made++;
+    } else if (v.address != address || v.data != data) {
+      platform_.update_msi_route(v.gsi, address, data);
+    }
+    v.address = address;
+    v.data = data;
+    if (!v.wired) {
+      platform_.add_irqfd(v.fd, v.gsi, -1);
+      v.wired = true;
+    }
+    if (deliver) {
+      platform_.signal_msi(address, data);
+      v.pending = false;
+    }
+  } catch (const std::exception& e) {
+    // KVM refused the route or the irqfd (a VM has 4096 routes; a guest that unmasks thousands of
+    // vectors runs out): the vector is parked again (watched, its interrupts pending, the one that
+    // was pending kept), and the machine goes on.
+    if (!v.route_warned)
+      fmt::print(stderr, "passvm: {}: cannot route vector {} to the guest ({}); kept masked\n", name_, i, e.what());
+    v.route_warned = true;
+    route_failures++;
+    park(i);
   }
 }
 

@@ -7,7 +7,8 @@
 // while masked becomes a pending bit (the PBA) and is injected with signal_msi
 // when the guest unmasks it, as the spec requires. Messages that cannot be an
 // x86 interrupt (address outside 0xfee00000-0xfeefffff) are parked too, with a
-// warning, instead of handing KVM garbage.
+// warning, instead of handing KVM garbage; so is a vector KVM will not route (its
+// routing table is full, or it refuses the irqfd).
 #pragma once
 
 #include <atomic>
@@ -56,6 +57,7 @@ class Vectors {
 
   std::atomic<uint64_t> masked_hits{0};   // interrupts that arrived on a parked vector
   std::atomic<uint64_t> routes_made{0};   // MSI routes allocated over the device's life
+  std::atomic<uint64_t> route_failures{0};  // unmasks KVM could not route (the vector stayed parked)
 
  private:
   struct Vector {
@@ -64,7 +66,8 @@ class Vectors {
     uint32_t gsi = 0;
     bool wired = false;  // irqfd registered
     bool pending = false;
-    bool warned = false;
+    bool warned = false;        // said that its address is no interrupt
+    bool route_warned = false;  // said that KVM would not route it
     uint64_t address = 0;
     uint32_t data = 0;
   };

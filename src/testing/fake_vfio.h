@@ -157,7 +157,9 @@ struct FakePlatform final : passthru::Platform {
       if (!key.first && key.second < gpa + size && gpa < key.second + t.first) return false;
     return true;
   }
+  bool refuse_routes = false;  // as KVM with its routing table full
   uint32_t alloc_msi_route(uint64_t a, uint32_t d) override {
+    if (refuse_routes) throw std::runtime_error("fake: no free GSI");
     routes[next_gsi] = {a, d};
     return next_gsi++;
   }
