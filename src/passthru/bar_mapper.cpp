@@ -63,6 +63,12 @@ void BarMapper::scan(std::span<const TrappedArea> must_trap, uint64_t page_size)
       b.kind = ((reg >> 1) & 3) == 2 ? pci::BarKind::Mmio64 : pci::BarKind::Mmio32;
       b.prefetchable = reg & 8;
       b.flags = reg & 0xf;
+      if (b.kind == pci::BarKind::Mmio64 && i == 5) {  // its upper half would be past the last BAR
+        fmt::print(stderr, "passvm: {}: BAR 5 says it is 64-bit, which leaves no register for its upper half; "
+                   "the guest does not see it\n", name_);
+        b = Bar{};
+        continue;
+      }
     }
     std::optional<vfio::Area> trap[2];
     size_t n = 0;
@@ -163,7 +169,7 @@ void BarMapper::write_registers(uint32_t offset, std::span<const uint8_t> bytes)
     b.address = raw & mask;
     refresh_register(b);
     owned[static_cast<size_t>(b.index)] = true;
-    if (b.kind == pci::BarKind::Mmio64) owned[static_cast<size_t>(b.index) + 1] = true;
+    if (b.kind == pci::BarKind::Mmio64 && b.index < 5) owned[static_cast<size_t>(b.index) + 1] = true;
   }
   for (size_t i = 0; i < 6; i++)
     if (!owned[i]) pci::store_le(&regs_[4 * i], 4, 0);  // unimplemented BARs are hardwired to 0
@@ -208,17 +214,35 @@ bool BarMapper::acceptable(const Bar& b, uint64_t address) const {
   }
   for (const Bar& o : bars_) {
     if (&o == &b || o.index < 0 || !o.mapped_at || (o.kind == pci::BarKind::Io) != io) continue;
-    if (overlaps(address, b.size, *o.mapped_at, o.size)) return false;
+    if (overlaps(address, b.size, *o.mapped_at, o.tail_claimed ? std::max(o.size, page_size_) : o.size)) return false;
   }
   return true;
 }
 
+std::optional<uint64_t> BarMapper::memory_placement(const Bar& b) const {
+  if (b.index < 0 || b.kind == pci::BarKind::Io) return std::nullopt;
+  if (b.mapped_at) return b.mapped_at;
+  if (command_ & 2) return b.address;
+  return std::nullopt;
+}
+
 void BarMapper::update() {
+  // Every BAR that moves or goes off leaves first: one placed where another is leaving must find the
+  // place free, whatever their order.
   for (Bar& b : bars_) {
-    if (b.index < 0) continue;
+    if (b.index < 0 || !b.mapped_at) continue;
     bool want = command_ & (b.kind == pci::BarKind::Io ? 1 : 2);
-    if (want && b.mapped_at == b.address) continue;
-    if (b.mapped_at) unmap(b);
+    if (!want || b.mapped_at != b.address) unmap(b);
+  }
+  // A BAR mapped as a whole page into which another BAR now goes is trapped instead, and one trapped
+  // for sharing its page that has it to itself again is mapped (both done below).
+  for (Bar& b : bars_) {
+    if (b.tail_claimed && another_bar_in_page(b, *b.mapped_at)) unmap(b);
+    if (b.page_trapped && b.page_shared && page_is_ours(b, *b.mapped_at)) unmap(b);
+  }
+  for (Bar& b : bars_) {
+    if (b.index < 0 || b.mapped_at) continue;
+    bool want = command_ & (b.kind == pci::BarKind::Io ? 1 : 2);
     if (!want) continue;
     if (!acceptable(b, b.address)) {
       refuse(fmt::format("BAR {} at {:#x} (size {:#x}) lies outside the PCI windows or over another BAR; left "
@@ -235,7 +259,11 @@ void BarMapper::map(Bar& b, uint64_t address) {
   try {
     // A whole-page BAR whose guest page is not all its own: mapping the page would hide what else is in
     // it, so the BAR is trapped.
-    if (b.page_trap && !page_is_ours(b, address)) return trap_whole_page_bar(b, address);
+    if (b.page_trap && !page_is_ours(b, address)) return trap_whole_page_bar(b, address, true);
+    if (b.page_trap && b.size < page_size_) {
+      platform_.add_trap(false, address + b.size, page_size_ - b.size, &tail_);
+      b.tail_claimed = true;
+    }
     for (size_t k = 0; k < b.layout.mapped.size(); k++)
       b.slots.push_back(platform_.map_memory(address + b.layout.mapped[k].offset, b.layout.mapped[k].size,
                                              b.host[k], false));
@@ -255,7 +283,7 @@ void BarMapper::map(Bar& b, uint64_t address) {
     unmap(b);
     if (b.page_trap) {  // its page overlaps another device's memory slot
       try {
-        return trap_whole_page_bar(b, address);
+        return trap_whole_page_bar(b, address, false);
       } catch (const std::exception&) {
       }
     }
@@ -263,9 +291,10 @@ void BarMapper::map(Bar& b, uint64_t address) {
   }
 }
 
-void BarMapper::trap_whole_page_bar(Bar& b, uint64_t address) {
+void BarMapper::trap_whole_page_bar(Bar& b, uint64_t address, bool shared) {
   platform_.add_trap(false, address, b.size, b.page_trap.get());
   b.page_trapped = true;
+  b.page_shared = shared;
   b.mapped_at = address;
   remaps_++;
   if (verbose_)
@@ -273,17 +302,23 @@ void BarMapper::trap_whole_page_bar(Bar& b, uint64_t address) {
                layout::size_text(b.size), address);
 }
 
-// The guest page of a whole-page BAR at `address` holds nothing else: the BAR starts it, and no trapped
-// registers (another device's, or another BAR of this one) lie in the rest of it. Memory slots need no
-// check here: KVM refuses overlapping ones, and that failure is trapped as well.
+// The guest page of a whole-page BAR at `address` holds nothing else: the BAR starts it, no trapped
+// registers (another device's) lie in the rest of it, and no other BAR of this one is or is about to be
+// placed there. Memory slots need no check here: KVM refuses overlapping ones, and that failure is
+// trapped as well. Once mapped, the rest of the page is claimed on the bus (tail_), so another device's
+// registers placed there later are refused instead of hidden.
 bool BarMapper::page_is_ours(const Bar& b, uint64_t address) {
   if (address % page_size_ != 0) return false;
   if (!platform_.mmio_free(address + b.size, page_size_ - b.size)) return false;
-  for (const Bar& o : bars_)
-    if (&o != &b && o.index >= 0 && o.mapped_at && o.kind != pci::BarKind::Io &&
-        overlaps(address, page_size_, *o.mapped_at, o.size))
-      return false;
-  return true;
+  return !another_bar_in_page(b, address);
+}
+
+bool BarMapper::another_bar_in_page(const Bar& b, uint64_t address) const {
+  for (const Bar& o : bars_) {
+    std::optional<uint64_t> at = &o == &b ? std::nullopt : memory_placement(o);
+    if (at && overlaps(address, page_size_, *at, o.size)) return true;
+  }
+  return false;
 }
 
 // Returns what became of peer-to-peer DMA into the BAR, for -v.
@@ -316,7 +351,11 @@ void BarMapper::unmap(Bar& b) {
   try {
     if (b.page_trapped) {
       platform_.remove_trap(false, *b.mapped_at);
-      b.page_trapped = false;
+      b.page_trapped = b.page_shared = false;
+    }
+    if (b.tail_claimed) {
+      b.tail_claimed = false;
+      platform_.remove_trap(false, *b.mapped_at + b.size);
     }
     for (uint32_t slot : b.slots) platform_.unmap_memory(slot);
     for (auto& t : b.traps)

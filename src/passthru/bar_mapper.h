@@ -109,6 +109,8 @@ class BarMapper {
     std::vector<std::unique_ptr<Trap>> traps;
     std::unique_ptr<Trap> page_trap;  // a whole-page BAR placed where its page cannot be mapped
     bool page_trapped = false;
+    bool page_shared = false;   // trapped because something else was in its page (not for a refused slot)
+    bool tail_claimed = false;  // mapped as a whole page: the page's rest is held on the bus (tail_)
     std::optional<uint64_t> mapped_at;  // guest address it is mapped at now
     std::vector<uint32_t> slots;
     std::vector<vfio::Area> dma;  // iova ranges mapped for peer-to-peer DMA
@@ -124,7 +126,11 @@ class BarMapper {
   void unmap(Bar& b);
   std::string map_for_peers(Bar& b, uint64_t address);
   bool page_is_ours(const Bar& b, uint64_t address);
-  void trap_whole_page_bar(Bar& b, uint64_t address);
+  // Where b is or is about to be in guest memory: mapped, or to be mapped (decoding on); none for I/O.
+  std::optional<uint64_t> memory_placement(const Bar& b) const;
+  // Whether another BAR of this device is or is about to be in the page at `address`.
+  bool another_bar_in_page(const Bar& b, uint64_t address) const;
+  void trap_whole_page_bar(Bar& b, uint64_t address, bool shared);
 
   vfio::Device& dev_;
   Platform& platform_;
@@ -134,6 +140,13 @@ class BarMapper {
   bool verbose_;
   std::unique_ptr<PeerDma> peers_;  // declared last: it goes first, before the host mmaps
   uint64_t page_size_ = 4096;
+  // The rest of the page of a BAR mapped as a whole page, on the MMIO bus: the memory slot hides
+  // whatever else would be there, so this claim makes a later trap there fail loudly instead.
+  struct PageTail final : BusDevice {
+    void read(uint64_t, std::span<uint8_t> data) override { std::fill(data.begin(), data.end(), uint8_t{0xff}); }
+    void write(uint64_t, std::span<const uint8_t>) override {}
+  };
+  PageTail tail_;
   std::array<Bar, 6> bars_;
   std::unique_ptr<RomBar> rom_;
   std::array<uint8_t, 0x24> regs_{};  // config 0x10-0x33 as the guest reads it

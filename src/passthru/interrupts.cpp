@@ -29,8 +29,9 @@ Interrupts::Interrupts(vfio::Device& dev, Platform& platform, std::string name, 
       name_(std::move(name)),
       lock_(lock),
       epoll_fd_(watcher_epoll(watcher_thread)),
-      msi_(platform, name_ + " MSI", epoll_fd_, kMsiTag),
-      msix_(platform, name_ + " MSI-X", epoll_fd_, kMsixTag) {
+      warn_(name_),
+      msi_(platform, warn_, name_, "MSI", epoll_fd_, kMsiTag),
+      msix_(platform, warn_, name_, "MSI-X", epoll_fd_, kMsixTag) {
   if (!watcher_thread) return;
   stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (epoll_fd_ < 0 || stop_fd_ < 0) {
@@ -107,7 +108,7 @@ void Interrupts::enable_intx() {
     platform_.add_irqfd(intx_fd_, *intx_gsi_, intx_resample_fd_);
     intx_on_ = true;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm: {}: cannot wire INTx to GSI {}: {}\n", name_, *intx_gsi_, e.what());
+    warn_.say(fmt::format("cannot wire INTx to GSI {}: {}", *intx_gsi_, e.what()));
     try {
       dev_.disable_irq(VFIO_PCI_INTX_IRQ_INDEX);
     } catch (const std::exception&) {
@@ -126,7 +127,7 @@ void Interrupts::stop(uint32_t index, Vectors& vectors, bool& on) {
   try {
     dev_.disable_irq(index);
   } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm: {}: {}\n", name_, e.what());
+    warn_.say(e.what());
   }
   vectors.release();
   on = false;
@@ -143,7 +144,7 @@ bool Interrupts::start_msi(uint32_t count) {
     msi_on_ = true;
     return true;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm: {}: cannot enable MSI: {}\n", name_, e.what());
+    warn_.say(fmt::format("cannot enable MSI: {}", e.what()));
     msi_.release();
     enable_intx();
     return false;
@@ -198,7 +199,7 @@ bool Interrupts::apply_msix(bool enable, bool function_masked, const MsixTable& 
       fds.resize(count);
       dev_.set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, vfio::IrqAction::Trigger, 0, fds);
     } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: {}: cannot enable MSI-X: {}\n", name_, e.what());
+      warn_.say(fmt::format("cannot enable MSI-X: {}", e.what()));
       msix_.release();
       enable_intx();
       return false;
@@ -245,8 +246,8 @@ bool Interrupts::give_host_vector(uint32_t i) {
     return true;
   } catch (const std::exception& e) {
     uint32_t others = msix_.in_use() - (msix_.has(i) ? 1 : 0);
-    fmt::print(stderr, "passvm: {}: the host cannot supply MSI-X vector {} ({} in use): {}; the guest's vector {} "
-               "will raise no interrupt\n", name_, i, others, e.what(), i);
+    warn_.say(fmt::format("the host cannot supply MSI-X vector {} ({} in use): {}; the guest's vector {} will raise "
+                          "no interrupt", i, others, e.what(), i));
     msix_.drop(i);
   }
   if (reenabled) {
@@ -256,8 +257,7 @@ bool Interrupts::give_host_vector(uint32_t i) {
       fds.resize(std::max(before, 1u));
       dev_.set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, vfio::IrqAction::Trigger, 0, fds);
     } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: {}: MSI-X could not be re-enabled with its {} vectors: {}\n", name_, before,
-                 e.what());
+      warn_.say(fmt::format("MSI-X could not be re-enabled with its {} vectors: {}", before, e.what()));
     }
   }
   return false;

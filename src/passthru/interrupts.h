@@ -59,6 +59,8 @@ class Interrupts {
   uint32_t msix_host_vectors() const { return msix_on_ ? msix_.in_use() : 0; }
   uint64_t vectors_routed() const { return msi_.routes_made + msix_.routes_made; }
   uint64_t masked_interrupts() const { return msi_.masked_hits + msix_.masked_hits; }
+  // What was said (or only counted) about interrupts the host or KVM refused (warning_limit.h).
+  uint64_t warnings() const { return warn_.count(); }
   bool intx_wired() const { return intx_on_; }
 
   // Everything off (MSI, MSI-X, INTx), vectors released.
@@ -80,6 +82,7 @@ class Interrupts {
   int epoll_fd_ = -1, stop_fd_ = -1;
   std::thread watcher_;
 
+  WarningLimit warn_;  // before the vectors, which say things through it
   Vectors msi_, msix_;
   bool msi_on_ = false, msix_on_ = false, msix_masked_ = false;
   // MSI-X: the kernel adds vectors one by one (no NORESIZE), and how many it has enabled now.

@@ -471,10 +471,10 @@ std::string PassthruDevice::stats() const {
                            : fmt::format(", bus master enable waited {:.1f} ms for the DMA mapping",
                                          static_cast<double>(c.bus_master_wait_us.load()) / 1000);
   return fmt::format("config reads={} writes={}, trapped mmio (other+msix){}, pio={}, vectors routed={}{}, "
-                     "masked-path interrupts={}, intx={}, bar maps={}, refused={}{}",
+                     "masked-path interrupts={}, intx={}, interrupt warnings={}, bar maps={}, refused={}{}",
                      c.config_reads.load(), c.config_writes.load(), mmio.empty() ? " none" : mmio, c.pio.load(),
                      irqs_->vectors_routed(), msix, irqs_->masked_interrupts(), irqs_->intx_wired() ? "wired" : "off",
-                     bars_->remaps(), bars_->refused(), waited);
+                     irqs_->warnings(), bars_->remaps(), bars_->refused(), waited);
 }
 
 }  // namespace passvm::passthru

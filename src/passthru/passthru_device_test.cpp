@@ -266,6 +266,70 @@ TEST_F(PassthruTest, SubPageBarIsMappedWhereItsPageIsWhole) {
   for (auto& [h, sl] : p->slots) EXPECT_NE(sl.gpa, layout::kMmio32Start + 0x2000);
 }
 
+// Two sub-page BARs the guest packs into one page: mapping the page for the first would hide the second
+// (KVM's memory slot wins over a trap), so both are trapped.
+TEST_F(PassthruTest, SubPageBarsSharingAPageAreBothTrapped) {
+  dev.reset();
+  s.add_region(4, 0x100, true);
+  s.bars[4].resize(4096);
+  s.add_region(5, 0x100, true);
+  s.bars[5].resize(4096);
+  open();
+  const uint64_t page = layout::kMmio32Start + 0x10000;
+  dev->assign_bar(0, layout::kMmio64Start);
+  dev->assign_bar(4, page);
+  dev->assign_bar(5, page + 0x100);
+  wr(0x04, 0x2, 2);
+  for (auto& [h, sl] : p->slots) EXPECT_FALSE(sl.gpa <= page + 0x100 && page + 0x100 < sl.gpa + sl.size) << "hidden";
+  EXPECT_TRUE(p->traps.count({false, page}));
+  EXPECT_TRUE(p->traps.count({false, page + 0x100}));
+  bar_wr(5, 0x10, 0x5555);
+  EXPECT_EQ(pci::load_le(&s.bars[5][0x10], 4), 0x5555u) << "BAR5's registers reach BAR5";
+  bar_wr(4, 0x10, 0x4444);
+  EXPECT_EQ(pci::load_le(&s.bars[4][0x10], 4), 0x4444u);
+  // BAR5 leaves the page: BAR4 has it to itself again and is mapped, the rest of the page held on the bus,
+  // so another device's registers cannot be put where the slot would hide them.
+  wr(0x24, static_cast<uint32_t>(page + 0x1000));
+  bool slot = false;
+  for (auto& [h, sl] : p->slots) slot |= sl.gpa == page && sl.size == 4096;
+  EXPECT_TRUE(slot);
+  EXPECT_FALSE(p->mmio_free(page + 0x800, 0x100)) << "the rest of BAR4's page is claimed";
+  // And BAR5 coming back into it turns BAR4 into a trap again.
+  wr(0x24, static_cast<uint32_t>(page + 0x100));
+  for (auto& [h, sl] : p->slots) EXPECT_NE(sl.gpa, page);
+  EXPECT_TRUE(p->traps.count({false, page + 0x100}));
+  wr(0x04, 0, 2);
+  EXPECT_TRUE(p->mmio_free(page, 0x2000)) << "decoding off: nothing left";
+}
+
+// A BAR refused because another was in its way is mapped once that one moves, in whatever order the
+// two are handled.
+TEST_F(PassthruTest, ABarRefusedForAnotherIsMappedOnceThatOneMoves) {
+  place_bars();
+  wr(0x04, 0x2, 2);
+  wr(0x14, 0);
+  wr(0x10, static_cast<uint32_t>(layout::kMmio32Start) | 0xc);  // BAR0 onto BAR4: refused
+  bool bar0 = false;
+  for (auto& [h, sl] : p->slots) bar0 |= sl.gpa == layout::kMmio32Start && sl.size == 0x3000;
+  EXPECT_FALSE(bar0);
+  wr(0x20, static_cast<uint32_t>(layout::kMmio32Start + 0x10000));  // BAR4 moves away
+  for (auto& [h, sl] : p->slots) bar0 |= sl.gpa == layout::kMmio32Start && sl.size == 0x3000;
+  EXPECT_TRUE(bar0) << "BAR0 (its pages before the MSI-X page) is mapped where the guest put it";
+}
+
+// A 64-bit BAR 5 would have its upper half past the BAR registers: the device is still usable without it.
+TEST_F(PassthruTest, A64BitBar5IsLeftOut) {
+  dev.reset();
+  s.set32(0x24, 0x4);
+  s.add_region(5, 0x1000, true);
+  open();
+  for (const auto& r : dev->bar_requests()) EXPECT_NE(r.index, 5);
+  wr(0x24, 0xffffffff);
+  EXPECT_EQ(rd(0x24), 0u) << "an unimplemented BAR reads as zero";
+  place_bars();
+  wr(0x04, 0x2, 2);
+}
+
 TEST_F(PassthruTest, BarOverRamOrAnotherBarIsRefused) {
   place_bars();
   wr(0x04, 0x2, 2);
@@ -404,6 +468,25 @@ TEST_F(PassthruTest, AVectorKvmCannotRouteStaysParked) {
   ASSERT_EQ(p->signalled.size(), 1u);
   EXPECT_EQ(p->signalled[0], (std::pair<uint64_t, uint32_t>{0xfee00000, 0x41}));
   EXPECT_EQ(bar_rd(0, kPba), 0u);
+}
+
+// A guest that repeats what the host refuses (here: enabling MSI the host will not give) gets the first
+// few refusals said on passvm's stderr and the rest counted: the host's logs do not fill up.
+TEST_F(PassthruTest, RepeatedInterruptRefusalsAreCountedNotLoggedEachTime) {
+  place_bars();
+  wr(0x04, 0x2, 2);
+  ::testing::internal::CaptureStderr();
+  for (int i = 0; i < 100; i++) {
+    s.refuse_irqs.insert(VFIO_PCI_MSI_IRQ_INDEX);
+    wr(kMsi + 2, 1, 2);
+    wr(kMsi + 2, 0, 2);
+  }
+  std::string err = ::testing::internal::GetCapturedStderr();
+  size_t lines = static_cast<size_t>(std::count(err.begin(), err.end(), '\n'));
+  EXPECT_LE(lines, 10u) << err;
+  EXPECT_NE(err.find("cannot enable MSI"), std::string::npos) << err;
+  EXPECT_NE(err.find("only counted"), std::string::npos) << err;
+  EXPECT_NE(dev->stats().find("interrupt warnings=100"), std::string::npos) << dev->stats();
 }
 
 // A guest that enables many vectors but unmasks few costs the host only those few.

@@ -73,8 +73,8 @@ void Vectors::set(uint32_t i, uint64_t address, uint32_t data, bool masked) {
   Vector& v = v_[i];
   if (!masked && !is_x86_msi_address(address)) {
     if (!v.warned)
-      fmt::print(stderr, "passvm: {}: vector {} programmed with MSI address {:#x}, not an interrupt; kept masked\n",
-                 name_, i, address);
+      warn_.say(fmt::format("{} vector {} programmed with MSI address {:#x}, not an interrupt; kept masked", kind_, i,
+                            address));
     v.warned = true;
     masked = true;
   }
@@ -108,7 +108,7 @@ void Vectors::set(uint32_t i, uint64_t address, uint32_t data, bool masked) {
     // vectors runs out): the vector is parked again (watched, its interrupts pending, the one that
     // was pending kept), and the machine goes on.
     if (!v.route_warned)
-      fmt::print(stderr, "passvm: {}: cannot route vector {} to the guest ({}); kept masked\n", name_, i, e.what());
+      warn_.say(fmt::format("cannot route {} vector {} to the guest ({}); kept masked", kind_, i, e.what()));
     v.route_warned = true;
     route_failures++;
     park(i);
@@ -133,7 +133,7 @@ void Vectors::release(Vector& v) {
     if (v.wired) platform_.remove_irqfd(v.fd, v.gsi);
     if (v.has_route) platform_.free_msi_route(v.gsi);
   } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm: {}: releasing an interrupt vector: {}\n", name_, e.what());
+    warn_.say(fmt::format("releasing an {} vector: {}", kind_, e.what()));
   }
   if (v.fd >= 0) {
     if (watch_fd_ >= 0) epoll_ctl(watch_fd_, EPOLL_CTL_DEL, v.fd, nullptr);

@@ -17,14 +17,21 @@
 #include <vector>
 
 #include "passthru/platform.h"
+#include "passthru/warning_limit.h"
 
 namespace passvm::passthru {
 
 class Vectors {
  public:
-  // watch_fd: an epoll fd parked vectors are added to (event data = tag << 32 | vector), or -1.
-  Vectors(Platform& platform, std::string name, int watch_fd, uint32_t tag)
-      : platform_(platform), name_(std::move(name)), watch_fd_(watch_fd), tag_(tag) {}
+  // watch_fd: an epoll fd parked vectors are added to (event data = tag << 32 | vector), or -1. kind
+  // ("MSI", "MSI-X") starts what is said through warn, the device's WarningLimit.
+  Vectors(Platform& platform, WarningLimit& warn, std::string device, std::string kind, int watch_fd, uint32_t tag)
+      : platform_(platform),
+        warn_(warn),
+        name_(device + " " + kind),
+        kind_(std::move(kind)),
+        watch_fd_(watch_fd),
+        tag_(tag) {}
   ~Vectors() { release(); }
   Vectors(const Vectors&) = delete;
   Vectors& operator=(const Vectors&) = delete;
@@ -75,7 +82,8 @@ class Vectors {
   void release(Vector& v);
 
   Platform& platform_;
-  std::string name_;
+  WarningLimit& warn_;
+  std::string name_, kind_;
   int watch_fd_;
   uint32_t tag_;
   std::vector<Vector> v_;

@@ -150,7 +150,12 @@ struct FakePlatform final : passthru::Platform {
     return next_slot++;
   }
   void unmap_memory(uint32_t handle) override { slots.erase(handle); }
-  void add_trap(bool pio, uint64_t base, uint64_t size, BusDevice* dev) override { traps[{pio, base}] = {size, dev}; }
+  void add_trap(bool pio, uint64_t base, uint64_t size, BusDevice* dev) override {
+    for (auto& [key, t] : traps)  // as passvm's buses refuse overlapping ranges
+      if (key.first == pio && key.second < base + size && base < key.second + t.first)
+        throw std::invalid_argument("fake: trap overlaps another");
+    traps[{pio, base}] = {size, dev};
+  }
   void remove_trap(bool pio, uint64_t base) override { traps.erase({pio, base}); }
   bool mmio_free(uint64_t gpa, uint64_t size) override {
     for (auto& [key, t] : traps)
