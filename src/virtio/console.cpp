@@ -25,7 +25,12 @@ bool Console::notified(uint16_t index, Queue& queue) {
 
 bool Console::transmit(Queue& queue) {
   bool used = false;
-  while (auto chain = queue.pop()) {
+  // One ring's worth per notification: the driver notifies again for what it adds after this (the
+  // device never suppresses notifications), and a guest whose other vCPU refills the ring as fast as it
+  // is served must not hold this vCPU (and the transport's lock) here for ever.
+  for (uint32_t left = queue.size(); left > 0; left--) {
+    auto chain = queue.pop();
+    if (!chain) break;
     // Straight from guest RAM: a chain may be as large as guest RAM, and nothing of it is copied.
     for (const Buffer& b : chain->readable) {
       devices::write_guest_output(out_fd_, {reinterpret_cast<const char*>(b.data), b.size});
@@ -42,7 +47,9 @@ size_t Console::receive(std::span<const uint8_t> bytes) {
   size_t taken = 0;
   transport_->with_queue(kReceiveQueue, [&](Queue* queue) {
     bool used = false;
-    while (queue && taken < bytes.size()) {
+    // One ring's worth at most, as transmit(): chains with no room in them (length 0), refilled by
+    // another vCPU as fast as they are used, must not hold this thread and the transport's lock.
+    for (uint32_t left = queue ? queue->size() : 0; left > 0 && taken < bytes.size(); left--) {
       auto chain = queue->pop();
       if (!chain) break;
       uint32_t written = 0;

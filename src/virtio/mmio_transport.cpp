@@ -207,8 +207,10 @@ void MmioTransport::with_queue(uint16_t index, const std::function<bool(Queue*)>
   std::lock_guard g(lock_);
   Queue* q = index < queues_.size() && error_.empty() ? queues_[index].get() : nullptr;
   if (q && (!q->ready() || q->broken())) q = nullptr;
-  if (!fn(q) || !q) return;
-  used_buffers(*q);
+  bool used = fn(q);
+  if (!q) return;
+  if (used) used_buffers(*q);
+  // Broken by its first chain too (nothing used): the driver must hear of it, or its input stops for good.
   if (q->broken()) fail(fmt::format("queue {}: {}", index, q->error()));
 }
 

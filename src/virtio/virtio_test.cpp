@@ -5,8 +5,10 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "memory/guest_memory.h"
@@ -203,6 +205,56 @@ TEST(VirtioConsole, InputWaitsForBuffersThenFillsThem) {
   EXPECT_STREQ(got, "ls\r");
   EXPECT_EQ(d.reg(kIntStatus), 1u);
   EXPECT_EQ(d.console.receive(text), 0u);  // buffers used up
+}
+
+// A guest whose other vCPU puts a buffer back on the transmit ring as soon as it is used: the notifying
+// vCPU serves one ring's worth and returns (it may be asked to stop or pause), it does not loop for ever.
+TEST(VirtioConsole, ANotificationServesAtMostOneRing) {
+  Driver d;
+  d.start();
+  d.write_desc(1, 0, Driver::buffer(1, 0), 0, 0, 0);
+  d.publish(1, 0);
+  std::atomic<bool> done{false};
+  std::thread other_vcpu([&] {
+    for (uint16_t seen = 0, n = 0; !done && n < 5000;)
+      if (d.used_idx(1) != seen) {
+        seen++;
+        n++;
+        d.publish(1, 0);
+      }
+  });
+  d.set(kNotify, 1);
+  done = true;
+  other_vcpu.join();
+  EXPECT_LE(d.used_idx(1), kSize);
+  EXPECT_GE(d.used_idx(1), 1);
+}
+
+// Receive buffers of no length are given back empty, and the input goes into the next ones.
+TEST(VirtioConsole, EmptyReceiveBuffersAreSkipped) {
+  Driver d;
+  d.start();
+  d.write_desc(0, 0, Driver::buffer(0, 0), 0, kWrite, 0);
+  d.publish(0, 0);
+  d.write_desc(0, 1, Driver::buffer(0, 1), 2, kWrite, 0);
+  d.publish(0, 1);
+  const uint8_t text[] = {'o', 'k'};
+  EXPECT_EQ(d.console.receive(text), 2u);
+  ASSERT_EQ(d.used_idx(0), 2);
+  EXPECT_EQ(d.used_elem(0, 0), std::make_pair(0u, 0u));
+  EXPECT_EQ(d.used_elem(0, 1), std::make_pair(1u, 2u));
+}
+
+// Host input into a receive buffer outside guest RAM breaks the queue, and the driver is told so.
+TEST(VirtioConsole, ReceiveQueueBrokenByInputIsReported) {
+  Driver d;
+  d.start();
+  d.write_desc(0, 0, 0xfee00000, 64, kWrite, 0);
+  d.publish(0, 0);
+  const uint8_t c = 'x';
+  EXPECT_EQ(d.console.receive({&c, 1}), 0u);
+  EXPECT_TRUE(d.reg(kStatus) & kNeedsReset);
+  EXPECT_EQ(d.reg(kIntStatus) & 2u, 2u);
 }
 
 TEST(VirtioConsole, BufferOutsideRamBreaksTheQueueNotPassvm) {
