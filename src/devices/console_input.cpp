@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -65,7 +66,17 @@ bool ConsoleInput::filter(const uint8_t* in, size_t n, std::vector<uint8_t>& out
 }
 
 void ConsoleInput::run() {
-  confine::enter(confine::ThreadClass::Console, "pv-console");
+  // An exception leaving a thread ends the process: one from the sink (a device that reports a broken
+  // queue on a stderr that cannot be written, say) ends the guest's input only.
+  try {
+    confine::enter(confine::ThreadClass::Console, "pv-console");
+    pump();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "passvm: console input stopped: %s\n", e.what());
+  }
+}
+
+void ConsoleInput::pump() {
   std::vector<uint8_t> pending;
   std::array<uint8_t, 256> buf{};
   bool input_open = in_fd_ >= 0;

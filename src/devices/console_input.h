@@ -39,6 +39,7 @@ class ConsoleInput {
 
  private:
   void run();
+  void pump();  // run()'s loop
   // Applies the escape sequence to terminal input; returns false when the user asked to quit.
   bool filter(const uint8_t* in, size_t n, std::vector<uint8_t>& out);
 

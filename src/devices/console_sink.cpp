@@ -19,15 +19,16 @@ namespace {
 std::atomic<int> shared_guest_fd{-1};
 std::atomic<bool> guest_mid_line{false};
 
-// An error drops the rest: neither the guest nor a message may stall on the console.
+// An error drops the rest: neither the guest nor a message may stall on the console. So does an
+// interruption: the one signal that interrupts a passvm thread is a vCPU's kick (the others are blocked
+// and read from a signalfd), which asks it to stop or pause, and a vCPU blocked here on a terminal or
+// pipe that nobody reads must still do so.
 void write_all(int fd, const char* data, size_t size) {
   size_t done = 0;
   while (done < size) {
     ssize_t r = ::write(fd, data + done, size - done);
-    if (r > 0)
-      done += static_cast<size_t>(r);
-    else if (r == 0 || errno != EINTR)
-      return;
+    if (r <= 0) return;
+    done += static_cast<size_t>(r);
   }
 }
 

@@ -3,9 +3,13 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -59,6 +63,42 @@ TEST_F(SharedFile, OutputToAnotherDescriptorIsNotWatched) {
   fprintf(messages, "m\n");
   EXPECT_EQ(contents(), "halfm\n");
   fclose(messages);
+}
+
+// A vCPU writing the guest's output to a pipe nobody reads is blocked in write(); the kick that asks it
+// to stop or pause (a signal without SA_RESTART) must end that write, not have it tried again for ever.
+TEST(GuestOutput, AnInterruptedWriteToAStalledPipeEnds) {
+  int p[2];
+  ASSERT_EQ(pipe2(p, O_CLOEXEC), 0);
+  fcntl(p[1], F_SETFL, O_NONBLOCK);
+  std::string block(65536, 'x');
+  while (write(p[1], block.data(), block.size()) > 0) {
+  }
+  fcntl(p[1], F_SETFL, 0);  // full, and blocking again, as a terminal or pipe the guest prints to
+  struct sigaction sa {}, old {};
+  sa.sa_handler = [](int) {};
+  sa.sa_flags = 0;  // as the vCPUs' kick: no SA_RESTART
+  ASSERT_EQ(sigaction(SIGRTMIN + 1, &sa, &old), 0);
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    write_guest_output(p[1], "more guest output\n");
+    done = true;
+  });
+  for (int i = 0; i < 50 && !done; i++) {  // until the signal finds it in write()
+    pthread_kill(writer.native_handle(), SIGRTMIN + 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  bool ended = done;
+  fcntl(p[0], F_SETFL, O_NONBLOCK);
+  while (!done) {  // a write still blocked ends once the pipe has room
+    char buf[65536];
+    if (read(p[0], buf, sizeof buf) <= 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  writer.join();
+  EXPECT_TRUE(ended) << "the write was tried again after the kick, and blocked";
+  close(p[0]);
+  close(p[1]);
+  sigaction(SIGRTMIN + 1, &old, nullptr);
 }
 
 TEST(MessagesOnTheirOwnLines, DifferentFilesGetNoStream) {

@@ -41,7 +41,12 @@ class I8042 : public BusDevice {
   uint8_t read_data();
   bool command(uint8_t cmd);  // returns true when the reset command came
   void data(uint8_t value);
-  void push(uint8_t byte, bool aux) { out_.push_back({byte, aux}); }
+  // The chip holds one byte; a few more are kept for bursts (Linux's i8042_flush reads up to 16), and a
+  // guest that writes without reading must not grow passvm's memory: beyond them bytes are dropped.
+  static constexpr size_t kMaxOut = 16;
+  void push(uint8_t byte, bool aux) {
+    if (out_.size() < kMaxOut) out_.push_back({byte, aux});
+  }
   void update_irqs();
 
   std::function<void()> on_reset_;

@@ -305,7 +305,6 @@ VcpuExitStats Vcpu::stats() const {
 }
 
 void Vcpu::run_loop() {
-  confine::enter(confine::ThreadClass::Vcpu, fmt::format("vcpu{}", index_));
   GiveWay::Installed give_way(give_way_);
   // The machine may have blocked signals in the thread that created this one; the kick must get through.
   sigset_t set;
@@ -321,6 +320,8 @@ void Vcpu::run_loop() {
     }
   } ended{*this};
   try {
+    // A filter the kernel refuses stops the machine with the reason, as any failure here does.
+    confine::enter(confine::ThreadClass::Vcpu, fmt::format("vcpu{}", index_));
     while (!stopping_.load()) {
       park_if_asked();
       if (stopping_.load()) break;
