@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
@@ -94,7 +95,15 @@ HttplibListener::HttplibListener(const std::string& path, ServerSetup setup) : s
   // fails at once (EAGAIN) rather than waiting: a burst of requests would see refusals.
   listen(listen_fd_, SOMAXCONN);
   thread_ = std::thread([this] {
-    if (setup_.on_listener_thread) setup_.on_listener_thread();
+    // The thread's confinement failing must end its serving, not the process (an exception leaving a
+    // thread aborts): the API then answers nobody, and says why.
+    try {
+      if (setup_.on_listener_thread) setup_.on_listener_thread();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "passvm: the API serves no requests: %s\n", e.what());
+      listen_returned_ = true;
+      return;
+    }
     http_.listen_after_bind();
     listen_returned_ = true;
   });

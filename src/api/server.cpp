@@ -45,6 +45,7 @@ using Kind = ControlError::Kind;
 
 constexpr std::string_view kRoot = "/api/v1/";
 constexpr size_t kMaxBody = 4 << 20;  // cloud-hypervisor's HTTP_PAYLOAD_MAX_SIZE
+constexpr int kMaxBodyDepth = 64;
 
 using Reply = http::Response;
 
@@ -203,9 +204,17 @@ http::Response dispatch(VmControl& control, const http::Request& req) {
   if (ep.body == Endpoint::Body::Required) {
     if (req.body.empty()) return error_reply(400, fmt::format("{} needs a JSON body", name));
     try {
-      body = json::parse(req.body);
+      // No request of this API nests deeper than a few levels; a body that does is refused before
+      // anything walks it.
+      body = json::parse(req.body, [](int depth, json::parse_event_t, json&) {
+        if (depth > kMaxBodyDepth)
+          throw std::invalid_argument(fmt::format("it nests deeper than {} levels", kMaxBodyDepth));
+        return true;
+      });
     } catch (const json::exception& e) {
       return error_reply(400, fmt::format("the body is not JSON: {}", e.what()));
+    } catch (const std::invalid_argument& e) {
+      return error_reply(400, fmt::format("the body is refused: {}", e.what()));
     }
   }
   try {

@@ -102,6 +102,19 @@ TEST_F(ApiServer, PowerButtonReachesABootedVmOnly) {
   EXPECT_EQ(call("GET", "vm.power-button").status, 400);
 }
 
+// Bodies nested absurdly deep, or with a container where a string belongs: a 400 naming the problem,
+// and passvm answers on (printing such a value in the message once took the request thread's stack).
+TEST_F(ApiServer, DeeplyNestedBodiesAreRefused) {
+  std::string deep = R"({"id": )" + std::string(100000, '[') + std::string(100000, ']') + "}";
+  HttpReply r = call("PUT", "vm.remove-device", deep);
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.message().find("nests deeper than 64 levels"), std::string::npos) << r.body;
+  HttpReply shallow = call("PUT", "vm.remove-device", R"({"id": [[1, 2], {"a": [3]}]})");
+  EXPECT_EQ(shallow.status, 400);
+  EXPECT_EQ(shallow.message().rfind("id: expected a string, got array", 0), 0u) << shallow.body;
+  EXPECT_EQ(call("GET", "vmm.ping").status, 200);
+}
+
 TEST_F(ApiServer, InfoSurvivesPathsThatAreNotUtf8) {
   MachineConfig c;  // as the command line may give it: JSON cannot carry the byte as it is
   c.kernel = "/boot/vmlinuz-\xff";

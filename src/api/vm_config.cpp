@@ -55,6 +55,10 @@ bool requested(const json* value) {
   return true;  // an object
 }
 
+// A value as an error message shows it: scalars as they are, containers by their type (printing a
+// container recurses, and a body nested a hundred thousand deep would take the thread's stack with it).
+std::string shown(const json& v) { return v.is_primitive() ? v.dump() : std::string(v.type_name()); }
+
 const json* object_member(const json& object, std::string_view key, std::string_view path) {
   const json* v = member(object, key);
   if (v && !v->is_object()) refuse(path, fmt::format("expected an object, got {}", v->type_name()));
@@ -65,21 +69,21 @@ std::optional<uint64_t> unsigned_member(const json& object, std::string_view key
   const json* v = member(object, key);
   if (!v) return std::nullopt;
   if (!v->is_number_unsigned() && !(v->is_number_integer() && v->get<int64_t>() >= 0))
-    refuse(path, fmt::format("expected a non-negative integer, got {}", v->dump()));
+    refuse(path, fmt::format("expected a non-negative integer, got {}", shown(*v)));
   return v->get<uint64_t>();
 }
 
 std::optional<bool> bool_member(const json& object, std::string_view key, std::string_view path) {
   const json* v = member(object, key);
   if (!v) return std::nullopt;
-  if (!v->is_boolean()) refuse(path, fmt::format("expected true or false, got {}", v->dump()));
+  if (!v->is_boolean()) refuse(path, fmt::format("expected true or false, got {}", shown(*v)));
   return v->get<bool>();
 }
 
 std::optional<std::string> string_member(const json& object, std::string_view key, std::string_view path) {
   const json* v = member(object, key);
   if (!v) return std::nullopt;
-  if (!v->is_string()) refuse(path, fmt::format("expected a string, got {}", v->dump()));
+  if (!v->is_string()) refuse(path, fmt::format("expected a string, got {}", shown(*v)));
   return v->get<std::string>();
 }
 
@@ -386,6 +390,7 @@ MachineConfig parse_vm_config(const json& body) {
   cfg.pvpanic = bool_member(body, "pvpanic", "pvpanic").value_or(false);
   parse_pci_segments(body);
   parse_devices(body, p2p, cfg);
+  cfg.p2p = p2p;  // for devices vm.add-device brings later
   return cfg;
 }
 
@@ -419,7 +424,7 @@ json vm_config_json(const MachineConfig& cfg) {
       {"pvpanic", cfg.pvpanic},
   };
   json devices = json::array();
-  bool p2p = true;
+  bool p2p = cfg.p2p;
   for (const auto& s : cfg.slots) {
     if (s.emulation != "passthru") continue;
     std::string host = s.config;
