@@ -18,7 +18,7 @@
 # lab-expect: api.ping api.state.running api.counters api.pause api.state.paused api.err.pause_twice api.resume
 # lab-expect: api.err.nodriver api.err.hostdriver api.err.unknown_id
 # lab-expect: api.add1 api.remove1 api.host1 api.add2 api.err.add_twice api.remove2 api.add3 api.remove3 api.host3 api.add4 api.remove4
-# lab-expect: api.powerbutton pva.powerbutton api.err.powerbutton_off
+# lab-expect: api.powerbutton pva.powerbutton api.err.powerbutton_off api.shutdown_config
 # lab-expect: api.state.shutdown api.shutdown api.exit api.final
 # lab-expect: pva.vmm pva.boot pva.ticker pva.hot1.add pva.hot1.nvme pva.hot1.gone pva.hot1 pva.hot2.add pva.hot2.nvme pva.hot2.gone pva.hot2
 # lab-expect: pva.hot3.add pva.hot3.ping pva.hot3.gone pva.hot3 pva.hot4.add pva.hot4.ping pva.hot4.gone pva.hot4
@@ -164,6 +164,14 @@ run_main() {
     if [[ $s == Shutdown ]] && hp_running; then result api.state.shutdown pass state="$s"
     else result api.state.shutdown fail detail="after L2's power-off: state '$s', passvm running: $(hp_running && echo yes || echo no)"; fi
     refused api.err.powerbutton_off "pressing the power button of a VM that is shut down" power-button
+    # A VM that is shut down keeps its config, which devices may join and leave before the next boot.
+    local added removed
+    added=$(pvr add-device $HP_NVME --id cold 2>"$HP_ERR"); rc=$?
+    if [[ $rc != 0 ]]; then result api.shutdown_config fail detail="add-device while Shutdown exited $rc: $(hp_err)"
+    elif [[ $(pvr info --json 2>/dev/null | grep -c '"cold"') == 0 ]]; then result api.shutdown_config fail detail="add-device said '$added', but info does not list 'cold'"
+    elif ! removed=$(pvr remove-device cold 2>"$HP_ERR"); then result api.shutdown_config fail detail="remove-device while Shutdown failed: $(hp_err)"
+    elif [[ $(pvr info --json 2>/dev/null | grep -c '"cold"') != 0 ]]; then result api.shutdown_config fail detail="remove-device said '$removed', but info still lists 'cold'"
+    else result api.shutdown_config pass; fi
     out=$(pvr shutdown-vmm 2>"$HP_ERR"); rc=$?
     if [[ $rc == 0 ]]; then result api.shutdown pass
     else result api.shutdown fail detail="shutdown-vmm exited $rc: $(hp_err)"; fi

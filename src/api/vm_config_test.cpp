@@ -229,6 +229,16 @@ TEST(ApiVmConfig, DevicesTakeIdsAndPeerToPeerSetting) {
   EXPECT_FALSE(c.slots[1].p2p);
 }
 
+// With no devices at vm.create, the setting is kept for those vm.add-device brings, and vm.info says it.
+TEST(ApiVmConfig, PeerToPeerSettingOutlivesAnEmptyDeviceList) {
+  json body = minimal();
+  body["platform"] = {{"vfio_p2p_dma", false}};
+  MachineConfig c = parse_vm_config(body);
+  EXPECT_FALSE(c.p2p);
+  EXPECT_EQ(vm_config_json(c)["platform"]["vfio_p2p_dma"], false);
+  EXPECT_TRUE(parse_vm_config(minimal()).p2p);
+}
+
 TEST(ApiVmConfig, DuplicateDevicesAreConflicts) {
   json body = minimal();
   body["devices"] = {{{"path", "0000:00:04.0"}, {"id", "a"}}, {{"path", "0000:00:05.0"}, {"id", "a"}}};

@@ -38,6 +38,7 @@ struct MachineConfig {
   bool verbose = false;         // say what is being set up, with timings
   bool unpack_on_host = true;
   bool pvpanic = true;          // the pvpanic device: a guest's panic is reported (the command line stops on it)
+  bool p2p = true;              // the API's platform.vfio_p2p_dma: what devices added later get (SlotConfig::p2p)
 };
 
 }  // namespace passvm

@@ -176,8 +176,9 @@ void Vmm::do_shutdown() {
 }
 
 std::shared_future<void> Vmm::do_remove_device(const std::string& id) {
-  require({VmState::Created, VmState::Running}, "remove a device from");
-  if (state_ == VmState::Created) {
+  // Shut down, as created: the config is edited for the next boot (cloud-hypervisor's rule too).
+  require({VmState::Created, VmState::Shutdown, VmState::Running}, "remove a device from");
+  if (!machine_) {
     auto it = std::find_if(config_.slots.begin(), config_.slots.end(), [&](const SlotConfig& s) { return s.id == id; });
     if (it == config_.slots.end() || it->emulation != "passthru")
       throw ControlError(Kind::NotFound, fmt::format("no device with id '{}' in the VM", id));
@@ -409,7 +410,7 @@ VmInfo Vmm::info() {
 }
 DeviceInfo Vmm::add_device(const std::string& host, const std::string& id) {
   return on_loop<DeviceInfo>([&] {
-    require({VmState::Created, VmState::Running, VmState::Paused}, "add a device to");
+    require({VmState::Created, VmState::Shutdown, VmState::Running, VmState::Paused}, "add a device to");
     const MachineConfig& now = machine_ ? machine_->config() : config_;
     vfio::Bdf bdf;
     try {
@@ -429,6 +430,7 @@ DeviceInfo Vmm::add_device(const std::string& host, const std::string& id) {
     added.emulation = "passthru";
     added.config = bdf.str();
     added.id = id;
+    added.p2p = now.p2p;  // the API's platform.vfio_p2p_dma, or the command line's default
     probe.slots.push_back(added);
     fill_in_devices(probe);
     SlotConfig s = probe.slots.back();

@@ -116,6 +116,16 @@ TEST_F(VmmTest, BadConfigsAreBadRequests) {
   EXPECT_EQ(vmm_.info().state, VmState::NotCreated);
 }
 
+// platform.vfio_p2p_dma: false at vm.create holds for a device added afterwards.
+TEST_F(VmmTest, AnAddedDeviceTakesTheVmsPeerToPeerSetting) {
+  MachineConfig c = config();
+  c.p2p = false;
+  vmm_.create(c);
+  vmm_.add_device("0000:03:00.0", "disk");
+  ASSERT_FALSE(vmm_.info().config.slots.empty());
+  EXPECT_FALSE(vmm_.info().config.slots.back().p2p);
+}
+
 TEST_F(VmmTest, DevicesJoinAndLeaveACreatedVm) {
   vmm_.create(config());
   DeviceInfo a = vmm_.add_device("0000:03:00.0", "disk");
