@@ -20,7 +20,16 @@ ConsoleInput::ConsoleInput(int in_fd, ConsoleSink& sink, std::function<void()> o
     : in_fd_(in_fd), sink_(sink), on_quit_(std::move(on_quit)) {
   stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (stop_fd_ < 0) throw std::runtime_error(std::string("console input: eventfd: ") + std::strerror(errno));
-  if (in_fd_ >= 0 && isatty(in_fd_) && tcgetattr(in_fd_, &saved_) == 0) {
+  // A terminal whose foreground is another process group (passvm started with `&`): setting its mode,
+  // or reading it, would have the kernel stop all of passvm (SIGTTOU, SIGTTIN), the guest and the API
+  // with it. Output still goes there; input is left off.
+  // (tcgetpgrp fails for a terminal that is not passvm's controlling one: no job control applies there.)
+  pid_t foreground = in_fd_ >= 0 && isatty(in_fd_) ? tcgetpgrp(in_fd_) : -1;
+  if (foreground >= 0 && foreground != getpgrp()) {
+    background_ = true;
+    std::fprintf(stderr, "passvm: the console's terminal is another process group's (passvm runs in the "
+                 "background): the guest gets no input from it\n");
+  } else if (in_fd_ >= 0 && isatty(in_fd_) && tcgetattr(in_fd_, &saved_) == 0) {
     terminal_ = true;
     termios raw = saved_;
     cfmakeraw(&raw);
@@ -79,7 +88,7 @@ void ConsoleInput::run() {
 void ConsoleInput::pump() {
   std::vector<uint8_t> pending;
   std::array<uint8_t, 256> buf{};
-  bool input_open = in_fd_ >= 0;
+  bool input_open = in_fd_ >= 0 && !background_;
   for (;;) {
     std::array<pollfd, 3> fds{{
         {stop_fd_, POLLIN, 0},

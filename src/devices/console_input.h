@@ -48,6 +48,7 @@ class ConsoleInput {
   std::function<void()> on_quit_;
   int stop_fd_ = -1;
   bool terminal_ = false;
+  bool background_ = false;  // in_fd_ is a terminal passvm is in the background of: not read
   bool escape_seen_ = false;
   termios saved_{};
   std::atomic<bool> raw_{false};

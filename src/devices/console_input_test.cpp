@@ -3,6 +3,9 @@
 
 #include <fcntl.h>
 #include <pty.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -98,6 +101,41 @@ TEST(ConsoleInput, TerminalGoesRawAndIsRestored) {
   ASSERT_EQ(tcgetattr(slave, &after), 0);
   EXPECT_EQ(after.c_lflag, before.c_lflag);
   EXPECT_EQ(after.c_iflag, before.c_iflag);
+  close(master);
+  close(slave);
+}
+
+// passvm started in the background of the terminal its console is on (`passvm --api-socket S &`): taking
+// that terminal's input (raw mode, reads) would get the whole process stopped by SIGTTOU or SIGTTIN.
+TEST(ConsoleInput, ABackgroundProcessLeavesItsTerminalAlone) {
+  int master = -1, slave = -1;
+  ASSERT_EQ(openpty(&master, &slave, nullptr, nullptr, nullptr), 0);
+  pid_t leader = fork();
+  ASSERT_GE(leader, 0);
+  if (leader == 0) {  // a session whose terminal is the pty, as a login shell's
+    if (setsid() < 0 || ioctl(slave, TIOCSCTTY, 0) < 0) _exit(10);
+    pid_t job = fork();
+    if (job < 0) _exit(11);
+    if (job == 0) {  // a background job of that shell
+      setpgid(0, 0);
+      Uart16550 uart(-1, {});
+      { ConsoleInput input(slave, uart); }
+      _exit(0);
+    }
+    setpgid(job, job);
+    int st = 0;
+    waitpid(job, &st, WUNTRACED);
+    if (WIFSTOPPED(st)) {
+      kill(job, SIGKILL);
+      waitpid(job, &st, 0);
+      _exit(1);
+    }
+    _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 12);
+  }
+  int st = 0;
+  ASSERT_EQ(waitpid(leader, &st, 0), leader);
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 0) << "1: the job was stopped by its terminal";
   close(master);
   close(slave);
 }

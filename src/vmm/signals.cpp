@@ -41,7 +41,13 @@ void SignalWatcher::on_stats(std::function<void()> fn) {
 }
 
 void SignalWatcher::loop() {
-  confine::enter(confine::ThreadClass::Signals, "pv-signals");
+  try {
+    confine::enter(confine::ThreadClass::Signals, "pv-signals");
+  } catch (const std::exception& e) {
+    // Unconfined it would not run, and nothing would read the signals: the VMM stops, saying why.
+    ctl_.request(ExitReason::InternalError, fmt::format("the signal thread cannot start: {}", e.what()));
+    return;
+  }
   for (;;) {
     pollfd fds[2] = {{sfd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
     if (poll(fds, 2, -1) < 0) {
