@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
     confine::configure(parsed.seccomp, drop);
     // The Vmm next: it blocks the signals it watches, and every thread started later inherits that.
     passvm::Vmm vmm(!parsed.api_socket.empty());
+    vmm.set_api_defaults(parsed.config ? *parsed.config : parsed.api_defaults);
     vmm.set_confinement([&user, memlock] {
       if (user) confine::drop_to(*user, memlock);
       confine::enter(confine::ThreadClass::Control);

@@ -200,6 +200,8 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
       if (app.count(opt) > 0)
         return fail(fmt::format("{} describes a VM, but no --kernel was given: give --kernel too, or leave the VM to "
                                 "vm.create on the API socket", opt));
+    cfg.unpack_on_host = !guest_decompress;
+    result.api_defaults = cfg;
     result.run = true;
     return result;
   }

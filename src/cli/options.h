@@ -24,6 +24,7 @@ struct ParseResult {
   std::optional<MachineConfig> config;  // set when a VM was given on the command line
   bool run = false;                     // passvm should run (a VM, an API socket, or both)
   std::string api_socket;               // --api-socket PATH: serve the API there (config may then be empty)
+  MachineConfig api_defaults;           // the name, -v, --stats, --guest-decompress: for vm.create's VMs
   confine::SeccompMode seccomp = confine::SeccompMode::Kill;  // --seccomp on|log|off
   std::string user;                     // --user NAME: drop to this user once the VM's files are open
   std::string message;                  // help/version text, or the error

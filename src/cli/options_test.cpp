@@ -129,6 +129,20 @@ TEST(CommandLine, AnApiSocketAloneRunsWithoutAVm) {
   EXPECT_FALSE(parse({"--help"}).run);
 }
 
+// -v, --stats, --guest-decompress and the name say how passvm runs any VM: with no VM on the command line
+// they are kept for those vm.create brings, not dropped.
+TEST(CommandLine, OptionsForEveryVmAreKeptForTheApisVms) {
+  auto a = parse({"--api-socket", "/run/pv.sock", "-v", "--stats", "--guest-decompress", "web1"});
+  ASSERT_TRUE(a.run) << a.message;
+  EXPECT_TRUE(a.api_defaults.verbose);
+  EXPECT_TRUE(a.api_defaults.stats);
+  EXPECT_FALSE(a.api_defaults.unpack_on_host);
+  EXPECT_EQ(a.api_defaults.name, "web1");
+  auto b = parse({"--api-socket", "/run/pv.sock"});
+  EXPECT_FALSE(b.api_defaults.verbose);
+  EXPECT_TRUE(b.api_defaults.unpack_on_host);
+}
+
 TEST(CommandLine, SeccompIsOnByDefaultAndNamesItsChoices) {
   auto d = parse({"--kernel", "k"});
   EXPECT_EQ(d.seccomp, confine::SeccompMode::Kill);

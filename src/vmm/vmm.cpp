@@ -115,6 +115,12 @@ void Vmm::require(std::initializer_list<VmState> allowed, const char* action) co
 void Vmm::do_create(const MachineConfig& config, bool from_api) {
   require({VmState::NotCreated}, "create");
   MachineConfig cfg = config;
+  if (from_api) {
+    cfg.name = api_defaults_.name;
+    cfg.verbose = api_defaults_.verbose;
+    cfg.stats = api_defaults_.stats;
+    cfg.unpack_on_host = api_defaults_.unpack_on_host;
+  }
   if (cfg.kernel.empty()) throw ControlError(Kind::BadRequest, "payload.kernel: the VM needs a kernel to boot");
   // A request is answered at once; the command line's VM gets the machine's own messages when it boots.
   for (const std::string* f : {&cfg.kernel, &cfg.initrd})

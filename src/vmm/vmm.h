@@ -56,6 +56,9 @@ class Vmm final : public VmControl {
   // first machine is built and before its vCPUs start; with the API and no VM yet, when run() begins.
   // If it throws, the machine is not started and run() returns 1.
   void set_confinement(std::function<void()> fn) { confine_ = std::move(fn); }
+  // What the command line says of every VM (its name, -v, --stats, --guest-decompress), for those
+  // vm.create describes: the API has no fields for them. Set before run().
+  void set_api_defaults(const MachineConfig& d) { api_defaults_ = d; }
 
   // The control loop. `initial` is created and booted first (the command line's VM); if that fails the
   // error is printed and run() returns 1. Returns the process's exit status.
@@ -90,6 +93,7 @@ class Vmm final : public VmControl {
 
   bool api_;
   std::function<void()> confine_;  // run once, then emptied
+  MachineConfig api_defaults_;
   void confine_once();
   ExitControl process_;  // signals, Ctrl-A x, vmm.shutdown: the process ends
   SignalWatcher signals_{process_};

@@ -116,6 +116,21 @@ TEST_F(VmmTest, BadConfigsAreBadRequests) {
   EXPECT_EQ(vmm_.info().state, VmState::NotCreated);
 }
 
+// The command line's -v, --stats, --guest-decompress and name apply to a VM vm.create describes.
+TEST_F(VmmTest, AnApiVmTakesTheCommandLinesDefaults) {
+  MachineConfig d;
+  d.name = "web1";
+  d.verbose = d.stats = true;
+  d.unpack_on_host = false;
+  vmm_.set_api_defaults(d);
+  vmm_.create(config());
+  MachineConfig c = vmm_.info().config;
+  EXPECT_EQ(c.name, "web1");
+  EXPECT_TRUE(c.verbose);
+  EXPECT_TRUE(c.stats);
+  EXPECT_FALSE(c.unpack_on_host);
+}
+
 // platform.vfio_p2p_dma: false at vm.create holds for a device added afterwards.
 TEST_F(VmmTest, AnAddedDeviceTakesTheVmsPeerToPeerSetting) {
   MachineConfig c = config();
