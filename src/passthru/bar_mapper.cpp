@@ -182,15 +182,6 @@ void BarMapper::set_command(uint16_t command) {
   update();
 }
 
-void BarMapper::refuse(const std::string& what) {
-  // A guest that keeps misplacing a BAR must not flood the host's logs: the first few say why, the
-  // rest are counted (--stats: refused=N).
-  refused_++;
-  if (refused_ <= kRefusalsPrinted) fmt::print(stderr, "passvm: {}: {}\n", name_, what);
-  if (refused_ == kRefusalsPrinted)
-    fmt::print(stderr, "passvm: {}: further placements passvm cannot map are only counted (--stats: refused)\n", name_);
-}
-
 void BarMapper::update_rom() {
   if (!rom_) return;
   const uint64_t at = rom_->address();

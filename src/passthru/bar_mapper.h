@@ -31,6 +31,7 @@
 #include "passthru/peer_dma.h"
 #include "passthru/platform.h"
 #include "passthru/rom.h"
+#include "passthru/warning_limit.h"
 #include "pci/pci_device.h"
 #include "vfio/device.h"
 
@@ -84,7 +85,7 @@ class BarMapper {
   bool is_io(int bar) const { return bars_.at(static_cast<size_t>(bar)).kind == pci::BarKind::Io; }
   const BarLayout& layout(int bar) const { return bars_.at(static_cast<size_t>(bar)).layout; }
   uint64_t remaps() const { return remaps_; }
-  uint64_t refused() const { return refused_; }
+  uint64_t refused() const { return refusals_.count(); }
   // Returns once the BAR areas queued for peer-to-peer DMA are in the IOMMU (peer_dma.h).
   void wait_peer_dma();
   // Every BAR out of the IOMMU and no more peer-to-peer mapping, before the device stops decoding: the
@@ -151,9 +152,10 @@ class BarMapper {
   std::unique_ptr<RomBar> rom_;
   std::array<uint8_t, 0x24> regs_{};  // config 0x10-0x33 as the guest reads it
   uint16_t command_ = 0;
-  uint64_t remaps_ = 0, refused_ = 0;
-  static constexpr uint64_t kRefusalsPrinted = 8;
-  void refuse(const std::string& what);
+  uint64_t remaps_ = 0;
+  // A guest that keeps misplacing a BAR must not flood the host's logs (warning_limit.h).
+  WarningLimit refusals_{name_, "placements passvm cannot map", "refused"};
+  void refuse(const std::string& what) { refusals_.say(what); }
 };
 
 }  // namespace passvm::passthru

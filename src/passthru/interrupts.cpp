@@ -29,7 +29,7 @@ Interrupts::Interrupts(vfio::Device& dev, Platform& platform, std::string name, 
       name_(std::move(name)),
       lock_(lock),
       epoll_fd_(watcher_epoll(watcher_thread)),
-      warn_(name_),
+      warn_(name_, "interrupt warnings", "interrupt warnings"),
       msi_(platform, warn_, name_, "MSI", epoll_fd_, kMsiTag),
       msix_(platform, warn_, name_, "MSI-X", epoll_fd_, kMsixTag) {
   if (!watcher_thread) return;

@@ -1,12 +1,12 @@
-// passthru: WarningLimit, what one device says about its interrupts on stderr.
+// passthru: WarningLimit, what one device says on stderr about one kind of trouble.
 //
-// Most of these messages come from something the guest did (enabled MSI while MSI-X was on, unmasked a
-// vector the host cannot supply, programmed a message that is no interrupt), and a guest can do it again
+// Most of these messages come from something the guest did (placed a BAR where it cannot be mapped,
+// enabled MSI while MSI-X was on, unmasked a vector the host cannot supply), and a guest can do it again
 // and again, once per exit. The host's logs must not fill up: the first kPrinted messages are printed,
-// the rest only counted (--stats: interrupt warnings).
+// the rest only counted (in --stats, under the name the owner gives).
 //
-// Lifetime: owned by Interrupts, shared by reference with its Vectors; say() is called with the device's
-// lock held, count() from anywhere.
+// Lifetime: owned by what it speaks for (BarMapper's placements; Interrupts', shared by reference with
+// its Vectors); say() is called with the device's lock held, count() from anywhere.
 #pragma once
 
 #include <atomic>
@@ -22,19 +22,20 @@ class WarningLimit {
  public:
   static constexpr uint64_t kPrinted = 8;
 
-  explicit WarningLimit(std::string name) : name_(std::move(name)) {}
+  // name: the device; the rest: "further <what_follows> are only counted (--stats: <stats_name>)".
+  WarningLimit(std::string name, std::string what_follows, std::string stats_name)
+      : name_(std::move(name)), what_follows_(std::move(what_follows)), stats_name_(std::move(stats_name)) {}
 
   void say(const std::string& what) {
     uint64_t n = ++count_;
     if (n <= kPrinted) fmt::print(stderr, "passvm: {}: {}\n", name_, what);
     if (n == kPrinted)
-      fmt::print(stderr, "passvm: {}: further interrupt warnings are only counted (--stats: interrupt warnings)\n",
-                 name_);
+      fmt::print(stderr, "passvm: {}: further {} are only counted (--stats: {})\n", name_, what_follows_, stats_name_);
   }
   uint64_t count() const { return count_.load(); }
 
  private:
-  std::string name_;
+  std::string name_, what_follows_, stats_name_;
   std::atomic<uint64_t> count_{0};
 };
 
