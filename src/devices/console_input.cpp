@@ -24,12 +24,13 @@ ConsoleInput::ConsoleInput(int in_fd, ConsoleSink& sink, std::function<void()> o
   // or reading it, would have the kernel stop all of passvm (SIGTTOU, SIGTTIN), the guest and the API
   // with it. Output still goes there; input is left off.
   // (tcgetpgrp fails for a terminal that is not passvm's controlling one: no job control applies there.)
-  pid_t foreground = in_fd_ >= 0 && isatty(in_fd_) ? tcgetpgrp(in_fd_) : -1;
+  const bool tty = in_fd_ >= 0 && isatty(in_fd_);
+  pid_t foreground = tty ? tcgetpgrp(in_fd_) : -1;
   if (foreground >= 0 && foreground != getpgrp()) {
     background_ = true;
     std::fprintf(stderr, "passvm: the console's terminal is another process group's (passvm runs in the "
                  "background): the guest gets no input from it\n");
-  } else if (in_fd_ >= 0 && isatty(in_fd_) && tcgetattr(in_fd_, &saved_) == 0) {
+  } else if (tty && tcgetattr(in_fd_, &saved_) == 0) {
     terminal_ = true;
     termios raw = saved_;
     cfmakeraw(&raw);

@@ -205,7 +205,7 @@ bool BarMapper::acceptable(const Bar& b, uint64_t address) const {
   }
   for (const Bar& o : bars_) {
     if (&o == &b || o.index < 0 || !o.mapped_at || (o.kind == pci::BarKind::Io) != io) continue;
-    if (overlaps(address, b.size, *o.mapped_at, o.tail_claimed ? std::max(o.size, page_size_) : o.size)) return false;
+    if (overlaps(address, b.size, *o.mapped_at, o.tail_claimed ? page_size_ : o.size)) return false;
   }
   return true;
 }
@@ -213,7 +213,7 @@ bool BarMapper::acceptable(const Bar& b, uint64_t address) const {
 std::optional<uint64_t> BarMapper::memory_placement(const Bar& b) const {
   if (b.index < 0 || b.kind == pci::BarKind::Io) return std::nullopt;
   if (b.mapped_at) return b.mapped_at;
-  if (command_ & 2) return b.address;
+  if (decoding(b)) return b.address;
   return std::nullopt;
 }
 
@@ -222,7 +222,7 @@ void BarMapper::update() {
   // place free, whatever their order.
   for (Bar& b : bars_) {
     if (b.index < 0 || !b.mapped_at) continue;
-    bool want = command_ & (b.kind == pci::BarKind::Io ? 1 : 2);
+    bool want = decoding(b);
     if (!want || b.mapped_at != b.address) unmap(b);
   }
   // A BAR mapped as a whole page into which another BAR now goes is trapped instead, and one trapped
@@ -233,7 +233,7 @@ void BarMapper::update() {
   }
   for (Bar& b : bars_) {
     if (b.index < 0 || b.mapped_at) continue;
-    bool want = command_ & (b.kind == pci::BarKind::Io ? 1 : 2);
+    bool want = decoding(b);
     if (!want) continue;
     if (!acceptable(b, b.address)) {
       refuse(fmt::format("BAR {} at {:#x} (size {:#x}) lies outside the PCI windows or over another BAR; left "

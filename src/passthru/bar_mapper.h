@@ -129,6 +129,8 @@ class BarMapper {
   bool page_is_ours(const Bar& b, uint64_t address);
   // Where b is or is about to be in guest memory: mapped, or to be mapped (decoding on); none for I/O.
   std::optional<uint64_t> memory_placement(const Bar& b) const;
+  // Whether the command register has b's kind of decoding (I/O or memory) on.
+  bool decoding(const Bar& b) const { return command_ & (b.kind == pci::BarKind::Io ? 1 : 2); }
   // Whether another BAR of this device is or is about to be in the page at `address`.
   bool another_bar_in_page(const Bar& b, uint64_t address) const;
   void trap_whole_page_bar(Bar& b, uint64_t address, bool shared);

@@ -110,7 +110,6 @@ void Vectors::set(uint32_t i, uint64_t address, uint32_t data, bool masked) {
     if (!v.route_warned)
       warn_.say(fmt::format("cannot route {} vector {} to the guest ({}); kept masked", kind_, i, e.what()));
     v.route_warned = true;
-    route_failures++;
     park(i);
   }
 }

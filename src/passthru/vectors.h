@@ -64,7 +64,6 @@ class Vectors {
 
   std::atomic<uint64_t> masked_hits{0};   // interrupts that arrived on a parked vector
   std::atomic<uint64_t> routes_made{0};   // MSI routes allocated over the device's life
-  std::atomic<uint64_t> route_failures{0};  // unmasks KVM could not route (the vector stayed parked)
 
  private:
   struct Vector {
