@@ -1,11 +1,13 @@
 # A guest that does not let go: L2 boots without its ACPI hotplug driver (acpiphp.disable=1) and
 # with the NVMe given on passvm's command line (cold-plugged, so its driver still runs it). The API's
-# remove-device must then fail after passvm's eject wait with a message saying so, and the VM keep
+# vm.remove-device must answer 202 (asked, not yet ejected) within Kata's 5 s, and the client's
+# remove-device then fail after its eject wait with a message saying so, and the VM keep
 # running with the device. Then vm.reboot: the machine is torn down (the device reset and released) and
 # built again from its config, and L2 boots a second time and uses the NVMe again. A second passvm
-# asking for the NVMe meanwhile is refused (another process holds it) and keeps running. vmm.shutdown
+# asking for the NVMe meanwhile is refused (another process holds it) and keeps running. A removal
+# still pending when the VM shuts down is completed by the teardown: the config drops it. vmm.shutdown
 # then releases the device with the VM, and L1 uses it again.
-# lab-expect: pve.vmm pve.nvme pve.hold ej.refused ej.still_running ej.reboot ej.in_use ej.exit ej.host
+# lab-expect: pve.vmm pve.nvme pve.hold ej.accepted ej.refused ej.still_running ej.reboot ej.in_use ej.teardown ej.exit ej.host
 # lab-timeout: 600
 
 source "$LAB_DIR/scenarios/passvm-lib.sh"
@@ -21,6 +23,23 @@ run_l2 pve --timeout 360 -- \
     --kernel "$L2_KERNEL" --initrd "$L2_INITRD" --append "$(l2_append nvme,hold acpiphp.disable=1)" labvm &
 run=$!
 for _ in $(seq 600); do grep -q 'L2RESULT {"check":"hold"' "$CONSOLE" 2>/dev/null && break; kill -0 $run || break; sleep 0.5; done
+
+# The raw request, as Kata's client sends it: the status and how long the answer took.
+answer=$(timeout 30 /usr/bin/python3 - "$SOCK" <<'PY' 2>&1
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+body = b'{"id": "_vfio0"}'
+t = time.monotonic()
+s.sendall(b"PUT /api/v1/vm.remove-device HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+          b"Content-Length: %d\r\n\r\n" % len(body) + body)
+line = s.recv(4096).decode(errors="replace").split("\r\n")[0]
+print(line.split(" ")[1] if " " in line else line, round(time.monotonic() - t, 1))
+PY
+)
+read -r status seconds <<<"$answer"
+if [[ $status == 202 ]] && awk -v s="$seconds" 'BEGIN { exit !(s < 5) }'; then result ej.accepted pass seconds=$seconds
+else result ej.accepted fail detail="vm.remove-device answered '$answer' (status, seconds); expected 202 in under 5 s for a guest that does not eject"; fi
 
 t0=$(date +%s)
 out=$(pvr remove-device _vfio0 2>&1); rc=$?
@@ -59,6 +78,16 @@ timeout 30 "$PASSVM" remote --api-socket "$SOCK2" shutdown-vmm >/dev/null 2>&1
 wait $other; other_rc=$?
 if [[ $rc == 1 && $out == *"$NVME"* && $state == Running && $other_rc == 0 ]]; then result ej.in_use pass message="$out"
 else result ej.in_use fail detail="second passvm: add-device of the held NVMe exited $rc ($out), then state '$state', exit $other_rc; expected 1 with a message naming the device, Running, 0"; fi
+
+# A removal still pending when the machine is torn down is done by the teardown: the VM's config no
+# longer has the device, so a later boot would not bring it back.
+asked=$(pvr remove-device --wait 0 _vfio0 2>&1); rc=$?
+out=$(pvr shutdown 2>&1); down_rc=$?
+left=$(pvr --json info 2>&1 | /usr/bin/python3 -c 'import json, sys
+d = json.load(sys.stdin)
+print(d["state"], " ".join(x.get("id", "?") for x in d["config"].get("devices", [])) or "-")' 2>&1)
+if [[ $rc == 0 && $asked == *"has been asked"* && $down_rc == 0 && $left == "Shutdown -" ]]; then result ej.teardown pass
+else result ej.teardown fail detail="remove-device --wait 0 exited $rc ($asked), shutdown $down_rc ($out); state and devices after: '$left', expected 'Shutdown -'"; fi
 
 pvr shutdown-vmm >/dev/null 2>&1
 wait $run

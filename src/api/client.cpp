@@ -7,7 +7,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +17,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -67,7 +70,7 @@ std::string error_message(const Response& r) {
 
 Response request(const std::string& socket_path, const std::string& method, const std::string& endpoint,
                  const std::string& body = {}) {
-  // boot pins all guest RAM, remove-device waits for the guest to eject: both can take a while.
+  // boot pins all guest RAM, remove-device waits a few seconds for the guest to eject: both can take a while.
   http::SendResult res =
       http::module("the API client").send(socket_path, {method, "/api/v1/" + endpoint, body}, 5, 120);
   if (!res.sent) {
@@ -171,6 +174,22 @@ std::string create_body(const CreateOptions& o) {
   return json_text(body);
 }
 
+// After a 202 from vm.remove-device: polls vm.info until the device has left the VM.
+void wait_for_eject(const std::string& socket_path, const std::string& id, int seconds) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  for (;;) {
+    json info = json::parse(request(socket_path, "GET", "vm.info").body);
+    const json devices = info.at("config").value("devices", json::array());
+    if (std::none_of(devices.begin(), devices.end(), [&](const json& d) { return d.value("id", "") == id; })) return;
+    if (std::chrono::steady_clock::now() >= deadline)
+      throw Failure(fmt::format("the guest did not eject device '{}' within {} s; it stays in the VM, and goes when "
+                                "the guest lets go of it (is the guest's acpiphp hotplug driver there, or is the "
+                                "device in use?)",
+                                id, seconds));
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+}
+
 }  // namespace
 
 int remote_main(int argc, char** argv) {
@@ -206,11 +225,15 @@ int remote_main(int argc, char** argv) {
   for (const auto& s : simple) app.add_subcommand(s.command, s.help);
 
   std::string device, device_id, remove_id;
+  int remove_wait = 30;
   auto* add = app.add_subcommand("add-device", "Pass a host device through to the VM (hot-plugged when running)");
   add->add_option("DEVICE", device, "DDDD:BB:SS.F, or /sys/bus/pci/devices/DDDD:BB:SS.F/")->required();
   add->add_option("--id", device_id, "The id to refer to the device by (default: passvm's _vfioN)");
   auto* remove = app.add_subcommand("remove-device", "Take a device away from the VM (the guest ejects it)");
   remove->add_option("ID", remove_id, "The id add-device or info reported")->required();
+  remove->add_option("--wait", remove_wait, "Seconds to wait for the guest to let go (0: return once it is asked)")
+      ->check(CLI::Range(0, 3600))
+      ->capture_default_str();
 
   CreateOptions c;
   auto* create = app.add_subcommand("create", "Create the VM (boot it with `boot`)");
@@ -260,6 +283,16 @@ int remote_main(int argc, char** argv) {
       r = request(socket_path, "PUT", "vm.add-device", json_text(body));
     } else if (command == "remove-device") {
       r = request(socket_path, "PUT", "vm.remove-device", json_text({{"id", remove_id}}));
+      if (r.status == 202) {
+        if (remove_wait == 0) {
+          std::cout << fmt::format("the guest has been asked to eject '{}'; it leaves the VM when the guest lets go "
+                                   "of it (info lists it until then)\n",
+                                   remove_id);
+          return 0;
+        }
+        wait_for_eject(socket_path, remove_id, remove_wait);
+      }
+      return 0;
     } else {
       for (const auto& s : simple)
         if (command == s.command) r = request(socket_path, s.method, s.endpoint);

@@ -2,6 +2,7 @@
 // and exits with.
 #include "api/client.h"
 
+#include <algorithm>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -153,6 +154,35 @@ TEST_F(ApiRemote, ActionsAndTheirErrors) {
   EXPECT_EQ(control.state(), VmState::NotCreated);
   ASSERT_EQ(run({"shutdown-vmm"}), 0) << err;
   EXPECT_TRUE(control.vmm_shutdown_requested());
+}
+
+// vm.remove-device answered 202: the client waits for the device to leave vm.info, or says it did not.
+TEST_F(ApiRemote, RemoveDeviceWaitsForASlowEject) {
+  ASSERT_EQ(run({"create", "--kernel", "/k"}), 0) << err;
+  ASSERT_EQ(run({"boot"}), 0) << err;
+  ASSERT_EQ(run({"add-device", "0000:00:06.0"}), 0) << err;
+  control.eject_after_polls(3);
+  ASSERT_EQ(run({"remove-device", "_vfio0"}), 0) << err;
+  EXPECT_EQ(out, "");
+  EXPECT_TRUE(control.config().slots.empty());
+  auto calls = control.calls();
+  EXPECT_EQ(std::count(calls.begin(), calls.end(), "remove_device _vfio0"), 1);
+}
+
+TEST_F(ApiRemote, RemoveDeviceTheGuestKeeps) {
+  ASSERT_EQ(run({"create", "--kernel", "/k"}), 0) << err;
+  ASSERT_EQ(run({"boot"}), 0) << err;
+  ASSERT_EQ(run({"add-device", "0000:00:06.0"}), 0) << err;
+  control.eject_after_polls(-1);
+  EXPECT_EQ(run({"remove-device", "_vfio0", "--wait", "1"}), 1);
+  EXPECT_EQ(err,
+            "passvm remote: the guest did not eject device '_vfio0' within 1 s; it stays in the VM, and goes when the "
+            "guest lets go of it (is the guest's acpiphp hotplug driver there, or is the device in use?)\n");
+  ASSERT_EQ(run({"remove-device", "_vfio0", "--wait", "0"}), 0) << err;
+  EXPECT_EQ(out,
+            "the guest has been asked to eject '_vfio0'; it leaves the VM when the guest lets go of it (info lists it "
+            "until then)\n");
+  EXPECT_EQ(control.config().slots.size(), 1u);
 }
 
 TEST_F(ApiRemote, CannotConnect) {

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -34,6 +35,12 @@ class FakeControl : public VmControl {
   void crash_next() {
     std::lock_guard g(lock_);
     crash_ = true;
+  }
+  // A guest slow to eject: removals of a running VM answer Pending, and the device leaves after `polls`
+  // more info() calls (never when not positive).
+  void eject_after_polls(int polls) {
+    std::lock_guard g(lock_);
+    eject_after_polls_ = polls;
   }
   std::vector<std::string> calls() const {
     std::lock_guard g(lock_);
@@ -103,6 +110,14 @@ class FakeControl : public VmControl {
   }
   VmInfo info() override {
     std::lock_guard g(lock_);
+    for (auto it = ejecting_.begin(); it != ejecting_.end();) {
+      if (it->second > 0 && --it->second == 0) {
+        drop(it->first);
+        it = ejecting_.erase(it);
+      } else {
+        ++it;
+      }
+    }
     return {state_, config_, devices_};
   }
   DeviceInfo add_device(const std::string& host, const std::string& id) override {
@@ -121,14 +136,18 @@ class FakeControl : public VmControl {
     if (state_ != VmState::Running && state_ != VmState::Paused) return {s.id, "", host};
     return plug(config_.slots.back());
   }
-  void remove_device(const std::string& id) override {
+  Removal remove_device(const std::string& id) override {
     auto guard = enter("remove_device " + id);
     if (state_ == VmState::NotCreated) throw ControlError(Kind::WrongState, "the VM is not created");
     auto& slots = config_.slots;
-    auto it = std::find_if(slots.begin(), slots.end(), [&](const SlotConfig& s) { return s.id == id; });
-    if (it == slots.end()) throw ControlError(Kind::NotFound, fmt::format("no device '{}' in this VM", id));
-    slots.erase(it);
-    std::erase_if(devices_, [&](const DeviceInfo& d) { return d.id == id; });
+    if (std::none_of(slots.begin(), slots.end(), [&](const SlotConfig& s) { return s.id == id; }))
+      throw ControlError(Kind::NotFound, fmt::format("no device '{}' in this VM", id));
+    if (eject_after_polls_ && state_ == VmState::Running) {
+      ejecting_.emplace(id, *eject_after_polls_);  // asking again keeps the first countdown
+      return Removal::Pending;
+    }
+    drop(id);
+    return Removal::Done;
   }
   Counters counters() override {
     auto guard = enter("counters");
@@ -152,6 +171,10 @@ class FakeControl : public VmControl {
     if (std::exchange(crash_, false)) throw std::runtime_error("the fake machine crashed");
     return guard;
   }
+  void drop(const std::string& id) {
+    std::erase_if(config_.slots, [&](const SlotConfig& s) { return s.id == id; });
+    std::erase_if(devices_, [&](const DeviceInfo& d) { return d.id == id; });
+  }
   // Guest slots from 3: the host bridge and two emulated devices come first, as in a real passvm.
   DeviceInfo plug(SlotConfig& s) {
     s.slot = next_slot_++;
@@ -169,6 +192,8 @@ class FakeControl : public VmControl {
   std::vector<DeviceInfo> devices_;
   bool vmm_shutdown_ = false;
   int next_id_ = 0;
+  std::optional<int> eject_after_polls_;
+  std::map<std::string, int> ejecting_;  // id -> info() calls left before the guest lets go
   uint32_t next_slot_ = 3;
 };
 

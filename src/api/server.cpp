@@ -7,6 +7,8 @@
 //   - an action failing is 500, except "the VM is not created" for boot, reboot, info, add-device and
 //     remove-device (404), an unknown device id (404) and a duplicate device id or path (409);
 //   - the error body is a JSON list of messages, outermost first.
+// One answer is passvm's: vm.remove-device is 204 once the guest has ejected the device, and 202 when
+// it has been asked and not let go within a few seconds (cloud-hypervisor answers 204 on asking).
 // The transport (http.h) never decides a status here: every method and path reaches dispatch(), which
 // catches everything, so no request can take the server down.
 #include "api/server.h"
@@ -130,7 +132,8 @@ const std::map<std::string_view, Endpoint>& endpoints() {
       {"vm.remove-device",
        {"PUT", B::Required, true,
         [](VmControl& c, const json& body) {
-          c.remove_device(parse_remove_device(body));
+          // 202: the guest has been asked and has not let go yet; vm.info lists the device until it does.
+          if (c.remove_device(parse_remove_device(body)) == Removal::Pending) return Reply{202, {}};
           return no_content();
         }}},
   };

@@ -154,6 +154,21 @@ TEST_F(ApiServer, AddAndRemoveDevice) {
   EXPECT_EQ(noid.message().rfind("id: missing", 0), 0u);
 }
 
+// A guest that has not let go within the server's wait: 202, the device still listed, and asking again
+// is another 202, not an error.
+TEST_F(ApiServer, RemovalTheGuestHasNotFinishedIsAccepted) {
+  boot_with_device();
+  control.eject_after_polls(-1);
+  HttpReply r = call("PUT", "vm.remove-device", R"({"id": "nvme0"})");
+  EXPECT_EQ(r.status, 202) << r.body;
+  EXPECT_EQ(r.body, "");
+  HttpReply info = call("GET", "vm.info");
+  ASSERT_EQ(info.status, 200);
+  EXPECT_TRUE(info.json().at("device_tree").contains("nvme0")) << info.body;
+  EXPECT_EQ(call("PUT", "vm.remove-device", R"({"id": "nvme0"})").status, 202);
+  EXPECT_EQ(call("PUT", "vm.remove-device", R"({"id": "nothing"})").status, 404);
+}
+
 TEST_F(ApiServer, CountersAndVmmShutdown) {
   EXPECT_EQ(call("GET", "vm.counters").status, 500);  // cloud-hypervisor: VmNotRunning
   boot_with_device();

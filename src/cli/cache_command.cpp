@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "base/eprint.h"
 #include "boot/kernel_cache.h"
 #include "boot/linux_boot.h"
 
@@ -86,7 +87,7 @@ int cache_main(int argc, char** argv) {
       return 0;
     }
     if (all == !kernels.empty()) {
-      fmt::print(stderr, "passvm cache remove: give either KERNEL files or --all\n");
+      eprint("passvm cache remove: give either KERNEL files or --all\n");
       return 2;
     }
     std::error_code ec;
@@ -103,7 +104,7 @@ int cache_main(int argc, char** argv) {
     }
     return 0;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm cache: {}\n", e.what());
+    eprint("passvm cache: {}\n", e.what());
     return 1;
   }
 }

@@ -1,6 +1,7 @@
 // passvm's entry point: host tooling subcommands, the API client, or a VM (with or without an API).
 #include <fmt/format.h>
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "base/eprint.h"
 #include "api/client.h"
 #include "api/server.h"
 #include "cli/cache_command.h"
@@ -33,9 +35,17 @@ int run_subcommand(int argc, char** argv, int (*fn)(int, char**)) {
   return fn(static_cast<int>(sub.size()), sub.data());
 }
 
+// A closed 0, 1 or 2 is the number the next open() gets (/dev/kvm, a device, guest RAM's memfd), and the
+// guest's console or a message would then be written into that: each closed one is taken by /dev/null.
+void take_closed_standard_fds() {
+  for (int fd = 0; fd <= 2; ++fd)
+    if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) open("/dev/null", O_RDWR);  // the lowest free number: fd
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  take_closed_standard_fds();
   if (argc > 1 && passvm::host::is_host_command(argv[1])) return run_subcommand(argc, argv, passvm::host::host_main);
   if (argc > 1 && std::string(argv[1]) == "remote") return run_subcommand(argc, argv, passvm::api::remote_main);
   if (argc > 1 && std::string(argv[1]) == "cache") return run_subcommand(argc, argv, passvm::cli::cache_main);
@@ -54,7 +64,7 @@ int main(int argc, char** argv) {
     std::optional<confine::DropTarget> drop;
     if (!parsed.user.empty()) {
       if (geteuid() != 0) {
-        fmt::print(stderr, "passvm: --user {}: passvm already runs as an unprivileged user; --user is for starting "
+        passvm::eprint("passvm: --user {}: passvm already runs as an unprivileged user; --user is for starting "
                            "it as root (leave --user out)\n", parsed.user);
         return 1;
       }
@@ -79,13 +89,13 @@ int main(int argc, char** argv) {
       server = std::make_unique<passvm::api::Server>(vmm, parsed.api_socket);
       // The user passvm becomes can reach its own socket (root always can).
       if (user && chown(parsed.api_socket.c_str(), user->uid, user->gid) != 0)
-        fmt::print(stderr, "passvm: cannot give {} to {}: {}\n", parsed.api_socket, user->name, strerror(errno));
+        passvm::eprint("passvm: cannot give {} to {}: {}\n", parsed.api_socket, user->name, strerror(errno));
     }
     int status = vmm.run(parsed.config);
     server.reset();  // after run(): a vmm.shutdown request gets its reply before the socket goes
     return status;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm: {}\n", e.what());
+    passvm::eprint("passvm: {}\n", e.what());
     return 1;
   }
 }

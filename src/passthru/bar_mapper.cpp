@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include "base/eprint.h"
+
 namespace passvm::passthru {
 namespace {
 
@@ -64,7 +66,7 @@ void BarMapper::scan(std::span<const TrappedArea> must_trap, uint64_t page_size)
       b.prefetchable = reg & 8;
       b.flags = reg & 0xf;
       if (b.kind == pci::BarKind::Mmio64 && i == 5) {  // its upper half would be past the last BAR
-        fmt::print(stderr, "passvm: {}: BAR 5 says it is 64-bit, which leaves no register for its upper half; "
+        eprint("passvm: {}: BAR 5 says it is 64-bit, which leaves no register for its upper half; "
                    "the guest does not see it\n", name_);
         b = Bar{};
         continue;
@@ -99,7 +101,7 @@ void BarMapper::map_into_host(Bar& b) {
   }
   b.layout.mapped = mapped;
   if (verbose_ && !mapped.empty())
-    fmt::print(stderr, "passvm: {}: BAR {} ({}) mmapped into passvm in {:.2f} ms ({} areas)\n", name_, b.index,
+    eprint("passvm: {}: BAR {} ({}) mmapped into passvm in {:.2f} ms ({} areas)\n", name_, b.index,
                layout::size_text(b.size), ms_since(t0), mapped.size());
   std::sort(b.layout.trapped.begin(), b.layout.trapped.end(), [](auto x, auto y) { return x.offset < y.offset; });
   for (auto a : b.layout.trapped) b.traps.push_back(std::make_unique<Trap>(handler_, b.index, a));
@@ -122,7 +124,7 @@ void BarMapper::assign(int index, uint64_t address) {
     return;
   }
   if (index < 0 || index >= 6 || !exists(index)) {
-    fmt::print(stderr, "passvm: {}: no BAR {} to assign\n", name_, index);
+    eprint("passvm: {}: no BAR {} to assign\n", name_, index);
     return;
   }
   Bar& b = bars_[static_cast<size_t>(index)];
@@ -266,7 +268,7 @@ void BarMapper::map(Bar& b, uint64_t address) {
     remaps_++;
     std::string peers = io ? "" : map_for_peers(b, address);
     if (verbose_ && !io)
-      fmt::print(stderr, "passvm: {}: BAR {} ({}) mapped into the guest at {:#x} in {:.2f} ms ({} memory slots, {} "
+      eprint("passvm: {}: BAR {} ({}) mapped into the guest at {:#x} in {:.2f} ms ({} memory slots, {} "
                  "traps; peer-to-peer DMA {})\n", name_, b.index, layout::size_text(b.size), address, ms_since(t0),
                  b.slots.size(), b.traps.size(), peers);
   } catch (const std::exception& e) {
@@ -289,7 +291,7 @@ void BarMapper::trap_whole_page_bar(Bar& b, uint64_t address, bool shared) {
   b.mapped_at = address;
   remaps_++;
   if (verbose_)
-    fmt::print(stderr, "passvm: {}: BAR {} ({}) at {:#x} shares its page: trapped instead of mapped\n", name_, b.index,
+    eprint("passvm: {}: BAR {} ({}) at {:#x} shares its page: trapped instead of mapped\n", name_, b.index,
                layout::size_text(b.size), address);
 }
 
@@ -355,7 +357,7 @@ void BarMapper::unmap(Bar& b) {
         t->added = false;
       }
   } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm: {}: unmapping BAR {}: {}\n", name_, b.index, e.what());
+    eprint("passvm: {}: unmapping BAR {}: {}\n", name_, b.index, e.what());
   }
   b.slots.clear();
   b.mapped_at.reset();
@@ -366,7 +368,7 @@ void BarMapper::unmap_all() {
     try {
       rom_->unmap(platform_);
     } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: {}: unmapping the ROM: {}\n", name_, e.what());
+      eprint("passvm: {}: unmapping the ROM: {}\n", name_, e.what());
     }
   }
   for (Bar& b : bars_) {

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "base/eprint.h"
 #include "confine/seccomp.h"
 
 namespace passvm::passthru {
@@ -69,7 +70,7 @@ void Interrupts::shutdown() {
     try {
       f();
     } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: {}: teardown: {}\n", name_, e.what());
+      eprint("passvm: {}: teardown: {}\n", name_, e.what());
     }
   };
   if (msi_on_) quietly([&] { dev_.disable_irq(VFIO_PCI_MSI_IRQ_INDEX); });

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "base/eprint.h"
 #include "bus/give_way.h"
 #include "passthru/handover.h"
 #include "passthru/rom.h"
@@ -48,7 +49,7 @@ void PassthruDevice::setup() {
   report_reset();
   HandoverState handed = quiesce_for_handover(*dev_);
   if (handed.active)
-    fmt::print(stderr, "passvm: {}: still running after its {} reset: {}; stopped and its rings cleared before "
+    eprint("passvm: {}: still running after its {} reset: {}; stopped and its rings cleared before "
                "the guest sees it\n", name_, reset_method_.empty() ? "(absent)" : reset_method_, handed.found);
   vfio::RegionInfo cfg = dev_->region_info(VFIO_PCI_CONFIG_REGION_INDEX);
   if (cfg.size < 0x40)
@@ -129,7 +130,7 @@ void PassthruDevice::setup_msix(const std::vector<uint8_t>& raw) {
   };
   if (!fits(msix_table_bar_, msix_table_offset_, msix_->table_bytes()) ||
       !fits(msix_pba_bar_, msix_pba_offset_, msix_->pba_bytes())) {
-    fmt::print(stderr, "passvm: {}: MSI-X table or PBA lies outside its BAR; MSI-X is not offered\n", name_);
+    eprint("passvm: {}: MSI-X table or PBA lies outside its BAR; MSI-X is not offered\n", name_);
     msix_.reset();
     msix_table_bar_ = msix_pba_bar_ = -1;
     caps_.msix.reset();
@@ -155,7 +156,7 @@ void PassthruDevice::disconnect_locked() {
       pci::store_le(cmd, 2, static_cast<uint16_t>(command_ & ~kDecodeAndMaster));
       device_config_write(kCommand, cmd);
     } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: {}: teardown: {}\n", name_, e.what());
+      eprint("passvm: {}: teardown: {}\n", name_, e.what());
     }
     command_ = static_cast<uint16_t>(command_ & ~kDecodeAndMaster);
   }
@@ -173,7 +174,7 @@ void PassthruDevice::teardown() {
     try {
       quiesce_for_handover(*dev_);
     } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: {}: teardown: {}\n", name_, e.what());
+      eprint("passvm: {}: teardown: {}\n", name_, e.what());
     }
   }
   // No reset of our own: releasing the device makes vfio-pci reset it (and restore the config space
@@ -185,10 +186,10 @@ void PassthruDevice::report_reset() {
   // vfio-pci reset the device when it was opened; a second reset would only add its wait (100 ms for FLR).
   reset_method_ = dev_->reset_method();
   if (reset_method_.empty())
-    fmt::print(stderr, "passvm: {} has no function reset{}; it keeps the state it was left in\n", name_,
+    eprint("passvm: {} has no function reset{}; it keeps the state it was left in\n", name_,
                dev_->no_reset_reason().empty() ? "" : " " + dev_->no_reset_reason());
   else
-    fmt::print(stderr, "passvm: {} reset ({})\n", name_, reset_method_);
+    eprint("passvm: {} reset ({})\n", name_, reset_method_);
 }
 
 // ---- config space ----
@@ -201,7 +202,7 @@ void PassthruDevice::device_config_read(uint32_t offset, std::span<uint8_t> out)
     dev_->read(VFIO_PCI_CONFIG_REGION_INDEX, offset, out.first(len));
   } catch (const std::exception& e) {
     std::fill(out.begin(), out.end(), 0xff);
-    fmt::print(stderr, "passvm: {}: {}\n", name_, e.what());
+    eprint("passvm: {}: {}\n", name_, e.what());
   }
 }
 
@@ -210,7 +211,7 @@ void PassthruDevice::device_config_write(uint32_t offset, std::span<const uint8_
   try {
     dev_->write(VFIO_PCI_CONFIG_REGION_INDEX, offset, in);
   } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm: {}: {}\n", name_, e.what());
+    eprint("passvm: {}: {}\n", name_, e.what());
   }
 }
 
@@ -294,7 +295,7 @@ uint32_t PassthruDevice::hold_bus_master(uint32_t offset, uint32_t value) {
   if (outcome == DmaReady::Outcome::GaveWay) throw AccessDeferred{};  // to a pause of this vCPU
   const bool mapped = outcome == DmaReady::Outcome::Open;
   if (options_.verbose || !mapped)
-    fmt::print(stderr, "passvm: {}: the guest's bus master enable waited {:.1f} ms for guest RAM's DMA mapping{}\n",
+    eprint("passvm: {}: the guest's bus master enable waited {:.1f} ms for guest RAM's DMA mapping{}\n",
                name_, waited, mapped ? "" : fmt::format(", which did not happen ({}): bus mastering stays off",
                                                         options_.dma_ready->why()));
   if (!mapped) value &= ~(uint32_t{kBusMaster} << (8 * (kCommand - offset)));
@@ -390,7 +391,7 @@ void PassthruDevice::bar_read(int bar, uint64_t offset, std::span<uint8_t> data)
         dev_->read(static_cast<uint32_t>(bar), off, piece);
       } catch (const std::exception& e) {
         std::fill(piece.begin(), piece.end(), 0xff);
-        fmt::print(stderr, "passvm: {}: {}\n", name_, e.what());
+        eprint("passvm: {}: {}\n", name_, e.what());
       }
       return;
     }
@@ -420,7 +421,7 @@ void PassthruDevice::bar_write(int bar, uint64_t offset, std::span<const uint8_t
       try {
         dev_->write(static_cast<uint32_t>(bar), off, piece);
       } catch (const std::exception& e) {
-        fmt::print(stderr, "passvm: {}: {}\n", name_, e.what());
+        eprint("passvm: {}: {}\n", name_, e.what());
       }
       return;
     }

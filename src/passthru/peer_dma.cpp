@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "base/eprint.h"
 #include "confine/seccomp.h"
 #include "memory/layout.h"
 
@@ -52,12 +53,12 @@ void PeerDma::unmap_pieces(uint64_t iova) {
     try {
       iommu_.unmap_dma(p.offset, p.size);
     } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: {}: unmapping a BAR from the IOMMU: {}\n", name_, e.what());
+      eprint("passvm: {}: unmapping a BAR from the IOMMU: {}\n", name_, e.what());
     }
   }
   done_.erase(it);
   if (verbose_ && bytes > 0)
-    fmt::print(stderr, "passvm: {}: {} at {:#x} out of the IOMMU in {:.2f} ms\n", name_, layout::size_text(bytes), iova,
+    eprint("passvm: {}: {} at {:#x} out of the IOMMU in {:.2f} ms\n", name_, layout::size_text(bytes), iova,
                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
 }
 
@@ -103,14 +104,14 @@ void PeerDma::run() {
     }
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (!error.empty())
-      fmt::print(stderr, "passvm: {}: the IOMMU refused BAR {} at {:#x} for peer-to-peer DMA: {}; other devices "
+      eprint("passvm: {}: the IOMMU refused BAR {} at {:#x} for peer-to-peer DMA: {}; other devices "
                  "cannot DMA into it (the guest's own use of the BAR is unaffected)\n", name_, job.bar, job.iova,
                  error);
     else if (verbose_ && !cancel_)
-      fmt::print(stderr, "passvm: {}: BAR {} at {:#x} ({}) open to peer-to-peer DMA after {:.2f} ms in the IOMMU\n",
+      eprint("passvm: {}: BAR {} at {:#x} ({}) open to peer-to-peer DMA after {:.2f} ms in the IOMMU\n",
                  name_, job.bar, job.iova, layout::size_text(job.size), ms);
     else if (verbose_)
-      fmt::print(stderr, "passvm: {}: mapping BAR {} at {:#x} into the IOMMU stopped after {} of {} ({:.2f} ms)\n",
+      eprint("passvm: {}: mapping BAR {} at {:#x} into the IOMMU stopped after {} of {} ({:.2f} ms)\n",
                  name_, job.bar, job.iova, pieces.size(), layout::size_text(job.size), ms);
     if (!error.empty()) unmap_pieces(job.iova);  // all or nothing: a half-mapped BAR helps no one
     else if (pieces.empty()) done_.erase(job.iova);

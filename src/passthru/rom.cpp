@@ -11,6 +11,8 @@
 #include <iterator>
 #include <stdexcept>
 
+#include "base/eprint.h"
+
 namespace passvm::passthru {
 namespace {
 
@@ -58,7 +60,7 @@ void RomBar::load() {
       dev_->read(VFIO_PCI_ROM_REGION_INDEX, at, std::span(image_ + at, std::min(kReadChunk, content_size_ - at)));
   } catch (const std::exception& e) {
     std::fill(image_, image_ + size_, 0xff);
-    fmt::print(stderr, "passvm: {}: reading its ROM: {}; the guest reads all ones\n", dev_->name(), e.what());
+    eprint("passvm: {}: reading its ROM: {}; the guest reads all ones\n", dev_->name(), e.what());
   }
 }
 

@@ -16,6 +16,8 @@
 
 #include <fmt/format.h>
 
+#include "base/eprint.h"
+
 namespace passvm::passthru {
 
 class WarningLimit {
@@ -28,9 +30,9 @@ class WarningLimit {
 
   void say(const std::string& what) {
     uint64_t n = ++count_;
-    if (n <= kPrinted) fmt::print(stderr, "passvm: {}: {}\n", name_, what);
+    if (n <= kPrinted) eprint("passvm: {}: {}\n", name_, what);
     if (n == kPrinted)
-      fmt::print(stderr, "passvm: {}: further {} are only counted (--stats: {})\n", name_, what_follows_, stats_name_);
+      eprint("passvm: {}: further {} are only counted (--stats: {})\n", name_, what_follows_, stats_name_);
   }
   uint64_t count() const { return count_.load(); }
 

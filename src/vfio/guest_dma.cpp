@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "base/eprint.h"
+
 namespace passvm::vfio {
 
 GuestDmaMap::GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory, const std::atomic<bool>* cancel)
@@ -41,7 +43,7 @@ GuestDmaMap::~GuestDmaMap() {
     try {
       mapper_.unmap_dma(a.offset, a.size);
     } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: unmapping guest memory from the IOMMU: {}\n", e.what());
+      eprint("passvm: unmapping guest memory from the IOMMU: {}\n", e.what());
     }
   }
 }

@@ -4,6 +4,8 @@
 
 #include <cstring>
 
+#include "base/eprint.h"
+
 namespace passvm::virtio {
 
 namespace {
@@ -196,7 +198,7 @@ void MmioTransport::fail(const std::string& why) {
   error_ = why;
   if (!reported_) {  // once per transport: a guest that breaks it again and again must not flood the log
     reported_ = true;
-    fmt::print(stderr, "passvm: virtio device {}: the guest's driver broke the protocol ({}); the device waits for "
+    eprint("passvm: virtio device {}: the guest's driver broke the protocol ({}); the device waits for "
                "the driver to reset it\n", device_.type(), why);
   }
   status_ |= kStatusNeedsReset;

@@ -69,6 +69,12 @@ struct VmInfo {
   std::vector<DeviceInfo> devices;    // passthrough devices, in slot order
 };
 
+// What remove_device() could say before it answered.
+enum class Removal {
+  Done,     // the guest ejected the device (reset and released), or it left the config of a VM not running
+  Pending,  // the guest has been asked and not let go yet: the device leaves when it does
+};
+
 // Counters by device name, then counter name (the --stats figures).
 using Counters = std::map<std::string, std::map<std::string, uint64_t>>;
 
@@ -95,9 +101,13 @@ class VmControl {
   // Created: the device joins the config. Running or Paused: it is opened, mapped and hot-plugged into a
   // free slot (the guest sees it once running). `host` is a BDF; `id` may be empty.
   virtual DeviceInfo add_device(const std::string& host, const std::string& id) = 0;
-  // Running: asks the guest to eject the device and waits for it (bounded), then resets and releases it.
-  // Created: drops it from the config.
-  virtual void remove_device(const std::string& id) = 0;
+  // Running: asks the guest to eject the device and waits a few seconds for it: Done once the
+  // guest ejected it and it is reset and released. Pending when the guest has not let go by then (clients
+  // such as Kata give the call 5 s): the device stays, listed, until the guest ejects it, the machine is
+  // torn down (shutdown, reboot: it does not come back), or the host gives up asking after a while (it
+  // stays then). Asking again for a pending device waits again. Created or Shutdown: drops it from the
+  // config (Done).
+  virtual Removal remove_device(const std::string& id) = 0;
   virtual Counters counters() = 0;
   // Asks the VMM process to end (after replying): the VM is shut down first.
   virtual void shutdown_vmm() = 0;

@@ -1,4 +1,5 @@
 #include "vmm/machine.h"
+#include "base/eprint.h"
 #include "vmm/console_hint.h"
 
 #include <fmt/format.h>
@@ -227,7 +228,7 @@ void Machine::Parts::build() {
   for (const auto& r : mem->regions()) vm->map_memory(r.gpa, r.size, r.hva);  // the VM's teardown drops the slots
   step(fmt::format("{} MiB of guest RAM on {}", c.memory >> 20, mem->backing()));
   if (!mem->small_pages_reason().empty())
-    fmt::print(stderr, "passvm: {}: guest RAM in 4 KiB pages (slower nested paging and DMA): {}\n", c.name,
+    eprint("passvm: {}: guest RAM in 4 KiB pages (slower nested paging and DMA): {}\n", c.name,
                mem->small_pages_reason());
 
   // The kernel's files are opened and its header checked before any device is opened: a wrong path should
@@ -277,11 +278,11 @@ void Machine::Parts::build() {
         [this] {
           panicked_at_ns = std::chrono::steady_clock::now().time_since_epoch().count();
           if (!opts.stop_on_panic)
-            fmt::print(stderr, "passvm: {}: the guest kernel panicked: {}; the VM goes on\n", cfg.name,
+            eprint("passvm: {}: the guest kernel panicked: {}; the VM goes on\n", cfg.name,
                        Machine::panic_detail());
         },
         [name = c.name] {
-          fmt::print(stderr, "passvm: {}: the guest kernel panicked and runs its crash kernel (kdump); the VM "
+          eprint("passvm: {}: the guest kernel panicked and runs its crash kernel (kdump); the VM "
                      "goes on\n", name);
         });
     pio.add(layout::kPvpanicPort, devices::Pvpanic::kSize, pvpanic.get());

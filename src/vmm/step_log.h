@@ -14,6 +14,8 @@
 #include <cstring>
 #include <string>
 
+#include "base/eprint.h"
+
 namespace passvm {
 
 class StepLog {
@@ -32,14 +34,14 @@ class StepLog {
   void operator()(const std::string& what) {
     auto now = std::chrono::steady_clock::now();
     if (on_)
-      fmt::print(stderr, "passvm: {:8.1f} ms  {}\n", std::chrono::duration<double, std::milli>(now - last_).count(),
+      eprint("passvm: {:8.1f} ms  {}\n", std::chrono::duration<double, std::milli>(now - last_).count(),
                  what);
     last_ = now;
   }
   // Starts the next step's clock now: for steps that happen while the guest runs (a hot-plug).
   void mark() { last_ = std::chrono::steady_clock::now(); }
   void note(const std::string& what) {
-    if (on_) fmt::print(stderr, "passvm:              {}\n", what);
+    if (on_) eprint("passvm:              {}\n", what);
   }
   // How long ago the process started (its start time in /proc, a clock tick's resolution), or a negative
   // value when that cannot be read: what starting the program (loading its libraries, parsing options,

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "base/eprint.h"
 #include "confine/seccomp.h"
 #include "vfio/bdf.h"
 #include "vmm/machine.h"
@@ -45,12 +46,12 @@ void fill_in_devices(MachineConfig& cfg) {
 void report_exit(const std::string& name, ExitReason reason, const std::string& detail) {
   switch (reason) {
     case ExitReason::PowerOff: break;
-    case ExitReason::Reset: fmt::print(stderr, "passvm: {}: {}\n", name, detail); break;
-    case ExitReason::TripleFault: fmt::print(stderr, "passvm: {}: the guest triple-faulted: {}\n", name, detail); break;
-    case ExitReason::InternalError: fmt::print(stderr, "passvm: {}: internal error: {}\n", name, detail); break;
-    case ExitReason::Signal: fmt::print(stderr, "passvm: {}: stopped by {}\n", name, detail); break;
-    case ExitReason::SetupFailed: fmt::print(stderr, "passvm: {}: {}\n", name, detail); break;
-    case ExitReason::GuestPanic: fmt::print(stderr, "passvm: {}: the guest kernel panicked: {}\n", name, detail); break;
+    case ExitReason::Reset: eprint("passvm: {}: {}\n", name, detail); break;
+    case ExitReason::TripleFault: eprint("passvm: {}: the guest triple-faulted: {}\n", name, detail); break;
+    case ExitReason::InternalError: eprint("passvm: {}: internal error: {}\n", name, detail); break;
+    case ExitReason::Signal: eprint("passvm: {}: stopped by {}\n", name, detail); break;
+    case ExitReason::SetupFailed: eprint("passvm: {}: {}\n", name, detail); break;
+    case ExitReason::GuestPanic: eprint("passvm: {}: the guest kernel panicked: {}\n", name, detail); break;
   }
 }
 
@@ -174,9 +175,12 @@ void Vmm::do_shutdown() {
   if (!machine_) return;
   config_ = machine_->config();
   machine_.reset();
-  for (auto& [slot, r] : removals_)
-    r.done.set_exception(std::make_exception_ptr(
-        ControlError(Kind::Failed, fmt::format("the VM shut down or rebooted before the guest ejected '{}'", r.id))));
+  // The teardown reset and released the devices the guest was still asked for: their removal is done,
+  // and they do not come back with the next boot (cloud-hypervisor drops them from the config at once).
+  for (auto& [slot, r] : removals_) {
+    std::erase_if(config_.slots, [&](const SlotConfig& s) { return s.id == r.id; });
+    r.done.set_value();
+  }
   removals_.clear();
   state_ = VmState::Shutdown;
 }
@@ -196,15 +200,14 @@ std::shared_future<void> Vmm::do_remove_device(const std::string& id) {
   std::optional<int> found = machine_->slot_of(id);
   if (!found) throw ControlError(Kind::NotFound, fmt::format("no device with id '{}' in the VM", id));
   int slot = *found;
-  if (removals_.count(slot))
-    throw ControlError(Kind::Conflict, fmt::format("device '{}' is already being removed", id));
-  Removal& r = removals_[slot];
+  if (auto pending = removals_.find(slot); pending != removals_.end()) return pending->second.answer;
+  PendingRemoval& r = removals_[slot];
   r.id = id;
   r.deadline = std::chrono::steady_clock::now() + kEjectWait;
   r.nudge = std::chrono::steady_clock::now() + kEjectNudge;
-  auto f = r.done.get_future().share();
+  r.answer = r.done.get_future().share();
   machine_->request_unplug(slot);
-  return f;
+  return r.answer;
 }
 
 void Vmm::finish_removal(int slot, const std::string& error) {
@@ -228,7 +231,7 @@ void Vmm::service_machine() {
       machine_->remove_device(slot);
     } catch (const std::exception& e) {
       error = fmt::format("the guest ejected slot {} but releasing the device failed: {}", slot, e.what());
-      fmt::print(stderr, "passvm: {}\n", error);
+      eprint("passvm: {}\n", error);
     }
     finish_removal(slot, error);
   }
@@ -242,11 +245,12 @@ void Vmm::service_machine() {
       ++it;
       continue;
     }
-    it->second.done.set_exception(std::make_exception_ptr(ControlError(
-        Kind::Failed,
+    std::string why =
         fmt::format("the guest did not eject device '{}' within {} s; it stays in the VM, and goes when the guest "
                     "lets go of it (is the guest's acpiphp hotplug driver there, or is the device in use?)",
-                    it->second.id, kEjectWait.count()))));
+                    it->second.id, kEjectWait.count());
+    eprint("passvm: {}: {}\n", config_.name, why);
+    it->second.done.set_exception(std::make_exception_ptr(ControlError(Kind::Failed, why)));
     it = removals_.erase(it);
   }
   if (stats) fputs(machine_->stats_text().c_str(), stderr);
@@ -267,7 +271,7 @@ void Vmm::handle_guest_exit() {
   report_exit(config_.name, reason, detail);
   if (reason == ExitReason::Reset || reason == ExitReason::TripleFault || reason == ExitReason::GuestPanic)
     if (std::string hint = machine_->silent_stop_hint(); !hint.empty())
-      fmt::print(stderr, "passvm: {}: the guest printed nothing before it stopped: {}\n", config_.name, hint);
+      eprint("passvm: {}: the guest printed nothing before it stopped: {}\n", config_.name, hint);
   if (!api_) {
     exit_status_ = exit_status(reason);
     guest_ended_ = true;  // the first reason wins: a signal during the teardown changes nothing
@@ -277,11 +281,11 @@ void Vmm::handle_guest_exit() {
   }
   do_shutdown();
   if (reason == ExitReason::Reset) {
-    fmt::print(stderr, "passvm: {}: rebooting\n", config_.name);
+    eprint("passvm: {}: rebooting\n", config_.name);
     try {
       do_boot();
     } catch (const std::exception& e) {
-      fmt::print(stderr, "passvm: {}: the reboot failed: {}\n", config_.name, e.what());
+      eprint("passvm: {}: the reboot failed: {}\n", config_.name, e.what());
     }
   }
 }
@@ -302,7 +306,7 @@ int Vmm::run(const std::optional<MachineConfig>& initial) {
   try {
     if (!initial) confine_once();
   } catch (const std::exception& e) {
-    fmt::print(stderr, "passvm: {}\n", e.what());
+    eprint("passvm: {}\n", e.what());
     return 1;
   }
   if (initial) {
@@ -311,10 +315,10 @@ int Vmm::run(const std::optional<MachineConfig>& initial) {
       do_boot();
     } catch (const ControlError& e) {
       if (process_.requested()) {
-        fmt::print(stderr, "passvm: {}: stopped by {} during setup\n", initial->name, process_.detail());
+        eprint("passvm: {}: stopped by {} during setup\n", initial->name, process_.detail());
         return exit_status(ExitReason::Signal);
       }
-      fmt::print(stderr, "passvm: {}\n", e.what());
+      eprint("passvm: {}\n", e.what());
       return 1;
     }
   }
@@ -384,9 +388,9 @@ void Vmm::power_button() {
   on_loop<void>([&] {
     require({VmState::Running, VmState::Paused}, "press the power button of");
     if (machine_->press_power_button())
-      fmt::print(stderr, "passvm: {}: power button pressed: the guest may shut down now\n", config_.name);
+      eprint("passvm: {}: power button pressed: the guest may shut down now\n", config_.name);
     else
-      fmt::print(stderr,
+      eprint(
                  "passvm: {}: power button pressed, but the guest has not enabled its power button event (Linux "
                  "without its `button` driver): it sees the press only once it does; vm.shutdown stops the VM at "
                  "once\n",
@@ -448,9 +452,11 @@ DeviceInfo Vmm::add_device(const std::string& host, const std::string& id) {
     return machine_->add_device(s);
   });
 }
-void Vmm::remove_device(const std::string& id) {
+Removal Vmm::remove_device(const std::string& id) {
   auto done = on_loop<std::shared_future<void>>([&] { return do_remove_device(id); });
-  done.get();
+  if (done.wait_for(kRemoveAnswer) != std::future_status::ready) return Removal::Pending;
+  done.get();  // throws when releasing the ejected device failed
+  return Removal::Done;
 }
 Counters Vmm::counters() {
   return on_loop<Counters>([&] {

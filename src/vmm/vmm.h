@@ -15,9 +15,11 @@
 // Without the API (the plain command line) the loop ends when the guest does,
 // with the exit status of exit_control.h. With it, the process lives until
 // vmm.shutdown or a signal; a guest reset reboots the VM, a power-off leaves
-// it Shutdown. remove_device() asks the guest to eject and completes when it
-// did (kEjectWait at most); an eject the host did not ask for (the guest's own
-// "echo 0 > /sys/bus/pci/slots/N/power") removes the device too.
+// it Shutdown. remove_device() asks the guest to eject and answers when it did,
+// or after kRemoveAnswer with the removal pending; the loop keeps asking until
+// kEjectWait, and a teardown meanwhile completes the removal. An eject the host
+// did not ask for (the guest's own "echo 0 > /sys/bus/pci/slots/N/power")
+// removes the device too.
 #pragma once
 
 #include <chrono>
@@ -41,6 +43,10 @@ class Machine;
 
 class Vmm final : public VmControl {
  public:
+  // How long remove_device() waits for the eject before it answers Pending: inside the 5 s Kata gives
+  // its hotplug calls. Most ejects take one or two seconds.
+  static constexpr std::chrono::seconds kRemoveAnswer{4};
+  // How long the guest is asked; after that the device stays until the guest lets go of it.
   static constexpr std::chrono::seconds kEjectWait{30};
   // An eject request raised before the guest's hotplug driver listens (a device removed while the guest
   // boots) reaches no one; the request stays in the slot's register, and is signalled again this often.
@@ -74,7 +80,7 @@ class Vmm final : public VmControl {
   void remove() override;
   VmInfo info() override;
   DeviceInfo add_device(const std::string& host, const std::string& id) override;
-  void remove_device(const std::string& id) override;
+  Removal remove_device(const std::string& id) override;
   Counters counters() override;
   void shutdown_vmm() override;
 
@@ -109,12 +115,13 @@ class Vmm final : public VmControl {
   VmState state_ = VmState::NotCreated;
   MachineConfig config_;
   std::unique_ptr<Machine> machine_;
-  struct Removal {
+  struct PendingRemoval {
     std::string id;
     std::chrono::steady_clock::time_point deadline, nudge;
     std::promise<void> done;
+    std::shared_future<void> answer;  // of `done`, for every request that asks for this removal
   };
-  std::map<int, Removal> removals_;  // by slot
+  std::map<int, PendingRemoval> removals_;  // by slot
   int exit_status_ = 0;
   bool guest_ended_ = false;  // without the API: the guest ended the run, and its reason is the status
 };
