@@ -8,6 +8,8 @@
 # - hot-plug: the NVMe 00:03.0 added, L2 writes and verifies 16 MiB, removed (ACPI eject), back to L1's
 #   nvme driver which reads what L2 wrote, then to vfio-pci and added again; the same with the e1000e
 #   00:04.0 and ping. The guest BDF passvm names must be where L2 finds the device.
+# - an NMI: L2 waits for one on every CPU once its hot-plug checks are done; `passvm remote nmi` sends it
+#   and passvm says both vCPUs took it; /proc/interrupts counts it on each CPU.
 # - the power button: L2 waits for a press once its hot-plug checks are done; `passvm remote
 #   power-button` presses it and passvm says the guest had enabled the event; L2 counts the press.
 # - L2 powers off: the VM is Shutdown and passvm still answers; shutdown-vmm makes it exit with 0; both
@@ -18,7 +20,7 @@
 # lab-expect: api.ping api.state.running api.counters api.pause api.state.paused api.err.pause_twice api.resume
 # lab-expect: api.err.nodriver api.err.hostdriver api.err.unknown_id
 # lab-expect: api.add1 api.remove1 api.host1 api.add2 api.err.add_twice api.remove2 api.add3 api.remove3 api.host3 api.add4 api.remove4
-# lab-expect: api.powerbutton pva.powerbutton api.err.powerbutton_off api.shutdown_config
+# lab-expect: api.nmi pva.nmi api.powerbutton pva.powerbutton api.err.powerbutton_off api.shutdown_config
 # lab-expect: api.state.shutdown api.shutdown api.exit api.final
 # lab-expect: pva.vmm pva.boot pva.ticker pva.hot1.add pva.hot1.nvme pva.hot1.gone pva.hot1 pva.hot2.add pva.hot2.nvme pva.hot2.gone pva.hot2
 # lab-expect: pva.hot3.add pva.hot3.ping pva.hot3.gone pva.hot3 pva.hot4.add pva.hot4.ping pva.hot4.gone pva.hot4
@@ -28,7 +30,7 @@
 source "$LAB_DIR/scenarios/passvm-lib.sh"
 source "$LAB_DIR/scenarios/hotplug-lib.sh"
 pv_need_binary api.ping
-HP_RUN=pva HP_PREFIX=api HP_MORE_CHECKS=powerbutton
+HP_RUN=pva HP_PREFIX=api HP_MORE_CHECKS=nmi,powerbutton
 HP_WANT_SLOT=1  # passvm numbers its hot-plug slots: L2 must list the device's in /sys/bus/pci/slots
 SOCK=/tmp/pva-api.sock
 REPO=$(cd "$LAB_DIR/.." && pwd)
@@ -141,6 +143,21 @@ run_main() {
 
     hp_cycle 1 $HP_NVME nvme host && hp_cycle 2 $HP_NVME nvme - \
         && hp_cycle 3 $HP_NIC ping host && hp_cycle 4 $HP_NIC ping - || return 1
+
+    # An NMI, sent once L2 waits for it: every CPU counts one, and passvm says every vCPU took it.
+    if ! hp_wait 'L2MARK nmi ready|"check":"nmi"' 120; then
+        result api.nmi fail detail="L2 did not get to its NMI check: $(hp_last_lines)"
+    elif ! out=$(pvr nmi 2>"$HP_ERR"); then
+        result api.nmi fail detail="nmi exited $?: $(hp_err)"
+    elif ! hp_wait_result nmi 60; then
+        result api.nmi fail detail="L2 reported nothing within 60 s of the NMI: $(hp_last_lines)"
+    elif [[ $(hp_l2 nmi pass) != true ]]; then
+        result api.nmi fail detail="L2: $(hp_l2 nmi detail)"
+    elif ! grep -q "NMI sent to 2 vCPUs" "$HP_CONSOLE"; then
+        result api.nmi fail detail="L2 took the NMI, but passvm did not say both vCPUs did: $(grep -m 1 'NMI sent' "$HP_CONSOLE")"
+    else
+        result api.nmi pass cpus="$(hp_l2 nmi cpus)" waited_s="$(hp_l2 nmi waited_s)"
+    fi
 
     # The power button, pressed once L2 waits for it; passvm says whether the guest listens.
     if ! hp_wait 'L2MARK powerbutton ready|"check":"powerbutton"' 120; then

@@ -218,6 +218,7 @@ int remote_main(int argc, char** argv) {
       {"reboot", "PUT", "vm.reboot", "Tear the machine down and boot it again"},
       {"shutdown", "PUT", "vm.shutdown", "Tear the machine down (devices reset and released); the config stays"},
       {"power-button", "PUT", "vm.power-button", "Press the guest's ACPI power button: it may shut down cleanly"},
+      {"nmi", "PUT", "vm.nmi", "Send an NMI to every vCPU (a hung guest set up for it panics and dumps)"},
       {"delete", "PUT", "vm.delete", "Shut down if needed and forget the VM"},
       {"counters", "GET", "vm.counters", "Print the device and vCPU counters"},
       {"shutdown-vmm", "PUT", "vmm.shutdown", "Shut the VM down and end the passvm process"},

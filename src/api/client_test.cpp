@@ -137,7 +137,7 @@ TEST_F(ApiRemote, DevicesAddedBeforeBootHaveNoGuestAddress) {
 
 TEST_F(ApiRemote, ActionsAndTheirErrors) {
   ASSERT_EQ(run({"create", "--kernel", "/k"}), 0) << err;
-  for (const char* command : {"boot", "pause", "resume", "reboot", "power-button", "shutdown", "boot"}) {
+  for (const char* command : {"boot", "pause", "nmi", "resume", "reboot", "power-button", "nmi", "shutdown", "boot"}) {
     EXPECT_EQ(run({command}), 0) << command << ": " << err;
     EXPECT_EQ(out, "") << command;
   }

@@ -102,6 +102,11 @@ class FakeControl : public VmControl {
     if (state_ != VmState::Running && state_ != VmState::Paused)
       throw ControlError(Kind::WrongState, "the VM is not booted");
   }
+  void nmi() override {
+    auto guard = enter("nmi");
+    if (state_ != VmState::Running && state_ != VmState::Paused)
+      throw ControlError(Kind::WrongState, "the VM is not booted");
+  }
   void remove() override {
     auto guard = enter("remove");
     config_ = {};

@@ -110,6 +110,7 @@ const std::map<std::string_view, Endpoint>& endpoints() {
       {"vm.reboot", {"PUT", B::None, true, action<&VmControl::reboot>}},
       {"vm.shutdown", {"PUT", B::None, false, action<&VmControl::shutdown>}},
       {"vm.power-button", {"PUT", B::None, false, action<&VmControl::power_button>}},
+      {"vm.nmi", {"PUT", B::None, false, action<&VmControl::nmi>}},
       {"vm.delete", {"PUT", B::None, false, action<&VmControl::remove>}},
       {"vm.info",
        {"GET", B::Ignored, true,
@@ -163,7 +164,6 @@ const std::map<std::string_view, std::string_view>& refused_endpoints() {
       {"vm.send-migration", kState},
       {"vm.receive-migration", kState},
       {"vm.coredump", "passvm cannot dump guest memory"},
-      {"vm.nmi", "passvm cannot inject an NMI through the API"},
   };
   return table;
 }

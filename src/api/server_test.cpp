@@ -102,6 +102,20 @@ TEST_F(ApiServer, PowerButtonReachesABootedVmOnly) {
   EXPECT_EQ(call("GET", "vm.power-button").status, 400);
 }
 
+TEST_F(ApiServer, NmiReachesABootedVmOnly) {
+  EXPECT_EQ(call("PUT", "vm.nmi").status, 500);  // cloud-hypervisor: VmNotRunning
+  ASSERT_EQ(call("PUT", "vm.create", R"({"payload": {"kernel": "/k"}})").status, 204);
+  EXPECT_EQ(call("PUT", "vm.nmi").message(), "the VM is not booted");
+  ASSERT_EQ(call("PUT", "vm.boot").status, 204);
+  ASSERT_EQ(call("PUT", "vm.pause").status, 204);
+  HttpReply sent = call("PUT", "vm.nmi");
+  EXPECT_EQ(sent.status, 204) << sent.body;
+  EXPECT_EQ(control.calls().back(), "nmi");
+  EXPECT_EQ(control.state(), VmState::Paused);
+  EXPECT_EQ(call("PUT", "vm.nmi", R"({"cpu": 0})").status, 400) << "it takes no body";
+  EXPECT_EQ(call("GET", "vm.nmi").status, 400);
+}
+
 // Bodies nested absurdly deep, or with a container where a string belongs: a 400 naming the problem,
 // and passvm answers on (printing such a value in the message once took the request thread's stack).
 TEST_F(ApiServer, DeeplyNestedBodiesAreRefused) {

@@ -95,6 +95,10 @@ class VmControl {
   // Running or Paused: presses the guest's ACPI power button, a request to shut down that the guest may
   // honour (it powers off: Shutdown) or ignore. The state does not change here.
   virtual void power_button() = 0;
+  // Running or Paused: sends a non-maskable interrupt to every vCPU, a physical machine's NMI button: a
+  // hung guest set up for it (Linux's kernel.unknown_nmi_panic=1, kdump) panics and dumps; others log
+  // it. A paused VM takes it when resumed. The state does not change here.
+  virtual void nmi() = 0;
   // Any state -> NotCreated: shuts down first if needed and forgets the config.
   virtual void remove() = 0;
   virtual VmInfo info() = 0;

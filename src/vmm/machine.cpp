@@ -665,6 +665,15 @@ DeviceInfo Machine::add_device(SlotConfig s) {
 
 bool Machine::press_power_button() { return p_->pm->press_power_button(); }
 
+uint32_t Machine::send_nmi() {
+  constexpr uint32_t kDeliveryNmi = 4 << 8;  // the MSI data's delivery mode; the vector is ignored
+  uint32_t took = 0;
+  // The APIC IDs are the vCPU indexes (the MADT says so), physical destination mode.
+  for (uint32_t i = 0; i < p_->cfg.cpus; i++)
+    took += p_->vm->signal_msi(layout::kLapicAddr | (uint64_t{i} << 12), kDeliveryNmi) ? 1 : 0;
+  return took;
+}
+
 void Machine::request_unplug(int slot) {
   if (p_->hotplug) p_->hotplug->unplug_request(slot);
 }

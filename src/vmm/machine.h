@@ -97,6 +97,9 @@ class Machine {
   // Presses the ACPI power button: a guest that listens shuts down cleanly (and powers off, which ends
   // the machine as usual). Returns whether it had enabled the power button event.
   bool press_power_button();
+  // Sends an NMI to every vCPU (through its local APIC, without stopping it). Returns how many took it:
+  // one whose APIC the guest disabled does not.
+  uint32_t send_nmi();
   // Asks the guest to eject the device in `slot`.
   void request_unplug(int slot);
   // Slots the guest ejected since the last call.

@@ -397,6 +397,18 @@ void Vmm::power_button() {
                  config_.name);
   });
 }
+void Vmm::nmi() {
+  on_loop<void>([&] {
+    require({VmState::Running, VmState::Paused}, "send an NMI to");
+    uint32_t cpus = machine_->config().cpus;
+    uint32_t took = machine_->send_nmi();
+    if (took == cpus)
+      eprint("passvm: {}: NMI sent to {} vCPU{}\n", config_.name, cpus, cpus == 1 ? "" : "s");
+    else
+      eprint("passvm: {}: NMI sent; {} of {} vCPUs took it (the others have their local APIC disabled)\n",
+             config_.name, took, cpus);
+  });
+}
 void Vmm::remove() {
   on_loop<void>([&] {
     do_shutdown();

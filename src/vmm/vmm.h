@@ -77,6 +77,7 @@ class Vmm final : public VmControl {
   void reboot() override;
   void shutdown() override;
   void power_button() override;
+  void nmi() override;
   void remove() override;
   VmInfo info() override;
   DeviceInfo add_device(const std::string& host, const std::string& id) override;
