@@ -51,6 +51,28 @@ vmm_remove() { pvr remove-device "$1" >/dev/null; }
 vmm_pause() { pvr pause >/dev/null; }
 vmm_resume() { pvr resume >/dev/null; }
 vmm_stop() { pvr shutdown-vmm >/dev/null; }
+# guest_event CHECK WHAT SAID GREP FIGURES...: once L2's CHECK says it is ready, `passvm remote` sends
+# the event (the command is CHECK, power-button for powerbutton); L2 must report it seen and passvm's
+# stderr say SAID (GREP finds what it said instead). Result api.CHECK with L2's FIGURES.
+guest_event() {
+    local check=$1 what=$2 said=$3 grep_for=$4 command=$1 f figs=()
+    shift 4
+    [[ $check == powerbutton ]] && command=power-button
+    if ! hp_wait "L2MARK $check ready|\"check\":\"$check\"" 120; then
+        result "api.$check" fail detail="L2 did not get to its $check check: $(hp_last_lines)"
+    elif ! pvr "$command" >/dev/null 2>"$HP_ERR"; then
+        result "api.$check" fail detail="$command exited $?: $(hp_err)"
+    elif ! hp_wait_result "$check" 60; then
+        result "api.$check" fail detail="L2 reported nothing within 60 s of $what: $(hp_last_lines)"
+    elif [[ $(hp_l2 "$check" pass) != true ]]; then
+        result "api.$check" fail detail="L2: $(hp_l2 "$check" detail)"
+    elif ! grep -q "$said" "$HP_CONSOLE"; then
+        result "api.$check" fail detail="L2 saw $what, but passvm did not say '$said': $(grep -m 1 "$grep_for" "$HP_CONSOLE")"
+    else
+        figs=(); for f in "$@"; do figs+=("$f=$(hp_l2 "$check" "$f")"); done
+        result "api.$check" pass "${figs[@]}"
+    fi
+}
 
 # refused CHECK WHY ARGS...: `passvm remote ARGS` must exit 1 with a message on stderr. With REFUSED_ALSO=FN,
 # FN prints what else went wrong (nothing when all is well).
@@ -145,34 +167,10 @@ run_main() {
         && hp_cycle 3 $HP_NIC ping host && hp_cycle 4 $HP_NIC ping - || return 1
 
     # An NMI, sent once L2 waits for it: every CPU counts one, and passvm says every vCPU took it.
-    if ! hp_wait 'L2MARK nmi ready|"check":"nmi"' 120; then
-        result api.nmi fail detail="L2 did not get to its NMI check: $(hp_last_lines)"
-    elif ! out=$(pvr nmi 2>"$HP_ERR"); then
-        result api.nmi fail detail="nmi exited $?: $(hp_err)"
-    elif ! hp_wait_result nmi 60; then
-        result api.nmi fail detail="L2 reported nothing within 60 s of the NMI: $(hp_last_lines)"
-    elif [[ $(hp_l2 nmi pass) != true ]]; then
-        result api.nmi fail detail="L2: $(hp_l2 nmi detail)"
-    elif ! grep -q "NMI sent to 2 vCPUs" "$HP_CONSOLE"; then
-        result api.nmi fail detail="L2 took the NMI, but passvm did not say both vCPUs did: $(grep -m 1 'NMI sent' "$HP_CONSOLE")"
-    else
-        result api.nmi pass cpus="$(hp_l2 nmi cpus)" waited_s="$(hp_l2 nmi waited_s)"
-    fi
-
+    guest_event nmi "the NMI" "NMI sent to 2 vCPUs" "NMI sent" cpus waited_s
     # The power button, pressed once L2 waits for it; passvm says whether the guest listens.
-    if ! hp_wait 'L2MARK powerbutton ready|"check":"powerbutton"' 120; then
-        result api.powerbutton fail detail="L2 did not get to its power button check: $(hp_last_lines)"
-    elif ! out=$(pvr power-button 2>"$HP_ERR"); then
-        result api.powerbutton fail detail="power-button exited $?: $(hp_err)"
-    elif ! hp_wait_result powerbutton 60; then
-        result api.powerbutton fail detail="L2 reported nothing within 60 s of the press: $(hp_last_lines)"
-    elif [[ $(hp_l2 powerbutton pass) != true ]]; then
-        result api.powerbutton fail detail="L2: $(hp_l2 powerbutton detail)"
-    elif ! grep -q "power button pressed: the guest may shut down now" "$HP_CONSOLE"; then
-        result api.powerbutton fail detail="L2 saw the press, but passvm did not say the guest had enabled the event: $(grep -m 1 'power button' "$HP_CONSOLE")"
-    else
-        result api.powerbutton pass presses="$(hp_l2 powerbutton presses)" waited_s="$(hp_l2 powerbutton waited_s)"
-    fi
+    guest_event powerbutton "the press" "power button pressed: the guest may shut down now" "power button" \
+        presses waited_s
 
     # L2 powers off after its last check: the VM is Shutdown, passvm keeps running until told.
     hp_wait '"check":"done"' 60 || { result api.state.shutdown fail detail="L2 did not finish: $(hp_last_lines)"; return 1; }
