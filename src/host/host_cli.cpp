@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -281,6 +282,8 @@ int host_main(int argc, char** argv) {
 
   try {
     Sysroot sysroot = common.make_sysroot();
+    // A relative --config is the caller's, not the host root's (or --sysroot's).
+    if (!config.empty() && config.front() != '/') config = std::filesystem::absolute(config).string();
     if (command == "list") return run_list(sysroot, json);
     if (command == "check") return run_check(sysroot, memory, user, devices, json);
     if (command == "reserve") {
@@ -291,6 +294,10 @@ int host_main(int argc, char** argv) {
       }
       if (!user.empty() && devices.empty()) {
         throw HostError("--user goes with device addresses; for the config, write `ADDRESS user=NAME` in it");
+      }
+      if (!boot_claim.empty() && (dry_run || verbose)) {
+        throw HostError("--boot-claim is udev's and always acts; to see what the config would do, run `passvm "
+                        "reserve --apply-config --dry-run`");
       }
       if (!dry_run) require_root(sysroot, command);
       if (!boot_claim.empty()) return run_boot_claim(sysroot, boot_claim, config);

@@ -1,6 +1,8 @@
 // End-to-end through host_main on a fake tree: argument handling, output and exit codes.
 #include "host/host_cli.h"
 
+#include <filesystem>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -108,6 +110,21 @@ TEST_F(Cli, BootClaimOnlyForListedDevices) {
   EXPECT_EQ(run({"passvm reserve", "--boot-claim", "0000:00:03.0"}), 0) << err;
   EXPECT_EQ(out, "PASSVM_PPTDEV=1\n");
   EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "vfio-pci");
+}
+
+TEST_F(Cli, BootClaimRefusesDryRunRatherThanActing) {
+  fake.bind("0000:00:03.0", "");
+  fake.write("/etc/passvm/pptdevs.conf", "pptdevs=\"0/3/0\"\n");
+  EXPECT_EQ(run({"passvm reserve", "--boot-claim", "0000:00:03.0", "--dry-run"}), 1);
+  EXPECT_NE(err.find("passvm reserve --apply-config --dry-run"), std::string::npos) << err;
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "(null)\n");
+}
+
+TEST_F(Cli, RelativeConfigIsTheCallersPath) {
+  std::string here = std::filesystem::current_path().string();
+  fake.write(here + "/mine.conf", "pptdevs=\"0/3/0\"\n");
+  ASSERT_EQ(run({"passvm reserve", "--apply-config", "--config", "mine.conf", "--dry-run"}), 0) << err;
+  EXPECT_NE(out.find("0000:00:03.0"), std::string::npos) << out;
 }
 
 TEST_F(Cli, ApplyConfigWithoutConfigExplainsTheFix) {

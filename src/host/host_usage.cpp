@@ -1,6 +1,10 @@
 #include "host/host_usage.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cctype>
+#include <cerrno>
 #include <set>
 #include <sstream>
 
@@ -29,28 +33,99 @@ void add_with_slaves(const Sysroot& sysroot, const std::string& name, std::set<s
 }
 
 struct BlockUse {
-  std::string block;  // as named in the mount table
-  std::string what;  // "mounted on / (ext4)" or "used as swap"
+  std::string block;  // as named in the mount table, or the kernel's name when it names none
+  std::string name;   // the kernel's block name, when known ("" for swap and a source to resolve)
+  std::string what;   // "is mounted on / (ext4)" or "is used as swap"
 };
 
-std::vector<BlockUse> block_uses(const Sysroot& sysroot) {
-  std::vector<BlockUse> uses;
-  std::istringstream mounts(sysroot.read("/proc/self/mounts").value_or(""));
+// The kernel's name of block device MAJ:MIN ("259:2" -> "nvme0n1p2"), or "".
+std::string name_of_number(const Sysroot& sysroot, const std::string& number) {
+  return sysroot.link_name("/sys/dev/block/" + number).value_or("");
+}
+
+// Mounts from mountinfo, whose MAJ:MIN names the block device even when the source does not (a root
+// mounted by the kernel shows as /dev/root); the plain mount table when there is no mountinfo.
+void add_mounts(const Sysroot& sysroot, std::vector<BlockUse>& uses) {
   std::string line;
+  if (auto info = sysroot.read("/proc/self/mountinfo")) {
+    std::istringstream lines(*info);
+    while (std::getline(lines, line)) {
+      // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPEROPTIONS
+      std::istringstream fields(line);
+      std::string id, parent, number, root, target, field, type, source;
+      if (!(fields >> id >> parent >> number >> root >> target)) continue;
+      while (fields >> field && field != "-") {
+      }
+      if (!(fields >> type >> source)) continue;
+      std::string name = number.starts_with("0:") ? "" : name_of_number(sysroot, number);
+      if (name.empty() && !source.starts_with("/dev/")) continue;
+      uses.push_back({source.starts_with("/dev/") ? source : name, name,
+                      fmt::format("is mounted on {} ({})", target, type)});
+    }
+    return;
+  }
+  std::istringstream mounts(sysroot.read("/proc/self/mounts").value_or(""));
   while (std::getline(mounts, line)) {
     std::istringstream fields(line);
     std::string source, target, type;
     if (!(fields >> source >> target >> type) || !source.starts_with("/dev/")) continue;
-    uses.push_back({source, fmt::format("is mounted on {} ({})", target, type)});
+    uses.push_back({source, "", fmt::format("is mounted on {} ({})", target, type)});
   }
+}
+
+std::vector<BlockUse> block_uses(const Sysroot& sysroot) {
+  std::vector<BlockUse> uses;
+  add_mounts(sysroot, uses);
   std::istringstream swaps(sysroot.read("/proc/swaps").value_or(""));
+  std::string line;
   while (std::getline(swaps, line)) {
     std::istringstream fields(line);
     std::string source;
     if (!(fields >> source) || !source.starts_with("/dev/")) continue;
-    uses.push_back({source, "is used as swap"});
+    uses.push_back({source, "", "is used as swap"});
   }
   return uses;
+}
+
+// Whether the kernel refuses an exclusive open of block device `name`: something holds it (a mounted
+// filesystem, swap, a ZFS pool or btrfs volume member, md or device-mapper). Only on the real host.
+bool held_exclusively(const Sysroot& sysroot, const std::string& name) {
+  if (!sysroot.is_real_root()) return false;
+  auto number = sysroot.read_line("/sys/class/block/" + name + "/dev");
+  if (!number) return false;
+  for (const std::string& node : {"/dev/" + name, "/dev/block/" + *number}) {
+    int fd = open(node.c_str(), O_RDONLY | O_EXCL | O_NONBLOCK | O_CLOEXEC);
+    if (fd >= 0) {
+      close(fd);
+      return false;
+    }
+    if (errno == EBUSY) return true;
+  }
+  return false;
+}
+
+// The host's default routes' interfaces, IPv4 and IPv6.
+std::set<std::string> default_route_interfaces(const Sysroot& sysroot) {
+  std::set<std::string> out;
+  std::string line;
+  std::istringstream v4(sysroot.read("/proc/net/route").value_or(""));
+  while (std::getline(v4, line)) {
+    std::istringstream fields(line);
+    std::string iface, destination, gateway, flags, refs, use, metric, mask;
+    if (fields >> iface >> destination >> gateway >> flags >> refs >> use >> metric >> mask &&
+        destination == "00000000" && mask == "00000000")
+      out.insert(iface);
+  }
+  std::istringstream v6(sysroot.read("/proc/net/ipv6_route").value_or(""));
+  while (std::getline(v6, line)) {
+    // DEST PLEN SRC SPLEN NEXTHOP METRIC REFS USE FLAGS IFACE
+    std::istringstream fields(line);
+    std::string destination, length, field, iface;
+    if (!(fields >> destination >> length)) continue;
+    for (int i = 0; i < 8 && fields >> field; ++i) iface = field;
+    if (destination == std::string(32, '0') && length == "00" && iface != "lo") out.insert(iface);
+  }
+  return out;
 }
 
 }  // namespace
@@ -61,22 +136,64 @@ std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& dev
   if (!node) return reasons;
 
   std::set<std::string> own_blocks;
-  for (const auto& name : sysroot.list("/sys/class/block")) {
+  std::vector<std::string> own_dirs{*node};
+  const auto blocks = sysroot.list("/sys/class/block");
+  for (const auto& name : blocks) {
     auto path = sysroot.resolve("/sys/class/block/" + name);
     if (path && under(*path, *node)) own_blocks.insert(name);
   }
+  // An NVMe namespace with native multipath is a disk of the subsystem (under /sys/devices/virtual),
+  // reached through hidden per-controller paths below this device: it and its partitions are ours too.
+  for (const auto& name : blocks) {
+    for (const auto& path_disk : sysroot.list("/sys/class/block/" + name + "/multipath")) {
+      auto head = sysroot.resolve("/sys/class/block/" + name);
+      if (own_blocks.count(path_disk) && head) own_dirs.push_back(*head);
+    }
+  }
+  for (size_t i = 1; i < own_dirs.size(); ++i)
+    for (const auto& name : blocks)
+      if (auto path = sysroot.resolve("/sys/class/block/" + name); path && under(*path, own_dirs[i]))
+        own_blocks.insert(name);
+
+  std::set<std::string> cited;  // own blocks a reason already names
   if (!own_blocks.empty()) {
     for (const auto& use : block_uses(sysroot)) {
       std::set<std::string> stack;
-      add_with_slaves(sysroot, block_name(sysroot, use.block), stack);
+      add_with_slaves(sysroot, use.name.empty() ? block_name(sysroot, use.block) : use.name, stack);
       for (const auto& name : stack) {
         if (own_blocks.count(name)) {
-          std::string via = use.block.ends_with("/" + name) ? "" : fmt::format(" (through {})", name);
+          std::string via = use.block.ends_with("/" + name) || use.block == name ? "" : fmt::format(" (through {})", name);
           reasons.push_back(fmt::format("{}{} {}", use.block, via, use.what));
+          cited.insert(name);
           break;
         }
       }
     }
+  }
+  for (const auto& name : own_blocks) {
+    if (cited.count(name)) continue;
+    auto holders = sysroot.list("/sys/class/block/" + name + "/holders");
+    if (!holders.empty()) {
+      reasons.push_back(fmt::format("{} is held by {} (a device-mapper, LVM, md or bcache device built on it)", name,
+                                    holders.front()));
+    } else if (held_exclusively(sysroot, name)) {
+      reasons.push_back(fmt::format("{} is in use: the kernel refuses to open it exclusively (a mounted "
+                                    "filesystem, swap, or a member of a ZFS pool, btrfs volume or RAID)",
+                                    name));
+    }
+  }
+
+  // The NIC the host reaches the network through (or the bridge or bond it is part of).
+  std::set<std::string> routed = default_route_interfaces(sysroot);
+  for (const auto& iface : sysroot.list("/sys/class/net")) {
+    auto dev = sysroot.resolve("/sys/class/net/" + iface + "/device");
+    if (!dev || !under(*dev, *node)) continue;
+    auto master = sysroot.link_name("/sys/class/net/" + iface + "/master");
+    if (routed.count(iface))
+      reasons.push_back(fmt::format("its interface {} carries the host's default route", iface));
+    else if (master && routed.count(*master))
+      reasons.push_back(fmt::format("its interface {} is part of {}, which carries the host's default route", iface,
+                                    *master));
   }
 
   auto consoles = sysroot.read("/proc/consoles");

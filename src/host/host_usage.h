@@ -3,10 +3,14 @@
 // Taking the disk controller that holds / or the GPU showing the console away
 // from the host kills the host, so reserve refuses such a device unless
 // --force. A device is needed when a block device below its sysfs node (a
-// disk, a partition, or a disk under a device-mapper/md stack) is mounted or
-// used as swap (/proc/self/mounts, /proc/swaps), or when it carries an active
+// disk, a partition, an NVMe multipath namespace through it, or a disk under a
+// device-mapper/md stack) is mounted or used as swap (/proc/self/mountinfo,
+// whose device numbers also name a root the kernel mounted as /dev/root;
+// /proc/swaps), is held by another block device, or cannot be opened
+// exclusively on the real host (ZFS, btrfs members); when it carries an active
 // console (/proc/consoles: a serial port below the device, or the VT on the
-// boot VGA device).
+// boot VGA device); or when its network interface (or the bridge or bond it is
+// in) carries the host's default route (/proc/net/route, ipv6_route).
 #pragma once
 
 #include <string>

@@ -36,6 +36,66 @@ TEST_F(HostUsage, MountThroughSymlinkAndDeviceMapperBlocks) {
   EXPECT_NE(u[0].find("through nvme0n1p2"), std::string::npos) << u[0];
 }
 
+// A root the kernel mounted itself (no initramfs) is "/dev/root" in the mount table, a name that leads
+// nowhere; mountinfo's device number still names the partition.
+TEST_F(HostUsage, RootMountedAsDevRootBlocks) {
+  std::string number = fake.read("/sys/class/block/nvme0n1p2/dev");
+  number.pop_back();
+  fake.write("/proc/self/mountinfo", "1 0 0:22 / /proc rw - proc proc rw\n22 1 " + number +
+                                         " / / rw,relatime shared:1 - ext4 /dev/root rw\n");
+  fake.write("/proc/self/mounts", "/dev/root / ext4 rw 0 0\n");
+  auto u = uses("0000:00:03.0");
+  ASSERT_EQ(u.size(), 1u);
+  EXPECT_EQ(u[0], "/dev/root (through nvme0n1p2) is mounted on / (ext4)");
+  EXPECT_TRUE(uses("0000:00:04.0").empty());
+}
+
+// An active LVM volume group on the disk, none of its volumes mounted: the host still uses it.
+TEST_F(HostUsage, HeldByDeviceMapperBlocks) {
+  fake.add_dm("dm-0", {"nvme0n1p2"});
+  auto u = uses("0000:00:03.0");
+  ASSERT_EQ(u.size(), 1u);
+  EXPECT_EQ(u[0], "nvme0n1p2 is held by dm-0 (a device-mapper, LVM, md or bcache device built on it)");
+}
+
+// NVMe native multipath: the namespace the host mounts lives under the subsystem, not the controller.
+TEST_F(HostUsage, NvmeMultipathNamespaceBlocks) {
+  fake.write("/sys/devices/pci0000:00/0000:00:03.0/nvme/nvme0/nvme0c0n1/dev", "259:90\n");
+  fake.link("/sys/class/block/nvme0c0n1", "/sys/devices/pci0000:00/0000:00:03.0/nvme/nvme0/nvme0c0n1");
+  std::string head = "/sys/devices/virtual/nvme-subsystem/nvme-subsys0/nvme1n1";
+  fake.write(head + "/dev", "259:91\n");
+  fake.link(head + "/multipath/nvme0c0n1", "/sys/devices/pci0000:00/0000:00:03.0/nvme/nvme0/nvme0c0n1");
+  fake.link("/sys/class/block/nvme1n1", head);
+  fake.write(head + "/nvme1n1p1/dev", "259:92\n");
+  fake.link("/sys/class/block/nvme1n1p1", head + "/nvme1n1p1");
+  fake.write("/proc/self/mounts", "/dev/nvme1n1p1 /srv xfs rw 0 0\n");
+  auto u = uses("0000:00:03.0");
+  ASSERT_EQ(u.size(), 1u);
+  EXPECT_EQ(u[0], "/dev/nvme1n1p1 is mounted on /srv (xfs)");
+}
+
+// The NIC the host's default route leaves through, directly or through a bridge.
+TEST_F(HostUsage, NicCarryingTheDefaultRouteBlocks) {
+  fake.link("/sys/class/net/eth0/device", "/sys/devices/pci0000:00/0000:00:04.0");
+  EXPECT_TRUE(uses("0000:00:04.0").empty());
+  std::string header = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
+  fake.write("/proc/net/route", header + "eth0\t0002A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n");
+  EXPECT_TRUE(uses("0000:00:04.0").empty()) << "a route to its own subnet only";
+  fake.write("/proc/net/route", header + "eth0\t00000000\t0102A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n");
+  auto u = uses("0000:00:04.0");
+  ASSERT_EQ(u.size(), 1u);
+  EXPECT_EQ(u[0], "its interface eth0 carries the host's default route");
+
+  fake.write("/proc/net/route", header);
+  fake.link("/sys/class/net/eth0/master", "/sys/devices/virtual/net/br0");
+  fake.write("/proc/net/ipv6_route",
+             "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+             "fe800000000000000000000000000001 00000400 00000001 00000000 00000003 br0\n");
+  u = uses("0000:00:04.0");
+  ASSERT_EQ(u.size(), 1u);
+  EXPECT_EQ(u[0], "its interface eth0 is part of br0, which carries the host's default route");
+}
+
 TEST_F(HostUsage, SwapBlocks) {
   fake.write("/proc/swaps", "Filename Type Size Used Priority\n/dev/nvme0n1p2 partition 1024 0 -2\n");
   auto u = uses("0000:00:03.0");

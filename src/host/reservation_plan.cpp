@@ -6,10 +6,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <set>
 #include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "host/host_error.h"
 #include "host/host_usage.h"
@@ -114,13 +116,22 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
                                         address.str(), class_name(dev->class_code)));
       continue;
     }
+    auto vfs = sysroot.read_line(dev->sysfs_dir() + "/sriov_numvfs");
+    if (vfs && !vfs->empty() && *vfs != "0" && !dev->on_vfio()) {
+      plan.errors.push_back(fmt::format(
+          "{} has {} SR-IOV virtual functions enabled: unbinding its driver removes them (and any host interface "
+          "or VM on them), and vfio-pci refuses such a device; disable them first (echo 0 > "
+          "/sys/bus/pci/devices/{}/sriov_numvfs) or reserve a virtual function instead",
+          address.str(), *vfs, address.str()));
+      continue;
+    }
     auto uses = host_uses(sysroot, *dev);
     for (const auto& use : uses) {
       std::string text = fmt::format("{} is needed by the host: {}", address.str(), use);
       if (options.force) {
         plan.warnings.push_back(text + " (taking it anyway: --force)");
       } else {
-        plan.errors.push_back(text + "; unmount it / move the console first, or pass --force to take it anyway");
+        plan.errors.push_back(text + "; stop the host using it first (unmount it, move the console or the network), or pass --force to take it anyway");
       }
     }
     if (!dev->iommu_group) {
@@ -203,6 +214,26 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
   return plan;
 }
 
+// Processes that have the device's VFIO group (or its VFIO device node) open, as "1234 (passvm)": the
+// kernel's unbind waits for them, and no signal ends that wait.
+std::vector<std::string> vfio_holders(const Sysroot& sysroot, const HostDevice& dev) {
+  std::set<std::string> nodes;
+  if (dev.iommu_group) nodes.insert(vfio_node(*dev.iommu_group));
+  for (const auto& cdev : sysroot.list(dev.sysfs_dir() + "/vfio-dev")) nodes.insert("/dev/vfio/devices/" + cdev);
+  std::vector<std::string> out;
+  for (const auto& pid : sysroot.list("/proc")) {
+    if (pid.empty() || !std::all_of(pid.begin(), pid.end(), [](char c) { return c >= '0' && c <= '9'; })) continue;
+    for (const auto& fd : sysroot.list("/proc/" + pid + "/fd")) {
+      auto target = sysroot.resolve("/proc/" + pid + "/fd/" + fd);
+      if (target && nodes.count(*target)) {
+        out.push_back(fmt::format("{} ({})", pid, sysroot.read_line("/proc/" + pid + "/comm").value_or("?")));
+        break;
+      }
+    }
+  }
+  return out;
+}
+
 Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices,
                   const std::vector<PciAddress>& addresses) {
   Plan plan;
@@ -239,6 +270,15 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
                                        dev->driver.empty() ? "none" : dev->driver));
       if (previous) plan.steps.push_back({Step::Kind::DropState, state_path(address), ""});
       continue;
+    }
+    if (dev->on_vfio()) {
+      if (auto holders = vfio_holders(sysroot, *dev); !holders.empty()) {
+        plan.errors.push_back(fmt::format("{} is in use by process {}, which has its VFIO group open (a VM): shut "
+                                          "that VM down or remove the device from it first; releasing it now would "
+                                          "hang until that process exits",
+                                          address.str(), fmt::join(holders, ", ")));
+        continue;
+      }
     }
     plan.targets.push_back(address);
     give_back(*dev, owner_name(record));

@@ -206,6 +206,38 @@ TEST_F(Planning, ReleaseWithoutMemoryLoadsModaliasAndProbes) {
   EXPECT_EQ(warnings.size(), 1u);
 }
 
+// A VM holds the device's group: the kernel's unbind would wait, unkillably, until the VM exits.
+TEST_F(Planning, ReleaseOfADeviceAVmHoldsIsRefused) {
+  fake.bind("0000:00:03.0", "vfio-pci");
+  fake.set_override("0000:00:03.0", "vfio-pci");
+  fake.write("/dev/vfio/2", "");
+  fake.write("/proc/4242/comm", "passvm\n");
+  fake.link("/proc/4242/fd/0", "/dev/null");
+  fake.link("/proc/4242/fd/9", "/dev/vfio/2");
+  fake.write("/dev/vfio/3", "");
+  fake.link("/proc/77/fd/5", "/dev/vfio/3");  // another group's
+  auto plan = release({"00:03.0"});
+  ASSERT_EQ(plan.errors.size(), 1u);
+  EXPECT_EQ(plan.errors[0],
+            "0000:00:03.0 is in use by process 4242 (passvm), which has its VFIO group open (a VM): shut that VM down "
+            "or remove the device from it first; releasing it now would hang until that process exits");
+  EXPECT_TRUE(plan.steps.empty());
+  std::filesystem::remove(fake.root() / "proc/4242/fd/9");
+  EXPECT_TRUE(release({"00:03.0"}).errors.empty());
+}
+
+// Unbinding a physical function's driver takes its virtual functions with it.
+TEST_F(Planning, PhysicalFunctionWithVirtualFunctionsIsRefused) {
+  fake.write("/sys/devices/pci0000:00/0000:00:04.0/sriov_numvfs", "0\n");
+  EXPECT_TRUE(reserve({"00:04.0"}).errors.empty());
+  fake.write("/sys/devices/pci0000:00/0000:00:04.0/sriov_numvfs", "4\n");
+  auto plan = reserve({"00:04.0"});
+  ASSERT_EQ(plan.errors.size(), 1u);
+  EXPECT_EQ(plan.errors[0].rfind("0000:00:04.0 has 4 SR-IOV virtual functions enabled", 0), 0u) << plan.errors[0];
+  EXPECT_NE(plan.errors[0].find("echo 0 > /sys/bus/pci/devices/0000:00:04.0/sriov_numvfs"), std::string::npos);
+  EXPECT_TRUE(reserve({"00:04.0"}, {.force = true}).errors.size() == 1u) << "--force does not make vfio-pci take it";
+}
+
 TEST_F(Planning, ReleaseOfUnreservedDeviceDoesNothing) {
   auto plan = release({"00:04.0"});
   EXPECT_TRUE(plan.steps.empty());

@@ -89,19 +89,26 @@ void FakeSysfs::set_override(const std::string& address, const std::string& driv
 void FakeSysfs::add_block(const std::string& address, const std::string& name, const std::string& parent) {
   std::string disk_dir = kPciRoot + address + "/nvme/nvme0/";
   std::string dir = parent.empty() ? disk_dir + name : disk_dir + parent + "/" + name;
-  write(dir + "/dev", "259:0\n");
+  std::string number = "259:" + std::to_string(next_minor_++);
+  write(dir + "/dev", number + "\n");
   link("/sys/class/block/" + name, dir);
+  link("/sys/dev/block/" + number, dir);
 }
 
 void FakeSysfs::add_dm(const std::string& name, const std::vector<std::string>& slaves) {
   std::string dir = "/sys/devices/virtual/block/" + name;
   write(dir + "/dm/name", "vg-root\n");
   fs::create_directories(root_ / (dir.substr(1) + "/slaves"));
+  std::string number = "253:" + std::to_string(next_minor_++);
+  write(dir + "/dev", number + "\n");
   for (const auto& s : slaves) {
     auto target = fs::read_symlink(root_ / ("sys/class/block/" + s));
-    link(dir + "/slaves/" + s, (fs::path("/sys/class/block") / target).lexically_normal().string());
+    std::string slave_dir = (fs::path("/sys/class/block") / target).lexically_normal().string();
+    link(dir + "/slaves/" + s, slave_dir);
+    link(slave_dir + "/holders/" + name, dir);
   }
   link("/sys/class/block/" + name, dir);
+  link("/sys/dev/block/" + number, dir);
 }
 
 }  // namespace passvm::testing

@@ -41,6 +41,7 @@ class FakeSysfs {
 
  private:
   std::filesystem::path root_;
+  int next_minor_ = 0;  // block devices get distinct MAJ:MIN numbers, as mountinfo names them
 };
 
 }  // namespace passvm::testing
