@@ -83,8 +83,14 @@ void PciRoot::assign_resources(const layout::PciWindows& windows) {
       }
     }
   }
-  // Largest first: with power-of-two blocks this packs each window without holes.
-  std::stable_sort(pending.begin(), pending.end(), [](const Pending& a, const Pending& b) { return a.block > b.block; });
+  // What can only go below 4 GiB first (32-bit BARs, ROMs, I/O), so that small 64-bit BARs, which may go
+  // low too, never take the room those need; within each, largest first: with power-of-two blocks this
+  // packs a window without holes.
+  std::stable_sort(pending.begin(), pending.end(), [](const Pending& a, const Pending& b) {
+    bool a_anywhere = a.req.kind == BarKind::Mmio64, b_anywhere = b.req.kind == BarKind::Mmio64;
+    if (a_anywhere != b_anywhere) return b_anywhere;
+    return a.block > b.block;
+  });
 
   AddressWindow io("I/O", windows.io.start, windows.io.size);
   AddressWindow mmio32("32-bit MMIO", windows.mmio32.start, windows.mmio32.size);

@@ -1,3 +1,5 @@
+#include <vector>
+
 #include <gtest/gtest.h>
 
 #include <stdexcept>
@@ -71,6 +73,26 @@ TEST(PciResources, Small64BitBarsSpillAboveWhenLowWindowIsFull) {
   root.add(2, 0, &small);
   root.assign_resources();
   EXPECT_GE(small.assigned[0], layout::kMmio64Start);
+}
+
+// Eight GPUs (a 16 MiB 32-bit BAR and a 32 MiB 64-bit one each) and eight NICs (a 32 MiB 64-bit BAR):
+// the sixteen small 64-bit BARs alone would fill the 512 MiB low window, but they may go high and the
+// GPUs' 32-bit BARs may not, so the 32-bit ones are placed first.
+TEST(PciResources, Small64BitBarsLeaveTheLowWindowTo32BitOnes) {
+  PciRoot root;
+  std::vector<FakePciDevice> gpus(8), nics(8);
+  for (int i = 0; i < 8; i++) {
+    gpus[i].bars = {{0, BarKind::Mmio32, 16 * MiB, false}, {3, BarKind::Mmio64, 32 * MiB, true}};
+    nics[i].bars = {{0, BarKind::Mmio64, 32 * MiB, false}};
+    root.add(1 + i, 0, &gpus[i]);
+    root.add(9 + i, 0, &nics[i]);
+  }
+  ASSERT_NO_THROW(root.assign_resources());
+  for (const auto& g : gpus) EXPECT_LT(g.assigned.at(0), 1ull << 32);
+  int high = 0;
+  for (const auto& n : nics) high += n.assigned.at(0) >= layout::kMmio64Start;
+  for (const auto& g : gpus) high += g.assigned.at(3) >= layout::kMmio64Start;
+  EXPECT_GT(high, 0) << "some small 64-bit BARs spill above 4 GiB";
 }
 
 TEST(PciResources, ExhaustedWindowIsAClearError) {
