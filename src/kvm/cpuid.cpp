@@ -90,10 +90,15 @@ void patch_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t apic_id, uint3
         }
         break;
       }
-      case 0x80000008:
+      case 0x80000008: {
         // AMD: ECX[7:0] cores per package - 1, ECX[15:12] APIC id bits used for the core.
         e.ecx = (e.ecx & ~0xf0ffu) | ((count - 1) & 0xff) | (core_bits << 12);
+        // The guest's address width is what KVM can map (EAX[23:16] when KVM says it is less), so the guest
+        // never places a BAR or RAM where no access would reach.
+        uint32_t reachable = (e.eax >> 16) & 0xff;
+        if (reachable && reachable < (e.eax & 0xff)) e.eax = (e.eax & ~0xffu) | reachable;
         break;
+      }
       case 0x8000001e:
         // AMD: EAX extended APIC id, EBX[7:0] core (compute unit) id with one thread, ECX node 0.
         e.eax = apic_id;

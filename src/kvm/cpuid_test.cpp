@@ -68,6 +68,18 @@ TEST(Cpuid, PatchesApicIdAndCountsPerVcpu) {
   EXPECT_EQ(ext->eax, 2u);
 }
 
+// A 52-bit CPU whose KVM maps only 48 bits (no 5-level EPT): the guest is told 48, so it never places
+// anything where an access would not map; a KVM that says nothing there leaves the width alone.
+TEST(Cpuid, AddressWidthIsWhatKvmCanMap) {
+  auto e = host_like();
+  find_cpuid(e, 0x80000008)->eax = 0x303034;  // 52 physical, 48 virtual, GuestPhysBits 48
+  patch_cpuid(e, 0, 2);
+  EXPECT_EQ(find_cpuid(e, 0x80000008)->eax & 0xffff, 0x3030u);
+  auto plain = host_like();
+  patch_cpuid(plain, 0, 2);
+  EXPECT_EQ(find_cpuid(plain, 0x80000008)->eax, 0x3030u);
+}
+
 TEST(Cpuid, SingleVcpuHasNoHtt) {
   auto e = host_like();
   patch_cpuid(e, 0, 1);

@@ -100,6 +100,10 @@ uint32_t Kvm::guest_phys_bits() const {
   auto entries = cpuid_entries(supported_cpuid());
   auto* ext = find_cpuid(entries, 0x80000008);
   uint32_t bits = ext ? ext->eax & 0xff : 0;
+  // EAX[23:16] (GuestPhysBits, Linux 6.10 on) is what KVM's page tables reach when that is less than the
+  // CPU's address bits (52-bit CPUs without 5-level EPT/NPT): a BAR placed above it would never map.
+  uint32_t reachable = ext ? (ext->eax >> 16) & 0xff : 0;
+  if (reachable && reachable < bits) bits = reachable;
   return bits >= 36 && bits <= 52 ? bits : 36;
 }
 
