@@ -31,7 +31,9 @@ std::runtime_error changed(const std::string& path) {
 }  // namespace
 
 int open_boot_file(const std::string& path, const std::string& what, uint64_t* size) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO (or a device) given by mistake returns at once, to be refused below, instead
+  // of waiting for a writer; reads of a regular file ignore the flag.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     int err = errno;
     if (err == ENOENT) throw std::runtime_error(fmt::format("{} file {} not found: check the path", what, path));

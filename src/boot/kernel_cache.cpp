@@ -27,6 +27,18 @@ constexpr size_t kMaxCached = 4;
 constexpr size_t kMaxIndexed = 16;  // file index entries kept (one per kernel file booted)
 constexpr uint64_t kChunk = 1 << 20;
 
+// Creates a temporary file the cache renames into place: never through a symlink or into a file someone
+// left at that name (passvm may write a user's cache as root before it drops privileges), so a stale one
+// is removed (the link itself, not its target) and the file made anew.
+int create_private_tmp(const std::string& path) {
+  for (int attempt = 0; attempt < 2; attempt++) {
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd >= 0 || errno != EEXIST) return fd;
+    unlink(path.c_str());
+  }
+  return -1;
+}
+
 bool write_all(int fd, const void* p, size_t n) {
   const auto* b = static_cast<const uint8_t*>(p);
   while (n > 0) {
@@ -146,15 +158,13 @@ void KernelCache::write_index(const FileIdentity& file, const std::string& name)
   std::error_code ec;
   std::filesystem::create_directories(dir_, ec);
   const std::string path = index_path(file), tmp = fmt::format("{}.{}.tmp", path, getpid());
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << fmt::format("{} {} {} {}\n", file.size, file.mtime_ns, file.ctime_ns, name);
-    if (!out.flush()) {
-      unlink(tmp.c_str());
-      return;  // the index only saves time: without it the next boot hashes again
-    }
-  }
-  if (rename(tmp.c_str(), path.c_str()) != 0) unlink(tmp.c_str());
+  const std::string line = fmt::format("{} {} {} {}\n", file.size, file.mtime_ns, file.ctime_ns, name);
+  int fd = create_private_tmp(tmp);
+  // The index only saves time: without it the next boot hashes again.
+  if (fd < 0) return;
+  bool ok = write_all(fd, line.data(), line.size());
+  ok = close(fd) == 0 && ok;
+  if (!ok || rename(tmp.c_str(), path.c_str()) != 0) unlink(tmp.c_str());
 }
 
 std::optional<VmlinuxLayout> KernelCache::load(const VmlinuxWriter::Write& write,
@@ -251,9 +261,12 @@ std::optional<VmlinuxLayout> KernelCache::load_file(const std::string& path, boo
 std::string KernelCache::add(const std::string& dir, std::span<const uint8_t> bzimage, const std::string& name) {
   const SetupHeader h = parse_setup_header(bzimage, name);
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
+  bool created = std::filesystem::create_directories(dir, ec);
   if (ec)
     throw std::runtime_error(fmt::format("cannot create the cache directory {}: {}", dir, ec.message()));
+  // Readable by all, as its entries are (0644), whatever the creator's umask: a shared cache made by root
+  // with umask 077 would otherwise be one no user can read.
+  if (created) chmod(dir.c_str(), 0755);
   if (access(dir.c_str(), W_OK) != 0)
     throw std::runtime_error(fmt::format("cannot write to the cache directory {}: {} (run as its owner, or give "
                                          "another with PASSVM_CACHE_DIR)", dir, strerror(errno)));
@@ -303,7 +316,7 @@ void KernelCache::record_bytes(uint64_t paddr, std::span<const uint8_t> bytes) {
     std::error_code ec;
     std::filesystem::create_directories(dir_, ec);
     tmp_path_ = fmt::format("{}.{}.tmp", path_, getpid());
-    tmp_fd_ = open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    tmp_fd_ = create_private_tmp(tmp_path_);
     if (tmp_fd_ < 0) {
       failed_ = true;
       return;

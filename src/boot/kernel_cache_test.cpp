@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <ctime>
 
+#include <iterator>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -83,6 +84,31 @@ TEST(KernelCache, MissThenRecordThenHitGivesTheSameBytes) {
   std::vector<uint8_t> other(1000, 8);
   KernelCache c2(dir.path.string(), other);
   EXPECT_FALSE(c2.load(write, accept).has_value());
+}
+
+// A symlink planted where the entry is written first (passvm may write a user's cache as root): the
+// file it points to is left alone, and the entry is written all the same.
+TEST(KernelCache, APlantedSymlinkIsNotFollowed) {
+  TempDir dir;
+  std::vector<uint8_t> bzimage(1000, 7);
+  std::string victim = (dir.path / "victim").string();
+  { std::ofstream(victim) << "precious\n"; }
+  {
+    KernelCache c(dir.path.string(), bzimage);
+    ASSERT_FALSE(c.path().empty());
+    std::filesystem::create_symlink(victim, c.path() + "." + std::to_string(getpid()) + ".tmp");
+    record_kernel(c, sample_pieces());
+  }
+  std::ifstream in(victim);
+  std::string text;
+  std::getline(in, text);
+  EXPECT_EQ(text, "precious");
+  std::map<uint64_t, std::vector<uint8_t>> loaded;
+  KernelCache again(dir.path.string(), bzimage);
+  EXPECT_TRUE(again.load([&](uint64_t a, std::span<const uint8_t> b) { loaded[a].insert(loaded[a].end(), b.begin(), b.end()); },
+                         [](const VmlinuxLayout&) {})
+                  .has_value());
+  EXPECT_EQ(loaded, sample_pieces());
 }
 
 TEST(KernelCache, WholeZeroPagesAreNeitherStoredNorWritten) {

@@ -4,6 +4,7 @@
 
 #include <lzma.h>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -169,6 +170,20 @@ TEST(LoadLinux, MissingFiles) {
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("kernel file /nonexistent/bzImage not found"), std::string::npos);
   }
+}
+
+// A FIFO given as the kernel (a process substitution, say) is refused at once, not waited on forever.
+TEST(LoadLinux, FifoIsRefusedNotWaitedOn) {
+  GuestMemory mem(64 * MiB, false);
+  std::string fifo = (std::filesystem::temp_directory_path() / ("passvm-fifo-" + std::to_string(getpid()))).string();
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  try {
+    load_linux(mem, fifo, "", "", build_e820(mem), 0);
+    ADD_FAILURE() << "no error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("is not a regular file"), std::string::npos) << e.what();
+  }
+  unlink(fifo.c_str());
 }
 
 // From files: the initrd is read straight into guest RAM, byte for byte; a missing one is named.

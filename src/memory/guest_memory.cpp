@@ -124,7 +124,9 @@ GuestMemory::GuestMemory(uint64_t size, bool hugetlb, uint32_t phys_bits) : size
       close(fd_);
       throw std::runtime_error(fmt::format("cannot size guest memory to {} MiB: {}", size >> 20, strerror(err)));
     }
-    p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd_, 0);
+    // Reserved at mmap (no MAP_NORESERVE): a pool too small fails here, with the message below, instead of
+    // a SIGBUS at the first write to a page the pool could not give.
+    p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
     mapped_size_ = size;
     page_ = page;
     backing_ = fmt::format("{} hugetlbfs pages", layout::size_text(page));

@@ -211,6 +211,21 @@ TEST(Layout, UncacheableRangesAreAlignedBlocks) {
   EXPECT_EQ(layout::aligned_blocks({602 * layout::GiB, 422 * layout::GiB}, 3).size(), 3u);
 }
 
+// -S with fewer free 2 MiB pages than the guest needs: a clear error now, not a SIGBUS at the first write.
+TEST(GuestMemory, HugetlbPoolTooSmallIsAClearError) {
+  const uint64_t size = 64 * layout::MiB;
+  std::ifstream pool("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages");
+  uint64_t free_pages = 0;
+  if (pool >> free_pages && free_pages * 2 * layout::MiB >= size)
+    GTEST_SKIP() << "this host has 64 MiB of free 2 MiB hugepages";
+  try {
+    GuestMemory mem(size, true);
+    FAIL() << "mapped 64 MiB of hugetlbfs memory the pool does not have";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("are enough hugepages reserved?"), std::string::npos) << e.what();
+  }
+}
+
 TEST(GuestMemory, RejectsTooSmall) { EXPECT_THROW(GuestMemory(1 * layout::MiB, false), std::runtime_error); }
 
 }  // namespace
