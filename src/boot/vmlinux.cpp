@@ -94,12 +94,20 @@ VmlinuxLayout parse_vmlinux_headers(std::span<const uint8_t> b, const std::strin
     throw bad("program headers out of bounds");
   VmlinuxLayout v;
   bool entry_loaded = false;
+  uint64_t total = 0;
   for (unsigned i = 0; i < eh.e_phnum; i++) {
     auto ph = load<Elf64_Phdr>(b, eh.e_phoff + i * sizeof(Elf64_Phdr));
     if (ph.p_type != PT_LOAD) continue;
     if (ph.p_offset > kMaxUnpacked || ph.p_filesz > kMaxUnpacked - ph.p_offset || ph.p_filesz > ph.p_memsz ||
         ph.p_memsz > kMaxUnpacked || ph.p_paddr > (1ull << 40))
       throw bad(fmt::format("segment {} is out of bounds", i));
+    // Each segment is written once: many segments over the same bytes would make a small file write
+    // without end (into guest RAM and the kernel cache).
+    total += ph.p_memsz;
+    if (total > kMaxUnpacked) throw bad("its segments add up to more than any kernel needs");
+    for (const auto& other : v.segments)
+      if (ph.p_paddr < other.paddr + other.mem_size && other.paddr < ph.p_paddr + ph.p_memsz)
+        throw bad(fmt::format("segment {} overlaps another in memory", i));
     v.segments.push_back({ph.p_paddr, ph.p_offset, ph.p_filesz, ph.p_memsz});
     if (eh.e_entry >= ph.p_paddr && eh.e_entry < ph.p_paddr + ph.p_memsz) entry_loaded = true;
   }

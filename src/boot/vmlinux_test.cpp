@@ -57,6 +57,22 @@ TEST(Vmlinux, RejectsMalformedElf) {
   EXPECT_THROW(w.finish(), std::runtime_error);
 }
 
+// Segments over the same guest memory (a small hostile file with many of them would make passvm write
+// without end) are refused; neighbours that only touch are fine.
+TEST(Vmlinux, RejectsOverlappingSegments) {
+  const uint64_t base = 16 * layout::MiB;
+  auto touching = testing::make_elf_segments({{base, 4096, pattern(4096)}, {base + 4096, 8192, pattern(4096)}}, base);
+  EXPECT_EQ(parse_vmlinux_headers(touching, "t").segments.size(), 2u);
+  auto overlapping =
+      testing::make_elf_segments({{base, 4096, pattern(4096)}, {base + 4095, 8192, pattern(4096)}}, base);
+  try {
+    parse_vmlinux_headers(overlapping, "t");
+    ADD_FAILURE() << "overlapping segments accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_EQ(std::string(e.what()), "t: segment 1 overlaps another in memory");
+  }
+}
+
 TEST(Vmlinux, WriterPlacesSegmentBytesAcrossChunkBoundaries) {
   // Two segments; the stream arrives in odd-sized chunks so pieces straddle chunk and segment edges.
   auto text = pattern(200000);
