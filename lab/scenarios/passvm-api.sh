@@ -19,7 +19,7 @@
 #   hot-plug sequence; the L2 it boots must reach init before Kata's vmm.shutdown is sent.
 # lab-expect: api.ping api.state.running api.counters api.pause api.state.paused api.err.pause_twice api.resume
 # lab-expect: api.err.nodriver api.err.hostdriver api.err.unknown_id
-# lab-expect: api.add1 api.remove1 api.host1 api.add2 api.err.add_twice api.remove2 api.add3 api.remove3 api.host3 api.add4 api.remove4
+# lab-expect: api.kvm_vfio api.add1 api.remove1 api.host1 api.add2 api.err.add_twice api.remove2 api.add3 api.remove3 api.host3 api.add4 api.remove4
 # lab-expect: api.nmi pva.nmi api.powerbutton pva.powerbutton api.err.powerbutton_off api.shutdown_config
 # lab-expect: api.state.shutdown api.shutdown api.exit api.final
 # lab-expect: pva.vmm pva.boot pva.ticker pva.hot1.add pva.hot1.nvme pva.hot1.gone pva.hot1 pva.hot2.add pva.hot2.nvme pva.hot2.gone pva.hot2
@@ -101,6 +101,13 @@ hp_while_paused() {
 }
 hp_while_added() {  # the device is in the guest: adding it again must be refused
     [[ $1 == 2 ]] && refused api.err.add_twice "adding $2 while the guest has it" add-device "$2" --id again
+    [[ $1 == 1 ]] || return 0
+    # KVM knows the VM has an assigned device (its interrupts can be posted): passvm holds a KVM-VFIO device.
+    local pid n
+    pid=$(pvr --json ping 2>/dev/null | json_field pid)
+    n=$(ls -l "/proc/$pid/fd" 2>/dev/null | grep -c 'anon_inode:kvm-vfio')
+    if [[ $n == 1 ]]; then result api.kvm_vfio pass pid="$pid"
+    else result api.kvm_vfio fail detail="passvm (pid '$pid') holds $n KVM-VFIO devices while $2 is in the guest, expected 1"; fi
 }
 
 wait_socket() {  # wait_socket PATH: the API socket appears (30 s)

@@ -79,6 +79,7 @@ Vm::Vm(Kvm& kvm) : kvm_(kvm) {
 }
 
 Vm::~Vm() {
+  if (vfio_device_ >= 0) close(vfio_device_);
   if (ring_) munmap(ring_, ring_bytes_);
   if (fd_ >= 0) close(fd_);
 }
@@ -245,6 +246,39 @@ void Vm::free_msi_route(uint32_t gsi) {
 std::vector<kvm_irq_routing_entry> Vm::routes() {
   std::lock_guard g(routes_lock_);
   return routes_;
+}
+
+bool Vm::add_vfio_group(int group_fd) {
+  std::lock_guard g(vfio_lock_);
+  if (vfio_device_ == -2) return false;
+  if (vfio_device_ < 0) {
+    kvm_create_device create{};
+    create.type = KVM_DEV_TYPE_VFIO;
+    if (ioctl(fd_, KVM_CREATE_DEVICE, &create) < 0) {
+      if (errno != ENODEV && errno != ENOTTY) fail("KVM_CREATE_DEVICE (VFIO)", errno);
+      vfio_device_ = -2;
+      return false;
+    }
+    vfio_device_ = static_cast<int>(create.fd);
+  }
+  int32_t fd = group_fd;
+  kvm_device_attr attr{};
+  attr.group = KVM_DEV_VFIO_GROUP;
+  attr.attr = KVM_DEV_VFIO_GROUP_ADD;
+  attr.addr = reinterpret_cast<uint64_t>(&fd);
+  if (ioctl(vfio_device_, KVM_SET_DEVICE_ATTR, &attr) < 0) fail("KVM_SET_DEVICE_ATTR (VFIO group add)", errno);
+  return true;
+}
+
+void Vm::remove_vfio_group(int group_fd) {
+  std::lock_guard g(vfio_lock_);
+  if (vfio_device_ < 0) return;
+  int32_t fd = group_fd;
+  kvm_device_attr attr{};
+  attr.group = KVM_DEV_VFIO_GROUP;
+  attr.attr = KVM_DEV_VFIO_GROUP_DEL;
+  attr.addr = reinterpret_cast<uint64_t>(&fd);
+  ioctl(vfio_device_, KVM_SET_DEVICE_ATTR, &attr);  // fails only for a group never added: nothing to undo
 }
 
 bool Vm::signal_msi(uint64_t address, uint32_t data) {

@@ -74,6 +74,15 @@ class Vm {
   uint32_t alloc_msi_route(uint64_t address, uint32_t data);
   void update_msi_route(uint32_t gsi, uint64_t address, uint32_t data);
   void free_msi_route(uint32_t gsi);
+  // The KVM-VFIO device, told of every VFIO group whose devices this VM has: KVM then knows the VM has
+  // assigned devices, so it posts their MSIs straight to the vCPUs where the IOMMU can (no host
+  // interrupt, no injection), and honours the guest's caching and WBINVD when their DMA does not snoop
+  // the CPU caches. Created with the first group. A group must be removed before its fd is closed: the
+  // device holds a reference that keeps the group from the host. Returns false when this kernel has no
+  // KVM-VFIO device (the devices then work, without those); throws when a group cannot be added.
+  bool add_vfio_group(int group_fd);
+  void remove_vfio_group(int group_fd);
+
   // Injects one MSI directly (KVM_SIGNAL_MSI), for emulated devices and masked-then-pending vectors.
   // Returns false when no vCPU took it: the guest blocked it (LAPIC disabled) or the address names no
   // APIC. Both are the guest's doing, so they are not errors; a failing ioctl throws.
@@ -117,6 +126,8 @@ class Vm {
   uint32_t max_gsi_count_ = 0;  // KVM_CAP_IRQ_ROUTING: the size of KVM's GSI space
   std::mutex ring_lock_;        // one drainer at a time, so entries are delivered in order
   kvm_coalesced_mmio_ring* ring_ = nullptr;
+  std::mutex vfio_lock_;
+  int vfio_device_ = -1;  // the KVM-VFIO device; -2: this kernel has none
   size_t ring_bytes_ = 0;
   uint32_t ring_entries_ = 0;
 };

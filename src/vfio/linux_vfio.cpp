@@ -242,7 +242,10 @@ Container::~Container() {
     u.size = size;
     ioctl(fd_, VFIO_IOMMU_UNMAP_DMA, &u);
   }
-  for (auto [n, fd] : groups_) close(fd);
+  for (auto [n, fd] : groups_) {
+    if (on_group) on_group(fd, false);
+    close(fd);
+  }
   if (fd_ >= 0) close(fd_);
 }
 
@@ -331,6 +334,15 @@ int Container::group_fd(const Bdf& bdf, int group) {
       throw VfioError(fmt::format("{}: cannot select the type1v2 IOMMU: {}", bdf.str(), err(e)), e);
     }
     iommu_set_ = true;
+  }
+  if (on_group) {
+    try {
+      on_group(fd, true);
+    } catch (...) {
+      ioctl(fd, VFIO_GROUP_UNSET_CONTAINER);
+      close(fd);
+      throw;
+    }
   }
   groups_[group] = fd;
   return fd;
@@ -476,6 +488,7 @@ void Container::detach(const Bdf& bdf) {
     if (other_group == group) return;  // another function of the group is still in the VM
   auto fd = groups_.find(group);
   if (fd == groups_.end()) return;
+  if (on_group) on_group(fd->second, false);
   ioctl(fd->second, VFIO_GROUP_UNSET_CONTAINER);
   close(fd->second);
   groups_.erase(fd);

@@ -8,9 +8,10 @@
 // The container must outlive the devices it opened.
 #pragma once
 
+#include <functional>
 #include <map>
-#include <set>
 #include <memory>
+#include <set>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -43,6 +44,11 @@ class Container : public DmaMapper {
   // the kernel drops the IOMMU context and every DMA mapping with it: unmap guest RAM before; the next
   // device opened selects the IOMMU again.
   void detach(const Bdf& bdf);
+
+  // Told of each IOMMU group attached (added true) and of each about to be closed (false), with its fd:
+  // the machine lets KVM know of them (Vm::add_vfio_group). Set before any device is opened; called with
+  // the container's lock held, so it must not call back into the container. Throwing refuses the group.
+  std::function<void(int group_fd, bool added)> on_group;
 
   void map_dma(const DmaRegion& region) override;
   void unmap_dma(uint64_t iova, uint64_t size) override;

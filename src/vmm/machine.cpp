@@ -317,6 +317,14 @@ void Machine::Parts::build() {
       throw std::runtime_error(fmt::format("-s {},passthru,{},rom={}: cannot read the ROM file: {}", s.slot, s.config,
                                            s.rom, strerror(errno)));
   }
+  // KVM learns of every group (hot-plugged ones too): its devices' interrupts can then be posted.
+  container.on_group = [this, warned = false](int group_fd, bool added) mutable {
+    if (!added) return vm->remove_vfio_group(group_fd);
+    if (!vm->add_vfio_group(group_fd) && !std::exchange(warned, true))
+      eprint("passvm: this kernel has no KVM-VFIO device (CONFIG_KVM_VFIO): passthrough works, but device "
+             "interrupts are not posted to the vCPUs and DMA that does not snoop the CPU caches may see stale "
+             "data\n");
+  };
   // Every group first: a device that can only be reset with its bus needs the groups of all it resets.
   for (const auto& s : c.slots)
     if (s.emulation == "passthru") container.attach(vfio::parse_bdf(s.config));
