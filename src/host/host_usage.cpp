@@ -130,7 +130,7 @@ std::set<std::string> default_route_interfaces(const Sysroot& sysroot) {
 
 }  // namespace
 
-std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& device) {
+std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& device, bool probe_exclusive) {
   std::vector<std::string> reasons;
   auto node = sysroot.resolve(device.sysfs_dir());
   if (!node) return reasons;
@@ -176,7 +176,7 @@ std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& dev
     if (!holders.empty()) {
       reasons.push_back(fmt::format("{} is held by {} (a device-mapper, LVM, md or bcache device built on it)", name,
                                     holders.front()));
-    } else if (held_exclusively(sysroot, name)) {
+    } else if (probe_exclusive && held_exclusively(sysroot, name)) {
       reasons.push_back(fmt::format("{} is in use: the kernel refuses to open it exclusively (a mounted "
                                     "filesystem, swap, or a member of a ZFS pool, btrfs volume or RAID)",
                                     name));
@@ -188,12 +188,30 @@ std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& dev
   for (const auto& iface : sysroot.list("/sys/class/net")) {
     auto dev = sysroot.resolve("/sys/class/net/" + iface + "/device");
     if (!dev || !under(*dev, *node)) continue;
-    auto master = sysroot.link_name("/sys/class/net/" + iface + "/master");
-    if (routed.count(iface))
+    if (routed.count(iface)) {
       reasons.push_back(fmt::format("its interface {} carries the host's default route", iface));
-    else if (master && routed.count(*master))
-      reasons.push_back(fmt::format("its interface {} is part of {}, which carries the host's default route", iface,
-                                    *master));
+      continue;
+    }
+    // What is stacked on it (a VLAN, a macvlan: upper_*) or holds it (a bond, a bridge: master), and so on up.
+    std::vector<std::string> todo{iface};
+    std::set<std::string> seen{iface};
+    for (size_t i = 0; i < todo.size() && i < 64; i++) {
+      std::string dir = "/sys/class/net/" + todo[i];
+      std::vector<std::string> above;
+      if (auto master = sysroot.link_name(dir + "/master")) above.push_back(*master);
+      for (const auto& entry : sysroot.list(dir))
+        if (entry.starts_with("upper_")) above.push_back(entry.substr(6));
+      for (const auto& up : above) {
+        if (!seen.insert(up).second) continue;
+        if (routed.count(up)) {
+          reasons.push_back(
+              fmt::format("its interface {} is under {}, which carries the host's default route", iface, up));
+          todo.clear();
+          break;
+        }
+        todo.push_back(up);
+      }
+    }
   }
 
   auto consoles = sysroot.read("/proc/consoles");

@@ -22,6 +22,8 @@
 namespace passvm::host {
 
 // One human-readable reason per use ("nvme0n1p2 is mounted on / (ext4)"); empty when unused.
-std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& device);
+// probe_exclusive: also try an exclusive open of each idle block device (reserve only: a listing must not
+// claim disks, even for an instant, while a mount or a pool import may be starting).
+std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& device, bool probe_exclusive = false);
 
 }  // namespace passvm::host

@@ -1,5 +1,7 @@
 #include "host/host_usage.h"
 
+#include <filesystem>
+
 #include <gtest/gtest.h>
 
 #include "testing/fake_host.h"
@@ -93,7 +95,18 @@ TEST_F(HostUsage, NicCarryingTheDefaultRouteBlocks) {
              "fe800000000000000000000000000001 00000400 00000001 00000000 00000003 br0\n");
   u = uses("0000:00:04.0");
   ASSERT_EQ(u.size(), 1u);
-  EXPECT_EQ(u[0], "its interface eth0 is part of br0, which carries the host's default route");
+  EXPECT_EQ(u[0], "its interface eth0 is under br0, which carries the host's default route");
+
+  // A VLAN on the NIC, in a bridge that has the route: two levels up.
+  fake.write("/proc/net/ipv6_route", "");
+  std::filesystem::remove(fake.root() / "sys/class/net/eth0/master");
+  fake.link("/sys/class/net/eth0/upper_eth0.100", "/sys/devices/virtual/net/eth0.100");
+  fake.link("/sys/class/net/eth0.100", "/sys/devices/virtual/net/eth0.100");
+  fake.link("/sys/devices/virtual/net/eth0.100/master", "/sys/devices/virtual/net/br1");
+  fake.write("/proc/net/route", header + "br1\t00000000\t0102A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n");
+  u = uses("0000:00:04.0");
+  ASSERT_EQ(u.size(), 1u);
+  EXPECT_EQ(u[0], "its interface eth0 is under br1, which carries the host's default route");
 }
 
 TEST_F(HostUsage, SwapBlocks) {

@@ -125,7 +125,7 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
           address.str(), *vfs, address.str()));
       continue;
     }
-    auto uses = host_uses(sysroot, *dev);
+    auto uses = host_uses(sysroot, *dev, true);
     for (const auto& use : uses) {
       std::string text = fmt::format("{} is needed by the host: {}", address.str(), use);
       if (options.force) {

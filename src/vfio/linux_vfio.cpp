@@ -341,6 +341,10 @@ int Container::group_fd(const Bdf& bdf, int group) {
     } catch (...) {
       ioctl(fd, VFIO_GROUP_UNSET_CONTAINER);
       close(fd);
+      if (groups_.empty()) {  // the kernel dropped the IOMMU context with it: the next group selects it again
+        iommu_set_ = false;
+        mapped_.clear();
+      }
       throw;
     }
   }

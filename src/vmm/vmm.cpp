@@ -465,8 +465,10 @@ DeviceInfo Vmm::add_device(const std::string& host, const std::string& id) {
   });
 }
 Removal Vmm::remove_device(const std::string& id) {
+  // From the request's arrival: the loop may first finish releasing another device the guest ejected.
+  auto deadline = std::chrono::steady_clock::now() + kRemoveAnswer;
   auto done = on_loop<std::shared_future<void>>([&] { return do_remove_device(id); });
-  if (done.wait_for(kRemoveAnswer) != std::future_status::ready) return Removal::Pending;
+  if (done.wait_until(deadline) != std::future_status::ready) return Removal::Pending;
   done.get();  // throws when releasing the ejected device failed
   return Removal::Done;
 }
