@@ -54,6 +54,29 @@ void print_messages(const Plan& plan) {
   for (const auto& e : plan.errors) std::cerr << "error: " << e << "\n";
 }
 
+// A reservation that failed part way: the devices it took from their drivers go back, so that the host is
+// as it was (reserving half of what was asked is worse than nothing). Says what it could not undo.
+void give_back(const Sysroot& sysroot, const std::vector<PciAddress>& taken) {
+  Plan undo = plan_release(sysroot, scan_devices(sysroot), taken);
+  std::vector<std::string> warnings;
+  try {
+    if (!undo.errors.empty()) throw HostError(undo.errors.front());
+    execute(sysroot, undo, run_command, warnings);
+  } catch (const HostError& e) {
+    warnings.push_back(e.what());
+  }
+  for (const auto& w : warnings) std::cerr << "warning: while giving the devices back: " << w << "\n";
+  auto devices = scan_devices(sysroot);
+  for (const auto& address : taken) {
+    auto dev = find_device(devices, address);
+    if (dev && dev->reserved())
+      std::cerr << fmt::format("error: {} is still reserved; `passvm release {}` gives it back\n", address.str(),
+                               address.str());
+    else if (dev)
+      std::cerr << fmt::format("{}: given back (driver {})\n", address.str(), dev->driver.empty() ? "none" : dev->driver);
+  }
+}
+
 // Runs a plan and checks the outcome; returns the exit status.
 int carry_out(const Sysroot& sysroot, const Plan& plan, bool dry_run, bool verbose, bool reserving) {
   print_messages(plan);
@@ -62,12 +85,26 @@ int carry_out(const Sysroot& sysroot, const Plan& plan, bool dry_run, bool verbo
     for (const auto& step : plan.steps) std::cout << (dry_run ? "would: " : "") << step.describe() << "\n";
   }
   if (dry_run) return 0;
-  std::vector<std::string> warnings;
-  execute(sysroot, plan, run_command, warnings);
+  std::vector<PciAddress> taken;  // reserved by this plan, not before it: what a failure gives back
+  if (reserving) {
+    auto before = scan_devices(sysroot);
+    for (const auto& address : plan.targets)
+      if (auto dev = find_device(before, address); dev && !dev->reserved()) taken.push_back(address);
+  }
+  std::vector<std::string> warnings, problems;
+  try {
+    execute(sysroot, plan, run_command, warnings);
+  } catch (const HostError& e) {
+    problems.push_back(e.what());
+  }
   for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";
-  auto problems = reserving ? verify_reserved(sysroot, plan.targets) : verify_released(sysroot, plan.targets);
+  if (problems.empty())
+    problems = reserving ? verify_reserved(sysroot, plan.targets) : verify_released(sysroot, plan.targets);
   for (const auto& p : problems) std::cerr << "error: " << p << "\n";
-  if (!problems.empty()) return 1;
+  if (!problems.empty()) {
+    if (!taken.empty()) give_back(sysroot, taken);
+    return 1;
+  }
   auto devices = scan_devices(sysroot);
   for (const auto& address : plan.targets) {
     auto dev = find_device(devices, address);

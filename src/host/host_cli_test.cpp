@@ -112,6 +112,18 @@ TEST_F(Cli, BootClaimOnlyForListedDevices) {
   EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "vfio-pci");
 }
 
+// The second device's unbind fails: the first, already taken from its driver, is given back, so the
+// host is as before rather than half reserved.
+TEST_F(Cli, AReservationThatFailsPartWayIsUndone) {
+  std::filesystem::remove(fake.root() / "sys/bus/pci/drivers/e1000e/unbind");
+  EXPECT_EQ(run({"passvm reserve", "00:03.0", "00:04.0"}), 1);
+  EXPECT_NE(err.find("0000:00:04.0/driver/unbind for writing"), std::string::npos) << err;
+  EXPECT_NE(err.find("0000:00:03.0: given back (driver nvme)"), std::string::npos) << err;
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "\n");
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:04.0/driver_override"), "\n");
+  EXPECT_FALSE(fake.sysroot().exists("/run/passvm/reserved/0000:00:03.0"));
+}
+
 TEST_F(Cli, BootClaimRefusesDryRunRatherThanActing) {
   fake.bind("0000:00:03.0", "");
   fake.write("/etc/passvm/pptdevs.conf", "pptdevs=\"0/3/0\"\n");
