@@ -70,6 +70,15 @@ void patch_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t apic_id, uint3
         e.eax = (e.eax & 0x3fff) | ((std::min<uint32_t>(count, 64) - 1) << 26) | ((sharing & 0xfff) << 14);
         break;
       }
+      case 0x8000001d: {
+        // AMD's cache topology, leaf 4's layout: EAX[25:14] threads sharing the cache - 1, from which Linux
+        // derives its last-level-cache domains. The host's counts would split the vCPUs into several.
+        if ((e.eax & 0x1f) == 0) break;
+        uint32_t level = (e.eax >> 5) & 0x7;
+        uint32_t sharing = level >= 3 ? count - 1 : 0;
+        e.eax = (e.eax & ~(0xfffu << 14)) | ((sharing & 0xfff) << 14);
+        break;
+      }
       case 0xb:
       case 0x1f: {
         // Extended topology: subleaf 0 is the SMT level (one thread per core), subleaf 1 the core level.

@@ -80,6 +80,22 @@ TEST(Cpuid, AddressWidthIsWhatKvmCanMap) {
   EXPECT_EQ(find_cpuid(plain, 0x80000008)->eax, 0x3030u);
 }
 
+// AMD's cache leaf: a 32-vCPU guest on a Zen host whose L3 is shared by 16 threads must see one L3 for all
+// 32 (Linux makes its last-level-cache domains from this), and its L1 and L2 per vCPU.
+TEST(Cpuid, AmdCacheLeafSharesTheLastLevelAcrossAllVcpus) {
+  auto e = host_like();
+  e.push_back(entry(0x8000001d, 0, 0x00004121, 0x01c0003f, 0x3f, 0, true));  // L1d, 2 threads
+  e.push_back(entry(0x8000001d, 2, 0x00004143, 0x01c0003f, 0x3ff, 2, true));  // L2, 2 threads
+  e.push_back(entry(0x8000001d, 3, 0x0003c163, 0x03c0003f, 0x7fff, 1, true));  // L3, 16 threads
+  e.push_back(entry(0x8000001d, 4, 0, 0, 0, 0, true));                        // the end
+  patch_cpuid(e, 5, 32);
+  EXPECT_EQ((find_cpuid(e, 0x8000001d, 0)->eax >> 14) & 0xfff, 0u);
+  EXPECT_EQ((find_cpuid(e, 0x8000001d, 2)->eax >> 14) & 0xfff, 0u);
+  EXPECT_EQ((find_cpuid(e, 0x8000001d, 3)->eax >> 14) & 0xfff, 31u);
+  EXPECT_EQ(find_cpuid(e, 0x8000001d, 3)->eax & 0x3fff, 0x0163u);  // type and level kept
+  EXPECT_EQ(find_cpuid(e, 0x8000001d, 4)->eax, 0u);
+}
+
 TEST(Cpuid, SingleVcpuHasNoHtt) {
   auto e = host_like();
   patch_cpuid(e, 0, 1);
