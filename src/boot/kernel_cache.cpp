@@ -66,14 +66,34 @@ bool read_at(int fd, void* p, size_t n, uint64_t off) {
 
 }  // namespace
 
+namespace {
+
+// Whether root may write its cache at `dir`: only when every part of the path that exists is root's own
+// and no symlink. sudo may keep a user's HOME; root writing there could be steered by that user
+// (a directory swapped for a symlink while it writes) into any file.
+bool root_owns_path(const std::string& dir) {
+  for (std::filesystem::path p = dir; !p.empty() && p != p.root_path(); p = p.parent_path()) {
+    struct stat st {};
+    if (lstat(p.c_str(), &st) != 0) continue;  // to be created, by root
+    if (S_ISLNK(st.st_mode) || st.st_uid != 0) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 CacheDirs KernelCache::default_dirs() {
   if (const char* d = getenv("PASSVM_CACHE_DIR")) {
     if (std::string(d) == "off") return {};
-    return {d, kSharedCacheDir};
+    return {d, kSharedCacheDir};  // named by whoever runs passvm: theirs to choose
   }
-  if (const char* x = getenv("XDG_CACHE_HOME"); x && *x) return {std::string(x) + "/passvm", kSharedCacheDir};
-  if (const char* h = getenv("HOME"); h && *h) return {std::string(h) + "/.cache/passvm", kSharedCacheDir};
-  return {"", kSharedCacheDir};
+  std::string own;
+  if (const char* x = getenv("XDG_CACHE_HOME"); x && *x)
+    own = std::string(x) + "/passvm";
+  else if (const char* h = getenv("HOME"); h && *h)
+    own = std::string(h) + "/.cache/passvm";
+  if (!own.empty() && geteuid() == 0 && !root_owns_path(own)) own.clear();  // the shared cache still serves
+  return {own, kSharedCacheDir};
 }
 
 namespace {

@@ -13,7 +13,8 @@
 // a later boot of the same unchanged file skips hashing.
 //
 // Where: the user's own cache, $PASSVM_CACHE_DIR, else $XDG_CACHE_HOME/passvm,
-// else ~/.cache/passvm, read and written; and a shared one, /var/cache/passvm,
+// else ~/.cache/passvm, read and written (as root, only a path that is root's
+// throughout: sudo may keep a user's HOME); and a shared one, /var/cache/passvm,
 // only read: a system service (or a package's kernel hook) fills it with
 // `passvm cache add --shared KERNEL` ahead of time, so that no user's first
 // boot of that kernel pays for unpacking. Its entries go straight into guests,

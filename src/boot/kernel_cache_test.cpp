@@ -111,6 +111,26 @@ TEST(KernelCache, APlantedSymlinkIsNotFollowed) {
   EXPECT_EQ(loaded, sample_pieces());
 }
 
+// Root (passvm before --user drops privileges, or run with sudo keeping HOME) has an own cache only in
+// a directory that is root's: a user's home could steer its writes anywhere.
+TEST(KernelCache, RootKeepsNoOwnCacheInAUsersHome) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root, to give the home to another user";
+  TempDir home;
+  const char* old_home = getenv("HOME");
+  std::string saved_home = old_home ? old_home : "";
+  const char* old_xdg = getenv("XDG_CACHE_HOME");
+  std::string saved_xdg = old_xdg ? old_xdg : "";
+  unsetenv("XDG_CACHE_HOME");
+  unsetenv("PASSVM_CACHE_DIR");
+  setenv("HOME", home.path.c_str(), 1);
+  EXPECT_EQ(KernelCache::default_dirs().own, (home.path / ".cache/passvm").string()) << "root's own home";
+  ASSERT_EQ(chown(home.path.c_str(), 1000, 1000), 0);
+  EXPECT_EQ(KernelCache::default_dirs().own, "");
+  EXPECT_EQ(KernelCache::default_dirs().shared, kSharedCacheDir);
+  if (old_home) setenv("HOME", saved_home.c_str(), 1); else unsetenv("HOME");
+  if (old_xdg) setenv("XDG_CACHE_HOME", saved_xdg.c_str(), 1);
+}
+
 TEST(KernelCache, WholeZeroPagesAreNeitherStoredNorWritten) {
   TempDir dir;
   std::vector<uint8_t> bzimage(1000, 5);
