@@ -83,9 +83,14 @@ snap_threads() {
         [[ -e /proc/$p/task ]] && pid=$p
     done
     [[ -n $pid ]] || return
+    local lines
     for t in /proc/"$pid"/task/*; do
-        tname="" s="" u="" c="" text=""
-        while IFS= read -r line; do
+        tname="" s="" u="" c="" text="" lines=()
+        # mapfile reads the file straight through. `read` goes back (lseek) to the end of each line it
+        # took, and /proc makes the status anew at each read: a thread whose State changed length between
+        # two reads ("S (sleeping)" then "R (running)") came out with a byte lost ("id:" for "Uid:").
+        mapfile -t lines 2>/dev/null <"$t/status" || true  # the thread may be gone
+        for line in "${lines[@]}"; do
             text+="$line"$'\n'
             case $line in
                 Name:*) tname=${line#Name:$'\t'} ;;
@@ -93,7 +98,7 @@ snap_threads() {
                 Uid:*) u=${line#Uid:$'\t'} u=${u%%$'\t'*} ;;
                 CapEff:*) c=${line#CapEff:$'\t'} ;;
             esac
-        done 2>/dev/null <"$t/status" || true  # the thread may be gone
+        done
         if [[ -z $tname ]]; then
             echo "task ${t##*/}: gone before its status was read" >>"$log"
             continue
