@@ -3,8 +3,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -135,25 +137,25 @@ std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& dev
   auto node = sysroot.resolve(device.sysfs_dir());
   if (!node) return reasons;
 
-  std::set<std::string> own_blocks;
+  std::map<std::string, std::string> block_dirs;  // every block device's sysfs directory, resolved once
+  for (const auto& name : sysroot.list("/sys/class/block"))
+    if (auto path = sysroot.resolve("/sys/class/block/" + name)) block_dirs[name] = *path;
   std::vector<std::string> own_dirs{*node};
-  const auto blocks = sysroot.list("/sys/class/block");
-  for (const auto& name : blocks) {
-    auto path = sysroot.resolve("/sys/class/block/" + name);
-    if (path && under(*path, *node)) own_blocks.insert(name);
-  }
   // An NVMe namespace with native multipath is a disk of the subsystem (under /sys/devices/virtual),
   // reached through hidden per-controller paths below this device: it and its partitions are ours too.
-  for (const auto& name : blocks) {
-    for (const auto& path_disk : sysroot.list("/sys/class/block/" + name + "/multipath")) {
-      auto head = sysroot.resolve("/sys/class/block/" + name);
-      if (own_blocks.count(path_disk) && head) own_dirs.push_back(*head);
+  for (const auto& [name, dir] : block_dirs) {
+    for (const auto& path_disk : sysroot.list(dir + "/multipath")) {
+      auto path = block_dirs.find(path_disk);
+      if (path != block_dirs.end() && under(path->second, *node)) {
+        own_dirs.push_back(dir);
+        break;
+      }
     }
   }
-  for (size_t i = 1; i < own_dirs.size(); ++i)
-    for (const auto& name : blocks)
-      if (auto path = sysroot.resolve("/sys/class/block/" + name); path && under(*path, own_dirs[i]))
-        own_blocks.insert(name);
+  std::set<std::string> own_blocks;
+  for (const auto& [name, dir] : block_dirs)
+    if (std::any_of(own_dirs.begin(), own_dirs.end(), [&](const std::string& own) { return under(dir, own); }))
+      own_blocks.insert(name);
 
   std::set<std::string> cited;  // own blocks a reason already names
   if (!own_blocks.empty()) {
