@@ -153,9 +153,9 @@ std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& dev
     }
   }
   std::set<std::string> own_blocks;
-  for (const auto& [name, dir] : block_dirs)
-    if (std::any_of(own_dirs.begin(), own_dirs.end(), [&](const std::string& own) { return under(dir, own); }))
-      own_blocks.insert(name);
+  for (const auto& entry : block_dirs)
+    if (std::any_of(own_dirs.begin(), own_dirs.end(), [&](const std::string& own) { return under(entry.second, own); }))
+      own_blocks.insert(entry.first);
 
   std::set<std::string> cited;  // own blocks a reason already names
   if (!own_blocks.empty()) {
