@@ -2,8 +2,9 @@
 # takes L1's nvme controller 00:03.0 from the nvme driver and binds it to vfio-pci, with
 # /dev/vfio/GROUP present; `release` gives it back to nvme; `list --json` and `check`
 # agree with sysfs before and after; a disk in use by the host is refused; bad input
-# fails with one clear line.
-# lab-expect: host.binary host.list host.check host.reserve host.reserve_list host.release host.refuse host.errors
+# fails with one clear line. A device parked on pci-stub by another tool goes back to pci-stub
+# with its driver_override, which pci-stub needs to bind it.
+# lab-expect: host.binary host.list host.check host.reserve host.reserve_list host.release host.refuse host.stub host.errors
 # lab-timeout: 180
 
 source "$LAB_DIR/scenarios/host-lib.sh"
@@ -130,6 +131,32 @@ if [[ -n $refused && $(bdf_driver $BDF) == nvme ]] && grep -q "would: echo '$BDF
 else
     result host.refuse fail detail="$detail"
 fi
+
+# --- parked on pci-stub (override and bind, as a user would): reserve, release, back on pci-stub
+stub_detail=""
+if modprobe pci-stub 2>"$OUT/stub.err" && [[ -d /sys/bus/pci/drivers/pci-stub ]]; then
+    echo pci-stub > /sys/bus/pci/devices/$BDF/driver_override
+    echo $BDF > /sys/bus/pci/devices/$BDF/driver/unbind
+    echo $BDF > /sys/bus/pci/drivers/pci-stub/bind
+    if [[ $(bdf_driver $BDF) == pci-stub ]]; then
+        "$HOST" reserve $BDF > "$OUT/stub-reserve.out" 2>&1; rrc=$?
+        "$HOST" release $BDF > "$OUT/stub-release.out" 2>&1; lrc=$?
+        stub_driver=$(bdf_driver $BDF)
+        stub_override=$(cat /sys/bus/pci/devices/$BDF/driver_override)
+        [[ $rrc == 0 && $lrc == 0 && $stub_driver == pci-stub && $stub_override == pci-stub ]] ||
+            stub_detail="reserve rc=$rrc release rc=$lrc driver=$stub_driver override=$stub_override: $(tr '\n' ' ' < "$OUT/stub-release.out" | head -c 300)"
+    else
+        stub_detail="could not park $BDF on pci-stub (driver $(bdf_driver $BDF))"
+    fi
+    # Back to nvme for what follows.
+    echo > /sys/bus/pci/devices/$BDF/driver_override
+    [[ -e /sys/bus/pci/devices/$BDF/driver ]] && echo $BDF > /sys/bus/pci/devices/$BDF/driver/unbind
+    echo $BDF > /sys/bus/pci/drivers/nvme/bind
+    for _ in $(seq 30); do [[ $(bdf_driver $BDF) == nvme ]] && break; sleep 0.2; done
+else
+    stub_detail="modprobe pci-stub failed: $(head -c 200 "$OUT/stub.err")"
+fi
+if [[ -z $stub_detail ]]; then result host.stub pass; else result host.stub fail detail="$stub_detail"; fi
 
 # --- bad input: one line naming the problem and the fix, exit 1
 errs=""

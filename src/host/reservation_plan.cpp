@@ -63,7 +63,8 @@ std::string Step::describe() const {
     case Kind::LoadModule:
       return fmt::format("modprobe {}", value);
     case Kind::SaveState:
-      return fmt::format("remember previous driver '{}'{} in {}", value.empty() ? "(none)" : value,
+      return fmt::format("remember previous driver '{}'{}{} in {}", value.empty() ? "(none)" : value,
+                         previous_override.empty() ? "" : ", driver_override '" + previous_override + "'",
                          user.empty() ? "" : " and owner " + user, path);
     case Kind::DropState:
       return fmt::format("rm -f {}", path);
@@ -85,6 +86,7 @@ std::optional<Reservation> read_reservation(const Sysroot& sysroot, const PciAdd
   while (std::getline(lines, line)) {
     if (line.starts_with("driver=")) record.driver = line.substr(7);
     if (line.starts_with("user=")) record.user = line.substr(5);
+    if (line.starts_with("override=")) record.override_driver = line.substr(9);
   }
   return record;
 }
@@ -165,9 +167,13 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
     // Reserving without --user keeps the owner a device already has.
     auto previous = read_reservation(sysroot, address);
     std::string record_user = options.user ? user : owner_name(previous);
+    // An override another tool set (pci-stub, a vendor driver) is what release must put back. While the
+    // device is reserved its override is ours, and the record holds the one it had before.
+    std::string keep_override = dev->reserved() ? (previous ? previous->override_driver : "") : dev->driver_override;
     auto save_state = [&](const std::string& driver) {
       Step step{Step::Kind::SaveState, state_path(address), driver};
       step.user = record_user;
+      step.previous_override = keep_override;
       plan.steps.push_back(step);
     };
     bool new_owner = options.user && owner_name(previous) != user;
@@ -265,7 +271,29 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
     }
     auto record = read_reservation(sysroot, address);
     auto previous = record ? std::optional<std::string>(record->driver) : std::nullopt;
+    const std::string dir = dev->sysfs_dir();
+    auto bind_back = [&] {
+      if (previous && !previous->empty() && sysroot.exists(kDriversDir + *previous)) {
+        write_step(plan, kDriversDir + *previous + "/bind", address.str());
+      } else {
+        // The driver may never have been loaded (claimed at boot): load whatever matches the device.
+        if (auto modalias = sysroot.read_line(dir + "/modalias"); modalias && !modalias->empty()) {
+          plan.steps.push_back({Step::Kind::LoadModule, "", *modalias, false});
+        }
+        write_step(plan, "/sys/bus/pci/drivers_probe", address.str());
+      }
+      if (previous) plan.steps.push_back({Step::Kind::DropState, state_path(address), ""});
+    };
     if (!dev->reserved()) {
+      if (dev->driver.empty() && previous && !previous->empty()) {
+        // An earlier release cleared the override but its bind failed: the record is all that still
+        // knows where the device belongs, so bind again rather than forget it.
+        plan.notes.push_back(fmt::format("{} is released but has no driver; binding it back to {}", address.str(),
+                                         *previous));
+        plan.targets.push_back(address);
+        bind_back();
+        continue;
+      }
       plan.notes.push_back(fmt::format("{} is not reserved (driver: {}); nothing to do", address.str(),
                                        dev->driver.empty() ? "none" : dev->driver));
       if (previous) plan.steps.push_back({Step::Kind::DropState, state_path(address), ""});
@@ -282,8 +310,9 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
     }
     plan.targets.push_back(address);
     give_back(*dev, owner_name(record));
-    const std::string dir = dev->sysfs_dir();
-    write_step(plan, dir + "/driver_override", "\n");
+    write_step(plan, dir + "/driver_override", record && !record->override_driver.empty()
+                                                   ? record->override_driver
+                                                   : std::string("\n"));
     if (dev->on_vfio()) {
       write_step(plan, dir + "/driver/unbind", address.str());
     } else if (!dev->driver.empty()) {
@@ -292,16 +321,7 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
       if (previous) plan.steps.push_back({Step::Kind::DropState, state_path(address), ""});
       continue;
     }
-    if (previous && !previous->empty() && sysroot.exists(kDriversDir + *previous)) {
-      write_step(plan, kDriversDir + *previous + "/bind", address.str());
-    } else {
-      // The driver may never have been loaded (claimed at boot): load whatever matches the device.
-      if (auto modalias = sysroot.read_line(dir + "/modalias"); modalias && !modalias->empty()) {
-        plan.steps.push_back({Step::Kind::LoadModule, "", *modalias, false});
-      }
-      write_step(plan, "/sys/bus/pci/drivers_probe", address.str());
-    }
-    if (previous) plan.steps.push_back({Step::Kind::DropState, state_path(address), ""});
+    bind_back();
   }
   return plan;
 }
@@ -356,8 +376,11 @@ void execute(const Sysroot& sysroot, const Plan& plan, const CommandRunner& runn
           break;
         }
         case Step::Kind::SaveState:
-          sysroot.write_file(step.path, fmt::format("driver={}\n{}", step.value,
-                                                    step.user.empty() ? "" : "user=" + step.user + "\n"));
+          sysroot.write_file(step.path, fmt::format("driver={}\n{}{}", step.value,
+                                                    step.user.empty() ? "" : "user=" + step.user + "\n",
+                                                    step.previous_override.empty()
+                                                        ? ""
+                                                        : "override=" + step.previous_override + "\n"));
           break;
         case Step::Kind::SetOwner:
           if (!wait_for(sysroot, [&] { return sysroot.exists(step.path); })) {

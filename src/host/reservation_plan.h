@@ -10,8 +10,11 @@
 //
 // Binding to vfio-pci follows the kernel's documented sequence: set
 // driver_override, unbind the current driver, ask drivers_probe to bind again
-// (which now only vfio-pci may do). The driver the device had is remembered in
-// /run/passvm/reserved/<address> so release can hand it back.
+// (which now only vfio-pci may do). The driver the device had, and any
+// driver_override another tool had set (a device parked on pci-stub), are
+// remembered in /run/passvm/reserved/<address> so release can hand both back:
+// pci-stub binds only a device whose override names it. The record outlives a
+// release whose bind failed, so releasing again retries the bind.
 //
 // Reserving for a user (--user, or user= in the config) also gives that user
 // the group's /dev/vfio/GROUP (chown, mode 0600) once binding has created it,
@@ -39,7 +42,7 @@ struct Step {
   enum class Kind {
     Write,  // write `value` to the sysfs file `path`
     LoadModule,  // modprobe `value` (a module name or a modalias)
-    SaveState,  // remember `value` as the device's previous driver, and `user`, in state file `path`
+    SaveState,  // remember `value` as the device's previous driver, `previous_override` and `user`, in `path`
     DropState,  // forget the state file `path`
     SetOwner,  // give the VFIO group node `path` to `owner` (`user` names it; "" is root)
   };
@@ -49,6 +52,7 @@ struct Step {
   bool required = true;  // a failing optional step is a warning, not an error
   std::string user{};
   FileOwner owner{};
+  std::string previous_override{};  // SaveState: the driver_override to restore on release ("" for none)
 
   // The shell equivalent, for --dry-run and error messages.
   std::string describe() const;
@@ -79,6 +83,7 @@ std::string state_path(const PciAddress& address);
 struct Reservation {
   std::string driver;  // the driver it had before; "" when it had none
   std::string user;  // who was given its VFIO group; "" when nobody (root)
+  std::string override_driver;  // the driver_override it had before, which release restores; "" when none
 };
 // nullopt when never reserved by us.
 std::optional<Reservation> read_reservation(const Sysroot& sysroot, const PciAddress& address);

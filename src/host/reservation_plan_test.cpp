@@ -32,6 +32,13 @@ class Planning : public ::testing::Test {
     for (const auto& s : plan.steps) out.push_back(s.describe());
     return out;
   }
+  // The release of 00:03.0 from vfio-pci: `override` written back, then bound to `driver`.
+  static std::vector<std::string> release_of_nvme_dir(const std::string& override, const std::string& driver) {
+    return {"echo '" + override + "' > " + kNvmeDir + "/driver_override",
+            "echo '0000:00:03.0' > " + kNvmeDir + "/driver/unbind",
+            "echo '0000:00:03.0' > /sys/bus/pci/drivers/" + driver + "/bind",
+            "rm -f /run/passvm/reserved/0000:00:03.0"};
+  }
   // Plays the kernel's part after drivers_probe: whoever driver_override names gets the device.
   void kernel_probe(const std::string& address) {
     auto ov = fake.read("/sys/devices/pci0000:00/" + address + "/driver_override");
@@ -177,16 +184,51 @@ TEST_F(Planning, ReleaseRebindsRememberedDriver) {
   kernel_probe("0000:00:03.0");
   auto plan = release({"0000:00:03.0"});
   EXPECT_TRUE(plan.errors.empty());
-  EXPECT_EQ(described(plan), (std::vector<std::string>{
-                                 "echo '' > " + kNvmeDir + "/driver_override",
-                                 "echo '0000:00:03.0' > " + kNvmeDir + "/driver/unbind",
-                                 "echo '0000:00:03.0' > /sys/bus/pci/drivers/nvme/bind",
-                                 "rm -f /run/passvm/reserved/0000:00:03.0",
-                             }));
+  EXPECT_EQ(described(plan), release_of_nvme_dir("", "nvme"));
   execute(fake.sysroot(), plan, no_commands, warnings);
   EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "\n");
   EXPECT_EQ(fake.read("/sys/bus/pci/drivers/vfio-pci/unbind"), "0000:00:03.0");
   EXPECT_FALSE(remembered_driver(fake.sysroot(), PciAddress::parse("00:03.0")).has_value());
+}
+
+TEST_F(Planning, ReleaseRestoresAnOverrideAnotherToolSet) {
+  // Parked on pci-stub the usual way: pci-stub binds only a device whose override names it.
+  fake.add_driver("pci-stub");
+  fake.bind("0000:00:03.0", "pci-stub");
+  fake.set_override("0000:00:03.0", "pci-stub");
+  auto reserving = reserve({"00:03.0"});
+  EXPECT_EQ(described(reserving)[0], "remember previous driver 'pci-stub', driver_override 'pci-stub' in "
+                                     "/run/passvm/reserved/0000:00:03.0");
+  execute(fake.sysroot(), reserving, no_commands, warnings);
+  kernel_probe("0000:00:03.0");
+  EXPECT_EQ(read_reservation(fake.sysroot(), PciAddress::parse("00:03.0"))->override_driver, "pci-stub");
+
+  auto plan = release({"00:03.0"});
+  EXPECT_EQ(described(plan), release_of_nvme_dir("pci-stub", "pci-stub"));
+  execute(fake.sysroot(), plan, no_commands, warnings);
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "pci-stub");
+}
+
+TEST_F(Planning, ReleasingAgainRetriesABindThatFailed) {
+  execute(fake.sysroot(), reserve({"00:03.0"}), no_commands, warnings);
+  kernel_probe("0000:00:03.0");
+  // The first release cleared the override and unbound, then nvme's bind failed: the device is
+  // driverless and no longer reserved, and only the record knows it belongs to nvme.
+  auto first = release({"00:03.0"});
+  Plan partial;
+  partial.steps.assign(first.steps.begin(), first.steps.begin() + 2);
+  execute(fake.sysroot(), partial, no_commands, warnings);
+  fake.bind("0000:00:03.0", "");
+  ASSERT_FALSE(scan_devices(fake.sysroot())[0].reserved());
+
+  auto again = release({"00:03.0"});
+  EXPECT_EQ(described(again), (std::vector<std::string>{
+                                  "echo '0000:00:03.0' > /sys/bus/pci/drivers/nvme/bind",
+                                  "rm -f /run/passvm/reserved/0000:00:03.0",
+                              }));
+  ASSERT_EQ(again.targets.size(), 1u);
+  ASSERT_EQ(again.notes.size(), 1u);
+  EXPECT_NE(again.notes[0].find("binding it back to nvme"), std::string::npos) << again.notes[0];
 }
 
 TEST_F(Planning, ReleaseWithoutMemoryLoadsModaliasAndProbes) {
@@ -280,6 +322,21 @@ class ForUser : public Planning {
   }
   std::optional<FileOwner> owner(const std::string& node) { return fake.sysroot().owner(node); }
 };
+
+TEST_F(ForUser, ReservingAgainForAnotherUserKeepsTheFirstOverride) {
+  fake.add_driver("pci-stub");
+  fake.bind("0000:00:03.0", "pci-stub");
+  fake.set_override("0000:00:03.0", "pci-stub");
+  execute(fake.sysroot(), reserve({"00:03.0"}), no_commands, warnings);
+  kernel_probe("0000:00:03.0");
+  // Now the override is vfio-pci's; the record must not take that for the one to restore.
+  reserve_for_alice({"00:03.0"}, "/dev/vfio/2");
+  auto record = read_reservation(fake.sysroot(), PciAddress::parse("00:03.0"));
+  ASSERT_TRUE(record.has_value());
+  EXPECT_EQ(record->user, "alice");
+  EXPECT_EQ(record->driver, "pci-stub");
+  EXPECT_EQ(record->override_driver, "pci-stub");
+}
 
 TEST_F(ForUser, ReserveRecordsTheUserAndGivesThemTheGroupNodeLast) {
   auto plan = reserve({"00:03.0"}, for_alice());
