@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -129,6 +130,10 @@ std::string KernelCache::entry_name(std::span<const uint8_t> bzimage) {
 
 bool KernelCache::is_index(const std::string& file_name) {
   return file_name.starts_with("id-") && !file_name.ends_with(".tmp");
+}
+
+bool KernelCache::is_temporary(const std::string& file_name) {
+  return (file_name.starts_with("id-") || file_name.starts_with("kernel-")) && file_name.ends_with(".tmp");
 }
 
 bool KernelCache::is_entry(const std::string& file_name) {
@@ -352,6 +357,9 @@ void KernelCache::commit(const VmlinuxLayout& layout) {
   for (const auto& s : layout.segments) trailer.insert(trailer.end(), {s.paddr, s.file_offset, s.file_size, s.mem_size});
   trailer.insert(trailer.end(), {layout.entry, layout.segments.size(), kMagic});
   bool ok = write_all(tmp_fd_, trailer.data(), trailer.size() * sizeof(uint64_t));
+  // On disk before the name: after a power loss the name must not lead to a file whose trailer survived
+  // but whose records did not, which the record walk in load_file could take for a kernel. Once per kernel.
+  ok = ok && fdatasync(tmp_fd_) == 0;
   ok = close(tmp_fd_) == 0 && ok;
   tmp_fd_ = -1;
   if (!ok || rename(tmp_path_.c_str(), path_.c_str()) != 0) {
@@ -375,10 +383,14 @@ void KernelCache::prune() {
   namespace fs = std::filesystem;
   std::error_code ec;
   std::vector<std::pair<fs::file_time_type, fs::path>> entries, indexes;
+  // A temporary file is written within seconds of its creation; one an hour old was left by a passvm that
+  // was killed while unpacking, and nothing else would ever remove it.
+  const auto stale = fs::file_time_type::clock::now() - std::chrono::hours(1);
   for (const auto& e : fs::directory_iterator(dir_, ec)) {
     const std::string name = e.path().filename().string();
     if (is_entry(name)) entries.emplace_back(e.last_write_time(ec), e.path());
     if (is_index(name)) indexes.emplace_back(e.last_write_time(ec), e.path());
+    if (is_temporary(name) && e.is_regular_file(ec) && e.last_write_time(ec) < stale) fs::remove(e.path(), ec);
   }
   for (auto [list, keep] : {std::pair{&entries, kMaxCached}, std::pair{&indexes, kMaxIndexed}}) {
     if (list->size() <= keep) continue;

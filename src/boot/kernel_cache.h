@@ -97,6 +97,8 @@ class KernelCache {
   static bool is_entry(const std::string& file_name);
   // Whether it is a note of a kernel file's hash (the file index).
   static bool is_index(const std::string& file_name);
+  // Whether it is an entry or index still being written (or left by a passvm killed while writing it).
+  static bool is_temporary(const std::string& file_name);
 
   // The entry's file in the own directory ("" without one).
   const std::string& path() const { return path_; }

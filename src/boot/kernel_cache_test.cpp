@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -253,6 +254,25 @@ TEST(KernelCache, KeepsOnlyTheNewestFew) {
   size_t n = 0;
   for (const auto& e : fs::directory_iterator(dir.path)) n += e.path().extension() == ".unpacked";
   EXPECT_EQ(n, 4u);
+}
+
+TEST(KernelCache, TemporaryFilesLeftByAKilledPassvmArePrunedOnceStale) {
+  TempDir dir;
+  const fs::path old_tmp = dir.path / "kernel-00-1000.unpacked.4242.tmp";
+  const fs::path old_index_tmp = dir.path / "id-803-1a2b.4242.tmp";
+  const fs::path fresh_tmp = dir.path / "kernel-11-1000.unpacked.4343.tmp";  // another passvm writing now
+  const fs::path other = dir.path / "notes.tmp";  // not the cache's
+  for (const auto& p : {old_tmp, old_index_tmp, fresh_tmp, other}) std::ofstream(p) << "partial";
+  const auto two_hours_ago = fs::file_time_type::clock::now() - std::chrono::hours(2);
+  for (const auto& p : {old_tmp, old_index_tmp, other}) fs::last_write_time(p, two_hours_ago);
+
+  KernelCache c(dir.path.string(), std::vector<uint8_t>(1000, 9));
+  record_kernel(c, sample_pieces());
+  EXPECT_FALSE(fs::exists(old_tmp));
+  EXPECT_FALSE(fs::exists(old_index_tmp));
+  EXPECT_TRUE(fs::exists(fresh_tmp));
+  EXPECT_TRUE(fs::exists(other));
+  EXPECT_TRUE(fs::exists(c.path()));
 }
 
 TEST(KernelCache, EntriesAreNamedByTheBzImagesSha256) {
