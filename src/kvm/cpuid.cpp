@@ -4,6 +4,8 @@
 
 #include <cpuid.h>
 
+#include <string>
+
 #include <algorithm>
 #include <cstring>
 
@@ -148,6 +150,13 @@ std::array<uint32_t, 12> host_brand_string() {
   if (max_extended_leaf < 0x80000004) return out;
   for (uint32_t i = 0; i < 3; i++) __cpuid(0x80000002 + i, out[i * 4], out[i * 4 + 1], out[i * 4 + 2], out[i * 4 + 3]);
   return out;
+}
+
+bool host_has_ht_hole() {
+  uint32_t max_leaf = 0, vendor[3] = {};
+  __cpuid(0, max_leaf, vendor[0], vendor[2], vendor[1]);  // EBX, EDX, ECX spell the vendor
+  const std::string name(reinterpret_cast<const char*>(vendor), sizeof vendor);
+  return name == "AuthenticAMD" || name == "HygonGenuine";
 }
 
 }  // namespace passvm

@@ -30,6 +30,8 @@ void patch_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t apic_id, uint3
 void set_brand_string(std::vector<kvm_cpuid_entry2>& entries, const std::array<uint32_t, 12>& brand);
 // This host CPU's name, as the CPUID instruction gives it; all zero where the CPU has none.
 std::array<uint32_t, 12> host_brand_string();
+// Whether this host is AMD's or Hygon's, whose IOMMU reserves the HyperTransport range below 1 TiB.
+bool host_has_ht_hole();
 
 // The entry for (function, index), or nullptr.
 kvm_cpuid_entry2* find_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t function, uint32_t index = 0);

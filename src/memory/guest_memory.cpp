@@ -102,13 +102,14 @@ PageUsage parse_smaps(std::string_view smaps, uint64_t start, uint64_t end) {
   return u;
 }
 
-GuestMemory::GuestMemory(uint64_t size, bool hugetlb, uint32_t phys_bits) : size_(size) {
+GuestMemory::GuestMemory(uint64_t size, bool hugetlb, uint32_t phys_bits, bool ht_hole) : size_(size) {
   if (size < 16 * layout::MiB)
     throw std::runtime_error(fmt::format("guest memory {} MiB is too small: give -m 16M or more", size >> 20));
-  if (uint64_t max = layout::max_ram(phys_bits); size > max)
+  if (uint64_t max = layout::max_ram(phys_bits, ht_hole); size > max)
     throw std::runtime_error(fmt::format("guest memory {} MiB leaves no room for 64-bit PCI BARs in the guest's "
-                                         "{}-bit physical address space ({} GiB): give -m {}G or less",
+                                         "{}-bit physical address space ({} GiB{}): give -m {}G or less",
                                          size >> 20, phys_bits, (uint64_t{1} << phys_bits) / layout::GiB,
+                                         ht_hole ? ", with RAM kept out of the HyperTransport hole below 1 TiB" : "",
                                          max / layout::GiB));
   void* p = MAP_FAILED;
   if (hugetlb) {
@@ -167,7 +168,7 @@ GuestMemory::GuestMemory(uint64_t size, bool hugetlb, uint32_t phys_bits) : size
   base_ = static_cast<uint8_t*>(p);
   uint64_t low = size < layout::kLowRamMax ? size : layout::kLowRamMax;
   regions_.push_back({0, low, base_, 0});
-  if (size > low) regions_.push_back({layout::kHighRamStart, size - low, base_ + low, low});
+  if (size > low) regions_.push_back({layout::high_ram_start(size, ht_hole), size - low, base_ + low, low});
 }
 
 GuestMemory::~GuestMemory() {

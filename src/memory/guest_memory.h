@@ -60,7 +60,8 @@ class GuestMemory {
   // with `hugetlb` (-S), else anonymous memory with transparent huge pages where the host allows them.
   // Throws std::runtime_error with a user-facing message when the memory cannot be had.
   // phys_bits: the guest's physical address bits; RAM must leave room for the 64-bit PCI window.
-  GuestMemory(uint64_t size, bool hugetlb, uint32_t phys_bits = 36);
+  // ht_hole: the host has AMD's HyperTransport hole below 1 TiB, which RAM must not reach (layout.h).
+  GuestMemory(uint64_t size, bool hugetlb, uint32_t phys_bits = 36, bool ht_hole = false);
   ~GuestMemory();
   GuestMemory(const GuestMemory&) = delete;
   GuestMemory& operator=(const GuestMemory&) = delete;

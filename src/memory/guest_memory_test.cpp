@@ -190,6 +190,49 @@ TEST(Layout, The64BitWindowIsTheUpperHalfAboveRam) {
   EXPECT_GE(w.start, layout::ram_end(64 * layout::GiB));
 }
 
+TEST(Layout, RamThatWouldReachTheHyperTransportHoleStartsAbove1TiB) {
+  // 1009 GiB from 4 GiB ends exactly at the hole (0xfd00000000): it stays. One GiB more moves.
+  const uint64_t fits_below = layout::kHtHoleStart - layout::GiB;
+  EXPECT_EQ(layout::high_ram_start(fits_below, true), 4 * layout::GiB);
+  EXPECT_EQ(layout::ram_end(fits_below, true), layout::kHtHoleStart);
+  EXPECT_EQ(layout::high_ram_start(fits_below + layout::GiB, true), 1024 * layout::GiB);
+  EXPECT_EQ(layout::ram_end(fits_below + layout::GiB, true), 1024 * layout::GiB + 1009 * layout::GiB);
+  // Intel hosts have no such hole.
+  EXPECT_EQ(layout::high_ram_start(fits_below + layout::GiB, false), 4 * layout::GiB);
+  // The most RAM: with 40 bits, 7/8 of 1 TiB is below the hole anyway; with 41, what fits from 1 TiB up.
+  EXPECT_EQ(layout::max_ram(40, true), layout::max_ram(40, false));
+  // With 41 bits, RAM from 1 TiB up could have only 771 GiB: RAM up to the hole (1011 GiB) is the most.
+  EXPECT_EQ(layout::max_ram(41, true), 1011 * layout::GiB);
+  EXPECT_EQ(layout::max_ram(41, false), 1791 * layout::GiB);
+  // With 43 bits, 7/8 of 8 TiB less the 1021 GiB the hole and the 32-bit hole move RAM up.
+  EXPECT_EQ(layout::max_ram(43, true), 6147 * layout::GiB);
+}
+
+TEST(GuestMemory, RamAbove4GiBMovesTo1TiBOnlyWhenItWouldReachTheHole) {
+  const uint64_t size = 1100 * layout::GiB;  // MAP_NORESERVE: nothing is allocated
+  GuestMemory amd(size, false, 48, true);
+  ASSERT_EQ(amd.regions().size(), 2u);
+  EXPECT_EQ(amd.regions()[1].gpa, 1024 * layout::GiB);
+  EXPECT_EQ(amd.regions()[1].size, size - 3 * layout::GiB);
+  for (const auto& r : amd.regions())
+    EXPECT_TRUE(r.gpa + r.size <= layout::kHtHoleStart || r.gpa >= layout::kHtHoleEnd) << std::hex << r.gpa;
+  GuestMemory intel(size, false, 48, false);
+  EXPECT_EQ(intel.regions()[1].gpa, 4 * layout::GiB);
+  GuestMemory small(8 * layout::GiB, false, 48, true);
+  EXPECT_EQ(small.regions()[1].gpa, 4 * layout::GiB);
+}
+
+TEST(Layout, The64BitWindowStaysOutOfTheHyperTransportHole) {
+  // 40 bits: the upper half is 512 GiB-1 TiB, whose top 12 GiB are the hole.
+  layout::Window w = layout::mmio64_window(512 * layout::MiB, 40, 0, true);
+  EXPECT_EQ(w.start, 512 * layout::GiB);
+  EXPECT_EQ(w.end(), layout::kHtHoleStart);
+  // RAM moved above 1 TiB: the window is above it, far from the hole.
+  w = layout::mmio64_window(1100 * layout::GiB, 48, 0, true);
+  EXPECT_GE(w.start, layout::ram_end(1100 * layout::GiB, true));
+  EXPECT_EQ(w.end(), uint64_t{1} << 48);
+}
+
 TEST(Layout, UncacheableRangesAreAlignedBlocks) {
   layout::PciWindows pw = layout::pci_windows(512 * layout::MiB, 40);
   auto r = layout::uncacheable_ranges(pw);

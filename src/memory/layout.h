@@ -2,7 +2,8 @@
 //
 // One place for every fixed address, so that the e820 map, the ACPI tables,
 // the PCI bus and the devices agree. RAM is split around the 32-bit PCI hole:
-// up to 3 GiB below it, the rest from 4 GiB up. Large 64-bit BARs go in a
+// up to 3 GiB below it, the rest from 4 GiB up, or from 1 TiB up on AMD hosts
+// when it would reach their HyperTransport hole. Large 64-bit BARs go in a
 // window well above any RAM, leaving room for big devices.
 #pragma once
 
@@ -50,6 +51,12 @@ inline constexpr uint64_t kVirtioConsoleSize = 0x200;
 inline constexpr uint64_t kIoapicAddr = 0xfec00000;
 inline constexpr uint64_t kLapicAddr = 0xfee00000;
 inline constexpr uint64_t kHighRamStart = 4 * GiB;
+// AMD and Hygon hosts keep the 12 GiB below 1 TiB for HyperTransport: their IOMMU maps nothing there, so
+// guest RAM in it could not be pinned for a passed-through device (and a BAR there could not be reached
+// by another device). On those hosts a guest whose RAM would reach it gets all RAM above 4 GiB from 1 TiB
+// up instead, as QEMU does.
+inline constexpr uint64_t kHtHoleStart = 0xfd00000000;
+inline constexpr uint64_t kHtHoleEnd = 1024 * GiB;
 
 // 64-bit BARs: the machine's window comes from its physical address bits (pci_windows below); this one
 // is what a machine with 37 bits would get, and what tests use.
@@ -91,29 +98,49 @@ struct PciWindows {
   Window mmio64{kMmio64Start, kMmio64Size};
 };
 
+// Where RAM above the 32-bit hole begins for `ram` bytes: 4 GiB, or 1 TiB on a host with the HyperTransport
+// hole (ht_hole) when RAM from 4 GiB would reach into it.
+inline constexpr uint64_t high_ram_start(uint64_t ram, bool ht_hole = false) {
+  return ht_hole && ram > kLowRamMax && kHighRamStart + (ram - kLowRamMax) > kHtHoleStart ? kHtHoleEnd
+                                                                                          : kHighRamStart;
+}
+
 // The end of guest RAM (one past its last byte) for `ram` bytes split around the 32-bit hole.
-inline constexpr uint64_t ram_end(uint64_t ram) {
-  return ram <= kLowRamMax ? ram : kHighRamStart + (ram - kLowRamMax);
+inline constexpr uint64_t ram_end(uint64_t ram, bool ht_hole = false) {
+  return ram <= kLowRamMax ? ram : high_ram_start(ram, ht_hole) + (ram - kLowRamMax);
 }
 
 // The 64-bit window of a machine whose vCPUs have `phys_bits` physical address bits and whose IOMMU (when
 // devices are passed through) maps addresses below `iova_limit` (0: no limit): the upper half of the
 // address space both reach, so that one variable MTRR covers it and huge BARs (tens of GiB) fit, or,
 // when RAM reaches into that half, from the first GiB above RAM to the top. The window keeps at least an
-// eighth of the CPU's address space; max_ram() is the most RAM that leaves it.
-inline Window mmio64_window(uint64_t ram, uint32_t phys_bits, uint64_t iova_limit = 0) {
+// eighth of the CPU's address space; max_ram() is the most RAM that leaves it. With the HyperTransport
+// hole, a window that would reach into it ends below it (or begins above it).
+inline Window mmio64_window(uint64_t ram, uint32_t phys_bits, uint64_t iova_limit = 0, bool ht_hole = false) {
   uint64_t top = uint64_t{1} << phys_bits;
   if (iova_limit != 0 && iova_limit < top) top = uint64_t{1} << (63 - __builtin_clzll(iova_limit));
-  uint64_t start = std::max(top / 2, (ram_end(ram) + GiB - 1) / GiB * GiB);
-  return start >= top ? Window{top, 0} : Window{start, top - start};
+  uint64_t start = std::max(top / 2, (ram_end(ram, ht_hole) + GiB - 1) / GiB * GiB);
+  uint64_t end = top;
+  if (ht_hole && start < kHtHoleEnd && end > kHtHoleStart) {
+    if (start < kHtHoleStart)
+      end = kHtHoleStart;
+    else
+      start = kHtHoleEnd;
+  }
+  return start >= end ? Window{end, 0} : Window{start, end - start};
 }
-inline uint64_t max_ram(uint32_t phys_bits) {
-  const uint64_t top = uint64_t{1} << phys_bits;
-  return top - top / 8 - (kHighRamStart - kLowRamMax);
+inline uint64_t max_ram(uint32_t phys_bits, bool ht_hole = false) {
+  const uint64_t top = uint64_t{1} << phys_bits, usable = top - top / 8;
+  const uint64_t from_4g = usable - (kHighRamStart - kLowRamMax);
+  if (!ht_hole || kHighRamStart + (from_4g - kLowRamMax) <= kHtHoleStart) return from_4g;
+  // RAM from 4 GiB stops at the hole; RAM from 1 TiB may go further, if the address space reaches that far.
+  const uint64_t below_hole = kHtHoleStart - (kHighRamStart - kLowRamMax);
+  const uint64_t from_1t = usable > kHtHoleEnd - kLowRamMax ? usable - (kHtHoleEnd - kLowRamMax) : 0;
+  return std::max(below_hole, from_1t);
 }
-inline PciWindows pci_windows(uint64_t ram, uint32_t phys_bits, uint64_t iova_limit = 0) {
+inline PciWindows pci_windows(uint64_t ram, uint32_t phys_bits, uint64_t iova_limit = 0, bool ht_hole = false) {
   PciWindows w;
-  w.mmio64 = mmio64_window(ram, phys_bits, iova_limit);
+  w.mmio64 = mmio64_window(ram, phys_bits, iova_limit, ht_hole);
   return w;
 }
 

@@ -186,12 +186,16 @@ struct FakeDmaMapper final : vfio::DmaMapper {
   std::map<uint64_t, std::pair<uint64_t, void*>> maps;
   std::map<uint64_t, std::pair<int, uint64_t>> files;  // iova -> fd, offset
   int fail_after = -1, calls = 0, fail_errno = ENOMEM;
+  int attempts = 0;  // every map_dma call, failed or not
   void map_dma(const vfio::DmaRegion& r) override {
+    attempts++;
     if (fail_after >= 0 && calls++ >= fail_after) throw vfio::VfioError("cannot pin", fail_errno);
     maps[r.iova] = {r.size, r.host};
     files[r.iova] = {r.fd, r.fd_offset};
   }
   void unmap_dma(uint64_t iova, uint64_t) override { maps.erase(iova); }
+  std::vector<vfio::IovaRange> ranges;  // what iova_ranges() says; empty: unknown
+  std::vector<vfio::IovaRange> iova_ranges() override { return ranges; }
 };
 
 // Lets a test keep the FakePlatform after the device (which owns its Platform) is gone.

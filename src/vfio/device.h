@@ -102,6 +102,11 @@ class Device {
 // Memory a device may reach by DMA: `size` bytes at guest-physical `iova`, which passvm has at `host`. A
 // transport whose device lives in another process (vfio-user) cannot use passvm's pointers: it shares the
 // memory as a file, `fd` at `fd_offset` (-1 when the memory has no file: such a transport cannot map it).
+// [start, last], both inclusive, as VFIO gives them.
+struct IovaRange {
+  uint64_t start = 0, last = 0;
+};
+
 struct DmaRegion {
   uint64_t iova = 0, size = 0;
   void* host = nullptr;
@@ -126,7 +131,13 @@ class DmaMapper {
   virtual void unmap_dma(uint64_t iova, uint64_t size) = 0;
   // One past the highest address the IOMMU can map (its address width), or 0 when unknown. The guest's
   // RAM and BARs must stay below it for devices to reach them.
-  virtual uint64_t iova_limit() { return 0; }
+  virtual uint64_t iova_limit() {
+    auto ranges = iova_ranges();
+    return ranges.empty() ? 0 : (ranges.back().last == ~uint64_t{0} ? ~uint64_t{0} : ranges.back().last + 1);
+  }
+  // The addresses the IOMMU can map, in order; what lies between them the host reserves (the MSI window,
+  // AMD's HyperTransport hole, firmware's regions). Empty when unknown.
+  virtual std::vector<IovaRange> iova_ranges() { return {}; }
 };
 
 }  // namespace passvm::vfio

@@ -249,33 +249,33 @@ Container::~Container() {
   if (fd_ >= 0) close(fd_);
 }
 
-uint64_t Container::iova_limit() {
+std::vector<IovaRange> Container::iova_ranges() {
   std::lock_guard g(lock_);
-  if (fd_ < 0 || !iommu_set_) return 0;
+  if (fd_ < 0 || !iommu_set_) return {};
   vfio_iommu_type1_info head{};
   head.argsz = sizeof head;
-  if (ioctl(fd_, VFIO_IOMMU_GET_INFO, &head) < 0 || head.argsz <= sizeof head) return 0;
+  if (ioctl(fd_, VFIO_IOMMU_GET_INFO, &head) < 0 || head.argsz <= sizeof head) return {};
   std::vector<uint8_t> buf(head.argsz, 0);
   auto* info = reinterpret_cast<vfio_iommu_type1_info*>(buf.data());
   info->argsz = head.argsz;
-  if (ioctl(fd_, VFIO_IOMMU_GET_INFO, info) < 0 || !(info->flags & VFIO_IOMMU_INFO_CAPS)) return 0;
+  if (ioctl(fd_, VFIO_IOMMU_GET_INFO, info) < 0 || !(info->flags & VFIO_IOMMU_INFO_CAPS)) return {};
   for (uint32_t off = info->cap_offset; off && off + sizeof(vfio_info_cap_header) <= buf.size();) {
     auto* cap = reinterpret_cast<vfio_info_cap_header*>(buf.data() + off);
     if (cap->id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE &&
         off + sizeof(vfio_iommu_type1_info_cap_iova_range) <= buf.size()) {
       auto* r = reinterpret_cast<vfio_iommu_type1_info_cap_iova_range*>(cap);
-      uint64_t top = 0;
+      std::vector<IovaRange> out;
       for (uint32_t i = 0; i < r->nr_iovas; i++) {
         if (off + sizeof *r + (i + 1) * sizeof(vfio_iova_range) > buf.size()) break;
-        uint64_t end = r->iova_ranges[i].end;
-        top = std::max(top, end == ~uint64_t{0} ? end : end + 1);
+        out.push_back({r->iova_ranges[i].start, r->iova_ranges[i].end});
       }
-      return top;
+      std::sort(out.begin(), out.end(), [](const IovaRange& a, const IovaRange& b) { return a.start < b.start; });
+      return out;
     }
     if (cap->next <= off) break;
     off = cap->next;
   }
-  return 0;
+  return {};
 }
 
 void Container::open_container() {

@@ -53,7 +53,7 @@ class Container : public DmaMapper {
   void map_dma(const DmaRegion& region) override;
   void unmap_dma(uint64_t iova, uint64_t size) override;
   // From the IOMMU's IOVA ranges (VFIO_IOMMU_GET_INFO); 0 before a device is opened or when not reported.
-  uint64_t iova_limit() override;
+  std::vector<IovaRange> iova_ranges() override;
 
  private:
   int group_fd(const Bdf& bdf, int group);  // with lock_ held

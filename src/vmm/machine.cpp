@@ -29,6 +29,7 @@
 #include "boot/linux_boot.h"
 #include "bus/bus.h"
 #include "confine/seccomp.h"
+#include "kvm/cpuid.h"
 #include "devices/acpi_pm.h"
 #include "devices/cmos_rtc.h"
 #include "devices/console_input.h"
@@ -150,6 +151,7 @@ struct Machine::Parts {
   };
   std::unique_ptr<RamAhead> ram_ahead;
   uint32_t phys_bits = 0;
+  bool ht_hole = false;  // an AMD host: guest RAM and BARs stay out of 0xfd00000000-1 TiB (layout.h)
   layout::PciWindows windows;
   boot::LinuxBoot boot;
   Bus pio{"port I/O"}, mmio{"MMIO"};
@@ -221,10 +223,15 @@ void Machine::Parts::build() {
   step("KVM VM with in-kernel interrupt controllers");
   check_interrupted();
   phys_bits = kvm->guest_phys_bits();
-  mem = std::make_unique<GuestMemory>(c.memory, c.hugepages, phys_bits);
+  ht_hole = host_has_ht_hole();
+  mem = std::make_unique<GuestMemory>(c.memory, c.hugepages, phys_bits, ht_hole);
+  if (mem->regions().size() > 1 && mem->regions()[1].gpa != layout::kHighRamStart)
+    step.note(fmt::format("RAM above 4 GiB starts at {:#x}: from 4 GiB it would reach AMD's HyperTransport hole "
+                          "({:#x}-{:#x}), which the IOMMU cannot map",
+                          mem->regions()[1].gpa, layout::kHtHoleStart, layout::kHtHoleEnd - 1));
   // Above RAM, up to what the guest's physical address bits reach: large BARs (GPUs) need the room.
   // With passthrough devices the IOMMU's reach may be less; it is known once they are open.
-  windows = layout::pci_windows(c.memory, phys_bits);
+  windows = layout::pci_windows(c.memory, phys_bits, 0, ht_hole);
   for (const auto& r : mem->regions()) vm->map_memory(r.gpa, r.size, r.hva);  // the VM's teardown drops the slots
   step(fmt::format("{} MiB of guest RAM on {}", c.memory >> 20, mem->backing()));
   if (!mem->small_pages_reason().empty())
@@ -350,7 +357,7 @@ void Machine::Parts::build() {
   }
   uint64_t reach = passthru.empty() ? (opts.hotplug ? intel_iommu_reach() : 0) : container.iova_limit();
   if (reach != 0) {
-    windows = layout::pci_windows(c.memory, phys_bits, reach);
+    windows = layout::pci_windows(c.memory, phys_bits, reach, ht_hole);
     for (auto& [k, d] : passthru) d.dev->set_windows(windows);
     if (reach < (uint64_t{1} << phys_bits))
       step.note(fmt::format("the IOMMU reaches {:#x}, less than the CPU's {} bits: the 64-bit PCI window stays below "
