@@ -168,15 +168,25 @@ LinuxBoot load_linux_image(const GuestMemory& mem, KernelImage& kernel, const In
   }
 
   // Initrd: as high as possible in the RAM that holds the kernel, below initrd_addr_max, above the kernel.
+  // One too big for that goes to the top of RAM above 4 GiB, when the kernel can take it there.
   if (initrd.size != 0) {
     uint64_t limit = std::min<uint64_t>(low->addr + low->size, uint64_t{h.initrd_addr_max} + 1);
     uint64_t at = initrd.size <= limit ? align_down(limit - initrd.size, 4096) : 0;
     uint8_t* dest = initrd.size <= limit && at >= b.kernel_end ? mem.host_address(at, initrd.size) : nullptr;
+    const bool above_4g = (h.xloadflags & kXlfCanBeLoadedAbove4G) != 0;
+    if (dest == nullptr && above_4g) {
+      for (auto e = e820.rbegin(); e != e820.rend() && dest == nullptr; ++e) {
+        if (e->type != E820Type::Ram || e->addr < layout::kHighRamStart || e->size < initrd.size) continue;
+        at = align_down(e->addr + e->size - initrd.size, 4096);
+        if (at >= e->addr) dest = mem.host_address(at, initrd.size);
+      }
+    }
     if (dest == nullptr)
       throw std::runtime_error(fmt::format(
-          "the initrd ({} MiB) does not fit between the kernel (ends at {:#x}) and {:#x}: give the guest more memory "
-          "or use a smaller initrd",
-          mib(initrd.size), b.kernel_end, limit));
+          "the initrd ({} MiB) does not fit between the kernel (ends at {:#x}) and {:#x}{}: give the guest more "
+          "memory or use a smaller initrd",
+          mib(initrd.size), b.kernel_end, limit,
+          above_4g ? ", nor in RAM above 4 GiB" : " (this kernel cannot take one above 4 GiB)"));
     check_cancel();
     auto t0 = std::chrono::steady_clock::now();
     initrd.copy_to(std::span(dest, initrd.size));
@@ -209,6 +219,8 @@ LinuxBoot load_linux_image(const GuestMemory& mem, KernelImage& kernel, const In
   store<uint32_t>(page, zp::kCode32Start, static_cast<uint32_t>(b.kernel_addr));
   store<uint32_t>(page, zp::kRamdiskImage, static_cast<uint32_t>(b.initrd_addr));
   store<uint32_t>(page, zp::kRamdiskSize, static_cast<uint32_t>(b.initrd_size));
+  store<uint32_t>(page, zp::kExtRamdiskImage, static_cast<uint32_t>(b.initrd_addr >> 32));
+  store<uint32_t>(page, zp::kExtRamdiskSize, static_cast<uint32_t>(b.initrd_size >> 32));
   store<uint32_t>(page, zp::kCmdLinePtr, static_cast<uint32_t>(b.cmdline_addr));
   if (rsdp_addr != 0 && h.version >= 0x020e) store<uint64_t>(page, zp::kAcpiRsdpAddr, rsdp_addr);
   store<uint8_t>(page, zp::kE820Entries, static_cast<uint8_t>(e820.size()));

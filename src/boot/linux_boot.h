@@ -16,7 +16,8 @@
 //   layout::kPml4Addr...     identity page tables for 0-4 GiB
 //   layout::kCmdlineAddr     NUL-terminated command line
 //   pref_address (16 MiB)    protected-mode kernel; it decompresses in place, using init_size bytes
-//   top of low RAM           initrd, page aligned, below initrd_addr_max
+//   top of low RAM           initrd, page aligned, below initrd_addr_max (or, when it does not fit
+//                            there, at the top of RAM above 4 GiB, if the kernel allows it)
 // The vCPU enters at kernel + 0x200 in long mode (Vcpu::setup_linux_boot).
 #pragma once
 
@@ -102,6 +103,8 @@ struct LoadCancelled : std::runtime_error {
 // Zero page offsets passvm fills in (struct boot_params, arch/x86/include/uapi/asm/bootparam.h).
 namespace zp {
 inline constexpr size_t kAcpiRsdpAddr = 0x070;
+inline constexpr size_t kExtRamdiskImage = 0x0c0;  // the initrd's address and size, bits 63:32
+inline constexpr size_t kExtRamdiskSize = 0x0c4;
 inline constexpr size_t kE820Entries = 0x1e8;
 inline constexpr size_t kTypeOfLoader = 0x210;
 inline constexpr size_t kLoadflags = 0x211;

@@ -19,6 +19,7 @@
 namespace passvm::boot {
 namespace {
 
+using layout::GiB;
 using layout::MiB;
 using testing::ImageSpec;
 using testing::make_bzimage;
@@ -151,6 +152,27 @@ TEST(LoadLinux, InitrdBelowInitrdAddrMax) {
   std::vector<uint8_t> initrd(8192, 2);
   LinuxBoot b = load_linux_image(mem, make_bzimage(s), Initrd::bytes(initrd), "", build_e820(mem), 0);
   EXPECT_EQ(b.initrd_addr, 0x3000000u - 8192);
+}
+
+TEST(LoadLinux, AnInitrdTooBigForLowRamGoesAbove4GiBWhenTheKernelAllowsIt) {
+  GuestMemory mem(3 * GiB + 64 * MiB, false);  // MAP_NORESERVE: only what is written is allocated
+  ImageSpec s;
+  s.initrd_addr_max = 0x2ffffff;  // 48 MiB - 1: 28 MiB above the kernel
+  std::vector<uint8_t> initrd(40 * MiB, 3);
+  initrd.back() = 4;
+  LinuxBoot b = load_linux_image(mem, make_bzimage(s), Initrd::bytes(initrd), "", build_e820(mem), 0);
+  EXPECT_EQ(b.initrd_addr, 4 * GiB + 24 * MiB) << "the top of RAM above 4 GiB";
+  EXPECT_EQ(peek<uint8_t>(mem, b.initrd_addr + initrd.size() - 1), 4);
+  const uint64_t zp = layout::kBootParamsAddr;
+  EXPECT_EQ(peek<uint32_t>(mem, zp + zp::kRamdiskImage), static_cast<uint32_t>(b.initrd_addr));
+  EXPECT_EQ(peek<uint32_t>(mem, zp + zp::kExtRamdiskImage), 1u);
+  EXPECT_EQ(peek<uint32_t>(mem, zp + zp::kRamdiskSize), 40 * MiB);
+  EXPECT_EQ(peek<uint32_t>(mem, zp + zp::kExtRamdiskSize), 0u);
+
+  // A kernel without XLF_CAN_BE_LOADED_ABOVE_4G: refused, saying why.
+  s.xloadflags = 0x1;
+  EXPECT_NE(load_error(mem, make_bzimage(s), initrd, "").find("this kernel cannot take one above 4 GiB"),
+            std::string::npos);
 }
 
 TEST(LoadLinux, CommandLineTooLong) {
