@@ -27,6 +27,9 @@ constexpr uint64_t kMagic = 0x31584e4c4d565050ull;  // "PPVMLNX1"
 constexpr size_t kMaxCached = 4;
 constexpr size_t kMaxIndexed = 16;  // file index entries kept (one per kernel file booted)
 constexpr uint64_t kChunk = 1 << 20;
+// A temporary file is written within seconds of its creation; one an hour old was left by a passvm that
+// was killed while unpacking, and nothing else would ever remove it.
+constexpr auto kStaleTemporary = std::chrono::hours(1);
 
 // Creates a temporary file the cache renames into place: never through a symlink or into a file someone
 // left at that name (passvm may write a user's cache as root before it drops privileges), so a stale one
@@ -203,6 +206,8 @@ std::optional<VmlinuxLayout> KernelCache::load(const VmlinuxWriter::Write& write
     if (path.empty()) continue;
     if (auto layout = load_file(path, own, write, on_layout, dest)) {
       loaded_from_ = path;
+      // Every later boot of a kernel whose first unpacking was killed hits the cache: sweep here too.
+      if (own) prune_temporaries();
       return layout;
     }
   }
@@ -379,18 +384,25 @@ void KernelCache::abandon() {
   failed_ = true;
 }
 
+void KernelCache::prune_temporaries() {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const auto stale = fs::file_time_type::clock::now() - kStaleTemporary;
+  for (const auto& e : fs::directory_iterator(dir_, ec)) {
+    if (is_temporary(e.path().filename().string()) && e.is_regular_file(ec) && e.last_write_time(ec) < stale)
+      fs::remove(e.path(), ec);
+  }
+}
+
 void KernelCache::prune() {
   namespace fs = std::filesystem;
   std::error_code ec;
+  prune_temporaries();
   std::vector<std::pair<fs::file_time_type, fs::path>> entries, indexes;
-  // A temporary file is written within seconds of its creation; one an hour old was left by a passvm that
-  // was killed while unpacking, and nothing else would ever remove it.
-  const auto stale = fs::file_time_type::clock::now() - std::chrono::hours(1);
   for (const auto& e : fs::directory_iterator(dir_, ec)) {
     const std::string name = e.path().filename().string();
     if (is_entry(name)) entries.emplace_back(e.last_write_time(ec), e.path());
     if (is_index(name)) indexes.emplace_back(e.last_write_time(ec), e.path());
-    if (is_temporary(name) && e.is_regular_file(ec) && e.last_write_time(ec) < stale) fs::remove(e.path(), ec);
   }
   for (auto [list, keep] : {std::pair{&entries, kMaxCached}, std::pair{&indexes, kMaxIndexed}}) {
     if (list->size() <= keep) continue;

@@ -112,6 +112,7 @@ class KernelCache {
   void abandon();
   void record_bytes(uint64_t paddr, std::span<const uint8_t> bytes);
   void prune();
+  void prune_temporaries();  // only the stale temporary files
   std::string index_path(const FileIdentity& file) const;
   std::string indexed_name(const FileIdentity& file) const;  // "" when the index has nothing valid
   void write_index(const FileIdentity& file, const std::string& name) const;

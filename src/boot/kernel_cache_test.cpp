@@ -273,6 +273,11 @@ TEST(KernelCache, TemporaryFilesLeftByAKilledPassvmArePrunedOnceStale) {
   EXPECT_TRUE(fs::exists(fresh_tmp));
   EXPECT_TRUE(fs::exists(other));
   EXPECT_TRUE(fs::exists(c.path()));
+
+  // Later boots of that kernel hit the cache and commit nothing: they sweep too.
+  fs::last_write_time(fresh_tmp, two_hours_ago);
+  EXPECT_TRUE(loads(dir.path, std::vector<uint8_t>(1000, 9)));
+  EXPECT_FALSE(fs::exists(fresh_tmp));
 }
 
 TEST(KernelCache, EntriesAreNamedByTheBzImagesSha256) {

@@ -272,7 +272,17 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
     auto record = read_reservation(sysroot, address);
     auto previous = record ? std::optional<std::string>(record->driver) : std::nullopt;
     const std::string dir = dev->sysfs_dir();
-    auto bind_back = [&] {
+    const std::string saved_override = record ? record->override_driver : "";
+    // The kernel binds only the driver an override names: an override naming another driver than the
+    // remembered one (set while the device was on it) goes back after the bind, not before.
+    const bool override_after = !saved_override.empty() && previous && !previous->empty() && *previous != saved_override;
+    auto override_step = [&] {
+      write_step(plan, dir + "/driver_override",
+                 saved_override.empty() || override_after ? std::string("\n") : saved_override);
+    };
+    // required=false: a driver that refuses the device is a warning, and the record goes all the same, so
+    // that a release never fails again and again on it, nor keeps the devices after it reserved.
+    auto bind_back = [&](bool required) {
       if (previous && !previous->empty() && sysroot.exists(kDriversDir + *previous)) {
         write_step(plan, kDriversDir + *previous + "/bind", address.str());
       } else {
@@ -282,16 +292,19 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
         }
         write_step(plan, "/sys/bus/pci/drivers_probe", address.str());
       }
+      plan.steps.back().required = required;
+      if (override_after) write_step(plan, dir + "/driver_override", saved_override);
       if (previous) plan.steps.push_back({Step::Kind::DropState, state_path(address), ""});
     };
     if (!dev->reserved()) {
       if (dev->driver.empty() && previous && !previous->empty()) {
         // An earlier release cleared the override but its bind failed: the record is all that still
-        // knows where the device belongs, so bind again rather than forget it.
-        plan.notes.push_back(fmt::format("{} is released but has no driver; binding it back to {}", address.str(),
-                                         *previous));
+        // knows where the device belongs, so try once more rather than forget it.
+        plan.notes.push_back(fmt::format("{} is released but has no driver; trying once more to bind it back to {}",
+                                         address.str(), *previous));
         plan.targets.push_back(address);
-        bind_back();
+        override_step();
+        bind_back(false);
         continue;
       }
       plan.notes.push_back(fmt::format("{} is not reserved (driver: {}); nothing to do", address.str(),
@@ -310,9 +323,7 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
     }
     plan.targets.push_back(address);
     give_back(*dev, owner_name(record));
-    write_step(plan, dir + "/driver_override", record && !record->override_driver.empty()
-                                                   ? record->override_driver
-                                                   : std::string("\n"));
+    override_step();
     if (dev->on_vfio()) {
       write_step(plan, dir + "/driver/unbind", address.str());
     } else if (!dev->driver.empty()) {
@@ -321,7 +332,7 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
       if (previous) plan.steps.push_back({Step::Kind::DropState, state_path(address), ""});
       continue;
     }
-    bind_back();
+    bind_back(true);
   }
   return plan;
 }

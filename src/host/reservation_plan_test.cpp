@@ -223,12 +223,31 @@ TEST_F(Planning, ReleasingAgainRetriesABindThatFailed) {
 
   auto again = release({"00:03.0"});
   EXPECT_EQ(described(again), (std::vector<std::string>{
+                                  "echo '' > " + kNvmeDir + "/driver_override",
                                   "echo '0000:00:03.0' > /sys/bus/pci/drivers/nvme/bind",
                                   "rm -f /run/passvm/reserved/0000:00:03.0",
                               }));
   ASSERT_EQ(again.targets.size(), 1u);
   ASSERT_EQ(again.notes.size(), 1u);
-  EXPECT_NE(again.notes[0].find("binding it back to nvme"), std::string::npos) << again.notes[0];
+  EXPECT_NE(again.notes[0].find("trying once more to bind it back to nvme"), std::string::npos) << again.notes[0];
+  // Once more only: if nvme refuses it again, that is a warning and the record goes, so that releasing
+  // never fails on it forever (nor stops the devices after it).
+  EXPECT_FALSE(again.steps[1].required);
+}
+
+TEST_F(Planning, AnOverrideNamingAnotherDriverGoesBackAfterTheBind) {
+  // On nvme, with pci-stub already named for its next probe (a tool parking it, half way).
+  fake.set_override("0000:00:03.0", "pci-stub");
+  execute(fake.sysroot(), reserve({"00:03.0"}), no_commands, warnings);
+  kernel_probe("0000:00:03.0");
+  // pci-stub's override first would make nvme's bind fail: clear it, bind nvme, then put it back.
+  EXPECT_EQ(described(release({"00:03.0"})), (std::vector<std::string>{
+                                                 "echo '' > " + kNvmeDir + "/driver_override",
+                                                 "echo '0000:00:03.0' > " + kNvmeDir + "/driver/unbind",
+                                                 "echo '0000:00:03.0' > /sys/bus/pci/drivers/nvme/bind",
+                                                 "echo 'pci-stub' > " + kNvmeDir + "/driver_override",
+                                                 "rm -f /run/passvm/reserved/0000:00:03.0",
+                                             }));
 }
 
 TEST_F(Planning, ReleaseWithoutMemoryLoadsModaliasAndProbes) {

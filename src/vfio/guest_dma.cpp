@@ -10,11 +10,8 @@
 
 namespace passvm::vfio {
 
-namespace {
-
-// VFIO refuses a mapping that touches a reserved range, with EINVAL and nothing more: say which RAM and
-// which range, before pinning anything.
-void check_reachable(const std::vector<IovaRange>& ranges, const GuestMemory& memory) {
+void check_dma_reachable(DmaMapper& mapper, const GuestMemory& memory) {
+  const std::vector<IovaRange> ranges = mapper.iova_ranges();
   if (ranges.empty()) return;
   for (const MemoryRegion& r : memory.regions()) {
     const uint64_t last = r.gpa + r.size - 1;
@@ -24,17 +21,16 @@ void check_reachable(const std::vector<IovaRange>& ranges, const GuestMemory& me
     for (const IovaRange& v : ranges) usable += fmt::format("{}{:#x}-{:#x}", usable.empty() ? "" : ", ", v.start, v.last);
     throw VfioError(fmt::format("guest RAM at {:#x}-{:#x} reaches addresses this host's IOMMU reserves, so devices "
                                 "could not reach it (it maps only {}; the rest is listed in "
-                                "/sys/kernel/iommu_groups/*/reserved_regions): give a smaller -m",
-                                r.gpa, last, usable),
+                                "/sys/kernel/iommu_groups/*/reserved_regions): {}",
+                                r.gpa, last, usable,
+                                r.gpa == 0 ? "this host cannot give a device to a guest with RAM there"
+                                           : "give a smaller -m"),
                     EINVAL);
   }
 }
 
-}  // namespace
-
 GuestDmaMap::GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory, const std::atomic<bool>* cancel)
     : mapper_(mapper) {
-  check_reachable(mapper_.iova_ranges(), memory);
   // In pieces (dma_piece): a stop waits for one piece, not for all of a large guest's RAM.
   auto undo = [&] {
     for (auto a : mapped_) mapper_.unmap_dma(a.offset, a.size);

@@ -17,6 +17,11 @@
 
 namespace passvm::vfio {
 
+// Throws VfioError naming the RAM and the usable ranges when some guest RAM lies where the container's
+// IOMMU maps nothing (VFIO would refuse it with a bare EINVAL, after pinning what came before). Asks the
+// kernel (VFIO_IOMMU_GET_INFO): call it where the thread may, before any pinning.
+void check_dma_reachable(DmaMapper& mapper, const GuestMemory& memory);
+
 class GuestDmaMap {
  public:
   // Maps every region of guest memory, in pieces of at most 1 GiB, checking `cancel` (when given) between

@@ -335,8 +335,10 @@ void Machine::Parts::build() {
   // Every group first: a device that can only be reset with its bus needs the groups of all it resets.
   for (const auto& s : c.slots)
     if (s.emulation == "passthru") container.attach(vfio::parse_bdf(s.config));
-  if (std::any_of(c.slots.begin(), c.slots.end(), [](const SlotConfig& s) { return s.emulation == "passthru"; }))
+  if (std::any_of(c.slots.begin(), c.slots.end(), [](const SlotConfig& s) { return s.emulation == "passthru"; })) {
+    vfio::check_dma_reachable(container, *mem);  // before seconds of allocating what could not be pinned
     populate_ram();
+  }
   // vfio-pci resets each device as it is opened (an FLR waits 100 ms): the container opens them side by
   // side; they are then built and put on the bus one after the other, in slot order.
   std::vector<vfio::Bdf> bdfs;
@@ -651,6 +653,7 @@ DeviceInfo Machine::add_device(SlotConfig s) {
   try {
     p.finish_ram_mapping(false);  // guest RAM of devices given at boot may still be being mapped
     p.container.attach(bdf);
+    vfio::check_dma_reachable(p.container, *p.mem);  // a group's reserved ranges may be new to the container
     dev = passthru::open_passthru(bdf.str(), p.container, *p.vm, p.pio, p.mmio, p.device_options(s));
     if (!p.dma) p.map_guest_ram();
     p.step("device opened and guest RAM mapped for DMA");
