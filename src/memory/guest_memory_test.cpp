@@ -199,8 +199,10 @@ TEST(Layout, RamThatWouldReachTheHyperTransportHoleStartsAbove1TiB) {
   EXPECT_EQ(layout::ram_end(fits_below + layout::GiB, true), 1024 * layout::GiB + 1009 * layout::GiB);
   // Intel hosts have no such hole.
   EXPECT_EQ(layout::high_ram_start(fits_below + layout::GiB, false), 4 * layout::GiB);
-  // The most RAM: with 40 bits, 7/8 of 1 TiB is below the hole anyway; with 41, what fits from 1 TiB up.
-  EXPECT_EQ(layout::max_ram(40, true), layout::max_ram(40, false));
+  // The most RAM: with 40 bits the window (an eighth of the space, 128 GiB) ends at the hole, not at 1 TiB.
+  EXPECT_EQ(layout::max_ram(40, false), 895 * layout::GiB);
+  EXPECT_EQ(layout::max_ram(40, true), 883 * layout::GiB);
+  EXPECT_GE(layout::mmio64_window(layout::max_ram(40, true), 40, 0, true).size, 128 * layout::GiB);
   // With 41 bits, RAM from 1 TiB up could have only 771 GiB: RAM up to the hole (1011 GiB) is the most.
   EXPECT_EQ(layout::max_ram(41, true), 1011 * layout::GiB);
   EXPECT_EQ(layout::max_ram(41, false), 1791 * layout::GiB);

@@ -130,7 +130,10 @@ inline Window mmio64_window(uint64_t ram, uint32_t phys_bits, uint64_t iova_limi
   return start >= end ? Window{end, 0} : Window{start, end - start};
 }
 inline uint64_t max_ram(uint32_t phys_bits, bool ht_hole = false) {
-  const uint64_t top = uint64_t{1} << phys_bits, usable = top - top / 8;
+  const uint64_t top = uint64_t{1} << phys_bits;
+  uint64_t usable = top - top / 8;
+  // An address space that ends inside the hole (40 bits) has its window end below the hole instead.
+  if (ht_hole && top > kHtHoleStart && top <= kHtHoleEnd) usable = kHtHoleStart - top / 8;
   const uint64_t from_4g = usable - (kHighRamStart - kLowRamMax);
   if (!ht_hole || kHighRamStart + (from_4g - kLowRamMax) <= kHtHoleStart) return from_4g;
   // RAM from 4 GiB stops at the hole; RAM from 1 TiB may go further, if the address space reaches that far.
