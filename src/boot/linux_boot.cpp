@@ -178,7 +178,7 @@ LinuxBoot load_linux_image(const GuestMemory& mem, KernelImage& kernel, const In
       for (auto e = e820.rbegin(); e != e820.rend() && dest == nullptr; ++e) {
         if (e->type != E820Type::Ram || e->addr < layout::kHighRamStart || e->size < initrd.size) continue;
         at = align_down(e->addr + e->size - initrd.size, 4096);
-        if (at >= e->addr) dest = mem.host_address(at, initrd.size);
+        if (at >= e->addr && at >= b.kernel_end) dest = mem.host_address(at, initrd.size);
       }
     }
     if (dest == nullptr)

@@ -323,15 +323,16 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
     }
     plan.targets.push_back(address);
     give_back(*dev, owner_name(record));
-    override_step();
-    if (dev->on_vfio()) {
-      write_step(plan, dir + "/driver/unbind", address.str());
-    } else if (!dev->driver.empty()) {
-      // Marked for vfio-pci but still on another driver: clearing the mark is all there is to do.
+    if (!dev->on_vfio() && !dev->driver.empty()) {
+      // Marked for vfio-pci but still on another driver (a reserve that stopped before the unbind): the
+      // override it had before is all there is to put back.
+      write_step(plan, dir + "/driver_override", saved_override.empty() ? std::string("\n") : saved_override);
       plan.notes.push_back(fmt::format("{} stays on {}", address.str(), dev->driver));
       if (previous) plan.steps.push_back({Step::Kind::DropState, state_path(address), ""});
       continue;
     }
+    override_step();
+    if (dev->on_vfio()) write_step(plan, dir + "/driver/unbind", address.str());
     bind_back(true);
   }
   return plan;

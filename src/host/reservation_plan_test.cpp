@@ -209,6 +209,18 @@ TEST_F(Planning, ReleaseRestoresAnOverrideAnotherToolSet) {
   EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "pci-stub");
 }
 
+TEST_F(Planning, AReserveStoppedBeforeTheUnbindGetsItsOverrideBack) {
+  // pci-stub named for the next probe, the device on nvme; reserve wrote vfio-pci's override and stopped.
+  fake.set_override("0000:00:03.0", "pci-stub");
+  auto plan = reserve({"00:03.0"});
+  plan.steps.resize(2);  // remember, override; the unbind never happened
+  execute(fake.sysroot(), plan, no_commands, warnings);
+  EXPECT_EQ(described(release({"00:03.0"})), (std::vector<std::string>{
+                                                 "echo 'pci-stub' > " + kNvmeDir + "/driver_override",
+                                                 "rm -f /run/passvm/reserved/0000:00:03.0",
+                                             }));
+}
+
 TEST_F(Planning, ReleasingAgainRetriesABindThatFailed) {
   execute(fake.sysroot(), reserve({"00:03.0"}), no_commands, warnings);
   kernel_probe("0000:00:03.0");

@@ -653,7 +653,8 @@ DeviceInfo Machine::add_device(SlotConfig s) {
   try {
     p.finish_ram_mapping(false);  // guest RAM of devices given at boot may still be being mapped
     p.container.attach(bdf);
-    vfio::check_dma_reachable(p.container, *p.mem);  // a group's reserved ranges may be new to the container
+    // For the VM's first device (with guest RAM mapped already, VFIO refuses a conflicting group itself).
+    vfio::check_dma_reachable(p.container, *p.mem);
     dev = passthru::open_passthru(bdf.str(), p.container, *p.vm, p.pio, p.mmio, p.device_options(s));
     if (!p.dma) p.map_guest_ram();
     p.step("device opened and guest RAM mapped for DMA");
