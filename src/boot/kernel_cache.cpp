@@ -207,7 +207,7 @@ std::optional<VmlinuxLayout> KernelCache::load(const VmlinuxWriter::Write& write
     if (auto layout = load_file(path, own, write, on_layout, dest)) {
       loaded_from_ = path;
       // Every later boot of a kernel whose first unpacking was killed hits the cache: sweep here too.
-      if (own) prune_temporaries();
+      if (own) prune(false);
       return layout;
     }
   }
@@ -372,7 +372,7 @@ void KernelCache::commit(const VmlinuxLayout& layout) {
     failed_ = true;
     return;
   }
-  prune();
+  prune(true);
 }
 
 void KernelCache::abandon() {
@@ -384,23 +384,15 @@ void KernelCache::abandon() {
   failed_ = true;
 }
 
-void KernelCache::prune_temporaries() {
+void KernelCache::prune(bool least_used_too) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const auto stale = fs::file_time_type::clock::now() - kStaleTemporary;
-  for (const auto& e : fs::directory_iterator(dir_, ec)) {
-    if (is_temporary(e.path().filename().string()) && e.is_regular_file(ec) && e.last_write_time(ec) < stale)
-      fs::remove(e.path(), ec);
-  }
-}
-
-void KernelCache::prune() {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  prune_temporaries();
   std::vector<std::pair<fs::file_time_type, fs::path>> entries, indexes;
   for (const auto& e : fs::directory_iterator(dir_, ec)) {
     const std::string name = e.path().filename().string();
+    if (is_temporary(name) && e.is_regular_file(ec) && e.last_write_time(ec) < stale) fs::remove(e.path(), ec);
+    if (!least_used_too) continue;
     if (is_entry(name)) entries.emplace_back(e.last_write_time(ec), e.path());
     if (is_index(name)) indexes.emplace_back(e.last_write_time(ec), e.path());
   }

@@ -111,8 +111,9 @@ class KernelCache {
                                          const VmlinuxWriter::OnLayout& on_layout, const Destination& dest);
   void abandon();
   void record_bytes(uint64_t paddr, std::span<const uint8_t> bytes);
-  void prune();
-  void prune_temporaries();  // only the stale temporary files
+  // Removes the temporary files a passvm killed while writing left (an hour old); with least_used_too,
+  // also the least recently used entries and indexes beyond what the cache keeps. One directory listing.
+  void prune(bool least_used_too);
   std::string index_path(const FileIdentity& file) const;
   std::string indexed_name(const FileIdentity& file) const;  // "" when the index has nothing valid
   void write_index(const FileIdentity& file, const std::string& name) const;

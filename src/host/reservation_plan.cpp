@@ -276,9 +276,10 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
     // The kernel binds only the driver an override names: an override naming another driver than the
     // remembered one (set while the device was on it) goes back after the bind, not before.
     const bool override_after = !saved_override.empty() && previous && !previous->empty() && *previous != saved_override;
-    auto override_step = [&] {
+    // The override the device had before; one naming another driver waits for the bind when one follows.
+    auto override_step = [&](bool bind_follows) {
       write_step(plan, dir + "/driver_override",
-                 saved_override.empty() || override_after ? std::string("\n") : saved_override);
+                 saved_override.empty() || (bind_follows && override_after) ? std::string("\n") : saved_override);
     };
     // required=false: a driver that refuses the device is a warning, and the record goes all the same, so
     // that a release never fails again and again on it, nor keeps the devices after it reserved.
@@ -303,7 +304,7 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
         plan.notes.push_back(fmt::format("{} is released but has no driver; trying once more to bind it back to {}",
                                          address.str(), *previous));
         plan.targets.push_back(address);
-        override_step();
+        override_step(true);
         bind_back(false);
         continue;
       }
@@ -326,12 +327,12 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
     if (!dev->on_vfio() && !dev->driver.empty()) {
       // Marked for vfio-pci but still on another driver (a reserve that stopped before the unbind): the
       // override it had before is all there is to put back.
-      write_step(plan, dir + "/driver_override", saved_override.empty() ? std::string("\n") : saved_override);
+      override_step(false);
       plan.notes.push_back(fmt::format("{} stays on {}", address.str(), dev->driver));
       if (previous) plan.steps.push_back({Step::Kind::DropState, state_path(address), ""});
       continue;
     }
-    override_step();
+    override_step(true);
     if (dev->on_vfio()) write_step(plan, dir + "/driver/unbind", address.str());
     bind_back(true);
   }

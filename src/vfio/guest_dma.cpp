@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <sstream>
 #include <string>
 
 #include <fmt/format.h>
@@ -27,6 +30,23 @@ void check_dma_reachable(DmaMapper& mapper, const GuestMemory& memory) {
                                            : "give a smaller -m"),
                     EINVAL);
   }
+}
+
+std::string reserved_region_conflict(std::string_view reserved_regions, const std::map<uint64_t, uint64_t>& mapped) {
+  std::istringstream in{std::string(reserved_regions)};
+  std::string line;
+  while (std::getline(in, line)) {
+    uint64_t start = 0, last = 0;
+    char type[32] = {};
+    if (std::sscanf(line.c_str(), "%" SCNx64 " %" SCNx64 " %31s", &start, &last, type) != 3 || last < start) continue;
+    if (std::string_view(type) == "direct-relaxable") continue;
+    for (auto [iova, size] : mapped) {
+      if (size == 0 || iova > last || iova + size - 1 < start) continue;
+      return fmt::format("it reserves {:#x}-{:#x} ({}), where guest RAM is already mapped for DMA ({:#x}-{:#x})",
+                         start, last, type, iova, iova + size - 1);
+    }
+  }
+  return "";
 }
 
 GuestDmaMap::GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory, const std::atomic<bool>* cancel)

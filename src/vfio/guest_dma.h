@@ -10,6 +10,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "memory/guest_memory.h"
@@ -21,6 +24,11 @@ namespace passvm::vfio {
 // IOMMU maps nothing (VFIO would refuse it with a bare EINVAL, after pinning what came before). Asks the
 // kernel (VFIO_IOMMU_GET_INFO): call it where the thread may, before any pinning.
 void check_dma_reachable(DmaMapper& mapper, const GuestMemory& memory);
+
+// Why the kernel refused (EINVAL) to add an IOMMU group to a container whose DMA mappings (iova -> size)
+// are made: the first of the group's reserved regions (its sysfs `reserved_regions` text) that one of them
+// overlaps, as the kernel's own check does (it lets "direct-relaxable" ones be). "" when none does.
+std::string reserved_region_conflict(std::string_view reserved_regions, const std::map<uint64_t, uint64_t>& mapped);
 
 class GuestDmaMap {
  public:

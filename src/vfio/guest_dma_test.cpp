@@ -108,5 +108,28 @@ TEST(GuestDmaMap, TheIommuLimitIsTheEndOfItsLastRange) {
   EXPECT_EQ(m.iova_limit(), uint64_t{1} << 39);
 }
 
+TEST(ReservedRegionConflict, NamesTheRegionAndTheRamThatOverlapIt) {
+  // RAM mapped at 0-2 GiB and at 4-5 GiB; a hot-added group whose firmware keeps a region inside the first.
+  const std::map<uint64_t, uint64_t> mapped = {{0, 2 * layout::GiB}, {4 * layout::GiB, layout::GiB}};
+  const std::string regions =
+      "0x000000007a000000 0x000000007a0fffff direct\n"
+      "0x00000000fee00000 0x00000000feefffff msi\n";
+  EXPECT_EQ(reserved_region_conflict(regions, mapped),
+            "it reserves 0x7a000000-0x7a0fffff (direct), where guest RAM is already mapped for DMA (0x0-0x7fffffff)");
+  // A region that touches the last byte of a mapping overlaps it; one right after does not.
+  EXPECT_NE(reserved_region_conflict("0x000000013fffffff 0x0000000140000fff reserved\n", mapped), "");
+  EXPECT_EQ(reserved_region_conflict("0x0000000140000000 0x0000000140000fff reserved\n", mapped), "");
+}
+
+TEST(ReservedRegionConflict, IgnoresWhatTheKernelLetsThroughAndWhatItCannotRead) {
+  const std::map<uint64_t, uint64_t> mapped = {{0, 2 * layout::GiB}};
+  // The kernel lets RAM cover a "direct-relaxable" region (USB and graphics firmware buffers).
+  EXPECT_EQ(reserved_region_conflict("0x000000007a000000 0x000000007a0fffff direct-relaxable\n", mapped), "");
+  EXPECT_EQ(reserved_region_conflict("0x00000000fee00000 0x00000000feefffff msi\n", mapped), "") << "above RAM";
+  EXPECT_EQ(reserved_region_conflict("", mapped), "");
+  EXPECT_EQ(reserved_region_conflict("garbage\n0x10 0x0 direct\n", mapped), "") << "malformed lines are skipped";
+  EXPECT_EQ(reserved_region_conflict("0x000000007a000000 0x000000007a0fffff direct\n", {}), "") << "nothing mapped";
+}
+
 }  // namespace
 }  // namespace passvm::vfio

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <cerrno>
 #include <cstring>
 #include <exception>
@@ -17,6 +18,7 @@
 #include <fmt/format.h>
 
 #include "vfio/aligned_map.h"
+#include "vfio/guest_dma.h"
 #include "vfio/host_checks.h"
 
 namespace passvm::vfio {
@@ -229,6 +231,34 @@ class LinuxDevice final : public Device {
   std::vector<Region> regions_;
 };
 
+// VFIO_IOMMU_GET_INFO's IOVA ranges, in order; empty when the kernel does not report them.
+std::vector<IovaRange> read_iova_ranges(int fd) {
+  vfio_iommu_type1_info head{};
+  head.argsz = sizeof head;
+  if (ioctl(fd, VFIO_IOMMU_GET_INFO, &head) < 0 || head.argsz <= sizeof head) return {};
+  std::vector<uint8_t> buf(head.argsz, 0);
+  auto* info = reinterpret_cast<vfio_iommu_type1_info*>(buf.data());
+  info->argsz = head.argsz;
+  if (ioctl(fd, VFIO_IOMMU_GET_INFO, info) < 0 || !(info->flags & VFIO_IOMMU_INFO_CAPS)) return {};
+  for (uint32_t off = info->cap_offset; off && off + sizeof(vfio_info_cap_header) <= buf.size();) {
+    auto* cap = reinterpret_cast<vfio_info_cap_header*>(buf.data() + off);
+    if (cap->id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE &&
+        off + sizeof(vfio_iommu_type1_info_cap_iova_range) <= buf.size()) {
+      auto* r = reinterpret_cast<vfio_iommu_type1_info_cap_iova_range*>(cap);
+      std::vector<IovaRange> out;
+      for (uint32_t i = 0; i < r->nr_iovas; i++) {
+        if (off + sizeof *r + (i + 1) * sizeof(vfio_iova_range) > buf.size()) break;
+        out.push_back({r->iova_ranges[i].start, r->iova_ranges[i].end});
+      }
+      std::sort(out.begin(), out.end(), [](const IovaRange& a, const IovaRange& b) { return a.start < b.start; });
+      return out;
+    }
+    if (cap->next <= off) break;
+    off = cap->next;
+  }
+  return {};
+}
+
 }  // namespace
 
 Container::Container(std::string sysfs_root, std::string dev_root)
@@ -252,30 +282,8 @@ Container::~Container() {
 std::vector<IovaRange> Container::iova_ranges() {
   std::lock_guard g(lock_);
   if (fd_ < 0 || !iommu_set_) return {};
-  vfio_iommu_type1_info head{};
-  head.argsz = sizeof head;
-  if (ioctl(fd_, VFIO_IOMMU_GET_INFO, &head) < 0 || head.argsz <= sizeof head) return {};
-  std::vector<uint8_t> buf(head.argsz, 0);
-  auto* info = reinterpret_cast<vfio_iommu_type1_info*>(buf.data());
-  info->argsz = head.argsz;
-  if (ioctl(fd_, VFIO_IOMMU_GET_INFO, info) < 0 || !(info->flags & VFIO_IOMMU_INFO_CAPS)) return {};
-  for (uint32_t off = info->cap_offset; off && off + sizeof(vfio_info_cap_header) <= buf.size();) {
-    auto* cap = reinterpret_cast<vfio_info_cap_header*>(buf.data() + off);
-    if (cap->id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE &&
-        off + sizeof(vfio_iommu_type1_info_cap_iova_range) <= buf.size()) {
-      auto* r = reinterpret_cast<vfio_iommu_type1_info_cap_iova_range*>(cap);
-      std::vector<IovaRange> out;
-      for (uint32_t i = 0; i < r->nr_iovas; i++) {
-        if (off + sizeof *r + (i + 1) * sizeof(vfio_iova_range) > buf.size()) break;
-        out.push_back({r->iova_ranges[i].start, r->iova_ranges[i].end});
-      }
-      std::sort(out.begin(), out.end(), [](const IovaRange& a, const IovaRange& b) { return a.start < b.start; });
-      return out;
-    }
-    if (cap->next <= off) break;
-    off = cap->next;
-  }
-  return {};
+  if (!iova_ranges_) iova_ranges_ = read_iova_ranges(fd_);
+  return *iova_ranges_;
 }
 
 void Container::open_container() {
@@ -325,6 +333,23 @@ int Container::group_fd(const Bdf& bdf, int group) {
   if (ioctl(fd, VFIO_GROUP_SET_CONTAINER, &fd_) < 0) {
     int e = errno;
     close(fd);
+    // A group joining a VM whose RAM is mapped already is refused, with EINVAL alone, when it reserves
+    // addresses that RAM covers or its IOMMU cannot reach all of it.
+    if (e == EINVAL && iommu_set_ && !mapped_.empty()) {
+      std::ifstream in(fmt::format("{}/kernel/iommu_groups/{}/reserved_regions", sysfs_root_, group));
+      std::string regions;
+      for (std::string line; std::getline(in, line);) regions += line + "\n";
+      std::string why = reserved_region_conflict(regions, mapped_);
+      throw VfioError(fmt::format("{}: cannot add IOMMU group {} to this VM: {}; the device cannot be given to a "
+                                  "guest with RAM there",
+                                  bdf.str(), group,
+                                  why.empty() ? fmt::format("the kernel refused it (EINVAL); its IOMMU may not "
+                                                            "reach all of the guest RAM mapped for DMA (up to {:#x})",
+                                                            std::prev(mapped_.end())->first +
+                                                                std::prev(mapped_.end())->second - 1)
+                                              : why),
+                      e);
+    }
     throw VfioError(fmt::format("{}: cannot attach IOMMU group {} to the container: {}", bdf.str(), group, err(e)), e);
   }
   if (!iommu_set_) {
@@ -349,6 +374,7 @@ int Container::group_fd(const Bdf& bdf, int group) {
     }
   }
   groups_[group] = fd;
+  iova_ranges_.reset();
   return fd;
 }
 
@@ -496,6 +522,7 @@ void Container::detach(const Bdf& bdf) {
   ioctl(fd->second, VFIO_GROUP_UNSET_CONTAINER);
   close(fd->second);
   groups_.erase(fd);
+  iova_ranges_.reset();
   if (groups_.empty()) {  // the kernel released the IOMMU context with its last group
     iommu_set_ = false;
     mapped_.clear();

@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <mutex>
 #include <string>
@@ -73,6 +74,8 @@ class Container : public DmaMapper {
   std::map<std::string, int> device_group_;  // devices opened here -> their group
   std::map<uint64_t, uint64_t> mapped_;  // iova -> size, unmapped at destruction if still there
   std::set<std::string> hot_reset_done_;  // devices a hot reset of ours already reset
+  // What iova_ranges() last read: they change only when a group joins or leaves.
+  std::optional<std::vector<IovaRange>> iova_ranges_;
 };
 
 }  // namespace passvm::vfio
