@@ -57,7 +57,12 @@ void report_exit(const std::string& name, ExitReason reason, const std::string& 
 
 }  // namespace
 
-Vmm::Vmm(bool api) : api_(api) {
+Vmm::Vmm(bool api, MachineFactory machines, RemovalTiming timing)
+    : api_(api), machines_(std::move(machines)), timing_(timing) {
+  if (!machines_)
+    machines_ = [](const MachineConfig& c, const RunningMachine::Options& o) -> std::unique_ptr<RunningMachine> {
+      return std::make_unique<Machine>(c, o);
+    };
   signals_.on_stats([this] {
     stats_requested_ = true;
     confine::request_test_violation();
@@ -148,17 +153,17 @@ void Vmm::do_create(const MachineConfig& config, bool from_api) {
 
 void Vmm::do_boot() {
   require({VmState::Created, VmState::Shutdown}, "boot");
-  Machine::Options opts{.hotplug = api_,
+  RunningMachine::Options opts{.hotplug = api_,
                         .interrupted = [this] { return process_.requested(); },
                         .on_console_quit = [this] { process_.request(ExitReason::Signal, "Ctrl-A x on the console"); },
                         .on_guest_exit = [this] { wake(); },
                         .stop_on_panic = !api_};
   try {
-    machine_ = std::make_unique<Machine>(config_, opts);
-    if (process_.requested()) throw Machine::SetupInterrupted{};  // the last chance before the guest runs
+    machine_ = machines_(config_, opts);
+    if (process_.requested()) throw RunningMachine::SetupInterrupted{};  // the last chance before the guest runs
     confine_once();
     machine_->start();
-  } catch (const Machine::SetupInterrupted&) {
+  } catch (const RunningMachine::SetupInterrupted&) {
     machine_.reset();
     throw ControlError(Kind::Failed, fmt::format("setup stopped by {}", process_.detail()));
   } catch (const ControlError&) {
@@ -203,8 +208,8 @@ std::shared_future<void> Vmm::do_remove_device(const std::string& id) {
   if (auto pending = removals_.find(slot); pending != removals_.end()) return pending->second.answer;
   PendingRemoval& r = removals_[slot];
   r.id = id;
-  r.deadline = std::chrono::steady_clock::now() + kEjectWait;
-  r.nudge = std::chrono::steady_clock::now() + kEjectNudge;
+  r.deadline = std::chrono::steady_clock::now() + timing_.eject_wait;
+  r.nudge = std::chrono::steady_clock::now() + timing_.eject_nudge;
   r.answer = r.done.get_future().share();
   machine_->request_unplug(slot);
   return r.answer;
@@ -240,7 +245,7 @@ void Vmm::service_machine() {
     if (now < it->second.deadline) {
       if (now >= it->second.nudge) {
         machine_->request_unplug(it->first);
-        it->second.nudge = now + kEjectNudge;
+        it->second.nudge = now + timing_.eject_nudge;
       }
       ++it;
       continue;
@@ -248,7 +253,7 @@ void Vmm::service_machine() {
     std::string why =
         fmt::format("the guest did not eject device '{}' within {} s; it stays in the VM, and goes when the guest "
                     "lets go of it (is the guest's acpiphp hotplug driver there, or is the device in use?)",
-                    it->second.id, kEjectWait.count());
+                    it->second.id, std::chrono::duration_cast<std::chrono::seconds>(timing_.eject_wait).count());
     eprint("passvm: {}: {}\n", config_.name, why);
     it->second.done.set_exception(std::make_exception_ptr(ControlError(Kind::Failed, why)));
     it = removals_.erase(it);
@@ -466,7 +471,7 @@ DeviceInfo Vmm::add_device(const std::string& host, const std::string& id) {
 }
 Removal Vmm::remove_device(const std::string& id) {
   // From the request's arrival: the loop may first finish releasing another device the guest ejected.
-  auto deadline = std::chrono::steady_clock::now() + kRemoveAnswer;
+  auto deadline = std::chrono::steady_clock::now() + timing_.remove_answer;
   auto done = on_loop<std::shared_future<void>>([&] { return do_remove_device(id); });
   if (done.wait_until(deadline) != std::future_status::ready) return Removal::Pending;
   done.get();  // throws when releasing the ejected device failed

@@ -16,8 +16,8 @@
 // with the exit status of exit_control.h. With it, the process lives until
 // vmm.shutdown or a signal; a guest reset reboots the VM, a power-off leaves
 // it Shutdown. remove_device() asks the guest to eject and answers when it did,
-// or after kRemoveAnswer with the removal pending; the loop keeps asking until
-// kEjectWait, and a teardown meanwhile completes the removal. An eject the host
+// or after a while (RemovalTiming) with the removal pending; the loop keeps
+// asking for longer, and a teardown meanwhile completes the removal. An eject the host
 // did not ask for (the guest's own "echo 0 > /sys/bus/pci/slots/N/power")
 // removes the device too.
 #pragma once
@@ -35,26 +35,28 @@
 #include "vmm/config.h"
 #include "vmm/control.h"
 #include "vmm/exit_control.h"
+#include "vmm/running_machine.h"
 #include "vmm/signals.h"
 
 namespace passvm {
 
-class Machine;
+// How long a removal of a device is waited for and asked again (shorter in tests).
+struct RemovalTiming {
+  // How long remove_device() waits for the eject before it answers Pending: inside the 5 s Kata gives
+  // its hotplug calls. Most ejects take one or two seconds.
+  std::chrono::milliseconds remove_answer{std::chrono::seconds(4)};
+  // How long the guest is asked; after that the device stays until the guest lets go of it.
+  std::chrono::milliseconds eject_wait{std::chrono::seconds(30)};
+  // An eject request raised before the guest's hotplug driver listens (a device removed while the guest
+  // boots) reaches no one; the request stays in the slot's register, and is signalled again this often.
+  std::chrono::milliseconds eject_nudge{std::chrono::seconds(3)};
+};
 
 class Vmm final : public VmControl {
  public:
-  // How long remove_device() waits for the eject before it answers Pending: inside the 5 s Kata gives
-  // its hotplug calls. Most ejects take one or two seconds.
-  static constexpr std::chrono::seconds kRemoveAnswer{4};
-  // How long the guest is asked; after that the device stays until the guest lets go of it.
-  static constexpr std::chrono::seconds kEjectWait{30};
-  // An eject request raised before the guest's hotplug driver listens (a device removed while the guest
-  // boots) reaches no one; the request stays in the slot's register, and is signalled again this often.
-  static constexpr std::chrono::seconds kEjectNudge{3};
-
   // api: the VM's life is driven by requests (see above). Create the Vmm before any other thread: it
-  // blocks the signals it watches.
-  explicit Vmm(bool api);
+  // blocks the signals it watches. Machines come from `machines` (by default, Machine's constructor).
+  explicit Vmm(bool api, MachineFactory machines = {}, RemovalTiming timing = {});
   ~Vmm() override;
 
   // What the process does once, when it has opened what it needs and before any guest runs: drop
@@ -99,6 +101,8 @@ class Vmm final : public VmControl {
   void require(std::initializer_list<VmState> allowed, const char* action) const;
 
   bool api_;
+  MachineFactory machines_;
+  RemovalTiming timing_;
   std::function<void()> confine_;  // run once, then emptied
   MachineConfig api_defaults_;
   void confine_once();
@@ -115,7 +119,7 @@ class Vmm final : public VmControl {
   // Loop thread only.
   VmState state_ = VmState::NotCreated;
   MachineConfig config_;
-  std::unique_ptr<Machine> machine_;
+  std::unique_ptr<RunningMachine> machine_;
   struct PendingRemoval {
     std::string id;
     std::chrono::steady_clock::time_point deadline, nudge;
