@@ -58,6 +58,24 @@ HttplibListener::HttplibListener(const std::string& path, ServerSetup setup) : s
   http_.Patch(".*", handler);
   http_.Delete(".*", handler);
   http_.Options(".*", handler);
+  // Before httplib reads a body, whose size it bounds only when a Content-Length gives it. A request with
+  // neither Content-Length nor Transfer-Encoding has no body (RFC 9112, 6.3), where httplib would read
+  // until the client closes or its read times out (a `curl -X PUT` of vm.boot got a 400 after 5 s): it is
+  // served here at once. A chunked or compressed body could grow without bound: refused.
+  http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    auto refuse = [&](int status, const char* why) {
+      res.status = status;
+      res.set_content(std::string(R"([")") + why + R"("])", "application/json");
+      return httplib::Server::HandlerResponse::Handled;
+    };
+    if (req.has_header("Transfer-Encoding"))
+      return refuse(411, "send the body with a Content-Length: chunked bodies are not accepted");
+    if (req.has_header("Content-Encoding"))
+      return refuse(415, "send the body uncompressed: no Content-Encoding is accepted");
+    if (req.has_header("Content-Length")) return httplib::Server::HandlerResponse::Unhandled;
+    serve(req, res);
+    return httplib::Server::HandlerResponse::Handled;
+  });
   http_.set_exception_handler([this](const httplib::Request& req, httplib::Response& res, std::exception_ptr) {
     res.status = 500;
     res.set_content(R"(["internal error"])", "application/json");

@@ -13,6 +13,7 @@
 // catches everything, so no request can take the server down.
 #include "api/server.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -25,6 +26,7 @@
 #include <map>
 #include <mutex>
 #include <stdexcept>
+#include <utility>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -283,6 +285,7 @@ struct Server::Impl {
   std::mutex stop_lock;
   bool stopped = false;
   ino_t inode = 0;  // of our socket file, so stop() never removes a successor's
+  int file = -1;    // the socket file itself (O_PATH), for give_to()
 
   Impl(VmControl& c, std::string p, Log l) : control(c), path(std::move(p)), log(std::move(l)) {}
 };
@@ -314,15 +317,29 @@ Server::Server(VmControl& control, const std::string& socket_path, Log log)
   } catch (const std::runtime_error& e) {
     cannot_listen(p.path, e.what());
   }
-  // The socket was bound with mode 0600; the chmod is for kernels that differ.
+  // From here on the socket file is reached through a descriptor, never its path: the directory may be
+  // another user's (--user), who could put a link to any file at that name while root works on it.
+  p.file = open(p.path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
   struct stat st {};
-  if (chmod(p.path.c_str(), 0600) != 0 || lstat(p.path.c_str(), &st) != 0) {
-    int err = errno;
+  std::string problem;
+  if (p.file < 0 || fstat(p.file, &st) != 0)
+    problem = fmt::format("cannot open what was bound: {}", strerror(errno));
+  else if (!S_ISSOCK(st.st_mode))
+    problem = "the socket was replaced by another file while passvm set it up";
+  else if ((st.st_mode & 0777) != 0600 && chmod(fmt::format("/proc/self/fd/{}", p.file).c_str(), 0600) != 0)
+    problem = fmt::format("cannot make the socket private (mode 0600): {}", strerror(errno));  // bound 0600 on Linux
+  if (!problem.empty()) {
     p.listener->stop();
-    unlink(p.path.c_str());
-    cannot_listen(p.path, fmt::format("cannot make the socket private (mode 0600): {}", strerror(err)));
+    if (p.file >= 0) close(p.file);
+    if (S_ISSOCK(st.st_mode)) unlink(p.path.c_str());
+    cannot_listen(p.path, problem);
   }
   p.inode = st.st_ino;
+}
+
+void Server::give_to(uid_t uid, gid_t gid) {
+  if (fchownat(impl_->file, "", uid, gid, AT_EMPTY_PATH) != 0)
+    throw std::runtime_error(fmt::format("cannot give {} to uid {}: {}", impl_->path, uid, strerror(errno)));
 }
 
 Server::~Server() { stop(); }
@@ -335,6 +352,7 @@ void Server::stop() {
   p.listener->stop();
   struct stat st {};
   if (lstat(p.path.c_str(), &st) == 0 && st.st_ino == p.inode) unlink(p.path.c_str());
+  if (p.file >= 0) close(std::exchange(p.file, -1));
 }
 
 const std::string& Server::socket_path() const { return impl_->path; }

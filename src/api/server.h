@@ -21,6 +21,8 @@
 #include <string>
 #include <string_view>
 
+#include <sys/types.h>
+
 #include "vmm/control.h"
 
 namespace passvm::api {
@@ -41,6 +43,9 @@ class Server {
   // Idempotent. Not from a request thread (it waits for them).
   void stop();
   const std::string& socket_path() const;
+  // Makes the socket file `uid`'s (--user), through the file bound rather than its path. Throws
+  // std::runtime_error saying why it could not.
+  void give_to(uid_t uid, gid_t gid);
 
  private:
   struct Impl;

@@ -295,6 +295,52 @@ TEST_F(ApiServer, SocketFileIsPrivateAndGoesAwayOnStop) {
   EXPECT_EQ(call("GET", "vmm.ping").status, 0);
 }
 
+TEST_F(ApiServer, ARequestWithoutContentLengthHasNoBodyAndIsServedAtOnce) {
+  // curl -X PUT sends neither Content-Length nor a body, and waits for the answer with the connection
+  // open: reading a body until the client closes would answer only when the read times out.
+  std::string reply = raw_exchange(socket_path, "PUT /api/v1/vm.create HTTP/1.1\r\nHost: localhost\r\n\r\n");
+  EXPECT_EQ(reply.substr(0, 12), "HTTP/1.1 400") << reply;
+  EXPECT_NE(reply.find("needs a JSON body"), std::string::npos) << reply;
+  call("PUT", "vm.create", R"({"payload": {"kernel": "/k"}})");
+  reply = raw_exchange(socket_path, "PUT /api/v1/vm.boot HTTP/1.1\r\nHost: localhost\r\n\r\n");
+  EXPECT_EQ(reply.substr(0, 12), "HTTP/1.1 204") << reply;
+  EXPECT_EQ(control.calls(), (std::vector<std::string>{"create", "boot"}));
+}
+
+TEST_F(ApiServer, BodiesWhoseSizeIsNotGivenUpFrontAreRefused) {
+  // httplib bounds a body by its Content-Length only: a chunked or compressed one could grow without end.
+  std::string chunked = raw_exchange(socket_path,
+                                     "PUT /api/v1/vm.create HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: "
+                                     "chunked\r\n\r\n7\r\n{\"a\":1}\r\n0\r\n\r\n");
+  EXPECT_EQ(chunked.substr(0, 12), "HTTP/1.1 411") << chunked;
+  EXPECT_NE(chunked.find("Content-Length"), std::string::npos) << chunked;
+  std::string gzip = raw_exchange(socket_path,
+                                  "PUT /api/v1/vm.create HTTP/1.1\r\nHost: localhost\r\nContent-Encoding: "
+                                  "gzip\r\nContent-Length: 4\r\n\r\nabcd");
+  EXPECT_EQ(gzip.substr(0, 12), "HTTP/1.1 415") << gzip;
+  EXPECT_TRUE(control.calls().empty());
+}
+
+TEST_F(ApiServer, GivingTheSocketAwayNeverFollowsWhatWasPutAtItsName) {
+  if (geteuid() != 0) GTEST_SKIP() << "changing a file's owner needs root";
+  // The socket's directory may be the user's: they could swap the socket for a link to a file of root's.
+  const std::filesystem::path kept = dir / "kept", victim = dir / "victim";
+  ASSERT_EQ(link(socket_path.c_str(), kept.c_str()), 0);
+  std::ofstream(victim) << "root's";
+  ASSERT_EQ(unlink(socket_path.c_str()), 0);
+  ASSERT_EQ(symlink(victim.c_str(), socket_path.c_str()), 0);
+  server->give_to(65534, 65534);
+  struct stat st {};
+  ASSERT_EQ(stat(victim.c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 0u) << "the link was followed";
+  ASSERT_EQ(lstat(kept.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_uid, 65534u);
+  EXPECT_EQ(st.st_gid, 65534u);
+  server->stop();
+  EXPECT_TRUE(std::filesystem::is_symlink(socket_path)) << "stop() removed a file that is not its socket";
+}
+
 // A server whose log lines are collected.
 struct LoggedServer {
   TempDir dir;

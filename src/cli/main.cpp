@@ -23,6 +23,7 @@
 #include "confine/seccomp.h"
 #include "devices/console_sink.h"
 #include "host/host_cli.h"
+#include "host/preflight.h"
 #include "vmm/vmm.h"
 
 namespace {
@@ -84,12 +85,28 @@ int main(int argc, char** argv) {
       if (user) confine::drop_to(*user, memlock);
       confine::enter(confine::ThreadClass::Control);
     });
+    // With the API, every VM after the first (vm.boot, the guest's reboot, vm.add-device) is built once
+    // root is given up: the user must be able to open what it opens, or the VM dies at its first reboot.
+    if (user && !parsed.api_socket.empty()) {
+      std::vector<passvm::host::PciAddress> devices;
+      if (parsed.config)
+        for (const auto& s : parsed.config->slots)
+          if (s.emulation == "passthru") devices.push_back(passvm::host::PciAddress::parse(s.config));
+      auto problems =
+          passvm::host::access_after_drop(passvm::host::Sysroot::from_environment(), *user, devices);
+      if (!problems.empty()) {
+        passvm::eprint("passvm: --user {} with --api-socket: VMs booted later (vm.boot, the guest's reboot, "
+                       "vm.add-device) open their devices as {}, who cannot open:\n", user->name, user->name);
+        for (const auto& p : problems)
+          passvm::eprint("  {}; fix: {}\n", p.detail.starts_with(p.name) ? p.detail : p.name + ": " + p.detail, p.fix);
+        return 1;
+      }
+    }
     std::unique_ptr<passvm::api::Server> server;
     if (!parsed.api_socket.empty()) {
       server = std::make_unique<passvm::api::Server>(vmm, parsed.api_socket);
       // The user passvm becomes can reach its own socket (root always can).
-      if (user && chown(parsed.api_socket.c_str(), user->uid, user->gid) != 0)
-        passvm::eprint("passvm: cannot give {} to {}: {}\n", parsed.api_socket, user->name, strerror(errno));
+      if (user) server->give_to(user->uid, user->gid);
     }
     int status = vmm.run(parsed.config);
     server.reset();  // after run(): a vmm.shutdown request gets its reply before the socket goes

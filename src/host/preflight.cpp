@@ -331,6 +331,20 @@ ProcessFacts ProcessFacts::current(uint64_t guest_memory) {
   return facts;
 }
 
+std::vector<CheckLine> access_after_drop(const Sysroot& sysroot, const HostUser& user,
+                                         const std::vector<PciAddress>& devices) {
+  std::vector<CheckLine> failing;
+  auto keep = [&](CheckLine l) {
+    if (l.verdict == Verdict::Fail) failing.push_back(std::move(l));
+  };
+  keep(check_node_access(sysroot, "/dev/kvm", user, "`modprobe kvm_intel` or `modprobe kvm_amd`"));
+  if (!devices.empty() || sysroot.owner("/dev/vfio/vfio"))
+    keep(check_node_access(sysroot, "/dev/vfio/vfio", user, "`modprobe vfio-pci`"));
+  if (!devices.empty())
+    for (auto& l : check_devices(sysroot, CheckTarget{user, devices})) keep(std::move(l));
+  return failing;
+}
+
 std::vector<CheckLine> run_preflight(const Sysroot& sysroot, const ProcessFacts& facts, const CheckTarget& target) {
   std::vector<CheckLine> lines;
   const auto& user = target.user;

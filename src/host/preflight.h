@@ -50,6 +50,13 @@ struct CheckTarget {
 std::vector<CheckLine> run_preflight(const Sysroot& sysroot, const ProcessFacts& facts,
                                      const CheckTarget& target = {});
 
+// What `user` could not open of what a VM built after passvm gave up root to them opens (--user with
+// --api-socket: vm.boot, a guest's reboot, vm.add-device build it as that user): /dev/kvm, /dev/vfio/vfio
+// when it is there or devices are named, and each of `devices`' group files. Only the failing lines,
+// each with its fix; empty when the user can open them all.
+std::vector<CheckLine> access_after_drop(const Sysroot& sysroot, const HostUser& user,
+                                         const std::vector<PciAddress>& devices);
+
 // The memlock soft limit pam_limits gives `user`'s sessions, and where it comes from.
 struct MemlockSetting {
   std::optional<uint64_t> bytes;  // nullopt = unlimited

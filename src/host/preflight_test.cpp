@@ -179,6 +179,24 @@ TEST_F(UserPreflight, ContainerAndGroupNode) {
   EXPECT_NE(line_for("alice", "/dev/vfio/vfio").fix.find("chmod 0666 /dev/vfio/vfio"), std::string::npos);
 }
 
+TEST_F(UserPreflight, WhatAVmBuiltAfterTheDropOpensMustBeTheUsers) {
+  const HostUser alice = lookup_user(fake.sysroot(), "alice"), bob = lookup_user(fake.sysroot(), "bob");
+  const std::vector<PciAddress> nvme = {PciAddress::parse("00:03.0")};
+  // The device is reserved for alice, but its group file was left root's: her next boot could not open it.
+  auto lines = access_after_drop(fake.sysroot(), alice, nvme);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0].name, "device 0000:00:03.0");
+  EXPECT_EQ(lines[0].fix, "`passvm reserve --user alice 0000:00:03.0`");
+  fake.sysroot().set_owner("/dev/vfio/2", {1000, 1000, 0600});
+  EXPECT_TRUE(access_after_drop(fake.sysroot(), alice, nvme).empty());
+  // bob is not in group kvm, and the device is not his.
+  lines = access_after_drop(fake.sysroot(), bob, nvme);
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0].name, "/dev/kvm");
+  EXPECT_EQ(lines[1].name, "device 0000:00:03.0");
+  EXPECT_EQ(access_after_drop(fake.sysroot(), bob, {}).size(), 1u) << "without devices, /dev/kvm alone";
+}
+
 TEST_F(UserPreflight, DevicesAreTheUsersOrTheOnesNamed) {
   // 00:03.0 is reserved for alice, not bob: bob has none unless he names it.
   auto l = line_for("bob", "devices");
