@@ -324,6 +324,8 @@ void parse_devices(const json& body, bool p2p, MachineConfig& cfg) {
   const json* devices = member(body, "devices");
   if (!devices) return;
   if (!devices->is_array()) refuse("devices", fmt::format("expected a list, got {}", devices->type_name()));
+  // Slot 0 is the host bridge's; more could never be placed, and each one is compared with all before it.
+  if (devices->size() > 31) refuse("devices", fmt::format("{} devices, but a VM has 31 PCI slots", devices->size()));
   for (size_t i = 0; i < devices->size(); i++) {
     std::string path = fmt::format("devices[{}]", i);
     DeviceRequest d = parse_device((*devices)[i], path);

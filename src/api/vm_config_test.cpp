@@ -1,6 +1,7 @@
 // VmConfig JSON -> MachineConfig and back: what is honoured, ignored and refused, and how refusals read.
 #include "api/vm_config.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <string>
@@ -245,6 +246,15 @@ TEST(ApiVmConfig, DuplicateDevicesAreConflicts) {
   EXPECT_EQ(refusal(body, Kind::Conflict), "devices[1].id: 'a' is also devices[0]'s id");
   body["devices"] = {{{"path", "/sys/bus/pci/devices/0000:00:04.0/"}}, {{"path", "00:04.0"}}};
   EXPECT_EQ(refusal(body, Kind::Conflict), "devices[1].path: 0000:00:04.0 is also devices[0]");
+}
+
+TEST(ApiVmConfig, MoreDevicesThanSlotsAreRefusedBeforeAnyIsLookedAt) {
+  json body = minimal();
+  body["devices"] = json::array();
+  for (int i = 0; i < 32; i++) body["devices"].push_back({{"path", fmt::format("0000:01:{:02x}.0", i)}});
+  EXPECT_EQ(refusal(body, Kind::BadRequest), "devices: 32 devices, but a VM has 31 PCI slots");
+  body["devices"].erase(31);
+  EXPECT_NO_THROW(parse_vm_config(body));
 }
 
 TEST(ApiVmConfig, LegacyTopLevelPayload) {
