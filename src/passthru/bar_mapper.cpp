@@ -159,7 +159,10 @@ void BarMapper::write_registers(uint32_t offset, std::span<const uint8_t> bytes)
     refresh_rom_register();
     update_rom();
   }
-  if (!bar) return;
+  if (!bar) {
+    if (rom) update();  // a BAR the ROM kept from its place may have it now
+    return;
+  }
   std::array<bool, 6> owned{};
   for (Bar& b : bars_) {
     if (b.index < 0) continue;

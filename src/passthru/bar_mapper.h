@@ -141,7 +141,9 @@ class BarMapper {
   AccessHandler& handler_;
   std::optional<layout::PciWindows> windows_;
   bool verbose_;
-  std::unique_ptr<PeerDma> peers_;  // declared last: it goes first, before the host mmaps
+  // The destructor's unmap_all() takes every BAR out of the IOMMU through it before it unmaps the host
+  // pages behind them; the worker itself goes with the members, after that.
+  std::unique_ptr<PeerDma> peers_;
   uint64_t page_size_ = 4096;
   // The rest of the page of a BAR mapped as a whole page, on the MMIO bus: the memory slot hides
   // whatever else would be there, so this claim makes a later trap there fail loudly instead.

@@ -10,7 +10,9 @@ namespace {
 
 // Standard capabilities are the guest's to use (vfio-pci virtualizes the sensitive ones, VPD and AF
 // included) except enhanced allocation, which describes resources passvm does not place.
-bool keep_standard(uint16_t id) { return id != kCapEnhancedAllocation; }
+bool keep_standard(uint16_t id, bool hide_msix) {
+  return id != kCapEnhancedAllocation && !(hide_msix && id == kCapMsix);
+}
 
 bool keep_extended(uint16_t id) {
   switch (id) {
@@ -30,7 +32,7 @@ void override_dword(CapabilityPlan& plan, uint32_t off, uint32_t v) {
 // alone. Never more: the gaps between capabilities may hold vendor registers a driver uses (the kernel
 // passes them through on purpose), so they stay the device's.
 uint32_t hidden_length(std::span<const uint8_t> c, const Capability& cap) {
-  if (!cap.extended) return 2;
+  if (!cap.extended) return cap.id == kCapMsix ? 12 : 2;
   switch (cap.id) {
     case kExtSriov: return 0x40;
     case kExtAts: case kExtPasid: case kExtAri: return 8;
@@ -51,18 +53,19 @@ void hide(std::span<const uint8_t> c, CapabilityPlan& plan, const Capability& ca
   if (end > from) plan.hidden.push_back({from, end - from});
 }
 
-void walk_standard(std::span<const uint8_t> c, CapabilityPlan& plan) {
+void walk_standard(std::span<const uint8_t> c, CapabilityPlan& plan, bool hide_msix) {
   if (c.size() < 0x100 || !(c[0x06] & 0x10)) return;  // status: capability list present
   std::set<uint32_t> seen;
   for (uint32_t off = c[0x34] & 0xfcu; off >= 0x40 && off < 0x100 && seen.insert(off).second;
        off = c[off + 1] & 0xfcu) {
     uint16_t id = c[off];
-    bool hide = !keep_standard(id);
+    bool hide = !keep_standard(id, hide_msix);
     plan.found.push_back({off, id, false, hide});
     if (hide) continue;
     if (id == kCapMsi && !plan.msi) plan.msi = off;
     if (id == kCapMsix && !plan.msix) plan.msix = off;
     if (id == kCapPcie && !plan.pcie) plan.pcie = off;
+    if (id == kCapPm && !plan.pm) plan.pm = off;
   }
   // Relink: the pointer at 0x34, then each kept capability's next byte, point at the next kept one.
   uint32_t link = 0x34;
@@ -119,9 +122,9 @@ void walk_extended(std::span<const uint8_t> c, CapabilityPlan& plan) {
 
 }  // namespace
 
-CapabilityPlan plan_capabilities(std::span<const uint8_t> config) {
+CapabilityPlan plan_capabilities(std::span<const uint8_t> config, bool hide_msix) {
   CapabilityPlan plan;
-  walk_standard(config, plan);
+  walk_standard(config, plan, hide_msix);
   walk_extended(config, plan);
   return plan;
 }

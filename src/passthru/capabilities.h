@@ -32,7 +32,7 @@ struct Capability {
 
 struct CapabilityPlan {
   std::vector<Capability> found;  // in list order, standard first
-  std::optional<uint32_t> msi, msix, pcie;
+  std::optional<uint32_t> msi, msix, pcie, pm;
   // Bytes whose value the guest sees is overridden (capability pointers, next pointers, headers).
   std::vector<std::pair<uint32_t, uint8_t>> overrides;
   // Byte ranges that read as zero and ignore writes (bodies of hidden capabilities).
@@ -40,8 +40,9 @@ struct CapabilityPlan {
 };
 
 // config: the device's config space as read from the transport (256 or 4096 bytes).
-// Malformed lists (loops, pointers out of range) end the walk instead of failing.
-CapabilityPlan plan_capabilities(std::span<const uint8_t> config);
+// Malformed lists (loops, pointers out of range) end the walk instead of failing. hide_msix: MSI-X is
+// hidden too (its table cannot be emulated), all 12 bytes of it.
+CapabilityPlan plan_capabilities(std::span<const uint8_t> config, bool hide_msix = false);
 
 // Capability ids (PCI spec).
 inline constexpr uint16_t kCapPm = 0x01, kCapVpd = 0x03, kCapMsi = 0x05, kCapVendor = 0x09, kCapPcie = 0x10,

@@ -68,6 +68,12 @@ void PassthruDevice::setup() {
                                       name_, raw[kHeaderType] & 0x7f));
 
   caps_ = plan_capabilities(std::span(raw.data(), config_size_));
+  if (caps_.msix && !msix_fits(raw, *caps_.msix)) {
+    // Left in the list, the guest would enable MSI-X on vfio-pci's copy of it and wait for interrupts
+    // that never come: hidden, the driver uses MSI or INTx.
+    eprint("passvm: {}: MSI-X table or PBA lies outside its BAR; MSI-X is hidden from the guest\n", name_);
+    caps_ = plan_capabilities(std::span(raw.data(), config_size_), true);
+  }
   shadow_ = raw;
   emulated_.assign(4096, false);
   auto emulate = [&](uint32_t off, uint32_t len) {
@@ -115,6 +121,14 @@ void PassthruDevice::setup() {
   irqs_ = std::make_unique<Interrupts>(*dev_, *platform_, name_, lock_, options_.watcher_thread);
 }
 
+bool PassthruDevice::msix_fits(const std::vector<uint8_t>& raw, uint32_t m) const {
+  const uint32_t entries = (le(raw, m + 2, 2) & 0x7ffu) + 1, table = le(raw, m + 4, 4), pba = le(raw, m + 8, 4);
+  auto fits = [&](uint32_t bir, uint64_t off, uint64_t len) {
+    return bir < 6 && dev_->region_info(bir).size >= off + len;
+  };
+  return fits(table & 7, table & ~7u, uint64_t{entries} * 16) && fits(pba & 7, pba & ~7u, (entries + 63) / 64 * 8);
+}
+
 void PassthruDevice::setup_msix(const std::vector<uint8_t>& raw) {
   if (!caps_.msix) return;
   uint32_t m = *caps_.msix;
@@ -125,17 +139,6 @@ void PassthruDevice::setup_msix(const std::vector<uint8_t>& raw) {
   msix_pba_bar_ = static_cast<int>(pba & 7);
   msix_table_offset_ = table & ~7u;
   msix_pba_offset_ = pba & ~7u;
-  auto fits = [&](int bar, uint64_t off, uint64_t len) {
-    return bar < 6 && dev_->region_info(static_cast<uint32_t>(bar)).size >= off + len;
-  };
-  if (!fits(msix_table_bar_, msix_table_offset_, msix_->table_bytes()) ||
-      !fits(msix_pba_bar_, msix_pba_offset_, msix_->pba_bytes())) {
-    eprint("passvm: {}: MSI-X table or PBA lies outside its BAR; MSI-X is not offered\n", name_);
-    msix_.reset();
-    msix_table_bar_ = msix_pba_bar_ = -1;
-    caps_.msix.reset();
-    return;
-  }
   for (uint32_t i = 0; i < 12; i++) emulated_[m + i] = true;
   pci::store_le(&shadow_[m + 2], 2, ctrl & 0x3fffu);  // enable and function mask clear
 }
@@ -202,7 +205,7 @@ void PassthruDevice::device_config_read(uint32_t offset, std::span<uint8_t> out)
     dev_->read(VFIO_PCI_CONFIG_REGION_INDEX, offset, out.first(len));
   } catch (const std::exception& e) {
     std::fill(out.begin(), out.end(), 0xff);
-    eprint("passvm: {}: {}\n", name_, e.what());
+    access_errors_.say(e.what());
   }
 }
 
@@ -211,7 +214,7 @@ void PassthruDevice::device_config_write(uint32_t offset, std::span<const uint8_
   try {
     dev_->write(VFIO_PCI_CONFIG_REGION_INDEX, offset, in);
   } catch (const std::exception& e) {
-    eprint("passvm: {}: {}\n", name_, e.what());
+    access_errors_.say(e.what());
   }
 }
 
@@ -253,9 +256,12 @@ void PassthruDevice::config_write(uint32_t offset, int size, uint32_t value) {
   pci::store_le(buf, size, value);
   const std::span<const uint8_t> bytes(buf, static_cast<size_t>(size));
   uint32_t end = offset + static_cast<uint32_t>(size);
-  // Memory decoding going off: the BARs leave the guest and the IOMMU first. vfio-pci holds a change of
-  // the device's memory decoding until no map of its memory is in progress (bar_mapper.h).
-  if (offset <= kCommand && end > kCommand && (command_ & 2) && !(buf[kCommand - offset] & 2))
+  // Memory decoding going off, or the device leaving D0: the BARs leave the guest and the IOMMU first.
+  // vfio-pci holds a change of the device's memory decoding until no map of its memory is in progress
+  // (bar_mapper.h).
+  const bool pm_written = caps_.pm && overlaps(offset, size, *caps_.pm + 4, 1);
+  if ((offset <= kCommand && end > kCommand && (command_ & 2) && !(buf[kCommand - offset] & 2)) ||
+      (pm_written && powered_ && (buf[*caps_.pm + 4 - offset] & 3) != 0))
     bars_->set_command(static_cast<uint16_t>(command_ & ~2u));
   bool all_device = true;
   for (uint32_t o = offset; o < end; o++) all_device &= !emulated_[o];
@@ -267,11 +273,15 @@ void PassthruDevice::config_write(uint32_t offset, int size, uint32_t value) {
   }
   if (overlaps(offset, size, kIntLine, 1)) shadow_[kIntLine] = buf[kIntLine - offset];
   if (overlaps(offset, size, 0x10, 0x24)) bars_->write_registers(offset, bytes);
-  if (overlaps(offset, size, kCommand, 2)) {
+  const bool command_written = overlaps(offset, size, kCommand, 2);
+  if (command_written) {
     uint8_t cmd[2];
     device_config_read(kCommand, cmd);
     command_ = static_cast<uint16_t>(pci::load_le(cmd, 2));
-    bars_->set_command(command_);
+  }
+  if (command_written || pm_written) {
+    read_power_state();  // on a command write too: a reset the guest asked for leaves the device in D0
+    bars_->set_command(decoding_command());
   }
   if (msi_ && overlaps(offset, size, msi_->offset() + 2, msi_->size() - 2)) {
     for (uint32_t o = offset; o < end; o++)
@@ -283,6 +293,13 @@ void PassthruDevice::config_write(uint32_t offset, int size, uint32_t value) {
     shadow_[o] = static_cast<uint8_t>((shadow_[o] & 0x3f) | (buf[o - offset] & 0xc0));
     msix_control_written();
   }
+}
+
+void PassthruDevice::read_power_state() {
+  if (!caps_.pm) return;
+  uint8_t pmcsr[2];
+  device_config_read(*caps_.pm + 4, pmcsr);
+  powered_ = (pmcsr[0] & 3) == 0;
 }
 
 uint32_t PassthruDevice::hold_bus_master(uint32_t offset, uint32_t value) {
@@ -324,7 +341,7 @@ void PassthruDevice::wait_peer_dma() {
     std::lock_guard g(lock_);
     bars = bars_.get();
   }
-  bars->wait_peer_dma();  // without the lock: the worker does not need it, config accesses go on
+  if (bars) bars->wait_peer_dma();  // without the lock: the worker does not need it, config accesses go on
 }
 
 void PassthruDevice::set_windows(const layout::PciWindows& windows) {
@@ -391,7 +408,7 @@ void PassthruDevice::bar_read(int bar, uint64_t offset, std::span<uint8_t> data)
         dev_->read(static_cast<uint32_t>(bar), off, piece);
       } catch (const std::exception& e) {
         std::fill(piece.begin(), piece.end(), 0xff);
-        eprint("passvm: {}: {}\n", name_, e.what());
+        access_errors_.say(e.what());
       }
       return;
     }
@@ -421,7 +438,7 @@ void PassthruDevice::bar_write(int bar, uint64_t offset, std::span<const uint8_t
       try {
         dev_->write(static_cast<uint32_t>(bar), off, piece);
       } catch (const std::exception& e) {
-        eprint("passvm: {}: {}\n", name_, e.what());
+        access_errors_.say(e.what());
       }
       return;
     }
@@ -472,10 +489,12 @@ std::string PassthruDevice::stats() const {
                            : fmt::format(", bus master enable waited {:.1f} ms for the DMA mapping",
                                          static_cast<double>(c.bus_master_wait_us.load()) / 1000);
   return fmt::format("config reads={} writes={}, trapped mmio (other+msix){}, pio={}, vectors routed={}{}, "
-                     "masked-path interrupts={}, intx={}, interrupt warnings={}, bar maps={}, refused={}{}",
+                     "masked-path interrupts={}, intx={}, interrupt warnings={}, bar maps={}, refused={}, "
+                     "access errors={}{}{}",
                      c.config_reads.load(), c.config_writes.load(), mmio.empty() ? " none" : mmio, c.pio.load(),
                      irqs_->vectors_routed(), msix, irqs_->masked_interrupts(), irqs_->intx_wired() ? "wired" : "off",
-                     irqs_->warnings(), bars_->remaps(), bars_->refused(), waited);
+                     irqs_->warnings(), bars_->remaps(), bars_->refused(), access_errors_.count(),
+                     powered_ ? "" : ", out of D0", waited);
 }
 
 }  // namespace passvm::passthru

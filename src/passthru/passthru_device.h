@@ -38,6 +38,7 @@
 #include "passthru/interrupts.h"
 #include "passthru/msi_capability.h"
 #include "passthru/msix_table.h"
+#include "passthru/warning_limit.h"
 #include "passthru/platform.h"
 #include "pci/pci_device.h"
 #include "vfio/device.h"
@@ -75,7 +76,8 @@ class PassthruDevice final : public pci::PciDevice, private BarMapper::AccessHan
   std::vector<pci::BarRequest> bar_requests() const override;
   void assign_bar(int index, uint64_t address) override;
   void set_intx_gsi(uint32_t gsi) override;
-  // Returns once the BARs queued for peer-to-peer DMA are in the IOMMU (or refused).
+  // Returns once the BARs queued for peer-to-peer DMA are in the IOMMU (or refused). Not while the device
+  // may be disconnected (tests use it).
   void wait_peer_dma();
   // The machine's PCI windows once they are final (the IOMMU's reach is known after the devices open).
   void set_windows(const layout::PciWindows& windows);
@@ -118,6 +120,7 @@ class PassthruDevice final : public pci::PciDevice, private BarMapper::AccessHan
 
  private:
   void setup();
+  bool msix_fits(const std::vector<uint8_t>& raw, uint32_t cap) const;  // table and PBA inside their BARs
   void setup_msix(const std::vector<uint8_t>& raw);
   void teardown();
   void disconnect_locked();  // steps 1-4 of teardown without the watcher, with lock_ held
@@ -139,6 +142,9 @@ class PassthruDevice final : public pci::PciDevice, private BarMapper::AccessHan
   PassthruOptions options_;
   std::string name_;
   mutable std::mutex lock_;
+  // The device's own accesses that failed (vfio-pci refuses those of a device out of D0): the guest can
+  // repeat them at will.
+  WarningLimit access_errors_{name_, "failed device accesses", "access errors"};
 
   // The config view: bytes passvm owns read from shadow_ (or the component that owns them).
   uint32_t config_size_ = 256;
@@ -146,6 +152,12 @@ class PassthruDevice final : public pci::PciDevice, private BarMapper::AccessHan
   std::vector<bool> emulated_;
   CapabilityPlan caps_;
   uint16_t command_ = 0;
+  // In D0 (the PM capability's power state; true without one). A device in D3hot decodes no memory:
+  // vfio-pci refuses its BAR accesses and unmaps their pages, which a KVM memory slot would turn into
+  // a stopped VM, so its BARs leave the guest as when memory decoding is off.
+  bool powered_ = true;
+  uint16_t decoding_command() const { return powered_ ? command_ : static_cast<uint16_t>(command_ & ~2u); }
+  void read_power_state();  // with lock_ held
   std::optional<MsiCapability> msi_;
   // MSI-X: the guest's table, where it and the PBA live, and the control word's two bits.
   std::unique_ptr<MsixTable> msix_;

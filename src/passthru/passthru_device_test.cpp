@@ -176,6 +176,45 @@ TEST_F(PassthruTest, DecodeMapsAndUnmapsBars) {
   EXPECT_TRUE(p->traps.count({true, layout::kIoBarStart}));
 }
 
+TEST_F(PassthruTest, OutOfD0TheMemoryBarsLeaveTheGuest) {
+  // vfio-pci refuses the BARs of a device in D3hot and unmaps their pages: a memory slot left on them
+  // would stop the VM at the guest's next touch.
+  constexpr uint32_t kPm = 0xa0;
+  s.config[kVpd + 1] = kPm;
+  s.config[kPm] = 0x01;
+  s.set16(kPm + 2, 0x0003);
+  open();
+  place_bars();
+  wr(0x04, 0x3, 2);
+  ASSERT_EQ(p->slots.size(), 2u);
+  wr(kPm + 4, 0x0003, 2);  // D3hot
+  EXPECT_TRUE(p->slots.empty());
+  EXPECT_FALSE(p->traps.count({false, layout::kMmio64Start + 0x3000}));
+  EXPECT_TRUE(p->traps.count({true, layout::kIoBarStart})) << "I/O goes on through the transport";
+  wr(0x04, 0x3, 2);
+  EXPECT_TRUE(p->slots.empty()) << "decoding turned on again in D3hot maps nothing";
+  wr(kPm + 4, 0x0000, 2);  // back to D0
+  EXPECT_EQ(p->slots.size(), 2u);
+  // A reset the guest asked for (an FLR) leaves the device in D0 without a PM write: the next command
+  // write finds it there.
+  wr(kPm + 4, 0x0003, 2);
+  EXPECT_TRUE(p->slots.empty());
+  s.set16(kPm + 4, 0);
+  wr(0x04, 0x3, 2);
+  EXPECT_EQ(p->slots.size(), 2u);
+}
+
+TEST_F(PassthruTest, MsixWhoseTableIsOutsideItsBarIsHidden) {
+  s.set32(kMsix + 4, 0x8000);  // BAR0 has 16 KiB
+  open();
+  EXPECT_EQ(rd(kMsi + 1, 1), kPcie) << "the list skips MSI-X";
+  for (uint32_t i = 0; i < 12; i++) EXPECT_EQ(rd(kMsix + i, 1), 0u) << "byte " << i;
+  s.config_writes.clear();
+  wr(kMsix + 2, 0x8000, 2);
+  EXPECT_TRUE(s.config_writes.empty()) << "an enable reached the device's own MSI-X";
+  EXPECT_EQ(rd(kMsi, 1), 0x05u) << "MSI stays";
+}
+
 TEST_F(PassthruTest, GuestMovingABarRemapsIt) {
   place_bars();
   wr(0x04, 0x2, 2);
