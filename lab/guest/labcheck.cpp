@@ -796,6 +796,82 @@ int check_config() {
     return r.print();
 }
 
+// d3hot ID: the device with that vendor:device ID, its driver lent, is put in D3hot through its power
+// management capability and BAR0 is read there (a device out of D0 decodes no memory: the read must
+// come back, all ones, with the VM still running), then brought back to D0, where BAR0 answers again
+// and its driver takes it back. Figures: BAR0's first dword in D0, in D3hot and after.
+int check_d3hot(const std::string& id) {
+    Result r("d3hot");
+    auto dev = find_device(id);
+    if (!dev) return r.fail("no device " + id + " in L2");
+    r.str("bdf", dev->bdf);
+    const std::string cfg_path = kPciRoot + dev->bdf + "/config";
+    int cfg = open(cfg_path.c_str(), O_RDWR);
+    if (cfg < 0) return r.fail(cfg_path + ": " + std::strerror(errno));
+    unsigned char c[256] = {};
+    int pm = -1;
+    if (pread(cfg, c, sizeof c, 0) == static_cast<ssize_t>(sizeof c) && (c[6] & 0x10))
+        for (int ptr = c[0x34] & 0xfc, hops = 0; ptr >= 0x40 && hops < 48; ptr = c[ptr + 1] & 0xfc, ++hops)
+            if (c[ptr] == 0x01) { pm = ptr; break; }
+    if (pm < 0) {
+        close(cfg);
+        return r.fail("the device has no power management capability");
+    }
+    auto set_state = [&](uint16_t state) {
+        uint16_t v = 0;
+        if (pread(cfg, &v, 2, pm + 4) != 2) return false;
+        v = static_cast<uint16_t>((v & ~3u) | state);
+        bool ok = pwrite(cfg, &v, 2, pm + 4) == 2;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the spec's 10 ms D3hot transition
+        return ok;
+    };
+    auto state = [&] {
+        uint16_t v = 0xffff;
+        return pread(cfg, &v, 2, pm + 4) == 2 ? v & 3 : -1;
+    };
+    auto hex = [](uint32_t v) {
+        char b[16];
+        std::snprintf(b, sizeof b, "0x%08x", v);
+        return std::string(b);
+    };
+    uint32_t in_d0 = 0, in_d3 = 0, after = 0;
+    int d3_state = -1, back_state = -1;
+    {
+        DriverLoan loan(*dev);
+        enable_command_bits(dev->bdf, 2);
+        Bar bar(dev->bdf, 0, 4096);
+        if (!bar.ok()) {
+            close(cfg);
+            return r.fail("cannot map BAR0 of " + dev->bdf);
+        }
+        in_d0 = bar.r32(0);
+        set_state(3);
+        d3_state = state();
+        in_d3 = bar.r32(0);  // the access under test: the VMM must neither stop nor reach a gone mapping
+        set_state(0);
+        back_state = state();
+        enable_command_bits(dev->bdf, 2);  // a device without No_Soft_Reset comes back from D3hot reset
+        after = bar.r32(0);
+    }
+    close(cfg);
+    r.str("bar0_d0", hex(in_d0));
+    r.str("bar0_d3hot", hex(in_d3));
+    r.str("bar0_after", hex(after));
+    r.num("pm_cap", pm);
+    if (d3_state != 3) return r.fail("the device did not enter D3hot (power state " + std::to_string(d3_state) + ")");
+    if (back_state != 0) return r.fail("the device did not come back to D0 (power state " + std::to_string(back_state) + ")");
+    if (after == 0xffffffff) return r.fail("BAR0 reads all ones back in D0");
+    // Its driver, probed again as the loan ends, takes the device back.
+    auto t0 = std::chrono::steady_clock::now();
+    while (basename_of_link(kPciRoot + dev->bdf + "/driver").empty() && ms_since(t0) < 10000)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::string driver = basename_of_link(kPciRoot + dev->bdf + "/driver");
+    r.str("driver_after", driver);
+    if (driver != dev->driver) return r.fail("the driver " + dev->driver + " did not take the device back");
+    r.pass = true;
+    return r.print();
+}
+
 // ---------------------------------------------------------------- hot-plug
 
 // The slot Linux registered for a device (/sys/bus/pci/slots/N/address is "DDDD:BB:SS", the BDF without
@@ -1166,6 +1242,7 @@ int main(int argc, char** argv) {
     if (check == "irqs") return check_irqs();
     if (check == "config") return check_config();
     if (check == "rtcirq") return check_rtcirq();
+    if (check == "d3hot") return check_d3hot(expected);
     if (check == "ticker") return check_ticker(expected);
     // Hot-plug steps: labcheck hotadd NAME vvvv:dddd WAIT_S BDF_FILE | nvmeat NAME BDF | hotgone NAME BDF WAIT_S
     if (check == "hotadd" && argc > 5) return check_hotadd(argv[2], argv[3], std::atoi(argv[4]), argv[5]);

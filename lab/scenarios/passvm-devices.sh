@@ -7,7 +7,7 @@
 #   (iobar: passvm forwards the I/O BAR through VFIO), config space sane (config), ping.
 # - expansion ROMs (rom, passvm only): L2 reads the e1000e's ROM through sysfs and gets what L1
 #   reads from the device; edu, which has none, gets one from a rom= file and L2 reads that file.
-# lab-expect: qdev.vmm qdev.edu qdev.edublock qdev.iobar qdev.config qdev.ping qdev.irqs qdev.dmar pvdev.vmm pvdev.rom pvdev.edu pvdev.edublock pvdev.iobar pvdev.config pvdev.ping pvdev.irqs pvdev.dmar pvdev.dmawait pvdev.ram pvdev.l1 devices.compare
+# lab-expect: qdev.vmm qdev.edu qdev.edublock qdev.iobar qdev.config qdev.ping qdev.irqs qdev.dmar pvdev.vmm pvdev.rom pvdev.edu pvdev.edublock pvdev.iobar pvdev.config pvdev.ping pvdev.irqs pvdev.d3hot pvdev.dmar pvdev.dmawait pvdev.ram pvdev.l1 devices.compare
 # lab-timeout: 1020
 # lab-dma-faults: deliberate
 
@@ -66,7 +66,7 @@ nic_before=$(dmesg | grep -c 'DMAR:.*device \[00:04.0\]')
 PASSVM_TEST_HOLD_DMA_MAP=1 run_l2 pvdev --timeout 480 -- \
     "$PASSVM" -c 2 -m 512M -s 0,hostbridge -s 4,passthru,0000:00:04.0 -s 6,passthru,0000:00:06.0,rom="$EDU_ROM_FILE" \
     -l com1,stdio --stats --kernel "$L2_KERNEL" --initrd "$L2_INITRD" \
-    --append "$(l2_append rom,lspci,edu,edublock,iobar,config,ping,irqs lab.expect_pci=1234:11e8,8086:10d3 \
+    --append "$(l2_append rom,lspci,edu,edublock,iobar,config,ping,irqs,d3hot lab.expect_pci=1234:11e8,8086:10d3 lab.d3hot=8086:10d3 \
               lab.roms=8086:10d3=$E1000E_ROM,1234:11e8=$EDU_ROM)" labvm
 rc=$?
 dmar_result pvdev.dmar "$before"
