@@ -63,6 +63,8 @@ nic_before=$(dmesg | grep -c 'DMAR:.*device \[00:04.0\]')
 # (src/passthru/dma_ready.h). PASSVM_TEST_HOLD_DMA_MAP makes passvm map only once an enable waits: the
 # e1000e and the edu device then master the bus after that wait, and their DMA (ping, edublock) and
 # the absence of IOMMU faults (pvdev.dmar) say whether the wait held them.
+# d3hot (passvm only): L2 reads the e1000e's BAR0 while the device is in D3hot. Debian's QEMU 7.2 stops the
+# VM there ("kvm run failed Bad address": vfio-pci unmapped the BAR's pages under its memory slot).
 PASSVM_TEST_HOLD_DMA_MAP=1 run_l2 pvdev --timeout 480 -- \
     "$PASSVM" -c 2 -m 512M -s 0,hostbridge -s 4,passthru,0000:00:04.0 -s 6,passthru,0000:00:06.0,rom="$EDU_ROM_FILE" \
     -l com1,stdio --stats --kernel "$L2_KERNEL" --initrd "$L2_INITRD" \
