@@ -317,8 +317,10 @@ Server::Server(VmControl& control, const std::string& socket_path, Log log)
   } catch (const std::runtime_error& e) {
     cannot_listen(p.path, e.what());
   }
-  // From here on the socket file is reached through a descriptor, never its path: the directory may be
+  // From here on the socket file is reached through a descriptor, not its path: the directory may be
   // another user's (--user), who could put a link to any file at that name while root works on it.
+  // (A directory of theirs higher up the path could still be swapped between the bind and this open;
+  // what is opened must then at least be a socket.)
   p.file = open(p.path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
   struct stat st {};
   std::string problem;
@@ -331,7 +333,9 @@ Server::Server(VmControl& control, const std::string& socket_path, Log log)
   if (!problem.empty()) {
     p.listener->stop();
     if (p.file >= 0) close(p.file);
-    if (S_ISSOCK(st.st_mode)) unlink(p.path.c_str());
+    // Ours to remove only while a socket is what the name holds.
+    if (p.file >= 0 ? S_ISSOCK(st.st_mode) : lstat(p.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode))
+      unlink(p.path.c_str());
     cannot_listen(p.path, problem);
   }
   p.inode = st.st_ino;

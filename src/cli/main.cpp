@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -41,6 +42,45 @@ int run_subcommand(int argc, char** argv, int (*fn)(int, char**)) {
 void take_closed_standard_fds() {
   for (int fd = 0; fd <= 2; ++fd)
     if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) open("/dev/null", O_RDWR);  // the lowest free number: fd
+}
+
+}  // namespace
+
+namespace {
+
+// Whether `user` can open /dev/kvm, the VFIO container and the group files of the command line's
+// devices, tried as the user (ACLs count); when not, says what they lack and the fix, and returns false.
+bool user_can_open_later(const passvm::cli::ParseResult& parsed, const passvm::confine::UserIds& user) {
+  namespace host = passvm::host;
+  std::vector<host::PciAddress> devices;
+  if (parsed.config)
+    for (const auto& s : parsed.config->slots)
+      if (s.emulation == "passthru") devices.push_back(host::PciAddress::parse(s.config));
+  std::vector<std::string> paths = {"/dev/kvm"};
+  if (!devices.empty() || access("/dev/vfio/vfio", F_OK) == 0) paths.push_back("/dev/vfio/vfio");
+  for (const auto& d : devices) {
+    char link[512];
+    ssize_t n = readlink(("/sys/bus/pci/devices/" + d.str() + "/iommu_group").c_str(), link, sizeof link - 1);
+    if (n <= 0) continue;  // no group: building the VM says so, with its fix
+    link[n] = 0;
+    paths.push_back("/dev/vfio/" + std::string(std::strrchr(link, '/') ? std::strrchr(link, '/') + 1 : link));
+  }
+  auto cannot = passvm::confine::unopenable_as(user, paths);
+  if (cannot.empty()) return true;
+  // The preflight's judgement from owner, group and mode names the fix where it sees the problem too.
+  auto lines = host::access_after_drop(host::Sysroot::from_environment(), user, devices);
+  passvm::eprint("passvm: --user {} with --api-socket: VMs booted later (vm.boot, the guest's reboot, "
+                 "vm.add-device) open their devices as {}, who cannot open:\n", user.name, user.name);
+  for (const auto& [path, err] : cannot) {
+    auto line = std::find_if(lines.begin(), lines.end(), [&](const host::CheckLine& l) {
+      return l.detail.find(path) != std::string::npos;
+    });
+    if (line != lines.end())
+      passvm::eprint("  {}; fix: {}\n", line->detail, line->fix);
+    else
+      passvm::eprint("  {}: {}\n", path, std::strerror(err));
+  }
+  return false;
 }
 
 }  // namespace
@@ -87,21 +127,7 @@ int main(int argc, char** argv) {
     });
     // With the API, every VM after the first (vm.boot, the guest's reboot, vm.add-device) is built once
     // root is given up: the user must be able to open what it opens, or the VM dies at its first reboot.
-    if (user && !parsed.api_socket.empty()) {
-      std::vector<passvm::host::PciAddress> devices;
-      if (parsed.config)
-        for (const auto& s : parsed.config->slots)
-          if (s.emulation == "passthru") devices.push_back(passvm::host::PciAddress::parse(s.config));
-      auto problems =
-          passvm::host::access_after_drop(passvm::host::Sysroot::from_environment(), *user, devices);
-      if (!problems.empty()) {
-        passvm::eprint("passvm: --user {} with --api-socket: VMs booted later (vm.boot, the guest's reboot, "
-                       "vm.add-device) open their devices as {}, who cannot open:\n", user->name, user->name);
-        for (const auto& p : problems)
-          passvm::eprint("  {}; fix: {}\n", p.detail.starts_with(p.name) ? p.detail : p.name + ": " + p.detail, p.fix);
-        return 1;
-      }
-    }
+    if (user && !parsed.api_socket.empty() && !user_can_open_later(parsed, *user)) return 1;
     std::unique_ptr<passvm::api::Server> server;
     if (!parsed.api_socket.empty()) {
       server = std::make_unique<passvm::api::Server>(vmm, parsed.api_socket);

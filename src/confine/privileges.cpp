@@ -2,7 +2,9 @@
 
 #include <grp.h>
 #include <pwd.h>
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -136,6 +138,50 @@ void drop_to(const UserIds& user, uint64_t memlock_bytes) {
   // let the user ptrace it (or pidfd_getfd) and take over every descriptor opened as root, such as a
   // VFIO group that was never given to them: more than the user could open alone.
   verify_dropped(user);
+}
+
+std::vector<std::pair<std::string, int>> unopenable_as(const UserIds& user, const std::vector<std::string>& paths) {
+  int pipe_fds[2];
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) fail_errno("pipe2", errno);
+  pid_t pid = fork();
+  if (pid < 0) {
+    int e = errno;
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
+    fail_errno("fork", e);
+  }
+  if (pid == 0) {
+    // The child of a process with threads: system calls only, then _exit.
+    close(pipe_fds[0]);
+    if (syscall(SYS_setgroups, user.groups.size(), user.groups.data()) != 0 ||
+        syscall(SYS_setresgid, user.gid, user.gid, user.gid) != 0 ||
+        syscall(SYS_setresuid, user.uid, user.uid, user.uid) != 0)
+      _exit(1);
+    for (const std::string& path : paths) {
+      int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+      int result = fd >= 0 ? 0 : errno;
+      if (fd >= 0) close(fd);
+      if (write(pipe_fds[1], &result, sizeof result) != sizeof result) _exit(2);
+    }
+    _exit(0);
+  }
+  close(pipe_fds[1]);
+  std::vector<int> results(paths.size(), -1);
+  size_t got = 0;
+  auto* bytes = reinterpret_cast<char*>(results.data());
+  for (ssize_t n; got < results.size() * sizeof(int) &&
+                  ((n = read(pipe_fds[0], bytes + got, results.size() * sizeof(int) - got)) > 0 || (n < 0 && errno == EINTR));)
+    if (n > 0) got += static_cast<size_t>(n);
+  close(pipe_fds[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (got != results.size() * sizeof(int) || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw ConfineError(fmt::format("cannot become '{}' in a child to try what it may open", user.name));
+  std::vector<std::pair<std::string, int>> out;
+  for (size_t i = 0; i < paths.size(); i++)
+    if (results[i] != 0) out.emplace_back(paths[i], results[i]);
+  return out;
 }
 
 }  // namespace passvm::confine

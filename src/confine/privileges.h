@@ -38,6 +38,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace passvm::confine {
@@ -69,5 +70,10 @@ uint64_t memlock_for_guest(uint64_t guest_ram);
 // (CapEff, CapPrm, CapAmb in /proc/self/status), all ids are the user's, setuid(0) fails.
 // Must be called as root; refuses uid 0 as a target. Throws ConfineError.
 void drop_to(const UserIds& user, uint64_t memlock_bytes);
+
+// Which of `paths` `user` could not open read-write, each with its open's errno: tried in a child that
+// becomes the user (groups included), so that ACLs and security modules answer as they will after
+// drop_to. Must be called as root. Throws ConfineError when the child cannot become the user.
+std::vector<std::pair<std::string, int>> unopenable_as(const UserIds& user, const std::vector<std::string>& paths);
 
 }  // namespace passvm::confine

@@ -1,8 +1,10 @@
 #include "confine/privileges.h"
 
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -111,6 +113,23 @@ TEST(DropTo, MemlockBeyondTheHardLimitNeedsCapSysResource) {
 TEST(DropTo, NeedsRoot) {
   if (geteuid() == 0) GTEST_SKIP() << "covered in BecomesTheUserForGoodInAChild";
   EXPECT_THROW(drop_to(resolve_user("nobody"), 0), ConfineError);
+}
+
+TEST(UnopenableAs, TriesEachPathAsTheUser) {
+  if (geteuid() != 0) GTEST_SKIP() << "becoming another user needs root";
+  const std::string root_only = "/tmp/passvm-unopenable-" + std::to_string(getpid());
+  std::ofstream(root_only) << "x";
+  ASSERT_EQ(chmod(root_only.c_str(), 0600), 0);
+  const UserIds nobody = resolve_user("nobody");
+  auto cannot = unopenable_as(nobody, {root_only, "/dev/null", "/nonexistent/passvm"});
+  ASSERT_EQ(cannot.size(), 2u);
+  EXPECT_EQ(cannot[0], (std::pair<std::string, int>{root_only, EACCES}));
+  EXPECT_EQ(cannot[1], (std::pair<std::string, int>{"/nonexistent/passvm", ENOENT}));
+  // What the mode bits alone would refuse, a grant lets through: here, the file becomes nobody's.
+  ASSERT_EQ(chown(root_only.c_str(), nobody.uid, nobody.gid), 0);
+  EXPECT_TRUE(unopenable_as(nobody, {root_only}).empty());
+  EXPECT_EQ(getuid(), 0u) << "only the child became the user";
+  std::remove(root_only.c_str());
 }
 
 TEST(MemlockForGuest, CoversGuestRamAndAMargin) { EXPECT_GT(memlock_for_guest(512ull << 20), 512ull << 20); }

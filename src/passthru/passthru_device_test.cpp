@@ -187,7 +187,14 @@ TEST_F(PassthruTest, OutOfD0TheMemoryBarsLeaveTheGuest) {
   place_bars();
   wr(0x04, 0x3, 2);
   ASSERT_EQ(p->slots.size(), 2u);
+  // Out of the guest before the device leaves D0: another vCPU must not touch a page vfio-pci took away.
+  std::optional<size_t> slots_at_write;
+  s.on_write = [&](uint32_t region, uint64_t offset) {
+    if (region == VFIO_PCI_CONFIG_REGION_INDEX && offset == kPm + 4) slots_at_write = p->slots.size();
+  };
   wr(kPm + 4, 0x0003, 2);  // D3hot
+  s.on_write = nullptr;
+  EXPECT_EQ(slots_at_write, 0u);
   EXPECT_TRUE(p->slots.empty());
   EXPECT_FALSE(p->traps.count({false, layout::kMmio64Start + 0x3000}));
   EXPECT_TRUE(p->traps.count({true, layout::kIoBarStart})) << "I/O goes on through the transport";

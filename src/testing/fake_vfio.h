@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <cerrno>
+#include <functional>
 #include <map>
 #include <string>
 #include <set>
@@ -41,6 +42,8 @@ struct FakeVfioState {
   // Every write, interrupt change and the release, in order: "config 0x4=0x2", "bar0 0x100=0x0",
   // "disable 2", "close".
   std::vector<std::string> events;
+  // Called as each write reaches the device, before it lands: a test sees what the VMM had done by then.
+  std::function<void(uint32_t region, uint64_t offset)> on_write;
   // A region (BAR or ROM) of `size` zero bytes.
   void add_region(uint32_t index, uint64_t size, bool mmappable = false, bool writable = true) {
     vfio::RegionInfo r;
@@ -90,6 +93,7 @@ class FakeVfioDevice final : public vfio::Device {
     if (offset + data.size() > b.size()) throw vfio::VfioError("fake: write out of range");
     if (region == VFIO_PCI_CONFIG_REGION_INDEX)
       s_.config_writes.push_back({static_cast<uint32_t>(offset), static_cast<uint32_t>(data.size())});
+    if (s_.on_write) s_.on_write(region, offset);
     uint32_t v = 0;
     for (size_t i = 0; i < data.size() && i < 4; i++) v |= uint32_t{data[i]} << (8 * i);
     s_.events.push_back(fmt::format("{} {:#x}={:#x}",

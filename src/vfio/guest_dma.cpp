@@ -42,7 +42,8 @@ std::string reserved_region_conflict(std::string_view reserved_regions, const st
     if (std::string_view(type) == "direct-relaxable") continue;
     for (auto [iova, size] : mapped) {
       if (size == 0 || iova > last || iova + size - 1 < start) continue;
-      return fmt::format("it reserves {:#x}-{:#x} ({}), where guest RAM is already mapped for DMA ({:#x}-{:#x})",
+      return fmt::format("it reserves {:#x}-{:#x} ({}), where this VM already maps guest memory for DMA "
+                         "({:#x}-{:#x}: RAM, or a BAR mapped for peer-to-peer DMA)",
                          start, last, type, iova, iova + size - 1);
     }
   }

@@ -25,8 +25,8 @@ namespace passvm::vfio {
 // kernel (VFIO_IOMMU_GET_INFO): call it where the thread may, before any pinning.
 void check_dma_reachable(DmaMapper& mapper, const GuestMemory& memory);
 
-// Why the kernel refused (EINVAL) to add an IOMMU group to a container whose DMA mappings (iova -> size)
-// are made: the first of the group's reserved regions (its sysfs `reserved_regions` text) that one of them
+// Why the kernel refused (EINVAL) to add an IOMMU group to a container whose DMA mappings (iova -> size:
+// guest RAM, and BARs mapped for peer-to-peer DMA) are made: the first of the group's reserved regions (its sysfs `reserved_regions` text) that one of them
 // overlaps, as the kernel's own check does (it lets "direct-relaxable" ones be). "" when none does.
 std::string reserved_region_conflict(std::string_view reserved_regions, const std::map<uint64_t, uint64_t>& mapped);
 

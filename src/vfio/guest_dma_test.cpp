@@ -115,7 +115,8 @@ TEST(ReservedRegionConflict, NamesTheRegionAndTheRamThatOverlapIt) {
       "0x000000007a000000 0x000000007a0fffff direct\n"
       "0x00000000fee00000 0x00000000feefffff msi\n";
   EXPECT_EQ(reserved_region_conflict(regions, mapped),
-            "it reserves 0x7a000000-0x7a0fffff (direct), where guest RAM is already mapped for DMA (0x0-0x7fffffff)");
+            "it reserves 0x7a000000-0x7a0fffff (direct), where this VM already maps guest memory for DMA "
+            "(0x0-0x7fffffff: RAM, or a BAR mapped for peer-to-peer DMA)");
   // A region that touches the last byte of a mapping overlaps it; one right after does not.
   EXPECT_NE(reserved_region_conflict("0x000000013fffffff 0x0000000140000fff reserved\n", mapped), "");
   EXPECT_EQ(reserved_region_conflict("0x0000000140000000 0x0000000140000fff reserved\n", mapped), "");

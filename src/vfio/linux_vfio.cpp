@@ -341,10 +341,10 @@ int Container::group_fd(const Bdf& bdf, int group) {
       for (std::string line; std::getline(in, line);) regions += line + "\n";
       std::string why = reserved_region_conflict(regions, mapped_);
       throw VfioError(fmt::format("{}: cannot add IOMMU group {} to this VM: {}; the device cannot be given to a "
-                                  "guest with RAM there",
+                                  "guest with memory there",
                                   bdf.str(), group,
                                   why.empty() ? fmt::format("the kernel refused it (EINVAL); its IOMMU may not "
-                                                            "reach all of the guest RAM mapped for DMA (up to {:#x})",
+                                                            "reach all that this VM maps for DMA (up to {:#x})",
                                                             std::prev(mapped_.end())->first +
                                                                 std::prev(mapped_.end())->second - 1)
                                               : why),

@@ -121,8 +121,9 @@ class FakeMachine final : public RunningMachine {
   ExitControl exit_;
 };
 
-// Short enough for a unit test, far enough apart that the loop's 50 ms tick cannot blur them.
-constexpr RemovalTiming kTiming{.remove_answer = 300ms, .eject_wait = 1500ms, .eject_nudge = 400ms};
+// Short enough for a unit test, long enough that a loop slowed by a loaded host (sanitizers, the lab
+// beside) still answers a prompt eject as done.
+constexpr RemovalTiming kTiming{.remove_answer = 1000ms, .eject_wait = 3000ms, .eject_nudge = 1000ms};
 
 class VmmRemovalTest : public ::testing::Test {
  protected:
