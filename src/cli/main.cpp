@@ -10,6 +10,7 @@
 #include <cstring>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -44,10 +45,6 @@ void take_closed_standard_fds() {
     if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) open("/dev/null", O_RDWR);  // the lowest free number: fd
 }
 
-}  // namespace
-
-namespace {
-
 // Whether `user` can open /dev/kvm, the VFIO container and the group files of the command line's
 // devices, tried as the user (ACLs count); when not, says what they lack and the fix, and returns false.
 bool user_can_open_later(const passvm::cli::ParseResult& parsed, const passvm::confine::UserIds& user) {
@@ -59,11 +56,10 @@ bool user_can_open_later(const passvm::cli::ParseResult& parsed, const passvm::c
   std::vector<std::string> paths = {"/dev/kvm"};
   if (!devices.empty() || access("/dev/vfio/vfio", F_OK) == 0) paths.push_back("/dev/vfio/vfio");
   for (const auto& d : devices) {
-    char link[512];
-    ssize_t n = readlink(("/sys/bus/pci/devices/" + d.str() + "/iommu_group").c_str(), link, sizeof link - 1);
-    if (n <= 0) continue;  // no group: building the VM says so, with its fix
-    link[n] = 0;
-    paths.push_back("/dev/vfio/" + std::string(std::strrchr(link, '/') ? std::strrchr(link, '/') + 1 : link));
+    std::error_code ec;
+    auto group = std::filesystem::read_symlink("/sys/bus/pci/devices/" + d.str() + "/iommu_group", ec);
+    if (ec) continue;  // no group: building the VM says so, with its fix
+    paths.push_back("/dev/vfio/" + group.filename().string());
   }
   auto cannot = passvm::confine::unopenable_as(user, paths);
   if (cannot.empty()) return true;

@@ -196,8 +196,12 @@ void BarMapper::update_rom() {
                        rom_->size()));
     visible = false;
   }
-  if (!rom_->map(platform_, visible)) {
-    refuse(fmt::format("ROM at {:#x} overlaps another device's registers; left unmapped", at));
+  try {
+    if (!rom_->map(platform_, visible))
+      refuse(fmt::format("ROM at {:#x} overlaps another device's registers; left unmapped", at));
+  } catch (const std::exception& e) {
+    // KVM would not remove the ROM's memory slot: the guest's write is taken, the ROM stays where it was.
+    refuse(fmt::format("cannot move or hide the ROM: {}", e.what()));
   }
 }
 

@@ -24,8 +24,11 @@ class MsixTable {
 
   explicit MsixTable(uint32_t entries) : entries_(entries) {}
   uint32_t size() const { return static_cast<uint32_t>(entries_.size()); }
-  uint64_t table_bytes() const { return uint64_t{size()} * kEntrySize; }
-  uint64_t pba_bytes() const { return (size() + 63) / 64 * 8; }
+  // The sizes the spec gives a table and PBA of `entries` vectors (one pending bit each, in qwords).
+  static uint64_t table_bytes(uint32_t entries) { return uint64_t{entries} * kEntrySize; }
+  static uint64_t pba_bytes(uint32_t entries) { return (uint64_t{entries} + 63) / 64 * 8; }
+  uint64_t table_bytes() const { return table_bytes(size()); }
+  uint64_t pba_bytes() const { return pba_bytes(size()); }
 
   const Entry& entry(uint32_t i) const { return entries_.at(i); }
   uint32_t read(uint64_t offset, int len) const;

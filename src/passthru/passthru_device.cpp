@@ -126,7 +126,8 @@ bool PassthruDevice::msix_fits(const std::vector<uint8_t>& raw, uint32_t m) cons
   auto fits = [&](uint32_t bir, uint64_t off, uint64_t len) {
     return bir < 6 && dev_->region_info(bir).size >= off + len;
   };
-  return fits(table & 7, table & ~7u, uint64_t{entries} * 16) && fits(pba & 7, pba & ~7u, (entries + 63) / 64 * 8);
+  return fits(table & 7, table & ~7u, MsixTable::table_bytes(entries)) &&
+         fits(pba & 7, pba & ~7u, MsixTable::pba_bytes(entries));
 }
 
 void PassthruDevice::setup_msix(const std::vector<uint8_t>& raw) {

@@ -516,6 +516,30 @@ TEST_F(PassthruTest, AVectorKvmCannotRouteStaysParked) {
   EXPECT_EQ(bar_rd(0, kPba), 0u);
 }
 
+// A mask KVM cannot carry out (its irqfd removal fails) must not stop the machine: the guest's write is
+// taken, the vector stays wired, and the next mask carries it out.
+TEST_F(PassthruTest, AMaskKvmRefusesLeavesTheVectorWired) {
+  place_bars();
+  wr(0x04, 0x2, 2);
+  enable_msix();
+  program_vector(1, 0xfee00000, 0x41, false);
+  auto fds = last_fds(VFIO_PCI_MSIX_IRQ_INDEX);
+  ASSERT_EQ(fds.size(), 2u);
+  ASSERT_TRUE(irqfd_on(fds[1]));
+  p->refuse_irqfd_removal = true;
+  ::testing::internal::CaptureStderr();
+  EXPECT_NO_THROW(bar_wr(0, kTable + 16 + 12, 1));
+  EXPECT_NO_THROW(wr(kMsix + 2, 0xc000, 2)) << "the function mask too";
+  std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_TRUE(irqfd_on(fds[1]));
+  EXPECT_NE(err.find("cannot mask MSI-X vector 1"), std::string::npos) << err;
+  p->refuse_irqfd_removal = false;
+  wr(kMsix + 2, 0x8000, 2);
+  bar_wr(0, kTable + 16 + 12, 0);
+  bar_wr(0, kTable + 16 + 12, 1);
+  EXPECT_FALSE(irqfd_on(fds[1])) << "the next mask is carried out";
+}
+
 // A guest that repeats what the host refuses (here: enabling MSI the host will not give) gets the first
 // few refusals said on passvm's stderr and the rest counted: the host's logs do not fill up.
 TEST_F(PassthruTest, RepeatedInterruptRefusalsAreCountedNotLoggedEachTime) {

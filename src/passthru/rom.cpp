@@ -68,7 +68,8 @@ bool RomBar::map(Platform& platform, bool visible) {
   const std::optional<uint64_t> want = visible && enabled() ? std::optional(address()) : std::nullopt;
   if (want == mapped_at_) return true;
   if (mapped_at_) {
-    if (slot_) platform.unmap_memory(*slot_);
+    if (slot_) platform.unmap_memory(*slot_);  // throws with the ROM still where it was
+    slot_.reset();
     platform.remove_trap(false, *mapped_at_);
   }
   mapped_at_.reset();

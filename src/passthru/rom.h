@@ -46,7 +46,8 @@ class RomBar final : public BusDevice {
   void write_register(uint32_t value) { reg_ = value & ((kAddressMask & ~static_cast<uint32_t>(size_ - 1)) | 1); }
 
   // Maps the image where the register says when `visible`, unmaps it otherwise. Returns false when it
-  // could not be mapped (it overlaps another device's registers); the ROM then stays unmapped.
+  // could not be mapped (it overlaps another device's registers); the ROM then stays unmapped. Throws,
+  // with the ROM still where it was, when the platform will not remove its memory.
   bool map(Platform& platform, bool visible);
   void unmap(Platform& platform) { (void)map(platform, false); }
 

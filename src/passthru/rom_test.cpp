@@ -125,6 +125,30 @@ TEST_F(RomTest, WithoutReadOnlyMemoryTheTrapServesReads) {
   EXPECT_EQ(b[2], 0xff) << "past the ROM's end";
 }
 
+// KVM refusing to remove the ROM's memory when the guest moves or hides it must not stop the machine:
+// the write is taken, the ROM stays where it was, and it follows at the next write KVM carries out.
+TEST_F(RomTest, AMoveKvmRefusesLeavesTheRomWhereItWas) {
+  FakeVfioState s = device_with_rom(0x2000);
+  auto dev = open(s);
+  const uint64_t at = layout::kMmio32Start + 0x100000, moved = at + 0x10000;
+  enable_rom(*dev, at);
+  ASSERT_NE(rom_memory(at, 0x2000), nullptr);
+  platform.refuse_unmap = true;
+  ::testing::internal::CaptureStderr();
+  EXPECT_NO_THROW(dev->config_write(kRomReg, 4, static_cast<uint32_t>(moved) | 1));
+  EXPECT_NO_THROW(dev->config_write(0x04, 2, 0x0));
+  std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("cannot move or hide the ROM"), std::string::npos) << err;
+  EXPECT_NE(rom_memory(at, 0x2000), nullptr);
+  EXPECT_NE(rom_trap(at), nullptr);
+  EXPECT_EQ(rom_memory(moved, 0x2000), nullptr);
+  platform.refuse_unmap = false;
+  dev->config_write(0x04, 2, 0x2);
+  EXPECT_EQ(rom_memory(at, 0x2000), nullptr);
+  EXPECT_EQ(rom_trap(at), nullptr);
+  EXPECT_NE(rom_memory(moved, 0x2000), nullptr) << "where the register says";
+}
+
 TEST_F(RomTest, NoRomReadsZeroAndAsksForNothing) {
   FakeVfioState s = device_with_rom(0);
   auto dev = open(s);

@@ -57,8 +57,16 @@ std::vector<int> Vectors::fds() const {
 void Vectors::park(uint32_t i) {
   Vector& v = v_[i];
   if (v.wired) {
-    platform_.remove_irqfd(v.fd, v.gsi);
-    v.wired = false;
+    try {
+      platform_.remove_irqfd(v.fd, v.gsi);
+      v.wired = false;
+    } catch (const std::exception& e) {
+      // A guest's mask must not stop the VM: the vector stays wired (its interrupts still reach the
+      // guest while masked), and the next mask or unmask tries again.
+      if (!v.route_warned) warn_.say(fmt::format("cannot mask {} vector {} ({})", kind_, i, e.what()));
+      v.route_warned = true;
+      return;
+    }
   }
   if (watch_fd_ >= 0) {
     epoll_event ev{};

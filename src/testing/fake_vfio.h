@@ -153,7 +153,11 @@ struct FakePlatform final : passthru::Platform {
     slots[next_slot] = {gpa, size, hva, readonly};
     return next_slot++;
   }
-  void unmap_memory(uint32_t handle) override { slots.erase(handle); }
+  bool refuse_unmap = false;  // KVM refusing to delete a memory slot
+  void unmap_memory(uint32_t handle) override {
+    if (refuse_unmap) throw std::runtime_error("fake: cannot delete the memory slot");
+    slots.erase(handle);
+  }
   void add_trap(bool pio, uint64_t base, uint64_t size, BusDevice* dev) override {
     for (auto& [key, t] : traps)  // as passvm's buses refuse overlapping ranges
       if (key.first == pio && key.second < base + size && base < key.second + t.first)
@@ -175,7 +179,9 @@ struct FakePlatform final : passthru::Platform {
   void update_msi_route(uint32_t gsi, uint64_t a, uint32_t d) override { routes.at(gsi) = {a, d}; }
   void free_msi_route(uint32_t gsi) override { routes.erase(gsi); }
   void add_irqfd(int fd, uint32_t gsi, int resample) override { irqfds.insert({fd, gsi, resample}); }
+  bool refuse_irqfd_removal = false;  // KVM_IRQFD with DEASSIGN failing
   void remove_irqfd(int fd, uint32_t gsi) override {
+    if (refuse_irqfd_removal) throw std::runtime_error("fake: cannot remove the irqfd");
     for (auto it = irqfds.begin(); it != irqfds.end(); ++it)
       if (std::get<0>(*it) == fd && std::get<1>(*it) == gsi) {
         irqfds.erase(it);
