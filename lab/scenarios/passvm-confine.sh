@@ -11,8 +11,15 @@
 #   start, so the guest runs when the pin fails; passvm stops it, says why (RLIMIT_MEMLOCK) with status 1,
 #   and leaves the NVMe free on vfio-pci, as after any failed setup.
 # - root: passvm started by root with --user pvuser gets the NVMe the killed one left, boots L2 and its
-#   nvme check passes; its threads as for user. Then release gives the NVMe back to L1's nvme driver.
-# lab-expect: conf.reserve conf.check conf.checkfixed conf.user.vmm conf.user.nvme conf.user.ticker conf.user.threads conf.kill conf.nopin conf.root.vmm conf.root.nvme conf.root.ticker conf.root.threads conf.release
+#   nvme check passes; its threads as for user.
+# - api: root starts passvm with --user pvuser and --api-socket, where every VM after the first is built
+#   as pvuser. While pvuser cannot open /dev/kvm, passvm refuses at once, naming it, and leaves no socket
+#   and the NVMe free. Once it can, the socket is pvuser's; L2 boots, checks the NVMe and powers off;
+#   pvuser's `passvm remote boot` builds the VM again as pvuser (uid, no capabilities), L2's nvme check
+#   passes a second time, and pvuser's `shutdown-vmm` ends passvm with status 0.
+# Then release gives the NVMe back to L1's nvme driver.
+# lab-expect: conf.reserve conf.check conf.checkfixed conf.user.vmm conf.user.nvme conf.user.ticker conf.user.threads conf.kill conf.nopin conf.root.vmm conf.root.nvme conf.root.ticker conf.root.threads
+# lab-expect: conf.api.refused conf.api.socket conf.api.first conf.api.reboot conf.api.exit conf.release
 # lab-timeout: 1500
 
 source "$LAB_DIR/scenarios/passvm-lib.sh"
@@ -179,6 +186,84 @@ snap_threads conf.root &
 run_l2 conf.root --timeout 600 -- "${PV[@]}" --user $U "${BOOT[@]}" --append "$(l2_append nvme,ticker lab.tick_s=10)" labvm
 wait
 threads_result conf.root.threads conf.root
+
+# --user with --api-socket. pvuser is out of the kvm group again (above): the VMs built after root is
+# given up could not open /dev/kvm, so passvm refuses before it starts anything.
+A=$D/api
+mkdir -p "$A" && chown $U "$A" && chmod 0700 "$A"  # the socket's directory is the user's, as the README says
+SOCK=$A/passvm.sock
+API_RUN=("${PV[@]}" --user $U --api-socket "$SOCK" "${BOOT[@]}" --append "$(l2_append nvme)" labvm)
+con=$LAB_OUT/api.refused.console
+timeout 120 "${API_RUN[@]}" </dev/null >"$con" 2>&1; rc=$?
+said=$(grep -m1 '/dev/kvm' "$con" | cut -c1-300)
+held=$(ls -l /proc/*/fd 2>/dev/null | grep -c "/dev/vfio/$group")
+fig=(rc="$rc" said="$said" driver="$(bdf_driver $NVME)" vfio_fds_left="$held")
+if [[ $rc != 1 ]]; then result conf.api.refused fail detail="exit status $rc, expected 1" "${fig[@]}"
+elif [[ -z $said ]] || ! grep -q 'usermod -aG kvm' "$con"; then
+    result conf.api.refused fail detail="no message naming /dev/kvm and its fix" "${fig[@]}"
+elif [[ -e $SOCK ]]; then result conf.api.refused fail detail="the socket was left behind" "${fig[@]}"
+elif [[ $held != 0 || $(bdf_driver $NVME) != vfio-pci ]]; then result conf.api.refused fail detail="the device was not left free on vfio-pci" "${fig[@]}"
+else result conf.api.refused pass "${fig[@]}"; fi
+
+usermod -aG kvm $U
+# pvu ARGS...: passvm's client, run by pvuser on its own socket.
+pvu() { setpriv --reuid=$U --regid=$U --init-groups --inh-caps=-all --bounding-set=-all \
+            timeout 120 "$PASSVM" remote --api-socket "$SOCK" "$@"; }
+api_state() { pvu --json info 2>/dev/null | /usr/bin/python3 -c 'import json, sys
+try:
+    print(json.load(sys.stdin).get("state", ""))
+except ValueError:
+    print("?")'; }
+passes() { grep -c '"check":"nvme","pass":true' "$con" 2>/dev/null; }
+# wait_shutdown N: until L2's nvme check has passed N times and the VM is Shutdown (L2 powered off).
+wait_shutdown() {
+    local i
+    for ((i = 0; i < 1200; i++)); do
+        [[ $(passes) -ge $1 && $(api_state) == Shutdown ]] && return 0
+        kill -0 $pid 2>/dev/null || return 1
+        sleep 0.5
+    done
+    return 1
+}
+con=$LAB_OUT/api.console
+"${API_RUN[@]}" </dev/null >"$con" 2>&1 &
+pid=$!
+# The socket is bound as root and then given to pvuser: it answers pvuser once it is theirs.
+state=""
+for ((i = 0; i < 300; i++)); do
+    state=$(api_state)
+    [[ $state =~ ^(Created|Running|Shutdown)$ ]] && break
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.2
+done
+owner=$(stat -c '%U %a' "$SOCK" 2>/dev/null)
+if [[ $owner == "$U 600" && $state =~ ^(Created|Running|Shutdown)$ ]]; then result conf.api.socket pass owner="$owner" state="$state"
+else result conf.api.socket fail detail="the socket should be $U's, mode 600, and answer $U" owner="$owner" state="$state"; fi
+
+if wait_shutdown 1; then result conf.api.first pass nvme_passes="$(passes)"
+else result conf.api.first fail detail="L2's first boot did not pass its nvme check and power off" nvme_passes="$(passes)" state="$(api_state)" said="$(grep -m1 '^passvm:' "$con")"; fi
+
+# The second VM is built after root was given up: it opens /dev/kvm, the VFIO group and the kernel as pvuser.
+out=$(pvu boot 2>&1); brc=$?
+uid_now=$(awk '/^Uid:/ {print $2 "/" $3}' /proc/$pid/status 2>/dev/null)
+cap_now=$(awk '/^CapEff:/ {print $2}' /proc/$pid/status 2>/dev/null)
+if wait_shutdown 2 && [[ $brc == 0 && $uid_now == "$uid/$uid" && $cap_now == 0000000000000000 ]]; then
+    result conf.api.reboot pass nvme_passes="$(passes)" uid="$uid_now"
+else
+    result conf.api.reboot fail detail="pvuser's boot exited $brc ($out); L2 should pass its nvme check again with passvm as $U without capabilities" \
+        nvme_passes="$(passes)" uid="$uid_now" cap="$cap_now" state="$(api_state)" said="$(grep '^passvm:' "$con" | tail -n 2 | tr '\n' ' ')"
+fi
+
+out=$(pvu shutdown-vmm 2>&1)
+for ((i = 0; i < 300; i++)); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+kill -0 $pid 2>/dev/null && { kill -KILL $pid; sleep 1; }
+wait $pid; rc=$?
+held=$(ls -l /proc/*/fd 2>/dev/null | grep -c "/dev/vfio/$group")
+fig=(rc="$rc" driver="$(bdf_driver $NVME)" vfio_fds_left="$held" socket_left="$([[ -e $SOCK ]] && echo yes || echo no)")
+if [[ $rc != 0 ]]; then result conf.api.exit fail detail="exit status $rc after shutdown-vmm ($out)" "${fig[@]}"
+elif [[ $held != 0 || $(bdf_driver $NVME) != vfio-pci ]]; then result conf.api.exit fail detail="the device was not left free on vfio-pci" "${fig[@]}"
+else result conf.api.exit pass "${fig[@]}"; fi
+gpasswd -d $U kvm >/dev/null 2>&1
 
 chown root:root /dev/kvm && chmod 0600 /dev/kvm  # as L1 had it
 out=$("$PASSVM" release $NVME 2>&1); rrc=$?
