@@ -55,7 +55,9 @@ Bytes pci_host_bridge(const layout::PciWindows& w, uint32_t hotplug_slots) {
   crs.bus_numbers(0, static_cast<uint16_t>(layout::kEcamBuses - 1))
       .io(layout::kPciConfigAddrPort, 8)
       .io_window(0x0000, layout::kPciConfigAddrPort - 1)
-      .io_window(0x0d00, 0xffff)
+      // Only where passvm places I/O BARs: Linux assigns a hot-added device's BARs itself, from these
+      // windows, and an I/O BAR elsewhere would be left unmapped.
+      .io_window(static_cast<uint16_t>(w.io.start), static_cast<uint16_t>(w.io.end() - 1))
       .memory32_window(static_cast<uint32_t>(w.mmio32.start), static_cast<uint32_t>(w.mmio32.end() - 1))
       .memory64_window(w.mmio64.start, w.mmio64.end() - 1);
 
@@ -63,6 +65,8 @@ Bytes pci_host_bridge(const layout::PciWindows& w, uint32_t hotplug_slots) {
   // extended config space.
   ResourceTemplate ecam;
   ecam.memory32_fixed(static_cast<uint32_t>(layout::kEcamStart), static_cast<uint32_t>(layout::kEcamSize));
+  // The hot-plug registers (slots up, slots down, eject: three dwords), so nothing else is given them.
+  if (hotplug_slots) ecam.io(layout::kPciHotplugPort, 12);
 
   std::vector<Bytes> terms{
                             name("_HID", eisa_id("PNP0A08")),

@@ -260,6 +260,36 @@ TEST(AcpiTablesIasl, HotplugSlotsDecompileToWhatAcpiphpNeeds) {
   EXPECT_EQ(plain.dsl.find("_GPE"), std::string::npos);
 }
 
+// Linux assigns a hot-added device's BARs itself, from the root bridge's windows: an I/O window beyond
+// where passvm maps I/O BARs would get a BAR placed there and left unmapped. The hot-plug registers are
+// reserved as a motherboard resource.
+TEST(AcpiTablesIasl, IoWindowsAreWhereIoBarsAreMappedAndHotplugPortsReserved) {
+  if (find_iasl().empty()) GTEST_SKIP() << "iasl not installed (apt-get install acpica-tools)";
+  Disassembly d = disassemble(build_dsdt({.hotplug_slots = 1u << 3}), "dsdt");
+  ASSERT_EQ(d.status, 0) << d.log;
+  std::vector<std::pair<std::string, std::string>> windows;  // WordIO's minimum and maximum
+  for (size_t at = d.dsl.find("WordIO"); at != std::string::npos; at = d.dsl.find("WordIO", at + 1)) {
+    auto field = [&](const char* label) {
+      size_t end = d.dsl.find(label, at);
+      size_t start = d.dsl.rfind("0x", end);
+      return d.dsl.substr(start, d.dsl.find(',', start) - start);
+    };
+    windows.emplace_back(field("// Range Minimum"), field("// Range Maximum"));
+  }
+  const std::vector<std::pair<std::string, std::string>> want{{"0x0000", "0x0CF7"}, {"0xC000", "0xFFFF"}};
+  EXPECT_EQ(windows, want) << d.dsl;
+  const layout::PciWindows w;
+  EXPECT_EQ(w.io.start, 0xc000u);
+  EXPECT_EQ(w.io.end(), 0x10000u);
+  const size_t pdrc = d.dsl.find("Device (PDRC)");
+  ASSERT_NE(pdrc, std::string::npos) << d.dsl;
+  const std::string body = d.dsl.substr(pdrc, d.dsl.find("Device", pdrc + 6) - pdrc);
+  for (const char* want_io : {"0xAE00,             // Range Minimum", "0x0C,               // Length"})
+    EXPECT_NE(body.find(want_io), std::string::npos) << want_io << "\n" << body;
+  Disassembly plain = disassemble(build_dsdt(), "dsdt");
+  EXPECT_EQ(plain.dsl.find("0xAE00"), std::string::npos) << "no hot-plug, no reservation";
+}
+
 TEST(AcpiTablesIasl, VirtioConsoleIsAVirtioMmioDeviceWithItsRegistersAndIrq) {
   if (find_iasl().empty()) GTEST_SKIP() << "iasl not installed (apt-get install acpica-tools)";
   Disassembly d = disassemble(build_dsdt({.virtio_console = true}), "dsdt");

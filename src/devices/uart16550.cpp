@@ -59,7 +59,16 @@ std::string Uart16550::state() {
 void Uart16550::set_tx_batching(std::function<void(bool)> fn) {
   std::lock_guard g(lock_);
   tx_batching_ = std::move(fn);
-  if (tx_batching_) tx_batching_(!(ier_ & kIerThre));
+  batching_told_ = batching_allowed();
+  if (tx_batching_) tx_batching_(batching_told_);
+}
+
+bool Uart16550::batching_allowed() const { return !(ier_ & kIerThre) && !(mcr_ & kMcrLoop); }
+
+void Uart16550::update_batching() {
+  if (!tx_batching_ || batching_allowed() == batching_told_) return;
+  batching_told_ = !batching_told_;
+  tx_batching_(batching_told_);
 }
 
 size_t Uart16550::receive(std::span<const uint8_t> bytes) {
@@ -122,9 +131,8 @@ void Uart16550::write_register(uint64_t reg, uint8_t value) {
       } else {
         // Enabling the THRE interrupt while the holding register is empty raises it immediately.
         if ((value & kIerThre) && !(ier_ & kIerThre)) thre_pending_ = true;
-        bool thre_changed = (value ^ ier_) & kIerThre;
         ier_ = value & 0x0f;
-        if (thre_changed && tx_batching_) tx_batching_(!(ier_ & kIerThre));
+        update_batching();
       }
       break;
     case kIir: {  // FCR
@@ -141,6 +149,7 @@ void Uart16550::write_register(uint64_t reg, uint8_t value) {
     case kMcr: {
       uint8_t before = modem_status_lines();
       mcr_ = value & 0x1f;
+      update_batching();
       uint8_t after = modem_status_lines();
       uint8_t changed = before ^ after;
       if (changed & kMsrCts) msr_delta_ |= 0x01;

@@ -50,10 +50,11 @@ class Uart16550 : public BusDevice, public ConsoleSink {
 
   // Transmit batching: fn(true) says that writes to the data register (offset 0) may be queued and
   // delivered later (Vm::coalesce_pio), fn(false) that each must exit again. Batching is safe while
-  // the THRE interrupt is disabled: then a write's only effect is the output (and, in loopback, the
-  // receive side), which the guest can only observe by reading a register, and a read exits and
-  // delivers queued writes first. Linux's console output polls with the interrupt off: one exit per
-  // character instead of two. Calls fn with the current state at once.
+  // the THRE interrupt is disabled and loopback is off: then a write's only effect is the output, which
+  // the guest can only observe by reading a register, and a read exits and delivers queued writes
+  // first. (In loopback a write raises the receive interrupt, which must not wait for the next exit.)
+  // Linux's console output polls with the interrupt off: one exit per character instead of two. Calls
+  // fn with the current state at once, and again whenever it changes.
   void set_tx_batching(std::function<void(bool allowed)> fn);
 
   // Host input: puts as many bytes as fit into the receive FIFO and returns how many. When some
@@ -81,10 +82,13 @@ class Uart16550 : public BusDevice, public ConsoleSink {
   uint8_t interrupt_id() const;
   uint8_t modem_status_lines() const;
   void update_irq();
+  bool batching_allowed() const;
+  void update_batching();  // tells tx_batching_ when batching_allowed() changed
 
   const int out_fd_;
   const std::function<void(bool)> irq_;
   std::function<void(bool)> tx_batching_;
+  bool batching_told_ = false;  // what tx_batching_ was last told
 
   std::mutex lock_;
   std::deque<uint8_t> rx_;

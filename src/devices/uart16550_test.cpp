@@ -93,6 +93,16 @@ TEST_F(Fixture, TransmitBatchingIsAllowedOnlyWhileTheThreInterruptIsOff) {
   EXPECT_EQ(calls, (std::vector<bool>{true, false, true}));
 }
 
+// In loopback a write to the data register raises the receive interrupt at once: it must exit.
+TEST_F(Fixture, TransmitBatchingIsOffInLoopback) {
+  std::vector<bool> calls;
+  uart->set_tx_batching([&](bool allowed) { calls.push_back(allowed); });
+  out(MCR, 0x18);  // loopback, OUT2
+  out(IER, 0x01);  // receive interrupt only
+  out(MCR, 0x08);  // loopback off
+  EXPECT_EQ(calls, (std::vector<bool>{true, false, true}));
+}
+
 TEST_F(Fixture, ScratchAndDivisorLatch) {
   out(SCR, 0xa5);
   EXPECT_EQ(in(SCR), 0xa5);

@@ -185,7 +185,7 @@ struct Machine::Parts {
   bool started = false, stopped = false, paused = false;
 
   std::mutex eject_lock;
-  std::vector<int> ejected;
+  uint32_t ejected = 0;  // a mask of slots: a guest writing B0EJ in a loop queues nothing
 
   void check_interrupted() {
     if (opts.interrupted && opts.interrupted()) throw SetupInterrupted{};
@@ -310,7 +310,7 @@ void Machine::Parts::build() {
     hotplug = std::make_unique<pci::PciHotplug>([this] { pm->raise_gpe(devices::kGpePciHotplug); },
                                                 [this](int slot) {
                                                   std::lock_guard g(eject_lock);
-                                                  ejected.push_back(slot);
+                                                  ejected |= 1u << slot;
                                                 });
     pio.add(layout::kPciHotplugPort, pci::PciHotplug::kSize, hotplug.get());
   }
@@ -661,7 +661,7 @@ DeviceInfo Machine::add_device(SlotConfig s) {
     {
       // An eject the guest wrote for this slot while it was empty must not take the new device.
       std::lock_guard g(p.eject_lock);
-      std::erase(p.ejected, slot);
+      p.ejected &= ~(1u << slot);
     }
     p.root->add(slot, 0, dev.get());
     on_bus = true;
@@ -699,7 +699,11 @@ void Machine::request_unplug(int slot) {
 
 std::vector<int> Machine::take_ejected() {
   std::lock_guard g(p_->eject_lock);
-  return std::exchange(p_->ejected, {});
+  std::vector<int> slots;
+  for (int slot = 0; slot < 32; slot++)
+    if (p_->ejected & (1u << slot)) slots.push_back(slot);
+  p_->ejected = 0;
+  return slots;
 }
 
 void Machine::remove_device(int slot) {
