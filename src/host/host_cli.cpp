@@ -48,6 +48,13 @@ void require_root(const Sysroot& sysroot, std::string_view command) {
   }
 }
 
+// Commands (modprobe) run on the real host only: on a --sysroot tree they would load modules into the
+// running kernel for a device that is not there. On such a tree a command does nothing and succeeds.
+CommandRunner runner_for(const Sysroot& sysroot) {
+  if (sysroot.is_real_root()) return run_command;
+  return [](const std::vector<std::string>&) { return 0; };
+}
+
 void print_messages(const Plan& plan) {
   for (const auto& n : plan.notes) std::cout << n << "\n";
   for (const auto& w : plan.warnings) std::cerr << "warning: " << w << "\n";
@@ -61,7 +68,7 @@ void give_back(const Sysroot& sysroot, const std::vector<PciAddress>& taken) {
   std::vector<std::string> warnings;
   try {
     if (!undo.errors.empty()) throw HostError(undo.errors.front());
-    execute(sysroot, undo, run_command, warnings);
+    execute(sysroot, undo, runner_for(sysroot), warnings);
   } catch (const HostError& e) {
     warnings.push_back(e.what());
   }
@@ -85,21 +92,30 @@ int carry_out(const Sysroot& sysroot, const Plan& plan, bool dry_run, bool verbo
     for (const auto& step : plan.steps) std::cout << (dry_run ? "would: " : "") << step.describe() << "\n";
   }
   if (dry_run) return 0;
-  std::vector<PciAddress> taken;  // reserved by this plan, not before it: what a failure gives back
+  // What a failure gives back: what this plan reserved, and what it took from a host driver even though
+  // marked for vfio-pci already (an override set by hand, or a boot claim the driver raced).
+  std::vector<PciAddress> taken;
   if (reserving) {
     auto before = scan_devices(sysroot);
     for (const auto& address : plan.targets)
-      if (auto dev = find_device(before, address); dev && !dev->reserved()) taken.push_back(address);
+      if (auto dev = find_device(before, address); dev && (!dev->reserved() || (!dev->on_vfio() && !dev->driver.empty())))
+        taken.push_back(address);
   }
   std::vector<std::string> warnings, problems;
   try {
-    execute(sysroot, plan, run_command, warnings);
+    execute(sysroot, plan, runner_for(sysroot), warnings);
   } catch (const HostError& e) {
     problems.push_back(e.what());
   }
   for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";
-  if (problems.empty())
+  if (problems.empty()) {
     problems = reserving ? verify_reserved(sysroot, plan.targets) : verify_released(sysroot, plan.targets);
+  } else if (reserving) {
+    // A step that failed because vfio-pci did not take a device (its group node never appeared) says
+    // less than what the kernel did: that goes first.
+    auto cause = verify_reserved(sysroot, plan.targets);
+    problems.insert(problems.begin(), cause.begin(), cause.end());
+  }
   for (const auto& p : problems) std::cerr << "error: " << p << "\n";
   if (!problems.empty()) {
     if (!taken.empty()) give_back(sysroot, taken);
@@ -229,7 +245,7 @@ int run_boot_claim(const Sysroot& sysroot, const std::string& kernel_name, const
     return 1;
   }
   std::vector<std::string> warnings;
-  execute(sysroot, plan, run_command, warnings);
+  execute(sysroot, plan, runner_for(sysroot), warnings);
   for (const auto& w : warnings) std::cerr << "passvm: warning: " << w << "\n";
   std::cout << "PASSVM_PPTDEV=1\n";
   return 0;
@@ -331,6 +347,11 @@ int host_main(int argc, char** argv) {
       }
       if (!user.empty() && devices.empty()) {
         throw HostError("--user goes with device addresses; for the config, write `ADDRESS user=NAME` in it");
+      }
+      if ((apply_config || !boot_claim.empty()) && (force || with_group)) {
+        throw HostError(fmt::format("{} goes with device addresses: the config's devices are reserved as the config "
+                                    "says; to reserve a device the host uses, run `passvm reserve {}ADDRESS`",
+                                    force ? "--force" : "--with-group", force ? "--force " : "--with-group "));
       }
       if (!boot_claim.empty() && (dry_run || verbose)) {
         throw HostError("--boot-claim is udev's and always acts; to see what the config would do, run `passvm "

@@ -124,6 +124,54 @@ TEST_F(Cli, AReservationThatFailsPartWayIsUndone) {
   EXPECT_FALSE(fake.sysroot().exists("/run/passvm/reserved/0000:00:03.0"));
 }
 
+// Marked for vfio-pci by hand but still on its host driver: a reservation that fails takes it from that
+// driver all the same, so it is given back too, not left without a driver.
+TEST_F(Cli, AFailedReservationGivesBackADeviceMarkedButOnItsDriver) {
+  fake.write("/sys/devices/pci0000:00/0000:00:04.0/driver_override", "vfio-pci");
+  EXPECT_EQ(run({"passvm reserve", "00:04.0"}), 1);  // the fake kernel binds nothing to vfio-pci
+  EXPECT_NE(err.find("0000:00:04.0: given back (driver e1000e)"), std::string::npos) << err;
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:04.0/driver_override"), "\n");
+  EXPECT_FALSE(fake.sysroot().exists("/run/passvm/reserved/0000:00:04.0"));
+}
+
+// On a --sysroot tree, modprobe must not run: it would load modules into the running kernel. A modprobe
+// first in PATH leaves a mark if it is run.
+TEST_F(Cli, AFakeTreeRunsNoCommands) {
+  auto bin = fake.root() / "fake-bin";
+  std::filesystem::create_directories(bin);
+  const auto mark = fake.root() / "modprobe-ran";
+  fake.write("/fake-bin/modprobe", "#!/bin/sh\ntouch '" + mark.string() + "'\n");
+  std::filesystem::permissions(bin / "modprobe", std::filesystem::perms::owner_all);
+  std::filesystem::remove_all(fake.root() / "sys/bus/pci/drivers/vfio-pci");
+  const std::string path = std::getenv("PATH");
+  setenv("PATH", (bin.string() + ":" + path).c_str(), 1);
+  int status = run({"passvm reserve", "00:04.0"});
+  setenv("PATH", path.c_str(), 1);
+  EXPECT_EQ(status, 1);
+  EXPECT_NE(err.find("did not create /sys/bus/pci/drivers/vfio-pci"), std::string::npos) << err;
+  EXPECT_FALSE(std::filesystem::exists(mark)) << "modprobe was run";
+}
+
+// vfio-pci did not take the device, so its group node never appears for the --user's chown: the error
+// says what the kernel did, not only that the node is missing.
+TEST_F(Cli, AReservationForAUserThatVfioRefusedSaysSo) {
+  EXPECT_EQ(run({"passvm reserve", "--user", "root", "00:04.0"}), 1);  // the fake kernel binds nothing
+  EXPECT_NE(err.find("did not appear"), std::string::npos) << err;
+  EXPECT_NE(err.find("not bound to vfio-pci"), std::string::npos) << err;
+  EXPECT_LT(err.find("not bound to vfio-pci"), err.find("did not appear")) << err;
+}
+
+// The config's devices are reserved as the config says: flags that would change that are refused, not
+// ignored.
+TEST_F(Cli, ApplyConfigRefusesForceAndWithGroup) {
+  fake.write("/etc/passvm/pptdevs.conf", "pptdevs=\"0/3/0\"\n");
+  EXPECT_EQ(run({"passvm reserve", "--apply-config", "--force"}), 1);
+  EXPECT_NE(err.find("--force goes with device addresses"), std::string::npos) << err;
+  EXPECT_EQ(run({"passvm reserve", "--apply-config", "--with-group", "--dry-run"}), 1);
+  EXPECT_NE(err.find("--with-group goes with device addresses"), std::string::npos) << err;
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "(null)\n");
+}
+
 TEST_F(Cli, BootClaimRefusesDryRunRatherThanActing) {
   fake.bind("0000:00:03.0", "");
   fake.write("/etc/passvm/pptdevs.conf", "pptdevs=\"0/3/0\"\n");

@@ -21,8 +21,11 @@ std::optional<unsigned long> hex_value(const std::optional<std::string>& text) {
   return value;
 }
 
+// The drivers VFIO accepts beside it in a group (those that manage no DMA: the kernel's
+// driver_managed_dma). A PCI bridge's port driver is one; other class 0x06 functions with a driver are
+// not: an ISA bridge on lpc_ich, a host bridge on an EDAC driver keep the group from VFIO.
 bool is_host_driver(const HostDevice& d) {
-  return !d.driver.empty() && d.driver != kVfioDriver && d.driver != "pci-stub" && !d.is_bridge();
+  return !d.driver.empty() && d.driver != kVfioDriver && d.driver != "pci-stub" && d.driver != "pcieport";
 }
 
 }  // namespace

@@ -261,11 +261,17 @@ CheckLine check_device(const Sysroot& sysroot, const std::vector<HostDevice>& de
   if (!group.has_group) return fail(name, "on vfio-pci but without an IOMMU group", "enable the IOMMU (see above)");
   std::string node = fmt::format("/dev/vfio/{}", *dev.iommu_group);
   if (!group.viable()) {
-    const auto& b = group.blockers.front();
+    // A chipset function (an ISA or host bridge) cannot be reserved: the slot is what has to change.
+    auto kept = std::find_if(group.blockers.begin(), group.blockers.end(), [](const HostDevice& d) { return d.is_bridge(); });
+    const auto& b = kept != group.blockers.end() ? *kept : group.blockers.front();
     return fail(name,
                 fmt::format("IOMMU group {} is not viable: {} is on host driver {}", *dev.iommu_group,
                             b.address.str(), b.driver),
-                fmt::format("`{} --with-group {}`", reserve, address));
+                kept != group.blockers.end()
+                    ? fmt::format("none by reserving: {} ({}) stays with the host; put the device in a slot "
+                                  "with an IOMMU group of its own",
+                                  b.address.str(), class_name(b.class_code))
+                    : fmt::format("`{} --with-group {}`", reserve, address));
   }
   auto owner = sysroot.owner(node);
   if (!owner) {

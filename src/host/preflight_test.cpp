@@ -131,6 +131,20 @@ TEST_F(Preflight, ReservedDeviceWithBrokenGroupFails) {
   EXPECT_EQ(line("device 0000:00:03.0").verdict, Verdict::Pass);
 }
 
+// With the GPU's audio function reserved too, an ISA bridge on its chipset driver still breaks the
+// group, and no reservation fixes that.
+TEST_F(Preflight, AChipsetBridgeInTheGroupFailsWithoutAReservationFix) {
+  fake.add_device("0000:00:1f.0", "8086", "2918", "060100", "lpc_ich", 5);
+  fake.bind("0000:00:06.0", "vfio-pci");
+  fake.bind("0000:00:06.1", "vfio-pci");
+  fake.write("/dev/vfio/5", "");
+  auto l = line("device 0000:00:06.0");
+  EXPECT_EQ(l.verdict, Verdict::Fail);
+  EXPECT_NE(l.detail.find("0000:00:1f.0 is on host driver lpc_ich"), std::string::npos) << l.detail;
+  EXPECT_EQ(l.fix.find("--with-group"), std::string::npos) << l.fix;
+  EXPECT_NE(l.fix.find("a slot with an IOMMU group of its own"), std::string::npos) << l.fix;
+}
+
 class UserPreflight : public Preflight {
  protected:
   void SetUp() override {

@@ -104,6 +104,7 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
   const std::string user = options.user ? options.user->name : "";
   std::vector<unsigned> owned_groups;  // groups whose node goes to options.user, in order
   std::vector<PciAddress> queue = addresses;
+  std::vector<PciAddress> kept_bridges;  // chipset functions in a target's group, each said once
   for (size_t i = 0; i < queue.size(); ++i) {
     const PciAddress address = queue[i];
     if (contains(plan.targets, address)) continue;
@@ -200,6 +201,17 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
 
     for (const auto& blocker : group_status(devices, *dev).blockers) {
       if (contains(queue, blocker.address)) continue;
+      if (blocker.is_bridge()) {
+        if (contains(kept_bridges, blocker.address)) continue;
+        kept_bridges.push_back(blocker.address);
+        // A chipset function (an ISA or host bridge) the host keeps: no reservation makes the group usable.
+        plan.warnings.push_back(fmt::format(
+            "{} shares IOMMU group {} with {} ({}, driver {}), which the host keeps: VFIO will refuse the group. "
+            "The platform does not isolate this device from its chipset (no ACS); put the device in another slot",
+            address.str(), *dev->iommu_group, blocker.address.str(), class_name(blocker.class_code),
+            blocker.driver));
+        continue;
+      }
       if (options.with_group) {
         plan.notes.push_back(fmt::format("also reserving {} ({}), which shares IOMMU group {}", blocker.address.str(),
                                          blocker.driver, *dev->iommu_group));

@@ -137,6 +137,25 @@ TEST_F(Planning, GroupSiblingOnHostDriverIsWarnedAndCanBeIncluded) {
   EXPECT_EQ(group.targets[1].str(), "0000:00:06.1");
 }
 
+// An ISA bridge on its chipset driver in the device's group keeps the group from VFIO (only a PCI
+// bridge's port driver may stay), and reserving the group cannot help: said, and not reserved.
+TEST_F(Planning, AChipsetBridgeOnItsDriverInTheGroupIsABlockerNoReservationFixes) {
+  fake.add_device("0000:00:1f.0", "8086", "2918", "060100", "lpc_ich", 5);
+  const auto devices = scan_devices(fake.sysroot());
+  auto gpu = find_device(devices, PciAddress::parse("00:06.0"));
+  ASSERT_TRUE(gpu);
+  auto status = group_status(devices, *gpu);
+  ASSERT_EQ(status.blockers.size(), 2u);  // the audio function and the ISA bridge; not the PCI bridge
+  EXPECT_EQ(status.blockers[1].address.str(), "0000:00:1f.0");
+  EXPECT_FALSE(ready_for_passthrough(devices, *gpu));
+  auto group = reserve({"00:06.0"}, {.with_group = true});
+  EXPECT_TRUE(group.errors.empty());
+  ASSERT_EQ(group.warnings.size(), 1u);
+  EXPECT_NE(group.warnings[0].find("0000:00:1f.0 (ISA bridge, driver lpc_ich), which the host keeps"),
+            std::string::npos) << group.warnings[0];
+  for (const auto& t : group.targets) EXPECT_NE(t.str(), "0000:00:1f.0");
+}
+
 TEST_F(Planning, ExecuteWritesSysfsAndState) {
   auto plan = reserve({"00:03.0"});
   execute(fake.sysroot(), plan, no_commands, warnings);
