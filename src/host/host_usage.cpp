@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 namespace passvm::host {
 
@@ -130,7 +131,45 @@ std::set<std::string> default_route_interfaces(const Sysroot& sysroot) {
   return out;
 }
 
+// The device nodes of the GPU at `node` (its sysfs directory): the DRM nodes below it, and the node
+// NVIDIA's driver gives it, which has no sysfs device of its own.
+std::set<std::string> gpu_nodes(const Sysroot& sysroot, const HostDevice& device, const std::string& node) {
+  std::set<std::string> nodes;
+  for (const auto& name : sysroot.list("/sys/class/drm")) {
+    auto dir = sysroot.resolve("/sys/class/drm/" + name);
+    if (!dir || !under(*dir, node)) continue;
+    std::istringstream uevent(sysroot.read("/sys/class/drm/" + name + "/uevent").value_or(""));
+    for (std::string line; std::getline(uevent, line);)
+      if (line.starts_with("DEVNAME=")) nodes.insert("/dev/" + line.substr(8));
+  }
+  std::istringstream info(
+      sysroot.read("/proc/driver/nvidia/gpus/" + device.address.str() + "/information").value_or(""));
+  for (std::string line; std::getline(info, line);) {
+    if (!line.starts_with("Device Minor:")) continue;
+    std::string minor = line.substr(13);
+    minor.erase(0, minor.find_first_not_of(" \t"));
+    if (!minor.empty()) nodes.insert("/dev/nvidia" + minor);
+  }
+  return nodes;
+}
+
 }  // namespace
+
+std::vector<std::string> processes_with_open(const Sysroot& sysroot, const std::set<std::string>& nodes) {
+  std::vector<std::string> out;
+  if (nodes.empty()) return out;
+  for (const auto& pid : sysroot.list("/proc")) {
+    if (pid.empty() || !std::all_of(pid.begin(), pid.end(), [](char c) { return c >= '0' && c <= '9'; })) continue;
+    for (const auto& fd : sysroot.list("/proc/" + pid + "/fd")) {
+      auto target = sysroot.resolve("/proc/" + pid + "/fd/" + fd);
+      if (target && nodes.count(*target)) {
+        out.push_back(fmt::format("{} ({})", pid, sysroot.read_line("/proc/" + pid + "/comm").value_or("?")));
+        break;
+      }
+    }
+  }
+  return out;
+}
 
 std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& device, bool probe_exclusive) {
   std::vector<std::string> reasons;
@@ -233,6 +272,14 @@ std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& dev
   }
   if (vt_console && sysroot.read_line(device.sysfs_dir() + "/boot_vga").value_or("0") == "1") {
     reasons.push_back("it is the boot VGA device showing the console");
+  }
+
+  // A GPU a display server, a compute job or a persistence daemon has open: its driver's unbind would
+  // wait for them to close it (NVIDIA's, in an uninterruptible sleep that only a reboot ends).
+  if (auto gpu = gpu_nodes(sysroot, device, *node); !gpu.empty()) {
+    if (auto users = processes_with_open(sysroot, gpu); !users.empty())
+      reasons.push_back(fmt::format("process {} has its GPU open (one of {})", fmt::join(users, ", "),
+                                    fmt::join(gpu, ", ")));
   }
   return reasons;
 }

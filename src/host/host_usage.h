@@ -9,10 +9,13 @@
 // /proc/swaps), is held by another block device, or cannot be opened
 // exclusively on the real host (ZFS, btrfs members); when it carries an active
 // console (/proc/consoles: a serial port below the device, or the VT on the
-// boot VGA device); or when its network interface (or the bridge or bond it is
-// in) carries the host's default route (/proc/net/route, ipv6_route).
+// boot VGA device); when its network interface (or the bridge or bond it is
+// in) carries the host's default route (/proc/net/route, ipv6_route); or when a
+// process has one of its GPU nodes open (/dev/dri/*, /dev/nvidiaN): a GPU
+// driver's unbind waits for them, and may never end.
 #pragma once
 
+#include <set>
 #include <string>
 #include <vector>
 
@@ -25,5 +28,8 @@ namespace passvm::host {
 // probe_exclusive: also try an exclusive open of each idle block device (reserve only: a listing must not
 // claim disks, even for an instant, while a mount or a pool import may be starting).
 std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& device, bool probe_exclusive = false);
+
+// Processes with one of `nodes` (device paths, "/dev/...") open, as "1234 (Xorg)".
+std::vector<std::string> processes_with_open(const Sysroot& sysroot, const std::set<std::string>& nodes);
 
 }  // namespace passvm::host

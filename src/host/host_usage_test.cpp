@@ -122,6 +122,38 @@ TEST_F(HostUsage, BootVgaBlocksOnlyWithVtConsole) {
   ASSERT_EQ(uses("0000:00:01.0").size(), 1u);
 }
 
+// A GPU a process has open (a display server on its DRM node, a CUDA job on NVIDIA's node): its driver's
+// unbind would wait for them. Nodes nobody has open, and other devices' nodes, are no reason.
+TEST_F(HostUsage, AGpuAProcessHasOpenBlocks) {
+  const std::string gpu = "/sys/devices/pci0000:00/0000:00:06.0";
+  fake.write(gpu + "/drm/card1/uevent", "MAJOR=226\nMINOR=1\nDEVNAME=dri/card1\n");
+  fake.write(gpu + "/drm/renderD129/uevent", "MAJOR=226\nMINOR=129\nDEVNAME=dri/renderD129\n");
+  fake.link("/sys/class/drm/card1", gpu + "/drm/card1");
+  fake.link("/sys/class/drm/renderD129", gpu + "/drm/renderD129");
+  fake.write("/sys/devices/pci0000:00/0000:00:01.0/drm/card0/uevent", "DEVNAME=dri/card0\n");
+  fake.link("/sys/class/drm/card0", "/sys/devices/pci0000:00/0000:00:01.0/drm/card0");
+  for (const char* dev : {"/dev/dri/card0", "/dev/dri/card1", "/dev/dri/renderD129", "/dev/nvidia2"}) fake.write(dev, "");
+  fake.write("/proc/300/comm", "plymouthd\n");
+  fake.link("/proc/300/fd/4", "/dev/dri/card0");  // the other GPU's
+  EXPECT_TRUE(uses("0000:00:06.0").empty());
+  fake.write("/proc/900/comm", "Xorg\n");
+  fake.link("/proc/900/fd/12", "/dev/dri/card1");
+  auto u = uses("0000:00:06.0");
+  ASSERT_EQ(u.size(), 1u);
+  EXPECT_NE(u[0].find("process 900 (Xorg) has its GPU open"), std::string::npos) << u[0];
+  EXPECT_NE(u[0].find("/dev/dri/card1"), std::string::npos) << u[0];
+  EXPECT_EQ(u[0].find("card0"), std::string::npos) << u[0];
+  // NVIDIA's driver: its node is named in /proc, not sysfs.
+  std::filesystem::remove(fake.root() / "proc/900/fd/12");
+  fake.write("/proc/driver/nvidia/gpus/0000:00:06.0/information", "Model: \t\t Tesla T4\nDevice Minor: \t 2\n");
+  fake.write("/proc/901/comm", "nvidia-persiste\n");
+  fake.link("/proc/901/fd/3", "/dev/nvidia2");
+  u = uses("0000:00:06.0");
+  ASSERT_EQ(u.size(), 1u);
+  EXPECT_NE(u[0].find("process 901 (nvidia-persiste) has its GPU open"), std::string::npos) << u[0];
+  EXPECT_NE(u[0].find("/dev/nvidia2"), std::string::npos) << u[0];
+}
+
 TEST_F(HostUsage, SerialConsoleOnPciCardBlocks) {
   fake.add_device("0000:00:08.0", "1b36", "0002", "070002", "serial", 6);
   fake.link("/sys/class/tty/ttyS4/device", "/sys/devices/pci0000:00/0000:00:08.0");

@@ -134,7 +134,7 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
       if (options.force) {
         plan.warnings.push_back(text + " (taking it anyway: --force)");
       } else {
-        plan.errors.push_back(text + "; stop the host using it first (unmount it, move the console or the network), or pass --force to take it anyway");
+        plan.errors.push_back(text + "; stop the host using it first (unmount it, move the console or the network, stop the process), or pass --force to take it anyway");
       }
     }
     if (!dev->iommu_group) {
@@ -238,18 +238,7 @@ std::vector<std::string> vfio_holders(const Sysroot& sysroot, const HostDevice& 
   std::set<std::string> nodes;
   if (dev.iommu_group) nodes.insert(vfio_node(*dev.iommu_group));
   for (const auto& cdev : sysroot.list(dev.sysfs_dir() + "/vfio-dev")) nodes.insert("/dev/vfio/devices/" + cdev);
-  std::vector<std::string> out;
-  for (const auto& pid : sysroot.list("/proc")) {
-    if (pid.empty() || !std::all_of(pid.begin(), pid.end(), [](char c) { return c >= '0' && c <= '9'; })) continue;
-    for (const auto& fd : sysroot.list("/proc/" + pid + "/fd")) {
-      auto target = sysroot.resolve("/proc/" + pid + "/fd/" + fd);
-      if (target && nodes.count(*target)) {
-        out.push_back(fmt::format("{} ({})", pid, sysroot.read_line("/proc/" + pid + "/comm").value_or("?")));
-        break;
-      }
-    }
-  }
-  return out;
+  return processes_with_open(sysroot, nodes);
 }
 
 Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices,
