@@ -264,5 +264,10 @@ hp_final() {
         out=$(hp_host_use "$bdf") || bad+="$bdf: $out; "
         figs+=("${bdf:5}=$out")
     done
+    # The guest placed the hot-added devices' BARs itself, from the host bridge's windows: each must
+    # have been mapped (passvm says "left unmapped" for one it could not place).
+    local refused
+    refused=$(grep -m1 'left unmapped' "$HP_CONSOLE" 2>/dev/null | cut -c10- | head -c 300)
+    [[ -n $refused ]] && bad+="a BAR the guest placed was left unmapped: $refused; "
     if [[ -z $bad ]]; then result "$1" pass "${figs[@]}"; else result "$1" fail detail="$bad" "${figs[@]}"; fi
 }

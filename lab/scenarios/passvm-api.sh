@@ -13,7 +13,8 @@
 # - the power button: L2 waits for a press once its hot-plug checks are done; `passvm remote
 #   power-button` presses it and passvm says the guest had enabled the event; L2 counts the press.
 # - L2 powers off: the VM is Shutdown and passvm still answers; shutdown-vmm makes it exit with 0; both
-#   devices are back on vfio-pci, held by nobody, and usable by L1's drivers.
+#   devices are back on vfio-pci, held by nobody, and usable by L1's drivers. The e1000e's I/O BAR, which
+#   L2 placed itself at each hot-add, lay in passvm's I/O window.
 # - Kata Containers: the requests its cloud-hypervisor driver sends (src/api/testdata/kata-clh/), replayed
 #   with src/api/replay.py against a fresh passvm started with only --api-socket: the refusals, then the
 #   hot-plug sequence; the L2 it boots must reach init before Kata's vmm.shutdown is sent.
@@ -21,7 +22,7 @@
 # lab-expect: api.err.nodriver api.err.hostdriver api.err.unknown_id
 # lab-expect: api.kvm_vfio api.add1 api.remove1 api.host1 api.add2 api.err.add_twice api.remove2 api.add3 api.remove3 api.host3 api.add4 api.remove4
 # lab-expect: api.nmi pva.nmi api.powerbutton pva.powerbutton api.err.powerbutton_off api.shutdown_config
-# lab-expect: api.state.shutdown api.shutdown api.exit api.final
+# lab-expect: api.state.shutdown api.shutdown api.exit api.iobar api.final
 # lab-expect: pva.vmm pva.boot pva.ticker pva.hot1.add pva.hot1.nvme pva.hot1.gone pva.hot1 pva.hot2.add pva.hot2.nvme pva.hot2.gone pva.hot2
 # lab-expect: pva.hot3.add pva.hot3.ping pva.hot3.gone pva.hot3 pva.hot4.add pva.hot4.ping pva.hot4.gone pva.hot4
 # lab-expect: kata.refused kata.replay kata.vmm kata.exit
@@ -205,6 +206,16 @@ if [[ $(hp_summary exited_by_itself) == true && $(hp_summary exit_code) == 0 ]];
 else
     result api.exit fail detail="passvm exit status '$(hp_summary exit_code)', exited by itself: '$(hp_summary exited_by_itself)'"
 fi
+# L2 placed the hot-added e1000e's I/O BAR itself, from the host bridge's windows: it must lie where
+# passvm maps I/O BARs (0xc000-0xffff), or a driver that uses it would find nothing there.
+iobad="" iofigs=()
+for h in hot3 hot4; do
+    io=$(hp_l2 $h io)
+    iofigs+=("$h=$io")
+    if [[ ! $io =~ ^0x[0-9a-fA-F]+$ ]] || (( io < 0xc000 || io > 0xffff )); then iobad+="$h's I/O BAR at '$io'; "; fi
+done
+if [[ -z $iobad ]]; then result api.iobar pass "${iofigs[@]}"
+else result api.iobar fail detail="outside passvm's I/O window 0xc000-0xffff: $iobad" "${iofigs[@]}"; fi
 hp_final api.final
 rm -f "$SOCK"
 
