@@ -261,8 +261,12 @@ CheckLine check_device(const Sysroot& sysroot, const std::vector<HostDevice>& de
   if (!group.has_group) return fail(name, "on vfio-pci but without an IOMMU group", "enable the IOMMU (see above)");
   std::string node = fmt::format("/dev/vfio/{}", *dev.iommu_group);
   if (!group.viable()) {
-    // A chipset function (an ISA or host bridge) cannot be reserved: the slot is what has to change.
-    auto kept = std::find_if(group.blockers.begin(), group.blockers.end(), [](const HostDevice& d) { return d.is_bridge(); });
+    // A chipset function (an ISA or host bridge), or a physical function with virtual functions enabled,
+    // cannot be reserved: the slot (or the platform) is what has to change.
+    auto kept = std::find_if(group.blockers.begin(), group.blockers.end(), [&](const HostDevice& d) {
+      auto vfs = sysroot.read_line(d.sysfs_dir() + "/sriov_numvfs");
+      return d.is_bridge() || (vfs && !vfs->empty() && *vfs != "0");
+    });
     const auto& b = kept != group.blockers.end() ? *kept : group.blockers.front();
     return fail(name,
                 fmt::format("IOMMU group {} is not viable: {} is on host driver {}", *dev.iommu_group,

@@ -104,7 +104,7 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
   const std::string user = options.user ? options.user->name : "";
   std::vector<unsigned> owned_groups;  // groups whose node goes to options.user, in order
   std::vector<PciAddress> queue = addresses;
-  std::vector<PciAddress> kept_bridges;  // chipset functions in a target's group, each said once
+  std::vector<PciAddress> kept_bridges;  // group members no reservation takes, each said once
   for (size_t i = 0; i < queue.size(); ++i) {
     const PciAddress address = queue[i];
     if (contains(plan.targets, address)) continue;
@@ -201,15 +201,23 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
 
     for (const auto& blocker : group_status(devices, *dev).blockers) {
       if (contains(queue, blocker.address)) continue;
-      if (blocker.is_bridge()) {
+      // Members no reservation can take make the group unusable: a chipset function (an ISA or host
+      // bridge), or a physical function with virtual functions enabled (reserve refuses it: its VFs
+      // would go) in the group of one of its VFs.
+      auto pf_vfs = sysroot.read_line(blocker.sysfs_dir() + "/sriov_numvfs");
+      bool enabled_pf = pf_vfs && !pf_vfs->empty() && *pf_vfs != "0";
+      if (blocker.is_bridge() || enabled_pf) {
         if (contains(kept_bridges, blocker.address)) continue;
         kept_bridges.push_back(blocker.address);
-        // A chipset function (an ISA or host bridge) the host keeps: no reservation makes the group usable.
         plan.warnings.push_back(fmt::format(
             "{} shares IOMMU group {} with {} ({}, driver {}), which the host keeps: VFIO will refuse the group. "
-            "The platform does not isolate this device from its chipset (no ACS); put the device in another slot",
+            "The platform does not isolate {} (no ACS); {}",
             address.str(), *dev->iommu_group, blocker.address.str(), class_name(blocker.class_code),
-            blocker.driver));
+            blocker.driver,
+            enabled_pf ? "virtual functions from their physical function"
+                       : "this device from its chipset",
+            enabled_pf ? "its virtual functions cannot be passed through on this host"
+                       : "put the device in another slot"));
         continue;
       }
       if (options.with_group) {

@@ -330,6 +330,23 @@ TEST_F(Planning, PhysicalFunctionWithVirtualFunctionsIsRefused) {
   EXPECT_TRUE(reserve({"00:04.0"}, {.force = true}).errors.size() == 1u) << "--force does not make vfio-pci take it";
 }
 
+// A virtual function in its physical function's group (no ACS between them): reserving the group would
+// take the PF, which reserve refuses, so the warning says the VF cannot be passed through here rather
+// than suggesting --with-group.
+TEST_F(Planning, AVirtualFunctionInItsPhysicalFunctionsGroupIsSaidToBeUnusable) {
+  fake.write("/sys/devices/pci0000:00/0000:00:04.0/sriov_numvfs", "1\n");
+  fake.add_device("0000:00:04.1", "8086", "10ed", "020000", "igbvf", 3);
+  for (bool with_group : {false, true}) {
+    auto plan = reserve({"00:04.1"}, {.with_group = with_group});
+    EXPECT_TRUE(plan.errors.empty()) << plan.errors.front();
+    ASSERT_EQ(plan.warnings.size(), 1u);
+    EXPECT_NE(plan.warnings[0].find("virtual functions from their physical function"), std::string::npos)
+        << plan.warnings[0];
+    EXPECT_EQ(plan.warnings[0].find("--with-group"), std::string::npos) << plan.warnings[0];
+    EXPECT_EQ(plan.targets.size(), 1u);
+  }
+}
+
 TEST_F(Planning, ReleaseOfUnreservedDeviceDoesNothing) {
   auto plan = release({"00:04.0"});
   EXPECT_TRUE(plan.steps.empty());
