@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -40,6 +41,9 @@ void install_kick_handler() {
       throw std::runtime_error(fmt::format("cannot install the vCPU kick signal handler: {}", strerror(errno)));
   });
 }
+
+// How often pause() and stop() kick a vCPU thread again while it has not parked or ended.
+constexpr auto kRekick = std::chrono::milliseconds(20);
 
 constexpr uint32_t kLapicLvtLint0 = 0x350;
 constexpr uint32_t kLapicLvtLint1 = 0x360;
@@ -265,7 +269,10 @@ void Vcpu::pause() {
   give_way_.ask();  // a device's wait in this vCPU ends, and the access is made again after the pause
   __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_SEQ_CST);
   pthread_kill(thread_.native_handle(), kick_signal());
-  pause_cv_.wait(g, [&] { return parked_ || loop_ended_; });
+  // A kick that came while the thread ran a handler's own code is spent before the handler blocks (a
+  // write to a console nobody reads): kicked again until parked.
+  while (!pause_cv_.wait_for(g, kRekick, [&] { return parked_ || loop_ended_; }))
+    pthread_kill(thread_.native_handle(), kick_signal());
 }
 
 void Vcpu::resume() {
@@ -296,7 +303,13 @@ void Vcpu::stop() {
     pause_cv_.notify_all();
   }
   kick();
-  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+  if (!thread_.joinable() || thread_.get_id() == std::this_thread::get_id()) return;
+  {
+    std::unique_lock g(pause_lock_);  // kicked again until the loop ended, as for pause()
+    while (!pause_cv_.wait_for(g, kRekick, [&] { return loop_ended_; }))
+      pthread_kill(thread_.native_handle(), kick_signal());
+  }
+  thread_.join();
 }
 
 VcpuExitStats Vcpu::stats() const {

@@ -4,11 +4,14 @@
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -314,6 +317,48 @@ TEST_F(VcpuTest, APauseEndsADeviceWaitAndTheAccessIsMadeAgainAfterIt) {
   v->stop();
   EXPECT_EQ(ctl_.reason(), ExitReason::PowerOff) << ctl_.detail();
   EXPECT_EQ(gate.written, std::vector<uint8_t>{7}) << "the write arrived once";
+}
+
+// A port whose write first runs its own code for a while (the kick lands there and is spent), then
+// blocks in a read that only a signal ends: as a write of guest output to a terminal nobody reads.
+struct SlowThenBlocked : BusDevice {
+  int pipe_fds[2] = {-1, -1};
+  std::atomic<bool> entered{false};
+  std::atomic<int> interrupted{0};
+  SlowThenBlocked() { EXPECT_EQ(pipe2(pipe_fds, O_CLOEXEC), 0); }
+  ~SlowThenBlocked() override {
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
+  }
+  void read(uint64_t, std::span<uint8_t> data) override { std::fill(data.begin(), data.end(), 0); }
+  void write(uint64_t, std::span<const uint8_t>) override {
+    if (entered.exchange(true)) return;  // only the first write blocks
+    auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+    while (std::chrono::steady_clock::now() < until) {
+    }
+    char c;
+    if (::read(pipe_fds[0], &c, 1) < 0 && errno == EINTR) interrupted++;
+  }
+};
+
+TEST_F(VcpuTest, AKickSpentBeforeAHandlerBlocksIsSentAgain) {
+  SlowThenBlocked dev;
+  pio_.add(0x88, 1, &dev);
+  auto v = make_vcpu(0, 1, std::vector<uint8_t>{0xb0, 0x07, 0xe6, 0x88} + kDone);  // mov al, 7; out 0x88, al
+  enter_long_mode(*v);
+  v->start();
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!dev.entered && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(dev.entered) << "the guest's write never came";
+  auto paused = std::async(std::launch::async, [&] { v->pause(); });  // kicks while the handler spins
+  const bool prompt = paused.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  if (!prompt) {
+    ASSERT_EQ(::write(dev.pipe_fds[1], "x", 1), 1);  // so that the test ends
+  }
+  ASSERT_TRUE(prompt) << "pause() waited on a handler blocked after its kick";
+  EXPECT_EQ(dev.interrupted, 1);
+  v->resume();
+  v->stop();
 }
 
 TEST_F(VcpuTest, ApWaitsForSipiAndStops) {
