@@ -41,6 +41,14 @@ struct Access {
 };
 
 // Records writes; reads return a counting sequence from `next`.
+// mov al,1; out 0x86,al; hlt; jmp back to hlt
+const std::vector<uint8_t> kDone = {0xb0, 0x01, 0xe6, 0x86, 0xf4, 0xeb, 0xfd};
+
+std::vector<uint8_t> operator+(std::vector<uint8_t> a, const std::vector<uint8_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
 struct Recorder : BusDevice {
   std::mutex lock;
   std::vector<Access> writes;
@@ -86,6 +94,15 @@ class VcpuTest : public ::testing::Test {
 
   void enter_long_mode(Vcpu& v) { v.setup_long_mode(boot::setup_long_mode(*mem_, kCodeAddr, 0)); }
 
+  // A started vCPU whose guest writes 7 to port 0x88, where `dev` is, and is done.
+  std::unique_ptr<Vcpu> start_writing_port_0x88(BusDevice& dev) {
+    pio_.add(0x88, 1, &dev);
+    auto v = make_vcpu(0, 1, std::vector<uint8_t>{0xb0, 0x07, 0xe6, 0x88} + kDone);  // mov al, 7; out 0x88, al
+    enter_long_mode(*v);
+    v->start();
+    return v;
+  }
+
   // The guest kernel code is slow on a paravirtual KVM: allow a generous deadline.
   bool wait_for_exit(std::chrono::seconds limit = std::chrono::seconds(60)) {
     auto end = std::chrono::steady_clock::now() + limit;
@@ -103,14 +120,6 @@ class VcpuTest : public ::testing::Test {
   ExitControl ctl_;
   Recorder ports_, uart_, mmio_dev_;
 };
-
-// mov al,1; out 0x86,al; hlt; jmp back to hlt
-const std::vector<uint8_t> kDone = {0xb0, 0x01, 0xe6, 0x86, 0xf4, 0xeb, 0xfd};
-
-std::vector<uint8_t> operator+(std::vector<uint8_t> a, const std::vector<uint8_t>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
 
 TEST_F(VcpuTest, LongModeGuestDoesPortIoMmioAndStringIo) {
   const std::vector<uint8_t> code = std::vector<uint8_t>{
@@ -295,10 +304,7 @@ struct Gate : BusDevice {
 
 TEST_F(VcpuTest, APauseEndsADeviceWaitAndTheAccessIsMadeAgainAfterIt) {
   Gate gate;
-  pio_.add(0x88, 1, &gate);
-  auto v = make_vcpu(0, 1, std::vector<uint8_t>{0xb0, 0x07, 0xe6, 0x88} + kDone);  // mov al, 7; out 0x88, al
-  enter_long_mode(*v);
-  v->start();
+  auto v = start_writing_port_0x88(gate);
   ASSERT_TRUE(gate.wait_until_waiting(std::chrono::seconds(60))) << "the guest's write never came";
   auto paused = std::async(std::launch::async, [&] { v->pause(); });
   const bool prompt = paused.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
@@ -343,10 +349,7 @@ struct SlowThenBlocked : BusDevice {
 
 TEST_F(VcpuTest, AKickSpentBeforeAHandlerBlocksIsSentAgain) {
   SlowThenBlocked dev;
-  pio_.add(0x88, 1, &dev);
-  auto v = make_vcpu(0, 1, std::vector<uint8_t>{0xb0, 0x07, 0xe6, 0x88} + kDone);  // mov al, 7; out 0x88, al
-  enter_long_mode(*v);
-  v->start();
+  auto v = start_writing_port_0x88(dev);
   auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (!dev.entered && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   ASSERT_TRUE(dev.entered) << "the guest's write never came";
