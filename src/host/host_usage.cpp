@@ -161,7 +161,8 @@ std::vector<std::string> processes_with_open(const Sysroot& sysroot, const std::
   for (const auto& pid : sysroot.list("/proc")) {
     if (pid.empty() || !std::all_of(pid.begin(), pid.end(), [](char c) { return c >= '0' && c <= '9'; })) continue;
     for (const auto& fd : sysroot.list("/proc/" + pid + "/fd")) {
-      auto target = sysroot.resolve("/proc/" + pid + "/fd/" + fd);
+      // The link's text: resolving it would stat every file of every process, and hang on a dead mount.
+      auto target = sysroot.link_target("/proc/" + pid + "/fd/" + fd);
       if (target && nodes.count(*target)) {
         out.push_back(fmt::format("{} ({})", pid, sysroot.read_line("/proc/" + pid + "/comm").value_or("?")));
         break;

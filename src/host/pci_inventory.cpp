@@ -30,6 +30,11 @@ bool is_host_driver(const HostDevice& d) {
 
 }  // namespace
 
+bool is_physical_function_of(const Sysroot& sysroot, const HostDevice& pf, const HostDevice& vf) {
+  auto physfn = sysroot.resolve(vf.sysfs_dir() + "/physfn");
+  return physfn && physfn == sysroot.resolve(pf.sysfs_dir());
+}
+
 std::string class_name(uint32_t class_code) {
   struct Entry {
     uint32_t code;  // base << 8 | sub

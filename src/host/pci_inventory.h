@@ -36,6 +36,9 @@ struct HostDevice {
   bool reserved() const { return on_vfio() || driver_override == kVfioDriver; }
 };
 
+// Whether `pf` is the physical function of `vf` (its `physfn` link), a virtual function of it.
+bool is_physical_function_of(const Sysroot& sysroot, const HostDevice& pf, const HostDevice& vf);
+
 // "NVMe controller", "Ethernet controller", ... or "class 0xBBSS" for codes outside the table.
 std::string class_name(uint32_t class_code);
 

@@ -202,22 +202,19 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
     for (const auto& blocker : group_status(devices, *dev).blockers) {
       if (contains(queue, blocker.address)) continue;
       // Members no reservation can take make the group unusable: a chipset function (an ISA or host
-      // bridge), or a physical function with virtual functions enabled (reserve refuses it: its VFs
-      // would go) in the group of one of its VFs.
-      auto pf_vfs = sysroot.read_line(blocker.sysfs_dir() + "/sriov_numvfs");
-      bool enabled_pf = pf_vfs && !pf_vfs->empty() && *pf_vfs != "0";
-      if (blocker.is_bridge() || enabled_pf) {
+      // bridge), or the physical function of this virtual function (reserve refuses a PF with VFs: they
+      // would go). Said once; an error when the whole group was asked for, since it cannot be had.
+      const bool own_pf = is_physical_function_of(sysroot, blocker, *dev);
+      if (blocker.is_bridge() || own_pf) {
         if (contains(kept_bridges, blocker.address)) continue;
         kept_bridges.push_back(blocker.address);
-        plan.warnings.push_back(fmt::format(
+        std::string text = fmt::format(
             "{} shares IOMMU group {} with {} ({}, driver {}), which the host keeps: VFIO will refuse the group. "
             "The platform does not isolate {} (no ACS); {}",
             address.str(), *dev->iommu_group, blocker.address.str(), class_name(blocker.class_code),
-            blocker.driver,
-            enabled_pf ? "virtual functions from their physical function"
-                       : "this device from its chipset",
-            enabled_pf ? "its virtual functions cannot be passed through on this host"
-                       : "put the device in another slot"));
+            blocker.driver, own_pf ? "virtual functions from their physical function" : "this device from its chipset",
+            own_pf ? "its virtual functions cannot be passed through on this host" : "put the device in another slot");
+        (options.with_group ? plan.errors : plan.warnings).push_back(std::move(text));
         continue;
       }
       if (options.with_group) {

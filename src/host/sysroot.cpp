@@ -78,6 +78,14 @@ std::optional<std::string> Sysroot::link_name(std::string_view host_path) const 
   return target.filename().string();
 }
 
+std::optional<std::string> Sysroot::link_target(std::string_view host_path) const {
+  std::error_code ec;
+  fs::path target = fs::read_symlink(path(host_path), ec);
+  if (ec) return std::nullopt;
+  if (target.is_absolute()) return target.string();
+  return (fs::path(host_path).parent_path() / target).lexically_normal().string();  // a relative one, as a host path
+}
+
 std::optional<std::string> Sysroot::resolve(std::string_view host_path) const {
   std::error_code ec;
   fs::path real = fs::canonical(path(host_path), ec);

@@ -46,6 +46,9 @@ class Sysroot {
   std::vector<std::string> list(std::string_view host_path) const;
   // Last component of a symlink's target ("../../nvme" -> "nvme"); nullopt when not a link.
   std::optional<std::string> link_name(std::string_view host_path) const;
+  // A symlink's target as written, a relative one taken from the link's directory, as a host path (no
+  // lookup of it, so nothing on a hung mount is touched).
+  std::optional<std::string> link_target(std::string_view host_path) const;
   // Host path with every symlink resolved, expressed as a host path again (root stripped).
   std::optional<std::string> resolve(std::string_view host_path) const;
 

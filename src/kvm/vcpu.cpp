@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -42,8 +43,10 @@ void install_kick_handler() {
   });
 }
 
-// How often pause() and stop() kick a vCPU thread again while it has not parked or ended.
+// How soon pause() and stop() kick a vCPU thread again while it has not parked or ended; doubled each
+// time up to a limit, since each kick (a real-time signal) stays queued while the thread cannot take it.
 constexpr auto kRekick = std::chrono::milliseconds(20);
+constexpr auto kRekickMax = std::chrono::milliseconds(640);
 
 constexpr uint32_t kLapicLvtLint0 = 0x350;
 constexpr uint32_t kLapicLvtLint1 = 0x360;
@@ -271,7 +274,8 @@ void Vcpu::pause() {
   pthread_kill(thread_.native_handle(), kick_signal());
   // A kick that came while the thread ran a handler's own code is spent before the handler blocks (a
   // write to a console nobody reads): kicked again until parked.
-  while (!pause_cv_.wait_for(g, kRekick, [&] { return parked_ || loop_ended_; }))
+  for (auto wait = kRekick; !pause_cv_.wait_for(g, wait, [&] { return parked_ || loop_ended_; });
+       wait = std::min(wait * 2, kRekickMax))
     pthread_kill(thread_.native_handle(), kick_signal());
 }
 
@@ -306,7 +310,8 @@ void Vcpu::stop() {
   if (!thread_.joinable() || thread_.get_id() == std::this_thread::get_id()) return;
   {
     std::unique_lock g(pause_lock_);  // kicked again until the loop ended, as for pause()
-    while (!pause_cv_.wait_for(g, kRekick, [&] { return loop_ended_; }))
+    for (auto wait = kRekick; !pause_cv_.wait_for(g, wait, [&] { return loop_ended_; });
+         wait = std::min(wait * 2, kRekickMax))
       pthread_kill(thread_.native_handle(), kick_signal());
   }
   thread_.join();

@@ -329,7 +329,7 @@ TEST_F(VcpuTest, APauseEndsADeviceWaitAndTheAccessIsMadeAgainAfterIt) {
 // blocks in a read that only a signal ends: as a write of guest output to a terminal nobody reads.
 struct SlowThenBlocked : BusDevice {
   int pipe_fds[2] = {-1, -1};
-  std::atomic<bool> entered{false};
+  std::atomic<bool> entered{false}, pausing{false};
   std::atomic<int> interrupted{0};
   SlowThenBlocked() { EXPECT_EQ(pipe2(pipe_fds, O_CLOEXEC), 0); }
   ~SlowThenBlocked() override {
@@ -339,7 +339,9 @@ struct SlowThenBlocked : BusDevice {
   void read(uint64_t, std::span<uint8_t> data) override { std::fill(data.begin(), data.end(), 0); }
   void write(uint64_t, std::span<const uint8_t>) override {
     if (entered.exchange(true)) return;  // only the first write blocks
-    auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+    while (!pausing) {  // until the test is about to pause, and then on well past its kick
+    }
+    auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
     while (std::chrono::steady_clock::now() < until) {
     }
     char c;
@@ -353,7 +355,10 @@ TEST_F(VcpuTest, AKickSpentBeforeAHandlerBlocksIsSentAgain) {
   auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (!dev.entered && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   ASSERT_TRUE(dev.entered) << "the guest's write never came";
-  auto paused = std::async(std::launch::async, [&] { v->pause(); });  // kicks while the handler spins
+  auto paused = std::async(std::launch::async, [&] {
+    dev.pausing = true;
+    v->pause();  // kicks while the handler spins
+  });
   const bool prompt = paused.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
   if (!prompt) {
     ASSERT_EQ(::write(dev.pipe_fds[1], "x", 1), 1);  // so that the test ends
