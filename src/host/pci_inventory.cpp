@@ -35,6 +35,12 @@ bool is_physical_function_of(const Sysroot& sysroot, const HostDevice& pf, const
   return physfn && physfn == sysroot.resolve(pf.sysfs_dir());
 }
 
+KeptMember kept_by_host(const Sysroot& sysroot, const HostDevice& member, const HostDevice& dev) {
+  if (member.is_bridge()) return KeptMember::chipset;
+  if (is_physical_function_of(sysroot, member, dev)) return KeptMember::own_physical_function;
+  return KeptMember::none;
+}
+
 std::string class_name(uint32_t class_code) {
   struct Entry {
     uint32_t code;  // base << 8 | sub

@@ -39,6 +39,13 @@ struct HostDevice {
 // Whether `pf` is the physical function of `vf` (its `physfn` link), a virtual function of it.
 bool is_physical_function_of(const Sysroot& sysroot, const HostDevice& pf, const HostDevice& vf);
 
+// Why a member of `dev`'s IOMMU group stays with the host whatever is reserved: a chipset function (an ISA
+// or host bridge, whose driver manages DMA the kernel does not let VFIO share), or `dev`'s own physical
+// function (reserve refuses a PF with VFs: they would go). Such a member makes the group unusable; the fix
+// is the slot or the platform, never a reservation.
+enum class KeptMember { none, chipset, own_physical_function };
+KeptMember kept_by_host(const Sysroot& sysroot, const HostDevice& member, const HostDevice& dev);
+
 // "NVMe controller", "Ethernet controller", ... or "class 0xBBSS" for codes outside the table.
 std::string class_name(uint32_t class_code);
 

@@ -261,20 +261,19 @@ CheckLine check_device(const Sysroot& sysroot, const std::vector<HostDevice>& de
   if (!group.has_group) return fail(name, "on vfio-pci but without an IOMMU group", "enable the IOMMU (see above)");
   std::string node = fmt::format("/dev/vfio/{}", *dev.iommu_group);
   if (!group.viable()) {
-    // A chipset function (an ISA or host bridge), or this virtual function's own physical function,
-    // cannot be reserved: the slot (or the platform) is what has to change.
     auto kept = std::find_if(group.blockers.begin(), group.blockers.end(), [&](const HostDevice& d) {
-      return d.is_bridge() || is_physical_function_of(sysroot, d, dev);
+      return kept_by_host(sysroot, d, dev) != KeptMember::none;
     });
     const auto& b = kept != group.blockers.end() ? *kept : group.blockers.front();
     std::string fix = fmt::format("`{} --with-group {}`", reserve, address);
     if (kept != group.blockers.end())
-      fix = kept->is_bridge() ? fmt::format("none by reserving: {} ({}) stays with the host; put the device in a "
-                                            "slot with an IOMMU group of its own",
-                                            b.address.str(), class_name(b.class_code))
-                              : fmt::format("none on this host: the platform does not isolate virtual functions from "
-                                            "their physical function {} (no ACS)",
-                                            b.address.str());
+      fix = kept_by_host(sysroot, b, dev) == KeptMember::chipset
+                ? fmt::format("none by reserving: {} ({}) stays with the host; put the device in a "
+                              "slot with an IOMMU group of its own",
+                              b.address.str(), class_name(b.class_code))
+                : fmt::format("none on this host: the platform does not isolate virtual functions from "
+                              "their physical function {} (no ACS)",
+                              b.address.str());
     return fail(name,
                 fmt::format("IOMMU group {} is not viable: {} is on host driver {}", *dev.iommu_group,
                             b.address.str(), b.driver),

@@ -104,7 +104,7 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
   const std::string user = options.user ? options.user->name : "";
   std::vector<unsigned> owned_groups;  // groups whose node goes to options.user, in order
   std::vector<PciAddress> queue = addresses;
-  std::vector<PciAddress> kept_bridges;  // group members no reservation takes, each said once
+  std::vector<PciAddress> kept_members;  // group members no reservation takes, each said once
   for (size_t i = 0; i < queue.size(); ++i) {
     const PciAddress address = queue[i];
     if (contains(plan.targets, address)) continue;
@@ -201,13 +201,12 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
 
     for (const auto& blocker : group_status(devices, *dev).blockers) {
       if (contains(queue, blocker.address)) continue;
-      // Members no reservation can take make the group unusable: a chipset function (an ISA or host
-      // bridge), or the physical function of this virtual function (reserve refuses a PF with VFs: they
-      // would go). Said once; an error when the whole group was asked for, since it cannot be had.
-      const bool own_pf = is_physical_function_of(sysroot, blocker, *dev);
-      if (blocker.is_bridge() || own_pf) {
-        if (contains(kept_bridges, blocker.address)) continue;
-        kept_bridges.push_back(blocker.address);
+      // Said once; an error when the whole group was asked for, since it cannot be had.
+      const KeptMember kept = kept_by_host(sysroot, blocker, *dev);
+      if (kept != KeptMember::none) {
+        if (contains(kept_members, blocker.address)) continue;
+        kept_members.push_back(blocker.address);
+        const bool own_pf = kept == KeptMember::own_physical_function;
         std::string text = fmt::format(
             "{} shares IOMMU group {} with {} ({}, driver {}), which the host keeps: VFIO will refuse the group. "
             "The platform does not isolate {} (no ACS); {}",
