@@ -41,7 +41,7 @@ passvm::GuestMemory& memory() {
 
 struct Harness {
   passvm::GuestMemory& mem = memory();
-  passvm::virtio::Console console{-1};
+  passvm::virtio::Console console{nullptr};
   bool irq = false;
   passvm::virtio::MmioTransport transport{mem, console, [this](bool level) {
                                              if (level == irq) fail("the interrupt line was set to what it was", level);

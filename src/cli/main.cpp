@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <cstdio>
@@ -23,7 +24,7 @@
 #include "cli/options.h"
 #include "confine/privileges.h"
 #include "confine/seccomp.h"
-#include "devices/console_sink.h"
+#include "devices/console_output.h"
 #include "host/host_cli.h"
 #include "host/preflight.h"
 #include "vmm/vmm.h"
@@ -93,8 +94,10 @@ int main(int argc, char** argv) {
     return parsed.exit_status;
   }
   // The guest's console writes to stdout and passvm's messages go to stderr, often one terminal: a message
-  // then starts on a line of its own, not after the guest's half-written one.
-  if (FILE* messages = passvm::devices::messages_on_their_own_lines(STDOUT_FILENO, STDERR_FILENO)) stderr = messages;
+  // then starts on a line of its own, not after the guest's half-written one. Neither may block passvm when
+  // its reader stalls: from here they are queued, and written by a thread of their own once it starts.
+  signal(SIGPIPE, SIG_IGN);  // a reader gone is a write error (EPIPE), handled where written, not the end
+  passvm::devices::route_standard_streams();
   try {
     namespace confine = passvm::confine;
     std::optional<confine::UserIds> user;
@@ -116,6 +119,7 @@ int main(int argc, char** argv) {
     confine::configure(parsed.seccomp, drop);
     // The Vmm next: it blocks the signals it watches, and every thread started later inherits that.
     passvm::Vmm vmm(!parsed.api_socket.empty());
+    passvm::devices::start_standard_streams([] { confine::enter(confine::ThreadClass::Console, "pv-output"); });
     vmm.set_api_defaults(parsed.config ? *parsed.config : parsed.api_defaults);
     vmm.set_confinement([&user, memlock] {
       if (user) confine::drop_to(*user, memlock);

@@ -49,7 +49,7 @@ double cpu_seconds() {
 TEST(ConsoleInput, PipeInputReachesGuestWithoutLossThenEofIsQuiet) {
   int fds[2];
   ASSERT_EQ(pipe(fds), 0);
-  Uart16550 uart(-1, {});
+  Uart16550 uart(nullptr, {});
   uint8_t fcr = 0x01;
   uart.write(2, {&fcr, 1});
   ConsoleInput input(fds[0], uart);
@@ -75,7 +75,7 @@ TEST(ConsoleInput, TerminalGoesRawAndIsRestored) {
   termios before{};
   ASSERT_EQ(tcgetattr(slave, &before), 0);
   ASSERT_TRUE(before.c_lflag & ICANON);
-  Uart16550 uart(-1, {});
+  Uart16550 uart(nullptr, {});
   std::atomic<int> quits{0};
   {
     ConsoleInput input(slave, uart, [&] { quits++; });
@@ -118,7 +118,7 @@ TEST(ConsoleInput, ABackgroundProcessLeavesItsTerminalAlone) {
     if (job < 0) _exit(11);
     if (job == 0) {  // a background job of that shell
       setpgid(0, 0);
-      Uart16550 uart(-1, {});
+      Uart16550 uart(nullptr, {});
       { ConsoleInput input(slave, uart); }
       _exit(0);
     }
@@ -145,7 +145,7 @@ TEST(ConsoleInput, DestructorRestoresTerminal) {
   ASSERT_EQ(openpty(&master, &slave, nullptr, nullptr, nullptr), 0);
   termios before{};
   ASSERT_EQ(tcgetattr(slave, &before), 0);
-  Uart16550 uart(-1, {});
+  Uart16550 uart(nullptr, {});
   { ConsoleInput input(slave, uart); }
   termios after{};
   ASSERT_EQ(tcgetattr(slave, &after), 0);

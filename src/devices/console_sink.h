@@ -1,10 +1,9 @@
-// devices: ConsoleSink, where the host's console input goes: the guest's UART or its virtio console;
-// and how either writes the guest's output.
+// devices: ConsoleSink, where the host's console input goes: the guest's UART or its virtio console.
+// (Their output goes to a ConsoleOutput, console_output.h.)
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <span>
 #include <string_view>
 
@@ -40,17 +39,5 @@ class RoomSignal {
   int fd_ = -1;
   bool waiting_ = false;
 };
-
-// Writes all of `bytes` to fd (-1: nowhere). An error drops the rest: the guest must not stall on its console.
-void write_guest_output(int fd, std::string_view bytes);
-
-// passvm's own messages and the guest's console on one terminal (or file, or pipe): a message that comes
-// while the guest is half-way through a line would otherwise continue that line ("...2.40passvm: guest
-// RAM allocated"), where neither a reader nor a log parser finds it. When `guest_fd` and `message_fd`
-// are the same file (same device and inode), returns a stream that writes to `message_fd` and begins a
-// message with a line break when the guest's last output to `guest_fd` did not end its line; nullptr
-// when they differ. Unbuffered, like stderr. Process-wide: the last call decides which guest output is
-// watched. Call before any thread starts; the stream lives until the process ends.
-FILE* messages_on_their_own_lines(int guest_fd, int message_fd);
 
 }  // namespace passvm::devices

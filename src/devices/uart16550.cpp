@@ -22,9 +22,24 @@ constexpr size_t kOutputBuffer = 4096;
 
 }  // namespace
 
-Uart16550::Uart16550(int out_fd, std::function<void(bool)> irq) : out_fd_(out_fd), irq_(std::move(irq)) {}
+Uart16550::Uart16550(ConsoleOutput* output, std::function<void(bool)> irq) : output_(output), irq_(std::move(irq)) {
+  if (output_) listener_ = output_->on_room([this] { output_has_room(); });
+}
 
-Uart16550::~Uart16550() { flush_output(); }
+Uart16550::~Uart16550() {
+  if (output_) output_->remove_listener(listener_);
+  flush_output();
+}
+
+void Uart16550::output_has_room() {
+  std::lock_guard g(lock_);
+  const bool was_busy = transmitter_busy();
+  flush_output();
+  if (was_busy && !transmitter_busy()) thre_pending_ = true;
+  update_irq();
+}
+
+bool Uart16550::transmitter_busy() const { return out_.size() >= kOutputBuffer; }
 
 void Uart16550::read(uint64_t offset, std::span<uint8_t> data) {
   std::lock_guard g(lock_);
@@ -48,12 +63,15 @@ void Uart16550::flush() {
 std::string Uart16550::state() {
   std::lock_guard g(lock_);
   uint8_t iir = static_cast<uint8_t>(interrupt_id() | (fifo_enabled_ ? kIirFifo : 0));
-  uint8_t lsr = static_cast<uint8_t>(kLsrThre | kLsrTemt | line_errors_ | (rx_.empty() ? 0 : kLsrDr));
-  char text[160];
-  std::snprintf(text, sizeof text, "IER 0x%02x IIR 0x%02x LCR 0x%02x MCR 0x%02x LSR 0x%02x, THRE %s, line %s, %zu bytes received",
-                ier_, iir, lcr_, mcr_, lsr, thre_pending_ ? "pending" : "not pending", irq_level_ ? "high" : "low",
-                rx_.size());
-  return text;
+  char text[240];
+  std::snprintf(text, sizeof text,
+                "IER 0x%02x IIR 0x%02x LCR 0x%02x MCR 0x%02x LSR 0x%02x, THRE %s, line %s, %zu bytes received%s",
+                ier_, iir, lcr_, mcr_, line_status(), thre_pending_ ? "pending" : "not pending",
+                irq_level_ ? "high" : "low", rx_.size(),
+                transmitter_busy() ? ", transmitter busy (the console's reader does not keep up)" : "");
+  std::string out = text;
+  if (lost_ > 0) out += ", " + std::to_string(lost_) + " bytes written while busy were lost";
+  return out;
 }
 
 void Uart16550::set_tx_batching(std::function<void(bool)> fn) {
@@ -101,7 +119,7 @@ uint8_t Uart16550::read_register(uint64_t reg) {
     case kLcr: return lcr_;
     case kMcr: return mcr_;
     case kLsr: {
-      uint8_t lsr = static_cast<uint8_t>(kLsrThre | kLsrTemt | line_errors_ | (rx_.empty() ? 0 : kLsrDr));
+      uint8_t lsr = line_status();
       line_errors_ = 0;
       return lsr;
     }
@@ -122,7 +140,7 @@ void Uart16550::write_register(uint64_t reg, uint8_t value) {
         dll_ = value;
       } else {
         transmit(value);
-        thre_pending_ = true;  // the holding register is empty again at once
+        thre_pending_ = !transmitter_busy();  // the holding register is empty again at once, unless busy
       }
       break;
     case kIer:
@@ -169,15 +187,27 @@ void Uart16550::transmit(uint8_t byte) {
     push_rx(byte);
     return;
   }
+  if (!output_) {
+    transmitted_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (transmitter_busy()) {
+    lost_++;
+    return;
+  }
   transmitted_.fetch_add(1, std::memory_order_relaxed);
-  if (out_fd_ < 0) return;
   out_.push_back(static_cast<char>(byte));
   if (byte == '\n' || out_.size() >= kOutputBuffer) flush_output();
 }
 
 void Uart16550::flush_output() {
-  write_guest_output(out_fd_, out_);
-  out_.clear();
+  if (out_.empty() || !output_) return;
+  out_.erase(0, output_->write(out_));
+}
+
+uint8_t Uart16550::line_status() const {
+  const uint8_t tx = transmitter_busy() ? 0 : kLsrThre | kLsrTemt;
+  return static_cast<uint8_t>(tx | line_errors_ | (rx_.empty() ? 0 : kLsrDr));
 }
 
 void Uart16550::push_rx(uint8_t byte) {

@@ -10,13 +10,18 @@
 //
 // Uart16550 is a 16550A: 16-byte receive FIFO, interrupt identification with
 // the datasheet's priorities, divisor latch, scratch register, loopback.
-// Transmission is instant (the guest never waits for the baud rate). Output is
-// buffered and written in lines rather than with a write(2), and often a
-// wake-up of the reader, per character. The buffer is
-// written at a newline, when it is full, at any register access other than the
-// per-character pair (data write, LSR read; Linux's console write ends by
-// restoring IER, its tty output by switching the THRE interrupt), and at
-// flush(), which the VMM calls periodically and at stop. The IRQ
+// Transmission is instant (the guest never waits for the baud rate) while the
+// console takes the output: it goes to a ConsoleOutput, which never blocks.
+// When that refuses it (its reader stalled and its queue is full), the UART
+// keeps up to 4 KiB and then shows the transmitter busy (LSR THRE and TEMT
+// clear, no THRE interrupt) until the console takes it, as a real UART on a
+// line with flow control: the guest's driver waits, and a byte it writes
+// regardless is lost (counted in state()). Output is collected in lines
+// rather than handed over per character: at a newline, when 4 KiB are
+// collected, at any register access other than the per-character pair (data
+// write, LSR read; Linux's console write ends by restoring IER, its tty output
+// by switching the THRE interrupt), and at flush(), which the VMM calls
+// periodically and at stop. The IRQ
 // callback gets the line level, "an enabled interrupt is pending", and is
 // called only when it changes; it must not call back into the UART.
 #pragma once
@@ -30,6 +35,7 @@
 #include <string>
 
 #include "bus/bus.h"
+#include "devices/console_output.h"
 #include "devices/console_sink.h"
 
 namespace passvm::devices {
@@ -39,8 +45,9 @@ class Uart16550 : public BusDevice, public ConsoleSink {
   static constexpr size_t kFifoSize = 16;
   static constexpr uint64_t kRegisterCount = 8;  // register it on the port bus for 8 bytes
 
-  // Guest output goes to out_fd (-1 drops it). irq receives the line level on every change.
-  Uart16550(int out_fd, std::function<void(bool level)> irq);
+  // Guest output goes to `output` (nullptr drops it), which must outlive the UART. irq receives the line
+  // level on every change; it is also called on the output's writer thread.
+  Uart16550(ConsoleOutput* output, std::function<void(bool level)> irq);
   ~Uart16550() override;
   Uart16550(const Uart16550&) = delete;
   Uart16550& operator=(const Uart16550&) = delete;
@@ -78,6 +85,9 @@ class Uart16550 : public BusDevice, public ConsoleSink {
   void write_register(uint64_t reg, uint8_t value);
   void transmit(uint8_t byte);
   void flush_output();
+  uint8_t line_status() const;
+  bool transmitter_busy() const;  // the console refused what the UART holds, and it holds its fill
+  void output_has_room();         // the output's listener
   void push_rx(uint8_t byte);
   uint8_t interrupt_id() const;
   uint8_t modem_status_lines() const;
@@ -85,14 +95,16 @@ class Uart16550 : public BusDevice, public ConsoleSink {
   bool batching_allowed() const;
   void update_batching();  // tells tx_batching_ when batching_allowed() changed
 
-  const int out_fd_;
+  ConsoleOutput* const output_;
+  ConsoleOutput::ListenerId listener_ = 0;
   const std::function<void(bool)> irq_;
   std::function<void(bool)> tx_batching_;
   bool batching_told_ = false;  // what tx_batching_ was last told
 
   std::mutex lock_;
   std::deque<uint8_t> rx_;
-  std::string out_;  // guest output not yet written to out_fd_
+  std::string out_;  // guest output not yet handed to output_
+  uint64_t lost_ = 0;  // bytes the guest wrote while the transmitter was busy
   std::atomic<uint64_t> transmitted_{0};
   uint8_t ier_ = 0, lcr_ = 0, mcr_ = 0, scr_ = 0;
   uint8_t dll_ = 0x0c, dlm_ = 0;  // 9600 baud, what firmware would leave

@@ -6,8 +6,14 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
+#include <thread>
+
 #include <string>
 #include <vector>
+
+#include "testing/stalled_pipe.h"
 
 namespace passvm::devices {
 namespace {
@@ -17,13 +23,16 @@ enum : uint64_t { THR = 0, IER = 1, IIR = 2, FCR = 2, LCR = 3, MCR = 4, LSR = 5,
 struct Fixture : ::testing::Test {
   int pipe_fds[2] = {-1, -1};
   std::vector<bool> irq_changes;
+  std::unique_ptr<ConsoleOutput> console;  // not started: it writes at once
   std::unique_ptr<Uart16550> uart;
   void SetUp() override {
     ASSERT_EQ(pipe2(pipe_fds, O_NONBLOCK), 0);
-    uart = std::make_unique<Uart16550>(pipe_fds[1], [this](bool level) { irq_changes.push_back(level); });
+    console = std::make_unique<ConsoleOutput>(pipe_fds[1]);
+    uart = std::make_unique<Uart16550>(console.get(), [this](bool level) { irq_changes.push_back(level); });
   }
   void TearDown() override {
     uart.reset();
+    console.reset();
     close(pipe_fds[0]);
     close(pipe_fds[1]);
   }
@@ -207,6 +216,54 @@ TEST_F(Fixture, ReceiveIsBoundedByTheFifoAndSignalsRoom) {
   EXPECT_EQ(in(THR), 'q');
   EXPECT_EQ(poll(&p, 1, 0), 1) << "a byte read makes room and says so";
   EXPECT_EQ(uart->receive(data), 1u);
+}
+
+// A console nobody reads: the UART neither blocks nor loses what it said it took. It shows the
+// transmitter busy once it holds 4 KiB the console refused, loses (and counts) what the guest writes
+// regardless, and when the reader reads again hands over the rest and raises the THRE interrupt.
+TEST(UartOnAStalledConsole, ShowsTheTransmitterBusyAndResumesWithAThreInterrupt) {
+  testing::StalledPipe p;
+  ASSERT_GE(p.fds[1], 0);
+  ConsoleOutput console(p.fds[1], 64);
+  std::atomic<bool> line{false};
+  Uart16550 uart(&console, [&](bool level) { line = level; });
+  console.start();
+  auto in = [&](uint64_t reg) {
+    uint8_t b = 0;
+    uart.read(reg, {&b, 1});
+    return b;
+  };
+  auto out = [&](uint64_t reg, uint8_t v) { uart.write(reg, {&v, 1}); };
+  out(IER, 0x02);
+  EXPECT_TRUE(line) << "THRE interrupt on enable";
+  EXPECT_EQ(in(IIR) & 0x0f, 0x02);
+  EXPECT_FALSE(line);
+
+  std::string stream;
+  for (int i = 0; stream.size() < 64 + 4096 + 100; i++) stream += "guest line " + std::to_string(i) + "\n";
+  size_t busy_at = 0;
+  for (size_t i = 0; i < stream.size(); i++) {
+    if (!busy_at && !(in(LSR) & 0x20)) busy_at = i;
+    out(THR, static_cast<uint8_t>(stream[i]));
+    if (in(LSR) & 0x20) {
+      EXPECT_EQ(in(IIR) & 0x0f, 0x02) << "byte " << i;  // the guest's driver acknowledges
+    }
+  }
+  ASSERT_EQ(busy_at, 64u + 4096u) << "busy once the console's 64 and the UART's 4096 bytes are taken";
+  EXPECT_EQ(in(LSR) & 0x60, 0) << "THRE and TEMT clear while busy";
+  EXPECT_FALSE(line) << "no THRE interrupt while busy";
+  uart.flush();  // the control loop's periodic flush returns as well
+  EXPECT_NE(uart.state().find("transmitter busy"), std::string::npos) << uart.state();
+  EXPECT_NE(uart.state().find(std::to_string(stream.size() - busy_at) + " bytes written while busy were lost"),
+            std::string::npos)
+      << uart.state();
+
+  EXPECT_EQ(p.read_until(busy_at), stream.substr(0, busy_at));
+  for (int i = 0; i < 500 && !line; i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(line) << "THRE interrupt once the console took the rest";
+  EXPECT_EQ(in(LSR) & 0x60, 0x60);
+  EXPECT_EQ(in(IIR) & 0x0f, 0x02);
+  console.finish();
 }
 
 }  // namespace

@@ -5,7 +5,20 @@
 
 namespace passvm::virtio {
 
-Console::Console(int out_fd) : out_fd_(out_fd) {}
+Console::Console(devices::ConsoleOutput* output) : output_(output) {}
+
+Console::~Console() {
+  if (output_ && listener_) output_->remove_listener(listener_);
+}
+
+void Console::attach(MmioTransport& transport) {
+  transport_ = &transport;
+  // Buffers left in the ring while the console was full go out once it has room.
+  if (output_ && !listener_)
+    listener_ = output_->on_room([this] {
+      transport_->with_queue(kTransmitQueue, [this](Queue* queue) { return queue && transmit(*queue); });
+    });
+}
 
 void Console::read_config(uint64_t, std::span<uint8_t> data) {
   // cols, rows, max_nr_ports, emerg_wr: meaningful only with features this device does not offer.
@@ -29,11 +42,12 @@ bool Console::transmit(Queue& queue) {
   // device never suppresses notifications), and a guest whose other vCPU refills the ring as fast as it
   // is served must not hold this vCPU (and the transport's lock) here for ever.
   for (uint32_t left = queue.size(); left > 0; left--) {
+    if (output_ && !output_->has_room()) break;  // the rest waits in the ring for the listener
     auto chain = queue.pop();
     if (!chain) break;
-    // Straight from guest RAM: a chain may be as large as guest RAM, and nothing of it is copied.
+    // A chain may be as large as guest RAM: the output takes (and copies) only what it has room for.
     for (const Buffer& b : chain->readable) {
-      devices::write_guest_output(out_fd_, {reinterpret_cast<const char*>(b.data), b.size});
+      if (output_) output_->write({reinterpret_cast<const char*>(b.data), b.size});
       transmitted_.fetch_add(b.size, std::memory_order_relaxed);
     }
     queue.push_used(chain->head, 0);

@@ -6,19 +6,23 @@
 // each, and a shell's output in whole writes.
 //
 // Queue 0 receives (host input into buffers the driver posted), queue 1 transmits (the driver's
-// buffers written to out_fd straight from guest RAM, one write(2) per buffer: Linux posts one per
-// notification). No multiport, no emergency write,
+// buffers handed to a ConsoleOutput, which never blocks). While the console refuses output (its reader
+// stalled and its queue is full) the driver's buffers wait in the ring, and the device takes them when
+// the console has room: the guest's driver waits, as for a slow line. A buffer larger than the room left
+// is cut (what did not fit is lost). No multiport, no emergency write,
 // no console size. Input arriving before the driver has posted buffers waits in ConsoleInput, which
 // rx_space_fd() wakes when the driver posts some.
 //
 // Lifetime: attach() a transport before the guest runs; the transport (and its lock, under which
-// every call here runs) outlives nothing here but the bus registration.
+// every call here runs) outlives nothing here but the bus registration. The output outlives the
+// Console; the Console goes before its transport (it stops listening to the output then).
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <span>
 
+#include "devices/console_output.h"
 #include "devices/console_sink.h"
 #include "virtio/mmio_transport.h"
 
@@ -29,12 +33,13 @@ class Console : public Device, public devices::ConsoleSink {
   static constexpr uint32_t kType = 3;
   static constexpr uint16_t kReceiveQueue = 0, kTransmitQueue = 1;
 
-  // Guest output goes to out_fd (-1 drops it).
-  explicit Console(int out_fd);
+  // Guest output goes to `output` (nullptr drops it).
+  explicit Console(devices::ConsoleOutput* output);
+  ~Console() override;
   Console(const Console&) = delete;
   Console& operator=(const Console&) = delete;
 
-  void attach(MmioTransport& transport) { transport_ = &transport; }
+  void attach(MmioTransport& transport);
 
   // Device
   uint32_t type() const override { return kType; }
@@ -54,7 +59,8 @@ class Console : public Device, public devices::ConsoleSink {
  private:
   bool transmit(Queue& queue);
 
-  const int out_fd_;
+  devices::ConsoleOutput* const output_;
+  devices::ConsoleOutput::ListenerId listener_ = 0;
   MmioTransport* transport_ = nullptr;
   devices::RoomSignal room_{"virtio console"};  // under the transport's lock
   std::atomic<uint64_t> transmitted_{0};

@@ -14,6 +14,7 @@
 #include "memory/guest_memory.h"
 #include "memory/layout.h"
 #include "virtio/console.h"
+#include "testing/stalled_pipe.h"
 #include "virtio/mmio_transport.h"
 
 namespace passvm::virtio {
@@ -42,12 +43,17 @@ struct Pipe {
 struct Driver {
   GuestMemory mem{16 * layout::MiB, false};
   Pipe out;
+  devices::ConsoleOutput writer;  // not started (it writes at once) unless a test starts it
   Console console;
   std::vector<bool> irq_levels;
   MmioTransport transport{mem, console, [this](bool level) { irq_levels.push_back(level); }};
   std::vector<uint16_t> avail_idx = {0, 0};
 
-  explicit Driver(bool with_pipe = true) : out(with_pipe), console(out.fds[1]) { console.attach(transport); }
+  explicit Driver(bool with_pipe = true, int out_fd = -2, size_t capacity = devices::ConsoleOutput::kDefaultCapacity)
+      : out(with_pipe), writer(out_fd == -2 ? out.fds[1] : out_fd, capacity), console(&writer) {
+    console.attach(transport);
+  }
+  ~Driver() { writer.finish(std::chrono::milliseconds(0)); }  // its thread, if started, reaches the transport
 
   uint32_t reg(uint64_t offset) {
     uint32_t v = 0;
@@ -297,7 +303,8 @@ TEST(VirtioConsole, ChainAsLargeAsGuestRamIsWrittenNotCopied) {
   Driver d(false);
   int null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
   ASSERT_GE(null_fd, 0);
-  Console console(null_fd);
+  devices::ConsoleOutput null_output(null_fd);
+  Console console(&null_output);
   MmioTransport transport(d.mem, console, {});
   console.attach(transport);
   // A transport of its own over the harness's guest RAM, whose helpers write the rings.
@@ -322,6 +329,26 @@ TEST(VirtioConsole, ChainAsLargeAsGuestRamIsWrittenNotCopied) {
   EXPECT_EQ(d.used_idx(1), 1);
   EXPECT_EQ(transport.error(), "");
   close(null_fd);
+}
+
+// A console nobody reads: the driver's buffers wait in the ring (the driver waits, as for a slow line)
+// and go out, used and with an interrupt, once the reader reads again. Nothing blocks meanwhile.
+TEST(VirtioConsole, BuffersWaitInTheRingWhileTheConsoleIsFull) {
+  passvm::testing::StalledPipe stalled;
+  ASSERT_GE(stalled.fds[1], 0);
+  Driver d(false, stalled.fds[1], 8);
+  d.start();
+  d.writer.start();
+  d.transmit("12345678", 0);
+  EXPECT_EQ(d.used_idx(1), 1);
+  d.transmit("abc\n", 1);
+  EXPECT_EQ(d.used_idx(1), 1) << "the console is full: the buffer stays in the ring";
+  d.set(kIntAck, 1);
+  EXPECT_EQ(stalled.read_until(12), "12345678abc\n");
+  for (int i = 0; i < 500 && d.used_idx(1) != 2; i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(d.used_idx(1), 2);
+  EXPECT_EQ(d.reg(kIntStatus), 1u) << "the driver hears of the buffer used late";
+  EXPECT_EQ(d.transport.error(), "");
 }
 
 TEST(VirtioConsole, DescriptorLoopEnds) {

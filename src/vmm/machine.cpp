@@ -156,8 +156,10 @@ struct Machine::Parts {
   boot::LinuxBoot boot;
   Bus pio{"port I/O"}, mmio{"MMIO"};
   std::unique_ptr<devices::Uart16550> com1;
-  std::unique_ptr<virtio::Console> hvc;
+  // The transport first, so that the console goes first: it stops hearing from the output, whose writer
+  // thread would otherwise reach the transport through it.
   std::unique_ptr<virtio::MmioTransport> hvc_transport;
+  std::unique_ptr<virtio::Console> hvc;
   std::unique_ptr<devices::AcpiPm> pm;
   devices::CmosRtc rtc{devices::CmosRtc::host_clock,
                        [this](bool level) { vm->set_irq_line(layout::kRtcIrq, level); }};
@@ -261,12 +263,12 @@ void Machine::Parts::build() {
 
   // Legacy platform devices.
   if (c.com1 == "stdio") {
-    com1 = std::make_unique<devices::Uart16550>(STDOUT_FILENO, irq(layout::kCom1Irq));
+    com1 = std::make_unique<devices::Uart16550>(devices::standard_output(), irq(layout::kCom1Irq));
     pio.add(layout::kCom1Port, devices::Uart16550::kRegisterCount, com1.get());
   }
   if (c.virtio_console == "stdio") {
     static_assert(layout::kVirtioConsoleSize == virtio::MmioTransport::kSize);
-    hvc = std::make_unique<virtio::Console>(STDOUT_FILENO);
+    hvc = std::make_unique<virtio::Console>(devices::standard_output());
     hvc_transport = std::make_unique<virtio::MmioTransport>(*mem, *hvc, irq(layout::kVirtioConsoleIrq));
     hvc->attach(*hvc_transport);
     mmio.add(layout::kVirtioConsoleAddr, layout::kVirtioConsoleSize, hvc_transport.get());

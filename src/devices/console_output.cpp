@@ -1,0 +1,256 @@
+#include "devices/console_output.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+namespace passvm::devices {
+
+namespace {
+
+// One write(2) at most this much after poll() said the file takes more, so that it does not block and
+// the writer stays where finish() can stop it: a pipe with room at all takes PIPE_BUF bytes, a socket
+// half its buffer; a terminal may have less room than that.
+constexpr size_t kChunk = 4096, kTerminalChunk = 256;
+
+}  // namespace
+
+ConsoleOutput::ConsoleOutput(int fd, size_t capacity)
+    : fd_(fd), capacity_(capacity), chunk_(fd >= 0 && isatty(fd) ? kTerminalChunk : kChunk) {
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) throw std::runtime_error(std::string("console output: eventfd: ") + std::strerror(errno));
+}
+
+ConsoleOutput::~ConsoleOutput() {
+  finish();
+  close(wake_fd_);
+}
+
+void ConsoleOutput::start(std::function<void()> on_thread_start) {
+  std::lock_guard g(lock_);
+  if (running_ || finishing_ || fd_ < 0) return;
+  running_ = true;
+  thread_ = std::thread([this, fn = std::move(on_thread_start)] {
+    if (fn) fn();
+    run();
+  });
+}
+
+void ConsoleOutput::finish(std::chrono::milliseconds timeout) {
+  std::unique_lock g(lock_);
+  if (finishing_) return;
+  finishing_ = true;
+  changed_.notify_all();
+  if (running_ && !changed_.wait_for(g, timeout, [this] { return head_ == queue_.size(); })) {
+    dropped_ += queue_.size() - head_;
+    abandon_ = true;
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t r = ::write(wake_fd_, &one, sizeof one);
+  }
+  // A terminal may still block the writer's last write: it is left to the process's exit after a while
+  // rather than keeping the process from ending.
+  if (running_ && !changed_.wait_for(g, std::chrono::milliseconds(500), [this] { return !running_; })) {
+    thread_.detach();
+    running_ = false;
+  }
+  g.unlock();
+  if (thread_.joinable()) thread_.join();
+  g.lock();
+  queue_.clear();
+  head_ = 0;
+}
+
+size_t ConsoleOutput::write(std::string_view bytes) {
+  std::unique_lock g(lock_);
+  if (!bytes.empty()) mid_line_ = bytes.back() != '\n';
+  if (!running_) {
+    g.unlock();
+    write_now(bytes, !finishing_);
+    return bytes.size();
+  }
+  size_t queued = queue_.size() - head_;
+  size_t n = std::min(bytes.size(), queued < capacity_ ? capacity_ - queued : 0);
+  if (n < bytes.size()) refused_ = true;
+  if (n == 0) return 0;
+  queue_.append(bytes.data(), n);
+  changed_.notify_all();
+  return n;
+}
+
+bool ConsoleOutput::has_room() {
+  std::lock_guard g(lock_);
+  const bool room = !running_ || queue_.size() - head_ < capacity_;
+  if (!room) refused_ = true;
+  return room;
+}
+
+void ConsoleOutput::message(std::string_view text) {
+  if (text.empty()) return;
+  std::unique_lock g(lock_);
+  const bool break_line = mid_line_;
+  if (running_ && queue_.size() - head_ + text.size() + 1 > capacity_ + kMessageRoom) {
+    dropped_ += text.size();
+    return;
+  }
+  mid_line_ = false;
+  if (!running_) {
+    g.unlock();
+    if (break_line) write_now("\n", !finishing_);
+    write_now(text, !finishing_);
+    return;
+  }
+  if (break_line) queue_.push_back('\n');
+  queue_.append(text);
+  changed_.notify_all();
+}
+
+ConsoleOutput::ListenerId ConsoleOutput::on_room(std::function<void()> fn) {
+  std::lock_guard g(listeners_lock_);
+  ListenerId id = next_listener_++;
+  listeners_.emplace(id, std::move(fn));
+  return id;
+}
+
+void ConsoleOutput::remove_listener(ListenerId id) {
+  std::lock_guard g(listeners_lock_);
+  listeners_.erase(id);
+}
+
+uint64_t ConsoleOutput::dropped() {
+  std::lock_guard g(lock_);
+  return dropped_;
+}
+
+size_t ConsoleOutput::pending() {
+  std::lock_guard g(lock_);
+  return queue_.size() - head_;
+}
+
+void ConsoleOutput::write_now(std::string_view bytes, bool may_block) {
+  size_t done = 0;
+  while (done < bytes.size() && fd_ >= 0) {
+    if (!may_block) {
+      pollfd p{fd_, POLLOUT, 0};
+      if (poll(&p, 1, 0) != 1 || !(p.revents & POLLOUT)) break;
+    }
+    size_t n = may_block ? bytes.size() - done : std::min(bytes.size() - done, chunk_);
+    ssize_t r = ::write(fd_, bytes.data() + done, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    done += static_cast<size_t>(r);
+  }
+  if (done < bytes.size()) {
+    std::lock_guard g(lock_);
+    dropped_ += bytes.size() - done;
+  }
+}
+
+void ConsoleOutput::run() {
+  std::unique_lock g(lock_);
+  for (;;) {
+    changed_.wait(g, [this] { return head_ < queue_.size() || finishing_; });
+    if (abandon_ || (finishing_ && head_ == queue_.size())) break;
+    const size_t n = std::min(queue_.size() - head_, chunk_);
+    // The bytes stay in the queue while written: write() only appends, and only this thread takes
+    // from the front, so they do not move unless the string reallocates; copy them to be sure.
+    std::string chunk = queue_.substr(head_, n);
+    g.unlock();
+
+    pollfd p[2] = {{fd_, POLLOUT, 0}, {wake_fd_, POLLIN, 0}};
+    int ready = poll(p, 2, -1);
+    size_t consumed = 0;
+    if (ready > 0 && (p[0].revents & (POLLOUT | POLLERR | POLLHUP | POLLNVAL))) {
+      ssize_t r = ::write(fd_, chunk.data(), chunk.size());
+      if (r > 0) {
+        consumed = static_cast<size_t>(r);
+      } else if (r < 0 && errno != EINTR && errno != EAGAIN) {
+        consumed = chunk.size();  // the reader went away (EPIPE, EIO, EBADF): the guest must not wait for it
+        g.lock();
+        dropped_ += chunk.size();
+        g.unlock();
+      }
+    }
+
+    g.lock();
+    if (abandon_) break;
+    head_ += consumed;
+    if (head_ == queue_.size() || head_ > (size_t{64} << 10)) {
+      queue_.erase(0, head_);
+      head_ = 0;
+    }
+    changed_.notify_all();
+    if (consumed > 0 && refused_) {
+      refused_ = false;
+      g.unlock();
+      call_listeners();
+      g.lock();
+    }
+  }
+  running_ = false;
+  changed_.notify_all();
+}
+
+void ConsoleOutput::call_listeners() {
+  std::lock_guard g(listeners_lock_);
+  for (auto& [id, fn] : listeners_) fn();
+}
+
+namespace {
+
+ConsoleOutput* g_output = nullptr;    // stdout
+ConsoleOutput* g_messages = nullptr;  // stderr: g_output when both are one file
+
+ssize_t write_message(void* cookie, const char* data, size_t size) {
+  static_cast<ConsoleOutput*>(cookie)->message({data, size});
+  return static_cast<ssize_t>(size);  // a message must not turn into an error of its own
+}
+
+void finish_standard_streams() {
+  if (g_messages && g_messages != g_output) g_messages->finish();
+  if (g_output) g_output->finish();
+}
+
+}  // namespace
+
+void route_standard_streams() {
+  if (g_output) return;
+  // Test hook: the lab makes a stalled console refuse output sooner than after the default's megabyte,
+  // which takes minutes of a nested guest's serial output.
+  size_t capacity = ConsoleOutput::kDefaultCapacity;
+  if (const char* v = std::getenv("PASSVM_TEST_CONSOLE_BUFFER"); v && std::atol(v) > 0)
+    capacity = static_cast<size_t>(std::atol(v));
+  // Never deleted: a message may come from any thread until the process ends.
+  g_output = new ConsoleOutput(STDOUT_FILENO, capacity);
+  struct stat a {}, b {};
+  const bool one_file = fstat(STDOUT_FILENO, &a) == 0 && fstat(STDERR_FILENO, &b) == 0 && a.st_dev == b.st_dev &&
+                        a.st_ino == b.st_ino;
+  g_messages = one_file ? g_output : new ConsoleOutput(STDERR_FILENO);
+  cookie_io_functions_t io{};
+  io.write = write_message;
+  if (FILE* f = fopencookie(g_messages, "w", io)) {
+    setvbuf(f, nullptr, _IONBF, 0);  // unbuffered, like stderr: each eprint is one message
+    stderr = f;
+  }
+}
+
+void start_standard_streams(std::function<void()> on_thread_start) {
+  if (!g_output) return;
+  g_output->start(on_thread_start);
+  if (g_messages != g_output) g_messages->start(on_thread_start);
+  std::atexit(finish_standard_streams);
+}
+
+ConsoleOutput* standard_output() {
+  // Without routing (a program that never called it), stdout is written at once, as by write(2).
+  static ConsoleOutput* unrouted = g_output ? nullptr : new ConsoleOutput(STDOUT_FILENO);
+  return g_output ? g_output : unrouted;
+}
+
+}  // namespace passvm::devices
