@@ -223,22 +223,34 @@ ReserveOptions configured_options(const Sysroot& sysroot, const ConfiguredDevice
   return options;
 }
 
+// Throws when the device at a configured address is not the one its line's id= expects.
+void check_configured_id(const std::vector<HostDevice>& devices, const ConfiguredDevice& configured) {
+  auto dev = find_device(devices, configured.address);
+  if (!dev) return;  // the plan says it is missing
+  if (auto why = id_mismatch(configured, {dev->vendor, dev->device}, class_name(dev->class_code))) throw HostError(*why);
+}
+
 // Called by udev for every PCI "add": claims the device when the config lists it. Prints udev
 // environment lines on stdout (for IMPORT{program}) and nothing else there.
 int run_boot_claim(const Sysroot& sysroot, const std::string& kernel_name, const std::string& config) {
   PciAddress address = PciAddress::parse(kernel_name);
+  // Lines that cannot be read are not this call's business (it runs for every PCI device at boot):
+  // the service's --apply-config reports them once.
   auto listed = load_pptdevs(sysroot, config);
   if (!listed) return 0;
-  auto entry = std::find_if(listed->begin(), listed->end(), [&](const auto& d) { return d.address == address; });
-  if (entry == listed->end()) return 0;
+  const auto& entries = listed->devices;
+  auto entry = std::find_if(entries.begin(), entries.end(), [&](const auto& d) { return d.address == address; });
+  if (entry == entries.end()) return 0;
+  auto devices = scan_devices(sysroot);
   ReserveOptions options;
   try {
+    check_configured_id(devices, *entry);
     options = configured_options(sysroot, *entry, config);
   } catch (const HostError& e) {
     std::cerr << "passvm: not claiming " << address.str() << ": " << e.what() << "\n";
     return 1;
   }
-  Plan plan = plan_reserve(sysroot, scan_devices(sysroot), {address}, options);
+  Plan plan = plan_reserve(sysroot, devices, {address}, options);
   for (const auto& w : plan.warnings) std::cerr << "passvm: warning: " << w << "\n";
   if (!plan.errors.empty()) {
     for (const auto& e : plan.errors) std::cerr << "passvm: not claiming " << address.str() << ": " << e << "\n";
@@ -258,11 +270,17 @@ int run_apply_config(const Sysroot& sysroot, const std::string& config, bool dry
                                 sysroot.path(config).string()));
   }
   int status = 0;
-  for (const auto& device : *listed) {
+  // A line that cannot be read keeps its devices on the host, and only those.
+  for (const auto& e : listed->errors) {
+    std::cerr << "error: " << e << "\n";
+    status = 1;
+  }
+  for (const auto& device : listed->devices) {
     // One device at a time: at boot, a device that cannot be claimed must not keep the others on the host.
     try {
-      Plan plan = plan_reserve(sysroot, scan_devices(sysroot), {device.address},
-                               configured_options(sysroot, device, config));
+      auto devices = scan_devices(sysroot);
+      check_configured_id(devices, device);
+      Plan plan = plan_reserve(sysroot, devices, {device.address}, configured_options(sysroot, device, config));
       status |= carry_out(sysroot, plan, dry_run, verbose, true);
     } catch (const HostError& e) {
       std::cerr << "error: " << e.what() << "\n";

@@ -29,6 +29,12 @@ class Cli : public ::testing::Test {
     err = ::testing::internal::GetCapturedStderr();
     return status;
   }
+  // `reserve --boot-claim ADDRESS` claims the device: udev hears of it, and it is marked for vfio-pci.
+  void expect_boot_claimed(const std::string& address) {
+    EXPECT_EQ(run({"passvm reserve", "--boot-claim", address}), 0) << err;
+    EXPECT_EQ(out, "PASSVM_PPTDEV=1\n");
+    EXPECT_EQ(fake.read("/sys/devices/pci0000:00/" + address + "/driver_override"), "vfio-pci");
+  }
   testing::FakeSysfs fake;
   std::string out, err;
 };
@@ -107,9 +113,35 @@ TEST_F(Cli, BootClaimOnlyForListedDevices) {
   EXPECT_EQ(run({"passvm reserve", "--boot-claim", "0000:00:04.0"}), 0);
   EXPECT_EQ(out, "");
   EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:04.0/driver_override"), "(null)\n");
-  EXPECT_EQ(run({"passvm reserve", "--boot-claim", "0000:00:03.0"}), 0) << err;
-  EXPECT_EQ(out, "PASSVM_PPTDEV=1\n");
-  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "vfio-pci");
+  expect_boot_claimed("0000:00:03.0");
+}
+
+// A renumbered bus puts another device at a listed address: with id= on its line, it stays on the host.
+TEST_F(Cli, BootClaimRefusesAnotherDeviceThanTheConfiguredId) {
+  fake.bind("0000:00:03.0", "");
+  fake.write("/etc/passvm/pptdevs.conf", "0000:00:03.0 id=8086:1533\n");
+  EXPECT_EQ(run({"passvm reserve", "--boot-claim", "0000:00:03.0"}), 1);
+  EXPECT_EQ(out, "");
+  EXPECT_NE(err.find("not claiming 0000:00:03.0: 0000:00:03.0 is 1b36:0010 (NVMe controller), not the 8086:1533"),
+            std::string::npos)
+      << err;
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:03.0/driver_override"), "(null)\n");
+  fake.write("/etc/passvm/pptdevs.conf", "0000:00:03.0 id=1b36:0010\n");
+  expect_boot_claimed("0000:00:03.0");
+}
+
+// One bad line keeps its own devices on the host and no others: the boot claim of a device on a good
+// line goes on, quietly about the bad one; --apply-config claims the rest and reports it with status 1.
+TEST_F(Cli, ABadConfigLineStopsOnlyItsOwnDevices) {
+  fake.bind("0000:00:03.0", "");
+  fake.write("/etc/passvm/pptdevs.conf", "0000:00:03.0\n0000:00:05.0 owner=bob\n0000:00:04.0 id=8086:1533\n");
+  expect_boot_claimed("0000:00:03.0");
+  EXPECT_EQ(err, "");
+  EXPECT_EQ(run({"passvm reserve", "--apply-config", "--dry-run"}), 1);
+  EXPECT_NE(err.find("pptdevs.conf:2: unknown option 'owner=bob'"), std::string::npos) << err;
+  EXPECT_NE(err.find("not the 8086:1533 that /etc/passvm/pptdevs.conf:3 expects there"), std::string::npos) << err;
+  EXPECT_EQ(out.find("0000:00:05.0"), std::string::npos) << out;
+  EXPECT_EQ(out.find("0000:00:04.0"), std::string::npos) << out;
 }
 
 // The second device's unbind fails: the first, already taken from its driver, is given back, so the

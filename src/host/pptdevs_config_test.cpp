@@ -8,19 +8,18 @@
 namespace passvm::host {
 namespace {
 
-std::vector<std::string> names(const std::vector<ConfiguredDevice>& list) {
+std::vector<std::string> names(const PptdevsConfig& config) {
   std::vector<std::string> out;
-  for (const auto& d : list) out.push_back(d.address.str() + (d.user.empty() ? "" : " " + d.user));
+  for (const auto& d : config.devices)
+    out.push_back(d.address.str() + (d.user.empty() ? "" : " " + d.user) + (d.id ? " id=" + d.id->str() : ""));
   return out;
 }
 
+// The one error of a config, which then has no device.
 std::string error_of(std::string_view text) {
-  try {
-    parse_pptdevs(text, "c");
-  } catch (const HostError& e) {
-    return e.what();
-  }
-  return "no error";
+  auto config = parse_pptdevs(text, "c");
+  EXPECT_TRUE(config.devices.empty()) << text;
+  return config.errors.size() == 1 ? config.errors[0] : "errors: " + std::to_string(config.errors.size());
 }
 
 TEST(PptdevsConfig, OnePerLineWithCommentsAndBlanks) {
@@ -38,21 +37,50 @@ TEST(PptdevsConfig, SeveralPerLineAndDuplicatesDropped) {
   EXPECT_EQ(names(list), (std::vector<std::string>{"0000:00:03.0", "0000:00:04.0"}));
 }
 
-TEST(PptdevsConfig, EmptyTextIsEmptyList) { EXPECT_TRUE(parse_pptdevs("\n# nothing\n", "t").empty()); }
+TEST(PptdevsConfig, EmptyTextIsEmptyList) {
+  auto config = parse_pptdevs("\n# nothing\n", "t");
+  EXPECT_TRUE(config.devices.empty());
+  EXPECT_TRUE(config.errors.empty());
+}
 
-TEST(PptdevsConfig, BadAddressNamesFileAndLine) {
-  try {
-    parse_pptdevs("0000:00:03.0\n\npptdevs=\"1/0/0 1/40/0\"\n", "/etc/passvm/pptdevs.conf");
-    FAIL() << "no error";
-  } catch (const HostError& e) {
-    std::string msg = e.what();
-    EXPECT_EQ(msg.rfind("/etc/passvm/pptdevs.conf:3: malformed PCI address '1/40/0'", 0), 0u) << msg;
-  }
+// A typo on one line must not hand every listed device back to the host: that line alone is left out.
+TEST(PptdevsConfig, ABadLineNamesFileAndLineAndLeavesOnlyItsOwnDevicesOut) {
+  auto config = parse_pptdevs("0000:00:03.0\n\npptdevs=\"1/0/0 1/40/0\"\n05:00.0\n", "/etc/passvm/pptdevs.conf");
+  EXPECT_EQ(names(config), (std::vector<std::string>{"0000:00:03.0", "0000:05:00.0"}));
+  ASSERT_EQ(config.errors.size(), 1u);
+  EXPECT_EQ(config.errors[0].rfind("/etc/passvm/pptdevs.conf:3: malformed PCI address '1/40/0'", 0), 0u)
+      << config.errors[0];
 }
 
 TEST(PptdevsConfig, UnknownKeyAndUnterminatedQuoteAreErrors) {
-  EXPECT_THROW(parse_pptdevs("devices=0/3/0\n", "t"), HostError);
-  EXPECT_THROW(parse_pptdevs("pptdevs=\"1/0/0 2/0/0\n", "t"), HostError);
+  EXPECT_NE(error_of("devices=0/3/0\n").find("unknown option 'devices=0/3/0'"), std::string::npos);
+  EXPECT_NE(error_of("pptdevs=\"1/0/0 2/0/0\n").find("unterminated quote"), std::string::npos);
+}
+
+TEST(PptdevsConfig, IdNamesTheDeviceExpectedAtItsAddress) {
+  auto config = parse_pptdevs("0000:03:00.0 id=144D:a808 user=alice\n04:00.0\n", "c");
+  EXPECT_EQ(names(config), (std::vector<std::string>{"0000:03:00.0 alice id=144d:a808", "0000:04:00.0"}));
+  EXPECT_EQ(config.devices[0].origin, "c:1");
+  EXPECT_NE(error_of("03:00.0 04:00.0 id=144d:a808").find("names one device, and this line lists 2"),
+            std::string::npos);
+  EXPECT_NE(error_of("03:00.0 id=144d").find("id= takes the device's vendor and device ID"), std::string::npos);
+  EXPECT_NE(error_of("03:00.0 id=144d:a808 id=144d:a808").find("once"), std::string::npos);
+  EXPECT_NE(error_of("03:00.0 id=x44d:a808").find("id=144d:a808"), std::string::npos);
+}
+
+TEST(PptdevsConfig, IdMismatchNamesBothDevicesAndTheLine) {
+  auto config = parse_pptdevs("\n0000:03:00.0 id=144d:a808\n04:00.0\n", "/etc/passvm/pptdevs.conf");
+  ASSERT_EQ(config.devices.size(), 2u);
+  EXPECT_EQ(id_mismatch(config.devices[0], {0x144d, 0xa808}, "NVMe controller"), std::nullopt);
+  EXPECT_EQ(id_mismatch(config.devices[1], {0x8086, 0x1533}, "Ethernet controller"), std::nullopt) << "no id=";
+  auto why = id_mismatch(config.devices[0], {0x8086, 0x1533}, "Ethernet controller");
+  ASSERT_TRUE(why.has_value());
+  EXPECT_EQ(why->rfind("0000:03:00.0 is 8086:1533 (Ethernet controller), not the 144d:a808 that "
+                       "/etc/passvm/pptdevs.conf:2 expects there",
+                       0),
+            0u)
+      << *why;
+  EXPECT_NE(why->find("lspci -nn -d 144d:a808"), std::string::npos) << *why;
 }
 
 TEST(PptdevsConfig, UserOptionAppliesToItsLineOnly) {
@@ -65,13 +93,21 @@ TEST(PptdevsConfig, UserOptionAppliesToItsLineOnly) {
 
 TEST(PptdevsConfig, OptionMistakesAreErrorsNamingTheLine) {
   EXPECT_EQ(error_of("03:00.0 owner=alice"), "c:1: unknown option 'owner=alice'; a line holds addresses and "
-                                             "optionally user=NAME, or is bhyve's pptdevs=\"1/0/0 2/0/0\"");
+                                             "optionally user=NAME and id=VVVV:DDDD, or is bhyve's "
+                                             "pptdevs=\"1/0/0 2/0/0\"");
   EXPECT_EQ(error_of("\nuser=alice"), "c:2: user=alice without a device on its line");
   EXPECT_NE(error_of("03:00.0 user=").find("one user name"), std::string::npos);
   EXPECT_NE(error_of("03:00.0 user=a user=b").find("once per line"), std::string::npos);
   EXPECT_NE(error_of("pptdevs=\"3/0/0 user=alice\"").find("inside a bhyve pptdevs= line"), std::string::npos);
   EXPECT_EQ(error_of("03:00.0 user=alice\n3/0/0"),
-            "c:2: 0000:03:00.0 is listed again for root alone, after being given to user alice");
+            "c:2: 0000:03:00.0 is listed again for root alone, after user alice on c:1: it is left unclaimed "
+            "until one line says what it gets");
+  auto config = parse_pptdevs("03:00.0 id=144d:a808\n05:00.0\n3/0/0 id=8086:1533\n", "c");
+  EXPECT_EQ(names(config), std::vector<std::string>{"0000:05:00.0"});
+  ASSERT_EQ(config.errors.size(), 1u);
+  EXPECT_NE(config.errors[0].find("root alone with id=8086:1533, after root alone with id=144d:a808 on c:1"),
+            std::string::npos)
+      << config.errors[0];
 }
 
 TEST(PptdevsConfig, LoadsThroughSysrootAndReportsMissingFile) {
