@@ -8,7 +8,8 @@ namespace {
 constexpr uint8_t kSeconds = 0x00, kSecondsAlarm = 0x01, kMinutes = 0x02, kMinutesAlarm = 0x03, kHours = 0x04,
                   kHoursAlarm = 0x05, kWeekday = 0x06, kDay = 0x07, kMonth = 0x08,
                   kYear = 0x09, kStatusA = 0x0a, kStatusB = 0x0b, kStatusC = 0x0c, kStatusD = 0x0d;
-constexpr uint8_t kStatusADivider = 0x26;  // 32.768 kHz time base, 1024 Hz periodic rate; UIP (bit 7) clear
+constexpr uint8_t kStatusADivider = 0x26;  // 32.768 kHz time base, 1024 Hz periodic rate
+constexpr uint8_t kStatusAUip = 0x80;
 constexpr uint8_t kStatusB24Hour = 0x02, kStatusBBinary = 0x04, kStatusBSet = 0x80;
 constexpr std::time_t kSecondsPerDay = 24 * 60 * 60;
 // Status B's interrupt enables and status C's flags share bit positions; IRQF is set while any enabled
@@ -26,12 +27,18 @@ CmosRtc::CmosRtc(Clock clock, Irq irq) : clock_(std::move(clock)), irq_(std::mov
   // glibc reads /etc/localtime at its first time conversion, gmtime_r included. Here, during setup,
   // rather than on the vCPU that first reads the clock, whose seccomp filter does not open files.
   tzset();
-  last_tick_ = clock_();
+  last_tick_ = std::chrono::system_clock::to_time_t(clock_());
+}
+
+bool CmosRtc::update_in_progress(std::chrono::system_clock::time_point now) const {
+  if (ram_[kStatusB] & kStatusBSet) return false;  // SET stops the update cycle
+  auto since = now.time_since_epoch();
+  return since - std::chrono::floor<std::chrono::seconds>(since) >= std::chrono::seconds(1) - kUpdateLead;
 }
 
 void CmosRtc::tick() {
   std::lock_guard g(lock_);
-  std::time_t now = clock_();
+  std::time_t now = std::chrono::system_clock::to_time_t(clock_());
   if (now == last_tick_) return;
   // The seconds since the last tick; after a clock stepped back, only this one. A day holds every time
   // an alarm can name.
@@ -100,7 +107,8 @@ uint8_t CmosRtc::time_register(uint8_t index, const std::tm& tm) const {
 }
 
 uint8_t CmosRtc::read_data() {
-  std::time_t now = clock_();
+  const auto at = clock_();
+  std::time_t now = std::chrono::system_clock::to_time_t(at);
   std::tm tm{};
   gmtime_r(&now, &tm);
   switch (index_) {
@@ -112,7 +120,7 @@ uint8_t CmosRtc::read_data() {
     case kMonth: return encode(tm.tm_mon + 1);
     case kYear: return encode((tm.tm_year + 1900) % 100);
     case kCmosCenturyRegister: return encode((tm.tm_year + 1900) / 100);
-    case kStatusA: return kStatusADivider;
+    case kStatusA: return static_cast<uint8_t>(kStatusADivider | (update_in_progress(at) ? kStatusAUip : 0));
     case kStatusC: {
       uint8_t v = ram_[kStatusC];  // interrupt flags, cleared by reading, and the line with them
       ram_[kStatusC] = 0;

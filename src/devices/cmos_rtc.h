@@ -1,8 +1,15 @@
 // devices: CmosRtc, the MC146818 real-time clock and CMOS memory at ports 0x70/0x71.
 //
 // Linux reads the wall-clock time here at boot. The time always comes from
-// the host clock (UTC) at the moment of the read, and "update in progress" is
-// never set, so the guest never waits for an update cycle. The format follows
+// the host clock (UTC) at the moment of the read. Status A's "update in
+// progress" (UIP) is set in the last 2 ms of every second, as the chip sets it
+// 244 us before each update: a guest that reads UIP clear may read all the time
+// registers within that long and get one consistent time. Linux before 5.19
+// checks UIP once and then reads them, and `hwclock --directisa` times a
+// second by UIP's edges; with UIP never set the first could read 22:59:59 as
+// 23:59:59 across an hour's turn and the second waited in vain. The lead is
+// wider than the chip's because each register read is two exits, slow in a
+// nested guest. The update itself is instant. The format follows
 // status register B (BCD and 24-hour by default). Writes to the time
 // registers are accepted and ignored: the host owns the time. Other CMOS
 // bytes are plain memory.
@@ -22,6 +29,7 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <ctime>
 #include <functional>
@@ -38,9 +46,11 @@ class CmosRtc : public BusDevice {
  public:
   static constexpr uint64_t kSize = 2;  // index port 0x70, data port 0x71
 
-  using Clock = std::function<std::time_t()>;
+  using Clock = std::function<std::chrono::system_clock::time_point()>;
   using Irq = std::function<void(bool level)>;
-  static std::time_t host_clock() { return std::time(nullptr); }
+  static std::chrono::system_clock::time_point host_clock() { return std::chrono::system_clock::now(); }
+  // How long before each second's update UIP is set.
+  static constexpr std::chrono::microseconds kUpdateLead{2000};
 
   // clock returns the current time; tests pass one they move. irq drives the RTC's interrupt line
   // (none: interrupts are flagged in status C but go nowhere).
@@ -59,6 +69,7 @@ class CmosRtc : public BusDevice {
   // The time register `index` (seconds, minutes or hours) as the guest reads it at `tm`.
   uint8_t time_register(uint8_t index, const std::tm& tm) const;
   bool alarm_matches(const std::tm& tm) const;
+  bool update_in_progress(std::chrono::system_clock::time_point now) const;
   // Sets status C's IRQF from its flags and the enables in status B, and the line with it.
   void update_irq();
 

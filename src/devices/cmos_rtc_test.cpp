@@ -7,11 +7,15 @@
 namespace passvm::devices {
 namespace {
 
+using namespace std::chrono_literals;
+
 struct Rtc {
   explicit Rtc(std::time_t t) : now(t) {}
   std::time_t now;
+  std::chrono::microseconds into_second{0};  // how far the clock is into its second `now`
   std::vector<bool> line;  // every change of the interrupt line, in order
-  CmosRtc rtc{[this] { return now; }, [this](bool level) { line.push_back(level); }};
+  CmosRtc rtc{[this] { return std::chrono::system_clock::from_time_t(now) + into_second; },
+              [this](bool level) { line.push_back(level); }};
   uint8_t get(uint8_t index) {
     rtc.write(0, {&index, 1});
     uint8_t v = 0;
@@ -41,14 +45,50 @@ TEST(CmosRtc, ReportsHostTimeInBcd24Hour) {
   EXPECT_EQ(r.get(0x0d) & 0x80, 0x80) << "battery good";
 }
 
-TEST(CmosRtc, UpdateInProgressIsNeverSetAndTimeFollowsTheClock) {
+TEST(CmosRtc, TimeFollowsTheClock) {
   Rtc r{kWhen};
-  for (int i = 0; i < 1000; i++) {
-    r.now = kWhen + i;
-    ASSERT_EQ(r.get(0x0a) & 0x80, 0);
-  }
   r.now = kWhen + 60;
   EXPECT_EQ(r.get(0x02), 0x08);
+}
+
+// UIP is set in the last 2 ms of each second: read clear, the time registers hold for that long.
+TEST(CmosRtc, UpdateInProgressLeadsEachSecond) {
+  Rtc r{kWhen};
+  for (auto [at, uip] : {std::pair{0us, false}, {500000us, false}, {997999us, false}, {998000us, true},
+                         {999999us, true}}) {
+    r.into_second = at;
+    EXPECT_EQ(r.get(0x0a) & 0x80, uip ? 0x80 : 0) << at.count() << " us into the second";
+    EXPECT_EQ(r.get(0x0a) & 0x7f, 0x26) << "the divider bits stay";
+  }
+  r.set(0x0b, 0x82);  // SET: the guest is setting the time, the update cycle stops
+  EXPECT_EQ(r.get(0x0a) & 0x80, 0);
+}
+
+// How hwclock --directisa and Linux before 5.19 read the time: wait for UIP's falling edge (or see it
+// clear), then read every register. Polled through the turn of an hour, the reads never mix two seconds.
+TEST(CmosRtc, ReadsAfterUipClearsAreOneConsistentTime) {
+  constexpr std::time_t kLastSecond = kWhen + 2 * 3600 + 52 * 60 + 50;  // 23:59:59 UTC
+  Rtc r{kLastSecond};
+  ASSERT_EQ(r.get(0x04), 0x23);
+  ASSERT_EQ(r.get(0x02), 0x59);
+  bool seen_uip = false;
+  for (auto t = 990000us; t < 1010000us; t += 100us) {
+    r.now = kLastSecond + (t >= 1s ? 1 : 0);
+    r.into_second = t >= 1s ? t - 1s : t;
+    const bool uip = r.get(0x0a) & 0x80;
+    if (uip) {
+      seen_uip = true;
+      continue;
+    }
+    if (!seen_uip) continue;
+    // The falling edge: the update ended, and the registers show the new second.
+    EXPECT_EQ(r.get(0x00), 0x00);
+    EXPECT_EQ(r.get(0x02), 0x00);
+    EXPECT_EQ(r.get(0x04), 0x00);
+    EXPECT_EQ(r.get(0x07), 0x25) << "the next day";
+    return;
+  }
+  FAIL() << "UIP never rose and fell around the turn of the second";
 }
 
 TEST(CmosRtc, BinaryAnd12HourFormatsFollowStatusB) {
