@@ -1,11 +1,13 @@
 #include "host/host_usage.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <map>
 #include <set>
 #include <sstream>
@@ -131,6 +133,79 @@ std::set<std::string> default_route_interfaces(const Sysroot& sysroot) {
   return out;
 }
 
+// Routes other than the default one, per interface, as "10.0.0.0/24" or "fd00::/64": the networks the host
+// reaches through it. Link-local and multicast routes, and the host's own addresses (local routes), are
+// left out: every interface that is up has those.
+std::map<std::string, std::vector<std::string>> network_routes(const Sysroot& sysroot) {
+  std::map<std::string, std::vector<std::string>> out;
+  std::string line;
+  std::istringstream v4(sysroot.read("/proc/net/route").value_or(""));
+  while (std::getline(v4, line)) {
+    std::istringstream fields(line);
+    std::string iface, destination, gateway, flags, refs, use, metric, mask;
+    if (!(fields >> iface >> destination >> gateway >> flags >> refs >> use >> metric >> mask)) continue;
+    uint32_t dest = 0, bits = 0, up = 0;
+    if (std::sscanf(destination.c_str(), "%x", &dest) != 1 || std::sscanf(mask.c_str(), "%x", &bits) != 1 ||
+        std::sscanf(flags.c_str(), "%x", &up) != 1 || !(up & 1) || bits == 0)
+      continue;
+    // The kernel prints them in memory order: the first octet is the lowest byte.
+    if ((dest & 0xffff) == 0xfea9) continue;  // 169.254.0.0/16, link-local
+    out[iface].push_back(fmt::format("{}.{}.{}.{}/{}", dest & 0xff, (dest >> 8) & 0xff, (dest >> 16) & 0xff,
+                                     dest >> 24, __builtin_popcount(bits)));
+  }
+  std::istringstream v6(sysroot.read("/proc/net/ipv6_route").value_or(""));
+  while (std::getline(v6, line)) {
+    // DEST PLEN SRC SPLEN NEXTHOP METRIC REFS USE FLAGS IFACE
+    std::istringstream fields(line);
+    std::string destination, length, src, srclen, nexthop, metric, refs, use, flags, iface;
+    if (!(fields >> destination >> length >> src >> srclen >> nexthop >> metric >> refs >> use >> flags >> iface) ||
+        destination.size() != 32 || iface == "lo" ||
+        !std::all_of(destination.begin(), destination.end(), [](char c) { return std::isxdigit(c) != 0; }))
+      continue;
+    unsigned plen = 0, f = 0;
+    if (std::sscanf(length.c_str(), "%x", &plen) != 1 || std::sscanf(flags.c_str(), "%x", &f) != 1) continue;
+    constexpr unsigned kUp = 0x1, kReject = 0x200, kAnycast = 0x100000, kLocal = 0x80000000;
+    if (plen == 0 || !(f & kUp) || (f & (kReject | kAnycast | kLocal))) continue;
+    if (destination.starts_with("fe8") || destination.starts_with("fe9") || destination.starts_with("fea") ||
+        destination.starts_with("feb") || destination.starts_with("ff"))
+      continue;  // fe80::/10 link-local, ff00::/8 multicast
+    in6_addr addr{};
+    for (size_t i = 0; i < 16; i++)
+      addr.s6_addr[i] = static_cast<uint8_t>(std::stoul(destination.substr(2 * i, 2), nullptr, 16));
+    char text[INET6_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET6, &addr, text, sizeof text);
+    out[iface].push_back(fmt::format("{}/{}", text, plen));
+  }
+  return out;
+}
+
+// `iface` and what is stacked on it (a VLAN, a macvlan: upper_*) or holds it (a bond, a bridge: master),
+// and so on up, nearest first.
+std::vector<std::string> interface_and_above(const Sysroot& sysroot, const std::string& iface) {
+  std::vector<std::string> todo{iface};
+  std::set<std::string> seen{iface};
+  for (size_t i = 0; i < todo.size() && i < 64; i++) {
+    std::string dir = "/sys/class/net/" + todo[i];
+    std::vector<std::string> above;
+    if (auto master = sysroot.link_name(dir + "/master")) above.push_back(*master);
+    for (const auto& entry : sysroot.list(dir))
+      if (entry.starts_with("upper_")) above.push_back(entry.substr(6));
+    for (const auto& up : above)
+      if (seen.insert(up).second) todo.push_back(up);
+  }
+  return todo;
+}
+
+// The network interfaces of `node` (the device's sysfs directory).
+std::vector<std::string> interfaces_of(const Sysroot& sysroot, const std::string& node) {
+  std::vector<std::string> out;
+  for (const auto& iface : sysroot.list("/sys/class/net")) {
+    auto dev = sysroot.resolve("/sys/class/net/" + iface + "/device");
+    if (dev && under(*dev, node)) out.push_back(iface);
+  }
+  return out;
+}
+
 // The device nodes of the GPU at `node` (its sysfs directory): the DRM nodes below it, and the node
 // NVIDIA's driver gives it, which has no sysfs device of its own.
 std::set<std::string> gpu_nodes(const Sysroot& sysroot, const HostDevice& device, const std::string& node) {
@@ -227,32 +302,14 @@ std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& dev
 
   // The NIC the host reaches the network through (or the bridge or bond it is part of).
   std::set<std::string> routed = default_route_interfaces(sysroot);
-  for (const auto& iface : sysroot.list("/sys/class/net")) {
-    auto dev = sysroot.resolve("/sys/class/net/" + iface + "/device");
-    if (!dev || !under(*dev, *node)) continue;
-    if (routed.count(iface)) {
-      reasons.push_back(fmt::format("its interface {} carries the host's default route", iface));
-      continue;
-    }
-    // What is stacked on it (a VLAN, a macvlan: upper_*) or holds it (a bond, a bridge: master), and so on up.
-    std::vector<std::string> todo{iface};
-    std::set<std::string> seen{iface};
-    for (size_t i = 0; i < todo.size() && i < 64; i++) {
-      std::string dir = "/sys/class/net/" + todo[i];
-      std::vector<std::string> above;
-      if (auto master = sysroot.link_name(dir + "/master")) above.push_back(*master);
-      for (const auto& entry : sysroot.list(dir))
-        if (entry.starts_with("upper_")) above.push_back(entry.substr(6));
-      for (const auto& up : above) {
-        if (!seen.insert(up).second) continue;
-        if (routed.count(up)) {
-          reasons.push_back(
-              fmt::format("its interface {} is under {}, which carries the host's default route", iface, up));
-          todo.clear();
-          break;
-        }
-        todo.push_back(up);
-      }
+  for (const auto& iface : interfaces_of(sysroot, *node)) {
+    for (const auto& up : interface_and_above(sysroot, iface)) {
+      if (!routed.count(up)) continue;
+      reasons.push_back(up == iface ? fmt::format("its interface {} carries the host's default route", iface)
+                                    : fmt::format("its interface {} is under {}, which carries the host's default "
+                                                  "route",
+                                                  iface, up));
+      break;
     }
   }
 
@@ -283,6 +340,29 @@ std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& dev
                                     fmt::join(gpu, ", ")));
   }
   return reasons;
+}
+
+std::vector<std::string> host_may_use(const Sysroot& sysroot, const HostDevice& device) {
+  std::vector<std::string> cautions;
+  auto node = sysroot.resolve(device.sysfs_dir());
+  if (!node) return cautions;
+  std::set<std::string> routed = default_route_interfaces(sysroot);
+  auto routes = network_routes(sysroot);
+  for (const auto& iface : interfaces_of(sysroot, *node)) {
+    auto stack = interface_and_above(sysroot, iface);
+    if (std::any_of(stack.begin(), stack.end(), [&](const auto& i) { return routed.count(i) > 0; }))
+      continue;  // host_uses says so, and refuses it
+    for (const auto& up : stack) {
+      auto r = routes.find(up);
+      if (r == routes.end()) continue;
+      cautions.push_back(fmt::format(
+          "its interface {}{} carries routes to {}: if the host is reached through that network (SSH, NFS, "
+          "iSCSI, a cluster's network), reserving it cuts that off",
+          iface, up == iface ? "" : " (under " + up + ")", fmt::join(r->second, ", ")));
+      break;
+    }
+  }
+  return cautions;
 }
 
 }  // namespace passvm::host

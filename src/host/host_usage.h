@@ -12,7 +12,8 @@
 // boot VGA device); when its network interface (or the bridge or bond it is
 // in) carries the host's default route (/proc/net/route, ipv6_route); or when a
 // process has one of its GPU nodes open (/dev/dri/*, /dev/nvidiaN): a GPU
-// driver's unbind waits for them, and may never end.
+// driver's unbind waits for them, and may never end. A NIC with routes to other
+// networks is only a caution (host_may_use).
 #pragma once
 
 #include <set>
@@ -28,6 +29,11 @@ namespace passvm::host {
 // probe_exclusive: also try an exclusive open of each idle block device (reserve only: a listing must not
 // claim disks, even for an instant, while a mount or a pool import may be starting).
 std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& device, bool probe_exclusive = false);
+
+// Uses that do not make the device needed but deserve a warning before it is taken, one sentence each:
+// a network interface (or the bridge or bond it is in) with routes other than the default one, which
+// the host may be reached through (a management network, NFS or iSCSI storage).
+std::vector<std::string> host_may_use(const Sysroot& sysroot, const HostDevice& device);
 
 // Processes with one of `nodes` (device paths, "/dev/...") open, as "1234 (Xorg)".
 std::vector<std::string> processes_with_open(const Sysroot& sysroot, const std::set<std::string>& nodes);

@@ -16,6 +16,10 @@ class HostUsage : public ::testing::Test {
     auto d = find_device(scan_devices(fake.sysroot()), PciAddress::parse(a));
     return host_uses(fake.sysroot(), d.value());
   }
+  std::vector<std::string> cautions(const std::string& a) {
+    auto d = find_device(scan_devices(fake.sysroot()), PciAddress::parse(a));
+    return host_may_use(fake.sysroot(), d.value());
+  }
   testing::FakeSysfs fake;
 };
 
@@ -107,6 +111,49 @@ TEST_F(HostUsage, NicCarryingTheDefaultRouteBlocks) {
   u = uses("0000:00:04.0");
   ASSERT_EQ(u.size(), 1u);
   EXPECT_EQ(u[0], "its interface eth0 is under br1, which carries the host's default route");
+}
+
+// A NIC with routes to networks other than the default one: the host may be reached through it (a
+// management network, NFS or iSCSI storage). Not a refusal: a warning naming the networks.
+TEST_F(HostUsage, NicWithNetworkRoutesIsACaution) {
+  fake.link("/sys/class/net/eth1/device", "/sys/devices/pci0000:00/0000:00:04.0");
+  std::string header = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
+  fake.write("/proc/net/route", header + "eth1\t0000FEA9\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n");
+  fake.write("/proc/net/ipv6_route",
+             "fe800000000000000000000000000000 40 00000000000000000000000000000000 00 "
+             "00000000000000000000000000000000 00000100 00000002 00000000 00000001     eth1\n"
+             "fd000000000000000000000000000002 80 00000000000000000000000000000000 00 "
+             "00000000000000000000000000000000 00000000 00000003 00000000 80200001     eth1\n"
+             "ff000000000000000000000000000000 08 00000000000000000000000000000000 00 "
+             "00000000000000000000000000000000 00000100 00000003 00000000 00000001     eth1\n");
+  EXPECT_TRUE(cautions("0000:00:04.0").empty()) << "link-local, multicast and its own address only";
+
+  fake.write("/proc/net/route", header + "eth1\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n");
+  fake.write("/proc/net/ipv6_route",
+             "fd000000000000000000000000000000 40 00000000000000000000000000000000 00 "
+             "00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth1\n");
+  EXPECT_TRUE(uses("0000:00:04.0").empty());
+  auto c = cautions("0000:00:04.0");
+  ASSERT_EQ(c.size(), 1u);
+  EXPECT_EQ(c[0].rfind("its interface eth1 carries routes to 10.0.0.0/24, fd00::/64: if the host is "
+                       "reached through that network",
+                       0),
+            0u)
+      << c[0];
+
+  // In a bridge that has the address: the bridge's routes.
+  fake.write("/proc/net/ipv6_route", "");
+  fake.write("/proc/net/route", header + "br0\t0010A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n");
+  fake.link("/sys/class/net/eth1/master", "/sys/devices/virtual/net/br0");
+  c = cautions("0000:00:04.0");
+  ASSERT_EQ(c.size(), 1u);
+  EXPECT_NE(c[0].find("eth1 (under br0) carries routes to 192.168.16.0/24"), std::string::npos) << c[0];
+
+  // With the default route as well it is needed, and refused: no second word about it.
+  fake.write("/proc/net/route", header + "br0\t0010A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n" +
+                                    "br0\t00000000\t0110A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n");
+  EXPECT_EQ(uses("0000:00:04.0").size(), 1u);
+  EXPECT_TRUE(cautions("0000:00:04.0").empty());
 }
 
 TEST_F(HostUsage, SwapBlocks) {

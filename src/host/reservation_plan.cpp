@@ -128,6 +128,8 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
           address.str(), *vfs, address.str()));
       continue;
     }
+    for (const auto& caution : host_may_use(sysroot, *dev))
+      plan.warnings.push_back(fmt::format("{} may be needed by the host: {}", address.str(), caution));
     auto uses = host_uses(sysroot, *dev, true);
     for (const auto& use : uses) {
       std::string text = fmt::format("{} is needed by the host: {}", address.str(), use);

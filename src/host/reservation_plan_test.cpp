@@ -109,6 +109,22 @@ TEST_F(Planning, RefusesDeviceBackingAMountUnlessForced) {
   EXPECT_EQ(forced.steps.size(), 4u);
 }
 
+// A NIC whose interface has routes (not the default one): taken, with a warning naming the networks.
+TEST_F(Planning, NicWithNetworkRoutesIsTakenWithAWarning) {
+  fake.link("/sys/class/net/eth1/device", "/sys/devices/pci0000:00/0000:00:04.0");
+  fake.write("/proc/net/route", "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+                                "eth1\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n");
+  Plan plan = reserve({"00:04.0"});
+  EXPECT_TRUE(plan.errors.empty());
+  ASSERT_EQ(plan.warnings.size(), 1u);
+  EXPECT_EQ(plan.warnings[0].rfind("0000:00:04.0 may be needed by the host: its interface eth1 carries routes to "
+                                   "10.0.0.0/24",
+                                   0),
+            0u)
+      << plan.warnings[0];
+  EXPECT_FALSE(plan.steps.empty());
+}
+
 TEST_F(Planning, OneBadDeviceFailsTheWholeRequest) {
   auto plan = reserve({"00:04.0", "00:09.0"});
   EXPECT_FALSE(plan.errors.empty());
