@@ -16,6 +16,7 @@
 #include "host/host_usage.h"
 #include "host/host_users.h"
 #include "host/pci_inventory.h"
+#include "host/host_lock.h"
 #include "host/pptdevs_config.h"
 #include "host/preflight.h"
 #include "host/reservation_plan.h"
@@ -376,6 +377,8 @@ int host_main(int argc, char** argv) {
                         "reserve --apply-config --dry-run`");
       }
       if (!dry_run) require_root(sysroot, command);
+      std::optional<HostLock> lock;
+      if (!dry_run) lock.emplace(sysroot);
       if (!boot_claim.empty()) return run_boot_claim(sysroot, boot_claim, config);
       if (apply_config) return run_apply_config(sysroot, config, dry_run, verbose);
       ReserveOptions options{force, with_group, user.empty() ? std::nullopt : std::optional(lookup_user(sysroot, user))};
@@ -385,6 +388,8 @@ int host_main(int argc, char** argv) {
     // release
     if (devices.empty()) throw HostError("release needs device addresses, e.g. `passvm release 0000:00:03.0`");
     if (!dry_run) require_root(sysroot, command);
+    std::optional<HostLock> lock;
+    if (!dry_run) lock.emplace(sysroot);
     Plan plan = plan_release(sysroot, scan_devices(sysroot), parse_addresses(devices));
     return carry_out(sysroot, plan, dry_run, verbose, false);
   } catch (const HostError& e) {
