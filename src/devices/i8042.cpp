@@ -10,7 +10,7 @@ constexpr uint8_t kCtrKbdInt = 0x01, kCtrAuxInt = 0x02, kCtrSys = 0x04, kCtrKbdD
 constexpr uint8_t kCmdReadCtr = 0x20, kCmdWriteCtr = 0x60, kCmdAuxDisable = 0xa7, kCmdAuxEnable = 0xa8,
                   kCmdAuxTest = 0xa9, kCmdSelfTest = 0xaa, kCmdKbdTest = 0xab, kCmdKbdDisable = 0xad,
                   kCmdKbdEnable = 0xae, kCmdReadOutput = 0xd0, kCmdWriteOutput = 0xd1, kCmdKbdLoop = 0xd2,
-                  kCmdAuxLoop = 0xd3, kCmdAuxSend = 0xd4, kCmdReset = 0xfe;
+                  kCmdAuxLoop = 0xd3, kCmdAuxSend = 0xd4;
 constexpr uint8_t kSelfTestOk = 0x55, kPortTestOk = 0x00, kNoDevice = 0xfe;
 constexpr uint8_t kOutputPort = 0x03;  // A20 enabled, not in reset
 }  // namespace
@@ -51,7 +51,7 @@ void I8042::write(uint64_t offset, std::span<const uint8_t> data) {
     for (size_t i = 0; i < data.size(); i++) {
       uint64_t at = offset + i;
       if (at == 4) reset |= command(data[i]);
-      else if (at == 0) this->data(data[i]);
+      else if (at == 0) reset |= this->data(data[i]);
     }
     update_irqs();
   }
@@ -76,24 +76,28 @@ bool I8042::command(uint8_t cmd) {
     case kCmdKbdTest:
     case kCmdAuxTest: push(kPortTestOk, false); break;
     case kCmdReadOutput: push(kOutputPort, false); break;
-    case kCmdReset: return true;
-    default: break;  // includes the 0xF0-0xFF pulse commands other than reset
+    default:
+      // 0xF0-0xFF pulse the output port's lines whose bits are clear: bit 0 is the CPU's reset line.
+      // 0xFE (Linux, most systems) pulses it alone; 0xF0 and the others with bit 0 clear do too.
+      if (cmd >= 0xf0 && !(cmd & 0x01)) return true;
+      break;
   }
   return false;
 }
 
-void I8042::data(uint8_t value) {
+bool I8042::data(uint8_t value) {
   last_was_command_ = false;
   uint8_t cmd = pending_;
   pending_ = 0;
   switch (cmd) {
     case kCmdWriteCtr: ctr_ = value; break;
-    case kCmdWriteOutput: break;  // A20 and reset lines: A20 is always on
+    case kCmdWriteOutput: return !(value & 0x01);  // bit 0 low holds the CPU in reset; A20 is always on
     case kCmdKbdLoop: push(value, false); break;
     case kCmdAuxLoop: push(value, true); break;
     case kCmdAuxSend: push(kNoDevice, true); break;
     default: push(kNoDevice, false); break;  // a byte for the keyboard, which is not there
   }
+  return false;
 }
 
 void I8042::update_irqs() {

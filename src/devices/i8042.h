@@ -1,7 +1,8 @@
 // devices: I8042, the PS/2 controller at 0x60 (data) and 0x64 (command/status).
 //
 // passvm has no keyboard or mouse; the controller is here so that the guest
-// can reset the machine the PC way (command 0xFE). The FADT does not announce
+// can reset the machine the PC way: command 0xFE (or another pulse command
+// with bit 0 clear), or an output port written with its reset bit low. The FADT does not announce
 // it, so Linux does not probe it; a guest that probes anyway (i8042.nopnp,
 // other systems) gets prompt answers instead of waiting out timeouts: the controller
 // commands it uses (read/write command byte, self tests, port enable/disable,
@@ -39,8 +40,8 @@ class I8042 : public BusDevice {
   };
   uint8_t status() const;
   uint8_t read_data();
-  bool command(uint8_t cmd);  // returns true when the reset command came
-  void data(uint8_t value);
+  bool command(uint8_t cmd);  // returns true when the guest reset the machine
+  bool data(uint8_t value);   // the same
   // The chip holds one byte; a few more are kept for bursts (Linux's i8042_flush reads up to 16), and a
   // guest that writes without reading must not grow passvm's memory: beyond them bytes are dropped.
   static constexpr size_t kMaxOut = 16;

@@ -39,6 +39,24 @@ TEST(I8042, ResetCommand) {
   EXPECT_EQ(k.resets, 1);
 }
 
+// The other ways a system resets through the controller: a pulse command whose bit 0 is clear, and the
+// output port written with the reset line (bit 0) low. Pulses of other lines, and an output port
+// written with bit 0 high (A20 on, as boot loaders do), are no reset.
+TEST(I8042, PulseCommandsAndOutputPortResetByBitZero) {
+  Kbc k;
+  k.out(4, 0xff);
+  k.out(4, 0xfd);
+  k.out(4, 0xd1);
+  k.out(0, 0xdf);  // A20 on, reset line high
+  EXPECT_EQ(k.resets, 0);
+  k.out(4, 0xf0);
+  EXPECT_EQ(k.resets, 1);
+  k.out(4, 0xd1);
+  k.out(0, 0xde);
+  EXPECT_EQ(k.resets, 2);
+  EXPECT_EQ(k.status() & 0x01, 0) << "the output port write answers nothing";
+}
+
 TEST(I8042, StatusIsSaneAndCommandsAnswer) {
   Kbc k;
   EXPECT_EQ(k.status() & 0x01, 0) << "nothing to read at start";
