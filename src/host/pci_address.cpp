@@ -66,6 +66,13 @@ PciAddress PciAddress::parse(std::string_view text) {
     return from_parts(text, 0u, number(fields[0], 16, 0xff), number(fields[1], 16, 0x1f), function);
   }
   if (fields.size() == 3) {
+    if (auto wide = number(fields[0], 16, 0xffffffff); wide && *wide > 0xffff) {
+      throw HostError(fmt::format(
+          "{}: PCI domain {:x} is beyond ffff, where Linux puts the devices behind an Intel VMD controller; their "
+          "DMA and interrupts go through that controller, so they cannot be passed through on their own: turn "
+          "VMD off in the firmware (the devices then get ordinary addresses), or pass the VMD controller through",
+          text, *wide));
+    }
     return from_parts(text, number(fields[0], 16, 0xffff), number(fields[1], 16, 0xff),
                       number(fields[2], 16, 0x1f), function);
   }

@@ -60,5 +60,19 @@ TEST(PciAddress, OrdersByDomainBusSlotFunction) {
   EXPECT_LT(PciAddress::parse("0000:ff:00.0"), PciAddress::parse("0001:00:00.0"));
 }
 
+// Linux numbers the domains behind an Intel VMD controller from 10000: such an address is not a typo,
+// and the message says what it is.
+TEST(PciAddress, VmdDomainIsNamedAsSuch) {
+  try {
+    PciAddress::parse("10000:01:00.0");
+    FAIL() << "no error";
+  } catch (const HostError& e) {
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("PCI domain 10000 is beyond ffff"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("Intel VMD"), std::string::npos) << msg;
+  }
+  EXPECT_EQ(PciAddress::parse("ffff:01:00.0").domain, 0xffff);
+}
+
 }  // namespace
 }  // namespace passvm::host
