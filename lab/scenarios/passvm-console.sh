@@ -8,7 +8,7 @@
 # - stall.signal: SIGTERM while stalled: passvm exits within 10 s with status 5, saying why; the NVMe
 #   stays on vfio-pci and no process holds a VFIO group.
 # - resume: a second VM, whose reader stalls in the flood for 10 s and then reads again: every flood
-#   line arrives, once and in order (resume.lines); L2's flood and nvme checks pass.
+#   line arrives whole, once and in order (resume.lines); L2's flood and nvme checks pass.
 # lab-expect: stall.busy stall.api stall.signal resume.lines resume.flood resume.nvme
 # lab-timeout: 900
 
@@ -132,7 +132,9 @@ PASSVM_TEST_CONSOLE_BUFFER=4096 timeout 600 "$PASSVM" -c 1 -m 512M -s 0,hostbrid
 rc=$?
 wait $READER 2>/dev/null
 got=$(tr -d '\r' <"$D/resume.console" | awk -v n=$LINES '
-    $1 == "L2FLOOD" { if ($2 != want + 1) { bad = bad " " $2 " after " want }; want = $2; count++ }
+    $1 == "L2FLOOD" { if ($2 != want + 1) { bad = bad " " $2 " after " want }
+                      if ($3 != "0123456789abcdefghijklmnopqrstuvwxyz" || NF != 3) { bad = bad " line " $2 " cut" }
+                      want = $2; count++ }
     END { if (want != n) bad = bad " last " want; printf "%d%s", count, (bad == "" ? "" : ";" substr(bad, 1, 200)) }')
 stalled=$([[ -e $D/stalled ]] && echo yes || echo no)
 if [[ $rc != 0 ]]; then result resume.lines fail detail="passvm exited $rc: $(tail -c 300 "$D/resume.err" | tr '\n' ' ')"

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <stdexcept>
 
 namespace passvm::devices {
@@ -36,16 +37,45 @@ ConsoleOutput::~ConsoleOutput() {
 void ConsoleOutput::start(std::function<void()> on_thread_start) {
   std::lock_guard g(lock_);
   if (running_ || finishing_ || fd_ < 0) return;
-  running_ = true;
+  // running_ only once the thread exists: if it cannot be made, output goes on being written at once.
   thread_ = std::thread([this, fn = std::move(on_thread_start)] {
     if (fn) fn();
     run();
   });
+  running_ = true;
+}
+
+void ConsoleOutput::write_directly() {
+  std::unique_lock g(lock_);
+  if (direct_) return;
+  direct_ = true;  // from here write() and message() write at once
+  finishing_ = true;  // and without blocking
+  // The bytes the writer is writing now are still queued: wait a little for it, or they go out twice.
+  changed_.wait_for(g, std::chrono::milliseconds(100), [this] { return !in_write_; });
+  std::string left = running_ ? queue_.substr(head_) : std::string();
+  head_ = queue_.size();
+  if (running_) {
+    abandon_ = true;
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t r = ::write(wake_fd_, &one, sizeof one);
+    changed_.notify_all();
+    // A writer blocked in a terminal's write is left to the process's end (see finish()).
+    if (changed_.wait_for(g, std::chrono::milliseconds(100), [this] { return !running_; })) {
+      g.unlock();
+      thread_.join();
+      g.lock();
+    } else {
+      thread_.detach();
+      running_ = false;
+    }
+  }
+  g.unlock();
+  write_now(left, false);
 }
 
 void ConsoleOutput::finish(std::chrono::milliseconds timeout) {
   std::unique_lock g(lock_);
-  if (finishing_) return;
+  if (finishing_) return;  // finished, or writing directly
   finishing_ = true;
   changed_.notify_all();
   if (running_ && !changed_.wait_for(g, timeout, [this] { return head_ == queue_.size(); })) {
@@ -67,16 +97,16 @@ void ConsoleOutput::finish(std::chrono::milliseconds timeout) {
   head_ = 0;
 }
 
-size_t ConsoleOutput::write(std::string_view bytes) {
+size_t ConsoleOutput::write(std::string_view bytes, size_t slack) {
   std::unique_lock g(lock_);
   if (!bytes.empty()) mid_line_ = bytes.back() != '\n';
-  if (!running_) {
+  if (!running_ || direct_) {
     g.unlock();
     write_now(bytes, !finishing_);
     return bytes.size();
   }
   size_t queued = queue_.size() - head_;
-  size_t n = std::min(bytes.size(), queued < capacity_ ? capacity_ - queued : 0);
+  size_t n = std::min(bytes.size(), queued < capacity_ + slack ? capacity_ + slack - queued : 0);
   if (n < bytes.size()) refused_ = true;
   if (n == 0) return 0;
   queue_.append(bytes.data(), n);
@@ -86,7 +116,7 @@ size_t ConsoleOutput::write(std::string_view bytes) {
 
 bool ConsoleOutput::has_room() {
   std::lock_guard g(lock_);
-  const bool room = !running_ || queue_.size() - head_ < capacity_;
+  const bool room = !running_ || direct_ || queue_.size() - head_ < capacity_;
   if (!room) refused_ = true;
   return room;
 }
@@ -95,12 +125,12 @@ void ConsoleOutput::message(std::string_view text) {
   if (text.empty()) return;
   std::unique_lock g(lock_);
   const bool break_line = mid_line_;
-  if (running_ && queue_.size() - head_ + text.size() + 1 > capacity_ + kMessageRoom) {
+  if (running_ && !direct_ && queue_.size() - head_ + text.size() + 1 > capacity_ + kMessageRoom) {
     dropped_ += text.size();
     return;
   }
   mid_line_ = false;
-  if (!running_) {
+  if (!running_ || direct_) {
     g.unlock();
     if (break_line) write_now("\n", !finishing_);
     write_now(text, !finishing_);
@@ -142,7 +172,9 @@ void ConsoleOutput::write_now(std::string_view bytes, bool may_block) {
     }
     size_t n = may_block ? bytes.size() - done : std::min(bytes.size() - done, chunk_);
     ssize_t r = ::write(fd_, bytes.data() + done, n);
-    if (r < 0 && errno == EINTR) continue;
+    // An interrupted blocking write drops the rest: the one signal that interrupts a passvm thread is a
+    // vCPU's kick, which asks it to stop or pause, and a vCPU blocked here must still do so.
+    if (r < 0 && errno == EINTR && !may_block) continue;
     if (r <= 0) break;
     done += static_cast<size_t>(r);
   }
@@ -161,6 +193,7 @@ void ConsoleOutput::run() {
     // The bytes stay in the queue while written: write() only appends, and only this thread takes
     // from the front, so they do not move unless the string reallocates; copy them to be sure.
     std::string chunk = queue_.substr(head_, n);
+    in_write_ = true;
     g.unlock();
 
     pollfd p[2] = {{fd_, POLLOUT, 0}, {wake_fd_, POLLIN, 0}};
@@ -179,6 +212,8 @@ void ConsoleOutput::run() {
     }
 
     g.lock();
+    in_write_ = false;
+    changed_.notify_all();
     if (abandon_) break;
     head_ += consumed;
     if (head_ == queue_.size() || head_ > (size_t{64} << 10)) {
@@ -240,8 +275,19 @@ void route_standard_streams() {
   }
 }
 
+void standard_streams_now() {
+  if (g_messages && g_messages != g_output) g_messages->write_directly();
+  if (g_output) g_output->write_directly();
+}
+
 void start_standard_streams(std::function<void()> on_thread_start) {
   if (!g_output) return;
+  // std::terminate's handler prints why through stderr and aborts at once: the queue must not keep it.
+  static std::terminate_handler previous = std::set_terminate([] {
+    standard_streams_now();
+    if (previous) previous();
+    std::abort();
+  });
   g_output->start(on_thread_start);
   if (g_messages != g_output) g_messages->start(on_thread_start);
   std::atexit(finish_standard_streams);

@@ -60,8 +60,10 @@ class ConsoleOutput {
   void start(std::function<void()> on_thread_start = {});
   void finish(std::chrono::milliseconds timeout = kFinishTimeout);
 
-  // Guest output: queues as much as there is room for and returns how many bytes that was.
-  size_t write(std::string_view bytes);
+  // Guest output: queues as much as there is room for and returns how many bytes that was. `slack` lets
+  // this write go that far beyond the capacity: a device that checked has_room() before taking a buffer
+  // from the guest passes the buffer's bound, so that the buffer is not cut.
+  size_t write(std::string_view bytes, size_t slack = 0);
   // Whether write() would take a byte now. "No" counts as a refusal: the listeners hear when there is.
   bool has_room();
   // passvm's own message (see above).
@@ -79,6 +81,12 @@ class ConsoleOutput {
  private:
   void run();
   void write_now(std::string_view bytes, bool may_block);
+ public:
+  // Stops queuing: writes what is queued, and from then on everything, at once and without blocking
+  // (what the file does not take is dropped). The writer thread is left to the process's end.
+  void write_directly();
+
+ private:
   void call_listeners();
 
   const int fd_;
@@ -93,6 +101,8 @@ class ConsoleOutput {
   bool running_ = false;    // the writer thread runs
   bool finishing_ = false;
   bool abandon_ = false;    // finish()'s time is up: drop what is left
+  bool direct_ = false;     // write_directly(): no more queuing
+  bool in_write_ = false;   // the writer is writing bytes it has not yet taken off the queue
   uint64_t dropped_ = 0;
   int wake_fd_ = -1;        // an eventfd: wakes the writer from waiting for the file to take more
   std::thread thread_;
@@ -112,5 +122,9 @@ void route_standard_streams();
 void start_standard_streams(std::function<void()> on_thread_start);
 // stdout's output; one that writes at once (never started) when route_standard_streams() was not called.
 ConsoleOutput* standard_output();
+
+// From now on the standard streams write at once, without blocking, what is queued first: for the
+// process's last words (std::terminate's message) before it aborts.
+void standard_streams_now();
 
 }  // namespace passvm::devices

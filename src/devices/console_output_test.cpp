@@ -126,6 +126,23 @@ TEST_F(Stalled, FinishEndsWhileTheReaderStaysSo) {
   EXPECT_EQ(out.dropped(), 16u);
 }
 
+// std::terminate's message goes out before the abort: queued output first, then the message, at once.
+TEST(ConsoleOutput, WritingDirectlyWritesTheQueueAndThenEverythingAtOnce) {
+  int fd = temp_file();
+  ASSERT_GE(fd, 0);
+  {
+    ConsoleOutput out(fd);
+    out.start();
+    out.write("guest line\n");
+    out.message("passvm: one\n");
+    out.write_directly();
+    out.message("terminate called after throwing\n");
+    EXPECT_EQ(file_contents(fd), "guest line\npassvm: one\nterminate called after throwing\n");
+    EXPECT_EQ(out.pending(), 0u);
+  }
+  close(fd);
+}
+
 TEST(ConsoleOutput, AReaderThatWentAwayDropsTheOutputAndFreesRoom) {
   signal(SIGPIPE, SIG_IGN);  // as passvm runs
   int fds[2];

@@ -33,13 +33,13 @@ Uart16550::~Uart16550() {
 
 void Uart16550::output_has_room() {
   std::lock_guard g(lock_);
-  const bool was_busy = transmitter_busy();
   flush_output();
-  if (was_busy && !transmitter_busy()) thre_pending_ = true;
   update_irq();
 }
 
-bool Uart16550::transmitter_busy() const { return out_.size() >= kOutputBuffer; }
+// Busy while a FIFO's load would not fit: a driver that saw THRE writes up to 16 bytes without looking
+// again (Linux's 8250 tty output does), and those must not be lost.
+bool Uart16550::transmitter_busy() const { return out_.size() + kFifoSize > kOutputBuffer; }
 
 void Uart16550::read(uint64_t offset, std::span<uint8_t> data) {
   std::lock_guard g(lock_);
@@ -58,6 +58,7 @@ void Uart16550::write(uint64_t offset, std::span<const uint8_t> data) {
 void Uart16550::flush() {
   std::lock_guard g(lock_);
   flush_output();
+  update_irq();
 }
 
 std::string Uart16550::state() {
@@ -148,7 +149,7 @@ void Uart16550::write_register(uint64_t reg, uint8_t value) {
         dlm_ = value;
       } else {
         // Enabling the THRE interrupt while the holding register is empty raises it immediately.
-        if ((value & kIerThre) && !(ier_ & kIerThre)) thre_pending_ = true;
+        if ((value & kIerThre) && !(ier_ & kIerThre) && !transmitter_busy()) thre_pending_ = true;
         ier_ = value & 0x0f;
         update_batching();
       }
@@ -191,7 +192,7 @@ void Uart16550::transmit(uint8_t byte) {
     transmitted_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  if (transmitter_busy()) {
+  if (out_.size() >= kOutputBuffer) {  // beyond the FIFO's load after THRE: the guest ignored LSR
     lost_++;
     return;
   }
@@ -202,7 +203,11 @@ void Uart16550::transmit(uint8_t byte) {
 
 void Uart16550::flush_output() {
   if (out_.empty() || !output_) return;
+  const bool was_busy = transmitter_busy();
   out_.erase(0, output_->write(out_));
+  // Whoever flushed (the output's listener, the control loop, a register access), the transmitter
+  // emptying is a THRE event; the caller updates the line.
+  if (was_busy && !transmitter_busy()) thre_pending_ = true;
 }
 
 uint8_t Uart16550::line_status() const {

@@ -13,10 +13,11 @@
 // Transmission is instant (the guest never waits for the baud rate) while the
 // console takes the output: it goes to a ConsoleOutput, which never blocks.
 // When that refuses it (its reader stalled and its queue is full), the UART
-// keeps up to 4 KiB and then shows the transmitter busy (LSR THRE and TEMT
-// clear, no THRE interrupt) until the console takes it, as a real UART on a
-// line with flow control: the guest's driver waits, and a byte it writes
-// regardless is lost (counted in state()). Output is collected in lines
+// keeps up to 4 KiB, showing the transmitter busy (LSR THRE and TEMT clear, no
+// THRE interrupt) once less than a FIFO's load (16 bytes) of that is left,
+// until the console takes it, as a real UART on a line with flow control: the
+// guest's driver waits, and a byte it writes beyond the FIFO's load regardless
+// is lost (counted in state()). Output is collected in lines
 // rather than handed over per character: at a newline, when 4 KiB are
 // collected, at any register access other than the per-character pair (data
 // write, LSR read; Linux's console write ends by restoring IER, its tty output

@@ -234,7 +234,12 @@ void check_configured_id(const std::vector<HostDevice>& devices, const Configure
 // Called by udev for every PCI "add": claims the device when the config lists it. Prints udev
 // environment lines on stdout (for IMPORT{program}) and nothing else there.
 int run_boot_claim(const Sysroot& sysroot, const std::string& kernel_name, const std::string& config) {
-  PciAddress address = PciAddress::parse(kernel_name);
+  PciAddress address;
+  try {
+    address = PciAddress::parse(kernel_name);
+  } catch (const HostError&) {
+    return 0;  // a name no config line can hold (a device behind VMD): not ours
+  }
   // Lines that cannot be read are not this call's business (it runs for every PCI device at boot):
   // the service's --apply-config reports them once.
   auto listed = load_pptdevs(sysroot, config);
@@ -242,6 +247,8 @@ int run_boot_claim(const Sysroot& sysroot, const std::string& kernel_name, const
   const auto& entries = listed->devices;
   auto entry = std::find_if(entries.begin(), entries.end(), [&](const auto& d) { return d.address == address; });
   if (entry == entries.end()) return 0;
+  // Only a listed device waits for the lock: every PCI device's "add" runs this at boot.
+  HostLock lock(sysroot);
   auto devices = scan_devices(sysroot);
   ReserveOptions options;
   try {
@@ -377,9 +384,9 @@ int host_main(int argc, char** argv) {
                         "reserve --apply-config --dry-run`");
       }
       if (!dry_run) require_root(sysroot, command);
+      if (!boot_claim.empty()) return run_boot_claim(sysroot, boot_claim, config);
       std::optional<HostLock> lock;
       if (!dry_run) lock.emplace(sysroot);
-      if (!boot_claim.empty()) return run_boot_claim(sysroot, boot_claim, config);
       if (apply_config) return run_apply_config(sysroot, config, dry_run, verbose);
       ReserveOptions options{force, with_group, user.empty() ? std::nullopt : std::optional(lookup_user(sysroot, user))};
       Plan plan = plan_reserve(sysroot, scan_devices(sysroot), parse_addresses(devices), options);

@@ -149,7 +149,7 @@ std::map<std::string, std::vector<std::string>> network_routes(const Sysroot& sy
         std::sscanf(flags.c_str(), "%x", &up) != 1 || !(up & 1) || bits == 0)
       continue;
     // The kernel prints them in memory order: the first octet is the lowest byte.
-    if ((dest & 0xffff) == 0xfea9) continue;  // 169.254.0.0/16, link-local
+    if ((dest & 0xffff) == 0xfea9 || (dest & 0xf0) == 0xe0) continue;  // 169.254.0.0/16 link-local, 224.0.0.0/4
     out[iface].push_back(fmt::format("{}.{}.{}.{}/{}", dest & 0xff, (dest >> 8) & 0xff, (dest >> 16) & 0xff,
                                      dest >> 24, __builtin_popcount(bits)));
   }
@@ -164,8 +164,9 @@ std::map<std::string, std::vector<std::string>> network_routes(const Sysroot& sy
       continue;
     unsigned plen = 0, f = 0;
     if (std::sscanf(length.c_str(), "%x", &plen) != 1 || std::sscanf(flags.c_str(), "%x", &f) != 1) continue;
-    constexpr unsigned kUp = 0x1, kReject = 0x200, kAnycast = 0x100000, kLocal = 0x80000000;
-    if (plen == 0 || !(f & kUp) || (f & (kReject | kAnycast | kLocal))) continue;
+    // A cached route (a path MTU or a redirect for one host) is no network the host is reached through.
+    constexpr unsigned kUp = 0x1, kReject = 0x200, kAnycast = 0x100000, kCache = 0x1000000, kLocal = 0x80000000;
+    if (plen == 0 || !(f & kUp) || (f & (kReject | kAnycast | kCache | kLocal))) continue;
     if (destination.starts_with("fe8") || destination.starts_with("fe9") || destination.starts_with("fea") ||
         destination.starts_with("feb") || destination.starts_with("ff"))
       continue;  // fe80::/10 link-local, ff00::/8 multicast

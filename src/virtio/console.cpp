@@ -45,9 +45,13 @@ bool Console::transmit(Queue& queue) {
     if (output_ && !output_->has_room()) break;  // the rest waits in the ring for the listener
     auto chain = queue.pop();
     if (!chain) break;
-    // A chain may be as large as guest RAM: the output takes (and copies) only what it has room for.
+    // Taken whole, past the output's capacity if need be (Linux's buffers are a page at most), so that a
+    // reader that is merely slow loses nothing. A chain may be as large as guest RAM: what goes beyond
+    // kChainSlack is cut, not copied.
+    size_t slack = kChainSlack;
     for (const Buffer& b : chain->readable) {
-      if (output_) output_->write({reinterpret_cast<const char*>(b.data), b.size});
+      size_t taken = output_ ? output_->write({reinterpret_cast<const char*>(b.data), b.size}, slack) : b.size;
+      slack -= std::min(slack, taken);
       transmitted_.fetch_add(b.size, std::memory_order_relaxed);
     }
     queue.push_used(chain->head, 0);

@@ -8,8 +8,9 @@
 // Queue 0 receives (host input into buffers the driver posted), queue 1 transmits (the driver's
 // buffers handed to a ConsoleOutput, which never blocks). While the console refuses output (its reader
 // stalled and its queue is full) the driver's buffers wait in the ring, and the device takes them when
-// the console has room: the guest's driver waits, as for a slow line. A buffer larger than the room left
-// is cut (what did not fit is lost). No multiport, no emergency write,
+// the console has room: the guest's driver waits, as for a slow line. A buffer is taken whole once there
+// is any room, up to kChainSlack beyond the console's capacity (beyond that it is cut: a chain may be
+// as large as guest RAM). No multiport, no emergency write,
 // no console size. Input arriving before the driver has posted buffers waits in ConsoleInput, which
 // rx_space_fd() wakes when the driver posts some.
 //
@@ -32,6 +33,7 @@ class Console : public Device, public devices::ConsoleSink {
  public:
   static constexpr uint32_t kType = 3;
   static constexpr uint16_t kReceiveQueue = 0, kTransmitQueue = 1;
+  static constexpr size_t kChainSlack = size_t{64} << 10;
 
   // Guest output goes to `output` (nullptr drops it).
   explicit Console(devices::ConsoleOutput* output);

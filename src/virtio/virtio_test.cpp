@@ -339,14 +339,15 @@ TEST(VirtioConsole, BuffersWaitInTheRingWhileTheConsoleIsFull) {
   Driver d(false, stalled.fds[1], 8);
   d.start();
   d.writer.start();
-  d.transmit("12345678", 0);
-  EXPECT_EQ(d.used_idx(1), 1);
+  d.transmit("1234567", 0);
   d.transmit("abc\n", 1);
-  EXPECT_EQ(d.used_idx(1), 1) << "the console is full: the buffer stays in the ring";
+  EXPECT_EQ(d.used_idx(1), 2) << "a byte of room takes a whole buffer: a slow reader loses nothing";
+  d.transmit("xyz\n", 2);
+  EXPECT_EQ(d.used_idx(1), 2) << "the console is full: the buffer stays in the ring";
   d.set(kIntAck, 1);
-  EXPECT_EQ(stalled.read_until(12), "12345678abc\n");
-  for (int i = 0; i < 500 && d.used_idx(1) != 2; i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  EXPECT_EQ(d.used_idx(1), 2);
+  EXPECT_EQ(stalled.read_until(15), "1234567abc\nxyz\n");
+  for (int i = 0; i < 500 && d.used_idx(1) != 3; i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(d.used_idx(1), 3);
   EXPECT_EQ(d.reg(kIntStatus), 1u) << "the driver hears of the buffer used late";
   EXPECT_EQ(d.transport.error(), "");
 }
