@@ -109,49 +109,35 @@ bool held_exclusively(const Sysroot& sysroot, const std::string& name) {
   return false;
 }
 
-// The host's default routes' interfaces, IPv4 and IPv6.
-std::set<std::string> default_route_interfaces(const Sysroot& sysroot) {
-  std::set<std::string> out;
-  std::string line;
-  std::istringstream v4(sysroot.read("/proc/net/route").value_or(""));
-  while (std::getline(v4, line)) {
-    std::istringstream fields(line);
-    std::string iface, destination, gateway, flags, refs, use, metric, mask;
-    if (fields >> iface >> destination >> gateway >> flags >> refs >> use >> metric >> mask &&
-        destination == "00000000" && mask == "00000000")
-      out.insert(iface);
-  }
-  std::istringstream v6(sysroot.read("/proc/net/ipv6_route").value_or(""));
-  while (std::getline(v6, line)) {
-    // DEST PLEN SRC SPLEN NEXTHOP METRIC REFS USE FLAGS IFACE
-    std::istringstream fields(line);
-    std::string destination, length, field, iface;
-    if (!(fields >> destination >> length)) continue;
-    for (int i = 0; i < 8 && fields >> field; ++i) iface = field;
-    if (destination == std::string(32, '0') && length == "00" && iface != "lo") out.insert(iface);
-  }
-  return out;
-}
+// The host's routes, per interface, from /proc/net/route and ipv6_route (one read of each).
+struct HostRoutes {
+  std::set<std::string> default_route;  // interfaces that carry a default route, IPv4 or IPv6
+  // Routes other than the default one, as "10.0.0.0/24" or "fd00::/64": the networks the host reaches
+  // through the interface. Link-local and multicast routes, and the host's own addresses (local routes),
+  // are left out: every interface that is up has those.
+  std::map<std::string, std::vector<std::string>> networks;
+};
 
-// Routes other than the default one, per interface, as "10.0.0.0/24" or "fd00::/64": the networks the host
-// reaches through it. Link-local and multicast routes, and the host's own addresses (local routes), are
-// left out: every interface that is up has those.
-std::map<std::string, std::vector<std::string>> network_routes(const Sysroot& sysroot) {
-  std::map<std::string, std::vector<std::string>> out;
+HostRoutes host_routes(const Sysroot& sysroot) {
+  HostRoutes out;
   std::string line;
   std::istringstream v4(sysroot.read("/proc/net/route").value_or(""));
   while (std::getline(v4, line)) {
     std::istringstream fields(line);
     std::string iface, destination, gateway, flags, refs, use, metric, mask;
     if (!(fields >> iface >> destination >> gateway >> flags >> refs >> use >> metric >> mask)) continue;
+    if (destination == "00000000" && mask == "00000000") {
+      out.default_route.insert(iface);
+      continue;
+    }
     uint32_t dest = 0, bits = 0, up = 0;
     if (std::sscanf(destination.c_str(), "%x", &dest) != 1 || std::sscanf(mask.c_str(), "%x", &bits) != 1 ||
         std::sscanf(flags.c_str(), "%x", &up) != 1 || !(up & 1) || bits == 0)
       continue;
     // The kernel prints them in memory order: the first octet is the lowest byte.
     if ((dest & 0xffff) == 0xfea9 || (dest & 0xf0) == 0xe0) continue;  // 169.254.0.0/16 link-local, 224.0.0.0/4
-    out[iface].push_back(fmt::format("{}.{}.{}.{}/{}", dest & 0xff, (dest >> 8) & 0xff, (dest >> 16) & 0xff,
-                                     dest >> 24, __builtin_popcount(bits)));
+    out.networks[iface].push_back(fmt::format("{}.{}.{}.{}/{}", dest & 0xff, (dest >> 8) & 0xff,
+                                              (dest >> 16) & 0xff, dest >> 24, __builtin_popcount(bits)));
   }
   std::istringstream v6(sysroot.read("/proc/net/ipv6_route").value_or(""));
   while (std::getline(v6, line)) {
@@ -162,6 +148,10 @@ std::map<std::string, std::vector<std::string>> network_routes(const Sysroot& sy
         destination.size() != 32 || iface == "lo" ||
         !std::all_of(destination.begin(), destination.end(), [](char c) { return std::isxdigit(c) != 0; }))
       continue;
+    if (destination == std::string(32, '0') && length == "00") {
+      out.default_route.insert(iface);
+      continue;
+    }
     unsigned plen = 0, f = 0;
     if (std::sscanf(length.c_str(), "%x", &plen) != 1 || std::sscanf(flags.c_str(), "%x", &f) != 1) continue;
     // A cached route (a path MTU or a redirect for one host) is no network the host is reached through.
@@ -175,7 +165,7 @@ std::map<std::string, std::vector<std::string>> network_routes(const Sysroot& sy
       addr.s6_addr[i] = static_cast<uint8_t>(std::stoul(destination.substr(2 * i, 2), nullptr, 16));
     char text[INET6_ADDRSTRLEN] = "?";
     inet_ntop(AF_INET6, &addr, text, sizeof text);
-    out[iface].push_back(fmt::format("{}/{}", text, plen));
+    out.networks[iface].push_back(fmt::format("{}/{}", text, plen));
   }
   return out;
 }
@@ -302,7 +292,7 @@ std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& dev
   }
 
   // The NIC the host reaches the network through (or the bridge or bond it is part of).
-  std::set<std::string> routed = default_route_interfaces(sysroot);
+  std::set<std::string> routed = host_routes(sysroot).default_route;
   for (const auto& iface : interfaces_of(sysroot, *node)) {
     for (const auto& up : interface_and_above(sysroot, iface)) {
       if (!routed.count(up)) continue;
@@ -347,8 +337,9 @@ std::vector<std::string> host_may_use(const Sysroot& sysroot, const HostDevice& 
   std::vector<std::string> cautions;
   auto node = sysroot.resolve(device.sysfs_dir());
   if (!node) return cautions;
-  std::set<std::string> routed = default_route_interfaces(sysroot);
-  auto routes = network_routes(sysroot);
+  HostRoutes all = host_routes(sysroot);
+  const auto& routed = all.default_route;
+  const auto& routes = all.networks;
   for (const auto& iface : interfaces_of(sysroot, *node)) {
     auto stack = interface_and_above(sysroot, iface);
     if (std::any_of(stack.begin(), stack.end(), [&](const auto& i) { return routed.count(i) > 0; }))

@@ -10,16 +10,15 @@
 
 namespace passvm::host {
 
-namespace {
-
-// A whole field as an unsigned number in the given base, or nullopt (empty, junk, too large).
-std::optional<unsigned> number(std::string_view field, int base, unsigned max) {
+std::optional<unsigned> parse_number(std::string_view field, int base, unsigned max) {
   if (field.empty() || field.size() > 8) return std::nullopt;
   unsigned value = 0;
   auto [end, ec] = std::from_chars(field.data(), field.data() + field.size(), value, base);
   if (ec != std::errc() || end != field.data() + field.size() || value > max) return std::nullopt;
   return value;
 }
+
+namespace {
 
 std::vector<std::string_view> split(std::string_view text, char sep) {
   std::vector<std::string_view> parts;
@@ -56,25 +55,25 @@ PciAddress PciAddress::parse(std::string_view text) {
   if (text.find('/') != std::string_view::npos) {
     auto parts = split(text, '/');
     if (parts.size() != 3) malformed(text, "bhyve form needs exactly three fields B/S/F");
-    return from_parts(text, 0u, number(parts[0], 10, 255), number(parts[1], 10, 31), number(parts[2], 10, 7));
+    return from_parts(text, 0u, parse_number(parts[0], 10, 255), parse_number(parts[1], 10, 31), parse_number(parts[2], 10, 7));
   }
   auto dot = text.rfind('.');
   if (dot == std::string_view::npos) malformed(text, "missing '.F' function");
   auto fields = split(text.substr(0, dot), ':');
-  std::optional<unsigned> function = number(text.substr(dot + 1), 16, 7);
+  std::optional<unsigned> function = parse_number(text.substr(dot + 1), 16, 7);
   if (fields.size() == 2) {
-    return from_parts(text, 0u, number(fields[0], 16, 0xff), number(fields[1], 16, 0x1f), function);
+    return from_parts(text, 0u, parse_number(fields[0], 16, 0xff), parse_number(fields[1], 16, 0x1f), function);
   }
   if (fields.size() == 3) {
-    if (auto wide = number(fields[0], 16, 0xffffffff); wide && *wide > 0xffff) {
+    if (auto wide = parse_number(fields[0], 16, 0xffffffff); wide && *wide > 0xffff) {
       throw HostError(fmt::format(
           "{}: PCI domain {:x} is beyond ffff, where Linux puts the devices behind an Intel VMD controller; their "
           "DMA and interrupts go through that controller, so they cannot be passed through on their own: turn "
           "VMD off in the firmware (the devices then get ordinary addresses), or pass the VMD controller through",
           text, *wide));
     }
-    return from_parts(text, number(fields[0], 16, 0xffff), number(fields[1], 16, 0xff),
-                      number(fields[2], 16, 0x1f), function);
+    return from_parts(text, parse_number(fields[0], 16, 0xffff), parse_number(fields[1], 16, 0xff),
+                      parse_number(fields[2], 16, 0x1f), function);
   }
   malformed(text, "expected two or three ':'-separated fields before '.F'");
 }

@@ -7,6 +7,7 @@
 
 #include <compare>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -25,5 +26,9 @@ struct PciAddress {
 
   auto operator<=>(const PciAddress&) const = default;
 };
+
+// A whole field of such text (or of an ID such as 8086:10d3) as an unsigned number in `base`, or nullopt
+// when it is empty, holds anything but digits of that base, or exceeds `max`.
+std::optional<unsigned> parse_number(std::string_view field, int base, unsigned max);
 
 }  // namespace passvm::host

@@ -43,16 +43,29 @@ TEST(PciAddress, RejectsMalformedText) {
   }
 }
 
-TEST(PciAddress, ErrorNamesTheInputAndTheAcceptedForms) {
+// The message parse() throws for `text`, or "" when it accepts it.
+std::string error_of(std::string_view text) {
   try {
-    PciAddress::parse("0/40/0");
-    FAIL() << "no error";
+    PciAddress::parse(text);
+    return "";
   } catch (const HostError& e) {
-    std::string msg = e.what();
-    EXPECT_NE(msg.find("'0/40/0'"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("slot"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("DDDD:BB:SS.F"), std::string::npos) << msg;
+    return e.what();
   }
+}
+
+TEST(PciAddress, ErrorNamesTheInputAndTheAcceptedForms) {
+  std::string msg = error_of("0/40/0");
+  EXPECT_NE(msg.find("'0/40/0'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("slot"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("DDDD:BB:SS.F"), std::string::npos) << msg;
+}
+
+TEST(PciAddress, NumberFieldsAreWholeAndBounded) {
+  EXPECT_EQ(parse_number("a808", 16, 0xffff), 0xa808u);
+  EXPECT_EQ(parse_number("A808", 16, 0xffff), 0xa808u);
+  for (const char* bad : {"", "a80g", "+1", "-1", " 1", "0x10", "10000"}) EXPECT_FALSE(parse_number(bad, 16, 0xffff)) << bad;
+  EXPECT_EQ(parse_number("31", 10, 31), 31u);
+  EXPECT_FALSE(parse_number("32", 10, 31));
 }
 
 TEST(PciAddress, OrdersByDomainBusSlotFunction) {
@@ -63,14 +76,9 @@ TEST(PciAddress, OrdersByDomainBusSlotFunction) {
 // Linux numbers the domains behind an Intel VMD controller from 10000: such an address is not a typo,
 // and the message says what it is.
 TEST(PciAddress, VmdDomainIsNamedAsSuch) {
-  try {
-    PciAddress::parse("10000:01:00.0");
-    FAIL() << "no error";
-  } catch (const HostError& e) {
-    std::string msg = e.what();
-    EXPECT_NE(msg.find("PCI domain 10000 is beyond ffff"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("Intel VMD"), std::string::npos) << msg;
-  }
+  std::string msg = error_of("10000:01:00.0");
+  EXPECT_NE(msg.find("PCI domain 10000 is beyond ffff"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("Intel VMD"), std::string::npos) << msg;
   EXPECT_EQ(PciAddress::parse("ffff:01:00.0").domain, 0xffff);
 }
 

@@ -26,23 +26,12 @@ bool is_pptdevs_key(std::string_view key) {
 std::string owner_text(const std::string& user) { return user.empty() ? "root alone" : "user " + user; }
 
 std::optional<PciId> parse_id(std::string_view text) {
-  auto hex4 = [](std::string_view h, uint16_t& out) {
-    if (h.size() != 4) return false;
-    unsigned v = 0;
-    for (char c : h) {
-      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-      if (d < 0) return false;
-      v = v * 16 + static_cast<unsigned>(d);
-    }
-    out = static_cast<uint16_t>(v);
-    return true;
-  };
-  PciId id;
+  auto hex4 = [](std::string_view h) { return h.size() == 4 ? parse_number(h, 16, 0xffff) : std::nullopt; };
   auto colon = text.find(':');
-  if (colon == std::string_view::npos || !hex4(text.substr(0, colon), id.vendor) ||
-      !hex4(text.substr(colon + 1), id.device))
-    return std::nullopt;
-  return id;
+  if (colon == std::string_view::npos) return std::nullopt;
+  auto vendor = hex4(text.substr(0, colon)), device = hex4(text.substr(colon + 1));
+  if (!vendor || !device) return std::nullopt;
+  return PciId{static_cast<uint16_t>(*vendor), static_cast<uint16_t>(*device)};
 }
 
 }  // namespace
