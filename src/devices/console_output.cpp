@@ -99,8 +99,8 @@ void ConsoleOutput::finish(std::chrono::milliseconds timeout) {
 
 size_t ConsoleOutput::write(std::string_view bytes, size_t slack) {
   std::unique_lock g(lock_);
-  if (!bytes.empty()) mid_line_ = bytes.back() != '\n';
   if (!running_ || direct_) {
+    if (!bytes.empty()) mid_line_ = bytes.back() != '\n';
     g.unlock();
     write_now(bytes, !finishing_);
     return bytes.size();
@@ -109,6 +109,7 @@ size_t ConsoleOutput::write(std::string_view bytes, size_t slack) {
   size_t n = std::min(bytes.size(), queued < capacity_ + slack ? capacity_ + slack - queued : 0);
   if (n < bytes.size()) refused_ = true;
   if (n == 0) return 0;
+  mid_line_ = bytes[n - 1] != '\n';  // of what was taken: refused bytes come again, or are lost
   queue_.append(bytes.data(), n);
   changed_.notify_all();
   return n;

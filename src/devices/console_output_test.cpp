@@ -114,6 +114,30 @@ TEST_F(Stalled, MessagesGoPastGuestOutputsRoomButNotWithoutBound) {
   out.finish();
 }
 
+// Whether a message needs a line break of its own depends on the guest bytes that were taken, not on
+// those refused (which the guest sends again, or which are lost).
+TEST_F(Stalled, AMessageFollowsTheLastLineTakenNotTheBytesRefused) {
+  ConsoleOutput& out = started(10);
+  EXPECT_EQ(out.write("1234567"), 7u);
+  EXPECT_EQ(out.write("ab\ncd"), 3u);  // taken up to the line's end: no break needed
+  out.message("m\n");
+  EXPECT_EQ(out.write("x"), 0u);  // refused
+  out.message("n\n");
+  EXPECT_EQ(p.read_until(14), "1234567ab\nm\nn\n");
+  out.finish();
+}
+
+TEST(ConsoleOutput, AMessageBreaksALineWhoseEndWasRefused) {
+  StalledPipe p;
+  ConsoleOutput out(p.fds[1], 10);
+  out.start();
+  EXPECT_EQ(out.write("12345678"), 8u);
+  EXPECT_EQ(out.write("ab\n"), 2u);  // the "\n" is refused: the line taken is open
+  out.message("m\n");
+  EXPECT_EQ(p.read_until(13), "12345678ab\nm\n");
+  out.finish();
+}
+
 // The process must end even when nobody reads: finish() drops what it could not write in its time.
 TEST_F(Stalled, FinishEndsWhileTheReaderStaysSo) {
   ConsoleOutput& out = started(1000);
