@@ -1,7 +1,10 @@
 #include "devices/uart16550.h"
 
 #include <cstdio>
+#include <exception>
 #include <string>
+
+#include <fmt/format.h>
 
 namespace passvm::devices {
 
@@ -72,22 +75,34 @@ std::string Uart16550::state() {
                 transmitter_busy() ? ", transmitter busy (the console's reader does not keep up)" : "");
   std::string out = text;
   if (lost_ > 0) out += ", " + std::to_string(lost_) + " bytes written while busy were lost";
+  if (!batching_error_.empty()) out += ", " + batching_error_;
   return out;
 }
 
 void Uart16550::set_tx_batching(std::function<void(bool)> fn) {
   std::lock_guard g(lock_);
   tx_batching_ = std::move(fn);
-  batching_told_ = batching_allowed();
-  if (tx_batching_) tx_batching_(batching_told_);
+  batching_told_ = false;
+  tell_batching(batching_allowed());
+}
+
+void Uart16550::tell_batching(bool allowed) {
+  if (!tx_batching_) return;
+  // Batching only saves exits: when KVM refuses to change it, the UART goes on without changing it again
+  // (left on, a write's output and THRE wait for the next exit or the periodic flush) and says why.
+  try {
+    tx_batching_(allowed);
+    batching_told_ = allowed;
+  } catch (const std::exception& e) {
+    batching_error_ = fmt::format("transmit batching left {}: {}", batching_told_ ? "on" : "off", e.what());
+    tx_batching_ = nullptr;
+  }
 }
 
 bool Uart16550::batching_allowed() const { return !(ier_ & kIerThre) && !(mcr_ & kMcrLoop); }
 
 void Uart16550::update_batching() {
-  if (!tx_batching_ || batching_allowed() == batching_told_) return;
-  batching_told_ = !batching_told_;
-  tx_batching_(batching_told_);
+  if (tx_batching_ && batching_allowed() != batching_told_) tell_batching(!batching_told_);
 }
 
 size_t Uart16550::receive(std::span<const uint8_t> bytes) {

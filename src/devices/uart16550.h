@@ -62,7 +62,8 @@ class Uart16550 : public BusDevice, public ConsoleSink {
   // the guest can only observe by reading a register, and a read exits and delivers queued writes
   // first. (In loopback a write raises the receive interrupt, which must not wait for the next exit.)
   // Linux's console output polls with the interrupt off: one exit per character instead of two. Calls
-  // fn with the current state at once, and again whenever it changes.
+  // fn with the current state at once, and again whenever it changes. When fn throws, the state it was
+  // asked to leave stays and fn is not called again (state() says so).
   void set_tx_batching(std::function<void(bool allowed)> fn);
 
   // Host input: puts as many bytes as fit into the receive FIFO and returns how many. When some
@@ -95,12 +96,14 @@ class Uart16550 : public BusDevice, public ConsoleSink {
   void update_irq();
   bool batching_allowed() const;
   void update_batching();  // tells tx_batching_ when batching_allowed() changed
+  void tell_batching(bool allowed);
 
   ConsoleOutput* const output_;
   ConsoleOutput::ListenerId listener_ = 0;
   const std::function<void(bool)> irq_;
   std::function<void(bool)> tx_batching_;
   bool batching_told_ = false;  // what tx_batching_ was last told
+  std::string batching_error_;  // why tx_batching_ was given up, for state()
 
   std::mutex lock_;
   std::deque<uint8_t> rx_;

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <stdexcept>
 #include <thread>
 
 #include <string>
@@ -100,6 +101,24 @@ TEST_F(Fixture, TransmitBatchingIsAllowedOnlyWhileTheThreInterruptIsOff) {
   out(LCR, 0x03);
   out(IER, 0x01);  // THRE interrupt off again
   EXPECT_EQ(calls, (std::vector<bool>{true, false, true}));
+}
+
+// KVM refusing to change batching (Vm::coalesce_pio throws) must not stop the guest's console: the UART
+// keeps working, asks no more, and says so.
+TEST_F(Fixture, ARefusedBatchingChangeLeavesTheUartWorking) {
+  std::vector<bool> calls;
+  uart->set_tx_batching([&](bool allowed) {
+    calls.push_back(allowed);
+    if (!allowed) throw std::runtime_error("unregistering coalesced port writes 0x3f8/1: No such device");
+  });
+  out(IER, 0x02);  // THRE interrupt on: refused
+  out(IER, 0x00);
+  out(IER, 0x02);
+  EXPECT_EQ(calls, (std::vector<bool>{true, false}));
+  out(THR, 'x');
+  EXPECT_NE(uart->state().find("transmit batching left on: unregistering coalesced port writes"), std::string::npos)
+      << uart->state();
+  EXPECT_EQ(in(IER), 0x02);
 }
 
 // In loopback a write to the data register raises the receive interrupt at once: it must exit.
