@@ -249,8 +249,15 @@ ssize_t write_message(void* cookie, const char* data, size_t size) {
 }
 
 void finish_standard_streams() {
-  if (g_messages && g_messages != g_output) g_messages->finish();
-  if (g_output) g_output->finish();
+  // One bound for both: with stdout and stderr separate and both stalled, exit took two. stdout's own
+  // thread writes on while stderr's queue is waited for, so a reader that keeps up needs no time left.
+  const auto deadline = std::chrono::steady_clock::now() + ConsoleOutput::kFinishTimeout;
+  auto left = [&] {
+    return std::max(std::chrono::milliseconds(0), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                      deadline - std::chrono::steady_clock::now()));
+  };
+  if (g_messages && g_messages != g_output) g_messages->finish(left());
+  if (g_output) g_output->finish(left());
 }
 
 }  // namespace
