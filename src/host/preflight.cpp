@@ -59,15 +59,15 @@ std::vector<CheckLine> check_iommu(const Sysroot& sysroot) {
   std::string cmdline = sysroot.read_line("/proc/cmdline").value_or("");
   if (units.empty()) {
     lines.push_back(fail("iommu", "no IOMMU registered (/sys/class/iommu is empty)",
-                         "enable VT-d or AMD-Vi in firmware and boot with intel_iommu=on (Intel) or "
-                         "amd_iommu=on (AMD)"));
+                         "turn on VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware setup; on Intel boot with "
+                         "intel_iommu=on (AMD's is on by default unless amd_iommu=off is given)"));
   } else {
     lines.push_back(pass("iommu", fmt::format("{} IOMMU unit(s): {}", units.size(), fmt::join(units, ", "))));
   }
   size_t groups = sysroot.list("/sys/kernel/iommu_groups").size();
   if (groups == 0) {
     lines.push_back(fail("iommu groups", "/sys/kernel/iommu_groups is empty: the IOMMU is not translating",
-                         "boot with intel_iommu=on (or amd_iommu=on) and without iommu=off"));
+                         "boot with intel_iommu=on (Intel) and without iommu=off or amd_iommu=off"));
   } else {
     lines.push_back(pass("iommu groups", fmt::format("{} IOMMU groups", groups)));
   }

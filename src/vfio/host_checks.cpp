@@ -40,8 +40,10 @@ int check_host_device(const Bdf& bdf, const std::string& sysfs_root) {
                                 name, driver, name));
   std::string group = link_name(dir / "iommu_group");
   if (group.empty())
-    throw VfioError(fmt::format("{}: no IOMMU group, the IOMMU is off; add intel_iommu=on (Intel) or amd_iommu=on "
-                                "(AMD) to the host kernel command line and reboot",
+    throw VfioError(fmt::format("{}: no IOMMU group, the IOMMU is off; turn on VT-d (Intel) or AMD-Vi/IOMMU (AMD) "
+                                "in the firmware setup, and on Intel add intel_iommu=on to the host kernel command "
+                                "line (AMD's is on by default: remove amd_iommu=off or iommu=off if there), then "
+                                "reboot",
                                 name));
   int n = 0;
   try {
