@@ -540,6 +540,26 @@ TEST_F(PassthruTest, AMaskKvmRefusesLeavesTheVectorWired) {
   EXPECT_FALSE(irqfd_on(fds[1])) << "the next mask is carried out";
 }
 
+// Each kind of refusal is said once per vector: one that could not be routed before and later cannot be
+// masked gets both said.
+TEST_F(PassthruTest, ARouteRefusalDoesNotSilenceAMaskRefusal) {
+  place_bars();
+  wr(0x04, 0x2, 2);
+  enable_msix();
+  ::testing::internal::CaptureStderr();
+  p->refuse_routes = true;
+  program_vector(1, 0xfee00000, 0x41, false);
+  p->refuse_routes = false;
+  bar_wr(0, kTable + 16 + 12, 1);
+  bar_wr(0, kTable + 16 + 12, 0);  // routed now
+  p->refuse_irqfd_removal = true;
+  bar_wr(0, kTable + 16 + 12, 1);
+  p->refuse_irqfd_removal = false;
+  std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("cannot route MSI-X vector 1"), std::string::npos) << err;
+  EXPECT_NE(err.find("cannot mask MSI-X vector 1"), std::string::npos) << err;
+}
+
 // A guest that repeats what the host refuses (here: enabling MSI the host will not give) gets the first
 // few refusals said on passvm's stderr and the rest counted: the host's logs do not fill up.
 TEST_F(PassthruTest, RepeatedInterruptRefusalsAreCountedNotLoggedEachTime) {

@@ -63,8 +63,8 @@ void Vectors::park(uint32_t i) {
     } catch (const std::exception& e) {
       // A guest's mask must not stop the VM: the vector stays wired (its interrupts still reach the
       // guest while masked), and the next mask or unmask tries again.
-      if (!v.route_warned) warn_.say(fmt::format("cannot mask {} vector {} ({})", kind_, i, e.what()));
-      v.route_warned = true;
+      if (!v.mask_warned) warn_.say(fmt::format("cannot mask {} vector {} ({})", kind_, i, e.what()));
+      v.mask_warned = true;
       return;
     }
   }

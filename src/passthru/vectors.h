@@ -74,6 +74,7 @@ class Vectors {
     bool pending = false;
     bool warned = false;        // said that its address is no interrupt
     bool route_warned = false;  // said that KVM would not route it
+    bool mask_warned = false;   // said that KVM would not unwire it
     uint64_t address = 0;
     uint32_t data = 0;
   };
