@@ -91,6 +91,20 @@ grep ' [tTwW] ' /proc/kallsyms >"$LAB_OUT_ROOT/kallsyms" &
         echo '(isa == 2 && exit_reason == 127) || (isa == 1 && exit_reason == 2)' >events/kvm/kvm_exit/filter &&
         echo 1 >events/kvm/kvm_exit/enable
 ) 2>&1 || say "warning: no trace of L2's triple faults (tracefs instance lab-shutdown)"
+# A guest that stops making progress while L1's KVM emulates one of its instructions again and again
+# (NAME.stuck's counters: insn_emulation and pf_guest rising together) is named by these two events:
+# the instruction L1's KVM emulated (rip and bytes) and what it injected. Emulation is rare (MMIO to a
+# device the VMM emulates, string I/O), so a small ring in overwrite mode holds the last few thousand,
+# and run_l2.py reads it only for a VMM it is about to kill for a timeout. Enabled here, once, for the
+# same reason as above.
+(
+    t=/sys/kernel/tracing
+    mkdir -p $t/instances/lab-emulate && cd $t/instances/lab-emulate &&
+        echo mono >trace_clock &&
+        echo 256 >buffer_size_kb &&
+        echo 1 >events/kvm/kvm_emulate_insn/enable &&
+        echo 1 >events/kvm/kvm_inj_exception/enable
+) 2>&1 || say "warning: no trace of the instructions L1's KVM emulates (tracefs instance lab-emulate)"
 dmesg -n 1  # keep kernel messages from splitting result lines on the console
 say "ready uptime=$(cut -d' ' -f1 /proc/uptime)"
 

@@ -388,12 +388,53 @@ def vfio_interrupts():
         return []
 
 
+EMULATE_DIR = f"{TRACEFS}/instances/lab-emulate"
+EMULATE_LINE = re.compile(r"\s(\d+\.\d+): (kvm_emulate_insn|kvm_inj_exception): (.*)$")
+EMULATE_INSN = re.compile(r"^[0-9a-f]+:([0-9a-f]+):([0-9a-f ]*)(.*)$")
+
+
+def emulation_report(since, last=6):
+    """What L1's KVM emulated for guests and injected into them after `since` (time.monotonic()), from
+    the lab-emulate instance stage2.sh enables before any guest runs: each instruction (rip, named with
+    L1's kallsyms, L1 and L2 boot one kernel with nokaslr, and its bytes) and each exception with how
+    often it came, most frequent first, then the last events in order. A guest looping on one
+    instruction shows as one rip and one exception counted the same. Lines of text, [] when nothing."""
+    try:
+        with open(f"{EMULATE_DIR}/trace") as f:
+            text = f.read()
+    except OSError as e:
+        return [f"  L1 KVM emulation trace unreadable ({e}): L1's serial log says why"]
+    counts, tail = {}, []
+    for line in text.splitlines():
+        m = EMULATE_LINE.search(line)
+        if not m or float(m.group(1)) < since:
+            continue
+        what = m.group(3).strip()
+        if m.group(2) == "kvm_emulate_insn":
+            i = EMULATE_INSN.match(what)
+            if i:
+                rip = int(i.group(1), 16)
+                symbol = SHUTDOWNS.symbolize(rip)
+                what = f"rip {rip:#x}{' (' + symbol + ')' if symbol else ''} bytes {i.group(2).strip()} {i.group(3).strip()}"
+            what = f"emulated {what}"
+        else:
+            what = f"injected {what}"
+        counts[what] = counts.get(what, 0) + 1
+        tail.append(f"{m.group(1)} {what}")
+    if not counts:
+        return []
+    top = sorted(counts.items(), key=lambda c: -c[1])[:5]
+    return ([f"  L1 KVM emulation trace (the ring keeps the last few thousand events): {n} x {w}" for w, n in top]
+            + [f"  last: {t}" for t in tail[-last:]])
+
+
 def stuck_report(pid, seconds=2.0):
     """What a VMM that is about to be killed for a timeout was doing: each thread's state, the CPU it
     used over `seconds`, where it waits in L1's kernel (a vCPU halted in kvm_vcpu_halt, or running the
     guest in the vendor's vcpu_run), and what L1's KVM counted meanwhile for its VMs (exits by kind,
-    interrupts injected, halts and wake-ups). No tracing: enabling events patches kernel text, which can
-    hang L1 under TCG (FirstEntryTrace). Returns the text, for NAME.stuck next to the console."""
+    interrupts injected, halts and wake-ups), and the instructions it emulated for them (emulation_report).
+    Nothing is enabled here: enabling events patches kernel text, which can hang L1 under TCG
+    (FirstEntryTrace). Returns the text, for NAME.stuck next to the console."""
     if not os.path.isdir(f"{DEBUGFS}/kvm"):
         subprocess.run(["mount", "-t", "debugfs", "nodev", DEBUGFS], capture_output=True)
     pids = proc_tree(pid)
@@ -413,6 +454,7 @@ def stuck_report(pid, seconds=2.0):
     moved = {k: stats1[k] - stats0.get(k, 0) for k in sorted(stats1) if stats1[k] != stats0.get(k, 0)}
     lines.append("  L1 KVM counters that moved: " + (", ".join(f"{k} +{v}" for k, v in moved.items()) if moved else
                                                      "none" if stats1 else f"none readable (no {DEBUGFS}/kvm/{pid}-*)"))
+    lines += emulation_report(time.monotonic() - seconds - 1)  # what the guest did while it was watched
     return "\n".join(lines)
 
 
