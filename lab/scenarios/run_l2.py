@@ -389,16 +389,17 @@ def vfio_interrupts():
 
 
 EMULATE_DIR = f"{TRACEFS}/instances/lab-emulate"
-EMULATE_LINE = re.compile(r"\s(\d+\.\d+): (kvm_emulate_insn|kvm_inj_exception): (.*)$")
+EMULATE_LINE = re.compile(r"-(\d+)\s+\[\d+\][^:]*?\s(\d+\.\d+): (kvm_emulate_insn|kvm_inj_exception): (.*)$")
 EMULATE_INSN = re.compile(r"^[0-9a-f]+:([0-9a-f]+):([0-9a-f ]*)(.*)$")
 
 
-def emulation_report(since, last=6):
+def emulation_report(since, tids=None, last=6):
     """What L1's KVM emulated for guests and injected into them after `since` (time.monotonic()), from
     the lab-emulate instance stage2.sh enables before any guest runs: each instruction (rip, named with
     L1's kallsyms, L1 and L2 boot one kernel with nokaslr, and its bytes) and each exception with how
     often it came, most frequent first, then the last events in order. A guest looping on one
-    instruction shows as one rip and one exception counted the same. Lines of text, [] when nothing."""
+    instruction shows as one rip and one exception counted the same. Only the threads `tids` (the VMM's),
+    when given. Lines of text, [] when nothing."""
     try:
         with open(f"{EMULATE_DIR}/trace") as f:
             text = f.read()
@@ -407,10 +408,10 @@ def emulation_report(since, last=6):
     counts, tail = {}, []
     for line in text.splitlines():
         m = EMULATE_LINE.search(line)
-        if not m or float(m.group(1)) < since:
+        if not m or float(m.group(2)) < since or (tids is not None and int(m.group(1)) not in tids):
             continue
-        what = m.group(3).strip()
-        if m.group(2) == "kvm_emulate_insn":
+        what = m.group(4).strip()
+        if m.group(3) == "kvm_emulate_insn":
             i = EMULATE_INSN.match(what)
             if i:
                 rip = int(i.group(1), 16)
@@ -420,7 +421,7 @@ def emulation_report(since, last=6):
         else:
             what = f"injected {what}"
         counts[what] = counts.get(what, 0) + 1
-        tail.append(f"{m.group(1)} {what}")
+        tail.append(f"{m.group(2)} {what}")
     if not counts:
         return []
     top = sorted(counts.items(), key=lambda c: -c[1])[:5]
@@ -454,7 +455,8 @@ def stuck_report(pid, seconds=2.0):
     moved = {k: stats1[k] - stats0.get(k, 0) for k in sorted(stats1) if stats1[k] != stats0.get(k, 0)}
     lines.append("  L1 KVM counters that moved: " + (", ".join(f"{k} +{v}" for k, v in moved.items()) if moved else
                                                      "none" if stats1 else f"none readable (no {DEBUGFS}/kvm/{pid}-*)"))
-    lines += emulation_report(time.monotonic() - seconds - 1)  # what the guest did while it was watched
+    # What the guest did while it was watched, in the VMM's threads.
+    lines += emulation_report(time.monotonic() - seconds - 1, {int(t) for t in threads1})
     return "\n".join(lines)
 
 

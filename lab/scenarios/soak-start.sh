@@ -14,7 +14,7 @@ pv_need_binary soakpv1.vmm
 ROUNDS=${SOAK_START_ROUNDS:-20}
 TIMEOUT=${SOAK_START_TIMEOUT:-300}
 for v in ROUNDS TIMEOUT; do
-    [[ ${!v} =~ ^[0-9]+$ && ${!v} -ge 1 ]] || {
+    [[ ${!v} =~ ^[0-9]+$ ]] && (( 10#${!v} >= 1 )) || {
         result soak.setup fail detail="SOAK_START_$v='${!v}': give a whole number, 1 or more"; exit 1; }
 done
 export PASSVM_CACHE_DIR=$(mktemp -d /tmp/passvm-soak-cache.XXXXXX)

@@ -249,15 +249,16 @@ ssize_t write_message(void* cookie, const char* data, size_t size) {
 }
 
 void finish_standard_streams() {
-  // One bound for both: with stdout and stderr separate and both stalled, exit took two. stdout's own
-  // thread writes on while stderr's queue is waited for, so a reader that keeps up needs no time left.
+  // One bound for both: with stdout and stderr separate and both stalled, exit took two (plus each
+  // writer's last 0.5 s). stdout's own thread writes on while stderr's queue is waited for; a slow
+  // reader still gets half a second of its own after a stalled stderr.
+  using std::chrono::milliseconds;
   const auto deadline = std::chrono::steady_clock::now() + ConsoleOutput::kFinishTimeout;
-  auto left = [&] {
-    return std::max(std::chrono::milliseconds(0), std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                      deadline - std::chrono::steady_clock::now()));
+  auto left = [&](milliseconds at_least) {
+    return std::max(at_least, std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now()));
   };
-  if (g_messages && g_messages != g_output) g_messages->finish(left());
-  if (g_output) g_output->finish(left());
+  if (g_messages && g_messages != g_output) g_messages->finish(left(milliseconds(0)));
+  if (g_output) g_output->finish(left(milliseconds(500)));
 }
 
 }  // namespace

@@ -83,6 +83,7 @@ void Uart16550::set_tx_batching(std::function<void(bool)> fn) {
   std::lock_guard g(lock_);
   tx_batching_ = std::move(fn);
   batching_told_ = false;
+  batching_error_.clear();
   tell_batching(batching_allowed());
 }
 

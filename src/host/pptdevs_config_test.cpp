@@ -65,7 +65,8 @@ TEST(PptdevsConfig, IdNamesTheDeviceExpectedAtItsAddress) {
             std::string::npos);
   EXPECT_NE(error_of("03:00.0 id=144d").find("id= takes the device's vendor and device ID"), std::string::npos);
   EXPECT_NE(error_of("03:00.0 id=144d:a808 id=144d:a808").find("once"), std::string::npos);
-  EXPECT_NE(error_of("03:00.0 id=x44d:a808").find("id=144d:a808"), std::string::npos);
+  for (const char* bad : {"x44d:a808", "144d:a808:9", "+44d:a808", "144d:0x08", "144d:", ":a808", "0144d:a808"})
+    EXPECT_NE(error_of(std::string("03:00.0 id=") + bad).find("id=144d:a808"), std::string::npos) << bad;
 }
 
 TEST(PptdevsConfig, IdMismatchNamesBothDevicesAndTheLine) {

@@ -60,14 +60,15 @@ std::vector<CheckLine> check_iommu(const Sysroot& sysroot) {
   if (units.empty()) {
     lines.push_back(fail("iommu", "no IOMMU registered (/sys/class/iommu is empty)",
                          "turn on VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware setup; on Intel boot with "
-                         "intel_iommu=on (AMD's is on by default unless amd_iommu=off is given)"));
+                         "intel_iommu=on (AMD's is on by default); and without iommu=off, intel_iommu=off or "
+                         "amd_iommu=off"));
   } else {
     lines.push_back(pass("iommu", fmt::format("{} IOMMU unit(s): {}", units.size(), fmt::join(units, ", "))));
   }
   size_t groups = sysroot.list("/sys/kernel/iommu_groups").size();
   if (groups == 0) {
     lines.push_back(fail("iommu groups", "/sys/kernel/iommu_groups is empty: the IOMMU is not translating",
-                         "boot with intel_iommu=on (Intel) and without iommu=off or amd_iommu=off"));
+                         "boot with intel_iommu=on (Intel) and without iommu=off, intel_iommu=off or amd_iommu=off"));
   } else {
     lines.push_back(pass("iommu groups", fmt::format("{} IOMMU groups", groups)));
   }

@@ -63,6 +63,8 @@ TEST_F(Preflight, NoIommuFails) {
   std::filesystem::remove_all(fake.root() / "sys/kernel/iommu_groups");
   EXPECT_EQ(line("iommu").verdict, Verdict::Fail);
   EXPECT_NE(line("iommu").fix.find("intel_iommu=on"), std::string::npos);
+  for (const char* check : {"iommu", "iommu groups"})
+    EXPECT_EQ(line(check).fix.find("amd_iommu=on"), std::string::npos) << "not a value amd_iommu= takes";
   EXPECT_EQ(line("iommu groups").verdict, Verdict::Fail);
 }
 

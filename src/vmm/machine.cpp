@@ -837,8 +837,8 @@ std::string Machine::device_stats_text() const {
   }
   if (p.com1) out += fmt::format("  COM1: {}\n", p.com1->state());
   if (uint64_t dropped = devices::standard_output()->dropped(); dropped > 0)
-    out += fmt::format("  console output: {} bytes dropped (the reader of passvm's output went away, or messages "
-                       "came faster than it read them)\n",
+    out += fmt::format("  stdout: {} bytes dropped (its reader went away, or passvm's messages came faster than it "
+                       "read them)\n",
                        dropped);
   out += fmt::format("  {}: {}\n", p.bridge.name(), p.bridge.stats());
   for (const auto& [k, d] : p.passthru) out += fmt::format("  {}: {}\n", d.dev->name(), d.dev->stats());
