@@ -151,6 +151,7 @@ int run_list(const Sysroot& sysroot, bool json) {
     throw HostError(fmt::format("{} does not exist: is sysfs mounted (or --sysroot right)?",
                                 sysroot.path("/sys/bus/pci/devices").string()));
   }
+  const HostRoutes routes = host_routes(sysroot);
   if (json) {
     nlohmann::json out = nlohmann::json::array();
     for (const auto& d : devices) {
@@ -171,7 +172,7 @@ int run_list(const Sysroot& sysroot, bool json) {
           {"owner", owner.empty() ? nlohmann::json(nullptr) : nlohmann::json(owner)},
           {"ready", ready_for_passthrough(devices, d)},
           {"group_blockers", blockers},
-          {"host_uses", host_uses(sysroot, d)},
+          {"host_uses", host_uses(sysroot, d, routes)},
       });
     }
     std::cout << out.dump(2) << "\n";
@@ -183,7 +184,7 @@ int run_list(const Sysroot& sysroot, bool json) {
     std::string ready = ready_for_passthrough(devices, d) ? "yes" : "no";
     auto group = group_status(devices, d);
     if (d.reserved() && !group.blockers.empty()) ready += " (group shared with " + group.blockers.front().address.str() + ")";
-    if (!host_uses(sysroot, d).empty()) ready += " (host uses it)";
+    if (!host_uses(sysroot, d, routes).empty()) ready += " (host uses it)";
     std::string owner = owner_of(sysroot, d);
     std::cout << fmt::format("{:<13} {:04x}:{:04x} {:<22} {:<14} {:>5}  {:<8} {:<10} {}\n", d.address.str(), d.vendor,
                              d.device, class_name(d.class_code), d.driver.empty() ? "-" : d.driver,

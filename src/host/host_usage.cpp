@@ -109,14 +109,56 @@ bool held_exclusively(const Sysroot& sysroot, const std::string& name) {
   return false;
 }
 
-// The host's routes, per interface, from /proc/net/route and ipv6_route (one read of each).
-struct HostRoutes {
-  std::set<std::string> default_route;  // interfaces that carry a default route, IPv4 or IPv6
-  // Routes other than the default one, as "10.0.0.0/24" or "fd00::/64": the networks the host reaches
-  // through the interface. Link-local and multicast routes, and the host's own addresses (local routes),
-  // are left out: every interface that is up has those.
-  std::map<std::string, std::vector<std::string>> networks;
-};
+// `iface` and what is stacked on it (a VLAN, a macvlan: upper_*) or holds it (a bond, a bridge: master),
+// and so on up, nearest first.
+std::vector<std::string> interface_and_above(const Sysroot& sysroot, const std::string& iface) {
+  std::vector<std::string> todo{iface};
+  std::set<std::string> seen{iface};
+  for (size_t i = 0; i < todo.size() && i < 64; i++) {
+    std::string dir = "/sys/class/net/" + todo[i];
+    std::vector<std::string> above;
+    if (auto master = sysroot.link_name(dir + "/master")) above.push_back(*master);
+    for (const auto& entry : sysroot.list(dir))
+      if (entry.starts_with("upper_")) above.push_back(entry.substr(6));
+    for (const auto& up : above)
+      if (seen.insert(up).second) todo.push_back(up);
+  }
+  return todo;
+}
+
+// The network interfaces of `node` (the device's sysfs directory).
+std::vector<std::string> interfaces_of(const Sysroot& sysroot, const std::string& node) {
+  std::vector<std::string> out;
+  for (const auto& iface : sysroot.list("/sys/class/net")) {
+    auto dev = sysroot.resolve("/sys/class/net/" + iface + "/device");
+    if (dev && under(*dev, node)) out.push_back(iface);
+  }
+  return out;
+}
+
+// The device nodes of the GPU at `node` (its sysfs directory): the DRM nodes below it, and the node
+// NVIDIA's driver gives it, which has no sysfs device of its own.
+std::set<std::string> gpu_nodes(const Sysroot& sysroot, const HostDevice& device, const std::string& node) {
+  std::set<std::string> nodes;
+  for (const auto& name : sysroot.list("/sys/class/drm")) {
+    auto dir = sysroot.resolve("/sys/class/drm/" + name);
+    if (!dir || !under(*dir, node)) continue;
+    std::istringstream uevent(sysroot.read("/sys/class/drm/" + name + "/uevent").value_or(""));
+    for (std::string line; std::getline(uevent, line);)
+      if (line.starts_with("DEVNAME=")) nodes.insert("/dev/" + line.substr(8));
+  }
+  std::istringstream info(
+      sysroot.read("/proc/driver/nvidia/gpus/" + device.address.str() + "/information").value_or(""));
+  for (std::string line; std::getline(info, line);) {
+    if (!line.starts_with("Device Minor:")) continue;
+    std::string minor = line.substr(13);
+    minor.erase(0, minor.find_first_not_of(" \t"));
+    if (!minor.empty()) nodes.insert("/dev/nvidia" + minor);
+  }
+  return nodes;
+}
+
+}  // namespace
 
 HostRoutes host_routes(const Sysroot& sysroot) {
   HostRoutes out;
@@ -170,57 +212,6 @@ HostRoutes host_routes(const Sysroot& sysroot) {
   return out;
 }
 
-// `iface` and what is stacked on it (a VLAN, a macvlan: upper_*) or holds it (a bond, a bridge: master),
-// and so on up, nearest first.
-std::vector<std::string> interface_and_above(const Sysroot& sysroot, const std::string& iface) {
-  std::vector<std::string> todo{iface};
-  std::set<std::string> seen{iface};
-  for (size_t i = 0; i < todo.size() && i < 64; i++) {
-    std::string dir = "/sys/class/net/" + todo[i];
-    std::vector<std::string> above;
-    if (auto master = sysroot.link_name(dir + "/master")) above.push_back(*master);
-    for (const auto& entry : sysroot.list(dir))
-      if (entry.starts_with("upper_")) above.push_back(entry.substr(6));
-    for (const auto& up : above)
-      if (seen.insert(up).second) todo.push_back(up);
-  }
-  return todo;
-}
-
-// The network interfaces of `node` (the device's sysfs directory).
-std::vector<std::string> interfaces_of(const Sysroot& sysroot, const std::string& node) {
-  std::vector<std::string> out;
-  for (const auto& iface : sysroot.list("/sys/class/net")) {
-    auto dev = sysroot.resolve("/sys/class/net/" + iface + "/device");
-    if (dev && under(*dev, node)) out.push_back(iface);
-  }
-  return out;
-}
-
-// The device nodes of the GPU at `node` (its sysfs directory): the DRM nodes below it, and the node
-// NVIDIA's driver gives it, which has no sysfs device of its own.
-std::set<std::string> gpu_nodes(const Sysroot& sysroot, const HostDevice& device, const std::string& node) {
-  std::set<std::string> nodes;
-  for (const auto& name : sysroot.list("/sys/class/drm")) {
-    auto dir = sysroot.resolve("/sys/class/drm/" + name);
-    if (!dir || !under(*dir, node)) continue;
-    std::istringstream uevent(sysroot.read("/sys/class/drm/" + name + "/uevent").value_or(""));
-    for (std::string line; std::getline(uevent, line);)
-      if (line.starts_with("DEVNAME=")) nodes.insert("/dev/" + line.substr(8));
-  }
-  std::istringstream info(
-      sysroot.read("/proc/driver/nvidia/gpus/" + device.address.str() + "/information").value_or(""));
-  for (std::string line; std::getline(info, line);) {
-    if (!line.starts_with("Device Minor:")) continue;
-    std::string minor = line.substr(13);
-    minor.erase(0, minor.find_first_not_of(" \t"));
-    if (!minor.empty()) nodes.insert("/dev/nvidia" + minor);
-  }
-  return nodes;
-}
-
-}  // namespace
-
 std::vector<std::string> processes_with_open(const Sysroot& sysroot, const std::set<std::string>& nodes) {
   std::vector<std::string> out;
   if (nodes.empty()) return out;
@@ -238,7 +229,8 @@ std::vector<std::string> processes_with_open(const Sysroot& sysroot, const std::
   return out;
 }
 
-std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& device, bool probe_exclusive) {
+std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& device, const HostRoutes& routes,
+                                   bool probe_exclusive) {
   std::vector<std::string> reasons;
   auto node = sysroot.resolve(device.sysfs_dir());
   if (!node) return reasons;
@@ -292,7 +284,7 @@ std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& dev
   }
 
   // The NIC the host reaches the network through (or the bridge or bond it is part of).
-  std::set<std::string> routed = host_routes(sysroot).default_route;
+  const std::set<std::string>& routed = routes.default_route;
   for (const auto& iface : interfaces_of(sysroot, *node)) {
     for (const auto& up : interface_and_above(sysroot, iface)) {
       if (!routed.count(up)) continue;
@@ -333,11 +325,10 @@ std::vector<std::string> host_uses(const Sysroot& sysroot, const HostDevice& dev
   return reasons;
 }
 
-std::vector<std::string> host_may_use(const Sysroot& sysroot, const HostDevice& device) {
+std::vector<std::string> host_may_use(const Sysroot& sysroot, const HostDevice& device, const HostRoutes& all) {
   std::vector<std::string> cautions;
   auto node = sysroot.resolve(device.sysfs_dir());
   if (!node) return cautions;
-  HostRoutes all = host_routes(sysroot);
   const auto& routed = all.default_route;
   const auto& routes = all.networks;
   for (const auto& iface : interfaces_of(sysroot, *node)) {

@@ -14,11 +14,11 @@ class HostUsage : public ::testing::Test {
   void SetUp() override { testing::populate_host(fake); }
   std::vector<std::string> uses(const std::string& a) {
     auto d = find_device(scan_devices(fake.sysroot()), PciAddress::parse(a));
-    return host_uses(fake.sysroot(), d.value());
+    return host_uses(fake.sysroot(), d.value(), host_routes(fake.sysroot()));
   }
   std::vector<std::string> cautions(const std::string& a) {
     auto d = find_device(scan_devices(fake.sysroot()), PciAddress::parse(a));
-    return host_may_use(fake.sysroot(), d.value());
+    return host_may_use(fake.sysroot(), d.value(), host_routes(fake.sysroot()));
   }
   testing::FakeSysfs fake;
 };

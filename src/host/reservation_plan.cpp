@@ -105,6 +105,7 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
   std::vector<unsigned> owned_groups;  // groups whose node goes to options.user, in order
   std::vector<PciAddress> queue = addresses;
   std::vector<PciAddress> kept_members;  // group members no reservation takes, each said once
+  const HostRoutes routes = host_routes(sysroot);
   for (size_t i = 0; i < queue.size(); ++i) {
     const PciAddress address = queue[i];
     if (contains(plan.targets, address)) continue;
@@ -128,9 +129,9 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
           address.str(), *vfs, address.str()));
       continue;
     }
-    for (const auto& caution : host_may_use(sysroot, *dev))
+    for (const auto& caution : host_may_use(sysroot, *dev, routes))
       plan.warnings.push_back(fmt::format("{} may be needed by the host: {}", address.str(), caution));
-    auto uses = host_uses(sysroot, *dev, true);
+    auto uses = host_uses(sysroot, *dev, routes, true);
     for (const auto& use : uses) {
       std::string text = fmt::format("{} is needed by the host: {}", address.str(), use);
       if (options.force) {
