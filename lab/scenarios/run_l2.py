@@ -194,6 +194,17 @@ class StartSampler(threading.Thread):
 
 
 TRACEFS = "/sys/kernel/tracing"
+# One event of an ftrace text buffer: "  comm-tid  [cpu] flags  seconds: event: fields". The comm may hold
+# spaces and dashes (the tid is the last dash's number); "<...>" when the comm was not recorded.
+TRACE_LINE = re.compile(r"^\s*(.*)-(\d+)\s+\[\d+\][^:]*?\s(\d+\.\d+): (\w+): ?(.*)$")
+
+
+def trace_events(text, names):
+    """The events of ftrace text `text` whose name is in `names`, in order, as (tid, seconds, name, fields)."""
+    for line in text.splitlines():
+        m = TRACE_LINE.match(line)
+        if m and m.group(4) in names:
+            yield int(m.group(2)), float(m.group(3)), m.group(4), m.group(5).strip()
 
 
 class FirstEntryTrace:
@@ -243,12 +254,11 @@ class FirstEntryTrace:
         except OSError as e:
             return None, f"reading {TRACEFS}/trace: {e}"
         entries, others = [], set()  # (time, "thread name (tid)"); the name is <...> without record-cmd
-        for line in text.splitlines():
-            m = re.match(r"\s*(.*)-(\d+)\s+\[\d+\][^:]*?\s(\d+\.\d+): kvm_entry:", line)
-            if m and int(m.group(2)) in tids:
-                entries.append((float(m.group(3)), f"{tids[int(m.group(2))]} ({m.group(2)})"))
-            elif m:
-                others.add(m.group(2))
+        for tid, t, _, _ in trace_events(text, {"kvm_entry"}):
+            if tid in tids:
+                entries.append((t, f"{tids[tid]} ({tid})"))
+            else:
+                others.add(str(tid))
         if not entries:
             return None, ("no kvm:kvm_entry event of the VMM's threads in L1's trace"
                           + (f" (only of threads {', '.join(sorted(others))})" if others else ""))
@@ -262,7 +272,7 @@ class ShutdownTrace:
     RIP at the fault, named with L1's kallsyms (L1 and L2 boot the same kernel with nokaslr). Only read
     and cleared here: nothing is enabled between runs (FirstEntryTrace says why)."""
     DIR = f"{TRACEFS}/instances/lab-shutdown"
-    LINE = re.compile(r"\s(\d+\.\d+): kvm_exit:\s+vcpu (\d+) reason (\S+) rip 0x([0-9a-f]+)")
+    EXIT = re.compile(r"vcpu (\d+) reason (\S+) rip 0x([0-9a-f]+)")
 
     def __init__(self):
         self.symbols = None
@@ -283,11 +293,11 @@ class ShutdownTrace:
         except OSError:
             return None
         out = []
-        for line in text.splitlines():
-            m = self.LINE.search(line)
-            if m and float(m.group(1)) >= since:
-                rip = int(m.group(4), 16)
-                out.append({"vcpu": int(m.group(2)), "exit": m.group(3), "rip": f"{rip:#x}",
+        for _, t, _, fields in trace_events(text, {"kvm_exit"}):
+            m = self.EXIT.match(fields)
+            if m and t >= since:
+                rip = int(m.group(3), 16)
+                out.append({"vcpu": int(m.group(1)), "exit": m.group(2), "rip": f"{rip:#x}",
                             "symbol": self.symbolize(rip)})
         return out
 
@@ -389,7 +399,6 @@ def vfio_interrupts():
 
 
 EMULATE_DIR = f"{TRACEFS}/instances/lab-emulate"
-EMULATE_LINE = re.compile(r"-(\d+)\s+\[\d+\][^:]*?\s(\d+\.\d+): (kvm_emulate_insn|kvm_inj_exception): (.*)$")
 EMULATE_INSN = re.compile(r"^[0-9a-f]+:([0-9a-f]+):([0-9a-f ]*)(.*)$")
 
 
@@ -406,12 +415,10 @@ def emulation_report(since, tids=None, last=6):
     except OSError as e:
         return [f"  L1 KVM emulation trace unreadable ({e}): L1's serial log says why"]
     counts, tail = {}, []
-    for line in text.splitlines():
-        m = EMULATE_LINE.search(line)
-        if not m or float(m.group(2)) < since or (tids is not None and int(m.group(1)) not in tids):
+    for tid, t, event, what in trace_events(text, {"kvm_emulate_insn", "kvm_inj_exception"}):
+        if t < since or (tids is not None and tid not in tids):
             continue
-        what = m.group(4).strip()
-        if m.group(3) == "kvm_emulate_insn":
+        if event == "kvm_emulate_insn":
             i = EMULATE_INSN.match(what)
             if i:
                 rip = int(i.group(1), 16)
@@ -421,12 +428,12 @@ def emulation_report(since, tids=None, last=6):
         else:
             what = f"injected {what}"
         counts[what] = counts.get(what, 0) + 1
-        tail.append(f"{m.group(2)} {what}")
+        tail.append(f"{t:.6f} {what}")
     if not counts:
         return []
     top = sorted(counts.items(), key=lambda c: -c[1])[:5]
-    return ([f"  L1 KVM emulation trace (the ring keeps the last few thousand events): {n} x {w}" for w, n in top]
-            + [f"  last: {t}" for t in tail[-last:]])
+    return (["  L1 KVM emulation trace (the ring keeps the last few thousand events), most frequent first:"]
+            + [f"    {n} x {w}" for w, n in top] + [f"  last: {t}" for t in tail[-last:]])
 
 
 def stuck_report(pid, seconds=2.0):
