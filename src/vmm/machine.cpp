@@ -403,7 +403,16 @@ void Machine::Parts::build() {
     vcpus.push_back(std::make_unique<Vcpu>(*vm, i, c.cpus, pio, mmio, guest, windows));
   vcpus[0]->setup_linux_boot(boot);
   // The ring for coalesced writes exists once a vCPU does; from here COM1's output may be batched.
-  if (com1) com1->set_tx_batching([this](bool on) { vm->coalesce_pio(layout::kCom1Port, 1, on); });
+  // A refusal is said once here as it happens; the UART keeps batching as it was and its state says why.
+  if (com1)
+    com1->set_tx_batching([this](bool on) {
+      try {
+        vm->coalesce_pio(layout::kCom1Port, 1, on);
+      } catch (const std::exception& e) {
+        eprint("passvm: COM1's transmit batching stays {}: {}\n", on ? "off" : "on", e.what());
+        throw;
+      }
+    });
   step(fmt::format("{} vCPUs; setup took {:.1f} ms in all", c.cpus, step.total_ms()));
 }
 
