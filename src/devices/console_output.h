@@ -24,7 +24,9 @@
 //   confines itself).
 // - finish() writes what is queued for at most `timeout`, drops the rest, and ends the writer thread.
 //   Nothing is lost unless the reader stalls that long. A writer still blocked in a terminal's write
-//   half a second later is detached (the process is ending): finish() never hangs.
+//   half a second later is detached (the process is ending): finish() never hangs. A detached writer
+//   still refers to the object, so one whose file may be a terminal must outlive its writer: the
+//   standard streams' objects are never deleted.
 // - A listener is called on the writer thread with no lock of this object held; remove it (remove_listener)
 //   before what it refers to goes: removal waits for a call in progress.
 #pragma once
