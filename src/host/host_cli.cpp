@@ -62,10 +62,27 @@ void print_messages(const Plan& plan) {
   for (const auto& e : plan.errors) std::cerr << "error: " << e << "\n";
 }
 
+// A device a failed reservation took, with the driver_override it had before ("" for none).
+struct Taken {
+  PciAddress address;
+  std::string override_before;
+};
+
 // A reservation that failed part way: the devices it took from their drivers go back, so that the host is
 // as it was (reserving half of what was asked is worse than nothing). Says what it could not undo.
-void give_back(const Sysroot& sysroot, const std::vector<PciAddress>& taken) {
-  Plan undo = plan_release(sysroot, scan_devices(sysroot), taken);
+void give_back(const Sysroot& sysroot, const std::vector<Taken>& taken_devices) {
+  std::vector<PciAddress> taken;
+  for (const auto& t : taken_devices) taken.push_back(t.address);
+  auto devices_now = scan_devices(sysroot);
+  Plan undo = plan_release(sysroot, devices_now, taken);
+  // A release clears the override a device was reserved over unless another tool set it; here it goes
+  // back to what it was, set by hand (vfio-pci) included: the host as it was, not as a release leaves it.
+  // After the driver's bind, which an override naming another driver would prevent.
+  for (const auto& t : taken_devices) {
+    auto dev = find_device(devices_now, t.address);
+    if (dev && !t.override_before.empty())
+      undo.steps.push_back({Step::Kind::Write, dev->sysfs_dir() + "/driver_override", t.override_before, false});
+  }
   std::vector<std::string> warnings;
   try {
     if (!undo.errors.empty()) throw HostError(undo.errors.front());
@@ -75,13 +92,17 @@ void give_back(const Sysroot& sysroot, const std::vector<PciAddress>& taken) {
   }
   for (const auto& w : warnings) std::cerr << "warning: while giving the devices back: " << w << "\n";
   auto devices = scan_devices(sysroot);
-  for (const auto& address : taken) {
+  for (const auto& t : taken_devices) {
+    const PciAddress& address = t.address;
     auto dev = find_device(devices, address);
-    if (dev && dev->reserved())
+    if (!dev) continue;
+    // Marked for vfio-pci as it was before is given back, once its driver has it again.
+    if (dev->on_vfio() || (dev->reserved() && (t.override_before != dev->driver_override || dev->driver.empty())))
       std::cerr << fmt::format("error: {} is still reserved; `passvm release {}` gives it back\n", address.str(),
                                address.str());
-    else if (dev)
-      std::cerr << fmt::format("{}: given back (driver {})\n", address.str(), dev->driver.empty() ? "none" : dev->driver);
+    else
+      std::cerr << fmt::format("{}: given back (driver {}{})\n", address.str(), dev->driver.empty() ? "none" : dev->driver,
+                               dev->driver_override.empty() ? "" : ", driver_override " + dev->driver_override + " as before");
   }
 }
 
@@ -95,12 +116,12 @@ int carry_out(const Sysroot& sysroot, const Plan& plan, bool dry_run, bool verbo
   if (dry_run) return 0;
   // What a failure gives back: what this plan reserved, and what it took from a host driver even though
   // marked for vfio-pci already (an override set by hand, or a boot claim the driver raced).
-  std::vector<PciAddress> taken;
+  std::vector<Taken> taken;
   if (reserving) {
     auto before = scan_devices(sysroot);
     for (const auto& address : plan.targets)
       if (auto dev = find_device(before, address); dev && (!dev->reserved() || (!dev->on_vfio() && !dev->driver.empty())))
-        taken.push_back(address);
+        taken.push_back({address, dev->driver_override});
   }
   std::vector<std::string> warnings, problems;
   try {

@@ -157,13 +157,24 @@ TEST_F(Cli, AReservationThatFailsPartWayIsUndone) {
 }
 
 // Marked for vfio-pci by hand but still on its host driver: a reservation that fails takes it from that
-// driver all the same, so it is given back too, not left without a driver.
+// driver all the same, so it is given back too, not left without a driver, and marked as it was.
 TEST_F(Cli, AFailedReservationGivesBackADeviceMarkedButOnItsDriver) {
   fake.write("/sys/devices/pci0000:00/0000:00:04.0/driver_override", "vfio-pci");
   EXPECT_EQ(run({"passvm reserve", "00:04.0"}), 1);  // the fake kernel binds nothing to vfio-pci
-  EXPECT_NE(err.find("0000:00:04.0: given back (driver e1000e)"), std::string::npos) << err;
-  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:04.0/driver_override"), "\n");
+  EXPECT_NE(err.find("0000:00:04.0: given back (driver e1000e, driver_override vfio-pci as before)"), std::string::npos)
+      << err;
+  EXPECT_EQ(err.find("still reserved"), std::string::npos) << err;
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:04.0/driver_override"), "vfio-pci");
   EXPECT_FALSE(fake.sysroot().exists("/run/passvm/reserved/0000:00:04.0"));
+}
+
+// Another tool's override (pci-stub) on a device still on its driver goes back the same way.
+TEST_F(Cli, AFailedReservationPutsBackAnotherToolsOverride) {
+  fake.write("/sys/devices/pci0000:00/0000:00:04.0/driver_override", "pci-stub");
+  EXPECT_EQ(run({"passvm reserve", "00:04.0"}), 1);
+  EXPECT_NE(err.find("0000:00:04.0: given back (driver e1000e, driver_override pci-stub as before)"), std::string::npos)
+      << err;
+  EXPECT_EQ(fake.read("/sys/devices/pci0000:00/0000:00:04.0/driver_override"), "pci-stub");
 }
 
 // On a --sysroot tree, modprobe must not run: it would load modules into the running kernel. A modprobe
