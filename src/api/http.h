@@ -39,8 +39,9 @@ struct ServerSetup {
   // (a malformed request, an exception).
   std::function<void(const Request&, const Response&)> log;
   // First thing on the listening thread; the request threads are started from it and inherit what
-  // it sets up (a seccomp filter).
-  std::function<void()> on_listener_thread;
+  // it sets up (a seccomp filter). It may wait before accepting (connections wait in the backlog);
+  // false: accept nothing, the listener is being stopped (stop() then returns once it has returned).
+  std::function<bool()> on_listener_thread;
   // First thing for each request, on the thread that serves it.
   std::function<void()> on_request;
   size_t max_body = 0;
@@ -72,7 +73,7 @@ struct Module {
 };
 
 // Bumped whenever Module or the types above change.
-inline constexpr int kAbi = 1;
+inline constexpr int kAbi = 2;
 
 // Loads the module (once; later calls return it at once). Throws std::runtime_error naming the
 // file looked for and the fix when it is missing or does not load. `purpose` says what needed it

@@ -2,6 +2,7 @@
 // httplib.h in passvm; it is built as a module of its own and loaded on first use.
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -115,12 +116,16 @@ HttplibListener::HttplibListener(const std::string& path, ServerSetup setup) : s
   thread_ = std::thread([this] {
     // The thread's confinement failing must end its serving, not the process (an exception leaving a
     // thread aborts): the API then answers nobody, and says why.
+    // httplib closes the socket when its listening ends, and not at all when it never began.
+    auto serve_nothing = [this] {
+      close(listen_fd_);
+      listen_returned_ = true;
+    };
     try {
-      if (setup_.on_listener_thread) setup_.on_listener_thread();
+      if (setup_.on_listener_thread && !setup_.on_listener_thread()) return serve_nothing();
     } catch (const std::exception& e) {
       std::fprintf(stderr, "passvm: the API serves no requests: %s\n", e.what());
-      listen_returned_ = true;
-      return;
+      return serve_nothing();
     }
     http_.listen_after_bind();
     listen_returned_ = true;

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -286,13 +287,34 @@ struct Server::Impl {
   bool stopped = false;
   ino_t inode = 0;  // of our socket file, so stop() never removes a successor's
   int file = -1;    // the socket file itself (O_PATH), for give_to()
+  // Whether the listener may accept: it waits while `held` (Start::on_serve, until serve() or stop()).
+  std::mutex gate_lock;
+  std::condition_variable gate_opened;
+  bool held = false;
+  bool stopping = false;
 
   Impl(VmControl& c, std::string p, Log l) : control(c), path(std::move(p)), log(std::move(l)) {}
+
+  // On the listener thread: true once it may accept, false when the server stops first.
+  bool wait_for_gate() {
+    std::unique_lock lock(gate_lock);
+    gate_opened.wait(lock, [this] { return !held || stopping; });
+    return !stopping;
+  }
+  void open_gate(bool stop) {
+    {
+      std::lock_guard lock(gate_lock);
+      held = false;
+      stopping = stopping || stop;
+    }
+    gate_opened.notify_all();
+  }
 };
 
-Server::Server(VmControl& control, const std::string& socket_path, Log log)
+Server::Server(VmControl& control, const std::string& socket_path, Log log, Start start)
     : impl_(std::make_unique<Impl>(control, socket_path, std::move(log))) {
   Impl& p = *impl_;
+  p.held = start == Start::on_serve;
   const http::Module& transport = http::module("--api-socket");
   prepare_path(p.path);
   http::ServerSetup setup;
@@ -309,7 +331,10 @@ Server::Server(VmControl& control, const std::string& socket_path, Log log)
     p.log(line);
   };
   // The request threads are started by the listener with its filter.
-  setup.on_listener_thread = [] { confine::enter(confine::ThreadClass::Api, "pv-api"); };
+  setup.on_listener_thread = [&p] {
+    confine::enter(confine::ThreadClass::Api, "pv-api");
+    return p.wait_for_gate();
+  };
   setup.on_request = [] { confine::label_thread("pv-api"); };
   setup.max_body = kMaxBody;
   try {
@@ -331,6 +356,7 @@ Server::Server(VmControl& control, const std::string& socket_path, Log log)
   else if ((st.st_mode & 0777) != 0600 && chmod(fmt::format("/proc/self/fd/{}", p.file).c_str(), 0600) != 0)
     problem = fmt::format("cannot make the socket private (mode 0600): {}", strerror(errno));  // bound 0600 on Linux
   if (!problem.empty()) {
+    p.open_gate(true);
     p.listener->stop();
     if (p.file >= 0) close(p.file);
     // Ours to remove only while a socket is what the name holds.
@@ -348,11 +374,14 @@ void Server::give_to(uid_t uid, gid_t gid) {
 
 Server::~Server() { stop(); }
 
+void Server::serve() { impl_->open_gate(false); }
+
 void Server::stop() {
   Impl& p = *impl_;
   std::lock_guard guard(p.stop_lock);
   if (p.stopped) return;
   p.stopped = true;
+  p.open_gate(true);
   p.listener->stop();
   struct stat st {};
   if (lstat(p.path.c_str(), &st) == 0 && st.st_ino == p.inode) unlink(p.path.c_str());

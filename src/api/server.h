@@ -5,7 +5,9 @@
 // Kata Containers) and `passvm remote` can drive passvm.
 //
 // Lifetime: the constructor binds the socket (or throws, naming the path and the fix) and starts a
-// thread that accepts connections; requests are served on a small pool of threads, so VmControl is
+// thread that accepts connections, at once or (Start::on_serve) from the first serve() on: a passvm
+// that will give up root (--user) reads no request before it has, and clients connecting meanwhile
+// wait in the socket's backlog. Requests are served on a small pool of threads, so VmControl is
 // called from several threads at once (it serialises). stop(), or the destructor, stops accepting,
 // waits for the requests in progress to be answered and removes the socket file. The VmControl must
 // outlive the Server.
@@ -33,13 +35,17 @@ class Server {
   // there was one. From the request threads, concurrently.
   using Log = std::function<void(std::string_view line)>;
 
+  enum class Start { now, on_serve };
+
   // Listens on `socket_path`, a unix socket created with mode 0600. A stale socket file (no server
   // behind it) is replaced; a live one, or any other file, is an error.
-  Server(VmControl& control, const std::string& socket_path, Log log = {});
+  Server(VmControl& control, const std::string& socket_path, Log log = {}, Start start = Start::now);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
+  // Begins answering (Start::on_serve). Idempotent; any thread.
+  void serve();
   // Idempotent. Not from a request thread (it waits for them).
   void stop();
   const std::string& socket_path() const;

@@ -8,10 +8,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <mutex>
 #include <string_view>
 #include <thread>
@@ -433,6 +436,50 @@ TEST(ApiSocket, LiveSocketIsRefused) {
   EXPECT_EQ(http(path, "PUT", "vm.create", R"({"payload": {"kernel": "/k"}})").status, 204);
   EXPECT_EQ(first.calls().size(), 1u);
   EXPECT_TRUE(second.calls().empty());
+}
+
+// Start::on_serve (--user): a request that arrives before serve() waits in the backlog, unread, and is
+// answered once serve() is called.
+TEST(ApiSocket, HeldServerAnswersOnlyOnceServing) {
+  TempDir dir;
+  std::string path = dir / "s";
+  FakeControl control;
+  api::Server server(control, path, {}, api::Server::Start::on_serve);
+  auto reply = std::async(std::launch::async,
+                          [&] { return http(path, "PUT", "vm.create", R"({"payload": {"kernel": "/k"}})"); });
+  EXPECT_EQ(reply.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout);
+  EXPECT_TRUE(control.calls().empty());
+  server.serve();
+  EXPECT_EQ(reply.get().status, 204);
+  EXPECT_EQ(control.calls().size(), 1u);
+  server.serve();  // again: nothing changes
+  EXPECT_EQ(http(path, "GET", "vmm.ping").status, 200);
+}
+
+// A held server that stops before serving ends at once: the waiting client's connection is closed
+// unanswered, and the socket file goes.
+TEST(ApiSocket, HeldServerStopsWithoutServing) {
+  TempDir dir;
+  std::string path = dir / "s";
+  FakeControl control;
+  int fd = -1;
+  {
+    api::Server server(control, path, {}, api::Server::Start::on_serve);
+    fd = api::connect_unix(path);
+    ASSERT_GE(fd, 0);
+    std::string request = "GET /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\n\r\n";
+    ASSERT_EQ(write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
+  }
+  EXPECT_FALSE(std::filesystem::exists(path));
+  timeval timeout{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  char buf[64];
+  errno = 0;
+  ssize_t n = read(fd, buf, sizeof buf);
+  EXPECT_LE(n, 0);
+  EXPECT_NE(errno, EAGAIN) << "the connection was left open";
+  close(fd);
+  EXPECT_TRUE(control.calls().empty());
 }
 
 TEST(ApiSocket, ClearErrorsForPathsThatCannotWork) {

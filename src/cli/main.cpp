@@ -121,16 +121,21 @@ int main(int argc, char** argv) {
     passvm::Vmm vmm(!parsed.api_socket.empty());
     passvm::devices::start_standard_streams([] { confine::enter(confine::ThreadClass::Console, "pv-output"); });
     vmm.set_api_defaults(parsed.config ? *parsed.config : parsed.api_defaults);
-    vmm.set_confinement([&user, memlock] {
+    std::unique_ptr<passvm::api::Server> server;
+    vmm.set_confinement([&user, memlock, &server] {
       if (user) confine::drop_to(*user, memlock);
       confine::enter(confine::ThreadClass::Control);
+      if (server) server->serve();
     });
     // With the API, every VM after the first (vm.boot, the guest's reboot, vm.add-device) is built once
     // root is given up: the user must be able to open what it opens, or the VM dies at its first reboot.
     if (user && !parsed.api_socket.empty() && !user_can_open_later(parsed, *user)) return 1;
-    std::unique_ptr<passvm::api::Server> server;
     if (!parsed.api_socket.empty()) {
-      server = std::make_unique<passvm::api::Server>(vmm, parsed.api_socket);
+      // Requests are untrusted input: with --user none is read while passvm is still root (until the
+      // first VM is built, or at once when there is none); clients wait in the socket's backlog.
+      using Start = passvm::api::Server::Start;
+      server = std::make_unique<passvm::api::Server>(vmm, parsed.api_socket, passvm::api::Server::Log{},
+                                                     user ? Start::on_serve : Start::now);
       // The user passvm becomes can reach its own socket (root always can).
       if (user) server->give_to(user->uid, user->gid);
     }
