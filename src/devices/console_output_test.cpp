@@ -1,12 +1,15 @@
 #include "devices/console_output.h"
 
 #include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <memory>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <thread>
 
@@ -148,6 +151,47 @@ TEST_F(Stalled, FinishEndsWhileTheReaderStaysSo) {
   // After finish(), a write takes only what the file takes at once.
   EXPECT_EQ(out.write("late\n"), 5u);
   EXPECT_EQ(out.dropped(), 16u);
+}
+
+// At exit, stdout and stderr as two files whose readers both stalled: the process waits one bound
+// (kFinishTimeout) for both, then half a second for stdout, not a bound for each.
+TEST(StandardStreams, BothStalledShareOneBoundAtExit) {
+  StalledPipe out_pipe, err_pipe;
+  int ready[2];
+  ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(ready[0]);
+    if (dup2(out_pipe.fds[1], STDOUT_FILENO) < 0 || dup2(err_pipe.fds[1], STDERR_FILENO) < 0) _exit(90);
+    route_standard_streams();
+    start_standard_streams({});
+    standard_output()->write("guest output nobody reads\n");
+    std::fprintf(stderr, "passvm: a message nobody reads\n");
+    if (::write(ready[1], "x", 1) != 1) _exit(91);
+    std::exit(0);  // runs the streams' finish at exit
+  }
+  close(ready[1]);
+  char c;
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  const auto exiting = std::chrono::steady_clock::now();
+  int status = 0;
+  pid_t done = 0;
+  // Bounded, so that a child that never ends fails the test rather than hanging it.
+  while ((done = waitpid(child, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() - exiting < 20s)
+    std::this_thread::sleep_for(10ms);
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - exiting);
+  if (done == 0) {
+    kill(child, SIGKILL);
+    waitpid(child, &status, 0);
+  }
+  close(ready[0]);
+  ASSERT_EQ(done, child) << "the process did not end within 20 s";
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  const auto bound = ConsoleOutput::kFinishTimeout;
+  EXPECT_GE(took, bound - 100ms) << "queued output was dropped without waiting for the reader";
+  EXPECT_LT(took, bound + 1300ms) << "each stream waited a bound of its own";
 }
 
 // std::terminate's message goes out before the abort: queued output first, then the message, at once.
