@@ -328,7 +328,7 @@ Server::Server(VmControl& control, const std::string& socket_path, Log log, Star
       } catch (...) {
       }
     }
-    p.log(line);
+    p.log(res.status, line);
   };
   // The request threads are started by the listener with its filter.
   setup.on_listener_thread = [&p] {

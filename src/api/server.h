@@ -31,9 +31,9 @@ namespace passvm::api {
 
 class Server {
  public:
-  // Called once per request, after the reply: "PUT /api/v1/vm.boot 204", with the error message when
-  // there was one. From the request threads, concurrently.
-  using Log = std::function<void(std::string_view line)>;
+  // Called once per request, after the reply: its status and "PUT /api/v1/vm.boot 204", with the error
+  // message when there was one. From the request threads, concurrently.
+  using Log = std::function<void(int status, std::string_view line)>;
 
   enum class Start { now, on_serve };
 

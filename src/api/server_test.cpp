@@ -350,7 +350,7 @@ struct LoggedServer {
   FakeControl control;
   std::mutex lock;
   std::vector<std::string> lines;
-  api::Server server{control, dir / "s", [this](std::string_view line) {
+  api::Server server{control, dir / "s", [this](int, std::string_view line) {
                        std::lock_guard g(lock);
                        lines.emplace_back(line);
                      }};

@@ -84,7 +84,11 @@ std::optional<std::string> string_member(const json& object, std::string_view ke
   const json* v = member(object, key);
   if (!v) return std::nullopt;
   if (!v->is_string()) refuse(path, fmt::format("expected a string, got {}", shown(*v)));
-  return v->get<std::string>();
+  std::string text = v->get<std::string>();
+  // A path with a NUL would be checked and opened only up to it: another file than the one named.
+  if (text.find('\0') != std::string::npos)
+    refuse(path, "contains a NUL character (\\u0000), which no path, name or command line may");
+  return text;
 }
 
 struct Refusal {

@@ -188,6 +188,10 @@ TEST(ApiVmConfig, BadSizesAndCountsAreRefused) {
   EXPECT_EQ(refusal(with({{"cpus", {{"max_vcpus", 2}}}})).rfind("cpus.boot_vcpus: missing", 0), 0u);
   EXPECT_EQ(refusal(with({{"memory", {{"hugepages", "yes"}, {"size", 1 << 30}}}})).rfind("memory.hugepages: ", 0), 0u);
   EXPECT_EQ(refusal(with({{"payload", {{"kernel", 7}}}})).rfind("payload.kernel: expected a string", 0), 0u);
+  // A NUL would cut the path where the file is checked and opened: /boot/vmlinuz booted in its place.
+  const std::string cut("/boot/vmlinuz\0-test", 19);
+  EXPECT_EQ(refusal(with({{"payload", {{"kernel", cut}}}})).rfind("payload.kernel: contains a NUL character", 0), 0u);
+  EXPECT_EQ(refusal(with({{"payload", {{"initramfs", cut}}}})).rfind("payload.initramfs: contains a NUL", 0), 0u);
   EXPECT_EQ(refusal(json{{"cpus", {{"boot_vcpus", 1}}}}).rfind("payload.kernel: missing", 0), 0u);
   EXPECT_EQ(refusal(json::array()).rfind("body: expected a VmConfig object", 0), 0u);
   EXPECT_EQ(refusal(with({{"memory", 512}})).rfind("memory: expected an object", 0), 0u);

@@ -134,8 +134,12 @@ int main(int argc, char** argv) {
       // Requests are untrusted input: with --user none is read while passvm is still root (until the
       // first VM is built, or at once when there is none); clients wait in the socket's backlog.
       using Start = passvm::api::Server::Start;
-      server = std::make_unique<passvm::api::Server>(vmm, parsed.api_socket, passvm::api::Server::Log{},
-                                                     user ? Start::on_serve : Start::now);
+      // A refused request is said on stderr too, where an orchestrator's log keeps it; with -v every one.
+      const bool verbose = parsed.config ? parsed.config->verbose : parsed.api_defaults.verbose;
+      auto log = [verbose](int status, std::string_view line) {
+        if (status >= 400 || verbose) passvm::eprint("passvm: API {}\n", line);
+      };
+      server = std::make_unique<passvm::api::Server>(vmm, parsed.api_socket, log, user ? Start::on_serve : Start::now);
       // The user passvm becomes can reach its own socket (root always can).
       if (user) server->give_to(user->uid, user->gid);
     }

@@ -144,7 +144,8 @@ ParseResult parse_command_line(const std::vector<std::string>& args) {
   std::string seccomp = "on";
   app.add_option("--seccomp", seccomp,
                  "System-call filters for each passvm thread, installed before the guest runs: on (a forbidden call "
-                 "stops passvm, naming it), log (the kernel logs forbidden calls and lets them through), off")
+                 "stops passvm, naming it), log (the kernel logs forbidden calls and lets them through), off; true and "
+                 "false as cloud-hypervisor's --seccomp takes them")
       ->capture_default_str();
   std::string user;
   app.add_option("--user", user,

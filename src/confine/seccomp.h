@@ -50,7 +50,7 @@ inline constexpr ThreadClass kThreadClasses[] = {ThreadClass::Control, ThreadCla
 inline constexpr int kExitSeccomp = 6;
 
 const char* class_name(ThreadClass c);
-// "kill"/"on", "log", "off"; nullopt for anything else.
+// "kill"/"on"/"true", "log", "off"/"false"; nullopt for anything else.
 std::optional<SeccompMode> parse_mode(std::string_view text);
 
 // The ids a privilege drop (confine/privileges.h) will switch to. glibc changes ids on every thread

@@ -150,9 +150,10 @@ const char* class_name(ThreadClass c) {
 }
 
 std::optional<SeccompMode> parse_mode(std::string_view text) {
-  if (text == "kill" || text == "on") return SeccompMode::Kill;
+  // true and false as cloud-hypervisor spells them: Kata's driver passes `--seccomp false` when told to.
+  if (text == "kill" || text == "on" || text == "true") return SeccompMode::Kill;
   if (text == "log") return SeccompMode::Log;
-  if (text == "off") return SeccompMode::Off;
+  if (text == "off" || text == "false") return SeccompMode::Off;
   return std::nullopt;
 }
 

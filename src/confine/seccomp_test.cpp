@@ -321,6 +321,8 @@ TEST(SeccompTest, ParseMode) {
   EXPECT_EQ(parse_mode("kill"), SeccompMode::Kill);
   EXPECT_EQ(parse_mode("log"), SeccompMode::Log);
   EXPECT_EQ(parse_mode("off"), SeccompMode::Off);
+  EXPECT_EQ(parse_mode("true"), SeccompMode::Kill);  // cloud-hypervisor's spelling, which Kata passes
+  EXPECT_EQ(parse_mode("false"), SeccompMode::Off);
   EXPECT_EQ(parse_mode("yes"), std::nullopt);
 }
 

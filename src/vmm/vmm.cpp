@@ -106,8 +106,15 @@ T Vmm::on_loop(std::function<T()> fn) {
 
 void Vmm::require(std::initializer_list<VmState> allowed, const char* action) const {
   if (std::find(allowed.begin(), allowed.end(), state_) != allowed.end()) return;
+  // The fix depends on what was asked as well as on the state: a second create needs a delete, not a boot.
+  const std::string_view what = action;
   std::string hint;
-  switch (state_) {
+  if (what == "create") hint = "there is one VM at a time; delete it first (vm.delete)";
+  else if (what == "pause" && state_ == VmState::Paused) hint = "it is paused already";
+  else if (what == "resume" && state_ != VmState::NotCreated) hint = "only a paused VM resumes";
+  else if (what == "boot" && state_ == VmState::Running) hint = "it is running already";
+  else if (what == "boot" && state_ == VmState::Paused) hint = "it is running, paused: resume it (vm.resume) or shut it down (vm.shutdown)";
+  else switch (state_) {
     case VmState::NotCreated: hint = "create it first (vm.create)"; break;
     case VmState::Created: hint = "boot it first (vm.boot)"; break;
     case VmState::Running: hint = "it is running"; break;

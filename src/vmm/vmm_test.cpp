@@ -9,6 +9,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <string>
 #include <thread>
 
 namespace passvm {
@@ -102,6 +104,23 @@ TEST_F(VmmTest, EachStateRefusesWhatItCannotDo) {
   vmm_.remove();
   EXPECT_EQ(vmm_.info().state, VmState::NotCreated);
   vmm_.remove();  // deleting nothing is fine, as in cloud-hypervisor
+}
+
+// Each refusal names the fix for what was asked, not only for the state: a second create needs a delete.
+TEST_F(VmmTest, ARefusalNamesTheFixForWhatWasAsked) {
+  auto message_of = [](const std::function<void()>& fn) -> std::string {
+    try {
+      fn();
+    } catch (const ControlError& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  vmm_.create(config());
+  EXPECT_EQ(message_of([&] { vmm_.create(config()); }),
+            "cannot create a VM that is Created: there is one VM at a time; delete it first (vm.delete)");
+  EXPECT_EQ(message_of([&] { vmm_.resume(); }), "cannot resume a VM that is Created: only a paused VM resumes");
+  EXPECT_EQ(message_of([&] { vmm_.pause(); }), "cannot pause a VM that is Created: boot it first (vm.boot)");
 }
 
 TEST_F(VmmTest, BadConfigsAreBadRequests) {
