@@ -77,6 +77,19 @@ HttplibListener::HttplibListener(const std::string& path, ServerSetup setup) : s
     serve(req, res);
     return httplib::Server::HandlerResponse::Handled;
   });
+  // What httplib answers by itself carries no body; the API's errors are JSON lists of messages.
+  http_.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request&, httplib::Response& res) {
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    std::string why;
+    if (res.status == 413)
+      why = "the body is over " + std::to_string(setup_.max_body >> 20) + " MiB: no request needs that much";
+    else if (res.status == 400)
+      why = "not an HTTP/1.1 request this server can read";
+    else
+      return httplib::Server::HandlerResponse::Unhandled;
+    res.set_content("[\"" + why + "\"]", "application/json");
+    return httplib::Server::HandlerResponse::Handled;
+  }));
   http_.set_exception_handler([this](const httplib::Request& req, httplib::Response& res, std::exception_ptr) {
     res.status = 500;
     res.set_content(R"(["internal error"])", "application/json");

@@ -1,11 +1,14 @@
 #include "vmm/vmm.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <string_view>
+#include <vector>
 
 #include "base/eprint.h"
 #include "confine/seccomp.h"
@@ -125,6 +128,29 @@ void Vmm::require(std::initializer_list<VmState> allowed, const char* action) co
                      fmt::format("cannot {} a VM that is {}: {}", action, state_name(state_), hint));
 }
 
+namespace {
+
+// The machine says what to change in command-line terms (-m, -c); a VM that vm.create described was given
+// them as JSON fields, which the message then names too.
+std::string in_api_terms(std::string message) {
+  auto names = [&](std::string_view option) {
+    for (size_t at = message.find(option); at != std::string::npos; at = message.find(option, at + 1)) {
+      bool starts = at == 0 || message[at - 1] == ' ' || message[at - 1] == '(';
+      size_t end = at + option.size();
+      bool ends = end == message.size() || message[end] == ' ' || message[end] == ':' || message[end] == ')';
+      if (starts && ends) return true;
+    }
+    return false;
+  };
+  std::vector<std::string> terms;
+  if (names("-m")) terms.push_back("-m is memory.size");
+  if (names("-c")) terms.push_back("-c is cpus.boot_vcpus");
+  if (!terms.empty()) message += fmt::format(" (in vm.create's config, {})", fmt::join(terms, ", "));
+  return message;
+}
+
+}  // namespace
+
 void Vmm::do_create(const MachineConfig& config, bool from_api) {
   require({VmState::NotCreated}, "create");
   MachineConfig cfg = config;
@@ -155,6 +181,7 @@ void Vmm::do_create(const MachineConfig& config, bool from_api) {
   }
   fill_in_devices(cfg);
   config_ = cfg;
+  config_from_api_ = from_api;
   state_ = VmState::Created;
 }
 
@@ -178,7 +205,7 @@ void Vmm::do_boot() {
     throw;
   } catch (const std::exception& e) {
     machine_.reset();
-    throw ControlError(Kind::Failed, e.what());
+    throw ControlError(Kind::Failed, config_from_api_ ? in_api_terms(e.what()) : e.what());
   }
   state_ = VmState::Running;
 }

@@ -119,6 +119,7 @@ class Vmm final : public VmControl {
   // Loop thread only.
   VmState state_ = VmState::NotCreated;
   MachineConfig config_;
+  bool config_from_api_ = false;  // vm.create's: the machine's messages name command-line options
   std::unique_ptr<RunningMachine> machine_;
   struct PendingRemoval {
     std::string id;

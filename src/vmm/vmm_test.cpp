@@ -192,6 +192,22 @@ TEST_F(VmmTest, AFailedBootLeavesTheVmCreated) {
   EXPECT_EQ(vmm_.info().state, VmState::Created);
 }
 
+// The machine's messages speak of -m and -c; for a VM vm.create described they name its fields too.
+TEST_F(VmmTest, ABootFailureNamesTheApiFieldsOfTheOptionsItNames) {
+  MachineConfig huge = config();
+  huge.memory = uint64_t{1} << 50;  // more than any host's RAM: refused before KVM is opened
+  vmm_.create(huge);
+  try {
+    vmm_.boot();
+    FAIL() << "booted a 1 PiB guest";
+  } catch (const ControlError& e) {
+    EXPECT_EQ(e.kind(), Kind::Failed);
+    std::string what = e.what();
+    EXPECT_NE(what.find("give a smaller -m (in vm.create's config, -m is memory.size)"), std::string::npos) << what;
+    EXPECT_EQ(what.find("-c is"), std::string::npos) << what;
+  }
+}
+
 TEST_F(VmmTest, ShutdownEndsTheLoopWithStatusZero) {
   vmm_.create(config());
   vmm_.shutdown_vmm();
