@@ -94,12 +94,15 @@ std::optional<std::string> string_member(const json& object, std::string_view ke
 struct Refusal {
   std::string_view field;
   std::string_view why;
+  bool zero_asks = false;  // a number names something (slot 0, clique 0): any number is a request
 };
 
 template <size_t N>
 void refuse_requested(const json& object, std::string_view parent, const std::array<Refusal, N>& list) {
-  for (const Refusal& r : list)
-    if (requested(member(object, r.field))) refuse(path_of(parent, r.field), r.why);
+  for (const Refusal& r : list) {
+    const json* v = member(object, r.field);
+    if (requested(v) || (r.zero_asks && v && v->is_number())) refuse(path_of(parent, r.field), r.why);
+  }
 }
 
 const std::array kTopLevel{
@@ -157,8 +160,8 @@ const std::array kDevice{
     Refusal{"iommu", "passvm gives the guest no virtual IOMMU (the device's DMA reaches all guest RAM); set iommu to "
                      "false"},
     Refusal{"pci_device_id", "passvm picks the guest slot itself (vm.info and vm.add-device report it); omit "
-                             "pci_device_id"},
-    Refusal{"x_nv_gpudirect_clique", "passvm does not describe GPUDirect cliques to the guest; omit it"},
+                             "pci_device_id", true},
+    Refusal{"x_nv_gpudirect_clique", "passvm does not describe GPUDirect cliques to the guest; omit it", true},
     Refusal{"x_exclude_mmap_bars", "passvm maps every BAR it can into the guest; omit x_exclude_mmap_bars"},
 };
 

@@ -135,6 +135,11 @@ TEST(ApiVmConfig, EachUnsupportedFieldIsRefusedByName) {
        "devices[0].pci_segment: "},
       {{{"devices", {{{"path", "/sys/bus/pci/devices/0000:00:04.0"}, {"pci_device_id", 5}}}}},
        "devices[0].pci_device_id: "},
+      // 0 names slot 0 and clique 0: asked for as much as any other number.
+      {{{"devices", {{{"path", "/sys/bus/pci/devices/0000:00:04.0"}, {"pci_device_id", 0}}}}},
+       "devices[0].pci_device_id: "},
+      {{{"devices", {{{"path", "/sys/bus/pci/devices/0000:00:04.0"}, {"x_nv_gpudirect_clique", 0}}}}},
+       "devices[0].x_nv_gpudirect_clique: "},
       {{{"devices", {{{"id", "gpu"}}}}}, "devices[0].path: missing"},
   };
   for (const auto& [patch, expected] : cases) {
@@ -154,7 +159,8 @@ TEST(ApiVmConfig, OffValuesOfUnsupportedFieldsAreAccepted) {
     "cpus": {"boot_vcpus": 4, "max_vcpus": 4, "topology": {"threads_per_core": 1, "cores_per_die": 4,
              "dies_per_package": 1, "packages": 1}, "kvm_hyperv": false},
     "platform": {"num_pci_segments": 2, "tdx": false, "sev_snp": false},
-    "serial": {"mode": "Off"}, "console": {"mode": "Null"}, "rng": {"src": "/dev/urandom", "iommu": false}
+    "serial": {"mode": "Off"}, "console": {"mode": "Null"}, "rng": {"src": "/dev/urandom", "iommu": false},
+    "devices": [{"path": "/sys/bus/pci/devices/0000:00:04.0", "pci_device_id": null, "x_nv_gpudirect_clique": null}]
   })"));
   MachineConfig c = parse_vm_config(body);
   EXPECT_EQ(c.cpus, 4u);
