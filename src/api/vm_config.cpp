@@ -195,9 +195,11 @@ void parse_cpus(const json& body, MachineConfig& cfg) {
   if (const json* features = object_member(*cpus, "features", "cpus.features"))
     if (bool_member(*features, "amx", "cpus.features.amx").value_or(false))
       refuse("cpus.features.amx", "passvm does not give guests AMX state; set it false");
-  // topology, nested, max_phys_bits, core_scheduling and profile are ignored: passvm describes one
-  // package of boot_vcpus single-threaded cores (kvm/cpuid.cpp), and another topology would change the
-  // guest scheduler's hints, not what the guest can run (Kata sends cores_per_die = max_vcpus).
+  // nested: false takes VMX and SVM out of the guest's CPUID (cloud-hypervisor's default is true).
+  cfg.nested = bool_member(*cpus, "nested", "cpus.nested").value_or(true);
+  // topology, max_phys_bits, core_scheduling and profile are ignored: passvm describes one package of
+  // boot_vcpus single-threaded cores (kvm/cpuid.cpp), and another topology would change the guest
+  // scheduler's hints, not what the guest can run (Kata sends cores_per_die = max_vcpus).
   cfg.cpus = static_cast<uint32_t>(*boot);
 }
 
@@ -417,7 +419,7 @@ json vm_config_json(const MachineConfig& cfg) {
   if (!cfg.cmdline.empty()) payload["cmdline"] = cfg.cmdline;
   if (!cfg.initrd.empty()) payload["initramfs"] = cfg.initrd;
   json out = {
-      {"cpus", {{"boot_vcpus", cfg.cpus}, {"max_vcpus", cfg.cpus}}},
+      {"cpus", {{"boot_vcpus", cfg.cpus}, {"max_vcpus", cfg.cpus}, {"nested", cfg.nested}}},
       {"memory",
        {{"size", cfg.memory},
         {"hugepages", cfg.hugepages},

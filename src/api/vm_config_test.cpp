@@ -304,6 +304,7 @@ TEST(ApiVmConfig, InfoConfigRoundTrips) {
   c.initrd = "/i";
   c.cmdline = "console=ttyS0";
   c.com1 = "stdio";
+  c.nested = false;
   SlotConfig bridge;
   bridge.emulation = "hostbridge";
   SlotConfig nvme;
@@ -325,6 +326,8 @@ TEST(ApiVmConfig, InfoConfigRoundTrips) {
   EXPECT_EQ(back.cmdline, c.cmdline);
   EXPECT_EQ(back.com1, c.com1);
   EXPECT_EQ(back.pvpanic, c.pvpanic);
+  EXPECT_FALSE(back.nested);
+  EXPECT_TRUE(parse_vm_config(minimal()).nested) << "cloud-hypervisor's default";
   ASSERT_EQ(back.slots.size(), 1u);
   EXPECT_EQ(back.slots[0].config, "0000:00:04.0");
   EXPECT_EQ(back.slots[0].id, "_vfio0");

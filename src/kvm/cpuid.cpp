@@ -159,4 +159,9 @@ bool host_has_ht_hole() {
   return name == "AuthenticAMD" || name == "HygonGenuine";
 }
 
+void hide_virtualization(std::vector<kvm_cpuid_entry2>& entries) {
+  if (auto* leaf1 = find_cpuid(entries, 1)) leaf1->ecx &= ~(1u << 5);
+  if (auto* ext1 = find_cpuid(entries, 0x80000001)) ext1->ecx &= ~(1u << 2);
+}
+
 }  // namespace passvm

@@ -33,6 +33,10 @@ std::array<uint32_t, 12> host_brand_string();
 // Whether this host is AMD's or Hygon's, whose IOMMU reserves the HyperTransport range below 1 TiB.
 bool host_has_ht_hole();
 
+// Hides hardware virtualization from the guest: VMX (leaf 1 ECX bit 5) and SVM (0x80000001 ECX bit 2).
+// KVM then refuses the guest's CR4.VMXE and EFER.SVME, so no nested guest can run in it.
+void hide_virtualization(std::vector<kvm_cpuid_entry2>& entries);
+
 // The entry for (function, index), or nullptr.
 kvm_cpuid_entry2* find_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t function, uint32_t index = 0);
 

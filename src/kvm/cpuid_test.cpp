@@ -105,6 +105,22 @@ TEST(Cpuid, SingleVcpuHasNoHtt) {
   EXPECT_EQ(find_cpuid(e, 0xb, 1)->ebx, 1u);
 }
 
+TEST(Cpuid, HidingVirtualizationClearsVmxAndSvmOnly) {
+  std::vector<kvm_cpuid_entry2> entries(2);
+  entries[0].function = 1;
+  entries[0].ecx = 0xffffffff;
+  entries[1].function = 0x80000001;
+  entries[1].ecx = 0xffffffff;
+  entries[1].edx = 0x12345678;
+  hide_virtualization(entries);
+  EXPECT_EQ(entries[0].ecx, ~(1u << 5));
+  EXPECT_EQ(entries[1].ecx, ~(1u << 2));
+  EXPECT_EQ(entries[1].edx, 0x12345678u);
+  std::vector<kvm_cpuid_entry2> none;
+  hide_virtualization(none);  // leaves that are absent stay absent
+  EXPECT_TRUE(none.empty());
+}
+
 TEST(Cpuid, BufferRoundTrip) {
   auto e = host_like();
   auto back = cpuid_entries(cpuid_buffer(e));

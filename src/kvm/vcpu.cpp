@@ -115,6 +115,7 @@ void Vcpu::init_cpuid(uint32_t count) {
   auto entries = cpuid_entries(vm_.kvm().supported_cpuid());
   patch_cpuid(entries, index_, count);
   set_brand_string(entries, host_brand_string());
+  if (!vm_.nested()) hide_virtualization(entries);
   // KVM emulates the TSC-deadline LAPIC timer but leaves it to userspace to advertise: without it Linux
   // calibrates and programs the LAPIC timer the slow way.
   if (auto* leaf1 = find_cpuid(entries, 1); leaf1 && vm_.kvm().check_extension(KVM_CAP_TSC_DEADLINE_TIMER) > 0)

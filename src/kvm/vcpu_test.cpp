@@ -417,6 +417,28 @@ TEST_F(VcpuTest, PerVcpuCpuidAndLapicWiring) {
   EXPECT_EQ(xs.region[24 / 4], 0x1f80u);
 }
 
+// A VM without nested guests shows no VMX or SVM, whatever KVM offers (cpus.nested: false).
+TEST_F(VcpuTest, NoNestedHidesVmxAndSvm) {
+  vm_->set_nested(false);
+  auto v = make_vcpu(0, 1, kDone);
+  kvm_uapi::Cpuid2Header header{256, 0};
+  std::vector<uint8_t> buf(sizeof header + 256 * sizeof(kvm_cpuid_entry2));
+  std::memcpy(buf.data(), &header, sizeof header);
+  ASSERT_EQ(ioctl(v->fd(), kvm_uapi::kGetCpuid2, buf.data()), 0) << strerror(errno);
+  int seen = 0;
+  for (const auto& e : cpuid_entries(buf)) {
+    if (e.function == 1) {
+      seen++;
+      EXPECT_EQ(e.ecx & (1u << 5), 0u) << "VMX shown";
+    }
+    if (e.function == 0x80000001) {
+      seen++;
+      EXPECT_EQ(e.ecx & (1u << 2), 0u) << "SVM shown";
+    }
+  }
+  EXPECT_EQ(seen, 2);
+}
+
 TEST_F(VcpuTest, IoeventfdWriteDoesNotExit) {
   int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   vm_->add_ioeventfd(efd, 0x81, 1, true);

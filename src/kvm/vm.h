@@ -61,6 +61,10 @@ class Vm {
   int fd() const { return fd_; }
   Kvm& kvm() const { return kvm_; }
 
+  // Whether vCPUs made from now on show the guest VMX or SVM (when KVM offers them): nested guests.
+  void set_nested(bool allowed) { nested_ = allowed; }
+  bool nested() const { return nested_; }
+
   // Memory slots. Returns the slot id. readonly maps the range read-only (writes exit as MMIO).
   // gpa, size and hva must be page aligned.
   uint32_t map_memory(uint64_t gpa, uint64_t size, void* hva, bool readonly = false);
@@ -119,6 +123,7 @@ class Vm {
 
   Kvm& kvm_;
   int fd_ = -1;
+  bool nested_ = true;
   std::mutex slots_lock_;
   std::vector<bool> slot_used_;
   std::mutex routes_lock_;

@@ -39,6 +39,7 @@ struct MachineConfig {
   bool unpack_on_host = true;
   bool pvpanic = true;          // the pvpanic device: a guest's panic is reported (the command line stops on it)
   bool p2p = true;              // the API's platform.vfio_p2p_dma: what devices added later get (SlotConfig::p2p)
+  bool nested = true;           // the API's cpus.nested: the guest may run guests of its own (VMX/SVM shown)
 };
 
 }  // namespace passvm

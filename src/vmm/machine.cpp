@@ -222,6 +222,7 @@ void Machine::Parts::build() {
   if (c.cpus > kvm->max_vcpus())
     throw std::runtime_error(fmt::format("-c {}: this host's KVM allows at most {} vCPUs", c.cpus, kvm->max_vcpus()));
   vm = std::make_unique<Vm>(*kvm);
+  vm->set_nested(c.nested);
   step("KVM VM with in-kernel interrupt controllers");
   check_interrupted();
   phys_bits = kvm->guest_phys_bits();
