@@ -8,7 +8,11 @@
 #   and the devices stay on vfio-pci.
 # - reuse: a new passvm with the same devices boots and passes nvme (MSI-X) and ping;
 #   its counters around the transfer show no ordinary BAR0 trap.
-# lab-expect: bad.nodriver bad.hostdriver qterm.signal pvterm.signal pvint.signal pvreuse.vmm pvreuse.nvme pvreuse.ping pvreuse.irqs pvreuse.mode pvreuse.traps
+# - hand-over from D3hot: that L2 then leaves the e1000e with its driver unbound (ring
+#   addresses still programmed: QEMU 7.2's e1000e resets none) and in D3hot (d3left). Once
+#   passvm has exited, L1 reads the NIC's registers: receive and transmit off, ring registers
+#   zero, because passvm woke the NIC to clear them before giving it back (pvreuse.handover).
+# lab-expect: bad.nodriver bad.hostdriver qterm.signal pvterm.signal pvint.signal pvreuse.vmm pvreuse.nvme pvreuse.ping pvreuse.irqs pvreuse.d3left pvreuse.mode pvreuse.traps pvreuse.handover
 # lab-timeout: 1200
 
 source "$LAB_DIR/scenarios/passvm-lib.sh"
@@ -101,8 +105,16 @@ signal_run pvterm TERM '"check":"hold"' 0 5 "${PV[@]}" -v "${BOOT[@]}" --append 
 signal_run pvint INT 'nvme nvme0: ' 0 5 "${PV[@]}" -v "${BOOT[@]}" --append "$HOLD" labvm
 
 run_l2 pvreuse --timeout 480 -- "${PV_TAP[@]}" nvme -- \
-    "${PV[@]}" --stats "${BOOT[@]}" --append "$(l2_append nvme,ping,irqs)" labvm
+    "${PV[@]}" --stats "${BOOT[@]}" --append "$(l2_append nvme,ping,irqs,d3left lab.d3left=8086:10d3)" labvm
 rc=$?
 pv_irq_mode pvreuse.mode pvreuse nvme msix
 pv_trap_result pvreuse.traps "$LAB_OUT/pvreuse.console" 0000:00:03.0
+# The NIC as passvm gave it back (run_l2's hand-over report, reading only).
+left=$(cd "$LAB_DIR/scenarios" && python3 -c 'import run_l2; print("\n".join(run_l2.e1000e_handover(False)))' | grep '^0000:00:04.0')
+said=$(grep -E '0000:00:04.0: its DMA engines' "$LAB_OUT/pvreuse.console" | head -c 400)
+if ! grep -q '"check":"d3left","pass":true' "$LAB_OUT/pvreuse.console"; then
+    result pvreuse.handover fail detail="L2 did not leave the NIC in D3hot (pvreuse.d3left), so the hand-over from it went untested" found="$left"
+elif [[ $left != *"RCTL 0x0 TCTL 0x0 rx ring 0x0 len 0 head 0 tail 0"* ]]; then
+    result pvreuse.handover fail detail="the e1000e left in D3hot kept its registers past passvm's exit: $left${said:+; passvm said: $said}" found="$left"
+else result pvreuse.handover pass found="$left"; fi
 exit $rc

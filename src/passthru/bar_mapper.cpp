@@ -334,7 +334,12 @@ std::string BarMapper::map_for_peers(Bar& b, uint64_t address) {
 
 void BarMapper::stop_peer_dma() {
   for (Bar& b : bars_) b.dma.clear();
+  if (peers_) peers_refused_ = peers_->refused();
   peers_.reset();  // stops a map in progress after its piece, unmaps everything
+}
+
+uint64_t BarMapper::refused() const {
+  return refusals_.count() + (peers_ ? peers_->refused() : peers_refused_);
 }
 
 void BarMapper::wait_peer_dma() {

@@ -85,7 +85,8 @@ class BarMapper {
   bool is_io(int bar) const { return bars_.at(static_cast<size_t>(bar)).kind == pci::BarKind::Io; }
   const BarLayout& layout(int bar) const { return bars_.at(static_cast<size_t>(bar)).layout; }
   uint64_t remaps() const { return remaps_; }
-  uint64_t refused() const { return refusals_.count(); }
+  // Placements passvm could not map, and BARs the IOMMU refused for peer-to-peer DMA.
+  uint64_t refused() const;
   // Returns once the BAR areas queued for peer-to-peer DMA are in the IOMMU (peer_dma.h).
   void wait_peer_dma();
   // Every BAR out of the IOMMU and no more peer-to-peer mapping, before the device stops decoding: the
@@ -157,6 +158,7 @@ class BarMapper {
   std::array<uint8_t, 0x24> regs_{};  // config 0x10-0x33 as the guest reads it
   uint16_t command_ = 0;
   uint64_t remaps_ = 0;
+  uint64_t peers_refused_ = 0;  // peers_->refused() when peer-to-peer DMA stopped
   // A guest that keeps misplacing a BAR must not flood the host's logs (warning_limit.h).
   WarningLimit refusals_{name_, "placements passvm cannot map", "refused"};
   void refuse(const std::string& what) { refusals_.say(what); }

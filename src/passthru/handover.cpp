@@ -3,7 +3,11 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <chrono>
+#include <thread>
+#include <vector>
 
+#include "passthru/capabilities.h"
 #include "pci/pci_device.h"
 
 namespace passvm::passthru {
@@ -55,6 +59,28 @@ HandoverState quiesce(vfio::Device& dev) {
 }
 }  // namespace i82574
 
+// vfio-pci refuses BAR access to a device out of D0 (and a device in D3hot ignores its registers), so a
+// device its guest left asleep is woken first. The kernel waits out the D3hot-to-D0 recovery time when
+// it makes the transition; the 10 ms here (the PCI PM spec's figure) are for a transport that does not.
+void wake(vfio::Device& dev) {
+  std::vector<uint8_t> config(256);
+  dev.read(VFIO_PCI_CONFIG_REGION_INDEX, 0, config);
+  const std::optional<uint32_t> pm = plan_capabilities(config).pm;
+  if (!pm) return;
+  const uint32_t pmcsr = *pm + 4;
+  const uint16_t was = static_cast<uint16_t>(pci::load_le(&config[pmcsr], 2));
+  if ((was & 3) == 0) return;
+  constexpr uint16_t kPmeStatus = 0x8000;  // write-one-to-clear: written as 0, so it is left alone
+  uint8_t b[2];
+  pci::store_le(b, 2, static_cast<uint16_t>(was & ~(3u | kPmeStatus)));
+  dev.write(VFIO_PCI_CONFIG_REGION_INDEX, pmcsr, b);
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  dev.read(VFIO_PCI_CONFIG_REGION_INDEX, pmcsr, b);
+  if ((b[0] & 3) != 0)
+    throw vfio::VfioError(fmt::format("it was left in D{} and did not come back to D0 (PMCSR {:#06x})", was & 3,
+                                      pci::load_le(b, 2)));
+}
+
 struct Known {
   uint16_t vendor, device;
   uint64_t bar0_min;  // registers the steps touch must lie inside BAR0
@@ -81,6 +107,7 @@ HandoverState quiesce_for_handover(vfio::Device& dev) {
     set_command(static_cast<uint16_t>((command | kMemoryDecode) & ~kBusMaster));
     HandoverState st;
     try {
+      wake(dev);
       st = k.quiesce(dev);
     } catch (...) {
       set_command(command & ~kBusMaster);

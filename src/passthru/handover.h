@@ -11,11 +11,12 @@
 //
 // quiesce_for_handover() puts such a device in its reset state by hand, through its own
 // registers, with bus mastering off throughout so that nothing moves meanwhile. It knows
-// the devices listed in handover.cpp and leaves every other device alone.
+// the devices listed in handover.cpp and leaves every other device alone. A guest may have left
+// the device in D3hot, where its registers cannot be reached: it is put back in D0 first.
 //
 // Lifetime: a function, called by PassthruDevice with the device open (after the reset at
 // open, and before the release); it leaves the command register as it found it, with bus
-// mastering off.
+// mastering off, and a known device in D0.
 #pragma once
 
 #include <cstdint>
@@ -32,7 +33,8 @@ struct HandoverState {
 };
 
 // Stops the device's DMA engines and clears its ring registers when it is one with a reset that
-// does not; returns what it found. Throws vfio::VfioError when the device cannot be reached.
+// does not; returns what it found. Throws vfio::VfioError when the device cannot be reached (its rings then
+// survive: the caller tells the user).
 HandoverState quiesce_for_handover(vfio::Device& dev);
 
 }  // namespace passvm::passthru

@@ -36,6 +36,17 @@ FakeVfioState running_nic(uint32_t id = 0x10d38086) {
   return s;
 }
 
+// The same NIC with a power management capability at 0x40 (PMCSR at 0x44), in D0.
+FakeVfioState running_nic_with_pm() {
+  FakeVfioState s = running_nic();
+  s.set16(0x06, 0x0010);  // status: capability list
+  s.config[0x34] = 0x40;
+  s.config[0x40] = 0x01;  // power management, last in the list
+  s.set16(0x42, 0x0003);  // PMC: version 3
+  s.pm = 0x40;
+  return s;
+}
+
 uint32_t bar32(const FakeVfioState& s, uint32_t off) { return pci::load_le(&s.bars.at(0)[off], 4); }
 
 TEST(Handover, StopsA82574LeftRunningAndReportsWhatItFound) {
@@ -71,6 +82,50 @@ TEST(Handover, OtherDevicesAreLeftAlone) {
   EXPECT_FALSE(st.known);
   EXPECT_EQ(bar32(s, kRctl), 0x0400801au);
   EXPECT_TRUE(s.config_writes.empty());
+}
+
+TEST(Handover, ANicLeftInD3hotIsWokenBeforeItsRingsAreCleared) {
+  FakeVfioState s = running_nic_with_pm();
+  s.set16(0x44, 0x8103);  // D3hot, PME enabled, a PME pending
+  FakeVfioDevice dev(s);
+  HandoverState st = quiesce_for_handover(dev);
+  EXPECT_TRUE(st.active);
+  EXPECT_EQ(bar32(s, kRctl), 0u);
+  EXPECT_EQ(bar32(s, kRdbal), 0u);
+  EXPECT_EQ(pci::load_le(&s.config[0x44], 2), 0x0100u) << "D0, PME enable kept, PME status not written as 1";
+}
+
+TEST(Handover, ANicThatStaysInD3hotIsAnErrorNamingItsPowerState) {
+  FakeVfioState s = running_nic_with_pm();
+  s.set16(0x44, 0x0003);
+  s.pm_stuck = true;
+  FakeVfioDevice dev(s);
+  try {
+    quiesce_for_handover(dev);
+    FAIL() << "a NIC whose registers cannot be reached was reported stopped";
+  } catch (const vfio::VfioError& e) {
+    EXPECT_NE(std::string(e.what()).find("left in D3"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(bar32(s, kRctl), 0x0400801au);
+  EXPECT_EQ(pci::load_le(&s.config[0x04], 2) & 0x4, 0u) << "bus mastering off even so";
+}
+
+// A guest's driver may suspend the NIC (runtime PM puts an idle e1000e in D3hot) with its rings still
+// programmed; the hand-over at release must reach them all the same.
+TEST(Handover, ReleaseClearsTheRingsOfANicTheGuestLeftInD3hot) {
+  FakeVfioState s = running_nic_with_pm();
+  FakePlatform platform;
+  {
+    PassthruDevice dev(std::make_unique<FakeVfioDevice>(s), std::make_unique<testing::ForwardingPlatform>(platform),
+                       PassthruOptions{.watcher_thread = false});
+    pci::store_le(&s.bars[0][kRdbal], 4, 0x7000);
+    pci::store_le(&s.bars[0][kRctl], 4, 0x2);
+    dev.config_write(0x44, 2, 0x0003);  // the guest's driver: D3hot
+    ASSERT_EQ(s.config[0x44] & 3, 3);
+  }
+  EXPECT_TRUE(s.closed);
+  EXPECT_EQ(bar32(s, kRctl), 0u);
+  EXPECT_EQ(bar32(s, kRdbal), 0u);
 }
 
 TEST(Handover, PassthroughStopsTheNicAtOpenAndAgainBeforeRelease) {

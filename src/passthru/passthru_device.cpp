@@ -178,7 +178,9 @@ void PassthruDevice::teardown() {
     try {
       quiesce_for_handover(*dev_);
     } catch (const std::exception& e) {
-      eprint("passvm: {}: teardown: {}\n", name_, e.what());
+      eprint("passvm: {}: its DMA engines could not be stopped before the release: {}. Its reset leaves them "
+             "as they are, so it may still hold this guest's rings: give it to a VM (passvm clears them at "
+             "open), not to a host driver, until the host is rebooted\n", name_, e.what());
     }
   }
   // No reset of our own: releasing the device makes vfio-pci reset it (and restore the config space
@@ -274,7 +276,11 @@ void PassthruDevice::config_write(uint32_t offset, int size, uint32_t value) {
   }
   if (overlaps(offset, size, kIntLine, 1)) shadow_[kIntLine] = buf[kIntLine - offset];
   if (overlaps(offset, size, 0x10, 0x24)) bars_->write_registers(offset, bytes);
-  const bool command_written = overlaps(offset, size, kCommand, 2);
+  // A function reset the guest asks for through PCIe Device Control (vfio-pci carries it out) wakes the
+  // device into D0 and puts back the command register: both are read again, as after a command write.
+  const bool reset_asked = caps_.pcie && overlaps(offset, size, *caps_.pcie + 9, 1) &&
+                           (buf[*caps_.pcie + 9 - offset] & 0x80);
+  const bool command_written = overlaps(offset, size, kCommand, 2) || reset_asked;
   if (command_written) {
     uint8_t cmd[2];
     device_config_read(kCommand, cmd);

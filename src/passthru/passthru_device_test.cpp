@@ -209,6 +209,16 @@ TEST_F(PassthruTest, OutOfD0TheMemoryBarsLeaveTheGuest) {
   s.set16(kPm + 4, 0);
   wr(0x04, 0x3, 2);
   EXPECT_EQ(p->slots.size(), 2u);
+  // The same reset asked for through PCIe Device Control (Initiate FLR, bit 15): vfio-pci wakes the
+  // device into D0 as it resets it, and the BARs come back without a further write from the guest.
+  wr(kPm + 4, 0x0003, 2);
+  ASSERT_TRUE(p->slots.empty());
+  s.on_write = [&](uint32_t region, uint64_t offset) {
+    if (region == VFIO_PCI_CONFIG_REGION_INDEX && offset == kPcie + 8) s.set16(kPm + 4, 0);
+  };
+  wr(kPcie + 8, 0x8000, 2);
+  s.on_write = nullptr;
+  EXPECT_EQ(p->slots.size(), 2u);
 }
 
 TEST_F(PassthruTest, MsixWhoseTableIsOutsideItsBarIsHidden) {

@@ -64,7 +64,7 @@ void PeerDma::unmap_pieces(uint64_t iova) {
 
 void PeerDma::wait_idle() {
   std::unique_lock g(m_);
-  cv_.wait(g, [&] { return queue_.empty() && !busy_; });
+  cv_.wait(g, [&] { return queue_.empty() && !busy_ && !saying_; });
 }
 
 bool PeerDma::stopping() const {
@@ -103,19 +103,28 @@ void PeerDma::run() {
       at += piece;
     }
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    if (!error.empty())
-      eprint("passvm: {}: the IOMMU refused BAR {} at {:#x} for peer-to-peer DMA: {}; other devices "
-                 "cannot DMA into it (the guest's own use of the BAR is unaffected)\n", name_, job.bar, job.iova,
-                 error);
-    else if (verbose_ && !cancel_)
-      eprint("passvm: {}: BAR {} at {:#x} ({}) open to peer-to-peer DMA after {:.2f} ms in the IOMMU\n",
-                 name_, job.bar, job.iova, layout::size_text(job.size), ms);
-    else if (verbose_)
-      eprint("passvm: {}: mapping BAR {} at {:#x} into the IOMMU stopped after {} of {} ({:.2f} ms)\n",
-                 name_, job.bar, job.iova, pieces.size(), layout::size_text(job.size), ms);
+    // Said once m_ is released: a stalled stderr must not hold a vCPU waiting in unmap().
+    std::string said;
+    if (verbose_ && error.empty() && !cancel_)
+      said = fmt::format("passvm: {}: BAR {} at {:#x} ({}) open to peer-to-peer DMA after {:.2f} ms in the IOMMU\n",
+                         name_, job.bar, job.iova, layout::size_text(job.size), ms);
+    else if (verbose_ && error.empty())
+      said = fmt::format("passvm: {}: mapping BAR {} at {:#x} into the IOMMU stopped after {} of {} ({:.2f} ms)\n",
+                         name_, job.bar, job.iova, pieces.size(), layout::size_text(job.size), ms);
     if (!error.empty()) unmap_pieces(job.iova);  // all or nothing: a half-mapped BAR helps no one
     else if (pieces.empty()) done_.erase(job.iova);
     busy_.reset();
+    saying_ = true;
+    cv_.notify_all();
+    g.unlock();
+    // The guest places its BARs, and may do so again and again: the refusals are counted past a few.
+    if (!error.empty())
+      refused_.say(fmt::format("the IOMMU refused BAR {} at {:#x} for peer-to-peer DMA: {}; other devices cannot "
+                               "DMA into it (the guest's own use of the BAR is unaffected)", job.bar, job.iova, error));
+    else if (!said.empty())
+      eprint("{}", said);
+    g.lock();
+    saying_ = false;
     cv_.notify_all();
   }
 }

@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "passthru/warning_limit.h"
 #include "vfio/device.h"
 
 namespace passvm::passthru {
@@ -39,11 +40,13 @@ class PeerDma {
   // Queues [iova, iova + size) -> host, part of BAR `bar` (for messages).
   void map(int bar, uint64_t iova, uint64_t size, void* host);
   void unmap(uint64_t iova);
-  // Returns once nothing is queued or in progress.
+  // Returns once nothing is queued or in progress, and what was done has been said.
   void wait_idle();
   size_t mapped() const;
   // The map in progress was asked to stop after its current piece (unmap() is waiting for it).
   bool stopping() const;
+  // BARs the IOMMU refused (printed for the first few, counted after).
+  uint64_t refused() const { return refused_.count(); }
 
  private:
   struct Job {
@@ -62,9 +65,11 @@ class PeerDma {
   std::deque<Job> queue_;
   std::optional<Job> busy_;
   bool cancel_ = false;  // stop the job in progress after its current piece
+  bool saying_ = false;  // the worker is printing what the last job did (m_ released meanwhile)
   // Pieces in the IOMMU, by the iova of their job: {iova, size} each.
   std::map<uint64_t, std::vector<vfio::Area>> done_;
   bool stop_ = false;
+  WarningLimit refused_{name_, "BARs refused for peer-to-peer DMA", "refused"};
   std::thread worker_;  // started with the first map
 };
 

@@ -1,10 +1,12 @@
 #include "passthru/peer_dma.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <future>
 #include <map>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include <gtest/gtest.h>
 
@@ -100,6 +102,45 @@ TEST(PeerDma, AHugeBarIsMappedInPiecesAndAStopWaitsForOnePiece) {
   EXPECT_EQ(open.maps[256 * kGiB + kGiB / 2], kGiB / 2) << "up to the first GiB boundary";
   EXPECT_EQ(open.maps[257 * kGiB], kGiB);
   EXPECT_EQ(open.maps[259 * kGiB], kGiB / 2);
+}
+
+// An IOMMU that takes the first piece of every map and refuses the next, as one out of mappings would.
+struct RefusingIommu final : vfio::DmaMapper {
+  std::mutex m;
+  std::map<uint64_t, uint64_t> maps;
+  bool refuse_next = false;
+  void map_dma(const vfio::DmaRegion& r) override {
+    std::lock_guard g(m);
+    if (std::exchange(refuse_next, false)) throw vfio::VfioError("VFIO_IOMMU_MAP_DMA: No space left on device");
+    maps[r.iova] = r.size;
+    refuse_next = true;
+  }
+  void unmap_dma(uint64_t iova, uint64_t) override {
+    std::lock_guard g(m);
+    maps.erase(iova);
+  }
+};
+
+// A guest may place a BAR the IOMMU refuses again and again: each refusal leaves nothing half-mapped,
+// and stderr hears of the first few only.
+TEST(PeerDma, RefusedBarsAreUnmappedWholeAndSaidAFewTimesOnly) {
+  constexpr uint64_t kGiB = uint64_t{1} << 30;
+  RefusingIommu iommu;
+  PeerDma peers(iommu, "0000:00:03.0", false);
+  ::testing::internal::CaptureStderr();
+  for (int i = 0; i < 20; i++) {
+    iommu.refuse_next = false;
+    peers.map(2, 256 * kGiB, 2 * kGiB, nullptr);
+    peers.wait_idle();
+    EXPECT_TRUE(iommu.maps.empty()) << "the piece that was mapped goes when the next is refused";
+  }
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(peers.refused(), 20u);
+  EXPECT_EQ(peers.mapped(), 0u);
+  const auto lines = std::count(said.begin(), said.end(), '\n');
+  EXPECT_EQ(lines, static_cast<long>(WarningLimit::kPrinted) + 1) << said;
+  EXPECT_NE(said.find("the IOMMU refused BAR 2 at 0x4000000000 for peer-to-peer DMA"), std::string::npos) << said;
+  EXPECT_NE(said.find("only counted"), std::string::npos) << said;
 }
 
 }  // namespace

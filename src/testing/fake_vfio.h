@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <set>
 #include <tuple>
@@ -38,6 +39,10 @@ struct FakeVfioState {
   bool msix_noresize = true;
   // Host vectors the kernel can give MSI-X: asking for more fails as a real shortfall does.
   uint32_t msix_host_limit = 2048;
+  // Offset of a power management capability the test put in config: BAR reads and writes then fail while
+  // its PMCSR says D1-D3, as vfio-pci's do. pm_stuck: writes to PMCSR do not change the power state.
+  std::optional<uint32_t> pm;
+  bool pm_stuck = false;
   bool closed = false;  // the device was released (vfio-pci resets it then)
   // Every write, interrupt change and the release, in order: "config 0x4=0x2", "bar0 0x100=0x0",
   // "disable 2", "close".
@@ -83,12 +88,18 @@ class FakeVfioDevice final : public vfio::Device {
   std::vector<uint8_t>& buffer(uint32_t region) {
     return region == VFIO_PCI_CONFIG_REGION_INDEX ? s_.config : s_.bars.at(region);
   }
+  void refuse_out_of_d0(uint32_t region) const {
+    if (region != VFIO_PCI_CONFIG_REGION_INDEX && s_.pm && (s_.config[*s_.pm + 4] & 3) != 0)
+      throw vfio::VfioError(fmt::format("fake: BAR {} access in D{}", region, s_.config[*s_.pm + 4] & 3), EIO);
+  }
   void read(uint32_t region, uint64_t offset, std::span<uint8_t> data) override {
+    refuse_out_of_d0(region);
     auto& b = buffer(region);
     if (offset + data.size() > b.size()) throw vfio::VfioError("fake: read out of range");
     std::copy_n(b.begin() + static_cast<long>(offset), data.size(), data.begin());
   }
   void write(uint32_t region, uint64_t offset, std::span<const uint8_t> data) override {
+    refuse_out_of_d0(region);
     auto& b = buffer(region);
     if (offset + data.size() > b.size()) throw vfio::VfioError("fake: write out of range");
     if (region == VFIO_PCI_CONFIG_REGION_INDEX)
@@ -99,7 +110,10 @@ class FakeVfioDevice final : public vfio::Device {
     s_.events.push_back(fmt::format("{} {:#x}={:#x}",
                                     region == VFIO_PCI_CONFIG_REGION_INDEX ? "config" : fmt::format("bar{}", region),
                                     offset, v));
+    const uint8_t power = s_.pm ? s_.config[*s_.pm + 4] & 3 : 0;
     std::copy(data.begin(), data.end(), b.begin() + static_cast<long>(offset));
+    if (s_.pm && s_.pm_stuck && region == VFIO_PCI_CONFIG_REGION_INDEX)
+      s_.config[*s_.pm + 4] = static_cast<uint8_t>((s_.config[*s_.pm + 4] & ~3) | power);
   }
   void* map(uint32_t region, uint64_t offset, uint64_t) override {
     if (!region_info(region).mmappable) return nullptr;
