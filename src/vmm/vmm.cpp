@@ -226,7 +226,7 @@ void Vmm::do_shutdown() {
 
 std::shared_future<void> Vmm::do_remove_device(const std::string& id) {
   // Shut down, as created: the config is edited for the next boot (cloud-hypervisor's rule too).
-  require({VmState::Created, VmState::Shutdown, VmState::Running}, "remove a device from");
+  require({VmState::Created, VmState::Shutdown, VmState::Running, VmState::Paused}, "remove a device from");
   if (!machine_) {
     auto it = std::find_if(config_.slots.begin(), config_.slots.end(), [&](const SlotConfig& s) { return s.id == id; });
     if (it == config_.slots.end() || it->emulation != "passthru")
@@ -242,6 +242,7 @@ std::shared_future<void> Vmm::do_remove_device(const std::string& id) {
   if (auto pending = removals_.find(slot); pending != removals_.end()) return pending->second.answer;
   PendingRemoval& r = removals_[slot];
   r.id = id;
+  r.asked = std::chrono::steady_clock::now();
   r.deadline = std::chrono::steady_clock::now() + timing_.eject_wait;
   r.nudge = std::chrono::steady_clock::now() + timing_.eject_nudge;
   r.answer = r.done.get_future().share();
@@ -275,7 +276,8 @@ void Vmm::service_machine() {
     finish_removal(slot, error);
   }
   auto now = std::chrono::steady_clock::now();
-  for (auto it = removals_.begin(); it != removals_.end();) {
+  // A paused guest cannot eject: nothing is asked again and no time runs out until it resumes.
+  for (auto it = removals_.begin(); state_ != VmState::Paused && it != removals_.end();) {
     if (now < it->second.deadline) {
       if (now >= it->second.nudge) {
         machine_->request_unplug(it->first);
@@ -401,6 +403,7 @@ void Vmm::pause() {
     require({VmState::Running}, "pause");
     machine_->pause();
     state_ = VmState::Paused;
+    paused_at_ = std::chrono::steady_clock::now();
   });
 }
 void Vmm::resume() {
@@ -408,6 +411,14 @@ void Vmm::resume() {
     require({VmState::Paused}, "resume");
     machine_->resume();
     state_ = VmState::Running;
+    // The guest gets the whole of its time to eject while it runs: each removal's clock stopped at the
+    // pause, or was asked during it.
+    const auto now = std::chrono::steady_clock::now();
+    for (auto& [slot, r] : removals_) {
+      const auto stopped = now - std::max(paused_at_, r.asked);
+      r.deadline += stopped;
+      r.nudge = std::min(r.nudge + stopped, now);  // asked again at once: the request may have met a paused guest
+    }
   });
 }
 void Vmm::reboot() {
@@ -506,7 +517,14 @@ DeviceInfo Vmm::add_device(const std::string& host, const std::string& id) {
 Removal Vmm::remove_device(const std::string& id) {
   // From the request's arrival: the loop may first finish releasing another device the guest ejected.
   auto deadline = std::chrono::steady_clock::now() + timing_.remove_answer;
-  auto done = on_loop<std::shared_future<void>>([&] { return do_remove_device(id); });
+  bool paused = false;
+  auto done = on_loop<std::shared_future<void>>([&] {
+    auto answer = do_remove_device(id);
+    paused = state_ == VmState::Paused;
+    return answer;
+  });
+  // A paused guest ejects nothing until it resumes: waiting would only delay the answer.
+  if (paused && done.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return Removal::Pending;
   if (done.wait_until(deadline) != std::future_status::ready) return Removal::Pending;
   done.get();  // throws when releasing the ejected device failed
   return Removal::Done;

@@ -17,7 +17,9 @@
 // vmm.shutdown or a signal; a guest reset reboots the VM, a power-off leaves
 // it Shutdown. remove_device() asks the guest to eject and answers when it did,
 // or after a while (RemovalTiming) with the removal pending; the loop keeps
-// asking for longer, and a teardown meanwhile completes the removal. An eject the host
+// asking for longer, and a teardown meanwhile completes the removal. A paused
+// guest cannot eject: a removal asked then answers pending at once, and its
+// time to eject counts from the resume. An eject the host
 // did not ask for (the guest's own "echo 0 > /sys/bus/pci/slots/N/power")
 // removes the device too.
 #pragma once
@@ -121,9 +123,10 @@ class Vmm final : public VmControl {
   MachineConfig config_;
   bool config_from_api_ = false;  // vm.create's: the machine's messages name command-line options
   std::unique_ptr<RunningMachine> machine_;
+  std::chrono::steady_clock::time_point paused_at_;  // the user's pause: removals' clocks stop meanwhile
   struct PendingRemoval {
     std::string id;
-    std::chrono::steady_clock::time_point deadline, nudge;
+    std::chrono::steady_clock::time_point asked, deadline, nudge;
     std::promise<void> done;
     std::shared_future<void> answer;  // of `done`, for every request that asks for this removal
   };

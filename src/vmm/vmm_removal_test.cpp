@@ -183,6 +183,26 @@ TEST_F(VmmRemovalTest, AnEjectedDeviceIsReleasedBeforeTheAnswer) {
   }
 }
 
+// A removal asked of a paused VM answers at once, and the guest's time to eject runs only once it
+// resumes: paused longer than that time, it is still asked, and the device goes when it ejects.
+TEST_F(VmmRemovalTest, ARemovalAskedWhilePausedWaitsForTheResume) {
+  guest_.set(false);
+  vmm_.pause();
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(vmm_.remove_device("nvme"), Removal::Pending);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, kTiming.remove_answer) << "no wait for a guest that cannot act";
+  EXPECT_EQ(vmm_.info().state, VmState::Paused) << "asking does not resume the VM";
+  std::this_thread::sleep_for(kTiming.eject_wait + 300ms);
+  const size_t asked_while_paused = guest_.requests();
+  EXPECT_EQ(asked_while_paused, 1u) << "not asked again while paused";
+  vmm_.resume();
+  EXPECT_TRUE(eventually([&] { return guest_.requests() > asked_while_paused; })) << "asked again on resume";
+  EXPECT_TRUE(listed("nvme"));
+  guest_.eject(4);
+  EXPECT_TRUE(eventually([&] { return !listed("nvme"); })) << "the removal was still pending after the pause";
+  EXPECT_EQ(guest_.released_slots(), std::vector<int>{4});
+}
+
 TEST_F(VmmRemovalTest, AGuestSlowToEjectGetsAPendingAnswerIsAskedAgainAndLetsGoLater) {
   guest_.set(false);
   EXPECT_EQ(vmm_.remove_device("nvme"), Removal::Pending);
