@@ -7,7 +7,9 @@
 #   an unknown id to remove, a device added twice: exit status 1 and a message.
 # - hot-plug: the NVMe 00:03.0 added, L2 writes and verifies 16 MiB, removed (ACPI eject), back to L1's
 #   nvme driver which reads what L2 wrote, then to vfio-pci and added again; the same with the e1000e
-#   00:04.0 and ping. The guest BDF passvm names must be where L2 finds the device.
+#   00:04.0 and ping. The guest BDF passvm names must be where L2 finds the device. The NVMe's second
+#   removal is asked while the VM is paused: answered at once, the VM stays paused with the device
+#   listed, and after the resume the guest ejects it (api.remove_paused).
 # - an NMI: L2 waits for one on every CPU once its hot-plug checks are done; `passvm remote nmi` sends it
 #   and passvm says both vCPUs took it; /proc/interrupts counts it on each CPU.
 # - the power button: L2 waits for a press once its hot-plug checks are done; `passvm remote
@@ -20,7 +22,7 @@
 #   hot-plug sequence; the L2 it boots must reach init before Kata's vmm.shutdown is sent.
 # lab-expect: api.ping api.state.running api.counters api.pause api.state.paused api.err.pause_twice api.resume
 # lab-expect: api.err.nodriver api.err.hostdriver api.err.unknown_id
-# lab-expect: api.kvm_vfio api.add1 api.remove1 api.host1 api.add2 api.err.add_twice api.remove2 api.add3 api.remove3 api.host3 api.add4 api.remove4
+# lab-expect: api.kvm_vfio api.add1 api.remove1 api.host1 api.add2 api.err.add_twice api.remove_paused api.remove2 api.add3 api.remove3 api.host3 api.add4 api.remove4
 # lab-expect: api.nmi pva.nmi api.powerbutton pva.powerbutton api.err.powerbutton_off api.shutdown_config
 # lab-expect: api.state.shutdown api.shutdown api.exit api.iobar api.final
 # lab-expect: pva.vmm pva.boot pva.ticker pva.hot1.add pva.hot1.nvme pva.hot1.gone pva.hot1 pva.hot2.add pva.hot2.nvme pva.hot2.gone pva.hot2
@@ -48,7 +50,34 @@ vm_state() { pvr --json info 2>>"$HP_ERR" | json_field state; }
 # How hotplug-lib drives passvm. add-device --json answers {"id":..,"bdf":..}: the guest BDF is compared
 # with where L2 finds the device ("?" when the answer is not that JSON).
 vmm_add() { local out; out=$(pvr --json add-device "$1" --id "$2") || return; json_field bdf <<<"$out"; }
-vmm_remove() { pvr remove-device "$1" >/dev/null; }
+vmm_remove() {
+    if [[ $1 == hot2 ]]; then remove_while_paused "$1"; else pvr remove-device "$1" >/dev/null; fi
+}
+# remove_while_paused ID: the removal asked of a paused VM answers at once and leaves it paused with the
+# device listed; resumed, the guest is asked again and ejects the device, which leaves vm.info (60 s).
+remove_while_paused() {
+    local id=$1 t0 ms rc state listed
+    vmm_pause || { result api.remove_paused fail detail="pause failed: $(hp_err)"; return 1; }
+    t0=$(now_ms)
+    pvr remove-device "$id" --wait 0 >/dev/null; rc=$?
+    ms=$(( $(now_ms) - t0 ))
+    sleep 1
+    state=$(vm_state)
+    listed=$(pvr info --json 2>/dev/null | grep -c "\"$id\"")
+    vmm_resume
+    local i gone_ms
+    t0=$(now_ms)
+    for ((i = 0; i < 300; i++)); do
+        [[ $(pvr info --json 2>/dev/null | grep -c "\"$id\"") == 0 ]] && { gone_ms=$(( $(now_ms) - t0 )); break; }
+        sleep 0.2
+    done
+    local fig=(answer_ms="$ms" state="$state" listed="$listed" gone_after_resume_ms="${gone_ms:-never}")
+    if [[ $rc != 0 ]]; then result api.remove_paused fail detail="remove-device of a paused VM exited $rc: $(hp_err)" "${fig[@]}"
+    elif ((ms > 3000)); then result api.remove_paused fail detail="the answer took $ms ms: a paused guest was waited for" "${fig[@]}"
+    elif [[ $state != Paused || $listed == 0 ]]; then result api.remove_paused fail detail="after asking: state '$state', device listed: $listed (expected Paused, listed)" "${fig[@]}"
+    elif [[ -z $gone_ms ]]; then result api.remove_paused fail detail="still in vm.info 60 s after the resume" "${fig[@]}"; return 1
+    else result api.remove_paused pass "${fig[@]}"; fi
+}
 vmm_pause() { pvr pause >/dev/null; }
 vmm_resume() { pvr resume >/dev/null; }
 vmm_stop() { pvr shutdown-vmm >/dev/null; }
