@@ -275,9 +275,9 @@ void BarMapper::map(Bar& b, uint64_t address) {
     remaps_++;
     std::string peers = io ? "" : map_for_peers(b, address);
     if (verbose_ && !io)
-      eprint("passvm: {}: BAR {} ({}) mapped into the guest at {:#x} in {:.2f} ms ({} memory slots, {} "
-                 "traps; peer-to-peer DMA {})\n", name_, b.index, layout::size_text(b.size), address, ms_since(t0),
-                 b.slots.size(), b.traps.size(), peers);
+      placements_said_.say(fmt::format("BAR {} ({}) mapped into the guest at {:#x} in {:.2f} ms ({} memory slots, {} "
+                                       "traps; peer-to-peer DMA {})", b.index, layout::size_text(b.size), address,
+                                       ms_since(t0), b.slots.size(), b.traps.size(), peers));
   } catch (const std::exception& e) {
     b.mapped_at = address;  // so unmap undoes what was done
     unmap(b);
@@ -298,8 +298,8 @@ void BarMapper::trap_whole_page_bar(Bar& b, uint64_t address, bool shared) {
   b.mapped_at = address;
   remaps_++;
   if (verbose_)
-    eprint("passvm: {}: BAR {} ({}) at {:#x} shares its page: trapped instead of mapped\n", name_, b.index,
-               layout::size_text(b.size), address);
+    placements_said_.say(fmt::format("BAR {} ({}) at {:#x} shares its page: trapped instead of mapped", b.index,
+                                     layout::size_text(b.size), address));
 }
 
 // The guest page of a whole-page BAR at `address` holds nothing else: the BAR starts it, no trapped

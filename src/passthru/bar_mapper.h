@@ -162,6 +162,8 @@ class BarMapper {
   // A guest that keeps misplacing a BAR must not flood the host's logs (warning_limit.h).
   WarningLimit refusals_{name_, "placements passvm cannot map", "refused"};
   void refuse(const std::string& what) { refusals_.say(what); }
+  // -v's report of each placement: a guest moving its BARs in a loop must not flood the logs either.
+  WarningLimit placements_said_{name_, "BAR placements", "remaps", 64};
 };
 
 }  // namespace passvm::passthru

@@ -58,8 +58,8 @@ void PeerDma::unmap_pieces(uint64_t iova) {
   }
   done_.erase(it);
   if (verbose_ && bytes > 0)
-    eprint("passvm: {}: {} at {:#x} out of the IOMMU in {:.2f} ms\n", name_, layout::size_text(bytes), iova,
-               std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    said_.say(fmt::format("{} at {:#x} out of the IOMMU in {:.2f} ms", layout::size_text(bytes), iova,
+                          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()));
 }
 
 void PeerDma::wait_idle() {
@@ -106,11 +106,11 @@ void PeerDma::run() {
     // Said once m_ is released: a stalled stderr must not hold a vCPU waiting in unmap().
     std::string said;
     if (verbose_ && error.empty() && !cancel_)
-      said = fmt::format("passvm: {}: BAR {} at {:#x} ({}) open to peer-to-peer DMA after {:.2f} ms in the IOMMU\n",
-                         name_, job.bar, job.iova, layout::size_text(job.size), ms);
+      said = fmt::format("BAR {} at {:#x} ({}) open to peer-to-peer DMA after {:.2f} ms in the IOMMU", job.bar,
+                         job.iova, layout::size_text(job.size), ms);
     else if (verbose_ && error.empty())
-      said = fmt::format("passvm: {}: mapping BAR {} at {:#x} into the IOMMU stopped after {} of {} ({:.2f} ms)\n",
-                         name_, job.bar, job.iova, pieces.size(), layout::size_text(job.size), ms);
+      said = fmt::format("mapping BAR {} at {:#x} into the IOMMU stopped after {} of {} ({:.2f} ms)", job.bar,
+                         job.iova, pieces.size(), layout::size_text(job.size), ms);
     if (!error.empty()) unmap_pieces(job.iova);  // all or nothing: a half-mapped BAR helps no one
     else if (pieces.empty()) done_.erase(job.iova);
     busy_.reset();
@@ -122,7 +122,7 @@ void PeerDma::run() {
       refused_.say(fmt::format("the IOMMU refused BAR {} at {:#x} for peer-to-peer DMA: {}; other devices cannot "
                                "DMA into it (the guest's own use of the BAR is unaffected)", job.bar, job.iova, error));
     else if (!said.empty())
-      eprint("{}", said);
+      said_.say(said);
     g.lock();
     saying_ = false;
     cv_.notify_all();

@@ -70,6 +70,7 @@ class PeerDma {
   std::map<uint64_t, std::vector<vfio::Area>> done_;
   bool stop_ = false;
   WarningLimit refused_{name_, "BARs refused for peer-to-peer DMA", "refused"};
+  WarningLimit said_{name_, "peer-to-peer mapping reports (-v)", "remaps", 64};  // -v's, one per map or unmap
   std::thread worker_;  // started with the first map
 };
 

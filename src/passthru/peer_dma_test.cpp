@@ -143,5 +143,22 @@ TEST(PeerDma, RefusedBarsAreUnmappedWholeAndSaidAFewTimesOnly) {
   EXPECT_NE(said.find("only counted"), std::string::npos) << said;
 }
 
+// -v reports each map and unmap; a guest moving a BAR in a loop gets a bounded number of them.
+TEST(PeerDma, VerboseReportsAreBounded) {
+  GatedIommu iommu;
+  iommu.release();
+  PeerDma peers(iommu, "0000:00:03.0", true);
+  ::testing::internal::CaptureStderr();
+  for (int i = 0; i < 100; i++) {
+    peers.map(2, 0x4000000000, 1 << 20, nullptr);
+    peers.wait_idle();
+    peers.unmap(0x4000000000);
+  }
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(iommu.count(), 0u);
+  EXPECT_EQ(std::count(said.begin(), said.end(), '\n'), 65) << said.substr(0, 400);
+  EXPECT_NE(said.find("open to peer-to-peer DMA"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace passvm::passthru
