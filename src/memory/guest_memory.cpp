@@ -15,6 +15,8 @@
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -242,7 +244,17 @@ unsigned GuestMemory::populate(unsigned threads, const std::atomic<bool>* cancel
   };
   // The calling thread keeps its own affinity: the workers alone are pinned.
   std::vector<std::thread> pool;
-  for (unsigned i = 0; i < threads; i++) pool.emplace_back(work, i);
+  std::string no_thread;
+  for (unsigned i = 0; i < threads; i++) {
+    try {
+      pool.emplace_back(work, i);
+    } catch (const std::system_error& e) {
+      // The host's limit on tasks (a cgroup's pids.max, RLIMIT_NPROC of --user's account): the workers
+      // already started share the chunks between them.
+      no_thread = e.what();
+      break;
+    }
+  }
   std::exception_ptr start_failed;
   try {
     if (on_start) on_start();
@@ -252,6 +264,10 @@ unsigned GuestMemory::populate(unsigned threads, const std::atomic<bool>* cancel
   }
   for (auto& t : pool) t.join();
   if (start_failed) std::rethrow_exception(start_failed);
+  if (pool.empty())
+    throw std::runtime_error(fmt::format("cannot start a thread to allocate the guest's RAM: {}; the host's limit on "
+                                         "tasks (a cgroup's pids.max, or RLIMIT_NPROC of the user passvm runs as) "
+                                         "may be reached", no_thread));
   if (cancel && cancel->load()) throw std::runtime_error("the allocation of guest RAM was stopped");
   if (error != 0)
     throw std::runtime_error(fmt::format("cannot allocate the guest's {} MiB of RAM: {}{}", size_ >> 20,
@@ -259,7 +275,7 @@ unsigned GuestMemory::populate(unsigned threads, const std::atomic<bool>* cancel
                                              ? " (the host is short of memory, or of hugepages with -S): give a "
                                                "smaller -m"
                                              : ""));
-  return threads;
+  return static_cast<unsigned>(pool.size());
 }
 
 uint64_t GuestMemory::populate_chunk() const { return std::max<uint64_t>(8 * layout::MiB, page_); }

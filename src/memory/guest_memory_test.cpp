@@ -2,8 +2,14 @@
 
 #include <gtest/gtest.h>
 #include <sched.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
+#include <cctype>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <stdexcept>
@@ -64,6 +70,42 @@ TEST(GuestMemory, PopulateUsesAWorkerPerAllowedCpuAndLeavesTheCallersAffinity) {
   EXPECT_EQ(allocated_bytes(mem), size);
   ASSERT_EQ(sched_getaffinity(0, sizeof after, &after), 0);
   EXPECT_TRUE(CPU_EQUAL(&before, &after));
+}
+
+// A host that lets passvm start fewer threads than it asks for (a task limit) gets its RAM allocated by
+// the workers that did start, or a clear error when none could: never an abort. Run in a child with
+// RLIMIT_NPROC at its own task count, as an unprivileged user (root is exempt from the limit).
+TEST(GuestMemory, PopulateUnderATaskLimitUsesTheThreadsItGetsOrSaysWhy) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to become a user the task limit applies to";
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    if (setgid(65534) != 0 || setuid(65534) != 0) _exit(10);
+    // The nobody account may run other tasks on this host: the limit is what it runs now (this child
+    // among them) plus one, so that one worker starts and the next cannot.
+    int tasks = 0;
+    for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+      struct stat st {};
+      if (std::isdigit(static_cast<unsigned char>(e.path().filename().string()[0])) &&
+          stat(e.path().c_str(), &st) == 0 && st.st_uid == 65534)
+        tasks++;
+    }
+    rlimit one{static_cast<rlim_t>(tasks + 1), static_cast<rlim_t>(tasks + 1)};
+    if (setrlimit(RLIMIT_NPROC, &one) != 0) _exit(11);
+    try {
+      GuestMemory mem(64 * layout::MiB, false);  // made here: guest RAM is not inherited by a fork
+      mem.populate(4);
+      _exit(allocated_bytes(mem) == 64 * layout::MiB ? 0 : 12);
+    } catch (const std::runtime_error& e) {
+      if (std::string(e.what()).find("limit on tasks") != std::string::npos) _exit(0);
+      fprintf(stderr, "%s\n", e.what());
+      _exit(13);
+    }
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 // A setup that fails while RAM is being allocated ahead stops the workers at their next unit of work.
