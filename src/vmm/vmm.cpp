@@ -243,8 +243,8 @@ std::shared_future<void> Vmm::do_remove_device(const std::string& id) {
   PendingRemoval& r = removals_[slot];
   r.id = id;
   r.asked = std::chrono::steady_clock::now();
-  r.deadline = std::chrono::steady_clock::now() + timing_.eject_wait;
-  r.nudge = std::chrono::steady_clock::now() + timing_.eject_nudge;
+  r.deadline = r.asked + timing_.eject_wait;
+  r.nudge = r.asked + timing_.eject_nudge;
   r.answer = r.done.get_future().share();
   machine_->request_unplug(slot);
   return r.answer;
@@ -415,9 +415,8 @@ void Vmm::resume() {
     // pause, or was asked during it.
     const auto now = std::chrono::steady_clock::now();
     for (auto& [slot, r] : removals_) {
-      const auto stopped = now - std::max(paused_at_, r.asked);
-      r.deadline += stopped;
-      r.nudge = std::min(r.nudge + stopped, now);  // asked again at once: the request may have met a paused guest
+      r.deadline += now - std::max(paused_at_, r.asked);
+      r.nudge = now;  // asked again at once: the request may have met a paused guest
     }
   });
 }
