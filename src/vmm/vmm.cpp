@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <string_view>
@@ -60,7 +61,7 @@ void report_exit(const std::string& name, ExitReason reason, const std::string& 
 
 }  // namespace
 
-Vmm::Vmm(bool api, MachineFactory machines, RemovalTiming timing)
+Vmm::Vmm(bool api, MachineFactory machines, VmmTiming timing)
     : api_(api), machines_(std::move(machines)), timing_(timing) {
   if (!machines_)
     machines_ = [](const MachineConfig& c, const RunningMachine::Options& o) -> std::unique_ptr<RunningMachine> {
@@ -197,6 +198,8 @@ void Vmm::do_boot() {
     if (process_.requested()) throw RunningMachine::SetupInterrupted{};  // the last chance before the guest runs
     confine_once();
     machine_->start();
+    booted_at_ = std::chrono::steady_clock::now();
+    reboot_at_.reset();
   } catch (const RunningMachine::SetupInterrupted&) {
     machine_.reset();
     throw ControlError(Kind::Failed, fmt::format("setup stopped by {}", process_.detail()));
@@ -321,14 +324,32 @@ void Vmm::handle_guest_exit() {
     return;
   }
   do_shutdown();
-  if (reason == ExitReason::Reset) {
+  if (reason == ExitReason::Reset) reboot_after_reset();
+}
+
+void Vmm::reboot_after_reset() {
+  using namespace std::chrono;
+  const auto now = steady_clock::now();
+  quick_resets_ = now - booted_at_ < timing_.quick_run ? quick_resets_ + 1 : 0;
+  const int held = quick_resets_ - timing_.quick_reboots;  // how many reboots in a row were held back
+  if (held <= 0) {
     eprint("passvm: {}: rebooting\n", config_.name);
     try {
       do_boot();
     } catch (const std::exception& e) {
       eprint("passvm: {}: the reboot failed: {}\n", config_.name, e.what());
     }
+    return;
   }
+  milliseconds wait = timing_.max_delay;
+  if (held <= 30) wait = std::min(timing_.first_delay * (int64_t{1} << (held - 1)), timing_.max_delay);
+  reboot_at_ = now + wait;
+  // Said while the wait grows, then at every power of two: a guest looping for days says little.
+  if (held <= 8 || std::has_single_bit(static_cast<unsigned>(quick_resets_)))
+    eprint("passvm: {}: the guest reset {} times in a row, each within {} s of its boot; rebooting in {:.3g} s "
+           "(vm.boot boots it now, vm.shutdown keeps it down)\n",
+           config_.name, quick_resets_, duration_cast<seconds>(timing_.quick_run).count(),
+           duration<double>(wait).count());
 }
 
 int Vmm::run(const std::optional<MachineConfig>& initial) {
@@ -375,6 +396,14 @@ int Vmm::run(const std::optional<MachineConfig>& initial) {
     }
     for (auto& t : tasks) t();
     service_machine();
+    if (reboot_at_ && std::chrono::steady_clock::now() >= *reboot_at_) {
+      reboot_at_.reset();
+      try {
+        do_boot();
+      } catch (const std::exception& e) {
+        eprint("passvm: {}: the reboot failed: {}\n", config_.name, e.what());
+      }
+    }
     if (machine_ && machine_->guest_exit().requested()) {
       handle_guest_exit();
       if (!api_) break;
@@ -396,7 +425,10 @@ void Vmm::create(const MachineConfig& config) {
   on_loop<void>([&] { do_create(config, true); });
 }
 void Vmm::boot() {
-  on_loop<void>([&] { do_boot(); });
+  on_loop<void>([&] {
+    do_boot();
+    quick_resets_ = 0;  // the user's boot: the guest gets its quick reboots again
+  });
 }
 void Vmm::pause() {
   on_loop<void>([&] {
@@ -425,10 +457,16 @@ void Vmm::reboot() {
     require({VmState::Running, VmState::Paused}, "reboot");
     do_shutdown();
     do_boot();
+    quick_resets_ = 0;
   });
 }
 void Vmm::shutdown() {
   on_loop<void>([&] {
+    if (state_ == VmState::Shutdown && reboot_at_) {  // a reboot held back: it does not happen
+      reboot_at_.reset();
+      eprint("passvm: {}: the held-back reboot is cancelled; the VM stays shut down\n", config_.name);
+      return;
+    }
     require({VmState::Running, VmState::Paused}, "shut down");
     do_shutdown();
   });
@@ -461,6 +499,7 @@ void Vmm::nmi() {
 void Vmm::remove() {
   on_loop<void>([&] {
     do_shutdown();
+    reboot_at_.reset();
     config_ = {};
     state_ = VmState::NotCreated;
   });

@@ -14,9 +14,10 @@
 //
 // Without the API (the plain command line) the loop ends when the guest does,
 // with the exit status of exit_control.h. With it, the process lives until
-// vmm.shutdown or a signal; a guest reset reboots the VM, a power-off leaves
-// it Shutdown. remove_device() asks the guest to eject and answers when it did,
-// or after a while (RemovalTiming) with the removal pending; the loop keeps
+// vmm.shutdown or a signal; a guest reset reboots the VM (after a growing
+// wait if it keeps resetting soon after its boot: see VmmTiming), a power-off
+// leaves it Shutdown. remove_device() asks the guest to eject and answers when it did,
+// or after a while (VmmTiming) with the removal pending; the loop keeps
 // asking for longer, and a teardown meanwhile completes the removal. A paused
 // guest cannot eject: a removal asked then answers pending at once, and its
 // time to eject counts from the resume. An eject the host
@@ -42,8 +43,9 @@
 
 namespace passvm {
 
-// How long a removal of a device is waited for and asked again (shorter in tests).
-struct RemovalTiming {
+// How long a removal of a device is waited for and asked again, and how a guest that keeps resetting
+// is rebooted (shorter in tests).
+struct VmmTiming {
   // How long remove_device() waits for the eject before it answers Pending: inside the 5 s Kata gives
   // its hotplug calls. Most ejects take one or two seconds.
   std::chrono::milliseconds remove_answer{std::chrono::seconds(4)};
@@ -52,13 +54,21 @@ struct RemovalTiming {
   // An eject request raised before the guest's hotplug driver listens (a device removed while the guest
   // boots) reaches no one; the request stays in the slot's register, and is signalled again this often.
   std::chrono::milliseconds eject_nudge{std::chrono::seconds(3)};
+  // A guest that resets sooner than quick_run after its boot, again and again (a kernel that panics
+  // during its boot with panic=-1), is in a reboot loop: the first quick_reboots are done at once, the
+  // next ones after a wait that doubles from first_delay up to max_delay, as an orchestrator's restart
+  // backoff does, so a broken guest costs the host little and its messages stay few.
+  std::chrono::milliseconds quick_run{std::chrono::seconds(30)};
+  int quick_reboots = 3;
+  std::chrono::milliseconds first_delay{std::chrono::seconds(1)};
+  std::chrono::milliseconds max_delay{std::chrono::seconds(60)};
 };
 
 class Vmm final : public VmControl {
  public:
   // api: the VM's life is driven by requests (see above). Create the Vmm before any other thread: it
   // blocks the signals it watches. Machines come from `machines` (by default, Machine's constructor).
-  explicit Vmm(bool api, MachineFactory machines = {}, RemovalTiming timing = {});
+  explicit Vmm(bool api, MachineFactory machines = {}, VmmTiming timing = {});
   ~Vmm() override;
 
   // What the process does once, when it has opened what it needs and before any guest runs: drop
@@ -100,11 +110,12 @@ class Vmm final : public VmControl {
   void service_machine();
   void finish_removal(int slot, const std::string& error);
   void handle_guest_exit();
+  void reboot_after_reset();
   void require(std::initializer_list<VmState> allowed, const char* action) const;
 
   bool api_;
   MachineFactory machines_;
-  RemovalTiming timing_;
+  VmmTiming timing_;
   std::function<void()> confine_;  // run once, then emptied
   MachineConfig api_defaults_;
   void confine_once();
@@ -131,6 +142,9 @@ class Vmm final : public VmControl {
     std::shared_future<void> answer;  // of `done`, for every request that asks for this removal
   };
   std::map<int, PendingRemoval> removals_;  // by slot
+  std::chrono::steady_clock::time_point booted_at_;
+  int quick_resets_ = 0;  // in a row: each came sooner than timing_.quick_run after its boot
+  std::optional<std::chrono::steady_clock::time_point> reboot_at_;  // a reboot held back (Shutdown meanwhile)
   int exit_status_ = 0;
   bool guest_ended_ = false;  // without the API: the guest ended the run, and its reason is the status
 };

@@ -123,14 +123,21 @@ class FakeMachine final : public RunningMachine {
 
 // Short enough for a unit test, long enough that a loop slowed by a loaded host (sanitizers, the lab
 // beside) still answers a prompt eject as done.
-constexpr RemovalTiming kTiming{.remove_answer = 1000ms, .eject_wait = 3000ms, .eject_nudge = 1000ms};
+constexpr VmmTiming kTiming{.remove_answer = 1000ms, .eject_wait = 3000ms, .eject_nudge = 1000ms};
 
 class VmmRemovalTest : public ::testing::Test {
  protected:
+  virtual VmmTiming timing() const { return kTiming; }
   void SetUp() override {
     kernel_ = std::filesystem::temp_directory_path() / ("passvm-vmm-removal-" + std::to_string(getpid()));
     std::ofstream(kernel_) << "never booted: the machine is a fake";
-    loop_ = std::thread([this] { vmm_.run(std::nullopt); });
+    vmm_ = std::make_unique<Vmm>(
+        true,
+        [this](const MachineConfig& c, const RunningMachine::Options&) -> std::unique_ptr<RunningMachine> {
+          return std::make_unique<FakeMachine>(c, guest_);
+        },
+        timing());
+    loop_ = std::thread([this] { vmm_->run(std::nullopt); });
     MachineConfig c;
     c.kernel = kernel_.string();
     SlotConfig nvme;
@@ -139,17 +146,17 @@ class VmmRemovalTest : public ::testing::Test {
     nvme.config = "0000:00:03.0";
     nvme.id = "nvme";
     c.slots.push_back(nvme);
-    vmm_.create(c);
-    vmm_.boot();
+    vmm_->create(c);
+    vmm_->boot();
   }
   void TearDown() override {
-    vmm_.shutdown_vmm();
+    vmm_->shutdown_vmm();
     loop_.join();
     std::filesystem::remove(kernel_);
     EXPECT_EQ(guest_.built, guest_.destroyed) << "every machine was torn down";
   }
   bool listed(const std::string& id) {
-    auto devices = vmm_.info().devices;
+    auto devices = vmm_->info().devices;
     return std::any_of(devices.begin(), devices.end(), [&](const DeviceInfo& d) { return d.id == id; });
   }
   // Polls `done` on the test's thread, for at most 5 s.
@@ -162,21 +169,17 @@ class VmmRemovalTest : public ::testing::Test {
   }
 
   FakeGuest guest_;
-  Vmm vmm_{true,
-           [this](const MachineConfig& c, const RunningMachine::Options&) -> std::unique_ptr<RunningMachine> {
-             return std::make_unique<FakeMachine>(c, guest_);
-           },
-           kTiming};
+  std::unique_ptr<Vmm> vmm_;
   std::filesystem::path kernel_;
   std::thread loop_;
 };
 
 TEST_F(VmmRemovalTest, AnEjectedDeviceIsReleasedBeforeTheAnswer) {
-  EXPECT_EQ(vmm_.remove_device("nvme"), Removal::Done);
+  EXPECT_EQ(vmm_->remove_device("nvme"), Removal::Done);
   EXPECT_EQ(guest_.released_slots(), std::vector<int>{4});
   EXPECT_FALSE(listed("nvme"));
   try {
-    vmm_.remove_device("nvme");
+    vmm_->remove_device("nvme");
     ADD_FAILURE() << "a removed device was found again";
   } catch (const ControlError& e) {
     EXPECT_EQ(e.kind(), ControlError::Kind::NotFound);
@@ -187,15 +190,15 @@ TEST_F(VmmRemovalTest, AnEjectedDeviceIsReleasedBeforeTheAnswer) {
 // resumes: paused longer than that time, it is still asked, and the device goes when it ejects.
 TEST_F(VmmRemovalTest, ARemovalAskedWhilePausedWaitsForTheResume) {
   guest_.set(false);
-  vmm_.pause();
+  vmm_->pause();
   const auto t0 = std::chrono::steady_clock::now();
-  EXPECT_EQ(vmm_.remove_device("nvme"), Removal::Pending);
+  EXPECT_EQ(vmm_->remove_device("nvme"), Removal::Pending);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, kTiming.remove_answer) << "no wait for a guest that cannot act";
-  EXPECT_EQ(vmm_.info().state, VmState::Paused) << "asking does not resume the VM";
+  EXPECT_EQ(vmm_->info().state, VmState::Paused) << "asking does not resume the VM";
   std::this_thread::sleep_for(kTiming.eject_wait + 300ms);
   const size_t asked_while_paused = guest_.requests();
   EXPECT_EQ(asked_while_paused, 1u) << "not asked again while paused";
-  vmm_.resume();
+  vmm_->resume();
   EXPECT_TRUE(eventually([&] { return guest_.requests() > asked_while_paused; })) << "asked again on resume";
   EXPECT_TRUE(listed("nvme"));
   guest_.eject(4);
@@ -205,10 +208,10 @@ TEST_F(VmmRemovalTest, ARemovalAskedWhilePausedWaitsForTheResume) {
 
 TEST_F(VmmRemovalTest, AGuestSlowToEjectGetsAPendingAnswerIsAskedAgainAndLetsGoLater) {
   guest_.set(false);
-  EXPECT_EQ(vmm_.remove_device("nvme"), Removal::Pending);
+  EXPECT_EQ(vmm_->remove_device("nvme"), Removal::Pending);
   EXPECT_TRUE(listed("nvme")) << "the device stays until the guest lets go";
   // Asking again joins the removal under way rather than failing.
-  EXPECT_EQ(vmm_.remove_device("nvme"), Removal::Pending);
+  EXPECT_EQ(vmm_->remove_device("nvme"), Removal::Pending);
   EXPECT_TRUE(eventually([&] { return guest_.requests() >= 2; })) << "a pending eject is signalled again";
   guest_.eject(4);
   EXPECT_TRUE(eventually([&] { return !listed("nvme"); }));
@@ -218,7 +221,7 @@ TEST_F(VmmRemovalTest, AGuestSlowToEjectGetsAPendingAnswerIsAskedAgainAndLetsGoL
 TEST_F(VmmRemovalTest, AGuestThatNeverEjectsKeepsTheDeviceAndIsNoLongerAsked) {
   guest_.set(false);
   auto asked = std::chrono::steady_clock::now();
-  EXPECT_EQ(vmm_.remove_device("nvme"), Removal::Pending);
+  EXPECT_EQ(vmm_->remove_device("nvme"), Removal::Pending);
   std::this_thread::sleep_until(asked + kTiming.eject_wait + 500ms);
   size_t requests = guest_.requests();
   EXPECT_GE(requests, 2u);
@@ -228,16 +231,16 @@ TEST_F(VmmRemovalTest, AGuestThatNeverEjectsKeepsTheDeviceAndIsNoLongerAsked) {
   EXPECT_TRUE(guest_.released_slots().empty());
   // A new request starts a new removal: the guest is asked at once.
   guest_.set(true);
-  EXPECT_EQ(vmm_.remove_device("nvme"), Removal::Done);
+  EXPECT_EQ(vmm_->remove_device("nvme"), Removal::Done);
 }
 
 TEST_F(VmmRemovalTest, AShutdownCompletesAPendingRemovalAndTheNextBootHasNoDevice) {
   guest_.set(false);
-  EXPECT_EQ(vmm_.remove_device("nvme"), Removal::Pending);
-  vmm_.shutdown();
-  EXPECT_EQ(vmm_.info().state, VmState::Shutdown);
+  EXPECT_EQ(vmm_->remove_device("nvme"), Removal::Pending);
+  vmm_->shutdown();
+  EXPECT_EQ(vmm_->info().state, VmState::Shutdown);
   EXPECT_FALSE(listed("nvme"));
-  vmm_.boot();
+  vmm_->boot();
   EXPECT_FALSE(listed("nvme")) << "a device removed by the teardown came back";
   EXPECT_EQ(guest_.machines_built(), 2);
 }
@@ -245,7 +248,7 @@ TEST_F(VmmRemovalTest, AShutdownCompletesAPendingRemovalAndTheNextBootHasNoDevic
 TEST_F(VmmRemovalTest, AReleaseThatFailsIsTheRequestsError) {
   guest_.set(true, "the device did not come back from its reset");
   try {
-    vmm_.remove_device("nvme");
+    vmm_->remove_device("nvme");
     ADD_FAILURE() << "the failed release was not reported";
   } catch (const ControlError& e) {
     EXPECT_EQ(e.kind(), ControlError::Kind::Failed);
@@ -262,10 +265,10 @@ TEST_F(VmmRemovalTest, AnEjectTheHostDidNotAskForRemovesTheDevice) {
 }
 
 TEST_F(VmmRemovalTest, AHotAddedDeviceCanBeRemoved) {
-  DeviceInfo d = vmm_.add_device("0000:00:04.0", "nic");
+  DeviceInfo d = vmm_->add_device("0000:00:04.0", "nic");
   EXPECT_EQ(d.id, "nic");
   EXPECT_TRUE(listed("nic"));
-  EXPECT_EQ(vmm_.remove_device("nic"), Removal::Done);
+  EXPECT_EQ(vmm_->remove_device("nic"), Removal::Done);
   EXPECT_FALSE(listed("nic"));
   EXPECT_TRUE(listed("nvme"));
 }
@@ -273,11 +276,88 @@ TEST_F(VmmRemovalTest, AHotAddedDeviceCanBeRemoved) {
 TEST_F(VmmRemovalTest, AGuestResetBuildsANewMachineAndAPowerOffLeavesTheVmShutDown) {
   guest_.end_machine(ExitReason::Reset);
   EXPECT_TRUE(eventually([&] { return guest_.machines_built() == 2; }));
-  EXPECT_TRUE(eventually([&] { return vmm_.info().state == VmState::Running; }));
+  EXPECT_TRUE(eventually([&] { return vmm_->info().state == VmState::Running; }));
   EXPECT_TRUE(listed("nvme")) << "a reboot keeps the VM's devices";
   guest_.end_machine(ExitReason::PowerOff);
-  EXPECT_TRUE(eventually([&] { return vmm_.info().state == VmState::Shutdown; }));
+  EXPECT_TRUE(eventually([&] { return vmm_->info().state == VmState::Shutdown; }));
   EXPECT_EQ(guest_.machines_built(), 2);
+}
+
+// A guest that keeps resetting soon after its boot: two reboots at once, then waits of 100 and 200 ms.
+class VmmRebootLoopTest : public VmmRemovalTest {
+ protected:
+  VmmTiming timing() const override {
+    VmmTiming t = kTiming;
+    t.quick_run = 10s;
+    t.quick_reboots = 2;
+    t.first_delay = held_;
+    t.max_delay = 2 * held_;
+    return t;
+  }
+  // Resets the guest and waits for the machine after it; returns how long that took.
+  std::chrono::steady_clock::duration reset_and_wait_for_reboot() {
+    const int built = guest_.machines_built();
+    const auto t0 = std::chrono::steady_clock::now();
+    guest_.end_machine(ExitReason::Reset);
+    EXPECT_TRUE(eventually([&] { return guest_.machines_built() == built + 1; }));
+    return std::chrono::steady_clock::now() - t0;
+  }
+  static int count(const std::string& text, const std::string& what) {
+    int n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) n++;
+    return n;
+  }
+  std::chrono::milliseconds held_ = 100ms;
+};
+
+TEST_F(VmmRebootLoopTest, AGuestThatKeepsResettingIsRebootedAfterGrowingWaitsAndSaysSoAFewTimes) {
+  testing::internal::CaptureStderr();
+  std::vector<std::chrono::steady_clock::duration> took;
+  for (int i = 0; i < 16; i++) took.push_back(reset_and_wait_for_reboot());
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_GE(took[2], 100ms) << "the third quick reset in a row was rebooted at once";
+  EXPECT_GE(took[3], 200ms) << "the wait did not grow";
+  EXPECT_GE(took[15], 200ms) << "the wait stopped";
+  EXPECT_EQ(count(said, "rebooting\n"), 2) << said;
+  // Resets 3 to 10 say so, then only the 16th (a power of two).
+  EXPECT_EQ(count(said, "times in a row"), 9) << said;
+  EXPECT_NE(said.find("reset 16 times in a row, each within 10 s of its boot; rebooting in 0.2 s"), std::string::npos)
+      << said;
+  EXPECT_EQ(vmm_->info().state, VmState::Running);
+}
+
+class VmmHeldRebootTest : public VmmRebootLoopTest {
+ protected:
+  void SetUp() override {
+    held_ = 1000ms;
+    VmmRebootLoopTest::SetUp();
+    reset_and_wait_for_reboot();
+    reset_and_wait_for_reboot();
+    guest_.end_machine(ExitReason::Reset);
+    EXPECT_TRUE(eventually([&] { return vmm_->info().state == VmState::Shutdown; }))
+        << "the VM is shut down while its reboot is held back";
+    EXPECT_EQ(guest_.machines_built(), 3);
+  }
+};
+
+TEST_F(VmmHeldRebootTest, AShutdownCancelsIt) {
+  vmm_->shutdown();
+  std::this_thread::sleep_for(held_ + 500ms);
+  EXPECT_EQ(guest_.machines_built(), 3) << "the cancelled reboot happened";
+  EXPECT_EQ(vmm_->info().state, VmState::Shutdown);
+  vmm_->boot();
+  EXPECT_EQ(vmm_->info().state, VmState::Running);
+}
+
+TEST_F(VmmHeldRebootTest, ABootBootsNowOnceAndStartsTheCountAgain) {
+  vmm_->boot();
+  EXPECT_EQ(guest_.machines_built(), 4);
+  std::this_thread::sleep_for(held_ + 500ms);
+  EXPECT_EQ(guest_.machines_built(), 4) << "the held-back reboot happened as well";
+  testing::internal::CaptureStderr();
+  reset_and_wait_for_reboot();
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("rebooting\n"), std::string::npos) << "not rebooted at once after the user's boot: " << said;
 }
 
 }  // namespace
