@@ -10,6 +10,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "confine/seccomp.h"
@@ -90,10 +91,14 @@ void ConsoleInput::pump() {
   std::vector<uint8_t> pending;
   std::array<uint8_t, 256> buf{};
   bool input_open = in_fd_ >= 0 && !background_;
+  bool said_dropped = false;
   for (;;) {
+    // A terminal is read on while the guest takes nothing, so that Ctrl-A x still quits; other input
+    // (a pipe, a file) waits for the guest and arrives whole.
+    const bool read_in = input_open && (pending.empty() || terminal_);
     std::array<pollfd, 3> fds{{
         {stop_fd_, POLLIN, 0},
-        {pending.empty() && input_open ? in_fd_ : -1, POLLIN, 0},  // a negative fd is skipped by poll
+        {read_in ? in_fd_ : -1, POLLIN, 0},  // a negative fd is skipped by poll
         {pending.empty() ? -1 : sink_.rx_space_fd(), POLLIN, 0},
     }};
     if (poll(fds.data(), fds.size(), -1) < 0) {
@@ -114,6 +119,12 @@ void ConsoleInput::pump() {
         if (!filter(buf.data(), static_cast<size_t>(n), pending)) {
           if (on_quit_) on_quit_();
           input_open = false;
+        }
+        if (pending.size() > kTypedAhead) {
+          if (!std::exchange(said_dropped, true))
+            std::fprintf(stderr, "passvm: the guest is not reading its console: typed input beyond %zu bytes "
+                         "is dropped (Ctrl-A x still quits)\n", kTypedAhead);
+          pending.resize(kTypedAhead);
         }
       } else {
         pending.insert(pending.end(), buf.begin(), buf.begin() + n);

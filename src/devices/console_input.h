@@ -5,7 +5,9 @@
 // room instead of dropping input, so a paste into a
 // guest shell arrives whole. When the fd is a terminal it is put in raw mode
 // (no echo, no line editing, Ctrl-C goes to the guest) and the escape
-// Ctrl-A x asks passvm to quit; Ctrl-A Ctrl-A sends one Ctrl-A. The terminal
+// Ctrl-A x asks passvm to quit; Ctrl-A Ctrl-A sends one Ctrl-A. A terminal is
+// read on while the guest takes nothing (so the escape always works), and
+// what is typed beyond kTypedAhead bytes meanwhile is dropped. The terminal
 // is ALWAYS put back: by the destructor, and by restore(), which is
 // async-signal-safe so a fatal-signal handler can call it. End of input stops
 // the reading without spinning; stop() ends the thread through an eventfd.
@@ -26,6 +28,7 @@ class ConsoleInput {
  public:
   static constexpr uint8_t kEscape = 0x01;  // Ctrl-A
   static constexpr uint8_t kQuitKey = 'x';
+  static constexpr size_t kTypedAhead = 64 * 1024;  // a paste of that much still arrives whole
 
   // Starts the reader thread. on_quit runs on that thread when the user types Ctrl-A x.
   ConsoleInput(int in_fd, ConsoleSink& sink, std::function<void()> on_quit = {});

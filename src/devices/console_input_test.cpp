@@ -4,12 +4,14 @@
 #include <fcntl.h>
 #include <pty.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <ctime>
@@ -136,6 +138,47 @@ TEST(ConsoleInput, ABackgroundProcessLeavesItsTerminalAlone) {
   ASSERT_EQ(waitpid(leader, &st, 0), leader);
   ASSERT_TRUE(WIFEXITED(st));
   EXPECT_EQ(WEXITSTATUS(st), 0) << "1: the job was stopped by its terminal";
+  close(master);
+  close(slave);
+}
+
+// A guest that takes no input (no driver on its console, or a hung one): what is typed piles up, and
+// Ctrl-A x, typed after it, must still quit.
+class DeafGuest final : public ConsoleSink {
+ public:
+  DeafGuest() : fd_(eventfd(0, EFD_CLOEXEC)) {}
+  ~DeafGuest() { close(fd_); }
+  size_t receive(std::span<const uint8_t>) override { return 0; }
+  int rx_space_fd() const override { return fd_; }
+
+ private:
+  int fd_;
+};
+
+TEST(ConsoleInput, CtrlAXQuitsWhenTheGuestTakesNoInput) {
+  int master = -1, slave = -1;
+  ASSERT_EQ(openpty(&master, &slave, nullptr, nullptr, nullptr), 0);
+  ASSERT_EQ(fcntl(master, F_SETFL, fcntl(master, F_GETFL) | O_NONBLOCK), 0);
+  DeafGuest guest;
+  std::atomic<int> quits{0};
+  testing::internal::CaptureStderr();
+  {
+    ConsoleInput input(slave, guest, [&] { quits++; });
+    // More than the terminal and the typed-ahead bound hold, then the escape.
+    std::string typed(2 * ConsoleInput::kTypedAhead, 'a');
+    typed += "\x01x";
+    size_t sent = 0;
+    for (auto until = std::chrono::steady_clock::now() + 10s; sent < typed.size() && std::chrono::steady_clock::now() < until;) {
+      ssize_t n = write(master, typed.data() + sent, std::min<size_t>(typed.size() - sent, 4096));
+      if (n > 0) sent += static_cast<size_t>(n);
+      else std::this_thread::sleep_for(1ms);
+    }
+    EXPECT_EQ(sent, typed.size()) << "the terminal was not read while the guest took nothing";
+    for (int i = 0; i < 400 && quits == 0; i++) std::this_thread::sleep_for(5ms);
+    EXPECT_EQ(quits, 1) << "Ctrl-A x was not seen";
+  }
+  const std::string said = testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("the guest is not reading its console"), std::string::npos) << said;
   close(master);
   close(slave);
 }
