@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -113,6 +114,12 @@ size_t ConsoleOutput::write(std::string_view bytes, size_t slack) {
   queue_.append(bytes.data(), n);
   changed_.notify_all();
   return n;
+}
+
+void ConsoleOutput::discarded(size_t bytes) {
+  if (bytes == 0) return;
+  std::lock_guard g(lock_);
+  dropped_ += bytes;
 }
 
 bool ConsoleOutput::has_room() {
@@ -235,7 +242,15 @@ void ConsoleOutput::run() {
 
 void ConsoleOutput::call_listeners() {
   std::lock_guard g(listeners_lock_);
-  for (auto& [id, fn] : listeners_) fn();
+  // A listener is a device's (it serves the guest's ring again); an exception leaving this thread would
+  // end the process, so one is said and the other listeners still hear.
+  for (auto& [id, fn] : listeners_) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      if (listener_failures_++ < 8) std::fprintf(stderr, "passvm: console output: serving the guest's output again failed: %s\n", e.what());
+    }
+  }
 }
 
 namespace {

@@ -66,6 +66,8 @@ class ConsoleOutput {
   // this write go that far beyond the capacity: a device that checked has_room() before taking a buffer
   // from the guest passes the buffer's bound, so that the buffer is not cut.
   size_t write(std::string_view bytes, size_t slack = 0);
+  // Guest output a device refused and will not offer again (past its bound): counted in dropped().
+  void discarded(size_t bytes);
   // Whether write() would take a byte now. "No" counts as a refusal: the listeners hear when there is.
   bool has_room();
   // passvm's own message (see above).
@@ -105,6 +107,7 @@ class ConsoleOutput {
   bool abandon_ = false;    // finish()'s time is up: drop what is left
   bool direct_ = false;     // write_directly(): no more queuing
   bool in_write_ = false;   // the writer is writing bytes it has not yet taken off the queue
+  int listener_failures_ = 0;  // under listeners_lock_
   uint64_t dropped_ = 0;
   int wake_fd_ = -1;        // an eventfd: wakes the writer from waiting for the file to take more
   std::thread thread_;

@@ -10,6 +10,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <stdexcept>
 #include <string>
 #include <thread>
 
@@ -242,6 +243,23 @@ TEST_F(Stalled, ARemovedListenerIsNotCalled) {
   for (int i = 0; i < 500 && kept_calls == 0; i++) std::this_thread::sleep_for(10ms);
   EXPECT_GE(kept_calls, 1);
   EXPECT_EQ(removed_calls, 0);
+  out.finish();
+}
+
+// A listener that throws (a device whose ring went bad) is said, and neither ends the process nor keeps
+// the others from hearing.
+TEST_F(Stalled, AListenerThatThrowsIsSaidAndTheOthersStillHear) {
+  std::atomic<int> kept_calls{0};
+  ConsoleOutput& out = started(10);
+  out.on_room([] { throw std::runtime_error("the ring is broken"); });
+  out.on_room([&] { kept_calls++; });
+  EXPECT_EQ(out.write("0123456789abc"), 10u);
+  ::testing::internal::CaptureStderr();
+  p.read_until(10);
+  for (int i = 0; i < 500 && kept_calls == 0; i++) std::this_thread::sleep_for(10ms);
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_GE(kept_calls, 1);
+  EXPECT_NE(said.find("the ring is broken"), std::string::npos) << said;
   out.finish();
 }
 

@@ -47,11 +47,13 @@ bool Console::transmit(Queue& queue) {
     if (!chain) break;
     // Taken whole, past the output's capacity if need be (Linux's buffers are a page at most), so that a
     // reader that is merely slow loses nothing. A chain may be as large as guest RAM: what goes beyond
-    // kChainSlack is cut, not copied.
-    size_t slack = kChainSlack;
+    // kChainSlack is cut, not copied, and counted as dropped. (The output counts what this chain queued
+    // already against the slack.)
     for (const Buffer& b : chain->readable) {
-      size_t taken = output_ ? output_->write({reinterpret_cast<const char*>(b.data), b.size}, slack) : b.size;
-      slack -= std::min(slack, taken);
+      if (output_) {
+        size_t taken = output_->write({reinterpret_cast<const char*>(b.data), b.size}, kChainSlack);
+        output_->discarded(b.size - taken);
+      }
       transmitted_.fetch_add(b.size, std::memory_order_relaxed);
     }
     queue.push_used(chain->head, 0);

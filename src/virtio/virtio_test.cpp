@@ -352,6 +352,27 @@ TEST(VirtioConsole, BuffersWaitInTheRingWhileTheConsoleIsFull) {
   EXPECT_EQ(d.transport.error(), "");
 }
 
+// A chain larger than the console's capacity plus kChainSlack (a reader is stalled) is taken up to that
+// bound over all of its buffers, and what is cut is counted as dropped.
+TEST(VirtioConsole, AChainPastItsBoundIsCutThereAndTheCutCounted) {
+  passvm::testing::StalledPipe stalled;
+  ASSERT_GE(stalled.fds[1], 0);
+  constexpr size_t kCapacity = 8, kPiece = 40 << 10;
+  Driver d(false, stalled.fds[1], kCapacity);
+  d.start();
+  d.writer.start();
+  d.mem.write(Driver::buffer(1, 0), std::vector<uint8_t>(kPiece, 'c'));
+  d.write_desc(1, 0, Driver::buffer(1, 0), kPiece, kNext, 1);
+  d.write_desc(1, 1, Driver::buffer(1, 0), kPiece, 0, 0);
+  d.publish(1, 0);
+  d.set(kNotify, 1);
+  EXPECT_EQ(d.used_idx(1), 1);
+  const size_t kept = kCapacity + Console::kChainSlack;
+  EXPECT_EQ(d.writer.dropped(), 2 * kPiece - kept);
+  EXPECT_EQ(stalled.read_until(kept).size(), kept);
+  EXPECT_EQ(d.transport.error(), "");
+}
+
 TEST(VirtioConsole, DescriptorLoopEnds) {
   Driver d;
   d.start();
