@@ -50,7 +50,7 @@ std::string reserved_region_conflict(std::string_view reserved_regions, const st
   return "";
 }
 
-GuestDmaMap::GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory, const std::atomic<bool>* cancel)
+GuestDmaMap::GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory, const std::function<bool()>& cancel)
     : mapper_(mapper) {
   // In pieces (dma_piece): a stop waits for one piece, not for all of a large guest's RAM.
   auto undo = [&] {
@@ -59,7 +59,7 @@ GuestDmaMap::GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory, const std
   };
   for (const MemoryRegion& r : memory.regions()) {
     for (uint64_t at = 0; at < r.size;) {
-      if (cancel && cancel->load()) {
+      if (cancel && cancel()) {
         undo();
         throw VfioError("mapping guest RAM for DMA was stopped", ECANCELED);
       }

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
@@ -36,7 +37,7 @@ class GuestDmaMap {
   // them; on failure or cancel unmaps what was mapped and throws vfio::VfioError (ECANCELED when
   // cancelled). Pinning allocates any page not allocated yet, one after the other in the calling thread:
   // allocate RAM first (GuestMemory::populate, in parallel), and not beside this (Machine says why).
-  GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory, const std::atomic<bool>* cancel = nullptr);
+  GuestDmaMap(DmaMapper& mapper, const GuestMemory& memory, const std::function<bool()>& cancel = {});
   ~GuestDmaMap();
   GuestDmaMap(const GuestDmaMap&) = delete;
   GuestDmaMap& operator=(const GuestDmaMap&) = delete;

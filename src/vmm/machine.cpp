@@ -121,9 +121,11 @@ struct Machine::Parts {
   Options opts;
   StepLog step;  // outlives every other part, so it can time the VM's closing
   ExitControl guest;
+  // Guest RAM is declared before the VM so that it is unmapped only once the VM (whose memory slots
+  // point into it) is closed.
+  std::unique_ptr<GuestMemory> mem;
   std::unique_ptr<Kvm> kvm;
   std::unique_ptr<Vm> vm;
-  std::unique_ptr<GuestMemory> mem;
   // The kernel goes into guest RAM on a thread of its own while devices open and RAM is pinned for DMA
   // (unpacking a kernel's first boot takes as long as the rest of the setup). Declared after mem: on a
   // failed setup it is told to stop and joined before guest RAM goes.
@@ -218,6 +220,7 @@ void Machine::Parts::build() {
                                          c.memory >> 20, host_ram >> 20));
 
   // KVM and RAM first: nothing else is worth building without them.
+  if (c.cpus == 0) throw std::runtime_error("-c 0: a VM needs at least one vCPU");
   kvm = std::make_unique<Kvm>();
   if (c.cpus > kvm->max_vcpus())
     throw std::runtime_error(fmt::format("-c {}: this host's KVM allows at most {} vCPUs", c.cpus, kvm->max_vcpus()));
@@ -439,7 +442,13 @@ void Machine::Parts::map_guest_ram() {
   step.note(fmt::format("guest RAM allocated in {:.1f} ms ({} threads): {}", ram_ahead->took_ms, threads,
                         mem->page_usage().describe()));
   auto start = std::chrono::steady_clock::now();
-  dma = std::make_unique<vfio::GuestDmaMap>(container, *mem);
+  // A signal meanwhile (a large guest's first hot-plugged device) stops the pinning within a piece.
+  try {
+    dma = std::make_unique<vfio::GuestDmaMap>(container, *mem, opts.interrupted);
+  } catch (const vfio::VfioError& e) {
+    if (e.error_number() == ECANCELED) throw SetupInterrupted{};
+    throw;
+  }
   step(fmt::format("guest RAM mapped for DMA ({} MiB pinned in {:.1f} ms)", cfg.memory >> 20,
                    std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count()));
   check_interrupted();
@@ -458,7 +467,7 @@ void Machine::Parts::map_guest_ram_meanwhile() {
       if (hold && dma_ready.wait_for_a_waiter(std::chrono::minutes(5)))
         step.note("PASSVM_TEST_HOLD_DMA_MAP: a bus master enable waits; mapping guest RAM now");
       auto start = std::chrono::steady_clock::now();
-      auto mapped = std::make_unique<vfio::GuestDmaMap>(container, *mem, &ram_mapper_stop);
+      auto mapped = std::make_unique<vfio::GuestDmaMap>(container, *mem, [this] { return ram_mapper_stop.load(); });
       step.note(fmt::format("guest RAM mapped for DMA ({} MiB pinned in {:.1f} ms, beside the guest)",
                             cfg.memory >> 20,
                             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count()));
@@ -730,6 +739,14 @@ void Machine::remove_device(int slot) {
   // No vCPU may be inside the device's config space or BAR traps while it goes.
   bool was_paused = p.paused;
   pause();
+  // Whatever happens below, a guest that ran runs again.
+  struct ResumeAtEnd {
+    Machine& m;
+    bool resume;
+    ~ResumeAtEnd() {
+      if (resume) m.resume();
+    }
+  } resume_at_end{*this, !was_paused};
   std::vector<vfio::Bdf> hosts;
   std::vector<std::unique_ptr<passthru::PassthruDevice>> leaving;
   for (int k : keys) {
@@ -743,7 +760,7 @@ void Machine::remove_device(int slot) {
     std::erase_if(p.cfg.slots, [&](const SlotConfig& s) { return s.emulation == "passthru" && s.id == id; });
   }
   double paused_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  if (!was_paused) resume();
+  if (std::exchange(resume_at_end.resume, false)) resume();
   leaving.clear();  // the hand-over and vfio-pci's reset, with the guest running again
   // The last device takes guest RAM's DMA mapping with it: the IOMMU context ends with the last group.
   if (p.passthru.empty() && p.dma) p.dma.reset();

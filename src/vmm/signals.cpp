@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 
 #include "confine/seccomp.h"
 
@@ -20,9 +21,26 @@ SignalWatcher::SignalWatcher(ExitControl& ctl) : ctl_(ctl) {
   for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR2}) sigaddset(&set_, s);
   if (pthread_sigmask(SIG_BLOCK, &set_, &old_) != 0) throw std::runtime_error("cannot block signals");
   sfd_ = signalfd(-1, &set_, SFD_CLOEXEC);
+  const int sfd_error = errno;
   stop_fd_ = eventfd(0, EFD_CLOEXEC);
-  if (sfd_ < 0 || stop_fd_ < 0) throw std::runtime_error(fmt::format("signalfd: {}", strerror(errno)));
-  thread_ = std::thread([this] { loop(); });
+  if (sfd_ < 0 || stop_fd_ < 0) {
+    const std::string why = fmt::format("{}: {}", sfd_ < 0 ? "signalfd" : "eventfd", strerror(sfd_ < 0 ? sfd_error : errno));
+    undo();
+    throw std::runtime_error(why);
+  }
+  try {
+    thread_ = std::thread([this] { loop(); });
+  } catch (...) {
+    undo();
+    throw;
+  }
+}
+
+void SignalWatcher::undo() {
+  if (sfd_ >= 0) close(sfd_);
+  if (stop_fd_ >= 0) close(stop_fd_);
+  sfd_ = stop_fd_ = -1;
+  pthread_sigmask(SIG_SETMASK, &old_, nullptr);
 }
 
 SignalWatcher::~SignalWatcher() {
@@ -30,9 +48,7 @@ SignalWatcher::~SignalWatcher() {
   if (write(stop_fd_, &one, sizeof one) < 0) {
   }
   thread_.join();
-  close(sfd_);
-  close(stop_fd_);
-  pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  undo();
 }
 
 void SignalWatcher::on_stats(std::function<void()> fn) {
@@ -52,6 +68,8 @@ void SignalWatcher::loop() {
     pollfd fds[2] = {{sfd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
     if (poll(fds, 2, -1) < 0) {
       if (errno == EINTR) continue;
+      // Nothing would read the signals any more, and they stay blocked: the VMM stops, saying why.
+      ctl_.request(ExitReason::InternalError, fmt::format("the signal thread stopped: poll: {}", strerror(errno)));
       return;
     }
     if (fds[1].revents) return;

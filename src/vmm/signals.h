@@ -26,6 +26,7 @@ class SignalWatcher {
 
  private:
   void loop();
+  void undo();  // closes the fds and restores the mask
 
   ExitControl& ctl_;
   std::mutex lock_;

@@ -120,7 +120,6 @@ class Vmm final : public VmControl {
   MachineConfig api_defaults_;
   void confine_once();
   ExitControl process_;  // signals, Ctrl-A x, vmm.shutdown: the process ends
-  SignalWatcher signals_{process_};
   std::mutex queue_lock_;
   std::condition_variable queue_cv_;
   std::deque<std::function<void()>> queue_;
@@ -147,6 +146,9 @@ class Vmm final : public VmControl {
   std::optional<std::chrono::steady_clock::time_point> reboot_at_;  // a reboot held back (Shutdown meanwhile)
   int exit_status_ = 0;
   bool guest_ended_ = false;  // without the API: the guest ended the run, and its reason is the status
+
+  // Last: its thread (which wakes the loop through process_, queue_lock_ and queue_cv_) is joined first.
+  SignalWatcher signals_{process_};
 };
 
 }  // namespace passvm
