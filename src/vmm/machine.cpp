@@ -64,15 +64,6 @@ void restore_terminal_and_die(int sig) {
   raise(sig);
 }
 
-uint64_t host_memory_bytes() {
-  FILE* f = fopen("/proc/meminfo", "re");
-  if (!f) return 0;
-  unsigned long long kb = 0;
-  if (fscanf(f, "MemTotal: %llu kB", &kb) != 1) kb = 0;
-  fclose(f);
-  return kb * 1024;
-}
-
 // Every MSI/MSI-X vector of a passthrough device is an eventfd: a device with hundreds of vectors (a
 // GPU, a NIC's virtual function) would run into the usual soft limit of 1024 open files. The hard limit
 // is ours to take.
@@ -105,6 +96,15 @@ uint64_t intel_iommu_reach() {
 int key(int slot, int func) { return slot * pci::kFunctions + func; }
 
 }  // namespace
+
+uint64_t host_memory_bytes() {
+  FILE* f = fopen("/proc/meminfo", "re");
+  if (!f) return 0;
+  unsigned long long kb = 0;
+  if (fscanf(f, "MemTotal: %llu kB", &kb) != 1) kb = 0;
+  fclose(f);
+  return kb * 1024;
+}
 
 struct Machine::Parts {
   struct Passthru {

@@ -40,6 +40,9 @@
 
 namespace passvm {
 
+// The host's RAM (MemTotal); 0 when it cannot be read.
+uint64_t host_memory_bytes();
+
 class Machine final : public RunningMachine {
  public:
   // What a panicking guest still prints after its pvpanic write (Linux flushes its console and prints

@@ -14,6 +14,7 @@
 #include "base/eprint.h"
 #include "confine/seccomp.h"
 #include "vfio/bdf.h"
+#include "vfio/host_checks.h"
 #include "vmm/machine.h"
 
 namespace passvm {
@@ -67,6 +68,8 @@ Vmm::Vmm(bool api, MachineFactory machines, VmmTiming timing)
     machines_ = [](const MachineConfig& c, const RunningMachine::Options& o) -> std::unique_ptr<RunningMachine> {
       return std::make_unique<Machine>(c, o);
     };
+  host_.memory_bytes = host_memory_bytes;
+  host_.device = [](const std::string& bdf) { vfio::check_host_device(vfio::parse_bdf(bdf)); };
   signals_.on_stats([this] {
     stats_requested_ = true;
     confine::request_test_violation();
@@ -173,7 +176,12 @@ void Vmm::do_create(const MachineConfig& config, bool from_api) {
       } catch (const std::exception& e) {
         throw ControlError(Kind::BadRequest, e.what());
       }
+      if (from_api) check_host_device(s.config);
     }
+  if (const uint64_t host = from_api && host_.memory_bytes ? host_.memory_bytes() : 0; host != 0 && cfg.memory > host)
+    throw ControlError(Kind::BadRequest,
+                       fmt::format("memory.size: {} MiB is more than this host's {} MiB of RAM; give less",
+                                   cfg.memory >> 20, host >> 20));
   bool bridge = std::any_of(cfg.slots.begin(), cfg.slots.end(), [](const SlotConfig& s) { return s.slot == 0; });
   if (!bridge) {
     SlotConfig hostbridge;
@@ -184,6 +192,15 @@ void Vmm::do_create(const MachineConfig& config, bool from_api) {
   config_ = cfg;
   config_from_api_ = from_api;
   state_ = VmState::Created;
+}
+
+void Vmm::check_host_device(const std::string& bdf) const {
+  if (!host_.device) return;
+  try {
+    host_.device(bdf);
+  } catch (const std::exception& e) {
+    throw ControlError(Kind::BadRequest, e.what());
+  }
 }
 
 void Vmm::do_boot() {
@@ -534,6 +551,7 @@ DeviceInfo Vmm::add_device(const std::string& host, const std::string& id) {
         throw ControlError(Kind::Conflict, fmt::format("{} is already in this VM (id '{}', guest {})", bdf.str(),
                                                        s.id, guest_bdf(s.slot, s.func)));
     }
+    check_host_device(bdf.str());
     MachineConfig probe = now;
     SlotConfig added;
     added.slot = SlotConfig::kAnySlot;

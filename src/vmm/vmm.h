@@ -64,6 +64,13 @@ struct VmmTiming {
   std::chrono::milliseconds max_delay{std::chrono::seconds(60)};
 };
 
+// What vm.create and vm.add-device check of the host before they accept a VM or a device, so that a
+// request naming a device the host cannot give is refused then, not at the boot (tests use their own).
+struct HostChecks {
+  std::function<uint64_t()> memory_bytes;                 // the host's RAM; 0 when unknown
+  std::function<void(const std::string& bdf)> device;     // throws naming the problem and its fix
+};
+
 class Vmm final : public VmControl {
  public:
   // api: the VM's life is driven by requests (see above). Create the Vmm before any other thread: it
@@ -79,6 +86,8 @@ class Vmm final : public VmControl {
   // What the command line says of every VM (its name, -v, --stats, --guest-decompress), for those
   // vm.create describes: the API has no fields for them. Set before run().
   void set_api_defaults(const MachineConfig& d) { api_defaults_ = d; }
+  // By default: /proc/meminfo, and vfio's sysfs checks (the device exists, is on vfio-pci, has a group).
+  void set_host_checks(HostChecks checks) { host_ = std::move(checks); }
 
   // The control loop. `initial` is created and booted first (the command line's VM); if that fails the
   // error is printed and run() returns 1. Returns the process's exit status.
@@ -118,6 +127,8 @@ class Vmm final : public VmControl {
   VmmTiming timing_;
   std::function<void()> confine_;  // run once, then emptied
   MachineConfig api_defaults_;
+  HostChecks host_;
+  void check_host_device(const std::string& bdf) const;
   void confine_once();
   ExitControl process_;  // signals, Ctrl-A x, vmm.shutdown: the process ends
   std::mutex queue_lock_;

@@ -137,6 +137,7 @@ class VmmRemovalTest : public ::testing::Test {
           return std::make_unique<FakeMachine>(c, guest_);
         },
         timing());
+    vmm_->set_host_checks({});  // the fake machine's devices are on no host
     loop_ = std::thread([this] { vmm_->run(std::nullopt); });
     MachineConfig c;
     c.kernel = kernel_.string();

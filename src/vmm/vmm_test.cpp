@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 
@@ -23,6 +24,13 @@ class VmmTest : public ::testing::Test {
     std::filesystem::create_directories(dir_);
     kernel_ = (dir_ / "bzImage").string();
     std::ofstream(kernel_) << "not really a kernel";
+    // The host: every device there but kMissing, and RAM as host_ram_ says (0: unknown).
+    vmm_.set_host_checks({.memory_bytes = [this] { return host_ram_; },
+                          .device = [](const std::string& bdf) {
+                            if (bdf == kMissing)
+                              throw std::runtime_error(bdf + ": no such PCI device on this host; list the devices "
+                                                       "with `lspci -D`");
+                          }});
     loop_ = std::thread([this] { status_ = vmm_.run(std::nullopt); });
   }
   void TearDown() override {
@@ -55,6 +63,8 @@ class VmmTest : public ::testing::Test {
     return ControlError::Kind::Failed;
   }
 
+  static constexpr const char* kMissing = "0000:0e:00.0";
+  uint64_t host_ram_ = 0;  // set before the request that reads it
   std::filesystem::path dir_;
   std::string kernel_;
   Vmm vmm_{true};
@@ -178,6 +188,38 @@ TEST_F(VmmTest, DevicesJoinAndLeaveACreatedVm) {
   EXPECT_EQ(info.devices[0].id, "_vfio0");
   DeviceInfo c = vmm_.add_device("0000:03:00.0", "disk");  // the freed slot is taken again
   EXPECT_EQ(c.bdf, "0000:00:01.0");
+}
+
+// A device the host cannot give, or more RAM than it has, is the create's or the add's bad request, not
+// the boot's failure.
+TEST_F(VmmTest, WhatTheHostCannotGiveIsRefusedWhenAsked) {
+  MachineConfig c = config();
+  c.slots = {passthru("0000:03:00.0"), passthru(kMissing)};
+  try {
+    vmm_.create(c);
+    ADD_FAILURE() << "created a VM with a device the host does not have";
+  } catch (const ControlError& e) {
+    EXPECT_EQ(e.kind(), Kind::BadRequest);
+    EXPECT_NE(std::string(e.what()).find("0000:0e:00.0: no such PCI device"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(vmm_.info().state, VmState::NotCreated);
+
+  host_ram_ = uint64_t{1} << 30;
+  MachineConfig big = config();
+  big.memory = uint64_t{2} << 30;
+  try {
+    vmm_.create(big);
+    ADD_FAILURE() << "created a VM with twice the host's RAM";
+  } catch (const ControlError& e) {
+    EXPECT_EQ(e.kind(), Kind::BadRequest);
+    EXPECT_NE(std::string(e.what()).find("memory.size: 2048 MiB is more than this host's 1024 MiB"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(vmm_.info().state, VmState::NotCreated);
+
+  vmm_.create(config());
+  EXPECT_EQ(kind_of([&] { vmm_.add_device(kMissing, "gone"); }), Kind::BadRequest);
+  EXPECT_TRUE(vmm_.info().devices.empty());
 }
 
 TEST_F(VmmTest, AFailedBootLeavesTheVmCreated) {
