@@ -6,8 +6,10 @@
 # built again from its config, and L2 boots a second time and uses the NVMe again. A second passvm
 # asking for the NVMe meanwhile is refused (another process holds it) and keeps running. A removal
 # still pending when the VM shuts down is completed by the teardown: the config drops it. vmm.shutdown
-# then releases the device with the VM, and L1 uses it again.
-# lab-expect: pve.vmm pve.nvme pve.hold ej.accepted ej.refused ej.still_running ej.reboot ej.in_use ej.teardown ej.exit ej.host
+# then releases the device with the VM, and L1 uses it again. Last, a guest that panics during every boot
+# with panic=-1 (no root) resets again and again: passvm reboots it three times at once, then holds each
+# reboot back for a doubling wait, saying so, and vm.shutdown keeps it down.
+# lab-expect: pve.vmm pve.nvme pve.hold ej.accepted ej.refused ej.still_running ej.reboot ej.in_use ej.teardown ej.exit ej.host ej.reboot_loop
 # lab-timeout: 600
 
 source "$LAB_DIR/scenarios/passvm-lib.sh"
@@ -99,3 +101,30 @@ sleep 2
 ns=$(basename "$(ls -d /sys/bus/pci/devices/$NVME/nvme/nvme*/nvme*n1 2>/dev/null | head -n 1)")
 if [[ -n $ns ]] && dd if=/dev/$ns of=/dev/null bs=1M count=4 iflag=direct 2>/dev/null; then result ej.host pass namespace=$ns
 else result ej.host fail detail="L1's nvme driver could not read $NVME after passvm released it (driver: $(bdf_driver $NVME))"; fi
+
+# The reboot loop: no root and no init, panic=-1, reboot=k (a reset passvm sees as one, not a triple fault).
+SOCK3=/tmp/pve-api3.sock LOOP=$LAB_OUT/loop.console
+rm -f "$SOCK3"
+"$PASSVM" --api-socket "$SOCK3" -c 1 -m 256M -l com1,stdio --kernel "$L2_KERNEL" --initrd "$L2_INITRD" \
+    --append "console=ttyS0 panic=-1 nokaslr pci=noearly reboot=k rdinit=/nonexistent" loopvm </dev/null >"$LOOP" 2>&1 &
+looper=$!
+pvr3() { timeout 60 "$PASSVM" remote --api-socket "$SOCK3" "$@"; }
+boots() { grep -c 'Linux version' "$LOOP" 2>/dev/null; }
+# Five resets: three reboots at once, then 1 s and 2 s of waiting.
+for _ in $(seq 480); do grep -q 'rebooting in 2 s' "$LOOP" && break; kill -0 $looper || break; sleep 0.5; done
+at_once=$(grep -c 'loopvm: rebooting$' "$LOOP") held=$(grep -c 'times in a row' "$LOOP")
+down_out=$(pvr3 shutdown 2>&1); down_rc=$?
+state=$(pvr3 --json info 2>/dev/null | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin).get("state"))' 2>/dev/null)
+before=$(boots)
+sleep 6  # longer than the wait of the reboot held back when the shutdown came
+after=$(boots)
+pvr3 shutdown-vmm >/dev/null 2>&1
+for _ in $(seq 100); do kill -0 $looper 2>/dev/null || break; sleep 0.2; done
+wait $looper; loop_rc=$?
+fig=(boots="$after" at_once="$at_once" held="$held" said="$(grep -m1 'rebooting in 2 s' "$LOOP" | head -c 200)")
+if [[ $at_once == 3 && $held -ge 2 && $down_rc == 0 && $state == Shutdown && $before == "$after" && $loop_rc == 0 ]]; then
+    result ej.reboot_loop pass "${fig[@]}"
+else
+    result ej.reboot_loop fail "${fig[@]}" detail="expected 3 reboots at once, then held-back ones said ('times in a row', 1 s then 2 s), shutdown exit 0 ($down_rc: ${down_out:0:120}), state Shutdown ('$state'), no boot after it ($before then $after), exit 0 ($loop_rc); last lines: $(tail -n 4 "$LOOP" | tr '\n' ' ' | head -c 400)"
+fi
+rm -f "$SOCK3"

@@ -329,7 +329,12 @@ void Vmm::handle_guest_exit() {
   }
   machine_->stop();  // the guest's last output first, and final counters
   if (config_.stats) fputs(machine_->final_stats_text().c_str(), stderr);
-  report_exit(config_.name, reason, detail);
+  if (api_ && reason == ExitReason::Reset) {
+    quick_resets_ = std::chrono::steady_clock::now() - booted_at_ < timing_.quick_run ? quick_resets_ + 1 : 0;
+    if (reset_said()) report_exit(config_.name, reason, detail);
+  } else {
+    report_exit(config_.name, reason, detail);
+  }
   if (reason == ExitReason::Reset || reason == ExitReason::TripleFault || reason == ExitReason::GuestPanic)
     if (std::string hint = machine_->silent_stop_hint(); !hint.empty())
       eprint("passvm: {}: the guest printed nothing before it stopped: {}\n", config_.name, hint);
@@ -344,10 +349,14 @@ void Vmm::handle_guest_exit() {
   if (reason == ExitReason::Reset) reboot_after_reset();
 }
 
+bool Vmm::reset_said() const {
+  // Said while the wait grows, then at every power of two: a guest looping for days says little.
+  return quick_resets_ - timing_.quick_reboots <= 8 || std::has_single_bit(static_cast<unsigned>(quick_resets_));
+}
+
 void Vmm::reboot_after_reset() {
   using namespace std::chrono;
   const auto now = steady_clock::now();
-  quick_resets_ = now - booted_at_ < timing_.quick_run ? quick_resets_ + 1 : 0;
   const int held = quick_resets_ - timing_.quick_reboots;  // how many reboots in a row were held back
   if (held <= 0) {
     eprint("passvm: {}: rebooting\n", config_.name);
@@ -361,8 +370,7 @@ void Vmm::reboot_after_reset() {
   milliseconds wait = timing_.max_delay;
   if (held <= 30) wait = std::min(timing_.first_delay * (int64_t{1} << (held - 1)), timing_.max_delay);
   reboot_at_ = now + wait;
-  // Said while the wait grows, then at every power of two: a guest looping for days says little.
-  if (held <= 8 || std::has_single_bit(static_cast<unsigned>(quick_resets_)))
+  if (reset_said())
     eprint("passvm: {}: the guest reset {} times in a row, each within {} s of its boot; rebooting in {:.3g} s "
            "(vm.boot boots it now, vm.shutdown keeps it down)\n",
            config_.name, quick_resets_, duration_cast<seconds>(timing_.quick_run).count(),

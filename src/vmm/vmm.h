@@ -119,7 +119,8 @@ class Vmm final : public VmControl {
   void service_machine();
   void finish_removal(int slot, const std::string& error);
   void handle_guest_exit();
-  void reboot_after_reset();
+  void reboot_after_reset();  // after handle_guest_exit counted the reset in quick_resets_
+  bool reset_said() const;     // whether this reset and its reboot are reported
   void require(std::initializer_list<VmState> allowed, const char* action) const;
 
   bool api_;

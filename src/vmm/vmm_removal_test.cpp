@@ -320,6 +320,7 @@ TEST_F(VmmRebootLoopTest, AGuestThatKeepsResettingIsRebootedAfterGrowingWaitsAnd
   EXPECT_GE(took[3], 200ms) << "the wait did not grow";
   EXPECT_GE(took[15], 200ms) << "the wait stopped";
   EXPECT_EQ(count(said, "rebooting\n"), 2) << said;
+  EXPECT_EQ(count(said, "asked by the test"), 11) << "each reset said with its reboot: " << said;
   // Resets 3 to 10 say so, then only the 16th (a power of two).
   EXPECT_EQ(count(said, "times in a row"), 9) << said;
   EXPECT_NE(said.find("reset 16 times in a row, each within 10 s of its boot; rebooting in 0.2 s"), std::string::npos)
