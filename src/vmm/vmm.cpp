@@ -329,15 +329,20 @@ void Vmm::handle_guest_exit() {
   }
   machine_->stop();  // the guest's last output first, and final counters
   if (config_.stats) fputs(machine_->final_stats_text().c_str(), stderr);
-  if (api_ && reason == ExitReason::Reset) {
+  // With the API a triple fault reboots the VM as a reset does (Linux's last way to reboot; what
+  // cloud-hypervisor and QEMU do); on the command line it ends passvm with its own status.
+  const bool reboots = api_ && (reason == ExitReason::Reset || reason == ExitReason::TripleFault);
+  bool said = true;
+  if (reboots) {
     quick_resets_ = std::chrono::steady_clock::now() - booted_at_ < timing_.quick_run ? quick_resets_ + 1 : 0;
-    if (reset_said()) report_exit(config_.name, reason, detail);
-  } else {
-    report_exit(config_.name, reason, detail);
+    said = reset_said();
   }
-  if (reason == ExitReason::Reset || reason == ExitReason::TripleFault || reason == ExitReason::GuestPanic)
-    if (std::string hint = machine_->silent_stop_hint(); !hint.empty())
-      eprint("passvm: {}: the guest printed nothing before it stopped: {}\n", config_.name, hint);
+  if (said) {
+    report_exit(config_.name, reason, detail);
+    if (reason == ExitReason::Reset || reason == ExitReason::TripleFault || reason == ExitReason::GuestPanic)
+      if (std::string hint = machine_->silent_stop_hint(); !hint.empty())
+        eprint("passvm: {}: the guest printed nothing before it stopped: {}\n", config_.name, hint);
+  }
   if (!api_) {
     exit_status_ = exit_status(reason);
     guest_ended_ = true;  // the first reason wins: a signal during the teardown changes nothing
@@ -346,7 +351,7 @@ void Vmm::handle_guest_exit() {
     return;
   }
   do_shutdown();
-  if (reason == ExitReason::Reset) reboot_after_reset();
+  if (reboots) reboot_after_reset();
 }
 
 bool Vmm::reset_said() const {

@@ -14,7 +14,7 @@
 //
 // Without the API (the plain command line) the loop ends when the guest does,
 // with the exit status of exit_control.h. With it, the process lives until
-// vmm.shutdown or a signal; a guest reset reboots the VM (after a growing
+// vmm.shutdown or a signal; a guest reset or triple fault reboots the VM (after a growing
 // wait if it keeps resetting soon after its boot: see VmmTiming), a power-off
 // leaves it Shutdown. remove_device() asks the guest to eject and answers when it did,
 // or after a while (VmmTiming) with the removal pending; the loop keeps

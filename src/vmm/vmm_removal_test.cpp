@@ -274,14 +274,17 @@ TEST_F(VmmRemovalTest, AHotAddedDeviceCanBeRemoved) {
   EXPECT_TRUE(listed("nvme"));
 }
 
-TEST_F(VmmRemovalTest, AGuestResetBuildsANewMachineAndAPowerOffLeavesTheVmShutDown) {
+TEST_F(VmmRemovalTest, AGuestResetOrTripleFaultBuildsANewMachineAndAPowerOffLeavesTheVmShutDown) {
   guest_.end_machine(ExitReason::Reset);
   EXPECT_TRUE(eventually([&] { return guest_.machines_built() == 2; }));
   EXPECT_TRUE(eventually([&] { return vmm_->info().state == VmState::Running; }));
   EXPECT_TRUE(listed("nvme")) << "a reboot keeps the VM's devices";
+  guest_.end_machine(ExitReason::TripleFault);  // as cloud-hypervisor and QEMU: a reset too
+  EXPECT_TRUE(eventually([&] { return guest_.machines_built() == 3; }));
+  EXPECT_TRUE(eventually([&] { return vmm_->info().state == VmState::Running; }));
   guest_.end_machine(ExitReason::PowerOff);
   EXPECT_TRUE(eventually([&] { return vmm_->info().state == VmState::Shutdown; }));
-  EXPECT_EQ(guest_.machines_built(), 2);
+  EXPECT_EQ(guest_.machines_built(), 3);
 }
 
 // A guest that keeps resetting soon after its boot: two reboots at once, then waits of 100 and 200 ms.
