@@ -280,7 +280,7 @@ void BarMapper::map(Bar& b, uint64_t address) {
                                        ms_since(t0), b.slots.size(), b.traps.size(), peers));
   } catch (const std::exception& e) {
     b.mapped_at = address;  // so unmap undoes what was done
-    unmap(b);
+    if (!unmap(b)) return;  // said; it stays there as far as it got
     if (b.page_trap) {  // its page overlaps another device's memory slot
       try {
         return trap_whole_page_bar(b, address, false);
@@ -346,33 +346,48 @@ void BarMapper::wait_peer_dma() {
   if (peers_) peers_->wait_idle();
 }
 
-void BarMapper::unmap(Bar& b) {
-  if (!b.mapped_at) return;
+bool BarMapper::unmap(Bar& b, bool for_good) {
+  if (!b.mapped_at) return true;
   bool io = b.kind == pci::BarKind::Io;
   // The IOMMU first: no peer may reach the BAR's pages once they are out of the guest.
   if (peers_)
     for (const vfio::Area& d : b.dma) peers_->unmap(d.offset);
   b.dma.clear();
-  try {
-    if (b.page_trapped) {
-      platform_.remove_trap(false, *b.mapped_at);
-      b.page_trapped = b.page_shared = false;
+  // Then the memory slots, each on its own: one KVM keeps leaves the BAR where it is.
+  std::vector<uint32_t> kept;
+  std::string why;
+  for (uint32_t slot : b.slots) {
+    try {
+      platform_.unmap_memory(slot);
+    } catch (const std::exception& e) {
+      kept.push_back(slot);
+      why = e.what();
     }
-    if (b.tail_claimed) {
-      b.tail_claimed = false;
-      platform_.remove_trap(false, *b.mapped_at + b.size);
-    }
-    for (uint32_t slot : b.slots) platform_.unmap_memory(slot);
-    for (auto& t : b.traps)
-      if (t->added) {
-        platform_.remove_trap(io, *b.mapped_at + t->area.offset);
-        t->added = false;
-      }
-  } catch (const std::exception& e) {
-    eprint("passvm: {}: unmapping BAR {}: {}\n", name_, b.index, e.what());
   }
-  b.slots.clear();
+  b.slots = std::move(kept);
+  if (!b.slots.empty()) {
+    refuse(fmt::format("cannot take BAR {} out of the guest at {:#x}: {}; {}", b.index, *b.mapped_at, why,
+                       for_good ? "its pages stay mapped in passvm" : "it stays there for now"));
+    if (!for_good) return false;
+  }
+  auto remove_trap = [&](bool pio, uint64_t base) {
+    try {
+      platform_.remove_trap(pio, base);
+    } catch (const std::exception& e) {
+      eprint("passvm: {}: removing BAR {}'s trap at {:#x}: {}\n", name_, b.index, base, e.what());
+    }
+  };
+  if (b.page_trapped) remove_trap(false, *b.mapped_at);
+  b.page_trapped = b.page_shared = false;
+  if (b.tail_claimed) remove_trap(false, *b.mapped_at + b.size);
+  b.tail_claimed = false;
+  for (auto& t : b.traps)
+    if (t->added) {
+      remove_trap(io, *b.mapped_at + t->area.offset);
+      t->added = false;
+    }
   b.mapped_at.reset();
+  return b.slots.empty();
 }
 
 void BarMapper::unmap_all() {
@@ -384,8 +399,9 @@ void BarMapper::unmap_all() {
     }
   }
   for (Bar& b : bars_) {
-    unmap(b);
-    for (size_t k = 0; k < b.host.size(); k++) dev_.unmap(b.host[k], b.layout.mapped[k].size);
+    // A slot KVM kept still points at the BAR's pages: unmapped, they could be reused for anything.
+    if (unmap(b, true))
+      for (size_t k = 0; k < b.host.size(); k++) dev_.unmap(b.host[k], b.layout.mapped[k].size);
     b.host.clear();
   }
 }

@@ -94,7 +94,8 @@ class BarMapper {
   // progress, so a command register write would wait for the whole of it (minutes for 64 GiB in the lab).
   void stop_peer_dma();
 
-  // Everything out of the guest and out of passvm's address space.
+  // Everything out of the guest and out of passvm's address space; a BAR's pages that a memory slot KVM
+  // would not delete still points at stay mapped in passvm (so nothing else is ever placed there).
   void unmap_all();
 
  private:
@@ -125,7 +126,10 @@ class BarMapper {
   void update_rom();
   bool acceptable(const Bar& b, uint64_t address) const;
   void map(Bar& b, uint64_t address);
-  void unmap(Bar& b);
+  // Takes b out of the guest; false when KVM kept one of its memory slots. Then b stays where it was,
+  // traps and all, and a later change tries again (as the ROM does); `for_good` (the teardown) takes
+  // its traps off the bus anyway, and the slots KVM kept stay in b.slots.
+  bool unmap(Bar& b, bool for_good = false);
   std::string map_for_peers(Bar& b, uint64_t address);
   bool page_is_ours(const Bar& b, uint64_t address);
   // Where b is or is about to be in guest memory: mapped, or to be mapped (decoding on); none for I/O.

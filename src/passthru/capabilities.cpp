@@ -66,6 +66,7 @@ void walk_standard(std::span<const uint8_t> c, CapabilityPlan& plan, bool hide_m
     if (id == kCapMsix && !plan.msix) plan.msix = off;
     if (id == kCapPcie && !plan.pcie) plan.pcie = off;
     if (id == kCapPm && !plan.pm) plan.pm = off;
+    if (id == kCapAdvancedFeatures && !plan.af) plan.af = off;
   }
   // Relink: the pointer at 0x34, then each kept capability's next byte, point at the next kept one.
   uint32_t link = 0x34;

@@ -32,7 +32,7 @@ struct Capability {
 
 struct CapabilityPlan {
   std::vector<Capability> found;  // in list order, standard first
-  std::optional<uint32_t> msi, msix, pcie, pm;
+  std::optional<uint32_t> msi, msix, pcie, pm, af;  // af: Advanced Features (a conventional device's FLR)
   // Bytes whose value the guest sees is overridden (capability pointers, next pointers, headers).
   std::vector<std::pair<uint32_t, uint8_t>> overrides;
   // Byte ranges that read as zero and ignore writes (bodies of hidden capabilities).

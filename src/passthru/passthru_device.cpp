@@ -276,10 +276,13 @@ void PassthruDevice::config_write(uint32_t offset, int size, uint32_t value) {
   }
   if (overlaps(offset, size, kIntLine, 1)) shadow_[kIntLine] = buf[kIntLine - offset];
   if (overlaps(offset, size, 0x10, 0x24)) bars_->write_registers(offset, bytes);
-  // A function reset the guest asks for through PCIe Device Control (vfio-pci carries it out) wakes the
-  // device into D0 and puts back the command register: both are read again, as after a command write.
-  const bool reset_asked = caps_.pcie && overlaps(offset, size, *caps_.pcie + 9, 1) &&
-                           (buf[*caps_.pcie + 9 - offset] & 0x80);
+  // A function reset the guest asks for (PCIe Device Control's Initiate FLR, or a conventional device's
+  // Advanced Features control; vfio-pci carries either out) wakes the device into D0 and puts back the
+  // command register: both are read again, as after a command write.
+  auto asks = [&](const std::optional<uint32_t>& cap, uint32_t at, uint8_t bit) {
+    return cap && overlaps(offset, size, *cap + at, 1) && (buf[*cap + at - offset] & bit);
+  };
+  const bool reset_asked = asks(caps_.pcie, 9, 0x80) || asks(caps_.af, 4, 0x01);
   const bool command_written = overlaps(offset, size, kCommand, 2) || reset_asked;
   if (command_written) {
     uint8_t cmd[2];

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <atomic>
 #include <chrono>
 #include <future>
@@ -176,13 +178,52 @@ TEST_F(PassthruTest, DecodeMapsAndUnmapsBars) {
   EXPECT_TRUE(p->traps.count({true, layout::kIoBarStart}));
 }
 
+// KVM refusing to delete a BAR's memory slot: the BAR stays where it was, traps and all (not half taken
+// out), a later change takes it out, and at the teardown its traps leave the bus while the pages the
+// slot still points at stay mapped in passvm.
+TEST_F(PassthruTest, ASlotKvmKeepsLeavesTheBarWholeWhereItWas) {
+  place_bars();
+  wr(0x04, 0x3, 2);
+  const auto table = std::make_pair(false, layout::kMmio64Start + kTable);
+  ASSERT_TRUE(p->traps.count(table));
+  p->refuse_unmap = true;
+  ::testing::internal::CaptureStderr();
+  wr(0x04, 0x1, 2);  // memory decoding off
+  std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(said.find("cannot take BAR 0 out of the guest"), std::string::npos) << said;
+  EXPECT_EQ(p->slots.size(), 2u) << "both BARs' slots stay";
+  EXPECT_TRUE(p->traps.count(table)) << "the MSI-X page's trap stays with its BAR";
+  p->refuse_unmap = false;
+  const uint64_t moved = layout::kMmio64Start + 0x100000;
+  wr(0x10, static_cast<uint32_t>(moved) | 0x0c);
+  wr(0x14, static_cast<uint32_t>(moved >> 32));
+  wr(0x04, 0x3, 2);
+  EXPECT_FALSE(p->traps.count(table)) << "taken out once KVM let go";
+  EXPECT_TRUE(p->traps.count({false, moved + kTable}));
+  for (auto& [id, sl] : p->slots) EXPECT_NE(sl.gpa, layout::kMmio64Start);
+
+  p->refuse_unmap = true;
+  ::testing::internal::CaptureStderr();
+  dev.reset();
+  ::testing::internal::GetCapturedStderr();
+  EXPECT_TRUE(p->traps.empty()) << "a trap left on the bus would outlive its device";
+  EXPECT_EQ(p->slots.size(), 2u);
+  EXPECT_EQ(std::count(s.host_unmapped.begin(), s.host_unmapped.end(), static_cast<void*>(s.bars[0].data())), 0)
+      << "BAR 0's pages were unmapped with a memory slot still on them";
+  p->refuse_unmap = false;
+}
+
 TEST_F(PassthruTest, OutOfD0TheMemoryBarsLeaveTheGuest) {
   // vfio-pci refuses the BARs of a device in D3hot and unmaps their pages: a memory slot left on them
   // would stop the VM at the guest's next touch.
-  constexpr uint32_t kPm = 0xa0;
+  constexpr uint32_t kPm = 0xa0, kAf = 0xb0;
   s.config[kVpd + 1] = kPm;
   s.config[kPm] = 0x01;
+  s.config[kPm + 1] = kAf;
   s.set16(kPm + 2, 0x0003);
+  s.config[kAf] = 0x13;  // Advanced Features: FLR capable
+  s.config[kAf + 2] = 6;
+  s.config[kAf + 3] = 0x03;
   open();
   place_bars();
   wr(0x04, 0x3, 2);
@@ -219,6 +260,15 @@ TEST_F(PassthruTest, OutOfD0TheMemoryBarsLeaveTheGuest) {
   wr(kPcie + 8, 0x8000, 2);
   s.on_write = nullptr;
   EXPECT_EQ(p->slots.size(), 2u);
+  // And through Advanced Features (a conventional PCI device's FLR: control's bit 0).
+  wr(kPm + 4, 0x0003, 2);
+  ASSERT_TRUE(p->slots.empty());
+  s.on_write = [&](uint32_t region, uint64_t offset) {
+    if (region == VFIO_PCI_CONFIG_REGION_INDEX && offset == kAf + 4) s.set16(kPm + 4, 0);
+  };
+  wr(kAf + 4, 0x01, 1);
+  s.on_write = nullptr;
+  EXPECT_EQ(p->slots.size(), 2u) << "the BARs came back after an Advanced Features FLR";
 }
 
 TEST_F(PassthruTest, MsixWhoseTableIsOutsideItsBarIsHidden) {

@@ -136,11 +136,24 @@ bool Vectors::pending(uint32_t i) {
 }
 
 void Vectors::release(Vector& v) {
-  try {
-    if (v.wired) platform_.remove_irqfd(v.fd, v.gsi);
-    if (v.has_route) platform_.free_msi_route(v.gsi);
-  } catch (const std::exception& e) {
-    warn_.say(fmt::format("releasing an {} vector: {}", kind_, e.what()));
+  // A route is freed only once no irqfd points at it: given to another vector while a stale irqfd still
+  // fed it, it would take this one's interrupts. (KVM refusing to remove an irqfd is rare; the route is
+  // then one of the VM's 4096 lost.)
+  bool unwired = true;
+  if (v.wired) {
+    try {
+      platform_.remove_irqfd(v.fd, v.gsi);
+    } catch (const std::exception& e) {
+      unwired = false;
+      warn_.say(fmt::format("releasing an {} vector: {}; its route is kept", kind_, e.what()));
+    }
+  }
+  if (v.has_route && unwired) {
+    try {
+      platform_.free_msi_route(v.gsi);
+    } catch (const std::exception& e) {
+      warn_.say(fmt::format("releasing an {} vector's route: {}", kind_, e.what()));
+    }
   }
   if (v.fd >= 0) {
     if (watch_fd_ >= 0) epoll_ctl(watch_fd_, EPOLL_CTL_DEL, v.fd, nullptr);

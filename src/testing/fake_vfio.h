@@ -44,6 +44,7 @@ struct FakeVfioState {
   std::optional<uint32_t> pm;
   bool pm_stuck = false;
   bool closed = false;  // the device was released (vfio-pci resets it then)
+  std::vector<void*> host_unmapped;  // BAR mappings passvm gave back
   // Every write, interrupt change and the release, in order: "config 0x4=0x2", "bar0 0x100=0x0",
   // "disable 2", "close".
   std::vector<std::string> events;
@@ -119,7 +120,7 @@ class FakeVfioDevice final : public vfio::Device {
     if (!region_info(region).mmappable) return nullptr;
     return buffer(region).data() + offset;
   }
-  void unmap(void*, uint64_t) override {}
+  void unmap(void* p, uint64_t) override { s_.host_unmapped.push_back(p); }
   vfio::IrqInfo irq_info(uint32_t index) const override {
     vfio::IrqInfo i;
     i.index = index;
