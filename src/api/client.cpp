@@ -70,13 +70,22 @@ std::string error_message(const Response& r) {
 
 Response request(const std::string& socket_path, const std::string& method, const std::string& endpoint,
                  const std::string& body = {}) {
-  // boot pins all guest RAM, remove-device waits a few seconds for the guest to eject: both can take a while.
+  // A boot pins all guest RAM (minutes for terabytes), as a reboot and a VM's first device do; the rest
+  // answer in seconds (remove-device within its eject wait).
+  const bool builds = endpoint == "vm.boot" || endpoint == "vm.reboot" || endpoint == "vm.add-device";
+  const int wait_s = builds ? 900 : 120;
   http::SendResult res =
-      http::module("the API client").send(socket_path, {method, "/api/v1/" + endpoint, body}, 5, 120);
+      http::module("the API client").send(socket_path, {method, "/api/v1/" + endpoint, body}, 5, wait_s);
   if (!res.sent) {
     if (res.connect_failed)
       throw Failure(fmt::format("cannot connect to {}: {} (is passvm running with --api-socket {}?)", socket_path,
                                 connect_errno(socket_path), socket_path));
+    if (res.error == "Read")
+      throw Failure(fmt::format("{} {}: no answer within {} s; passvm may still be carrying it out (see `passvm "
+                                "remote --api-socket {} info`)", method, endpoint, wait_s, socket_path));
+    if (res.error == "Write")
+      throw Failure(fmt::format("{} {}: the request could not be sent whole (passvm closed the connection)", method,
+                                endpoint));
     throw Failure(fmt::format("{} {}: {}", method, endpoint, res.error));
   }
   Response r = res.response;

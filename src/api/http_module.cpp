@@ -73,6 +73,12 @@ HttplibListener::HttplibListener(const std::string& path, ServerSetup setup) : s
       return refuse(411, "send the body with a Content-Length: chunked bodies are not accepted");
     if (req.has_header("Content-Encoding"))
       return refuse(415, "send the body uncompressed: no Content-Encoding is accepted");
+    // httplib would parse these itself (and refuse a form over 8 KiB as too large): JSON under another
+    // name gets the right error instead.
+    const std::string type = req.get_header_value("Content-Type");
+    if (type.starts_with("application/x-www-form-urlencoded") || type.starts_with("multipart/"))
+      return refuse(415, "the API takes JSON: send the body with Content-Type: application/json (curl's -d "
+                         "alone says it is a form)");
     if (req.has_header("Content-Length")) return httplib::Server::HandlerResponse::Unhandled;
     serve(req, res);
     return httplib::Server::HandlerResponse::Handled;
@@ -85,6 +91,10 @@ HttplibListener::HttplibListener(const std::string& path, ServerSetup setup) : s
       why = "the body is over " + std::to_string(setup_.max_body >> 20) + " MiB: no request needs that much";
     else if (res.status == 400)
       why = "not an HTTP/1.1 request this server can read";
+    else if (res.status == 414)
+      why = "the request's path is too long: no endpoint has such a path";
+    else if (res.status >= 400)
+      why = "refused by the HTTP layer (status " + std::to_string(res.status) + ")";
     else
       return httplib::Server::HandlerResponse::Unhandled;
     res.set_content("[\"" + why + "\"]", "application/json");
@@ -157,7 +167,9 @@ void HttplibListener::serve(const httplib::Request& req, httplib::Response& res)
 
 void HttplibListener::log(const httplib::Request& req, const httplib::Response& res) {
   logged = true;
-  if (setup_.log) setup_.log(request_of(req), Response{res.status, res.body});
+  Request r = request_of(req);
+  if (r.method.empty()) r = {"-", "(a request the server could not read)", {}};  // its request line itself
+  if (setup_.log) setup_.log(r, Response{res.status, res.body});
 }
 
 void HttplibListener::stop() {

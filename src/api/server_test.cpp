@@ -328,6 +328,26 @@ TEST_F(ApiServer, BodiesWhoseSizeIsNotGivenUpFrontAreRefused) {
   EXPECT_TRUE(control.calls().empty());
 }
 
+TEST_F(ApiServer, WhatTheHttpLayerRefusesIsSaidInJsonToo) {
+  std::string reply = raw_exchange(socket_path, "GET /api/v1/" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: localhost\r\n\r\n");
+  EXPECT_EQ(reply.substr(0, 12), "HTTP/1.1 414") << reply.substr(0, 200);
+  EXPECT_NE(reply.find("the request's path is too long"), std::string::npos) << reply.substr(0, 400);
+}
+
+TEST_F(ApiServer, JsonSentAsAFormIsToldToSayItIsJson) {
+  // curl -d sends a body as application/x-www-form-urlencoded, which httplib would refuse as too large
+  // past 8 KiB; multipart it would parse into parts.
+  const std::string body = R"({"payload": {"kernel": "/k"}, "x": ")" + std::string(9000, 'y') + R"("})";
+  for (const char* type : {"application/x-www-form-urlencoded", "multipart/form-data; boundary=b"}) {
+    std::string reply = raw_exchange(socket_path, "PUT /api/v1/vm.create HTTP/1.1\r\nHost: localhost\r\n"
+                                                  "Content-Type: " + std::string(type) + "\r\nContent-Length: " +
+                                                  std::to_string(body.size()) + "\r\n\r\n" + body);
+    EXPECT_EQ(reply.substr(0, 12), "HTTP/1.1 415") << type << ": " << reply;
+    EXPECT_NE(reply.find("Content-Type: application/json"), std::string::npos) << reply;
+  }
+  EXPECT_TRUE(control.calls().empty());
+}
+
 TEST_F(ApiServer, GivingTheSocketAwayNeverFollowsWhatWasPutAtItsName) {
   if (geteuid() != 0) GTEST_SKIP() << "changing a file's owner needs root";
   // The socket's directory may be the user's: they could swap the socket for a link to a file of root's.

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <limits>
 #include <array>
 #include <atomic>
 #include <cerrno>
@@ -77,6 +78,10 @@ void configure(SeccompMode mode, std::optional<DropTarget> drop) {
   // the filter then killed. Setting the limit it would compute (eight arenas a CPU) means it never
   // has to look.
   mallopt(M_ARENA_MAX, 8 * std::max(1, get_nprocs()));
+  // And it reads /proc/sys/vm/overcommit_memory the first time it shrinks a thread's arena (a freed
+  // API request body of some 30 KB did it, and the filter killed passvm): arenas are never trimmed, so
+  // it never has to. (Their heaps are 64 MiB at most, and an empty one is still given back whole.)
+  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
   // Compiled at build time (seccomp_programs.h): only the run-time values go in here.
   const FilterValues values{static_cast<uint32_t>(getpid()), drop};
   for (ThreadClass c : kThreadClasses) g_programs[index_of(c)] = builtin_filter(c, mode, values);
