@@ -31,20 +31,26 @@ std::runtime_error changed(const std::string& path) {
 }  // namespace
 
 int open_boot_file(const std::string& path, const std::string& what, uint64_t* size) {
-  // O_NONBLOCK: opening a FIFO (or a device) given by mistake returns at once, to be refused below, instead
-  // of waiting for a writer; reads of a regular file ignore the flag.
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) {
-    int err = errno;
-    if (err == ENOENT) throw std::runtime_error(fmt::format("{} file {} not found: check the path", what, path));
+  auto open_error = [&](int err) {
+    if (err == ENOENT) return std::runtime_error(fmt::format("{} file {} not found: check the path", what, path));
     if (err == EACCES)
-      throw std::runtime_error(fmt::format("{} file {} is not readable: check its permissions", what, path));
-    throw std::runtime_error(fmt::format("cannot open {} file {}: {}", what, path, strerror(err)));
-  }
+      return std::runtime_error(fmt::format("{} file {} is not readable: check its permissions", what, path));
+    return std::runtime_error(fmt::format("cannot open {} file {}: {}", what, path, strerror(err)));
+  };
+  auto not_regular = [&] { return std::runtime_error(fmt::format("{} file {} is not a regular file", what, path)); };
+  // Refused before it is opened: opening some devices does something (a watchdog's arms it), and an API
+  // client names these paths. The open is then checked to be of the file looked at.
+  struct stat named {};
+  if (stat(path.c_str(), &named) != 0) throw open_error(errno);
+  if (!S_ISREG(named.st_mode)) throw not_regular();
+  // O_NONBLOCK: a FIFO put there meanwhile opens at once, to be refused below, instead of waiting for a
+  // writer; reads of a regular file ignore the flag.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) throw open_error(errno);
   struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_dev != named.st_dev || st.st_ino != named.st_ino) {
     close(fd);
-    throw std::runtime_error(fmt::format("{} file {} is not a regular file", what, path));
+    throw not_regular();
   }
   *size = static_cast<uint64_t>(st.st_size);
   return fd;

@@ -72,14 +72,23 @@ bool read_at(int fd, void* p, size_t n, uint64_t off) {
 
 namespace {
 
-// Whether root may write its cache at `dir`: only when every part of the path that exists is root's own
-// and no symlink. sudo may keep a user's HOME; root writing there could be steered by that user
-// (a directory swapped for a symlink while it writes) into any file.
+// Whether root may write its cache at `dir`: only when every part of the path that exists is root's own,
+// no symlink, and no one else's to change. sudo may keep a user's HOME; root writing there could be
+// steered by that user (a directory swapped for a symlink while it writes) into any file. A directory
+// others may write to is refused, but for a sticky one (/tmp) whose next part exists: others cannot
+// rename root's there, but could create a part still missing before root does.
 bool root_owns_path(const std::string& dir) {
-  for (std::filesystem::path p = dir; !p.empty() && p != p.root_path(); p = p.parent_path()) {
+  bool missing_below = false;
+  for (std::filesystem::path p = dir; !p.empty(); p = p.parent_path()) {
     struct stat st {};
-    if (lstat(p.c_str(), &st) != 0) continue;  // to be created, by root
-    if (S_ISLNK(st.st_mode) || st.st_uid != 0) return false;
+    if (lstat(p.c_str(), &st) != 0) {
+      missing_below = true;  // to be created, by root
+    } else {
+      if (S_ISLNK(st.st_mode) || st.st_uid != 0) return false;
+      if ((st.st_mode & (S_IWGRP | S_IWOTH)) && (!(st.st_mode & S_ISVTX) || missing_below)) return false;
+      missing_below = false;
+    }
+    if (p == p.root_path()) break;
   }
   return true;
 }
@@ -256,33 +265,34 @@ std::optional<VmlinuxLayout> KernelCache::load_file(const std::string& path, boo
       return paddr >= s.paddr && paddr - s.paddr <= s.file_size && len <= s.file_size - (paddr - s.paddr);
     });
   };
+  // The records are placed as they were checked: the file read again (its owner may rewrite it meanwhile)
+  // gives their bytes only, never where they go.
+  struct Record {
+    uint64_t paddr, size, offset;
+  };
+  std::vector<Record> records;
   uint64_t off = 0;
   while (off < records_end) {
     uint64_t hdr[2];
     if (records_end - off < sizeof hdr || !read_at(fd, hdr, sizeof hdr, off) ||
         hdr[1] > records_end - off - sizeof hdr || !in_a_segment(hdr[0], hdr[1]))
       return bad();
+    records.push_back({hdr[0], hdr[1], off + sizeof hdr});
     off += sizeof hdr + hdr[1];
   }
   on_layout(layout);
   std::vector<uint8_t> buf(kChunk);
-  off = 0;
-  while (off < records_end) {
-    uint64_t hdr[2];
-    read_at(fd, hdr, sizeof hdr, off);
-    off += sizeof hdr;
-    if (uint8_t* to = dest && hdr[1] != 0 ? dest(hdr[0], hdr[1]) : nullptr) {
-      if (!read_at(fd, to, hdr[1], off)) return bad();
-      off += hdr[1];
+  for (const Record& r : records) {
+    if (uint8_t* to = dest && r.size != 0 ? dest(r.paddr, r.size) : nullptr) {
+      if (!read_at(fd, to, r.size, r.offset)) return bad();
       continue;
     }
-    for (uint64_t done = 0; done < hdr[1];) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, hdr[1] - done));
-      if (!read_at(fd, buf.data(), n, off + done)) return bad();
-      write(hdr[0] + done, std::span<const uint8_t>(buf).first(n));
+    for (uint64_t done = 0; done < r.size;) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, r.size - done));
+      if (!read_at(fd, buf.data(), n, r.offset + done)) return bad();
+      write(r.paddr + done, std::span<const uint8_t>(buf).first(n));
       done += n;
     }
-    off += hdr[1];
   }
   if (own) utimensat(AT_FDCWD, path.c_str(), nullptr, 0);  // recently used: pruned last
   return layout;

@@ -1,16 +1,16 @@
 #include "boot/kernel_cache.h"
 
-#include <sys/stat.h>
-#include <ctime>
-
-#include <iterator>
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <stdexcept>
 
@@ -125,6 +125,14 @@ TEST(KernelCache, RootKeepsNoOwnCacheInAUsersHome) {
   unsetenv("PASSVM_CACHE_DIR");
   setenv("HOME", home.path.c_str(), 1);
   EXPECT_EQ(KernelCache::default_dirs().own, (home.path / ".cache/passvm").string()) << "root's own home";
+  // Root's, but others may write to it: they could put their own .cache there first.
+  ASSERT_EQ(chmod(home.path.c_str(), 0777), 0);
+  EXPECT_EQ(KernelCache::default_dirs().own, "");
+  ASSERT_EQ(chmod(home.path.c_str(), 01777), 0);
+  EXPECT_EQ(KernelCache::default_dirs().own, "") << "sticky, with .cache still to be made";
+  ASSERT_EQ(mkdir((home.path / ".cache").c_str(), 0755), 0);
+  EXPECT_EQ(KernelCache::default_dirs().own, (home.path / ".cache/passvm").string()) << "sticky, .cache root's";
+  ASSERT_EQ(chmod(home.path.c_str(), 0700), 0);
   ASSERT_EQ(chown(home.path.c_str(), 1000, 1000), 0);
   EXPECT_EQ(KernelCache::default_dirs().own, "");
   EXPECT_EQ(KernelCache::default_dirs().shared, kSharedCacheDir);
@@ -219,6 +227,37 @@ TEST(KernelCache, RecordOutsideTheSegmentsIsADamagedEntry) {
     w.commit(l);
   }
   EXPECT_FALSE(loads(dir.path, bzimage));
+}
+
+// The entry's owner rewriting it while it loads (after its records were checked, before they are placed)
+// changes at most the bytes that land, never where they land.
+TEST(KernelCache, AnEntryRewrittenWhileItLoadsWritesOnlyWhereItWasChecked) {
+  TempDir dir;
+  std::vector<uint8_t> bzimage(1000, 9);
+  std::string path;
+  {
+    KernelCache c(dir.path.string(), bzimage);
+    record_kernel(c, sample_pieces());
+    path = c.path();
+  }
+  std::vector<std::pair<uint64_t, size_t>> written;
+  KernelCache c(dir.path.string(), bzimage);
+  auto layout = c.load([&](uint64_t paddr, std::span<const uint8_t> b) { written.push_back({paddr, b.size()}); },
+                       [&](const VmlinuxLayout&) {
+                         int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+                         ASSERT_GE(fd, 0);
+                         const uint64_t elsewhere = 0xe0000;  // the first record's address: now the ACPI area
+                         ASSERT_EQ(pwrite(fd, &elsewhere, sizeof elsewhere, 0), 8);
+                         close(fd);
+                       });
+  ASSERT_TRUE(layout.has_value());
+  ASSERT_FALSE(written.empty());
+  for (auto [paddr, size] : written) {
+    bool inside = std::any_of(layout->segments.begin(), layout->segments.end(), [&](const ElfSegment& s) {
+      return paddr >= s.paddr && paddr + size <= s.paddr + s.file_size;
+    });
+    EXPECT_TRUE(inside) << std::hex << "wrote " << size << " bytes at " << paddr;
+  }
 }
 
 TEST(KernelCache, RefusedLayoutWritesNothing) {

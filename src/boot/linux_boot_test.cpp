@@ -4,13 +4,17 @@
 
 #include <lzma.h>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <stdexcept>
+#include <thread>
 
 #include "boot/test_image.h"
 #include "boot/vmlinux.h"
@@ -199,12 +203,25 @@ TEST(LoadLinux, FifoIsRefusedNotWaitedOn) {
   GuestMemory mem(64 * MiB, false);
   std::string fifo = (std::filesystem::temp_directory_path() / ("passvm-fifo-" + std::to_string(getpid()))).string();
   ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  // A writer waiting to open it: an open for reading (what opening a device given by mistake would be)
+  // lets it through. The path is refused before it is opened.
+  std::atomic<bool> writer_in{false};
+  std::thread writer([&] {
+    int w = ::open(fifo.c_str(), O_WRONLY | O_CLOEXEC);
+    writer_in = true;
+    if (w >= 0) close(w);
+  });
   try {
     load_linux(mem, fifo, "", "", build_e820(mem), 0);
     ADD_FAILURE() << "no error";
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("is not a regular file"), std::string::npos) << e.what();
   }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(writer_in) << "the FIFO was opened before it was refused";
+  int release = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  writer.join();
+  if (release >= 0) close(release);
   unlink(fifo.c_str());
 }
 

@@ -19,9 +19,13 @@ constexpr uint64_t kMaxUnpacked = 512ull << 20;  // no kernel image comes close;
 constexpr size_t kHeadBytes = 64 * 1024;          // the ELF and program headers must be in here
 constexpr size_t kChunk = 1 << 20;
 
+// What the xz decoder may allocate. The dictionary size in the stream decides it: a kernel's is 32 MiB at
+// most (scripts/xz_wrap.sh), and an image 79 KB long could otherwise ask for 4 GiB.
+constexpr uint64_t kXzMemLimit = 128ull << 20;
+
 void unxz(std::span<const uint8_t> in, VmlinuxWriter& out) {
   lzma_stream s = LZMA_STREAM_INIT;
-  if (lzma_stream_decoder(&s, UINT64_MAX, 0) != LZMA_OK) throw std::runtime_error("cannot start the xz decoder");
+  if (lzma_stream_decoder(&s, kXzMemLimit, 0) != LZMA_OK) throw std::runtime_error("cannot start the xz decoder");
   s.next_in = in.data();
   s.avail_in = in.size();
   lzma_ret r = LZMA_OK;
@@ -38,6 +42,10 @@ void unxz(std::span<const uint8_t> in, VmlinuxWriter& out) {
     throw;
   }
   lzma_end(&s);
+  if (r == LZMA_MEMLIMIT_ERROR)
+    throw std::runtime_error(fmt::format("the kernel's xz payload asks for more than {} MiB of memory to unpack (its "
+                                         "dictionary size): no kernel needs that; is this image what it says?",
+                                         kXzMemLimit >> 20));
   if (r != LZMA_STREAM_END)
     throw std::runtime_error(fmt::format("the kernel's xz payload is corrupt (liblzma error {})", static_cast<int>(r)));
 }

@@ -1,6 +1,7 @@
 #include "boot/vmlinux.h"
 
 #include <gtest/gtest.h>
+#include <lzma.h>
 
 #include <algorithm>
 #include <atomic>
@@ -204,6 +205,35 @@ TEST(Vmlinux, UnpacksXzAndGzipPayloadsAndLoadsThem) {
     mem.read(paddr, back);
     EXPECT_TRUE(std::equal(text.begin(), text.end(), back.begin()));
     for (size_t i = text.size(); i < back.size(); i++) ASSERT_EQ(back[i], 0) << i;
+  }
+}
+
+// An xz payload whose block header asks for a 4 GiB dictionary (one byte changed, and its CRC): refused
+// by name, without allocating what it asks for.
+TEST(Vmlinux, AnXzPayloadAskingForAHugeDictionaryIsRefused) {
+  const uint64_t paddr = 16 * layout::MiB;
+  auto packed = xz(make_elf(paddr, pattern(100000), 4096, paddr + 0x40));
+  const size_t block = 12, header_size = (packed[block] + 1u) * 4u;
+  size_t at = block + 2;  // past the header's size and flags: then its sizes, if given, as varints
+  auto skip_varint = [&] {
+    while (packed[at++] & 0x80) {
+    }
+  };
+  if (packed[block + 1] & 0x40) skip_varint();
+  if (packed[block + 1] & 0x80) skip_varint();
+  ASSERT_EQ(packed[at], 0x21) << "LZMA2";
+  ASSERT_EQ(packed[at + 1], 1) << "one byte of properties";
+  packed[at + 2] = 40;  // the dictionary size: 4 GiB - 1
+  uint32_t crc = lzma_crc32(&packed[block], header_size - 4, 0);
+  std::memcpy(&packed[block + header_size - 4], &crc, 4);
+  auto img = bzimage_with_payload(packed, 0);
+  GuestMemory mem(64 * layout::MiB, false);
+  try {
+    load_linux_image(mem, img, {}, "", build_e820(mem), 0, "t", true);
+    FAIL() << "unpacked a payload that asks for a 4 GiB dictionary";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("asks for more than 128 MiB of memory to unpack"), std::string::npos)
+        << e.what();
   }
 }
 

@@ -29,16 +29,17 @@ bool PciHotplug::unplug_pending(int slot) const {
 
 void PciHotplug::read(uint64_t offset, std::span<uint8_t> data) {
   std::lock_guard g(lock_);
-  // The registers are dwords; a narrower read sees the bytes it covers. Reading any byte of PCIU
-  // clears it: the guest reads it once per GPE, and a slot it saw must not be scanned twice.
-  bool read_up = false;
+  // The registers are dwords; a narrower read sees the bytes it covers. Reading a byte of PCIU clears
+  // what it returned (the guest reads it once per GPE, and a slot it saw must not be scanned twice), and
+  // only that: a byte read alone must not lose the others' slots.
+  uint32_t seen_up = 0;
   for (size_t i = 0; i < data.size(); i++) {
     uint64_t at = offset + i;
     uint32_t reg = at < 4 ? up_ : at < 8 ? down_ : 0;
-    read_up |= at < 4;
+    if (at < 4) seen_up |= 0xffu << (8 * at);
     data[i] = at < kSize ? static_cast<uint8_t>(reg >> (8 * (at % 4))) : uint8_t{0xff};
   }
-  if (read_up) up_ = 0;
+  up_ &= ~seen_up;
 }
 
 void PciHotplug::write(uint64_t offset, std::span<const uint8_t> data) {

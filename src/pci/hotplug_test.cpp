@@ -61,6 +61,11 @@ TEST(PciHotplug, WritesToStatusAndOddAccessesAreHarmless) {
   h.hp.read(0, {&one, 1});
   EXPECT_EQ(one, 1u << 3);
   EXPECT_EQ(h.read32(0), 0u);
+  // A byte read clears the byte it returned, not the slots in the others.
+  h.hp.plug(9);
+  h.hp.read(0, {&one, 1});
+  EXPECT_EQ(one, 0u);
+  EXPECT_EQ(h.read32(0), 1u << 9) << "slot 9's event was lost to a read of another byte";
 }
 
 }  // namespace
