@@ -50,6 +50,13 @@ std::map<uint64_t, std::vector<uint8_t>> sample_pieces() {
   return {{0x1000000, a}, {0x2000000, b}};
 }
 
+// Records the sample kernel as bzimage's entry in dir; returns the entry's path.
+std::string sample_entry(const TempDir& dir, const std::vector<uint8_t>& bzimage) {
+  KernelCache c(dir.path.string(), bzimage);
+  record_kernel(c, sample_pieces());
+  return c.path();
+}
+
 // Whether the entry for bzimage loads, or writes anything trying.
 bool loads(const fs::path& dir, const std::vector<uint8_t>& bzimage) {
   bool wrote = false;
@@ -184,12 +191,7 @@ TEST(KernelCache, WholeZeroPagesAreNeitherStoredNorWritten) {
 TEST(KernelCache, DamagedOrUnfinishedEntriesAreIgnoredAndRemoved) {
   TempDir dir;
   std::vector<uint8_t> bzimage(1000, 9);
-  std::string path;
-  {
-    KernelCache c(dir.path.string(), bzimage);
-    record_kernel(c, sample_pieces());
-    path = c.path();
-  }
+  const std::string path = sample_entry(dir, bzimage);
   fs::resize_file(path, fs::file_size(path) - 3);  // trailer cut: not a complete entry
   EXPECT_FALSE(loads(dir.path, bzimage));
   EXPECT_FALSE(fs::exists(path));
@@ -234,12 +236,7 @@ TEST(KernelCache, RecordOutsideTheSegmentsIsADamagedEntry) {
 TEST(KernelCache, AnEntryRewrittenWhileItLoadsWritesOnlyWhereItWasChecked) {
   TempDir dir;
   std::vector<uint8_t> bzimage(1000, 9);
-  std::string path;
-  {
-    KernelCache c(dir.path.string(), bzimage);
-    record_kernel(c, sample_pieces());
-    path = c.path();
-  }
+  const std::string path = sample_entry(dir, bzimage);
   std::vector<std::pair<uint64_t, size_t>> written;
   KernelCache c(dir.path.string(), bzimage);
   auto layout = c.load([&](uint64_t paddr, std::span<const uint8_t> b) { written.push_back({paddr, b.size()}); },
