@@ -14,12 +14,12 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <limits>
 #include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -95,6 +95,26 @@ void configure(SeccompMode mode, std::optional<DropTarget> drop) {
 }
 
 SeccompMode mode() { return g_mode; }
+
+namespace {
+std::atomic<void (*)()> g_before_dying{nullptr};
+
+void on_crash(int sig) {
+  if (auto fn = g_before_dying.load()) fn();
+  raise(sig);  // SA_RESETHAND put the default back, SA_NODEFER lets it through now: tgkill only
+}
+}  // namespace
+
+void die_of_crashes(void (*before_dying)()) {
+  g_before_dying = before_dying;
+  struct sigaction sa {};
+  sa.sa_handler = on_crash;
+  sa.sa_flags = SA_RESETHAND | SA_NODEFER;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL})
+    if (sigaction(sig, &sa, nullptr) != 0)
+      throw std::runtime_error(fmt::format("cannot handle signal {}: {}", sig, strerror(errno)));
+}
 
 void enter(ThreadClass c, std::string_view name) {
   label_thread(name.empty() ? class_name(c) : name);

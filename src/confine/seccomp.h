@@ -82,6 +82,13 @@ struct Ioctl {
 std::vector<std::string> allowed_syscalls(ThreadClass c);
 std::vector<Ioctl> allowed_ioctls(ThreadClass c);
 
+// A crash (SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL) on any thread runs before_dying (async-signal-safe:
+// the terminal put back) and then ends the process by that signal, with its core dump. The handler makes
+// no system call a confined thread may not (a plain signal() inside it would be rt_sigaction, which
+// only the control thread may make: the crash would be reported as a forbidden call). Call it once,
+// from a thread that may change signal dispositions.
+void die_of_crashes(void (*before_dying)());
+
 // For the lab's check that a violation kills passvm and frees its devices: when
 // PASSVM_TEST_FORBIDDEN_SYSCALL is set in the environment at configure(), request_test_violation()
 // (passvm calls it on SIGUSR2) makes the next vCPU exit call make_forbidden_call(), a system call

@@ -77,6 +77,29 @@ TEST(SeccompTest, ForbiddenCallOnAVcpuThreadEndsTheProcessNamingCallAndThread) {
   EXPECT_NE(o.err.find("socket (41)"), std::string::npos) << o.err;
 }
 
+// A confined thread that crashes (an exception escaping it: abort) ends passvm by its own signal, after
+// the terminal is put back, and not as a forbidden system call that would hide the crash.
+TEST(SeccompTest, ACrashOnAConfinedThreadDiesOfItsSignal) {
+  for (ThreadClass c : {ThreadClass::Vcpu, ThreadClass::Api, ThreadClass::Console}) {
+    Outcome o = in_child([c] {
+      configure(SeccompMode::Kill);
+      die_of_crashes([] {
+        const char said[] = "terminal put back\n";
+        [[maybe_unused]] ssize_t w = write(STDERR_FILENO, said, sizeof said - 1);
+      });
+      std::thread t([c] {
+        enter(c);
+        abort();
+      });
+      t.join();
+      return 0;  // not reached
+    });
+    EXPECT_EQ(o.status, 128 + SIGABRT) << class_name(c) << ": " << o.err;
+    EXPECT_NE(o.err.find("terminal put back"), std::string::npos) << o.err;
+    EXPECT_EQ(o.err.find("forbids"), std::string::npos) << o.err;
+  }
+}
+
 TEST(SeccompTest, AllowedCallsStillWorkUnderTheVcpuFilter) {
   Outcome o = in_child([] {
     configure(SeccompMode::Kill);

@@ -58,10 +58,8 @@ namespace {
 // A crash must not leave the user's terminal in raw mode: restore it, then die as the signal says.
 std::atomic<devices::ConsoleInput*> g_console{nullptr};
 
-void restore_terminal_and_die(int sig) {
+void restore_terminal() {
   if (auto* c = g_console.load()) c->restore();
-  signal(sig, SIG_DFL);
-  raise(sig);
 }
 
 // Every MSI/MSI-X vector of a passthrough device is an eventfd: a device with hundreds of vectors (a
@@ -556,7 +554,7 @@ void Machine::start() {
       if (p_->opts.on_console_quit) p_->opts.on_console_quit();
     });
     g_console = p.console.get();
-    for (int sig : {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL}) signal(sig, restore_terminal_and_die);
+    confine::die_of_crashes(restore_terminal);
   }
   for (auto& v : p.vcpus) v->start();
 }
