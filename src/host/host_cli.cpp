@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "host/hold_signals.h"
 #include "host/host_error.h"
 #include "host/host_usage.h"
 #include "host/host_users.h"
@@ -114,6 +115,7 @@ int carry_out(const Sysroot& sysroot, const Plan& plan, bool dry_run, bool verbo
     for (const auto& step : plan.steps) std::cout << (dry_run ? "would: " : "") << step.describe() << "\n";
   }
   if (dry_run) return 0;
+  HoldSignals hold(reserving ? "reservation" : "release");
   // What a failure gives back: what this plan reserved, and what it took from a host driver even though
   // marked for vfio-pci already (an override set by hand, or a boot claim the driver raced).
   std::vector<Taken> taken;

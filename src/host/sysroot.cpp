@@ -118,12 +118,33 @@ void Sysroot::write_file(std::string_view host_path, std::string_view content) c
   fs::path file = path(host_path);
   std::error_code ec;
   fs::create_directories(file.parent_path(), ec);
-  std::ofstream out(file, std::ios::binary | std::ios::trunc);
-  out << content;
-  if (!out) {
-    throw HostError(fmt::format("cannot write {}: {}; check that its directory is writable",
-                                file.string(), std::strerror(errno)));
+  // Whole or not at all: a record cut short by a full disk would lose the driver a release gives back.
+  // Every step is checked (a buffered stream reported a failed write only at a close nobody checked).
+  const fs::path tmp = file.string() + fmt::format(".tmp{}", getpid());
+  auto fail = [&](int err) {
+    ::unlink(tmp.c_str());
+    return HostError(fmt::format("cannot write {}: {}; check that its directory is writable and has room",
+                                 file.string(), std::strerror(err)));
+  };
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) throw fail(errno);
+  for (size_t done = 0; done < content.size();) {
+    ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int err = n < 0 ? errno : ENOSPC;
+      ::close(fd);
+      throw fail(err);
+    }
+    done += static_cast<size_t>(n);
   }
+  if (::fsync(fd) != 0) {
+    int err = errno;
+    ::close(fd);
+    throw fail(err);
+  }
+  if (::close(fd) != 0) throw fail(errno);
+  if (::rename(tmp.c_str(), file.c_str()) != 0) throw fail(errno);
 }
 
 void Sysroot::remove(std::string_view host_path) const {
