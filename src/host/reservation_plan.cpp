@@ -103,6 +103,7 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
   bool vfio_available = sysroot.exists(kDriversDir + std::string(kVfioDriver));
   const std::string user = options.user ? options.user->name : "";
   std::vector<unsigned> owned_groups;  // groups whose node goes to options.user, in order
+  std::vector<std::pair<unsigned, HostUser>> carried_owners;  // without --user: groups given back to their owner
   std::vector<PciAddress> queue = addresses;
   std::vector<PciAddress> kept_members;  // group members no reservation takes, each said once
   const HostRoutes routes = host_routes(sysroot);
@@ -168,9 +169,27 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
     }
     plan.targets.push_back(address);
 
-    // Reserving without --user keeps the owner a device already has.
+    // Reserving without --user keeps the owner a device already has. Not on vfio-pci, its group's node
+    // is made anew, root's: it is given to that owner again (who may no longer exist: then it is root's).
     auto previous = read_reservation(sysroot, address);
     std::string record_user = options.user ? user : owner_name(previous);
+    if (!options.user && !record_user.empty() && !dev->on_vfio()) {
+      std::optional<HostUser> kept;
+      try {
+        kept = lookup_user(sysroot, record_user);
+      } catch (const HostError&) {
+      }
+      if (kept && dev->iommu_group) {
+        if (std::none_of(carried_owners.begin(), carried_owners.end(),
+                         [&](const auto& c) { return c.first == *dev->iommu_group; }))
+          carried_owners.push_back({*dev->iommu_group, *kept});
+      } else {
+        plan.warnings.push_back(fmt::format("{} was given to {}, {}: it will be root's; give it with --user",
+                                            address.str(), record_user,
+                                            kept ? "but it has no IOMMU group" : "who is no longer a user here"));
+        record_user.clear();
+      }
+    }
     // An override another tool set (pci-stub, a vendor driver) is what release must put back. While the
     // device is reserved its override is ours, and the record holds the one it had before.
     std::string keep_override = dev->reserved() ? (previous ? previous->override_driver : "") : dev->driver_override;
@@ -180,7 +199,7 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
       step.previous_override = keep_override;
       plan.steps.push_back(step);
     };
-    bool new_owner = options.user && owner_name(previous) != user;
+    bool new_owner = record_user != owner_name(previous);
     const std::string dir = dev->sysfs_dir();
     if (dev->on_vfio()) {
       plan.notes.push_back(fmt::format("{} is already bound to vfio-pci", address.str()));
@@ -236,6 +255,8 @@ Plan plan_reserve(const Sysroot& sysroot, const std::vector<HostDevice>& devices
   for (unsigned group : owned_groups) {
     plan.steps.push_back(set_owner_step(group, user, {options.user->uid, options.user->gid, kNodeMode}));
   }
+  for (const auto& [group, owner] : carried_owners)
+    plan.steps.push_back(set_owner_step(group, owner.name, {owner.uid, owner.gid, kNodeMode}));
   return plan;
 }
 

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "testing/fake_host.h"
 #include "host/host_error.h"
 #include "host/host_users.h"
@@ -65,6 +67,28 @@ TEST_F(Planning, ReserveDriverlessDeviceSkipsUnbind) {
   auto steps = described(reserve({"00:05.0"}));
   ASSERT_EQ(steps.size(), 3u);
   EXPECT_EQ(steps[2], "echo '0000:00:05.0' > /sys/bus/pci/drivers_probe");
+}
+
+// A device given to alice before, taken off vfio-pci by hand and reserved again without --user: the
+// group's node is made anew (root's) and goes back to her; one whose owner is gone stays root's, said.
+TEST_F(Planning, ReservingAgainWithoutUserGivesTheNewNodeToItsOwner) {
+  fake.bind("0000:00:03.0", "");
+  fake.write("/run/passvm/reserved/0000:00:03.0", "driver=nvme\nuser=alice\n");
+  auto steps = described(reserve({"00:03.0"}));
+  ASSERT_FALSE(steps.empty());
+  EXPECT_EQ(steps.back(), "chown alice: /dev/vfio/2 && chmod 0600 /dev/vfio/2");
+
+  fake.write("/run/passvm/reserved/0000:00:03.0", "driver=nvme\nuser=ghost\n");
+  Plan plan = reserve({"00:03.0"});
+  steps = described(plan);
+  EXPECT_TRUE(std::none_of(steps.begin(), steps.end(), [](const std::string& s) { return s.starts_with("chown"); }));
+  ASSERT_EQ(plan.warnings.size(), 1u);
+  EXPECT_NE(plan.warnings[0].find("was given to ghost, who is no longer a user here"), std::string::npos)
+      << plan.warnings[0];
+  bool saved_without_ghost = std::any_of(plan.steps.begin(), plan.steps.end(), [](const Step& st) {
+    return st.kind == Step::Kind::SaveState && st.user.empty();
+  });
+  EXPECT_TRUE(saved_without_ghost) << "the record still names ghost";
 }
 
 TEST_F(Planning, LoadsVfioPciOnceWhenMissing) {
