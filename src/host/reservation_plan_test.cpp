@@ -1,5 +1,6 @@
 #include "host/reservation_plan.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -40,6 +41,17 @@ class Planning : public ::testing::Test {
             "echo '0000:00:03.0' > " + kNvmeDir + "/driver/unbind",
             "echo '0000:00:03.0' > /sys/bus/pci/drivers/" + driver + "/bind",
             "rm -f /run/passvm/reserved/0000:00:03.0"};
+  }
+  // The device on vfio-pci, as a reserve leaves it.
+  void on_vfio(const std::string& address) {
+    fake.bind(address, "vfio-pci");
+    fake.set_override(address, "vfio-pci");
+  }
+  // Process `pid` (a passvm) holding /dev/vfio/GROUP open as its fd `fd`.
+  void vm_holds(int pid, int group, int fd) {
+    fake.write(fmt::format("/dev/vfio/{}", group), "");
+    fake.write(fmt::format("/proc/{}/comm", pid), "passvm\n");
+    fake.link(fmt::format("/proc/{}/fd/{}", pid, fd), fmt::format("/dev/vfio/{}", group));
   }
   // Plays the kernel's part after drivers_probe: whoever driver_override names gets the device.
   void kernel_probe(const std::string& address) {
@@ -343,12 +355,9 @@ TEST_F(Planning, ReleaseWithoutMemoryLoadsModaliasAndProbes) {
 
 // A VM holds the device's group: the kernel's unbind would wait, unkillably, until the VM exits.
 TEST_F(Planning, ReleaseOfADeviceAVmHoldsIsRefused) {
-  fake.bind("0000:00:03.0", "vfio-pci");
-  fake.set_override("0000:00:03.0", "vfio-pci");
-  fake.write("/dev/vfio/2", "");
-  fake.write("/proc/4242/comm", "passvm\n");
+  on_vfio("0000:00:03.0");
+  vm_holds(4242, 2, 9);
   fake.link("/proc/4242/fd/0", "/dev/null");
-  fake.link("/proc/4242/fd/9", "/dev/vfio/2");
   fake.write("/dev/vfio/3", "");
   fake.link("/proc/77/fd/5", "/dev/vfio/3");  // another group's
   auto plan = release({"00:03.0"});
@@ -395,6 +404,27 @@ TEST_F(Planning, AVirtualFunctionInItsPhysicalFunctionsGroupIsSaidToBeUnusable) 
   plan = reserve({"00:04.1"}, {.with_group = true});
   ASSERT_EQ(plan.errors.size(), 1u);
   EXPECT_NE(plan.errors[0].find("virtual functions from their physical function"), std::string::npos) << plan.errors[0];
+}
+
+// A physical function on vfio-pci whose virtual function a VM holds: releasing the PF would take the VF
+// away under the VM (vfio-pci disables SR-IOV), and the unbind would wait for that VM.
+TEST_F(Planning, ReleaseOfAPhysicalFunctionWhoseVirtualFunctionAVmHoldsIsRefused) {
+  on_vfio("0000:00:04.0");
+  fake.write("/sys/devices/pci0000:00/0000:00:04.0/sriov_numvfs", "1\n");
+  fake.add_device("0000:00:04.1", "8086", "10ed", "020000", "vfio-pci", 7);
+  fake.set_override("0000:00:04.1", "vfio-pci");
+  fake.link("/sys/devices/pci0000:00/0000:00:04.0/virtfn0", "/sys/devices/pci0000:00/0000:00:04.1");
+  fake.link("/sys/devices/pci0000:00/0000:00:04.1/physfn", "/sys/devices/pci0000:00/0000:00:04.0");
+  vm_holds(555, 7, 12);
+  auto plan = release({"00:04.0"});
+  ASSERT_EQ(plan.errors.size(), 1u);
+  EXPECT_NE(plan.errors[0].find("0000:00:04.0 has virtual functions in use by process 555 (passvm) (0000:00:04.1)"),
+            std::string::npos)
+      << plan.errors[0];
+  EXPECT_TRUE(plan.steps.empty());
+  fake.link("/proc/555/fd/12", "/dev/null");  // the VM let go
+  plan = release({"00:04.0"});
+  EXPECT_TRUE(plan.errors.empty()) << plan.errors.front();
 }
 
 TEST_F(Planning, ReleaseOfUnreservedDeviceDoesNothing) {
