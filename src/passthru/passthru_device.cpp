@@ -287,7 +287,10 @@ void PassthruDevice::config_write(uint32_t offset, int size, uint32_t value) {
   if (command_written) {
     uint8_t cmd[2];
     device_config_read(kCommand, cmd);
-    command_ = static_cast<uint16_t>(pci::load_le(cmd, 2));
+    // All ones (no command register has them: a device gone from the bus, or a read that failed) decodes
+    // and masters nothing; taken as read, the BARs would be mapped and the teardown would write them back.
+    const auto read = static_cast<uint16_t>(pci::load_le(cmd, 2));
+    command_ = read == 0xffff ? 0 : read;
   }
   if (command_written || pm_written) {
     read_power_state();  // on a command write too: a reset the guest asked for leaves the device in D0

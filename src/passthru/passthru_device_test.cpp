@@ -213,6 +213,27 @@ TEST_F(PassthruTest, ASlotKvmKeepsLeavesTheBarWholeWhereItWas) {
   p->refuse_unmap = false;
 }
 
+// A device whose config space can no longer be read (gone from the bus) reads as all ones: its command
+// register is then nothing decoded, not every bit set, so its BARs leave the guest and the teardown
+// writes no reserved bits to it.
+TEST_F(PassthruTest, ADeviceReadingAllOnesDecodesNothing) {
+  place_bars();
+  wr(0x04, 0x3, 2);
+  ASSERT_EQ(p->slots.size(), 2u);
+  s.on_write = [&](uint32_t region, uint64_t offset) {
+    if (region == VFIO_PCI_CONFIG_REGION_INDEX && offset == 0x04) s.config_reads_fail = true;
+  };
+  ::testing::internal::CaptureStderr();
+  wr(0x04, 0x7, 2);
+  ::testing::internal::GetCapturedStderr();
+  s.on_write = nullptr;
+  EXPECT_TRUE(p->slots.empty()) << "BARs kept in the guest for a device that is gone";
+  const size_t writes_before = s.config_writes.size();
+  dev->disconnect();
+  for (size_t i = writes_before; i < s.config_writes.size(); i++)
+    EXPECT_NE(s.config_writes[i].first, 0x04u) << "the teardown wrote the command register of a gone device";
+}
+
 TEST_F(PassthruTest, OutOfD0TheMemoryBarsLeaveTheGuest) {
   // vfio-pci refuses the BARs of a device in D3hot and unmaps their pages: a memory slot left on them
   // would stop the VM at the guest's next touch.

@@ -45,6 +45,7 @@ struct FakeVfioState {
   bool pm_stuck = false;
   bool closed = false;  // the device was released (vfio-pci resets it then)
   std::vector<void*> host_unmapped;  // BAR mappings passvm gave back
+  bool config_reads_fail = false;     // a device gone from the bus, as vfio-pci reports it
   // Every write, interrupt change and the release, in order: "config 0x4=0x2", "bar0 0x100=0x0",
   // "disable 2", "close".
   std::vector<std::string> events;
@@ -95,6 +96,8 @@ class FakeVfioDevice final : public vfio::Device {
   }
   void read(uint32_t region, uint64_t offset, std::span<uint8_t> data) override {
     refuse_out_of_d0(region);
+    if (s_.config_reads_fail && region == VFIO_PCI_CONFIG_REGION_INDEX)
+      throw vfio::VfioError("fake: config read failed", EIO);
     auto& b = buffer(region);
     if (offset + data.size() > b.size()) throw vfio::VfioError("fake: read out of range");
     std::copy_n(b.begin() + static_cast<long>(offset), data.size(), data.begin());
