@@ -271,24 +271,20 @@ TEST_F(PassthruTest, OutOfD0TheMemoryBarsLeaveTheGuest) {
   s.set16(kPm + 4, 0);
   wr(0x04, 0x3, 2);
   EXPECT_EQ(p->slots.size(), 2u);
-  // The same reset asked for through PCIe Device Control (Initiate FLR, bit 15): vfio-pci wakes the
-  // device into D0 as it resets it, and the BARs come back without a further write from the guest.
-  wr(kPm + 4, 0x0003, 2);
-  ASSERT_TRUE(p->slots.empty());
-  s.on_write = [&](uint32_t region, uint64_t offset) {
-    if (region == VFIO_PCI_CONFIG_REGION_INDEX && offset == kPcie + 8) s.set16(kPm + 4, 0);
+  // The same reset asked for by the guest's FLR write (vfio-pci carries it out and wakes the device into
+  // D0 as it resets it): the BARs come back without a further write from the guest.
+  auto flr_from_d3hot = [&](uint32_t offset, uint32_t value, int size) {
+    wr(kPm + 4, 0x0003, 2);
+    ASSERT_TRUE(p->slots.empty());
+    s.on_write = [&, offset](uint32_t region, uint64_t at) {
+      if (region == VFIO_PCI_CONFIG_REGION_INDEX && at == offset) s.set16(kPm + 4, 0);
+    };
+    wr(offset, value, size);
+    s.on_write = nullptr;
   };
-  wr(kPcie + 8, 0x8000, 2);
-  s.on_write = nullptr;
-  EXPECT_EQ(p->slots.size(), 2u);
-  // And through Advanced Features (a conventional PCI device's FLR: control's bit 0).
-  wr(kPm + 4, 0x0003, 2);
-  ASSERT_TRUE(p->slots.empty());
-  s.on_write = [&](uint32_t region, uint64_t offset) {
-    if (region == VFIO_PCI_CONFIG_REGION_INDEX && offset == kAf + 4) s.set16(kPm + 4, 0);
-  };
-  wr(kAf + 4, 0x01, 1);
-  s.on_write = nullptr;
+  flr_from_d3hot(kPcie + 8, 0x8000, 2);  // PCIe Device Control, Initiate FLR (bit 15)
+  EXPECT_EQ(p->slots.size(), 2u) << "the BARs came back after a PCIe FLR";
+  flr_from_d3hot(kAf + 4, 0x01, 1);  // Advanced Features control (a conventional PCI device's FLR)
   EXPECT_EQ(p->slots.size(), 2u) << "the BARs came back after an Advanced Features FLR";
 }
 
