@@ -353,14 +353,9 @@ Plan plan_release(const Sysroot& sysroot, const std::vector<HostDevice>& devices
       // vfio-pci disables a physical function's SR-IOV as it lets go of it: its virtual functions go, and
       // the unbind waits for whoever holds one of them.
       std::vector<std::string> vf_users;
-      for (const auto& name : sysroot.list(dir)) {
-        if (!name.starts_with("virtfn")) continue;
-        auto vf_dir = sysroot.resolve(dir + "/" + name);
-        if (!vf_dir) continue;
-        for (const auto& vf : devices)
-          if (vf.sysfs_dir() == *vf_dir || sysroot.resolve(vf.sysfs_dir()) == vf_dir)
-            for (const auto& h : vfio_holders(sysroot, vf)) vf_users.push_back(fmt::format("{} ({})", h, vf.address.str()));
-      }
+      for (const auto& vf : devices)
+        if (is_physical_function_of(sysroot, *dev, vf))
+          for (const auto& h : vfio_holders(sysroot, vf)) vf_users.push_back(fmt::format("{} ({})", h, vf.address.str()));
       if (!vf_users.empty()) {
         plan.errors.push_back(fmt::format("{} has virtual functions in use by process {}, which has their VFIO group "
                                           "open (a VM): releasing the physical function takes its virtual functions "
